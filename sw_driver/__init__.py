@@ -1,0 +1,1 @@
+"""Tessera sw_driver package."""
