@@ -1,0 +1,45 @@
+# Tessera: every target installs what it needs into .venv first (python3, g++, make and perl are all a
+# fresh machine must have; everything else comes from PyPI).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+
+# Configuration: CONFIG=file.toml, and/or ROWS, COLS, DATAFLOW on top of it.
+CONFIG_ARGS := $(if $(CONFIG),--config $(CONFIG)) $(if $(ROWS),--rows $(ROWS)) $(if $(COLS),--cols $(COLS)) \
+               $(if $(DATAFLOW),--dataflow $(DATAFLOW))
+
+.PHONY: install verilog lint test test-fast demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+verilog: $(STAMP)
+	$(BIN)/tessera verilog $(CONFIG_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check hw gen verif sw_driver fpga tests
+	$(BIN)/tessera lint $(CONFIG_ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check hw gen verif sw_driver fpga tests
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) -m "not rtl"
+
+demo: $(STAMP)
+	$(BIN)/tessera demo $(CONFIG_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m verif.bench_gemm
+
+clean:
+	rm -rf build

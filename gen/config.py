@@ -1,0 +1,166 @@
+"""The one configuration object that every Tessera block, build and report is derived from.
+
+An :class:`AcceleratorConfig` is validated once, on construction, and can be written to and read back from
+TOML and JSON, so a build can be reproduced from the file that generated artefacts record beside their hash.
+"""
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+__all__ = ["AcceleratorConfig", "ConfigError", "DATAFLOWS"]
+
+#: Dataflows the hardware implements today, with a one-line description for messages and docs.
+DATAFLOWS = {
+    "ws": "weight-stationary systolic: weights held in PEs, activations stream across rows",
+    "os": "output-stationary: each PE accumulates one output, activations and weights stream",
+}
+
+_MAX_ARRAY_DIM = 32
+_MAX_DEPTH = 1 << 16
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the parameter and what is accepted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorConfig:
+    """Parameters of one generated accelerator.
+
+    Parameters
+    ----------
+    rows, cols : int
+        PE array size, 1 to 32 each, square or not.
+    dataflow : str
+        One of :data:`DATAFLOWS`.
+    operand_width : int
+        Width of activations and weights in bits (int8 only, for now).
+    acc_width : int
+        Width of the accumulators in bits (int32).
+    act_depth : int
+        Activation buffer depth in words; a word is one vector of ``rows`` operands.
+    weight_depth : int
+        Weight buffer depth in words; a word is one row of ``cols`` weights.
+    acc_depth : int
+        Accumulator buffer depth in words of ``cols`` int32; it is split into two halves so that one output
+        tile is requantised and drained while the next one accumulates.
+    param_depth : int
+        Depth of the per-output-channel parameter buffer (bias and scale) in words of ``cols`` channels.
+    counters : bool
+        Build the performance counters.
+    clock_mhz : float
+        Target clock frequency, used by FPGA builds and by reports.
+    """
+
+    rows: int = 8
+    cols: int = 8
+    dataflow: str = "ws"
+    operand_width: int = 8
+    acc_width: int = 32
+    act_depth: int = 4096
+    weight_depth: int = 4096
+    acc_depth: int = 1024
+    param_depth: int = 256
+    counters: bool = True
+    clock_mhz: float = 100.0
+
+    def __post_init__(self):
+        _check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
+        _check_int("cols", self.cols, 1, _MAX_ARRAY_DIM)
+        if self.dataflow not in DATAFLOWS:
+            raise ConfigError(f"dataflow: {self.dataflow!r} is not supported; accepted: "
+                              + ", ".join(f"{k!r} ({v})" for k, v in DATAFLOWS.items()))
+        if self.operand_width != 8:
+            raise ConfigError(f"operand_width: {self.operand_width!r} is not supported; accepted: 8 (int8)")
+        if self.acc_width != 32:
+            raise ConfigError(f"acc_width: {self.acc_width!r} is not supported; accepted: 32 (int32, the "
+                              f"accumulator width of onnxruntime's int8 kernels)")
+        # One tile must fit: a full R x C weight tile, R activation vectors, and two output tiles of R rows
+        # (the accumulator is double-buffered so that draining never stalls the array).
+        _check_int("act_depth", self.act_depth, self.rows, _MAX_DEPTH,
+                   why=f"one tile needs rows={self.rows} activation vectors")
+        _check_int("weight_depth", self.weight_depth, self.rows, _MAX_DEPTH,
+                   why=f"one {self.rows}x{self.cols} weight tile needs rows={self.rows} words")
+        _check_int("acc_depth", self.acc_depth, 2 * self.rows, _MAX_DEPTH,
+                   why=f"two output tiles of rows={self.rows} rows (double-buffered)")
+        if self.acc_depth % 2:
+            raise ConfigError(f"acc_depth: {self.acc_depth} must be even (it is split into two halves)")
+        _check_int("param_depth", self.param_depth, 1, _MAX_DEPTH)
+        if not isinstance(self.counters, bool):
+            raise ConfigError(f"counters: {self.counters!r} must be true or false")
+        if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
+            raise ConfigError(f"clock_mhz: {self.clock_mhz!r} is out of range; accepted: 1 to 1000")
+
+    # -- derived quantities --------------------------------------------------------------------------------
+
+    @property
+    def pes(self):
+        """Number of processing elements."""
+        return self.rows * self.cols
+
+    @property
+    def acc_half_depth(self):
+        """Rows of one accumulator half: the largest output tile a command may produce."""
+        return self.acc_depth // 2
+
+    # -- serialisation ---------------------------------------------------------------------------------
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self):
+        lines = ["# Tessera accelerator configuration", "[accelerator]"]
+        for key, value in self.to_dict().items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = json.dumps(value)
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+    @property
+    def hash(self):
+        """Short content hash: names build folders and is recorded in every generated artefact."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build a configuration from a mapping, refusing unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}; accepted: "
+                              + ", ".join(sorted(known)))
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path):
+        """Read a configuration from a TOML file (keys at top level or under ``[accelerator]``)."""
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read configuration {path}: {error}") from error
+        return cls.from_dict(values.get("accelerator", values))
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (``None`` values are ignored, as from unset make variables)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check_int(name, value, low, high, why=None):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        reason = f" ({why})" if why else ""
+        raise ConfigError(f"{name}: {value!r} is out of range; accepted: an integer from {low} to {high}{reason}")

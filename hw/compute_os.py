@@ -1,0 +1,131 @@
+"""Output-stationary compute unit: streams activations and weights, reads captured tiles into the accumulator."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .array_os import OutputStationaryArray
+from .layouts import ACC, OPERAND, command_layout
+from .pipeline import delayed
+from .tiles import TileTracker, tile_layout
+
+__all__ = ["OutputStationaryCompute"]
+
+
+class OutputStationaryCompute(wiring.Component):
+    """Runs compute commands on an :class:`OutputStationaryArray`.
+
+    A command is one ``rows x cols`` output tile (``m <= rows`` rows are kept) reduced over ``k`` steps; each
+    cycle one activation word (a column of ``X``) and one weight word (a row of ``W``) enter the array. Tiles
+    follow each other without a gap: a finished tile is captured inside the PEs and read out, one row per
+    cycle, into an accumulator half while the next tile accumulates.
+
+    Attributes
+    ----------
+    Same as :class:`~hw.compute_ws.WeightStationaryCompute` (the accumulator read port is unused here).
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._command = command_layout(cfg)
+        self._tile = tile_layout(self._command)
+        acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
+        super().__init__({
+            "cmd": In(stream.Signature(self._command)),
+            "act_addr": Out(self._command["x_base"].shape),
+            "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
+            "weight_addr": Out(self._command["w_base"].shape),
+            "weight_data": In(data.ArrayLayout(OPERAND, cfg.cols)),
+            "acc_rd_addr": Out(acc_addr_width),
+            "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
+            "acc_wr_addr": Out(acc_addr_width),
+            "acc_wr_data": Out(data.ArrayLayout(ACC, cfg.cols)),
+            "acc_wr_en": Out(1),
+            "tile": Out(stream.Signature(self._tile)),
+            "release": In(1),
+            "busy": Out(1),
+            "issued": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.array = array = OutputStationaryArray(rows=cfg.rows, cols=cfg.cols)
+        m.submodules.tracker = tracker = TileTracker(self._tile)
+        wiring.connect(m, wiring.flipped(self.tile), tracker.tile)
+        m.d.comb += tracker.release.eq(self.release)
+
+        # -- issuer ----------------------------------------------------------------------------------------
+        cmd = Signal(self._command)
+        active = Signal()
+        step = Signal.like(cmd.k)
+        half = Signal()
+        # A tile's sums are captured over the cycles after its last step; the next tile's last step must
+        # not overwrite them before they are read out, which takes rows + cols cycles at most.
+        spacing = cfg.rows + cfg.cols
+        since_last = Signal(range(spacing + 1), init=spacing)
+        at_last = Signal()
+        stall = Signal()
+        m.d.comb += [
+            at_last.eq(active & (step == cmd.k - 1)),
+            stall.eq(at_last & (since_last != spacing)),
+        ]
+        issue = Signal()
+        m.d.comb += issue.eq(active & ~stall)
+        can_take = (~active | (at_last & ~stall))
+        m.d.comb += [
+            tracker.start.valid.eq(can_take & self.cmd.valid),
+            tracker.start.payload.m.eq(self.cmd.payload.m),
+            tracker.start.payload.p_base.eq(self.cmd.payload.p_base),
+            tracker.start.payload.y_zp.eq(self.cmd.payload.y_zp),
+            self.cmd.ready.eq(can_take & tracker.start.ready),
+        ]
+        with m.If(issue):
+            m.d.sync += step.eq(step + 1)
+        with m.If(issue & at_last):
+            m.d.sync += [active.eq(0), since_last.eq(0)]
+        with m.Elif(since_last != spacing):
+            m.d.sync += since_last.eq(since_last + 1)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [cmd.eq(self.cmd.payload), active.eq(1), step.eq(0), half.eq(tracker.half)]
+        m.d.comb += [
+            self.act_addr.eq(cmd.x_base + step),
+            self.weight_addr.eq(cmd.w_base + step),
+            self.issued.eq(issue),
+        ]
+
+        tag_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+        tag = Signal(tag_layout)
+        m.d.comb += [tag.valid.eq(issue), tag.first.eq(step == 0), tag.last.eq(at_last)]
+        at_array = delayed(m, tag, 1, name="tag_read")  # buffer read latency
+        m.d.comb += [
+            array.x_in.eq(Mux(at_array.valid, self.act_data, 0)),
+            array.w_in.eq(Mux(at_array.valid, self.weight_data, 0)),
+            array.x_valid.eq(at_array.valid), array.x_first.eq(at_array.first), array.x_last.eq(at_array.last),
+        ]
+
+        # -- readout: once the whole tile is captured, copy its m rows into the accumulator half --------------
+        request_layout = data.StructLayout({"valid": 1, "half": 1, "m": cmd.m.shape()})
+        request = Signal(request_layout)
+        m.d.comb += [request.valid.eq(issue & at_last), request.half.eq(half), request.m.eq(cmd.m)]
+        ready_tile = delayed(m, request, 1 + array.capture_latency, name="readout_request")
+        reading = Signal()
+        out_row = Signal(range(cfg.rows + 1))
+        out_half = Signal()
+        out_m = Signal.like(cmd.m)
+        with m.If(ready_tile.valid):
+            m.d.sync += [reading.eq(1), out_row.eq(0), out_half.eq(ready_tile.half), out_m.eq(ready_tile.m)]
+        with m.Elif(reading):
+            m.d.sync += out_row.eq(out_row + 1)
+            with m.If(out_row == out_m - 1):
+                m.d.sync += reading.eq(0)
+        m.d.comb += [
+            array.read_row.eq(out_row[:len(array.read_row)]),
+            self.acc_wr_addr.eq(Mux(out_half, cfg.acc_half_depth, 0) + out_row),
+            self.acc_wr_data.eq(array.result_row),
+            self.acc_wr_en.eq(reading),
+            tracker.finished.eq(reading & (out_row == out_m - 1)),
+            self.acc_rd_addr.eq(0),
+            self.busy.eq(active | tracker.busy),
+        ]
+        return m

@@ -1,0 +1,180 @@
+"""Weight-stationary compute unit: weight preload, activation issue, and accumulation into the accumulator."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .array_ws import WeightStationaryArray
+from .layouts import ACC, OPERAND, command_layout
+from .pipeline import delayed
+from .tiles import TileTracker, tile_layout
+
+__all__ = ["WeightStationaryCompute"]
+
+
+class WeightStationaryCompute(wiring.Component):
+    """Runs compute commands on a :class:`WeightStationaryArray`.
+
+    A command is ``k`` folds; a fold loads one ``rows x cols`` weight tile and streams ``m`` activation
+    vectors through it, accumulating into rows ``0..m-1`` of an accumulator half. The weight loader runs one
+    fold ahead of the activation issuer into the other weight bank, so in steady state a vector enters the
+    array every cycle, across folds and across commands.
+
+    Attributes
+    ----------
+    cmd : In(stream of command_layout)
+    act_addr, act_data : Out, In
+        Activation buffer read port (one cycle latency).
+    weight_addr, weight_data : Out, In
+        Weight buffer read port (one cycle latency).
+    acc_rd_addr, acc_rd_data : Out, In
+        Accumulator read port for read-modify-write (transparent to ``acc_wr``).
+    acc_wr_addr, acc_wr_data, acc_wr_en : Out
+        Accumulator write port.
+    tile : Out(stream of tile_layout); release : In(1)
+        Finished tiles for the drain, and the drain's release of their halves.
+    busy : Out(1); issued : Out(1)
+        Work in flight; a vector enters the array this cycle.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._command = command_layout(cfg)
+        self._tile = tile_layout(self._command)
+        acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
+        super().__init__({
+            "cmd": In(stream.Signature(self._command)),
+            "act_addr": Out(self._command["x_base"].shape),
+            "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
+            "weight_addr": Out(self._command["w_base"].shape),
+            "weight_data": In(data.ArrayLayout(OPERAND, cfg.cols)),
+            "acc_rd_addr": Out(acc_addr_width),
+            "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
+            "acc_wr_addr": Out(acc_addr_width),
+            "acc_wr_data": Out(data.ArrayLayout(ACC, cfg.cols)),
+            "acc_wr_en": Out(1),
+            "tile": Out(stream.Signature(self._tile)),
+            "release": In(1),
+            "busy": Out(1),
+            "issued": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.array = array = WeightStationaryArray(rows=cfg.rows, cols=cfg.cols)
+        m.submodules.tracker = tracker = TileTracker(self._tile)
+        wiring.connect(m, wiring.flipped(self.tile), tracker.tile)
+        m.d.comb += tracker.release.eq(self.release)
+
+        fold_layout = data.StructLayout({
+            "x_addr": self._command["x_base"].shape, "m": self._command["m"].shape,
+            "bank": 1, "first": 1, "last": 1, "p_base": self._command["p_base"].shape, "y_zp": OPERAND,
+        })
+        # Depth 2 only because Amaranth's depth-1 FIFO emits zero-width wires; the loader never queues more than
+        # one fold: it starts a fold only once the queue is empty (the issuer has taken the previous one).
+        m.submodules.folds = folds = fifo.SyncFIFO(width=fold_layout.size, depth=2)
+
+        # -- weight loader: one fold ahead of the issuer, into the bank the issuer is not using --------------
+        cmd = Signal(self._command)
+        loading = Signal()          # holds a command
+        fold = Signal(self._command["k"].shape)
+        row = Signal(range(cfg.rows + 1))
+        in_fold = Signal()          # streaming the rows of one fold
+        w_addr = Signal.like(self.weight_addr)
+        x_addr = Signal.like(self.act_addr)
+        load_bank = Signal()
+        # A bank may be rewritten only once the last activation that used it has left the array's last column.
+        cool = Signal(range(cfg.cols + 1))
+
+        m.d.comb += self.cmd.ready.eq(~loading)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [cmd.eq(self.cmd.payload), loading.eq(1), fold.eq(0), in_fold.eq(0),
+                         w_addr.eq(self.cmd.payload.w_base), x_addr.eq(self.cmd.payload.x_base)]
+
+        w_load = Signal()
+        m.d.comb += self.weight_addr.eq(w_addr)
+        with m.If(loading & ~in_fold & ~folds.r_rdy & (cool == 0)):
+            m.d.sync += [in_fold.eq(1), row.eq(0)]
+        with m.If(in_fold):
+            m.d.comb += w_load.eq(1)
+            m.d.sync += [row.eq(row + 1), w_addr.eq(w_addr + 1)]
+            with m.If(row == cfg.rows - 1):
+                # Last row address this cycle: the fold is ready for the issuer (its rows land before the
+                # first vector reaches them, see the timing note in the class docstring of the array).
+                pushed = data.View(fold_layout, folds.w_data)
+                m.d.comb += [
+                    folds.w_en.eq(1),
+                    pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m), pushed.p_base.eq(cmd.p_base),
+                    pushed.y_zp.eq(cmd.y_zp), pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
+                ]
+                m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(x_addr + cmd.m),
+                             load_bank.eq(~load_bank)]
+                with m.If(fold == cmd.k - 1):
+                    m.d.sync += loading.eq(0)
+        m.d.comb += [
+            array.w_data.eq(self.weight_data),
+            array.w_load.eq(delayed(m, w_load, 1, name="w_load")),
+            array.w_row.eq(delayed(m, row[:len(array.w_row)], 1, name="w_row")),
+            array.w_bank.eq(delayed(m, load_bank, 1, name="w_bank")),
+        ]
+
+        # -- activation issuer --------------------------------------------------------------------------------
+        current = Signal(fold_layout)
+        active = Signal()
+        vector = Signal.like(current.m)
+        half = Signal()
+        last_vector = Signal()
+        m.d.comb += last_vector.eq(active & (vector == current.m - 1))
+        next_fold = data.View(fold_layout, folds.r_data)
+        take = Signal()
+        m.d.comb += [
+            take.eq((~active | last_vector) & folds.r_rdy & (~next_fold.first | tracker.start.ready)),
+            folds.r_en.eq(take),
+            tracker.start.valid.eq((~active | last_vector) & folds.r_rdy & next_fold.first),
+            tracker.start.payload.m.eq(next_fold.m),
+            tracker.start.payload.p_base.eq(next_fold.p_base),
+            tracker.start.payload.y_zp.eq(next_fold.y_zp),
+        ]
+        with m.If(last_vector):
+            m.d.sync += active.eq(0)
+            m.d.sync += cool.eq(cfg.cols)
+        with m.Elif(cool != 0):
+            m.d.sync += cool.eq(cool - 1)
+        with m.If(active):
+            m.d.sync += vector.eq(vector + 1)
+        with m.If(take):
+            m.d.sync += [current.eq(next_fold), active.eq(1), vector.eq(0)]
+            with m.If(next_fold.first):
+                m.d.sync += half.eq(tracker.half)
+        m.d.comb += [self.act_addr.eq(current.x_addr + vector), self.issued.eq(active)]
+
+        # Tags travel beside the data: one cycle of buffer read latency, then the array's latency.
+        tag_layout = data.StructLayout({"valid": 1, "row": len(self.acc_rd_addr), "first": 1, "tile_end": 1})
+        tag = Signal(tag_layout)
+        half_base = Mux(half, cfg.acc_half_depth, 0)
+        m.d.comb += [
+            tag.valid.eq(active), tag.row.eq(half_base + vector), tag.first.eq(current.first),
+            tag.tile_end.eq(last_vector & current.last),
+        ]
+        at_array = delayed(m, tag, 1, name="tag_read")
+        m.d.comb += [
+            array.x_in.eq(Mux(at_array.valid, self.act_data, 0)),
+            array.x_bank.eq(delayed(m, current.bank, 1, name="x_bank")),
+        ]
+        at_psum = delayed(m, at_array, array.latency, name="tag_array")
+
+        # -- accumulate: read-modify-write, the read port is transparent so back-to-back rows see the write --
+        psum = Signal.like(array.psum_out)
+        at_write = Signal(tag_layout)
+        m.d.comb += self.acc_rd_addr.eq(at_psum.row)
+        m.d.sync += [psum.eq(array.psum_out), at_write.eq(at_psum)]
+        for c in range(cfg.cols):
+            m.d.comb += self.acc_wr_data[c].eq(Mux(at_write.first, psum[c], psum[c] + self.acc_rd_data[c]))
+        m.d.comb += [
+            self.acc_wr_addr.eq(at_write.row),
+            self.acc_wr_en.eq(at_write.valid),
+            tracker.finished.eq(at_write.valid & at_write.tile_end),
+            self.busy.eq(loading | folds.r_rdy | active | tracker.busy),
+        ]
+        return m

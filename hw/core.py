@@ -1,0 +1,106 @@
+"""The compute core: buffers, PE array, accumulator, requantiser, behind stream interfaces."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .compute_os import OutputStationaryCompute
+from .compute_ws import WeightStationaryCompute
+from .drain import Drain
+from .layouts import (ACC, OPERAND, act_load_layout, command_layout, param_load_layout, param_word_layout,
+                      result_layout, weight_load_layout)
+
+__all__ = ["GemmCore"]
+
+_COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute}
+
+
+class GemmCore(wiring.Component):
+    """Requantised int8 GEMM tiles on a ``rows x cols`` PE array with on-chip buffers.
+
+    Buffers are :class:`~amaranth.lib.memory.Memory` whose words are whole vectors (one bank per lane), so
+    the array reads a full activation vector and a full weight row every cycle. Loads write buffer words
+    at the address they carry; compute commands (see :mod:`hw.layouts`) read them, accumulate into one of two
+    accumulator halves, and the drain requantises finished tiles into ``result`` while the next tile
+    computes. Keeping loads and commands apart (no overwrite of words a queued command still reads) is the
+    controller's job.
+
+    Attributes
+    ----------
+    act_load, weight_load, param_load : In(stream)
+        Buffer writes: ``{addr, data}``; always ready.
+    cmd : In(stream of command_layout)
+        Compute commands.
+    result : Out(stream of ArrayLayout(signed(8), cols))
+        One requantised output row per beat, in command order.
+    idle : Out(1)
+        No command queued or in flight and every result delivered.
+    perf_cycles, perf_issued : Out(32)
+        Cycles spent not idle, and cycles in which a vector (ws) or reduction step (os) entered the array.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({
+            "act_load": In(stream.Signature(act_load_layout(cfg))),
+            "weight_load": In(stream.Signature(weight_load_layout(cfg))),
+            "param_load": In(stream.Signature(param_load_layout(cfg))),
+            "cmd": In(stream.Signature(command_layout(cfg))),
+            "result": Out(stream.Signature(result_layout(cfg))),
+            "idle": Out(1),
+            "perf_cycles": Out(32),
+            "perf_issued": Out(32),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.act_buffer = act_buffer = Memory(
+            shape=data.ArrayLayout(OPERAND, cfg.rows), depth=cfg.act_depth, init=[])
+        m.submodules.weight_buffer = weight_buffer = Memory(
+            shape=data.ArrayLayout(OPERAND, cfg.cols), depth=cfg.weight_depth, init=[])
+        m.submodules.param_buffer = param_buffer = Memory(
+            shape=param_word_layout(cfg), depth=cfg.param_depth, init=[])
+        m.submodules.acc_buffer = acc_buffer = Memory(
+            shape=data.ArrayLayout(ACC, cfg.cols), depth=cfg.acc_depth, init=[])
+
+        for load, buffer in ((self.act_load, act_buffer), (self.weight_load, weight_buffer),
+                             (self.param_load, param_buffer)):
+            port = buffer.write_port()
+            m.d.comb += [
+                load.ready.eq(1),
+                port.addr.eq(load.payload.addr), port.data.eq(load.payload.data), port.en.eq(load.valid),
+            ]
+
+        m.submodules.compute = compute = _COMPUTE[cfg.dataflow](cfg)
+        m.submodules.drain = drain = Drain(cfg, compute.tile.payload.shape())
+        wiring.connect(m, wiring.flipped(self.cmd), compute.cmd)
+        wiring.connect(m, compute.tile, drain.tile)
+        wiring.connect(m, drain.result, wiring.flipped(self.result))
+        m.d.comb += compute.release.eq(drain.release)
+
+        act_read = act_buffer.read_port()
+        weight_read = weight_buffer.read_port()
+        acc_write = acc_buffer.write_port()
+        acc_rmw_read = acc_buffer.read_port(transparent_for=(acc_write,))
+        acc_drain_read = acc_buffer.read_port()
+        param_read = param_buffer.read_port()
+        m.d.comb += [
+            act_read.addr.eq(compute.act_addr), compute.act_data.eq(act_read.data),
+            weight_read.addr.eq(compute.weight_addr), compute.weight_data.eq(weight_read.data),
+            acc_rmw_read.addr.eq(compute.acc_rd_addr), compute.acc_rd_data.eq(acc_rmw_read.data),
+            acc_write.addr.eq(compute.acc_wr_addr), acc_write.data.eq(compute.acc_wr_data),
+            acc_write.en.eq(compute.acc_wr_en),
+            acc_drain_read.addr.eq(drain.acc_addr), acc_drain_read.en.eq(drain.acc_en),
+            drain.acc_data.eq(acc_drain_read.data),
+            param_read.addr.eq(drain.param_addr), param_read.en.eq(drain.param_en),
+            drain.param_data.eq(param_read.data),
+        ]
+
+        m.d.comb += self.idle.eq(~self.cmd.valid & ~compute.busy & ~drain.busy)
+        with m.If(~self.idle):
+            m.d.sync += self.perf_cycles.eq(self.perf_cycles + 1)
+        with m.If(compute.issued):
+            m.d.sync += self.perf_issued.eq(self.perf_issued + 1)
+        return m

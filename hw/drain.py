@@ -1,0 +1,93 @@
+"""Drain: reads finished output tiles from the accumulator, requantises them and streams them out."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .layouts import ACC, param_word_layout, result_layout
+from .requant import Requantiser
+
+__all__ = ["Drain"]
+
+
+class Drain(wiring.Component):
+    """Requantises one accumulator row per cycle into the ``result`` stream, under backpressure.
+
+    Attributes
+    ----------
+    tile : In(stream of tile_layout)
+        A finished tile: its half, row count, parameter word and output zero point.
+    release : Out(1)
+        Pulse once every row of the current tile has been read (the half may be reused).
+    acc_addr, acc_en, acc_data : Out, Out, In
+        Accumulator read port (one cycle latency; data holds while ``acc_en`` is low).
+    param_addr, param_en, param_data : Out, Out, In
+        Parameter buffer read port.
+    result : Out(stream of ArrayLayout(signed(8), cols))
+        Requantised output rows, in order.
+    busy : Out(1)
+    """
+
+    def __init__(self, cfg, tile):
+        self.cfg = cfg
+        acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
+        super().__init__({
+            "tile": In(stream.Signature(tile)),
+            "release": Out(1),
+            "acc_addr": Out(acc_addr_width),
+            "acc_en": Out(1),
+            "acc_data": In(data.ArrayLayout(ACC, cfg.cols)),
+            "param_addr": Out(tile["p_base"].shape),
+            "param_en": Out(1),
+            "param_data": In(param_word_layout(cfg)),
+            "result": Out(stream.Signature(result_layout(cfg))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.requant = requant = Requantiser(lanes=cfg.cols)
+        wiring.connect(m, requant.o, wiring.flipped(self.result))
+
+        current = Signal.like(self.tile.payload)
+        reading = Signal()
+        row = Signal.like(current.m)
+        feeding = Signal()  # requant.i.valid: the read port's data is a row to requantise
+        advance = Signal()
+        m.d.comb += advance.eq(~feeding | requant.i.ready)
+
+        m.d.comb += [
+            self.tile.ready.eq(~reading),
+            self.param_addr.eq(self.tile.payload.p_base),
+            self.param_en.eq(self.tile.valid & self.tile.ready),
+        ]
+        with m.If(self.tile.valid & self.tile.ready):
+            m.d.sync += [current.eq(self.tile.payload), reading.eq(1), row.eq(0)]
+
+        m.d.comb += [
+            self.acc_addr.eq(Mux(current.half, cfg.acc_half_depth, 0) + row),
+            self.acc_en.eq(advance),
+        ]
+        with m.If(advance):
+            m.d.sync += feeding.eq(reading & (row != current.m))
+            with m.If(reading):
+                with m.If(row == current.m):
+                    m.d.sync += reading.eq(0)
+                    m.d.comb += self.release.eq(1)
+                with m.Else():
+                    m.d.sync += row.eq(row + 1)
+
+        m.d.comb += [
+            requant.i.valid.eq(feeding),
+            requant.i.payload.acc.eq(self.acc_data),
+            requant.i.payload.bias.eq(self.param_data.bias),
+            requant.i.payload.scale.eq(self.param_data.scale),
+            requant.i.payload.zero_point.eq(current.y_zp),
+        ]
+
+        in_flight = Signal(range(requant.latency + 4))
+        m.d.sync += in_flight.eq(in_flight + (requant.i.valid & requant.i.ready)
+                                 - (self.result.valid & self.result.ready))
+        m.d.comb += self.busy.eq(reading | feeding | (in_flight != 0))
+        return m

@@ -1,0 +1,73 @@
+"""Stream payload layouts of the compute core: the one definition that the RTL, the testbenches and the
+host-side code all import (nothing here is written twice).
+
+Buffer layouts (what the loader writes where) for a GEMM ``Y[M, N] = X[M, K] @ W[K, N]``:
+
+* weight-stationary (``ws``): the array holds an ``rows x cols`` slice of ``W``; a command runs ``k`` folds
+  of ``rows`` input channels each. Activation word ``x_base + f*m + i`` holds ``X[i, f*rows:(f+1)*rows]``;
+  weight word ``w_base + f*rows + r`` holds ``W[f*rows + r, n0:n0+cols]`` (zero padded).
+* output-stationary (``os``): each PE accumulates one output of an ``rows x cols`` output tile over ``k`` steps.
+  Activation word ``x_base + j`` holds ``X[m0:m0+rows, j]``; weight word ``w_base + j`` holds
+  ``W[j, n0:n0+cols]``.
+
+Either way a command produces ``m`` output rows of ``cols`` channels, requantised with the bias and scales
+of parameter word ``p_base`` and the output zero point ``y_zp``.
+"""
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+from amaranth.utils import ceil_log2
+
+__all__ = ["command_layout", "act_load_layout", "weight_load_layout", "param_load_layout",
+           "result_layout", "max_command_k"]
+
+OPERAND = signed(8)
+ACC = signed(32)
+SCALE = unsigned(32)  # IEEE-754 float32 bit pattern
+
+
+def _addr(depth):
+    return unsigned(max(1, ceil_log2(depth)))
+
+
+def max_command_k(cfg):
+    """Largest ``k`` field of a command: folds (ws) or reduction steps (os)."""
+    if cfg.dataflow == "os":
+        return min(cfg.act_depth, cfg.weight_depth)
+    return cfg.weight_depth // cfg.rows
+
+
+def command_layout(cfg):
+    """One compute command: produce ``m`` output rows of ``cols`` channels."""
+    return data.StructLayout({
+        "m": unsigned(ceil_log2(cfg.acc_half_depth + 1)),
+        "k": unsigned(ceil_log2(max_command_k(cfg) + 1)),
+        "x_base": _addr(cfg.act_depth),
+        "w_base": _addr(cfg.weight_depth),
+        "p_base": _addr(cfg.param_depth),
+        "y_zp": signed(8),
+    })
+
+
+def act_load_layout(cfg):
+    """One activation buffer word and its address."""
+    return data.StructLayout({"addr": _addr(cfg.act_depth), "data": data.ArrayLayout(OPERAND, cfg.rows)})
+
+
+def weight_load_layout(cfg):
+    """One weight buffer word (a row of ``cols`` weights) and its address."""
+    return data.StructLayout({"addr": _addr(cfg.weight_depth), "data": data.ArrayLayout(OPERAND, cfg.cols)})
+
+
+def param_word_layout(cfg):
+    """Per-output-channel requantisation parameters for ``cols`` channels."""
+    return data.StructLayout({"bias": data.ArrayLayout(ACC, cfg.cols), "scale": data.ArrayLayout(SCALE, cfg.cols)})
+
+
+def param_load_layout(cfg):
+    return data.StructLayout({"addr": _addr(cfg.param_depth), "data": param_word_layout(cfg)})
+
+
+def result_layout(cfg):
+    """One requantised output row: ``cols`` int8 channels."""
+    return data.ArrayLayout(OPERAND, cfg.cols)

@@ -1,0 +1,99 @@
+"""Processing elements: one int8 x int8 multiply and an int32 accumulation per cycle."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .layouts import ACC, OPERAND
+
+__all__ = ["WeightStationaryPE", "OutputStationaryPE"]
+
+
+class WeightStationaryPE(wiring.Component):
+    """PE of the weight-stationary systolic array.
+
+    Holds two weights (banks) so that the next fold's weights load while the current fold computes; each
+    activation carries the bank it must meet, so the switch to new weights travels with the wavefront and
+    folds follow each other without a bubble.
+
+    Attributes
+    ----------
+    x_in, bank_in : In
+        Activation from the left neighbour and the weight bank it uses.
+    x_out, bank_out : Out
+        The same, registered, for the right neighbour.
+    psum_in, psum_out : In, Out
+        Partial sum from above; ``psum_in + x_in * weight[bank_in]``, registered, for the PE below.
+    w_data, w_bank, w_load : In
+        Weight load: when ``w_load``, ``w_data`` is written into bank ``w_bank``.
+    """
+
+    x_in: In(OPERAND)
+    bank_in: In(1)
+    x_out: Out(OPERAND)
+    bank_out: Out(1)
+    psum_in: In(ACC)
+    psum_out: Out(ACC)
+    w_data: In(OPERAND)
+    w_bank: In(1)
+    w_load: In(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        weight = [Signal(OPERAND, name=f"weight_{b}") for b in range(2)]
+        for b in range(2):
+            with m.If(self.w_load & (self.w_bank == b)):
+                m.d.sync += weight[b].eq(self.w_data)
+        m.d.sync += [
+            self.x_out.eq(self.x_in),
+            self.bank_out.eq(self.bank_in),
+            self.psum_out.eq(self.psum_in + self.x_in * Mux(self.bank_in, weight[1], weight[0])),
+        ]
+        return m
+
+
+class OutputStationaryPE(wiring.Component):
+    """PE of the output-stationary array: accumulates one output over the reduction steps of a tile.
+
+    The activation carries ``valid``, ``first`` and ``last`` tags: ``first`` restarts the sum, ``last``
+    captures it into ``result``, which holds while the next tile accumulates (so readout overlaps compute).
+
+    Attributes
+    ----------
+    x_in, valid_in, first_in, last_in : In
+        Activation and its tags from the left; passed on, registered, through the ``*_out`` ports.
+    w_in : In
+        Weight from above; passed on, registered, through ``w_out``.
+    result : Out
+        The captured sum of the last completed tile.
+    """
+
+    x_in: In(OPERAND)
+    valid_in: In(1)
+    first_in: In(1)
+    last_in: In(1)
+    x_out: Out(OPERAND)
+    valid_out: Out(1)
+    first_out: Out(1)
+    last_out: Out(1)
+    w_in: In(OPERAND)
+    w_out: Out(OPERAND)
+    result: Out(ACC)
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = Signal(ACC)
+        total = Signal(ACC)
+        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + self.x_in * self.w_in)
+        with m.If(self.valid_in):
+            m.d.sync += acc.eq(total)
+            with m.If(self.last_in):
+                m.d.sync += self.result.eq(total)
+        m.d.sync += [
+            self.x_out.eq(self.x_in),
+            self.valid_out.eq(self.valid_in),
+            self.first_out.eq(self.first_in),
+            self.last_out.eq(self.last_in),
+            self.w_out.eq(self.w_in),
+        ]
+        return m

@@ -1,0 +1,84 @@
+"""Hand-off of output tiles from the compute side to the drain side through the two accumulator halves."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["tile_layout", "TileTracker"]
+
+
+def tile_layout(command):
+    """What the drain needs of a tile: its accumulator half, row count and requantisation parameters."""
+    return data.StructLayout({
+        "half": 1,
+        "m": command["m"].shape,
+        "p_base": command["p_base"].shape,
+        "y_zp": command["y_zp"].shape,
+    })
+
+
+class TileTracker(wiring.Component):
+    """Assigns accumulator halves to tiles and releases each tile to the drain once it is complete.
+
+    The accumulator is double-buffered: a tile accumulates in one half while the previous tile is
+    requantised out of the other. A tile may start only when its half has been released by the drain.
+
+    Attributes
+    ----------
+    start : In(stream of tile_layout)
+        The compute side starts a tile (``half`` of the payload is ignored); ready when a half is free.
+    half : Out(1)
+        The half the next started tile will use.
+    finished : In(1)
+        Pulse: the last partial sum of the oldest started tile has been written.
+    tile : Out(stream of tile_layout)
+        Finished tiles, in order, for the drain.
+    release : In(1)
+        Pulse: the drain has read every row of the tile it took last; its half is free again.
+    busy : Out(1)
+        Some tile is in flight.
+    """
+
+    def __init__(self, layout):
+        self._layout = layout
+        super().__init__({
+            "start": In(stream.Signature(layout)),
+            "half": Out(1),
+            "finished": In(1),
+            "tile": Out(stream.Signature(layout)),
+            "release": In(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.queue = queue = fifo.SyncFIFO(width=self._layout.size, depth=2)
+        half_busy = Signal(2)
+        release_half = Signal()
+        finished_count = Signal(2)  # at most two tiles exist at once
+
+        m.d.comb += [
+            self.start.ready.eq(~half_busy.bit_select(self.half, 1) & queue.w_rdy),
+            queue.w_en.eq(self.start.valid & self.start.ready),
+        ]
+        started = data.View(self._layout, queue.w_data)
+        m.d.comb += [started.eq(self.start.payload), started.half.eq(self.half)]
+
+        m.d.comb += [
+            self.tile.valid.eq(queue.r_rdy & (finished_count != 0)),
+            self.tile.payload.eq(queue.r_data),
+            queue.r_en.eq(self.tile.valid & self.tile.ready),
+        ]
+        m.d.sync += finished_count.eq(finished_count + self.finished - (self.tile.valid & self.tile.ready))
+
+        set_mask = Signal(2)
+        clear_mask = Signal(2)
+        with m.If(queue.w_en):
+            m.d.sync += self.half.eq(~self.half)
+            m.d.comb += set_mask.eq(Mux(self.half, 0b10, 0b01))
+        with m.If(self.release):
+            m.d.sync += release_half.eq(~release_half)
+            m.d.comb += clear_mask.eq(Mux(release_half, 0b10, 0b01))
+        m.d.sync += half_busy.eq((half_busy | set_mask) & ~clear_mask)
+        m.d.comb += self.busy.eq(half_busy != 0)
+        return m

