@@ -3,7 +3,6 @@
 from amaranth.hdl import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from .layouts import ACC, OPERAND
 from .pe import WeightStationaryPE

@@ -105,8 +105,9 @@ class WeightStationaryCompute(wiring.Component):
                 pushed = data.View(fold_layout, folds.w_data)
                 m.d.comb += [
                     folds.w_en.eq(1),
-                    pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m), pushed.p_base.eq(cmd.p_base),
-                    pushed.y_zp.eq(cmd.y_zp), pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
+                    pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m),
+                    pushed.p_base.eq(cmd.p_base), pushed.y_zp.eq(cmd.y_zp),
+                    pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
                 ]
                 m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(x_addr + cmd.m),
                              load_bank.eq(~load_bank)]

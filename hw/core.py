@@ -1,6 +1,6 @@
 """The compute core: buffers, PE array, accumulator, requantiser, behind stream interfaces."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

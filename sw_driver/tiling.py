@@ -96,7 +96,8 @@ def _check_operands(x, w, bias, scale, y_zp):
 def _param_words(bias, scale_bits, cols, n_tiles):
     width = n_tiles * cols
     bias = np.pad(bias, (0, width - len(bias)))
-    scale_bits = np.pad(scale_bits, (0, width - len(scale_bits)))
+    # Padding channels are computed and discarded; a unit scale keeps them inside the requantiser's domain.
+    scale_bits = np.pad(scale_bits, (0, width - len(scale_bits)), constant_values=np.float32(1).view(np.uint32))
     return [(bias[t * cols:(t + 1) * cols], scale_bits[t * cols:(t + 1) * cols]) for t in range(n_tiles)]
 
 

@@ -55,6 +55,7 @@ class CoreTestbench:
         self.cmd = StreamSource(dut, "cmd", rng, stall=stall)
         self.result = StreamSink(dut, "result", rng, backpressure=backpressure)
         self.engine = StreamEngine(dut.clk, [self.act, self.weight, self.param, self.cmd, self.result])
+        self.load_cycles = self.compute_cycles = 0
         self.layouts = {name: f(cfg) for name, f in (("act", act_load_layout), ("weight", weight_load_layout),
                                                      ("param", param_load_layout), ("cmd", command_layout))}
 
@@ -84,13 +85,17 @@ class CoreTestbench:
         first = expected = len(self.result.received)
         for i, p in enumerate(plan.passes):
             self._load_beats(p)
+            start = self.engine.cycles
             await self.engine.run_until(lambda: self.act.empty and self.weight.empty and self.param.empty,
                                         max_cycles=max_cycles, what=f"loads of pass {i}")
+            self.load_cycles += self.engine.cycles - start
+            start = self.engine.cycles
             self.cmd.send(pack(self.layouts["cmd"], c) for c in p.commands)
             expected += sum(rows for _, _, rows in p.outputs)
             await self.engine.run_until(
-                lambda: self.cmd.empty and len(self.result.received) >= expected and self.dut.idle.value,
+                lambda n=expected: self.cmd.empty and len(self.result.received) >= n and self.dut.idle.value,
                 max_cycles=max_cycles, what=f"commands of pass {i}")
+            self.compute_cycles += self.engine.cycles - start
         if len(self.result.received) != expected:
             raise AssertionError(f"{len(self.result.received)} result rows, expected {expected}")
         return [unpack_array(bits, 8, cols) for bits in self.result.received[first:]]
@@ -136,15 +141,13 @@ async def gemm_bench(dut):
     x, w, bias, scale, y_zp = random_gemm(rng, m, k, n)
     plan = plan_gemm(cfg, x, w, bias, scale, y_zp)
     load_beats = sum(len(p.act_loads) + len(p.weight_loads) + len(p.param_loads) for p in plan.passes)
-    start = tb.engine.cycles
     rows = await tb.run(plan)
-    total = tb.engine.cycles - start
     y = plan.assemble(rows, cfg.cols)
     expected = golden.gemm_hw(x, w, bias, scale, y_zp)
     assert np.array_equal(y, expected), _report_mismatch(y, expected)
     report = {
         "config": cfg.to_dict(), "m": m, "k": k, "n": n, "macs": plan.macs, "passes": len(plan.passes),
-        "load_beats": load_beats, "cycles_total": total,
+        "load_beats": load_beats, "load_cycles": tb.load_cycles, "compute_cycles": tb.compute_cycles,
         "core_busy_cycles": dut.perf_cycles.value.to_unsigned(),
         "array_issue_cycles": dut.perf_issued.value.to_unsigned(),
     }

@@ -1,0 +1,74 @@
+"""The configuration object: validation messages, serialisation round trips, the CLI's overrides."""
+
+import json
+
+import pytest
+
+from gen.config import AcceleratorConfig, ConfigError
+from sw_driver.cli import main
+
+
+class TestValidation:
+    @pytest.mark.parametrize("field, value, accepted", [
+        ("rows", 0, "from 1 to 32"),
+        ("cols", 33, "from 1 to 32"),
+        ("rows", 2.5, "an integer"),
+        ("dataflow", "xs", "'ws'"),
+        ("operand_width", 16, "accepted: 8"),
+        ("act_depth", 3, "one tile needs rows=4"),
+        ("weight_depth", 2, "weight tile"),
+        ("acc_depth", 6, "double-buffered"),
+        ("acc_depth", 9, "even"),
+        ("param_depth", 0, "from 1"),
+        ("clock_mhz", 0, "1 to 1000"),
+    ])
+    def test_illegal_value_names_parameter_and_range(self, field, value, accepted):
+        with pytest.raises(ConfigError) as error:
+            AcceleratorConfig(**{"rows": 4, "cols": 4, field: value})
+        assert str(error.value).startswith(f"{field}:")
+        assert accepted in str(error.value)
+
+    def test_every_legal_array_size(self):
+        for rows in (1, 2, 7, 32):
+            for cols in (1, 3, 32):
+                assert AcceleratorConfig(rows=rows, cols=cols).pes == rows * cols
+
+    def test_unknown_key_is_refused(self):
+        with pytest.raises(ConfigError, match="unknown configuration key.*colums"):
+            AcceleratorConfig.from_dict({"colums": 4})
+
+
+class TestSerialisation:
+    def test_toml_round_trip(self, tmp_path):
+        cfg = AcceleratorConfig(rows=4, cols=8, dataflow="os", act_depth=512, counters=False, clock_mhz=62.5)
+        path = tmp_path / "a.toml"
+        path.write_text(cfg.to_toml())
+        assert AcceleratorConfig.from_toml(path) == cfg
+
+    def test_json_round_trip_and_hash(self):
+        cfg = AcceleratorConfig(rows=3, cols=5)
+        again = AcceleratorConfig.from_json(cfg.to_json())
+        assert again == cfg and again.hash == cfg.hash
+        assert cfg.replace(rows=4).hash != cfg.hash
+
+    def test_malformed_toml_is_reported(self, tmp_path):
+        path = tmp_path / "bad.toml"
+        path.write_text("rows = = 3")
+        with pytest.raises(ConfigError, match="cannot read configuration"):
+            AcceleratorConfig.from_toml(path)
+
+
+class TestCommandLine:
+    def test_verilog_records_its_configuration(self, tmp_path, capsys):
+        config = tmp_path / "c.toml"
+        config.write_text(AcceleratorConfig(rows=2, cols=2, act_depth=16, weight_depth=16, acc_depth=8).to_toml())
+        assert main(["verilog", "--config", str(config), "--cols", "3", "--out", str(tmp_path)]) == 0
+        path = next(tmp_path.glob("ws_2x3_*/tessera_core.v"))
+        header = path.read_text().splitlines()[:3]
+        recorded = json.loads(header[2].removeprefix("// config: "))
+        assert recorded["rows"] == 2 and recorded["cols"] == 3
+        assert header[1] == f"// config_hash: {AcceleratorConfig.from_dict(recorded).hash}"
+
+    def test_bad_override_exits_with_message(self, tmp_path, capsys):
+        assert main(["verilog", "--rows", "0", "--out", str(tmp_path)]) == 2
+        assert "rows: 0 is out of range" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+"""The GEMM tiler against the golden model, through the core's transaction-level model (no RTL)."""
+
+import numpy as np
+import pytest
+
+from gen.config import AcceleratorConfig
+from sw_driver.tiling import TilingError, plan_gemm
+from verif import golden
+from verif.core_model import run_plan
+
+CONFIGS = [AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=ad, weight_depth=wd, acc_depth=acc,
+                             param_depth=pd)
+           for r, c, ad, wd, acc, pd in [(1, 1, 8, 8, 2, 1), (4, 8, 64, 32, 16, 2), (8, 4, 40, 64, 16, 3),
+                                         (16, 16, 4096, 4096, 1024, 256), (3, 5, 30, 21, 10, 2)]
+           for df in ("ws", "os")]
+
+
+def _operands(rng, m, k, n):
+    x = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    bias = rng.integers(-2**16, 2**16, n, dtype=np.int32)
+    scale = (rng.uniform(0.5, 2, n) / (64 * np.sqrt(k))).astype(np.float32)
+    return x, w, bias, scale, int(rng.integers(-128, 128))
+
+
+class TestGemmTiling:
+    @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}-a{c.act_depth}")
+    def test_random_shapes_match_golden(self, cfg):
+        rng = np.random.default_rng(cfg.rows * 100 + cfg.cols)
+        max_k = min(cfg.act_depth, cfg.weight_depth) if cfg.dataflow == "os" else cfg.weight_depth
+        for _ in range(20):
+            m, k, n = (int(v) for v in rng.integers(1, [40, min(max_k, 40) + 1, 40]))
+            operands = _operands(rng, m, k, n)
+            plan = plan_gemm(cfg, *operands)
+            y = plan.assemble(run_plan(cfg, plan), cfg.cols)
+            np.testing.assert_array_equal(y, golden.gemm_hw(*operands))
+
+    def test_small_buffers_need_several_passes(self):
+        cfg = AcceleratorConfig(rows=4, cols=4, act_depth=8, weight_depth=8, acc_depth=8, param_depth=1)
+        plan = plan_gemm(cfg, *_operands(np.random.default_rng(0), 10, 8, 9))
+        assert len(plan.passes) > 3
+        assert all(len(p.act_loads) <= cfg.act_depth for p in plan.passes)
+
+    def test_commands_fit_their_fields(self):
+        cfg = AcceleratorConfig(rows=16, cols=16)
+        plan = plan_gemm(cfg, *_operands(np.random.default_rng(1), 256, 256, 256))
+        assert len(plan.passes) == 1 and len(plan.passes[0].commands) == 16
+        assert all(c["m"] == 256 and c["k"] == 16 for c in plan.passes[0].commands)
+
+
+class TestTilingErrors:
+    cfg = AcceleratorConfig(rows=4, cols=4, act_depth=16, weight_depth=16, acc_depth=8)
+
+    def test_k_too_large_for_weight_buffer(self):
+        with pytest.raises(TilingError, match="weight_depth"):
+            plan_gemm(self.cfg, *_operands(np.random.default_rng(0), 4, 20, 4))
+
+    def test_mismatched_shapes(self):
+        x, w, bias, scale, zp = _operands(np.random.default_rng(0), 4, 8, 4)
+        with pytest.raises(TilingError, match="do not make a GEMM"):
+            plan_gemm(self.cfg, x, w[:5], bias, scale, zp)
+
+    def test_non_int8_operands(self):
+        x, w, bias, scale, zp = _operands(np.random.default_rng(0), 4, 8, 4)
+        with pytest.raises(TilingError, match="int8"):
+            plan_gemm(self.cfg, x.astype(np.int16), w, bias, scale, zp)
+
+    def test_bad_scale_and_zero_point(self):
+        x, w, bias, scale, zp = _operands(np.random.default_rng(0), 4, 8, 4)
+        with pytest.raises(TilingError, match="scale"):
+            plan_gemm(self.cfg, x, w, bias, np.full(4, np.inf, np.float32), zp)
+        with pytest.raises(TilingError, match="y_zp"):
+            plan_gemm(self.cfg, x, w, bias, scale, 200)
+
+    def test_accumulator_overflow_is_refused(self):
+        cfg = AcceleratorConfig(rows=1, cols=1, act_depth=65536, weight_depth=65536, acc_depth=2, dataflow="os")
+        x = np.full((1, 65536), -128, np.int8)
+        w = np.full((65536, 1), -128, np.int8)
+        with pytest.raises(TilingError, match="overflow"):
+            plan_gemm(cfg, x, w, np.array([2**30], np.int32), np.ones(1, np.float32), 0)
