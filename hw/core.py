@@ -13,6 +13,12 @@ from .layouts import (ACC, OPERAND, act_load_layout, command_layout, param_load_
 
 __all__ = ["GemmCore"]
 
+def _depth(words):
+    # A one-word memory has a zero-width address in Amaranth's Verilog ("[-1:0]"), which lint rejects;
+    # the spare word is never addressed.
+    return max(2, words)
+
+
 _COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute}
 
 
@@ -57,13 +63,13 @@ class GemmCore(wiring.Component):
         cfg = self.cfg
         m = Module()
         m.submodules.act_buffer = act_buffer = Memory(
-            shape=data.ArrayLayout(OPERAND, cfg.rows), depth=cfg.act_depth, init=[])
+            shape=data.ArrayLayout(OPERAND, cfg.rows), depth=_depth(cfg.act_depth), init=[])
         m.submodules.weight_buffer = weight_buffer = Memory(
-            shape=data.ArrayLayout(OPERAND, cfg.cols), depth=cfg.weight_depth, init=[])
+            shape=data.ArrayLayout(OPERAND, cfg.cols), depth=_depth(cfg.weight_depth), init=[])
         m.submodules.param_buffer = param_buffer = Memory(
-            shape=param_word_layout(cfg), depth=cfg.param_depth, init=[])
+            shape=param_word_layout(cfg), depth=_depth(cfg.param_depth), init=[])
         m.submodules.acc_buffer = acc_buffer = Memory(
-            shape=data.ArrayLayout(ACC, cfg.cols), depth=cfg.acc_depth, init=[])
+            shape=data.ArrayLayout(ACC, cfg.cols), depth=_depth(cfg.acc_depth), init=[])
 
         for load, buffer in ((self.act_load, act_buffer), (self.weight_load, weight_buffer),
                              (self.param_load, param_buffer)):
