@@ -306,6 +306,9 @@ class Requantiser(wiring.Component):
 
     def __init__(self, *, lanes: int):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= MAX_LANES:
+            # Amaranth warns about any elaboratable that is never elaborated, rejected ones too; this one
+            # already failed loudly, so mark it used.
+            self._MustUse__used = True
             raise ValueError(f"`lanes` must be an integer from 1 to {MAX_LANES}, not {lanes!r}")
         self._lanes = lanes
         super().__init__({
