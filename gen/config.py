@@ -53,6 +53,9 @@ class AcceleratorConfig:
         Build the performance counters.
     clock_mhz : float
         Target clock frequency, used by FPGA builds and by reports.
+    link_timeout : int
+        Cycles without a host word, in the middle of an instruction or its data, after which the device
+        reports the instruction as truncated and returns to idle.
     """
 
     rows: int = 8
@@ -66,6 +69,7 @@ class AcceleratorConfig:
     param_depth: int = 256
     counters: bool = True
     clock_mhz: float = 100.0
+    link_timeout: int = 1 << 16
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
@@ -93,6 +97,7 @@ class AcceleratorConfig:
             raise ConfigError(f"counters: {self.counters!r} must be true or false")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             raise ConfigError(f"clock_mhz: {self.clock_mhz!r} is out of range; accepted: 1 to 1000")
+        _check_int("link_timeout", self.link_timeout, 16, 1 << 24)
 
     # -- derived quantities --------------------------------------------------------------------------------
 

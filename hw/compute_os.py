@@ -45,6 +45,8 @@ class OutputStationaryCompute(wiring.Component):
             "release": In(1),
             "busy": Out(1),
             "issued": Out(1),
+            "weight_read": Out(1),
+            "acc_rmw_read": Out(1),
         })
 
     def elaborate(self, platform):
@@ -92,6 +94,8 @@ class OutputStationaryCompute(wiring.Component):
             self.act_addr.eq(cmd.x_base + step),
             self.weight_addr.eq(cmd.w_base + step),
             self.issued.eq(issue),
+            self.weight_read.eq(issue),
+            self.acc_rmw_read.eq(0),
         ]
 
         tag_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})

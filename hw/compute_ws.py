@@ -33,8 +33,9 @@ class WeightStationaryCompute(wiring.Component):
         Accumulator write port.
     tile : Out(stream of tile_layout); release : In(1)
         Finished tiles for the drain, and the drain's release of their halves.
-    busy : Out(1); issued : Out(1)
-        Work in flight; a vector enters the array this cycle.
+    busy : Out(1); issued : Out(1); weight_read : Out(1); acc_rmw_read : Out(1)
+        Work in flight; event strobes for the performance counters (a vector enters the array, a weight
+        word is read, an accumulator word is read for accumulation).
     """
 
     def __init__(self, cfg):
@@ -57,6 +58,8 @@ class WeightStationaryCompute(wiring.Component):
             "release": In(1),
             "busy": Out(1),
             "issued": Out(1),
+            "weight_read": Out(1),
+            "acc_rmw_read": Out(1),
         })
 
     def elaborate(self, platform):
@@ -175,6 +178,8 @@ class WeightStationaryCompute(wiring.Component):
         m.d.comb += [
             self.acc_wr_addr.eq(at_write.row),
             self.acc_wr_en.eq(at_write.valid),
+            self.weight_read.eq(w_load),
+            self.acc_rmw_read.eq(at_psum.valid & ~at_psum.first),
             tracker.finished.eq(at_write.valid & at_write.tile_end),
             self.busy.eq(loading | folds.r_rdy | active | tracker.busy),
         ]

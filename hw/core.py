@@ -11,12 +11,18 @@ from .drain import Drain
 from .layouts import (ACC, OPERAND, act_load_layout, command_layout, param_load_layout, param_word_layout,
                       result_layout, weight_load_layout)
 
-__all__ = ["GemmCore"]
+__all__ = ["GemmCore", "core_events_layout"]
 
 def _depth(words):
     # A one-word memory has a zero-width address in Amaranth's Verilog ("[-1:0]"), which lint rejects;
     # the spare word is never addressed.
     return max(2, words)
+
+
+def core_events_layout():
+    """Event strobes of :class:`GemmCore` (``acc_read`` counts up to two reads in one cycle)."""
+    return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "weight_read": 1, "acc_read": 2,
+                              "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1})
 
 
 _COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute}
@@ -44,6 +50,8 @@ class GemmCore(wiring.Component):
         No command queued or in flight and every result delivered.
     perf_cycles, perf_issued : Out(32)
         Cycles spent not idle, and cycles in which a vector (ws) or reduction step (os) entered the array.
+    events : Out(core_events_layout())
+        One strobe per countable event this cycle, for the device's performance counters.
     """
 
     def __init__(self, cfg):
@@ -57,6 +65,7 @@ class GemmCore(wiring.Component):
             "idle": Out(1),
             "perf_cycles": Out(32),
             "perf_issued": Out(32),
+            "events": Out(core_events_layout()),
         })
 
     def elaborate(self, platform):
@@ -105,6 +114,18 @@ class GemmCore(wiring.Component):
         ]
 
         m.d.comb += self.idle.eq(~self.cmd.valid & ~compute.busy & ~drain.busy)
+        m.d.comb += [
+            self.events.busy.eq(~self.idle),
+            self.events.array.eq(compute.issued),
+            # ws reads one activation word per vector, os one per reduction step: both are array cycles
+            self.events.act_read.eq(compute.issued),
+            self.events.weight_read.eq(compute.weight_read),
+            self.events.acc_read.eq(compute.acc_rmw_read + drain.acc_read),
+            self.events.acc_write.eq(compute.acc_wr_en),
+            self.events.param_read.eq(drain.param_en),
+            self.events.completed.eq(drain.release),
+            self.events.stall_output.eq(self.result.valid & ~self.result.ready),
+        ]
         with m.If(~self.idle):
             m.d.sync += self.perf_cycles.eq(self.perf_cycles + 1)
         with m.If(compute.issued):

@@ -25,7 +25,8 @@ class Drain(wiring.Component):
         Parameter buffer read port.
     result : Out(stream of ArrayLayout(signed(8), cols))
         Requantised output rows, in order.
-    busy : Out(1)
+    busy : Out(1); acc_read : Out(1)
+        Work in flight; an accumulator row is read this cycle.
     """
 
     def __init__(self, cfg, tile):
@@ -42,6 +43,7 @@ class Drain(wiring.Component):
             "param_data": In(param_word_layout(cfg)),
             "result": Out(stream.Signature(result_layout(cfg))),
             "busy": Out(1),
+            "acc_read": Out(1),
         })
 
     def elaborate(self, platform):
@@ -69,6 +71,7 @@ class Drain(wiring.Component):
             self.acc_addr.eq(Mux(current.half, cfg.acc_half_depth, 0) + row),
             self.acc_en.eq(advance),
         ]
+        m.d.comb += self.acc_read.eq(advance & reading & (row != current.m))
         with m.If(advance):
             m.d.sync += feeding.eq(reading & (row != current.m))
             with m.If(reading):

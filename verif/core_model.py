@@ -1,43 +1,82 @@
-"""Transaction-level model of the compute core: executes a tiling plan's loads and commands on NumPy buffers.
+"""Transaction-level models of the compute core and of the whole device.
 
-It reads the buffers exactly as :mod:`hw.layouts` documents, so the tiler can be checked against the golden
-model quickly and without RTL; the RTL is checked against the golden model by the cocotb tests. Both
-levels run the same plans (PyMTL3's idea: one set of vectors for every level).
+They read the buffers exactly as :mod:`hw.layouts` documents and decode instructions as :mod:`hw.isa`
+defines them, so the tiler and the compiler can be checked against the golden model quickly and without
+RTL; the RTL is checked against the golden model by the cocotb tests. Both levels run the same programs
+(PyMTL3's idea: one set of vectors for every level).
 """
+
+import dataclasses
 
 import numpy as np
 
+from hw.isa import BufferId, Opcode
+from sw_driver.isa_encode import disassemble
 from verif import golden
 
-__all__ = ["run_plan"]
+__all__ = ["Buffers", "execute_command", "run_plan", "run_program"]
+
+
+@dataclasses.dataclass
+class Buffers:
+    act: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    scale: np.ndarray   # float32 bit patterns
+
+    @classmethod
+    def empty(cls, cfg):
+        return cls(np.zeros((cfg.act_depth, cfg.rows), np.int8), np.zeros((cfg.weight_depth, cfg.cols), np.int8),
+                   np.zeros((cfg.param_depth, cfg.cols), np.int32), np.zeros((cfg.param_depth, cfg.cols), np.uint32))
+
+
+def execute_command(cfg, buffers, cmd):
+    """Result rows (``m x cols`` int8) of one compute command."""
+    R = cfg.rows
+    m, k, x_base, w_base = cmd["m"], cmd["k"], cmd["x_base"], cmd["w_base"]
+    if cfg.dataflow == "ws":
+        # fold f: activation words x_base + f*m + i, weight words w_base + f*R + r
+        x = np.concatenate([buffers.act[x_base + f * m:x_base + (f + 1) * m] for f in range(k)], axis=1)
+        w = buffers.weight[w_base:w_base + k * R]
+    else:
+        # step j: activation word x_base + j holds X[m0:m0+R, j]
+        x = buffers.act[x_base:x_base + k].T[:m]
+        w = buffers.weight[w_base:w_base + k]
+    p = cmd["p_base"]
+    return golden.gemm_hw(x, w, buffers.bias[p], buffers.scale[p].view(np.float32), cmd["y_zp"])
 
 
 def run_plan(cfg, plan):
-    """Execute ``plan`` and return its result rows (``int8`` array of shape ``(rows, cols)``)."""
-    R, C = cfg.rows, cfg.cols
-    act = np.zeros((cfg.act_depth, R), np.int8)
-    weight = np.zeros((cfg.weight_depth, C), np.int8)
-    bias = np.zeros((cfg.param_depth, C), np.int32)
-    scale = np.zeros((cfg.param_depth, C), np.uint32)
+    """Execute a :class:`~sw_driver.tiling.GemmPlan` on the core; return its result rows."""
+    buffers = Buffers.empty(cfg)
     rows = []
     for p in plan.passes:
         for addr, vector in p.act_loads:
-            act[addr] = vector
+            buffers.act[addr] = vector
         for addr, vector in p.weight_loads:
-            weight[addr] = vector
+            buffers.weight[addr] = vector
         for addr, b, s in p.param_loads:
-            bias[addr], scale[addr] = b, s
-        for cmd in p.commands:
-            m, k = cmd["m"], cmd["k"]
-            if cfg.dataflow == "ws":
-                # fold f: activation words x_base + f*m + i, weight words w_base + f*R + r
-                x = np.concatenate([act[cmd["x_base"] + f * m:cmd["x_base"] + (f + 1) * m] for f in range(k)],
-                                   axis=1)
-                w = weight[cmd["w_base"]:cmd["w_base"] + k * R]
+            buffers.bias[addr], buffers.scale[addr] = b, s
+        rows += [execute_command(cfg, buffers, cmd) for cmd in p.commands]
+    return np.concatenate(rows) if rows else np.zeros((0, cfg.cols), np.int8)
+
+
+def run_program(cfg, words):
+    """Execute a well-formed instruction stream (no error handling); return each command's result rows."""
+    buffers = Buffers.empty(cfg)
+    results = []
+    for opcode, ops, payload in disassemble(cfg, words):
+        if opcode == Opcode.LOAD:
+            buffer = BufferId(ops["buffer"])
+            payload = payload.reshape(ops["words"], -1)
+            span = slice(ops["addr"], ops["addr"] + ops["words"])
+            if buffer == BufferId.PARAM:
+                buffers.bias[span] = payload[:, :cfg.cols].view(np.int32)
+                buffers.scale[span] = payload[:, cfg.cols:]
             else:
-                # step j: activation word x_base + j holds X[m0:m0+R, j]
-                x = act[cmd["x_base"]:cmd["x_base"] + k].T[:m]
-                w = weight[cmd["w_base"]:cmd["w_base"] + k]
-            p_base = cmd["p_base"]
-            rows.append(golden.gemm_hw(x, w, bias[p_base], scale[p_base].view(np.float32), cmd["y_zp"]))
-    return np.concatenate(rows) if rows else np.zeros((0, C), np.int8)
+                lanes = cfg.rows if buffer == BufferId.ACT else cfg.cols
+                target = buffers.act if buffer == BufferId.ACT else buffers.weight
+                target[span] = payload.view(np.int8).reshape(ops["words"], -1)[:, :lanes]
+        elif opcode == Opcode.GEMM:
+            results.append(execute_command(cfg, buffers, ops))
+    return results

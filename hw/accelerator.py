@@ -1,0 +1,83 @@
+"""The Tessera device: controller, compute core, counters and host link behind two 32-bit streams."""
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.lib import stream
+
+from .controller import Controller
+from .core import GemmCore
+from .counters import PerfCounters
+from .host_link import PacketArbiter, ResultPacketiser
+from .isa import COUNTERS, LINK_WIDTH
+
+__all__ = ["Accelerator"]
+
+
+class Accelerator(wiring.Component):
+    """A complete accelerator for one configuration.
+
+    The host sends instructions and data on ``host_in`` and receives RESULT, COUNTERS and ERROR packets on
+    ``host_out`` (:mod:`hw.isa`); the same two streams are what the FPGA's UART link carries.
+
+    Attributes
+    ----------
+    host_in : In(stream of 32-bit words)
+    host_out : Out(stream of 32-bit words)
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({
+            "host_in": In(stream.Signature(unsigned(LINK_WIDTH))),
+            "host_out": Out(stream.Signature(unsigned(LINK_WIDTH))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.controller = controller = Controller(cfg)
+        m.submodules.core = core = GemmCore(cfg)
+        m.submodules.packetiser = packetiser = ResultPacketiser(cfg, controller.result_rows.payload.shape())
+        m.submodules.arbiter = arbiter = PacketArbiter()
+
+        wiring.connect(m, wiring.flipped(self.host_in), controller.host_in)
+        for name in ("act_load", "weight_load", "param_load", "cmd"):
+            wiring.connect(m, getattr(controller, name), getattr(core, name))
+        wiring.connect(m, controller.result_rows, packetiser.rows)
+        wiring.connect(m, core.result, packetiser.result)
+        # Results first: they free accumulator halves, and the core's progress depends on them.
+        wiring.connect(m, packetiser.packet, arbiter.first)
+        wiring.connect(m, controller.packet, arbiter.second)
+        wiring.connect(m, arbiter.host_out, wiring.flipped(self.host_out))
+
+        completed = Signal(32)
+        m.d.sync += completed.eq(completed + core.events.completed)
+        m.d.comb += [controller.completed.eq(completed), controller.core_idle.eq(core.idle)]
+
+        if cfg.counters:
+            m.submodules.counters = counters = PerfCounters({name: 2 if name == "acc_reads" else 1
+                                                             for name, _ in COUNTERS})
+            events = core.events
+            inc = counters.increment
+            m.d.comb += [
+                inc.cycles.eq(1),
+                inc.busy_cycles.eq(events.busy),
+                inc.stall_input_cycles.eq(controller.starved),
+                inc.stall_output_cycles.eq(self.host_out.valid & ~self.host_out.ready),
+                inc.array_cycles.eq(events.array),
+                inc.commands.eq(events.completed),
+                inc.act_reads.eq(events.act_read),
+                inc.act_writes.eq(core.act_load.valid & core.act_load.ready),
+                inc.weight_reads.eq(events.weight_read),
+                inc.weight_writes.eq(core.weight_load.valid & core.weight_load.ready),
+                inc.acc_reads.eq(events.acc_read),
+                inc.acc_writes.eq(events.acc_write),
+                inc.param_reads.eq(events.param_read),
+                inc.param_writes.eq(core.param_load.valid & core.param_load.ready),
+                inc.link_words_in.eq(self.host_in.valid & self.host_in.ready),
+                inc.link_words_out.eq(self.host_out.valid & self.host_out.ready),
+                counters.clear.eq(controller.clear_counters),
+                controller.counters.eq(counters.values),
+            ]
+        return m

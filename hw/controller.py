@@ -1,0 +1,265 @@
+"""The controller: decodes the host's instruction stream into buffer loads and compute commands."""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
+                  instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
+from .layouts import act_load_layout, command_layout, param_load_layout, weight_load_layout
+
+__all__ = ["Controller", "link_beat_layout"]
+
+_COMMAND_QUEUE = 4
+_RESULT_QUEUE = 16
+
+
+def link_beat_layout():
+    """A word for the host, and whether it ends its packet."""
+    return data.StructLayout({"data": unsigned(LINK_WIDTH), "last": 1})
+
+
+class Controller(wiring.Component):
+    """Executes instructions from ``host_in`` in order.
+
+    Loads write buffers at link rate while earlier compute commands wait in a queue or run, so loads of the
+    next tile overlap compute of the current one; ``WAIT`` orders a load after the commands that still read
+    the words it overwrites (the compiler places them). Anything malformed is reported as an ERROR packet and
+    skipped: a bad LOAD still consumes its data words, a stalled instruction times out, so the device always
+    returns to fetching instructions.
+
+    Attributes
+    ----------
+    host_in : In(stream of 32-bit words)
+    act_load, weight_load, param_load, cmd : Out(stream)
+        To the compute core.
+    result_rows : Out(stream of row counts)
+        Rows of each dispatched command, in order, for the result packetiser.
+    packet : Out(stream of link_beat_layout)
+        COUNTERS and ERROR packets.
+    completed : In(32)
+        Compute commands completed since reset.
+    core_idle : In(1)
+    counters : In(ArrayLayout(unsigned(32), len(COUNTERS)))
+    clear_counters : Out(1)
+    starved : Out(1)
+        Waiting for host words with nothing queued for the core.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._command = command_layout(cfg)
+        super().__init__({
+            "host_in": In(stream.Signature(unsigned(LINK_WIDTH))),
+            "act_load": Out(stream.Signature(act_load_layout(cfg))),
+            "weight_load": Out(stream.Signature(weight_load_layout(cfg))),
+            "param_load": Out(stream.Signature(param_load_layout(cfg))),
+            "cmd": Out(stream.Signature(self._command)),
+            "result_rows": Out(stream.Signature(self._command["m"].shape)),
+            "packet": Out(stream.Signature(link_beat_layout())),
+            "completed": In(32),
+            "core_idle": In(1),
+            "counters": In(data.ArrayLayout(unsigned(32), len(COUNTERS))),
+            "clear_counters": Out(1),
+            "starved": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+
+        m.submodules.commands = commands = fifo.SyncFIFOBuffered(width=self._command.size, depth=_COMMAND_QUEUE)
+        m.submodules.row_counts = row_counts = fifo.SyncFIFOBuffered(
+            width=self._command["m"].shape.width, depth=_RESULT_QUEUE)
+        m.d.comb += [
+            self.cmd.valid.eq(commands.r_rdy), self.cmd.payload.eq(commands.r_data),
+            commands.r_en.eq(self.cmd.ready),
+            self.result_rows.valid.eq(row_counts.r_rdy), self.result_rows.payload.eq(row_counts.r_data),
+            row_counts.r_en.eq(self.result_rows.ready),
+        ]
+
+        # -- fetch: instruction words arrive least significant first ----------------------------------------
+        layout = instruction_layout(cfg)
+        bits = Signal(INSTRUCTION_WORDS * LINK_WIDTH)
+        instr = data.View(layout, bits)
+        fetched = Signal(range(INSTRUCTION_WORDS + 1))
+        def operands(layout):
+            return data.View(layout, instr.operands[:layout.size])
+        load = operands(operands_layout(cfg, Opcode.LOAD))
+        gemm = operands(self._command)
+        wait = operands(operands_layout(cfg, Opcode.WAIT))
+
+        # -- a word of the host link -------------------------------------------------------------------------
+        word = self.host_in.payload
+        got_word = Signal()
+        m.d.comb += got_word.eq(self.host_in.valid & self.host_in.ready)
+
+        # A stalled instruction or LOAD must not hold the device forever.
+        silent = Signal(range(cfg.link_timeout + 1))
+        timed_out = Signal()
+        m.d.comb += timed_out.eq(silent == cfg.link_timeout)
+
+        error = Signal(8)
+        issued = Signal(32)
+
+        # -- LOAD state: assemble buffer words from link words --------------------------------------------
+        beats = {b: words_per_buffer_word(cfg, b) for b in BufferId}
+        max_beats = max(beats.values())
+        assembly = Signal(max_beats * LINK_WIDTH)
+        beat = Signal(range(max_beats + 1))
+        remaining = Signal(17)
+        load_addr = Signal(16)
+        load_buffer = Signal(2)
+        discard = Signal()
+        beats_needed = Signal(range(max_beats + 1))
+        targets = {BufferId.ACT: self.act_load, BufferId.WEIGHT: self.weight_load, BufferId.PARAM: self.param_load}
+        depths = {BufferId.ACT: cfg.act_depth, BufferId.WEIGHT: cfg.weight_depth, BufferId.PARAM: cfg.param_depth}
+        write_pending = Signal()
+        target_ready = Signal()
+        for b, target in targets.items():
+            # The assembled word sits in the top `beats[b]` link words of the shift register.
+            low = (max_beats - beats[b]) * LINK_WIDTH
+            m.d.comb += [
+                target.payload.addr.eq(load_addr),
+                target.payload.data.eq(assembly[low:low + target.payload.data.shape().size]),
+                target.valid.eq(write_pending & (load_buffer == b)),
+            ]
+            with m.If(load_buffer == b):
+                m.d.comb += target_ready.eq(target.ready)
+        with m.If(write_pending & target_ready):
+            m.d.sync += [write_pending.eq(0), load_addr.eq(load_addr + 1)]
+
+        # -- GEMM checks --------------------------------------------------------------------------------
+        max_rows = cfg.acc_half_depth if cfg.dataflow == "ws" else cfg.rows
+        act_words = Signal(33)
+        weight_words = Signal(33)
+        if cfg.dataflow == "ws":
+            m.d.comb += [act_words.eq(gemm.k * gemm.m), weight_words.eq(gemm.k * cfg.rows)]
+        else:
+            m.d.comb += [act_words.eq(gemm.k), weight_words.eq(gemm.k)]
+        gemm_error = Signal(8)
+        with m.If((gemm.m == 0) | (gemm.k == 0) | (gemm.m > max_rows)):
+            m.d.comb += gemm_error.eq(ErrorCode.BAD_SHAPE)
+        with m.Elif((gemm.x_base + act_words > cfg.act_depth) | (gemm.w_base + weight_words > cfg.weight_depth)
+                    | (gemm.p_base >= cfg.param_depth)):
+            m.d.comb += gemm_error.eq(ErrorCode.OUT_OF_RANGE)
+
+        # -- packets: COUNTERS and ERROR --------------------------------------------------------------------
+        header = data.View(packet_header_layout(), Signal(LINK_WIDTH))
+        snapshot = Array(Signal(32, name=f"snapshot_{name}") for name, _ in COUNTERS)
+        sent = Signal(range(len(COUNTERS) + 2))
+
+        m.d.comb += self.starved.eq(0)
+        with m.FSM():
+            with m.State("FETCH"):
+                m.d.comb += [self.host_in.ready.eq(1), self.starved.eq(self.core_idle & ~self.host_in.valid)]
+                with m.If(got_word):
+                    m.d.sync += [bits.eq(Cat(bits[LINK_WIDTH:], word)), fetched.eq(fetched + 1), silent.eq(0)]
+                    with m.If(fetched == INSTRUCTION_WORDS - 1):
+                        m.d.sync += fetched.eq(0)
+                        m.next = "DECODE"
+                with m.Elif(fetched != 0):
+                    m.d.sync += silent.eq(silent + 1)
+                    with m.If(timed_out):
+                        m.d.sync += [fetched.eq(0), silent.eq(0), error.eq(ErrorCode.TRUNCATED), bits.eq(0)]
+                        m.next = "ERROR"
+
+            with m.State("DECODE"):
+                with m.Switch(instr.opcode):
+                    with m.Case(Opcode.NOP):
+                        m.next = "FETCH"
+                    with m.Case(Opcode.LOAD):
+                        m.d.sync += [remaining.eq(load.words), load_addr.eq(load.addr), load_buffer.eq(load.buffer),
+                                     beat.eq(0), discard.eq(0), error.eq(0), silent.eq(0)]
+                        with m.Switch(load.buffer):
+                            for b in BufferId:
+                                with m.Case(b):
+                                    m.d.sync += beats_needed.eq(beats[b])
+                                    with m.If(load.addr + load.words > depths[b]):
+                                        m.d.sync += [discard.eq(1), error.eq(ErrorCode.OUT_OF_RANGE)]
+                            with m.Default():
+                                # Unknown buffer: still swallow the data, one link word per buffer word.
+                                m.d.sync += [beats_needed.eq(1), discard.eq(1), error.eq(ErrorCode.BAD_BUFFER)]
+                        m.next = "LOAD"
+                    with m.Case(Opcode.GEMM):
+                        with m.If(gemm_error != 0):
+                            m.d.sync += error.eq(gemm_error)
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "GEMM"
+                    with m.Case(Opcode.WAIT):
+                        m.next = "WAIT"
+                    with m.Case(Opcode.READ_COUNTERS):
+                        m.next = "DRAIN_FOR_COUNTERS"
+                    with m.Case(Opcode.CLEAR_COUNTERS):
+                        m.d.comb += self.clear_counters.eq(1)
+                        m.next = "FETCH"
+                    with m.Default():
+                        m.d.sync += error.eq(ErrorCode.ILLEGAL_OPCODE)
+                        m.next = "ERROR"
+
+            with m.State("LOAD"):
+                with m.If(remaining == 0):
+                    with m.If(~write_pending):
+                        m.next = "LOAD_DONE"
+                with m.Else():
+                    m.d.comb += [self.host_in.ready.eq(~write_pending),
+                                 self.starved.eq(self.core_idle & ~self.host_in.valid)]
+                    with m.If(got_word):
+                        m.d.sync += [assembly.eq(Cat(assembly[LINK_WIDTH:], word)), silent.eq(0)]
+                        with m.If(beat == beats_needed - 1):
+                            m.d.sync += [beat.eq(0), remaining.eq(remaining - 1), write_pending.eq(~discard)]
+                        with m.Else():
+                            m.d.sync += beat.eq(beat + 1)
+                    with m.Else():
+                        m.d.sync += silent.eq(silent + 1)
+                        with m.If(timed_out):
+                            m.d.sync += [silent.eq(0), error.eq(ErrorCode.TRUNCATED), remaining.eq(0)]
+
+            with m.State("LOAD_DONE"):
+                with m.If(error != 0):
+                    m.next = "ERROR"
+                with m.Else():
+                    m.next = "FETCH"
+
+            with m.State("GEMM"):
+                with m.If(commands.w_rdy & row_counts.w_rdy):
+                    m.d.comb += [commands.w_en.eq(1), commands.w_data.eq(gemm.as_value()),
+                                 row_counts.w_en.eq(1), row_counts.w_data.eq(gemm.m)]
+                    m.d.sync += issued.eq(issued + 1)
+                    m.next = "FETCH"
+
+            with m.State("WAIT"):
+                # issued - completed never exceeds the commands in flight, so any `pending` terminates
+                with m.If(issued - self.completed <= wait.pending):
+                    m.next = "FETCH"
+
+            with m.State("DRAIN_FOR_COUNTERS"):
+                with m.If(~commands.r_rdy & self.core_idle):
+                    m.d.sync += [snapshot[i].eq(self.counters[i]) for i in range(len(COUNTERS))]
+                    m.d.sync += sent.eq(0)
+                    m.next = "COUNTERS"
+
+            with m.State("COUNTERS"):
+                m.d.comb += [header.kind.eq(PacketKind.COUNTERS), header.length.eq(len(COUNTERS)),
+                             self.packet.valid.eq(1),
+                             self.packet.payload.data.eq(Mux(sent == 0, header.as_value(), snapshot[sent - 1])),
+                             self.packet.payload.last.eq(sent == len(COUNTERS))]
+                with m.If(self.packet.ready):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == len(COUNTERS)):
+                        m.d.sync += sent.eq(0)
+                        m.next = "FETCH"
+
+            with m.State("ERROR"):
+                m.d.comb += [header.kind.eq(PacketKind.ERROR), header.length.eq(1),
+                             self.packet.valid.eq(1),
+                             self.packet.payload.data.eq(Mux(sent == 0, header.as_value(),
+                                                             Cat(error, instr.opcode))),
+                             self.packet.payload.last.eq(sent == 1)]
+                with m.If(self.packet.ready):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == 1):
+                        m.d.sync += [sent.eq(0), error.eq(0)]
+                        m.next = "FETCH"
+        return m

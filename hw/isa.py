@@ -1,0 +1,116 @@
+"""The instruction set of the Tessera device: the one definition that the decoder, the compiler, the
+driver and the generated ISA document and C header all use.
+
+The host sends one stream of 32-bit words. An instruction is :data:`INSTRUCTION_WORDS` words (least
+significant word first); a ``LOAD`` is followed by its data words. The device answers with packets on its
+own 32-bit stream: a header word (:func:`packet_header_layout`) followed by ``length`` payload words.
+"""
+
+import enum
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data
+
+from .layouts import command_layout
+
+__all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "COUNTERS", "INSTRUCTION_WORDS", "LINK_WIDTH",
+           "instruction_layout", "operands_layout", "packet_header_layout", "words_per_buffer_word"]
+
+#: Width of the host link in bits (both directions).
+LINK_WIDTH = 32
+#: Every instruction is this many link words long.
+INSTRUCTION_WORDS = 4
+_OPCODE_BITS = 8
+
+
+class Opcode(enum.IntEnum):
+    """What an instruction does. Values are the encoding; 0 is a no-op so that zero padding is harmless."""
+    NOP = 0x00
+    LOAD = 0x01             # write `words` buffer words from the stream into `buffer` at `addr`
+    GEMM = 0x02             # run one compute command of the core (see hw.layouts)
+    WAIT = 0x03             # block until at most `pending` of the commands issued so far are unfinished
+    READ_COUNTERS = 0x04    # once idle, send a COUNTERS packet
+    CLEAR_COUNTERS = 0x05   # zero every performance counter
+
+
+class BufferId(enum.IntEnum):
+    """Target of a ``LOAD``."""
+    ACT = 0
+    WEIGHT = 1
+    PARAM = 2
+
+
+class PacketKind(enum.IntEnum):
+    """Kind of a device-to-host packet."""
+    RESULT = 1     # the output rows of one GEMM command, `cols` int8 per row, rows padded to whole words
+    COUNTERS = 2   # one 32-bit word per entry of COUNTERS, in order
+    ERROR = 3      # one word: ErrorCode in bits 0-7, the offending opcode in bits 8-15
+
+
+class ErrorCode(enum.IntEnum):
+    """Why an instruction was rejected. The device reports it and goes on with the next instruction."""
+    ILLEGAL_OPCODE = 1
+    BAD_BUFFER = 2          # LOAD names no buffer
+    OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
+    BAD_SHAPE = 4           # GEMM with m or k of 0, or m larger than one output tile
+    TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
+
+
+#: Performance counters, in the order of a COUNTERS packet: (name, what it counts).
+COUNTERS = [
+    ("cycles", "cycles since the counters were cleared"),
+    ("busy_cycles", "cycles in which the compute core had work"),
+    ("stall_input_cycles", "cycles in which the core was idle waiting for the host's instructions or data"),
+    ("stall_output_cycles", "cycles in which a result was ready but the host link did not accept it"),
+    ("array_cycles", "cycles in which a vector (ws) or reduction step (os) entered the PE array"),
+    ("commands", "compute commands completed"),
+    ("act_reads", "activation buffer words read"),
+    ("act_writes", "activation buffer words written"),
+    ("weight_reads", "weight buffer words read"),
+    ("weight_writes", "weight buffer words written"),
+    ("acc_reads", "accumulator words read (read-modify-write and drain)"),
+    ("acc_writes", "accumulator words written"),
+    ("param_reads", "parameter words read"),
+    ("param_writes", "parameter words written"),
+    ("link_words_in", "32-bit words received from the host"),
+    ("link_words_out", "32-bit words sent to the host"),
+]
+
+
+def operands_layout(cfg, opcode):
+    """Operand fields of ``opcode`` for configuration ``cfg`` (they follow the opcode byte)."""
+    opcode = Opcode(opcode)
+    if opcode == Opcode.LOAD:
+        return data.StructLayout({"buffer": unsigned(2), "addr": unsigned(16), "words": unsigned(16)})
+    if opcode == Opcode.GEMM:
+        return command_layout(cfg)
+    if opcode == Opcode.WAIT:
+        # Relative, so that a program means the same whatever ran before it.
+        return data.StructLayout({"pending": unsigned(32)})
+    return data.StructLayout({})
+
+
+def instruction_layout(cfg):
+    """An instruction: the opcode byte, then the operands of that opcode (a union over all opcodes)."""
+    width = INSTRUCTION_WORDS * LINK_WIDTH - _OPCODE_BITS
+    for opcode in Opcode:
+        size = operands_layout(cfg, opcode).size
+        if size > width:
+            raise ValueError(f"operands of {opcode.name} need {size} bits; an instruction has {width}")
+    return data.StructLayout({"opcode": unsigned(_OPCODE_BITS), "operands": unsigned(width)})
+
+
+def packet_header_layout():
+    """Header word of a device-to-host packet."""
+    return data.StructLayout({"kind": unsigned(8), "length": unsigned(24)})
+
+
+def words_per_buffer_word(cfg, buffer):
+    """Link words that carry one word of ``buffer`` (operand vectors are packed 4 int8 per word; a parameter
+    word is each channel's int32 bias, then each channel's float32 scale)."""
+    buffer = BufferId(buffer)
+    if buffer == BufferId.ACT:
+        return -(-cfg.rows * 8 // LINK_WIDTH)
+    if buffer == BufferId.WEIGHT:
+        return -(-cfg.cols * 8 // LINK_WIDTH)
+    return 2 * cfg.cols
