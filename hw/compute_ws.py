@@ -142,7 +142,10 @@ class WeightStationaryCompute(wiring.Component):
         ]
         with m.If(last_vector):
             m.d.sync += active.eq(0)
-            m.d.sync += cool.eq(cfg.cols)
+            # The last vector (address at cycle L) meets PE (r, cols-1) at L+r+cols; a load starting at S
+            # writes row r visibly from S+3+r. So S >= L+cols-2, i.e. cool counts cols-3 (and folds of
+            # rows+cols-1 vectors or more follow each other without a bubble).
+            m.d.sync += cool.eq(max(cfg.cols - 3, 0))
         with m.Elif(cool != 0):
             m.d.sync += cool.eq(cool - 1)
         with m.If(active):

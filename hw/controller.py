@@ -203,7 +203,8 @@ class Controller(wiring.Component):
                     with m.If(~write_pending):
                         m.next = "LOAD_DONE"
                 with m.Else():
-                    m.d.comb += [self.host_in.ready.eq(~write_pending),
+                    # The next word may arrive while the assembled one is written: the write leaves this cycle.
+                    m.d.comb += [self.host_in.ready.eq(~write_pending | target_ready),
                                  self.starved.eq(self.core_idle & ~self.host_in.valid)]
                     with m.If(got_word):
                         m.d.sync += [assembly.eq(Cat(assembly[LINK_WIDTH:], word)), silent.eq(0)]

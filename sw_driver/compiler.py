@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from hw.isa import BufferId, Opcode
+from hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, words_per_buffer_word
 from sw_driver.isa_encode import instruction, load
 from sw_driver.tiling import TilingError, _check_operands
 
@@ -77,84 +77,182 @@ def _square_order(blocks, tiles):
     return order
 
 
+def _block_order(blocks, tiles):
+    """Row block by row block: the weights stream in once, during the first block."""
+    return [(b, t) for b in range(blocks) for t in range(tiles)]
+
+
+#: Commands the controller can queue ahead of the core (its command FIFO plus the one the core holds).
+_RUN_AHEAD = 5
+
+
+def _estimate_cycles(steps):
+    """Cycles a schedule takes at one link word per cycle, with loads overlapping queued compute.
+
+    A deliberately simple model of the device (the RTL's counters are the measurement): the controller
+    executes steps in order, a GEMM queues unless ``_RUN_AHEAD`` are already waiting, the core runs GEMMs
+    back to back, a WAIT holds the link until enough of them are done.
+    """
+    link = 0
+    ends = []       # completion time of each GEMM
+    for kind, value in steps:
+        if kind == "load":
+            link += value
+        elif kind == "wait":
+            done = len(ends) - value
+            if done > 0:
+                link = max(link, ends[done - 1])
+        else:
+            if len(ends) >= _RUN_AHEAD:
+                link = max(link, ends[-_RUN_AHEAD] - value)   # a queue slot frees when a GEMM starts
+            start = max(link, ends[-1] if ends else 0)
+            ends.append(start + value)
+    return ends[-1] if ends else link
+
+
 def compile_gemm(cfg, x, w, bias, scale, y_zp):
     """Compile ``Y = requantize(x @ w + bias, scale, y_zp)`` (int8 operands, input zero point already folded
-    into ``bias``) into a :class:`Program` for the device of ``cfg``."""
+    into ``bias``) into a :class:`Program` for the device of ``cfg``.
+
+    Several schedules (row block sizes, command orders) are laid out symbolically, their cycles estimated
+    with :func:`_estimate_cycles`, and the fastest one is emitted.
+    """
     x, w, bias, scale = _check_operands(x, w, bias, scale, y_zp)
-    R, C = cfg.rows, cfg.cols
-    (m, k), n = x.shape, w.shape[1]
-    n_tiles = math.ceil(n / C)
-    w_pad = np.zeros((k, n_tiles * C), np.int8)
-    w_pad[:, :n] = w
-    bias_pad = np.zeros(n_tiles * C, np.int32)
-    bias_pad[:n] = bias
-    # padding channels are computed and dropped; a unit scale keeps them in the requantiser's domain
-    scale_pad = np.ones(n_tiles * C, np.float32)
-    scale_pad[:n] = scale
+    layer = _GemmTiles(cfg, x, w, bias, scale)
+    candidates = []
+    for block_rows in layer.block_sizes():
+        for order in (_square_order, _block_order):
+            steps = layer.schedule(block_rows, order)
+            candidates.append((_estimate_cycles(layer.cost(steps)), block_rows, order.__name__, steps))
+    _, block_rows, _, steps = min(candidates, key=lambda c: c[0])
+    return layer.emit(steps, block_rows, int(y_zp))
 
-    if cfg.dataflow == "ws":
-        folds = math.ceil(k / R)
-        # Rows per command: enough that the array's weight preload hides behind the previous fold
-        # (rows + cols vectors), few enough that several row blocks exist to overlap their loads.
-        block_rows = min(m, cfg.acc_half_depth, max(4 * (R + C), 64), cfg.act_depth // folds)
-        if block_rows == 0:
-            raise TilingError(f"K={k} needs {folds} activation words per row; act_depth is {cfg.act_depth}")
-        x_pad = np.zeros((m, folds * R), np.int8)
-        x_pad[:, :k] = x
 
-        def act_tile(b):
-            rows = x_pad[b * block_rows:(b + 1) * block_rows]
+class _GemmTiles:
+    """A GEMM cut into row blocks of activations and column tiles of weights, in the layouts of
+    :mod:`hw.layouts`."""
+
+    def __init__(self, cfg, x, w, bias, scale):
+        self.cfg = cfg
+        R, C = cfg.rows, cfg.cols
+        (self.m, self.k), self.n = x.shape, w.shape[1]
+        self.n_tiles = math.ceil(self.n / C)
+        self.x = x
+        self.w = np.zeros((self.k, self.n_tiles * C), np.int8)
+        self.w[:, :self.n] = w
+        self.bias = np.zeros(self.n_tiles * C, np.int32)
+        self.bias[:self.n] = bias
+        # padding channels are computed and dropped; a unit scale keeps them in the requantiser's domain
+        self.scale = np.ones(self.n_tiles * C, np.float32)
+        self.scale[:self.n] = scale
+        if cfg.dataflow == "ws":
+            self.folds = math.ceil(self.k / R)
+            if cfg.act_depth // self.folds == 0:
+                raise TilingError(f"K={self.k} needs {self.folds} activation words per row; act_depth is "
+                                  f"{cfg.act_depth}")
+            self.weight_words = self.folds * R
+        else:
+            if self.k > cfg.act_depth or self.k > cfg.weight_depth:
+                raise TilingError(f"K={self.k} reduction steps must fit the buffers; accepted: K <= "
+                                  f"{min(cfg.act_depth, cfg.weight_depth)} (act_depth, weight_depth)")
+            self.weight_words = self.k
+        self.link_words = {b: words_per_buffer_word(cfg, b) for b in BufferId}
+
+    def block_sizes(self):
+        """Candidate rows per command. WS wants at least rows + cols vectors per fold (so the array's weight
+        preload hides behind the previous fold) and not more than an accumulator half; OS tiles are R rows."""
+        cfg = self.cfg
+        if cfg.dataflow == "os":
+            return [cfg.rows]
+        limit = min(self.m, cfg.acc_half_depth, cfg.act_depth // self.folds)
+        sizes = {min(limit, max(1, size)) for size in (cfg.rows + cfg.cols, 2 * (cfg.rows + cfg.cols),
+                                                       4 * (cfg.rows + cfg.cols), 8 * (cfg.rows + cfg.cols))}
+        return sorted(sizes)
+
+    def act_words(self, rows):
+        return self.folds * rows if self.cfg.dataflow == "ws" else self.k
+
+    def schedule(self, block_rows, order):
+        """Symbolic steps: ("load", buffer, address, tile, rows), ("wait", pending), ("gemm", b, t, addresses,
+        rows). Nothing is packed yet, so schedules are cheap to compare."""
+        cfg = self.cfg
+        blocks = math.ceil(self.m / block_rows)
+        slot_act_words = self.act_words(block_rows)
+        acts = _SlotPool("activation", slot_act_words, cfg.act_depth // slot_act_words)
+        weights = _SlotPool("weight", self.weight_words, cfg.weight_depth // self.weight_words)
+        params = _SlotPool("parameter", 1, cfg.param_depth)
+        steps = []
+        waited = 0  # commands a WAIT already guaranteed complete; later WAITs for fewer are redundant
+        for index, (b, t) in enumerate(order(blocks, self.n_tiles)):
+            rows = min(block_rows, self.m - b * block_rows)
+            addresses = []
+            for pool, buffer, tile in ((acts, BufferId.ACT, b), (weights, BufferId.WEIGHT, t),
+                                       (params, BufferId.PARAM, t)):
+                resident = tile in pool.resident
+                slot, wait_for = pool.find(tile)
+                if not resident:
+                    if wait_for is not None and wait_for + 1 > waited:
+                        waited = wait_for + 1
+                        steps.append(("wait", index - waited))
+                    steps.append(("load", buffer, slot * pool.slot_words, tile, rows))
+                pool.last_reader[slot] = index
+                addresses.append(slot * pool.slot_words)
+            steps.append(("gemm", b, t, addresses, rows))
+        return steps
+
+    def cost(self, steps):
+        """The steps as ("load", link words) / ("wait", pending) / ("gemm", cycles) for the estimate."""
+        sizes = {BufferId.ACT: lambda rows: self.act_words(rows), BufferId.WEIGHT: lambda rows: self.weight_words,
+                 BufferId.PARAM: lambda rows: 1}
+        out = []
+        for step in steps:
+            out.append(("load", INSTRUCTION_WORDS))
+            if step[0] == "load":
+                _, buffer, _, _, rows = step
+                out.append(("load", sizes[buffer](rows) * self.link_words[buffer]))
+            elif step[0] == "wait":
+                out.append(step)
+            else:
+                rows = step[4]
+                out.append(("gemm", rows * self.folds if self.cfg.dataflow == "ws" else self.k))
+        return out
+
+    def _act_tile(self, b, block_rows, rows):
+        R = self.cfg.rows
+        if self.cfg.dataflow == "ws":
+            block = np.zeros((rows, self.folds * R), np.int8)
+            block[:, :self.k] = self.x[b * block_rows:b * block_rows + rows]
             # word f*rows + i holds row i of fold f
-            return np.concatenate([rows[:, f * R:(f + 1) * R] for f in range(folds)])
+            return np.concatenate([block[:, f * R:(f + 1) * R] for f in range(self.folds)])
+        block = np.zeros((R, self.k), np.int8)
+        block[:rows] = self.x[b * R:b * R + rows]
+        return np.ascontiguousarray(block.T)     # word j holds X[m0:m0+R, j]
 
-        def weight_tile(t):
-            tile = np.zeros((folds * R, C), np.int8)
-            tile[:k] = w_pad[:, t * C:(t + 1) * C]
-            return tile
-        act_words, weight_words = folds * block_rows, folds * R
-        k_field = folds
-    else:
-        block_rows = R
-        if k > cfg.act_depth or k > cfg.weight_depth:
-            raise TilingError(f"K={k} reduction steps must fit the buffers; accepted: K <= "
-                              f"{min(cfg.act_depth, cfg.weight_depth)} (act_depth, weight_depth)")
+    def _weight_tile(self, t):
+        C = self.cfg.cols
+        tile = np.zeros((self.weight_words, C), np.int8)
+        tile[:self.k] = self.w[:, t * C:(t + 1) * C]
+        return tile
 
-        def act_tile(b):
-            rows = np.zeros((R, k), np.int8)
-            part = x[b * R:(b + 1) * R]
-            rows[:len(part)] = part
-            return np.ascontiguousarray(rows.T)     # word j holds X[m0:m0+R, j]
-
-        def weight_tile(t):
-            return w_pad[:, t * C:(t + 1) * C]
-        act_words = weight_words = k
-        k_field = k
-
-    blocks = math.ceil(m / block_rows)
-    acts = _SlotPool("activation", act_words, cfg.act_depth // act_words)
-    weights = _SlotPool("weight", weight_words, cfg.weight_depth // weight_words)
-    params = _SlotPool("parameter", 1, cfg.param_depth)
-
-    words, outputs = [], []
-    waited = 0  # commands a WAIT already guaranteed complete; later WAITs for fewer are redundant
-    for index, (b, t) in enumerate(_square_order(blocks, n_tiles)):
-        slots = []
-        def param_tile(t):
-            return bias_pad[None, t * C:(t + 1) * C], scale_pad[None, t * C:(t + 1) * C]
-        # (pool, buffer, tile, how to make the tile's words): built only when the tile is not resident
-        for pool, buffer, tile, make in ((acts, BufferId.ACT, b, act_tile), (weights, BufferId.WEIGHT, t, weight_tile),
-                                         (params, BufferId.PARAM, t, param_tile)):
-            resident = tile in pool.resident
-            slot, wait_for = pool.find(tile)
-            if not resident:
-                if wait_for is not None and wait_for + 1 > waited:
-                    waited = wait_for + 1
-                    words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
-                words.append(load(cfg, buffer, slot * pool.slot_words, make(tile)))
-            pool.last_reader[slot] = index
-            slots.append(slot)
-        rows = min(block_rows, m - b * block_rows)
-        words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k_field, x_base=slots[0] * acts.slot_words,
-                                 w_base=slots[1] * weights.slot_words, p_base=slots[2], y_zp=int(y_zp)))
-        outputs.append((b * block_rows, t * C, rows))
-    return Program(words=np.concatenate(words), outputs=outputs, m=m, n=n, macs=m * n * k)
+    def emit(self, steps, block_rows, y_zp):
+        cfg, C = self.cfg, self.cfg.cols
+        words, outputs = [], []
+        for step in steps:
+            if step[0] == "load":
+                _, buffer, address, tile, rows = step
+                if buffer == BufferId.ACT:
+                    payload = self._act_tile(tile, block_rows, rows)
+                elif buffer == BufferId.WEIGHT:
+                    payload = self._weight_tile(tile)
+                else:
+                    payload = (self.bias[None, tile * C:(tile + 1) * C], self.scale[None, tile * C:(tile + 1) * C])
+                words.append(load(cfg, buffer, address, payload))
+            elif step[0] == "wait":
+                words.append(instruction(cfg, Opcode.WAIT, pending=step[1]))
+            else:
+                _, b, t, (x_base, w_base, p_base), rows = step
+                k_field = self.folds if cfg.dataflow == "ws" else self.k
+                words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k_field, x_base=x_base, w_base=w_base,
+                                         p_base=p_base, y_zp=y_zp))
+                outputs.append((b * block_rows, t * C, rows))
+        return Program(words=np.concatenate(words), outputs=outputs, m=self.m, n=self.n, macs=self.m * self.n * self.k)

@@ -1,0 +1,84 @@
+"""The device runtime: runs compiled layers on a device over a transport and reads back results and counters."""
+
+import dataclasses
+
+import numpy as np
+
+from gen.verilog import DEVICE_TOPLEVEL, write_verilog
+from hw.isa import COUNTERS, LINK_WIDTH, Opcode
+from sw_driver.compiler import compile_gemm
+from sw_driver.isa_encode import DeviceError, instruction, parse_packets
+from sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
+
+__all__ = ["Device", "LayerRun", "open_sim_device"]
+
+
+@dataclasses.dataclass
+class LayerRun:
+    """What one layer cost on the device: its MACs, the hardware counters, and derived figures."""
+    macs: int
+    counters: dict
+    pes: int
+
+    @property
+    def cycles(self):
+        return self.counters["cycles"]
+
+    @property
+    def utilization(self):
+        """MACs / (PEs x cycles), over the whole layer: first instruction to last result."""
+        return self.macs / (self.pes * self.cycles) if self.cycles else 0.0
+
+    @property
+    def link_bytes_in(self):
+        return 4 * self.counters["link_words_in"]
+
+    @property
+    def link_bytes_out(self):
+        return 4 * self.counters["link_words_out"]
+
+
+class Device:
+    """A Tessera device of configuration ``cfg`` behind ``transport``.
+
+    Each layer runs as one program: CLEAR_COUNTERS, the compiled loads and commands, READ_COUNTERS; so the
+    counters describe that layer alone.
+    """
+
+    def __init__(self, cfg, transport, *, timeout_cycles=DEFAULT_TIMEOUT_CYCLES):
+        self.cfg = cfg
+        self.transport = transport
+        self.timeout_cycles = timeout_cycles
+        self._words_per_row = -(-cfg.cols * 8 // LINK_WIDTH)
+
+    def gemm(self, x, w, bias, scale, y_zp):
+        """``requantize(x @ w + bias, scale, y_zp)`` on the device; returns ``(y int8, LayerRun)``."""
+        program = compile_gemm(self.cfg, x, w, bias, scale, y_zp)
+        words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), program.words,
+                                instruction(self.cfg, Opcode.READ_COUNTERS)])
+        expected = sum(1 + rows * self._words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
+        self.transport.send(words)
+        reply = self.transport.receive(expected, timeout_cycles=self.timeout_cycles)
+        packets = parse_packets(self.cfg, reply)
+        if packets.errors:
+            raise DeviceError(f"the device rejected instructions: {packets.errors}")
+        if len(packets.counters) != 1 or len(packets.results) != len(program.outputs):
+            raise DeviceError(f"expected {len(program.outputs)} RESULT packets and one COUNTERS packet, got "
+                              f"{len(packets.results)} and {len(packets.counters)}")
+        y = program.assemble(packets.results, self.cfg.cols)
+        return y, LayerRun(macs=program.macs, counters=packets.counters[0], pes=self.cfg.pes)
+
+    def close(self):
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def open_sim_device(cfg, **kwargs):
+    """Generate (or reuse) the device's Verilog for ``cfg`` and open it under Verilator."""
+    verilog = write_verilog(cfg, top=DEVICE_TOPLEVEL)
+    return Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL), **kwargs)
