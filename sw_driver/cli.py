@@ -44,6 +44,94 @@ def _cmd_demo(args):
     run_gemm_on_rtl(cfg, args.m, args.k, args.n, seed=args.seed, verbose=True)
 
 
+def _cmd_run(args):
+    import json
+
+    import numpy as np
+
+    from sw_driver.host_exec import inexact_layers, run_graph
+    from sw_driver.model_runner import run_graph_on
+    from sw_driver.onnx_import import load_model
+
+    graph = load_model(args.model)
+    if len(graph.inputs) != 1:
+        raise UsageError(f"the model has inputs {[io.name for io in graph.inputs]}; tessera run takes one")
+    x = np.load(args.input)
+    inputs = {graph.inputs[0].name: x}
+    cfg = config_from_args(args)
+    if args.target == "host":
+        device = None
+    elif args.target == "sim":
+        from sw_driver.runtime import open_sim_device
+        print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}), simulated from its RTL")
+        device = open_sim_device(cfg)
+    else:
+        raise UsageError(f"--target {args.target!r} is not available; accepted: sim, host "
+                         f"(serial:PORT arrives with the FPGA link)")
+    try:
+        outputs, reports = run_graph_on(graph, inputs, device)
+    finally:
+        if device is not None:
+            device.close()
+    y = outputs[graph.outputs[0].name]
+    if args.output:
+        np.save(args.output, y)
+
+    print(f"{'layer':24} {'op':18} {'ran on':7} {'MACs':>11} {'cycles':>9} {'util':>6}")
+    for r in reports:
+        util = f"{r.utilization:6.1%}" if r.target == "device" else ""
+        cycles = f"{r.cycles:9,}" if r.target == "device" else ""
+        print(f"{r.name[:24]:24} {r.op[:18]:18} {r.target:7} {r.macs:11,} {cycles:>9} {util:>6}"
+              + (f"  ({r.reason})" if r.reason and r.target == "host" and args.verbose else ""))
+
+    check = None
+    if args.check:
+        reference = run_graph(graph, inputs)[graph.outputs[0].name]
+        mismatches = int(np.count_nonzero(reference != y))
+        check = {"golden_mismatches": mismatches, "outputs": int(y.size),
+                 "layers_where_onnxruntime_runs_float": inexact_layers(graph)}
+        print(f"check against the golden model: {mismatches} of {y.size} outputs differ")
+
+    device_layers = [r for r in reports if r.target == "device"]
+    totals = {
+        "macs_on_device": sum(r.macs for r in device_layers),
+        "cycles": sum(r.cycles for r in device_layers),
+        "link_bytes_in": sum(4 * r.counters["link_words_in"] for r in device_layers),
+        "link_bytes_out": sum(4 * r.counters["link_words_out"] for r in device_layers),
+        "energy_pj": {k: sum(r.energy_pj[k] for r in device_layers)
+                      for k in ("link", "buffers", "rf", "mac", "total")},
+    }
+    if args.report:
+        layers = [{
+            "name": r.name, "op": r.op, "target": r.target, "reason": r.reason, "macs": r.macs,
+            "cycles": r.cycles, "utilization": r.utilization,
+            "counters": _report_counters(r.counters) if r.counters else {},
+            "energy_pj": r.energy_pj,
+        } for r in reports]
+        report = {"config": cfg.to_dict(), "config_hash": cfg.hash, "model": str(args.model),
+                  "target": args.target, "layers": layers, "totals": totals, "check": check}
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"report: {args.report}")
+    if check and check["golden_mismatches"]:
+        return 1
+    return 0
+
+
+def _report_counters(c):
+    """The report's counter block (ARCHITECTURE.md) plus the raw hardware counters."""
+    return {
+        "link_bytes_in": 4 * c["link_words_in"], "link_bytes_out": 4 * c["link_words_out"],
+        "buffer_reads": {b: c[f"{b}_reads"] for b in ("act", "weight", "acc", "param")},
+        "buffer_writes": {b: c[f"{b}_writes"] for b in ("act", "weight", "acc", "param")},
+        "rf_accesses": 0, "macs_gated": 0, "hardware": c,
+    }
+
+
+class UsageError(ValueError):
+    """The command line asks for something that is not there; the message says what is accepted."""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,21 +150,34 @@ def main(argv=None):
     demo.add_argument("-n", type=int, default=48)
     demo.add_argument("--seed", type=int, default=1)
 
+    run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")
+    run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static)")
+    run.add_argument("--input", required=True, help="input tensor, .npy")
+    run.add_argument("--output", help="where to write the first output, .npy")
+    run.add_argument("--target", default="sim", help="sim (the RTL under Verilator) or host (golden model only)")
+    run.add_argument("--report", help="write the JSON report here")
+    run.add_argument("--check", action="store_true", help="also run the golden model and compare")
+    run.add_argument("-v", "--verbose", action="store_true", help="say why layers ran on the host")
+    add_config_arguments(run)
+
     args = parser.parse_args(argv)
-    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo}
+    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run}
     try:
-        handlers[args.command](args)
+        status = handlers[args.command](args)
     except ConfigError as error:
         print(f"tessera: configuration error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, with its kind
         from gen.lint import LintError
+        from sw_driver.isa_encode import DeviceError
+        from sw_driver.onnx_import import ModelError
         from sw_driver.tiling import TilingError
-        if isinstance(error, (LintError, TilingError)):
-            print(f"tessera: {error}", file=sys.stderr)
+        from sw_driver.transport import LinkError
+        if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, OSError)):
+            print(f"tessera: {type(error).__name__}: {error}", file=sys.stderr)
             return 1
         raise
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

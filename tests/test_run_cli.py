@@ -1,0 +1,82 @@
+"""``tessera run`` end to end: quantized ONNX models on the simulated RTL, bit for bit against onnxruntime."""
+
+import json
+import zlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from sw_driver.cli import main
+from onnx_models import QuantFormat, QuantType, gemm_model, matmul_model, quantize_model, random_inputs
+from onnx_multi import depthwise_separable
+
+pytestmark = pytest.mark.rtl
+
+_CONFIG = ["--rows", "4", "--cols", "4"]
+
+
+def _onnxruntime(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _run(tmp_path, model, x, *extra):
+    model_path, x_path, y_path, report = (tmp_path / n for n in ("q.onnx", "x.npy", "y.npy", "r.json"))
+    model_path.write_bytes(model.SerializeToString())
+    np.save(x_path, x)
+    status = main(["run", str(model_path), "--input", str(x_path), "--output", str(y_path), "--report",
+                   str(report), "--check", *_CONFIG, *extra])
+    return status, np.load(y_path), json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
+@pytest.mark.parametrize("activation", [QuantType.QUInt8, QuantType.QInt8], ids=["u8", "s8"])
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+def test_fully_connected_runs_on_device_bit_exact(tmp_path, quant_format, activation, dataflow):
+    rng = np.random.default_rng(zlib.crc32(f"{quant_format}{activation}{dataflow}".encode()))
+    float_model = gemm_model(rng, m=9, k=21, n=10, trans_b=True)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
+                           activation_type=activation)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow)
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    gemm = [layer for layer in report["layers"] if layer["op"] == "Gemm"]
+    assert gemm and gemm[0]["target"] == "device" and gemm[0]["macs"] == 9 * 21 * 10
+    assert gemm[0]["cycles"] > 0 and 0 < gemm[0]["utilization"] <= 1
+    assert gemm[0]["counters"]["link_bytes_in"] > 21 * 10  # at least the weights went over the link
+    assert report["check"]["golden_mismatches"] == 0
+    assert report["totals"]["energy_pj"]["total"] > 0
+
+
+def test_matmul_and_host_layers_are_reported(tmp_path):
+    rng = np.random.default_rng(5)
+    float_model = matmul_model(rng, m=3, k=8, n=5)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=False,
+                           activation_type=QuantType.QUInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x)
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    targets = {layer["op"]: layer["target"] for layer in report["layers"]}
+    assert targets["Gemm"] == "device" and targets["Quantize"] == "host"
+
+
+def test_conv_model_falls_back_to_host_and_still_matches(tmp_path):
+    rng = np.random.default_rng(6)
+    float_model = depthwise_separable(rng)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x)
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    assert all(layer["target"] == "host" for layer in report["layers"] if layer["op"] == "Conv")
+
+
+def test_bad_target_and_missing_model_are_clear_errors(tmp_path, capsys):
+    x_path = tmp_path / "x.npy"
+    np.save(x_path, np.zeros((1, 4), np.float32))
+    assert main(["run", str(tmp_path / "missing.onnx"), "--input", str(x_path)]) == 1
+    assert "missing.onnx" in capsys.readouterr().err
