@@ -44,6 +44,7 @@ class Accelerator(wiring.Component):
         wiring.connect(m, wiring.flipped(self.host_in), controller.host_in)
         for name in ("act_load", "weight_load", "param_load", "cmd"):
             wiring.connect(m, getattr(controller, name), getattr(core, name))
+        m.d.comb += core.conv_geometry.eq(controller.conv_geometry)
         wiring.connect(m, controller.result_rows, packetiser.rows)
         wiring.connect(m, core.result, packetiser.result)
         # Results first: they free accumulator halves, and the core's progress depends on them.

@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array_os import OutputStationaryArray
-from .layouts import ACC, OPERAND, command_layout
+from .layouts import ACC, OPERAND, command_layout, conv_geometry_layout
 from .pipeline import delayed
 from .tiles import TileTracker, tile_layout
 
@@ -32,6 +32,7 @@ class OutputStationaryCompute(wiring.Component):
         acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
         super().__init__({
             "cmd": In(stream.Signature(self._command)),
+            "conv_geometry": In(conv_geometry_layout()),   # unused: the controller refuses conv commands
             "act_addr": Out(self._command["x_base"].shape),
             "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
             "weight_addr": Out(self._command["w_base"].shape),

@@ -5,9 +5,10 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array_ws import WeightStationaryArray
-from .layouts import ACC, OPERAND, command_layout
+from .layouts import ACC, OPERAND, command_layout, conv_geometry_layout
 from .pipeline import delayed
 from .tiles import TileTracker, tile_layout
+from .window import SlidingWindow
 
 __all__ = ["WeightStationaryCompute"]
 
@@ -45,6 +46,7 @@ class WeightStationaryCompute(wiring.Component):
         acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
         super().__init__({
             "cmd": In(stream.Signature(self._command)),
+            "conv_geometry": In(conv_geometry_layout()),
             "act_addr": Out(self._command["x_base"].shape),
             "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
             "weight_addr": Out(self._command["w_base"].shape),
@@ -73,6 +75,9 @@ class WeightStationaryCompute(wiring.Component):
         fold_layout = data.StructLayout({
             "x_addr": self._command["x_base"].shape, "m": self._command["m"].shape,
             "bank": 1, "first": 1, "last": 1, "p_base": self._command["p_base"].shape, "y_zp": OPERAND,
+            # convolution folds: the filter tap and channel block, and the first output pixel
+            "conv": 1, "kh": 3, "kw": 3, "cb": 8,
+            "out_y": self._command["out_y"].shape, "out_x": self._command["out_x"].shape,
         })
         # Depth 2 only because Amaranth's depth-1 FIFO emits zero-width wires; the loader never queues more than
         # one fold: it starts a fold only once the queue is empty (the issuer has taken the previous one).
@@ -90,10 +95,15 @@ class WeightStationaryCompute(wiring.Component):
         # A bank may be rewritten only once the last activation that used it has left the array's last column.
         cool = Signal(range(cfg.cols + 1))
 
+        # Filter tap and channel block of the fold being loaded (conv commands): cb fastest, then kw, then kh.
+        kh, kw, cb = Signal(3), Signal(3), Signal(8)
+        geometry = self.conv_geometry
+
         m.d.comb += self.cmd.ready.eq(~loading)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), loading.eq(1), fold.eq(0), in_fold.eq(0),
-                         w_addr.eq(self.cmd.payload.w_base), x_addr.eq(self.cmd.payload.x_base)]
+                         w_addr.eq(self.cmd.payload.w_base), x_addr.eq(self.cmd.payload.x_base),
+                         kh.eq(0), kw.eq(0), cb.eq(0)]
 
         w_load = Signal()
         m.d.comb += self.weight_addr.eq(w_addr)
@@ -111,9 +121,20 @@ class WeightStationaryCompute(wiring.Component):
                     pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m),
                     pushed.p_base.eq(cmd.p_base), pushed.y_zp.eq(cmd.y_zp),
                     pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
+                    pushed.conv.eq(cmd.conv), pushed.kh.eq(kh), pushed.kw.eq(kw), pushed.cb.eq(cb),
+                    pushed.out_y.eq(cmd.out_y), pushed.out_x.eq(cmd.out_x),
                 ]
-                m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(x_addr + cmd.m),
+                # a conv command reads the same feature map in every fold; a GEMM moves on by m words
+                m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(Mux(cmd.conv, x_addr, x_addr + cmd.m)),
                              load_bank.eq(~load_bank)]
+                with m.If(cb == geometry.channel_blocks - 1):
+                    m.d.sync += cb.eq(0)
+                    with m.If(kw == geometry.kernel_w - 1):
+                        m.d.sync += [kw.eq(0), kh.eq(kh + 1)]
+                    with m.Else():
+                        m.d.sync += kw.eq(kw + 1)
+                with m.Else():
+                    m.d.sync += cb.eq(cb + 1)
                 with m.If(fold == cmd.k - 1):
                     m.d.sync += loading.eq(0)
         m.d.comb += [
@@ -154,19 +175,33 @@ class WeightStationaryCompute(wiring.Component):
             m.d.sync += [current.eq(next_fold), active.eq(1), vector.eq(0)]
             with m.If(next_fold.first):
                 m.d.sync += half.eq(tracker.half)
-        m.d.comb += [self.act_addr.eq(current.x_addr + vector), self.issued.eq(active)]
+
+        m.submodules.window = window = SlidingWindow(len(self.act_addr))
+        m.d.comb += [
+            window.geometry.eq(geometry),
+            window.start.eq(take), window.step.eq(active),
+            window.out_y.eq(next_fold.out_y), window.out_x.eq(next_fold.out_x),
+            window.kh.eq(next_fold.kh), window.kw.eq(next_fold.kw), window.cb.eq(next_fold.cb),
+            window.x_base.eq(next_fold.x_addr),
+            self.act_addr.eq(Mux(current.conv, window.addr, current.x_addr + vector)),
+            self.issued.eq(active),
+        ]
 
         # Tags travel beside the data: one cycle of buffer read latency, then the array's latency.
-        tag_layout = data.StructLayout({"valid": 1, "row": len(self.acc_rd_addr), "first": 1, "tile_end": 1})
+        tag_layout = data.StructLayout({"valid": 1, "pad": 1, "row": len(self.acc_rd_addr), "first": 1,
+                                        "tile_end": 1})
         tag = Signal(tag_layout)
         half_base = Mux(half, cfg.acc_half_depth, 0)
         m.d.comb += [
-            tag.valid.eq(active), tag.row.eq(half_base + vector), tag.first.eq(current.first),
+            tag.valid.eq(active), tag.pad.eq(current.conv & window.pad),
+            tag.row.eq(half_base + vector), tag.first.eq(current.first),
             tag.tile_end.eq(last_vector & current.last),
         ]
         at_array = delayed(m, tag, 1, name="tag_read")
+        padding = Signal.like(self.act_data)
+        m.d.comb += [padding[r].eq(geometry.pad_value) for r in range(cfg.rows)]
         m.d.comb += [
-            array.x_in.eq(Mux(at_array.valid, self.act_data, 0)),
+            array.x_in.eq(Mux(at_array.valid, Mux(at_array.pad, padding, self.act_data), 0)),
             array.x_bank.eq(delayed(m, current.bank, 1, name="x_bank")),
         ]
         at_psum = delayed(m, at_array, array.latency, name="tag_array")

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
                   instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
-from .layouts import act_load_layout, command_layout, param_load_layout, weight_load_layout
+from .layouts import act_load_layout, command_layout, conv_geometry_layout, param_load_layout, weight_load_layout
 
 __all__ = ["Controller", "link_beat_layout"]
 
@@ -55,6 +55,7 @@ class Controller(wiring.Component):
             "weight_load": Out(stream.Signature(weight_load_layout(cfg))),
             "param_load": Out(stream.Signature(param_load_layout(cfg))),
             "cmd": Out(stream.Signature(self._command)),
+            "conv_geometry": Out(conv_geometry_layout()),
             "result_rows": Out(stream.Signature(self._command["m"].shape)),
             "packet": Out(stream.Signature(link_beat_layout())),
             "completed": In(32),
@@ -88,6 +89,7 @@ class Controller(wiring.Component):
         load = operands(operands_layout(cfg, Opcode.LOAD))
         gemm = operands(self._command)
         wait = operands(operands_layout(cfg, Opcode.WAIT))
+        setup = operands(conv_geometry_layout())
 
         # -- a word of the host link -------------------------------------------------------------------------
         word = self.host_in.payload
@@ -134,11 +136,13 @@ class Controller(wiring.Component):
         act_words = Signal(33)
         weight_words = Signal(33)
         if cfg.dataflow == "ws":
-            m.d.comb += [act_words.eq(gemm.k * gemm.m), weight_words.eq(gemm.k * cfg.rows)]
+            # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
+            m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)), weight_words.eq(gemm.k * cfg.rows)]
         else:
             m.d.comb += [act_words.eq(gemm.k), weight_words.eq(gemm.k)]
         gemm_error = Signal(8)
-        with m.If((gemm.m == 0) | (gemm.k == 0) | (gemm.m > max_rows)):
+        conv_unsupported = gemm.conv if cfg.dataflow != "ws" else 0
+        with m.If((gemm.m == 0) | (gemm.k == 0) | (gemm.m > max_rows) | conv_unsupported):
             m.d.comb += gemm_error.eq(ErrorCode.BAD_SHAPE)
         with m.Elif((gemm.x_base + act_words > cfg.act_depth) | (gemm.w_base + weight_words > cfg.weight_depth)
                     | (gemm.p_base >= cfg.param_depth)):
@@ -191,6 +195,13 @@ class Controller(wiring.Component):
                         m.next = "WAIT"
                     with m.Case(Opcode.READ_COUNTERS):
                         m.next = "DRAIN_FOR_COUNTERS"
+                    with m.Case(Opcode.CONV_SETUP):
+                        with m.If((setup.in_h == 0) | (setup.in_w == 0) | (setup.out_w == 0) | (setup.stride == 0)
+                                  | (setup.channel_blocks == 0) | (setup.kernel_h == 0) | (setup.kernel_w == 0)):
+                            m.d.sync += error.eq(ErrorCode.BAD_SHAPE)
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "CONV_SETUP"
                     with m.Case(Opcode.CLEAR_COUNTERS):
                         m.d.comb += self.clear_counters.eq(1)
                         m.next = "FETCH"
@@ -228,6 +239,12 @@ class Controller(wiring.Component):
                     m.d.comb += [commands.w_en.eq(1), commands.w_data.eq(gemm.as_value()),
                                  row_counts.w_en.eq(1), row_counts.w_data.eq(gemm.m)]
                     m.d.sync += issued.eq(issued + 1)
+                    m.next = "FETCH"
+
+            with m.State("CONV_SETUP"):
+                # queued and running conv commands read the geometry: change it only once they are done
+                with m.If(~commands.r_rdy & self.core_idle):
+                    m.d.sync += self.conv_geometry.eq(setup)
                     m.next = "FETCH"
 
             with m.State("WAIT"):

@@ -8,8 +8,8 @@ from amaranth.lib.wiring import In, Out
 from .compute_os import OutputStationaryCompute
 from .compute_ws import WeightStationaryCompute
 from .drain import Drain
-from .layouts import (ACC, OPERAND, act_load_layout, command_layout, param_load_layout, param_word_layout,
-                      result_layout, weight_load_layout)
+from .layouts import (ACC, OPERAND, act_load_layout, command_layout, conv_geometry_layout, param_load_layout,
+                      param_word_layout, result_layout, weight_load_layout)
 
 __all__ = ["GemmCore", "core_events_layout"]
 
@@ -44,6 +44,8 @@ class GemmCore(wiring.Component):
         Buffer writes: ``{addr, data}``; always ready.
     cmd : In(stream of command_layout)
         Compute commands.
+    conv_geometry : In(conv_geometry_layout())
+        Geometry for ``conv`` commands (weight-stationary only); must not change while they run.
     result : Out(stream of ArrayLayout(signed(8), cols))
         One requantised output row per beat, in command order.
     idle : Out(1)
@@ -61,6 +63,7 @@ class GemmCore(wiring.Component):
             "weight_load": In(stream.Signature(weight_load_layout(cfg))),
             "param_load": In(stream.Signature(param_load_layout(cfg))),
             "cmd": In(stream.Signature(command_layout(cfg))),
+            "conv_geometry": In(conv_geometry_layout()),
             "result": Out(stream.Signature(result_layout(cfg))),
             "idle": Out(1),
             "perf_cycles": Out(32),
@@ -91,6 +94,7 @@ class GemmCore(wiring.Component):
         m.submodules.compute = compute = _COMPUTE[cfg.dataflow](cfg)
         m.submodules.drain = drain = Drain(cfg, compute.tile.payload.shape())
         wiring.connect(m, wiring.flipped(self.cmd), compute.cmd)
+        m.d.comb += compute.conv_geometry.eq(self.conv_geometry)
         wiring.connect(m, compute.tile, drain.tile)
         wiring.connect(m, drain.result, wiring.flipped(self.result))
         m.d.comb += compute.release.eq(drain.release)

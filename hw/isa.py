@@ -11,7 +11,7 @@ import enum
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from .layouts import command_layout
+from .layouts import command_layout, conv_geometry_layout
 
 __all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "COUNTERS", "INSTRUCTION_WORDS", "LINK_WIDTH",
            "instruction_layout", "operands_layout", "packet_header_layout", "words_per_buffer_word"]
@@ -31,6 +31,7 @@ class Opcode(enum.IntEnum):
     WAIT = 0x03             # block until at most `pending` of the commands issued so far are unfinished
     READ_COUNTERS = 0x04    # once idle, send a COUNTERS packet
     CLEAR_COUNTERS = 0x05   # zero every performance counter
+    CONV_SETUP = 0x06       # once idle, set the convolution geometry that later conv GEMMs use
 
 
 class BufferId(enum.IntEnum):
@@ -52,7 +53,8 @@ class ErrorCode(enum.IntEnum):
     ILLEGAL_OPCODE = 1
     BAD_BUFFER = 2          # LOAD names no buffer
     OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
-    BAD_SHAPE = 4           # GEMM with m or k of 0, or m larger than one output tile
+    BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, a conv GEMM on a dataflow
+                            # without sliding-window addressing, or a CONV_SETUP with a zero size
     TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
 
 
@@ -84,6 +86,8 @@ def operands_layout(cfg, opcode):
         return data.StructLayout({"buffer": unsigned(2), "addr": unsigned(16), "words": unsigned(16)})
     if opcode == Opcode.GEMM:
         return command_layout(cfg)
+    if opcode == Opcode.CONV_SETUP:
+        return conv_geometry_layout()
     if opcode == Opcode.WAIT:
         # Relative, so that a program means the same whatever ran before it.
         return data.StructLayout({"pending": unsigned(32)})

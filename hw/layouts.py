@@ -18,7 +18,8 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-__all__ = ["command_layout", "act_load_layout", "weight_load_layout", "param_load_layout",
+__all__ = ["command_layout", "conv_geometry_layout", "MAX_CONV_SIDE", "act_load_layout", "weight_load_layout",
+           "param_load_layout",
            "result_layout", "max_command_k"]
 
 OPERAND = signed(8)
@@ -37,8 +38,18 @@ def max_command_k(cfg):
     return cfg.weight_depth // cfg.rows
 
 
+#: Largest input or output feature map side a convolution command can address.
+MAX_CONV_SIDE = 1023
+
+
 def command_layout(cfg):
-    """One compute command: produce ``m`` output rows of ``cols`` channels."""
+    """One compute command: produce ``m`` output rows of ``cols`` channels.
+
+    With ``conv`` set (weight-stationary only), the rows are output pixels starting at (``out_y``,
+    ``out_x``) in raster order, and activations are gathered from an input feature map by sliding-window
+    addressing (:func:`conv_geometry_layout`) instead of being read as ``m`` consecutive vectors per fold.
+    """
+    side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
     return data.StructLayout({
         "m": unsigned(ceil_log2(cfg.acc_half_depth + 1)),
         "k": unsigned(ceil_log2(max_command_k(cfg) + 1)),
@@ -46,6 +57,28 @@ def command_layout(cfg):
         "w_base": _addr(cfg.weight_depth),
         "p_base": _addr(cfg.param_depth),
         "y_zp": signed(8),
+        "conv": 1,
+        "out_y": side,
+        "out_x": side,
+    })
+
+
+def conv_geometry_layout():
+    """Geometry of the convolution that ``conv`` commands compute (set by the CONV_SETUP instruction).
+
+    The input feature map is stored pixel by pixel in raster order, ``channel_blocks`` words per pixel
+    (word ``b`` holds channels ``b*rows .. b*rows+rows-1``). Fold ``f`` of a conv command is filter tap
+    (``kh``, ``kw``) and channel block ``cb`` with ``f = (kh * kernel_w + kw) * channel_blocks + cb``. Taps
+    outside the input read ``pad_value`` (the input zero point, folded into the bias by the compiler).
+    """
+    side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
+    return data.StructLayout({
+        "in_h": side, "in_w": side, "out_w": side,
+        "channel_blocks": unsigned(8),
+        "kernel_h": unsigned(3), "kernel_w": unsigned(3),
+        "stride": unsigned(2),
+        "pad_top": unsigned(3), "pad_left": unsigned(3),
+        "pad_value": signed(8),
     })
 
 

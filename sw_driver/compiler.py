@@ -18,7 +18,7 @@ from hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, words_per_buffer_word
 from sw_driver.isa_encode import instruction, load
 from sw_driver.tiling import TilingError, _check_operands
 
-__all__ = ["Program", "compile_gemm", "TilingError"]
+__all__ = ["Program", "compile_gemm", "compile_conv", "conv_output_shape", "TilingError"]
 
 
 @dataclasses.dataclass
@@ -256,3 +256,89 @@ class _GemmTiles:
                                          p_base=p_base, y_zp=y_zp))
                 outputs.append((b * block_rows, t * C, rows))
         return Program(words=np.concatenate(words), outputs=outputs, m=self.m, n=self.n, macs=self.m * self.n * self.k)
+
+
+def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0):
+    """Compile a 2-D convolution (one image, ``group=1``) for a weight-stationary device.
+
+    The input feature map goes over the link once and stays in the activation buffer; every conv command
+    gathers its taps on chip (:mod:`hw.window`). ``x`` is int8 (C, H, W), ``w`` int8 (O, C, KH, KW), the input
+    zero point is already folded into ``bias`` and ``pad_value`` is that zero point (padding must read as it).
+    Returns a :class:`Program` whose ``assemble`` gives (out_h * out_w, O); see :func:`conv_output_shape`.
+    """
+    R, C = cfg.rows, cfg.cols
+    if cfg.dataflow != "ws":
+        raise TilingError(f"convolutions on the device need dataflow 'ws' (sliding-window addressing); "
+                          f"this configuration is {cfg.dataflow!r}")
+    x, w = np.asarray(x), np.asarray(w)
+    if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 3 or w.ndim != 4 or x.shape[0] != w.shape[1]:
+        raise TilingError(f"conv needs int8 x (C, H, W) and w (O, C, KH, KW) with matching C; got x "
+                          f"{x.dtype}{x.shape}, w {w.dtype}{w.shape}")
+    channels, in_h, in_w = x.shape
+    out_channels, _, kh, kw = w.shape
+    (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
+    if stride_y != stride_x or not 1 <= stride_y <= 3:
+        raise TilingError(f"strides {strides}: the device supports equal strides of 1 to 3")
+    if not (1 <= kh <= 7 and 1 <= kw <= 7) or max(pads) > 7:
+        raise TilingError(f"kernel {kh}x{kw} with pads {pads}: the device supports kernels up to 7x7, pads up to 7")
+    out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
+    blocks = math.ceil(channels / R)
+    map_words = in_h * in_w * blocks
+    if map_words > cfg.act_depth:
+        raise TilingError(f"the {channels}x{in_h}x{in_w} input needs {map_words} activation words; act_depth is "
+                          f"{cfg.act_depth}")
+    folds = kh * kw * blocks
+    # The flattened layer is a GEMM of (out_h*out_w) x (folds*R) x O; check operands and overflow through it.
+    w_gemm = np.zeros((folds * R, out_channels), np.int8)
+    for i in range(kh):
+        for j in range(kw):
+            for b in range(blocks):
+                f = (i * kw + j) * blocks + b
+                part = w[:, b * R:(b + 1) * R, i, j].T
+                w_gemm[f * R:f * R + len(part)] = part
+    _check_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
+    layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale))
+
+    fmap = np.zeros((in_h, in_w, blocks * R), np.int8)
+    fmap[:, :, :channels] = x.transpose(1, 2, 0)
+    words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks,
+                         kernel_h=kh, kernel_w=kw, stride=stride_y, pad_top=pad_t, pad_left=pad_l,
+                         pad_value=int(pad_value)),
+             load(cfg, BufferId.ACT, 0, fmap.reshape(-1, R))]
+    pixels = out_h * out_w
+    block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C))
+    weights = _SlotPool("weight", layer.weight_words, cfg.weight_depth // layer.weight_words)
+    params = _SlotPool("parameter", 1, cfg.param_depth)
+    outputs, index, waited = [], 0, 0
+    for t in range(layer.n_tiles):
+        addresses = []
+        for pool, buffer, make in ((weights, BufferId.WEIGHT, layer._weight_tile),
+                                   (params, BufferId.PARAM, lambda t: (layer.bias[None, t * C:(t + 1) * C],
+                                                                       layer.scale[None, t * C:(t + 1) * C]))):
+            slot, wait_for = pool.find(t)
+            if wait_for is not None and wait_for + 1 > waited:
+                waited = wait_for + 1
+                words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
+            words.append(load(cfg, buffer, slot * pool.slot_words, make(t)))
+            addresses.append(slot * pool.slot_words)
+        for p0 in range(0, pixels, block_rows):
+            rows = min(block_rows, pixels - p0)
+            words.append(instruction(cfg, Opcode.GEMM, m=rows, k=folds, x_base=0, w_base=addresses[0],
+                                     p_base=addresses[1], y_zp=int(y_zp), conv=1, out_y=p0 // out_w,
+                                     out_x=p0 % out_w))
+            outputs.append((p0, t * C, rows))
+            weights.last_reader[addresses[0] // weights.slot_words] = index
+            params.last_reader[addresses[1]] = index
+            index += 1
+    return Program(words=np.concatenate(words), outputs=outputs, m=pixels, n=out_channels,
+                   macs=pixels * out_channels * channels * kh * kw)
+
+
+def conv_output_shape(in_h, in_w, kh, kw, stride, pads):
+    """Output height and width of a convolution with ONNX pads (top, left, bottom, right)."""
+    pad_t, pad_l, pad_b, pad_r = pads
+    out_h, out_w = (in_h + pad_t + pad_b - kh) // stride + 1, (in_w + pad_l + pad_r - kw) // stride + 1
+    if out_h < 1 or out_w < 1:
+        raise TilingError(f"a {kh}x{kw} kernel with pads {pads} and stride {stride} leaves no output of a "
+                          f"{in_h}x{in_w} input")
+    return out_h, out_w

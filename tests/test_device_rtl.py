@@ -48,3 +48,23 @@ def test_random_instruction_streams_never_hang(cfg):
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "fuzz"), "stall": 0.2, "backpressure": 0.2, "fuzz": 6}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_fuzz",
                env={"TESSERA_TB": json.dumps(job)}, results_name="fuzz")
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c.dataflow == "ws"],
+                         ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
+def test_conv_with_sliding_window_matches_golden(cfg, stall):
+    rng = random.Random(_seed(cfg, "conv", stall))
+    convs = []
+    while len(convs) < 4:
+        kernel = rng.randint(1, 5)
+        shape = {"channels": rng.randint(1, 6), "out_channels": rng.randint(1, 9), "size": rng.randint(kernel, 7),
+                 "kernel": kernel, "stride": rng.randint(1, 2), "pad": rng.randint(0, kernel - 1)}
+        blocks = -(-shape["channels"] // cfg.rows)
+        # keep to layers whose weights and input map fit this small test configuration
+        if kernel * kernel * blocks * cfg.rows <= cfg.weight_depth and shape["size"] ** 2 * blocks <= cfg.act_depth:
+            convs.append(shape)
+    job = {"config": cfg.to_dict(), "seed": _seed(cfg, "conv", stall), "stall": stall, "backpressure": stall,
+           "convs": convs}
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_conv",
+               env={"TESSERA_TB": json.dumps(job)}, results_name=f"conv_{stall}")

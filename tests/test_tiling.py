@@ -6,6 +6,7 @@ import pytest
 from gen.config import AcceleratorConfig
 from sw_driver.tiling import TilingError, plan_gemm
 from verif import golden
+from verif.cases import random_conv
 from verif.core_model import run_plan
 
 CONFIGS = [AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=ad, weight_depth=wd, acc_depth=acc,
@@ -112,3 +113,21 @@ class TestDeviceCompiler:
                 assert waited < done <= issued
                 waited = done
         assert waited > 0
+
+
+class TestConvCompiler:
+    @pytest.mark.parametrize("seed", range(8))
+    def test_random_convs_match_golden(self, seed):
+        from sw_driver.compiler import compile_conv
+        from verif.core_model import run_program
+        rng = np.random.default_rng(seed)
+        cfg = AcceleratorConfig(rows=int(rng.integers(1, 6)), cols=int(rng.integers(1, 6)), act_depth=2048,
+                                weight_depth=512, acc_depth=64, param_depth=4)
+        kernel = int(rng.integers(1, 6))
+        operands, attrs, expected = random_conv(
+            rng, channels=int(rng.integers(1, 9)), out_channels=int(rng.integers(1, 9)),
+            size=int(rng.integers(kernel, 10)), kernel=kernel, stride=int(rng.integers(1, 3)),
+            pad=int(rng.integers(0, kernel)))
+        program = compile_conv(cfg, *operands, **attrs)
+        y = program.assemble(run_program(cfg, program.words), cfg.cols)
+        np.testing.assert_array_equal(y.T.reshape(expected.shape), expected)

@@ -30,11 +30,34 @@ class Buffers:
                    np.zeros((cfg.param_depth, cfg.cols), np.int32), np.zeros((cfg.param_depth, cfg.cols), np.uint32))
 
 
-def execute_command(cfg, buffers, cmd):
-    """Result rows (``m x cols`` int8) of one compute command."""
+def _conv_activations(cfg, buffers, cmd, g):
+    """The activation vectors a conv command gathers: (m, folds * rows), taps outside the map read the
+    padding value (see hw.layouts.conv_geometry_layout)."""
+    R, blocks = cfg.rows, g["channel_blocks"]
+    rows = []
+    for p in range(cmd["out_y"] * g["out_w"] + cmd["out_x"], cmd["out_y"] * g["out_w"] + cmd["out_x"] + cmd["m"]):
+        oy, ox = divmod(p, g["out_w"])
+        row = []
+        for f in range(cmd["k"]):
+            tap, cb = divmod(f, blocks)
+            kh, kw = divmod(tap, g["kernel_w"])
+            iy, ix = oy * g["stride"] + kh - g["pad_top"], ox * g["stride"] + kw - g["pad_left"]
+            if 0 <= iy < g["in_h"] and 0 <= ix < g["in_w"]:
+                row.append(buffers.act[(cmd["x_base"] + (iy * g["in_w"] + ix) * blocks + cb) % len(buffers.act)])
+            else:
+                row.append(np.full(R, g["pad_value"], np.int8))
+        rows.append(np.concatenate(row))
+    return np.array(rows, np.int8)
+
+
+def execute_command(cfg, buffers, cmd, geometry=None):
+    """Result rows (``m x cols`` int8) of one compute command (``geometry``: the last CONV_SETUP's)."""
     R = cfg.rows
     m, k, x_base, w_base = cmd["m"], cmd["k"], cmd["x_base"], cmd["w_base"]
-    if cfg.dataflow == "ws":
+    if cmd.get("conv"):
+        x = _conv_activations(cfg, buffers, cmd, geometry)
+        w = buffers.weight[w_base:w_base + k * R]
+    elif cfg.dataflow == "ws":
         # fold f: activation words x_base + f*m + i, weight words w_base + f*R + r
         x = np.concatenate([buffers.act[x_base + f * m:x_base + (f + 1) * m] for f in range(k)], axis=1)
         w = buffers.weight[w_base:w_base + k * R]
@@ -65,7 +88,10 @@ def run_program(cfg, words):
     """Execute a well-formed instruction stream (no error handling); return each command's result rows."""
     buffers = Buffers.empty(cfg)
     results = []
+    geometry = None
     for opcode, ops, payload in disassemble(cfg, words):
+        if opcode == Opcode.CONV_SETUP:
+            geometry = ops
         if opcode == Opcode.LOAD:
             buffer = BufferId(ops["buffer"])
             payload = payload.reshape(ops["words"], -1)
@@ -78,5 +104,5 @@ def run_program(cfg, words):
                 target = buffers.act if buffer == BufferId.ACT else buffers.weight
                 target[span] = payload.view(np.int8).reshape(ops["words"], -1)[:, :lanes]
         elif opcode == Opcode.GEMM:
-            results.append(execute_command(cfg, buffers, ops))
+            results.append(execute_command(cfg, buffers, ops, geometry))
     return results
