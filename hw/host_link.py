@@ -38,7 +38,7 @@ class ResultPacketiser(wiring.Component):
         m = Module()
         wpr = self.words_per_row
         rows_left = Signal.like(self.rows.payload)
-        word = Signal(range(wpr))
+        word = Signal(range(max(wpr, 2)))  # one bit at least: a zero-width signal fails the lint gate
         header = data.View(packet_header_layout(), Signal(LINK_WIDTH))
         row_bits = Signal(wpr * LINK_WIDTH)
         m.d.comb += row_bits.eq(self.result.payload.as_value())

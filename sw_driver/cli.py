@@ -23,19 +23,25 @@ def config_from_args(args):
 
 
 def _cmd_verilog(args):
-    from gen.verilog import write_verilog
+    from gen.artefacts import write_artefacts
+    from gen.verilog import DEVICE_TOPLEVEL, write_verilog
     cfg = config_from_args(args)
-    path = write_verilog(cfg, root=args.out)
+    path = write_verilog(cfg, root=args.out, top=DEVICE_TOPLEVEL)
+    # the compute core on its own as well: its cocotb tests use it, and it is the block to reuse elsewhere
+    write_verilog(cfg, root=args.out)
     print(f"{path}  ({cfg.dataflow} {cfg.rows}x{cfg.cols}, config {cfg.hash})")
+    for artefact in write_artefacts(cfg, path):
+        print(artefact)
 
 
 def _cmd_lint(args):
     from gen.lint import lint_verilog
-    from gen.verilog import TOPLEVEL, write_verilog
+    from gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, write_verilog
     cfg = config_from_args(args)
-    path = write_verilog(cfg, root=args.out)
-    lint_verilog(path, TOPLEVEL)
-    print(f"lint clean: {path}")
+    for top in (DEVICE_TOPLEVEL, TOPLEVEL):
+        path = write_verilog(cfg, root=args.out, top=top)
+        lint_verilog(path, top)
+        print(f"lint clean: {path}")
 
 
 def _cmd_demo(args):

@@ -4,7 +4,7 @@ import pytest
 
 from gen.config import AcceleratorConfig
 from gen.lint import LintError, lint_verilog
-from gen.verilog import TOPLEVEL, generate_verilog, write_verilog
+from gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, generate_verilog, write_verilog
 
 pytestmark = pytest.mark.rtl
 
@@ -15,8 +15,9 @@ pytestmark = pytest.mark.rtl
     AcceleratorConfig(rows=8, cols=8, dataflow="ws"),
     AcceleratorConfig(rows=4, cols=16, dataflow="os"),
 ], ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
-def test_generated_verilog_is_lint_clean(cfg, tmp_path):
-    lint_verilog(write_verilog(cfg, root=tmp_path), TOPLEVEL)
+@pytest.mark.parametrize("top", [TOPLEVEL, DEVICE_TOPLEVEL])
+def test_generated_verilog_is_lint_clean(cfg, top, tmp_path):
+    lint_verilog(write_verilog(cfg, root=tmp_path, top=top), top)
 
 
 def test_lint_gate_catches_a_real_warning(tmp_path):
