@@ -40,6 +40,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m verif.bench_gemm
+	$(BIN)/python -m verif.bench_device
 
 clean:
 	rm -rf build

@@ -45,9 +45,35 @@ def _cmd_lint(args):
 
 
 def _cmd_demo(args):
-    from verif.gemm_run import run_gemm_on_rtl
+    import numpy as np
+
+    from sw_driver.energy import layer_energy
+    from sw_driver.runtime import open_sim_device
+    from verif import golden
+    from verif.cases import random_conv
+    from verif.tb_core import random_gemm
+
     cfg = config_from_args(args)
-    run_gemm_on_rtl(cfg, args.m, args.k, args.n, seed=args.seed, verbose=True)
+    rng = np.random.default_rng(args.seed)
+    print(f"Tessera demo: {cfg.dataflow} {cfg.rows}x{cfg.cols} device (config {cfg.hash}), generated, built and "
+          f"simulated from its RTL under Verilator")
+    layers = []
+    with open_sim_device(cfg) as device:
+        operands = random_gemm(rng, args.m, args.k, args.n)
+        y, run = device.gemm(*operands)
+        layers.append((f"fully connected {args.m}x{args.k}x{args.n}", run,
+                       np.array_equal(y, golden.gemm_hw(*operands))))
+        if cfg.dataflow == "ws":
+            operands, attrs, expected = random_conv(rng, channels=16, out_channels=16, size=14, kernel=3,
+                                                    stride=1, pad=1)
+            y, run = device.conv(*operands, **attrs)
+            layers.append(("conv 3x3 16->16 on 14x14, pad 1", run, np.array_equal(y, expected)))
+    print(f"{'layer':34} {'bit-exact':9} {'MACs':>10} {'cycles':>8} {'util':>6} {'link B in':>10} {'pJ/MAC':>7}")
+    for name, run, exact in layers:
+        energy = layer_energy(cfg, run.counters)
+        print(f"{name:34} {'yes' if exact else 'NO':9} {run.macs:10,} {run.cycles:8,} {run.utilization:6.1%} "
+              f"{run.link_bytes_in:10,} {energy['total'] / run.macs:7.1f}")
+    return 0 if all(exact for _, _, exact in layers) else 1
 
 
 def _cmd_run(args):

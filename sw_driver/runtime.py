@@ -6,7 +6,7 @@ import numpy as np
 
 from gen.verilog import DEVICE_TOPLEVEL, write_verilog
 from hw.isa import COUNTERS, LINK_WIDTH, Opcode
-from sw_driver.compiler import compile_gemm
+from sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
 from sw_driver.isa_encode import DeviceError, instruction, parse_packets
 from sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
 
@@ -53,7 +53,19 @@ class Device:
 
     def gemm(self, x, w, bias, scale, y_zp):
         """``requantize(x @ w + bias, scale, y_zp)`` on the device; returns ``(y int8, LayerRun)``."""
-        program = compile_gemm(self.cfg, x, w, bias, scale, y_zp)
+        return self.run(compile_gemm(self.cfg, x, w, bias, scale, y_zp))
+
+    def conv(self, x, w, bias, scale, y_zp, **attrs):
+        """A convolution of one image (C, H, W) on the device (see ``compile_conv``); returns
+        ``(y int8 (O, out_h, out_w), LayerRun)``."""
+        program = compile_conv(self.cfg, x, w, bias, scale, y_zp, **attrs)
+        y, run = self.run(program)
+        stride, pads = attrs.get("strides", (1, 1))[0], attrs.get("pads", (0, 0, 0, 0))
+        out_h, out_w = conv_output_shape(x.shape[1], x.shape[2], w.shape[2], w.shape[3], stride, pads)
+        return y.T.reshape(w.shape[0], out_h, out_w), run
+
+    def run(self, program):
+        """Run a compiled :class:`~sw_driver.compiler.Program`; returns ``(assembled output, LayerRun)``."""
         words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), program.words,
                                 instruction(self.cfg, Opcode.READ_COUNTERS)])
         expected = sum(1 + rows * self._words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
