@@ -1,8 +1,10 @@
 """Runs an imported quantized model: layers the device supports on the device, the rest on the host.
 
-Device layers today: fully connected / MatMul / Gemm with int8 weights of zero point 0 that onnxruntime
-computes with an integer kernel. Everything else runs on the host with the golden model, with
-onnxruntime's semantics, and the report says where each layer ran.
+Device layers today: fully connected / MatMul / Gemm on every dataflow, and Conv (grouped and depthwise
+included) on weight-stationary devices, whose sliding-window addressing reads each input activation from
+the link once; in both cases int8 weights with zero point 0 that onnxruntime computes with an integer kernel.
+Everything else runs on the host with the golden model, with onnxruntime's semantics, and the report says
+where each layer ran and why.
 """
 
 import dataclasses
@@ -11,7 +13,8 @@ import numpy as np
 
 from sw_driver.energy import layer_energy
 from sw_driver.host_exec import run_layer
-from sw_driver.layers import Gemm
+from sw_driver.compiler import TilingError
+from sw_driver.layers import Conv, Gemm
 from verif import golden
 
 __all__ = ["LayerReport", "run_graph_on", "device_placement"]
@@ -30,10 +33,21 @@ class LayerReport:
     energy_pj: dict = dataclasses.field(default_factory=dict)
 
 
-def device_placement(graph, layer):
-    """``(True, "")`` if ``layer`` can run on the device, else ``(False, why)``."""
-    if not isinstance(layer, Gemm):
-        return False, f"{layer.kind} runs on the host (the device runs Gemm/MatMul today)"
+def device_placement(graph, layer, cfg):
+    """``(True, "")`` if ``layer`` can run on the device of ``cfg``, else ``(False, why)``."""
+    if isinstance(layer, Conv):
+        if cfg.dataflow != "ws":
+            return False, f"Conv needs sliding-window addressing, which the {cfg.dataflow} array lacks so far"
+        if tuple(layer.dilations) != (1, 1):
+            return False, f"dilations {layer.dilations} (the device supports 1)"
+        kh, kw = layer.w_q.shape[2:]
+        fits = layer.strides[0] == layer.strides[1] and 1 <= layer.strides[0] <= 3 and max(kh, kw) <= 7 \
+            and max(layer.pads) <= 7
+        if not fits:
+            return False, (f"kernel {kh}x{kw}, strides {layer.strides}, pads {layer.pads} (device: up to 7x7, "
+                           f"equal strides 1-3, pads up to 7)")
+    elif not isinstance(layer, Gemm):
+        return False, f"{layer.kind} runs on the host (the device runs Gemm/MatMul and Conv today)"
     if graph.onnxruntime_path(layer.name) == "float":
         return False, "onnxruntime computes this layer in float; the host reproduces it"
     if np.any(layer.w_zp != 0):
@@ -41,22 +55,66 @@ def device_placement(graph, layer):
     return True, ""
 
 
-def _device_gemm(device, layer, x):
-    """A Gemm layer on the device: uint8 activations shifted to int8, input zero point folded into the bias."""
+def _device_params(layer):
+    """Input zero point in the int8 domain, scale per output channel, output zero point in the int8 domain."""
     xp, yp = layer.x_params, layer.y_params
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    x_zp = xp.zero_point
-    if x2.dtype == np.uint8:
-        x2, x_zp = golden.to_signed_activation(x2, x_zp)
-    bias = golden.fold_input_zero_point(layer.bias, x_zp, layer.w_q)
-    n = layer.w_q.shape[1]
+    x_zp = xp.zero_point - 128 if xp.dtype == np.uint8 else xp.zero_point
+    n = layer.bias.shape[0]
     scale = np.broadcast_to(golden.requant_scale(xp.scale, layer.w_scale, yp.scale), (n,)).astype(np.float32)
     y_zp = yp.zero_point - 128 if yp.dtype == np.uint8 else yp.zero_point
-    y, run = device.gemm(np.ascontiguousarray(x2, dtype=np.int8), layer.w_q, bias, scale, y_zp)
-    if yp.dtype == np.uint8:
-        y, _ = golden.to_unsigned_activation(y, y_zp)
-    return y.reshape(*shape[:-1], n), run
+    return x_zp, scale, y_zp
+
+
+def _to_int8(x):
+    # uint8 activations become int8 by x - 128 (exact, with the zero point moved alike: see the golden model)
+    return (x.astype(np.int16) - 128).astype(np.int8) if x.dtype == np.uint8 else x
+
+
+def _from_int8(y, dtype):
+    return (y.astype(np.int16) + 128).astype(np.uint8) if dtype == np.uint8 else y
+
+
+def _dense_weights(layer):
+    """Grouped (and depthwise) weights as one block-diagonal (O, C, KH, KW) filter: the device runs every
+    group at once, multiplying the zeros between groups."""
+    w = layer.w_q
+    if layer.group == 1:
+        return w
+    out_channels, per_group = w.shape[0], w.shape[1]
+    dense = np.zeros((out_channels, per_group * layer.group, *w.shape[2:]), np.int8)
+    out_per_group = out_channels // layer.group
+    for o in range(out_channels):
+        g = o // out_per_group
+        dense[o, g * per_group:(g + 1) * per_group] = w[o]
+    return dense
+
+
+def _device_conv(device, layer, x):
+    """A Conv layer on the device, one image at a time."""
+    x_zp, scale, y_zp = _device_params(layer)
+    w = _dense_weights(layer)
+    bias = golden.fold_input_zero_point(layer.bias, x_zp, w, output_axis=0)
+    images, runs = [], []
+    for image in _to_int8(x):
+        y, run = device.conv(image, w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),
+                             pad_value=x_zp)
+        images.append(y)
+        runs.append(run)
+    run = runs[0]
+    if len(runs) > 1:
+        run.counters = {k: sum(r.counters[k] for r in runs) for k in run.counters}
+    # useful MACs only: the zeros between groups are computed but do not count
+    run.macs = int(np.prod(images[0].shape)) * len(images) * int(np.prod(layer.w_q.shape[1:]))
+    return _from_int8(np.stack(images), layer.y_params.dtype), run
+
+
+def _device_gemm(device, layer, x):
+    """A Gemm layer on the device, every leading dimension flattened into rows."""
+    x_zp, scale, y_zp = _device_params(layer)
+    bias = golden.fold_input_zero_point(layer.bias, x_zp, layer.w_q)
+    rows = np.ascontiguousarray(_to_int8(x).reshape(-1, x.shape[-1]))
+    y, run = device.gemm(rows, layer.w_q, bias, scale, y_zp)
+    return _from_int8(y, layer.y_params.dtype).reshape(*x.shape[:-1], y.shape[-1]), run
 
 
 def run_graph_on(graph, inputs, device=None, progress=None):
@@ -67,9 +125,15 @@ def run_graph_on(graph, inputs, device=None, progress=None):
     tensors = {name: np.asarray(value) for name, value in inputs.items()}
     reports = []
     for layer in graph.layers:
-        on_device, reason = device_placement(graph, layer) if device is not None else (False, "host run")
+        on_device, reason = (device_placement(graph, layer, device.cfg) if device is not None
+                             else (False, "host run"))
         if on_device:
-            y, run = _device_gemm(device, layer, tensors[layer.inputs[0]])
+            try:
+                run_on_device = _device_conv if isinstance(layer, Conv) else _device_gemm
+                y, run = run_on_device(device, layer, tensors[layer.inputs[0]])
+            except TilingError as error:
+                on_device, reason = False, f"does not tile onto this configuration: {error}"
+        if on_device:
             tensors[layer.outputs[0]] = y
             reports.append(LayerReport(layer.name, layer.kind, "device", macs=run.macs, cycles=run.cycles,
                                        utilization=run.utilization, counters=run.counters,

@@ -63,13 +63,27 @@ def test_matmul_and_host_layers_are_reported(tmp_path):
     assert targets["Gemm"] == "device" and targets["Quantize"] == "host"
 
 
-def test_conv_model_falls_back_to_host_and_still_matches(tmp_path):
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
+def test_depthwise_and_pointwise_convs_run_on_device_bit_exact(tmp_path, quant_format):
     rng = np.random.default_rng(6)
     float_model = depthwise_separable(rng)
-    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=True,
+    model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
                            activation_type=QuantType.QUInt8)
     x = random_inputs(rng, float_model)["x"]
-    status, y, report = _run(tmp_path, model, x)
+    status, y, report = _run(tmp_path, model, x, "--dataflow", "ws")
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    convs = [layer for layer in report["layers"] if layer["op"] == "Conv"]
+    assert len(convs) == 2 and all(layer["target"] == "device" for layer in convs)
+
+
+def test_conv_on_output_stationary_device_falls_back_to_host(tmp_path):
+    rng = np.random.default_rng(8)
+    float_model = depthwise_separable(rng)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=False,
+                           activation_type=QuantType.QInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", "os")
     assert status == 0
     np.testing.assert_array_equal(y, _onnxruntime(model, x))
     assert all(layer["target"] == "host" for layer in report["layers"] if layer["op"] == "Conv")
