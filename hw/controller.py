@@ -43,7 +43,7 @@ class Controller(wiring.Component):
     counters : In(ArrayLayout(unsigned(32), len(COUNTERS)))
     clear_counters : Out(1)
     starved : Out(1)
-        Waiting for host words with nothing queued for the core.
+        The core is idle while the controller is still receiving instructions or data: time the link costs.
     """
 
     def __init__(self, cfg):
@@ -158,7 +158,7 @@ class Controller(wiring.Component):
         m.d.comb += self.starved.eq(0)
         with m.FSM():
             with m.State("FETCH"):
-                m.d.comb += [self.host_in.ready.eq(1), self.starved.eq(self.core_idle & ~self.host_in.valid)]
+                m.d.comb += [self.host_in.ready.eq(1), self.starved.eq(self.core_idle)]
                 with m.If(got_word):
                     m.d.sync += [bits.eq(Cat(bits[LINK_WIDTH:], word)), fetched.eq(fetched + 1), silent.eq(0)]
                     with m.If(fetched == INSTRUCTION_WORDS - 1):
@@ -218,7 +218,7 @@ class Controller(wiring.Component):
                 with m.Else():
                     # The next word may arrive while the assembled one is written: the write leaves this cycle.
                     m.d.comb += [self.host_in.ready.eq(~write_pending | target_ready),
-                                 self.starved.eq(self.core_idle & ~self.host_in.valid)]
+                                 self.starved.eq(self.core_idle)]
                     with m.If(got_word):
                         m.d.sync += [assembly.eq(Cat(assembly[LINK_WIDTH:], word)), silent.eq(0)]
                         with m.If(beat == beats_needed - 1):

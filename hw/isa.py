@@ -62,7 +62,7 @@ class ErrorCode(enum.IntEnum):
 COUNTERS = [
     ("cycles", "cycles since the counters were cleared"),
     ("busy_cycles", "cycles in which the compute core had work"),
-    ("stall_input_cycles", "cycles in which the core was idle waiting for the host's instructions or data"),
+    ("stall_input_cycles", "cycles in which the core was idle while instructions or data were still arriving"),
     ("stall_output_cycles", "cycles in which a result was ready but the host link did not accept it"),
     ("array_cycles", "cycles in which a vector (ws) or reduction step (os) entered the PE array"),
     ("commands", "compute commands completed"),
