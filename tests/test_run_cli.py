@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from sw_driver.cli import main
-from onnx_models import QuantFormat, QuantType, gemm_model, matmul_model, quantize_model, random_inputs
+from onnx_models import (QuantFormat, QuantType, conv_model, gemm_model, matmul_model, quantize_model,
+                         random_inputs)
 from onnx_multi import depthwise_separable
 
 pytestmark = pytest.mark.rtl
@@ -75,6 +76,24 @@ def test_depthwise_and_pointwise_convs_run_on_device_bit_exact(tmp_path, quant_f
     np.testing.assert_array_equal(y, _onnxruntime(model, x))
     convs = [layer for layer in report["layers"] if layer["op"] == "Conv"]
     assert len(convs) == 2 and all(layer["target"] == "device" for layer in convs)
+
+
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
+@pytest.mark.parametrize("kernel, stride, pads", [(3, 2, (1, 1, 1, 1)), (5, 1, (2, 1, 0, 2)), (1, 1, (0, 0, 0, 0))])
+def test_single_conv_runs_on_device_bit_exact(tmp_path, quant_format, kernel, stride, pads):
+    rng = np.random.default_rng(kernel * 10 + stride)
+    float_model = conv_model(rng, batch=2, in_channels=5, out_channels=6, size=(9, 9), kernel=kernel, stride=stride,
+                             pads=pads)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", "ws")
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    (conv,) = [layer for layer in report["layers"] if layer["op"] == "Conv"]
+    assert conv["target"] == "device"
+    # the input crossed the link once per image: 5 channels x 9 x 9 int8, in words of `rows` channels
+    assert conv["counters"]["buffer_writes"]["act"] == 2 * 9 * 9 * 2
 
 
 def test_conv_on_output_stationary_device_falls_back_to_host(tmp_path):
