@@ -1,13 +1,12 @@
 """Output-stationary compute unit: streams activations and weights, reads captured tiles into the accumulator."""
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, wiring
 
 from .array_os import OutputStationaryArray
-from .layouts import ACC, OPERAND, command_layout, conv_geometry_layout
+from .layouts import command_layout
 from .pipeline import delayed
-from .tiles import TileTracker, tile_layout
+from .tiles import TileTracker, compute_unit_ports, tile_layout
 
 __all__ = ["OutputStationaryCompute"]
 
@@ -29,26 +28,7 @@ class OutputStationaryCompute(wiring.Component):
         self.cfg = cfg
         self._command = command_layout(cfg)
         self._tile = tile_layout(self._command)
-        acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
-        super().__init__({
-            "cmd": In(stream.Signature(self._command)),
-            "conv_geometry": In(conv_geometry_layout()),   # unused: the controller refuses conv commands
-            "act_addr": Out(self._command["x_base"].shape),
-            "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
-            "weight_addr": Out(self._command["w_base"].shape),
-            "weight_data": In(data.ArrayLayout(OPERAND, cfg.cols)),
-            "acc_rd_addr": Out(acc_addr_width),
-            "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
-            "acc_wr_addr": Out(acc_addr_width),
-            "acc_wr_data": Out(data.ArrayLayout(ACC, cfg.cols)),
-            "acc_wr_en": Out(1),
-            "tile": Out(stream.Signature(self._tile)),
-            "release": In(1),
-            "busy": Out(1),
-            "issued": Out(1),
-            "weight_read": Out(1),
-            "acc_rmw_read": Out(1),
-        })
+        super().__init__(compute_unit_ports(cfg, self._command, self._tile))
 
     def elaborate(self, platform):
         cfg = self.cfg

@@ -4,7 +4,9 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["tile_layout", "TileTracker"]
+from .layouts import ACC, OPERAND, conv_geometry_layout
+
+__all__ = ["tile_layout", "TileTracker", "compute_unit_ports"]
 
 
 def tile_layout(command):
@@ -15,6 +17,31 @@ def tile_layout(command):
         "p_base": command["p_base"].shape,
         "y_zp": command["y_zp"].shape,
     })
+
+
+def compute_unit_ports(cfg, command, tile):
+    """The signature shared by the dataflows' compute units (see WeightStationaryCompute for each port): the
+    core wires any of them to the same buffers, drain and counters."""
+    acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
+    return {
+        "cmd": In(stream.Signature(command)),
+        "conv_geometry": In(conv_geometry_layout()),
+        "act_addr": Out(command["x_base"].shape),
+        "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
+        "weight_addr": Out(command["w_base"].shape),
+        "weight_data": In(data.ArrayLayout(OPERAND, cfg.cols)),
+        "acc_rd_addr": Out(acc_addr_width),
+        "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
+        "acc_wr_addr": Out(acc_addr_width),
+        "acc_wr_data": Out(data.ArrayLayout(ACC, cfg.cols)),
+        "acc_wr_en": Out(1),
+        "tile": Out(stream.Signature(tile)),
+        "release": In(1),
+        "busy": Out(1),
+        "issued": Out(1),
+        "weight_read": Out(1),
+        "acc_rmw_read": Out(1),
+    }
 
 
 class TileTracker(wiring.Component):

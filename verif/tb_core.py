@@ -8,20 +8,17 @@ variable ``TESSERA_TB`` as JSON::
 """
 
 import json
-import os
 import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
 
-from gen.config import AcceleratorConfig
 from gen.packing import pack, pack_array, unpack_array
 from hw.layouts import act_load_layout, command_layout, param_load_layout, weight_load_layout
 from sw_driver.tiling import plan_gemm
 from verif import golden
 from verif.streams import StreamEngine, StreamSink, StreamSource
+from verif.tb_common import clock_and_reset, read_job
 
 
 def random_gemm(rng, m, k, n):
@@ -60,11 +57,7 @@ class CoreTestbench:
                                                      ("param", param_load_layout), ("cmd", command_layout))}
 
     async def reset(self):
-        Clock(self.dut.clk, 10, unit="ns").start()
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await clock_and_reset(self.dut)
 
     def _load_beats(self, p):
         lay = self.layouts
@@ -101,11 +94,6 @@ class CoreTestbench:
         return [unpack_array(bits, 8, cols) for bits in self.result.received[first:]]
 
 
-def _job():
-    job = json.loads(os.environ["TESSERA_TB"])
-    return job, AcceleratorConfig.from_dict(job["config"])
-
-
 def _report_mismatch(y, expected):
     bad = np.argwhere(y != expected)
     first = ", ".join(f"[{i},{j}] got {y[i, j]} want {expected[i, j]}" for i, j in bad[:5])
@@ -115,7 +103,7 @@ def _report_mismatch(y, expected):
 @cocotb.test()
 async def gemm_random(dut):
     """Random GEMM shapes and operands, with random stalls and backpressure, bit-exact against the golden model."""
-    job, cfg = _job()
+    job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = CoreTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
@@ -133,7 +121,7 @@ async def gemm_random(dut):
 @cocotb.test()
 async def gemm_bench(dut):
     """One GEMM without stalls; writes cycle counts and the hardware's perf counters to ``report``."""
-    job, cfg = _job()
+    job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = CoreTestbench(dut, cfg, random.Random(job["seed"]), stall=0.0, backpressure=0.0)
     await tb.reset()

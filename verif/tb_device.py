@@ -4,21 +4,18 @@ Jobs come in ``TESSERA_TB`` as JSON, like :mod:`verif.tb_core`'s, plus ``"fuzz":
 """
 
 import json
-import os
 import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
 
-from gen.config import AcceleratorConfig
 from hw.isa import COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, Opcode
 from sw_driver.compiler import compile_conv, compile_gemm
 from sw_driver.isa_encode import instruction, parse_packets
 from verif import golden
 from verif.cases import random_conv
 from verif.streams import StreamEngine, StreamSink, StreamSource
+from verif.tb_common import clock_and_reset, read_job
 from verif.tb_core import random_gemm
 
 
@@ -33,11 +30,7 @@ class DeviceTestbench:
         self.words_per_row = -(-cfg.cols * 8 // LINK_WIDTH)
 
     async def reset(self):
-        Clock(self.dut.clk, 10, unit="ns").start()
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await clock_and_reset(self.dut)
 
     async def exchange(self, words, reply_words, *, max_cycles=3_000_000, what="program"):
         """Send ``words``; return the next ``reply_words`` words the device sends back."""
@@ -83,15 +76,10 @@ class DeviceTestbench:
         return program, packets.counters[0]
 
 
-def _job():
-    job = json.loads(os.environ["TESSERA_TB"])
-    return job, AcceleratorConfig.from_dict(job["config"])
-
-
 @cocotb.test()
 async def device_gemm(dut):
     """Compiled GEMM programs over the host link, bit-exact, with counters that add up."""
-    job, cfg = _job()
+    job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
@@ -112,7 +100,7 @@ async def device_gemm(dut):
 @cocotb.test()
 async def device_conv(dut):
     """Convolutions with on-chip sliding-window addressing: the input crosses the link once, bit-exact."""
-    job, cfg = _job()
+    job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
@@ -131,7 +119,7 @@ async def device_conv(dut):
 @cocotb.test()
 async def device_bench(dut):
     """One GEMM without stalls; writes the counters of the layer alone to ``report``."""
-    job, cfg = _job()
+    job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=0.0, backpressure=0.0)
     await tb.reset()
@@ -168,7 +156,7 @@ def _random_instruction_stream(cfg, rng, count):
 async def device_fuzz(dut):
     """Random instruction streams never hang the device: it keeps answering, its packets parse, and a correct
     program afterwards still computes the right answer."""
-    job, cfg = _job()
+    job, cfg = read_job()
     rng = random.Random(job["seed"])
     tb = DeviceTestbench(dut, cfg, rng, stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
