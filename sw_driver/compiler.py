@@ -283,10 +283,6 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
         raise TilingError(f"kernel {kh}x{kw} with pads {pads}: the device supports kernels up to 7x7, pads up to 7")
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
     blocks = math.ceil(channels / R)
-    map_words = in_h * in_w * blocks
-    if map_words > cfg.act_depth:
-        raise TilingError(f"the {channels}x{in_h}x{in_w} input needs {map_words} activation words; act_depth is "
-                          f"{cfg.act_depth}")
     folds = kh * kw * blocks
     # The flattened layer is a GEMM of (out_h*out_w) x (folds*R) x O; check operands and overflow through it.
     w_gemm = np.zeros((folds * R, out_channels), np.int8)
@@ -301,37 +297,56 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
 
     fmap = np.zeros((in_h, in_w, blocks * R), np.int8)
     fmap[:, :, :channels] = x.transpose(1, 2, 0)
-    words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks,
-                         kernel_h=kh, kernel_w=kw, stride=stride_y, pad_top=pad_t, pad_left=pad_l,
-                         pad_value=int(pad_value)),
-             load(cfg, BufferId.ACT, 0, fmap.reshape(-1, R))]
-    pixels = out_h * out_w
-    block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C))
     weights = _SlotPool("weight", layer.weight_words, cfg.weight_depth // layer.weight_words)
     params = _SlotPool("parameter", 1, cfg.param_depth)
-    outputs, index, waited = [], 0, 0
-    for t in range(layer.n_tiles):
-        addresses = []
-        for pool, buffer, make in ((weights, BufferId.WEIGHT, layer._weight_tile),
-                                   (params, BufferId.PARAM, lambda t: (layer.bias[None, t * C:(t + 1) * C],
-                                                                       layer.scale[None, t * C:(t + 1) * C]))):
-            slot, wait_for = pool.find(t)
-            if wait_for is not None and wait_for + 1 > waited:
-                waited = wait_for + 1
-                words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
-            words.append(load(cfg, buffer, slot * pool.slot_words, make(t)))
-            addresses.append(slot * pool.slot_words)
-        for p0 in range(0, pixels, block_rows):
-            rows = min(block_rows, pixels - p0)
-            words.append(instruction(cfg, Opcode.GEMM, m=rows, k=folds, x_base=0, w_base=addresses[0],
-                                     p_base=addresses[1], y_zp=int(y_zp), conv=1, out_y=p0 // out_w,
-                                     out_x=p0 % out_w))
-            outputs.append((p0, t * C, rows))
-            weights.last_reader[addresses[0] // weights.slot_words] = index
-            params.last_reader[addresses[1]] = index
-            index += 1
-    return Program(words=np.concatenate(words), outputs=outputs, m=pixels, n=out_channels,
-                   macs=pixels * out_channels * channels * kh * kw)
+    words, outputs, index, waited = [], [], 0, 0
+    for oy0, oy1 in _output_row_bands(cfg, in_h, in_w * blocks, out_h, kh, stride_y):
+        # The band of input rows these output rows read, stored from word 0; the geometry's pad_top is
+        # counted from the band's first row (the taps above it are padding only in the first band).
+        first_row = max(0, oy0 * stride_y - pad_t)
+        last_row = min(in_h, (oy1 - 1) * stride_y - pad_t + kh)
+        words += [instruction(cfg, Opcode.CONV_SETUP, in_h=last_row - first_row, in_w=in_w, out_w=out_w,
+                              channel_blocks=blocks, kernel_h=kh, kernel_w=kw, stride=stride_y,
+                              pad_top=max(0, pad_t - oy0 * stride_y), pad_left=pad_l, pad_value=int(pad_value)),
+                  load(cfg, BufferId.ACT, 0, fmap[first_row:last_row].reshape(-1, R))]
+        pixels = (oy1 - oy0) * out_w
+        block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C))
+        for t in range(layer.n_tiles):
+            addresses = []
+            for pool, buffer, make in ((weights, BufferId.WEIGHT, layer._weight_tile),
+                                       (params, BufferId.PARAM, lambda t: (layer.bias[None, t * C:(t + 1) * C],
+                                                                           layer.scale[None, t * C:(t + 1) * C]))):
+                resident = t in pool.resident
+                slot, wait_for = pool.find(t)
+                if not resident:
+                    if wait_for is not None and wait_for + 1 > waited:
+                        waited = wait_for + 1
+                        words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
+                    words.append(load(cfg, buffer, slot * pool.slot_words, make(t)))
+                addresses.append(slot * pool.slot_words)
+            for p0 in range(0, pixels, block_rows):
+                rows = min(block_rows, pixels - p0)
+                words.append(instruction(cfg, Opcode.GEMM, m=rows, k=folds, x_base=0, w_base=addresses[0],
+                                         p_base=addresses[1], y_zp=int(y_zp), conv=1, out_y=p0 // out_w,
+                                         out_x=p0 % out_w))
+                outputs.append((oy0 * out_w + p0, t * C, rows))
+                weights.last_reader[addresses[0] // weights.slot_words] = index
+                params.last_reader[addresses[1]] = index
+                index += 1
+    return Program(words=np.concatenate(words), outputs=outputs, m=out_h * out_w, n=out_channels,
+                   macs=out_h * out_w * out_channels * channels * kh * kw)
+
+
+def _output_row_bands(cfg, in_h, words_per_row, out_h, kh, stride):
+    """Output rows in bands whose input rows fit the activation buffer (one band if the whole map fits)."""
+    rows_fit = min(in_h, cfg.act_depth // words_per_row)
+    per_band = (rows_fit - kh) // stride + 1 if rows_fit >= kh else 0
+    if rows_fit == in_h:
+        per_band = out_h
+    if per_band < 1:
+        raise TilingError(f"a {kh}-row kernel needs {kh} input rows of {words_per_row} words in the activation "
+                          f"buffer; act_depth is {cfg.act_depth}")
+    return [(start, min(out_h, start + per_band)) for start in range(0, out_h, per_band)]
 
 
 def conv_output_shape(in_h, in_w, kh, kw, stride, pads):

@@ -131,3 +131,23 @@ class TestConvCompiler:
         program = compile_conv(cfg, *operands, **attrs)
         y = program.assemble(run_program(cfg, program.words), cfg.cols)
         np.testing.assert_array_equal(y.T.reshape(expected.shape), expected)
+
+    @pytest.mark.parametrize("seed", range(6))
+    def test_maps_larger_than_the_activation_buffer_run_in_row_bands(self, seed):
+        from hw.isa import Opcode
+        from sw_driver.compiler import compile_conv
+        from sw_driver.isa_encode import disassemble
+        from verif.core_model import run_program
+        rng = np.random.default_rng(100 + seed)
+        kernel = int(rng.integers(1, 6))
+        stride = int(rng.integers(1, 3))
+        size = int(rng.integers(kernel + 4, 16))
+        cfg = AcceleratorConfig(rows=2, cols=3, act_depth=max(2, (kernel + 2) * size * 2), weight_depth=256,
+                                acc_depth=32, param_depth=2)
+        operands, attrs, expected = random_conv(rng, channels=3, out_channels=4, size=size, kernel=kernel,
+                                                stride=stride, pad=int(rng.integers(0, kernel)))
+        program = compile_conv(cfg, *operands, **attrs)
+        setups = sum(op == Opcode.CONV_SETUP for op, _, _ in disassemble(cfg, program.words))
+        assert setups > 1  # the map does not fit: several bands
+        y = program.assemble(run_program(cfg, program.words), cfg.cols)
+        np.testing.assert_array_equal(y.T.reshape(expected.shape), expected)
