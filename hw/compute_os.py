@@ -1,17 +1,16 @@
 """Output-stationary compute unit: streams activations and weights, reads captured tiles into the accumulator."""
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 
 from .array_os import OutputStationaryArray
-from .layouts import command_layout
 from .pipeline import delayed
-from .tiles import TileTracker, compute_unit_ports, tile_layout
+from .tiles import ComputeUnit
 
 __all__ = ["OutputStationaryCompute"]
 
 
-class OutputStationaryCompute(wiring.Component):
+class OutputStationaryCompute(ComputeUnit):
     """Runs compute commands on an :class:`OutputStationaryArray`.
 
     A command is one ``rows x cols`` output tile (``m <= rows`` rows are kept) reduced over ``k`` steps; each
@@ -24,19 +23,11 @@ class OutputStationaryCompute(wiring.Component):
     Same as :class:`~hw.compute_ws.WeightStationaryCompute` (the accumulator read port is unused here).
     """
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self._command = command_layout(cfg)
-        self._tile = tile_layout(self._command)
-        super().__init__(compute_unit_ports(cfg, self._command, self._tile))
-
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         m.submodules.array = array = OutputStationaryArray(rows=cfg.rows, cols=cfg.cols)
-        m.submodules.tracker = tracker = TileTracker(self._tile)
-        wiring.connect(m, wiring.flipped(self.tile), tracker.tile)
-        m.d.comb += tracker.release.eq(self.release)
+        tracker = self._tile_tracker(m)
 
         # -- issuer ----------------------------------------------------------------------------------------
         cmd = Signal(self._command)

@@ -1,18 +1,18 @@
 """Weight-stationary compute unit: weight preload, activation issue, and accumulation into the accumulator."""
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, fifo, wiring
+from amaranth.lib import data, fifo
 
 from .array_ws import WeightStationaryArray
-from .layouts import OPERAND, command_layout
+from .layouts import OPERAND
 from .pipeline import delayed
-from .tiles import TileTracker, compute_unit_ports, tile_layout
+from .tiles import ComputeUnit
 from .window import SlidingWindow
 
 __all__ = ["WeightStationaryCompute"]
 
 
-class WeightStationaryCompute(wiring.Component):
+class WeightStationaryCompute(ComputeUnit):
     """Runs compute commands on a :class:`WeightStationaryArray`.
 
     A command is ``k`` folds; a fold loads one ``rows x cols`` weight tile and streams ``m`` activation
@@ -38,19 +38,11 @@ class WeightStationaryCompute(wiring.Component):
         word is read, an accumulator word is read for accumulation).
     """
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self._command = command_layout(cfg)
-        self._tile = tile_layout(self._command)
-        super().__init__(compute_unit_ports(cfg, self._command, self._tile))
-
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         m.submodules.array = array = WeightStationaryArray(rows=cfg.rows, cols=cfg.cols)
-        m.submodules.tracker = tracker = TileTracker(self._tile)
-        wiring.connect(m, wiring.flipped(self.tile), tracker.tile)
-        m.d.comb += tracker.release.eq(self.release)
+        tracker = self._tile_tracker(m)
 
         fold_layout = data.StructLayout({
             "x_addr": self._command["x_base"].shape, "m": self._command["m"].shape,

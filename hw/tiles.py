@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND, conv_geometry_layout
 
-__all__ = ["tile_layout", "TileTracker", "compute_unit_ports"]
+__all__ = ["tile_layout", "TileTracker", "compute_unit_ports", "ComputeUnit"]
 
 
 def tile_layout(command):
@@ -109,3 +109,21 @@ class TileTracker(wiring.Component):
         m.d.sync += half_busy.eq((half_busy | set_mask) & ~clear_mask)
         m.d.comb += self.busy.eq(half_busy != 0)
         return m
+
+
+class ComputeUnit(wiring.Component):
+    """What the dataflows' compute units share: the signature of :func:`compute_unit_ports` and a
+    :class:`TileTracker` between them and the drain."""
+
+    def __init__(self, cfg):
+        from .layouts import command_layout
+        self.cfg = cfg
+        self._command = command_layout(cfg)
+        self._tile = tile_layout(self._command)
+        super().__init__(compute_unit_ports(cfg, self._command, self._tile))
+
+    def _tile_tracker(self, m):
+        m.submodules.tracker = tracker = TileTracker(self._tile)
+        wiring.connect(m, wiring.flipped(self.tile), tracker.tile)
+        m.d.comb += tracker.release.eq(self.release)
+        return tracker

@@ -51,7 +51,7 @@ def _cmd_demo(args):
     from sw_driver.runtime import open_sim_device
     from verif import golden
     from verif.cases import random_conv
-    from verif.tb_core import random_gemm
+    from verif.cases import random_gemm
 
     cfg = config_from_args(args)
     rng = np.random.default_rng(args.seed)

@@ -16,7 +16,7 @@ import numpy as np
 
 from hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, words_per_buffer_word
 from sw_driver.isa_encode import instruction, load
-from sw_driver.tiling import TilingError, _check_operands
+from sw_driver.tiling import TilingError, check_gemm_operands
 
 __all__ = ["Program", "compile_gemm", "compile_conv", "conv_output_shape", "TilingError"]
 
@@ -117,7 +117,7 @@ def compile_gemm(cfg, x, w, bias, scale, y_zp):
     Several schedules (row block sizes, command orders) are laid out symbolically, their cycles estimated
     with :func:`_estimate_cycles`, and the fastest one is emitted.
     """
-    x, w, bias, scale = _check_operands(x, w, bias, scale, y_zp)
+    x, w, bias, scale = check_gemm_operands(x, w, bias, scale, y_zp)
     layer = _GemmTiles(cfg, x, w, bias, scale)
     candidates = []
     for block_rows in layer.block_sizes():
@@ -292,7 +292,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                 f = (i * kw + j) * blocks + b
                 part = w[:, b * R:(b + 1) * R, i, j].T
                 w_gemm[f * R:f * R + len(part)] = part
-    _check_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
+    check_gemm_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
     layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale))
 
     fmap = np.zeros((in_h, in_w, blocks * R), np.int8)

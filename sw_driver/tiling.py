@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["TilingError", "Pass", "GemmPlan", "plan_gemm"]
+__all__ = ["TilingError", "Pass", "GemmPlan", "plan_gemm", "check_gemm_operands"]
 
 _MAX_PRODUCT = 128 * 128  # |int8 x int8| at most, reached by -128 x -128
 
@@ -65,12 +65,13 @@ def plan_gemm(cfg, x, w, bias, scale, y_zp):
     y_zp : int
         Output zero point, -128 to 127.
     """
-    x, w, bias, scale = _check_operands(x, w, bias, scale, y_zp)
+    x, w, bias, scale = check_gemm_operands(x, w, bias, scale, y_zp)
     plan = _plan_ws if cfg.dataflow == "ws" else _plan_os
     return plan(cfg, x, w, bias, scale.view(np.uint32), int(y_zp))
 
 
-def _check_operands(x, w, bias, scale, y_zp):
+def check_gemm_operands(x, w, bias, scale, y_zp):
+    """Validate GEMM operands for the core; return them as arrays, or raise :class:`TilingError`."""
     x, w = np.asarray(x), np.asarray(w)
     bias = np.asarray(bias)
     scale = np.asarray(scale, dtype=np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 from gen.config import AcceleratorConfig
 from sw_driver.runtime import open_sim_device
 from verif import golden
-from verif.tb_core import random_gemm
+from verif.cases import random_gemm
 
 
 def run(dataflow, m=256, k=256, n=256):

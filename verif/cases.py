@@ -4,7 +4,28 @@ import numpy as np
 
 from verif import golden
 
-__all__ = ["random_conv"]
+__all__ = ["random_gemm", "random_conv"]
+
+
+def random_gemm(rng, m, k, n):
+    """Operands that reach the extremes: all -128 operands (largest sums), saturation both ways, zero points
+    at both ends of the range, as well as plain random values."""
+    kind = rng.choice(["random", "random", "extreme", "saturate"])
+    if kind == "extreme":
+        x = np.full((m, k), -128, np.int8)
+        w = rng.choice(np.array([-128, 127], np.int8), size=(k, n))
+    else:
+        x = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+        w = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    bias = rng.integers(-2**20, 2**20, size=n, dtype=np.int32)
+    # Scales that put the typical |acc| (~ 128*128*sqrt(k)/2) around the int8 range, spread over a few octaves;
+    # "saturate" makes many outputs clip at both ends.
+    typical = 128 * 128 * np.sqrt(k) / 2 + 1
+    octaves = rng.uniform(-4, 2 if kind != "saturate" else 6, size=n)
+    scale = (64.0 / typical * 2.0 ** octaves).astype(np.float32)
+    y_zp = int(rng.choice([-128, 127, int(rng.integers(-128, 128))]))
+    return x, w, bias, scale, y_zp
+
 
 
 def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad):

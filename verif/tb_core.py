@@ -17,28 +17,9 @@ from gen.packing import pack, pack_array, unpack_array
 from hw.layouts import act_load_layout, command_layout, param_load_layout, weight_load_layout
 from sw_driver.tiling import plan_gemm
 from verif import golden
+from verif.cases import random_gemm
 from verif.streams import StreamEngine, StreamSink, StreamSource
 from verif.tb_common import clock_and_reset, read_job
-
-
-def random_gemm(rng, m, k, n):
-    """Operands that reach the extremes: all -128 operands (largest sums), saturation both ways, zero points
-    at both ends of the range, as well as plain random values."""
-    kind = rng.choice(["random", "random", "extreme", "saturate"])
-    if kind == "extreme":
-        x = np.full((m, k), -128, np.int8)
-        w = rng.choice(np.array([-128, 127], np.int8), size=(k, n))
-    else:
-        x = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-        w = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
-    bias = rng.integers(-2**20, 2**20, size=n, dtype=np.int32)
-    # Scales that put the typical |acc| (~ 128*128*sqrt(k)/2) around the int8 range, spread over a few octaves;
-    # "saturate" makes many outputs clip at both ends.
-    typical = 128 * 128 * np.sqrt(k) / 2 + 1
-    octaves = rng.uniform(-4, 2 if kind != "saturate" else 6, size=n)
-    scale = (64.0 / typical * 2.0 ** octaves).astype(np.float32)
-    y_zp = int(rng.choice([-128, 127, int(rng.integers(-128, 128))]))
-    return x, w, bias, scale, y_zp
 
 
 class CoreTestbench:

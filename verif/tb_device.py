@@ -13,10 +13,9 @@ from hw.isa import COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, Opcode
 from sw_driver.compiler import compile_conv, compile_gemm
 from sw_driver.isa_encode import instruction, parse_packets
 from verif import golden
-from verif.cases import random_conv
 from verif.streams import StreamEngine, StreamSink, StreamSource
 from verif.tb_common import clock_and_reset, read_job
-from verif.tb_core import random_gemm
+from verif.cases import random_conv, random_gemm
 
 
 class DeviceTestbench:
