@@ -26,7 +26,7 @@ from gen.verilog import DEVICE_TOPLEVEL, build_dir
 from hw.isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
                     instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
 from hw.layouts import (MAX_CONV_SIDE, act_load_layout, command_layout, conv_geometry_layout, max_command_k,
-                        param_load_layout, result_layout, weight_load_layout)
+                        param_load_layout, result_layout, vec_load_layout, weight_load_layout)
 
 __all__ = ["ARTEFACTS", "ArtefactError", "render_artefacts", "write_artefacts", "OPCODE_DESCRIPTIONS",
            "FIELD_DESCRIPTIONS", "BUFFER_DESCRIPTIONS", "PACKET_DESCRIPTIONS", "HEADER_FIELD_DESCRIPTIONS",
@@ -44,6 +44,12 @@ OPCODE_DESCRIPTIONS = {
     Opcode.READ_COUNTERS: "once idle, send a COUNTERS packet",
     Opcode.CLEAR_COUNTERS: "zero every performance counter",
     Opcode.CONV_SETUP: "once idle, set the convolution geometry that later conv GEMMs use",
+    Opcode.VEC_SETUP: "once the vector unit is idle, set the parameters of later ADDs",
+    Opcode.POOL_SETUP: "once the vector unit is idle, set the geometry of later POOLs",
+    Opcode.POOL: "max-pool `m` output pixels of the feature map at `x_base` of the vector buffer; answered by "
+                 "one VECTOR packet",
+    Opcode.ADD: "quantized add (onnxruntime's QLinearAdd, bit-exact) of `words` vector words at `a_base` and "
+                "`b_base`; answered by one VECTOR packet",
 }
 
 #: ``(opcode, field)`` -> description; ``{max_m}``, ``{max_k}`` and ``{max_side}`` are filled in from the
@@ -72,6 +78,31 @@ FIELD_DESCRIPTIONS = {
     (Opcode.CONV_SETUP, "pad_top"): "rows of padding above the input",
     (Opcode.CONV_SETUP, "pad_left"): "columns of padding left of the input",
     (Opcode.CONV_SETUP, "pad_value"): "value of taps outside the input (the input zero point)",
+    (Opcode.POOL_SETUP, "in_h"): "input feature map height, 1 to {max_side}",
+    (Opcode.POOL_SETUP, "in_w"): "input feature map width, 1 to {max_side}",
+    (Opcode.POOL_SETUP, "out_w"): "output feature map width, 1 to {max_side}",
+    (Opcode.POOL_SETUP, "channel_blocks"): "vector words per input pixel (channels in blocks of 4)",
+    (Opcode.POOL_SETUP, "kernel_h"): "window height",
+    (Opcode.POOL_SETUP, "kernel_w"): "window width",
+    (Opcode.POOL_SETUP, "stride"): "window stride, both directions",
+    (Opcode.POOL_SETUP, "pad_top"): "rows of padding above the input (never the maximum)",
+    (Opcode.POOL_SETUP, "pad_left"): "columns of padding left of the input",
+    (Opcode.POOL_SETUP, "pad_value"): "unused: padding never wins a max",
+    (Opcode.POOL, "x_base"): "vector buffer word where the feature map starts",
+    (Opcode.POOL, "m"): "output pixels, from (`out_y`, `out_x`) in raster order",
+    (Opcode.POOL, "out_y"): "output row of the first pixel",
+    (Opcode.POOL, "out_x"): "output column of the first pixel",
+    (Opcode.ADD, "a_base"): "vector buffer word of the first operand's first word",
+    (Opcode.ADD, "b_base"): "vector buffer word of the second operand's first word",
+    (Opcode.ADD, "words"): "vector words to add (four int8 each)",
+    (Opcode.VEC_SETUP, "ra_mant"): "a_scale / y_scale as `ra_mant * 2**(ra_shift - 40)`: significand",
+    (Opcode.VEC_SETUP, "ra_shift"): "a_scale / y_scale: exponent, offset by 40",
+    (Opcode.VEC_SETUP, "rb_mant"): "b_scale / y_scale: significand",
+    (Opcode.VEC_SETUP, "rb_shift"): "b_scale / y_scale: exponent, offset by 40",
+    (Opcode.VEC_SETUP, "fixed_lo"): "onnxruntime's constant term y_zp - a_zp*ra - b_zp*rb, times 2**40 (exact): "
+                                     "low 32 bits",
+    (Opcode.VEC_SETUP, "fixed_hi"): "the constant term: high bits, signed",
+    (Opcode.VEC_SETUP, "uint8"): "1: operands and result are uint8 (held on the device as x - 128)",
     (Opcode.WAIT, "pending"): "commands that may still be unfinished; relative, so that a program means the same "
                               "whatever ran before it",
 }
@@ -81,12 +112,14 @@ BUFFER_DESCRIPTIONS = {
     BufferId.WEIGHT: "weight rows; a word is one row of `cols` int8 weights",
     BufferId.PARAM: "requantisation parameters of `cols` output channels: int32 bias, then float32 scale "
                     "(IEEE-754 bit pattern)",
+    BufferId.VEC: "the vector unit's feature maps and add operands; a word is four int8 values",
 }
 
 PACKET_DESCRIPTIONS = {
     PacketKind.RESULT: "the output rows of one GEMM command, `cols` int8 per row, rows padded to whole words",
     PacketKind.COUNTERS: "one 32-bit word per performance counter, in the order of the counter table",
     PacketKind.ERROR: "one word: ErrorCode in bits 0-7, the offending opcode in bits 8-15",
+    PacketKind.VECTOR: "the result words of one POOL or ADD, four int8 per word",
 }
 
 HEADER_FIELD_DESCRIPTIONS = {
@@ -99,16 +132,18 @@ ERROR_DESCRIPTIONS = {
     ErrorCode.BAD_BUFFER: "LOAD names no buffer",
     ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
     ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, a conv GEMM on a dataflow "
-                         "without sliding-window addressing, or a CONV_SETUP with a zero size",
+                         "without sliding-window addressing, a CONV_SETUP or POOL_SETUP with a zero size, a POOL "
+                         "or ADD of nothing, or a vector instruction on a device built without a vector unit",
     ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
 }
 
 # The layout functions whose docstrings explain an opcode's operands beyond their field table.
-_OPERAND_DOCS = {Opcode.GEMM: command_layout, Opcode.CONV_SETUP: conv_geometry_layout}
+_OPERAND_DOCS = {Opcode.GEMM: command_layout, Opcode.CONV_SETUP: conv_geometry_layout,
+                 Opcode.POOL_SETUP: conv_geometry_layout}
 
 # What each LOAD target holds, as the loader's layouts define it.
 _LOAD_LAYOUTS = {BufferId.ACT: act_load_layout, BufferId.WEIGHT: weight_load_layout,
-                 BufferId.PARAM: param_load_layout}
+                 BufferId.PARAM: param_load_layout, BufferId.VEC: vec_load_layout}
 
 
 class ArtefactError(ValueError):

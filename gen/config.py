@@ -49,6 +49,9 @@ class AcceleratorConfig:
         tile is requantised and drained while the next one accumulates.
     param_depth : int
         Depth of the per-output-channel parameter buffer (bias and scale) in words of ``cols`` channels.
+    vec_depth : int
+        Depth of the vector unit's buffer in 32-bit words (max pooling and element-wise add); 0 builds
+        the device without a vector unit (those layers then run on the host).
     counters : bool
         Build the performance counters.
     clock_mhz : float
@@ -67,6 +70,7 @@ class AcceleratorConfig:
     weight_depth: int = 4096
     acc_depth: int = 1024
     param_depth: int = 256
+    vec_depth: int = 4096
     counters: bool = True
     clock_mhz: float = 100.0
     link_timeout: int = 1 << 16
@@ -93,6 +97,8 @@ class AcceleratorConfig:
         if self.acc_depth % 2:
             raise ConfigError(f"acc_depth: {self.acc_depth} must be even (it is split into two halves)")
         _check_int("param_depth", self.param_depth, 1, _MAX_DEPTH)
+        if self.vec_depth != 0:
+            _check_int("vec_depth", self.vec_depth, 16, _MAX_DEPTH, why="0 for no vector unit")
         if not isinstance(self.counters, bool):
             raise ConfigError(f"counters: {self.counters!r} must be true or false")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:

@@ -10,6 +10,7 @@ from .core import GemmCore
 from .counters import PerfCounters
 from .host_link import PacketArbiter, ResultPacketiser
 from .isa import COUNTERS, LINK_WIDTH
+from .vector import VectorUnit
 
 __all__ = ["Accelerator"]
 
@@ -17,7 +18,7 @@ __all__ = ["Accelerator"]
 class Accelerator(wiring.Component):
     """A complete accelerator for one configuration.
 
-    The host sends instructions and data on ``host_in`` and receives RESULT, COUNTERS and ERROR packets on
+    The host sends instructions and data on ``host_in`` and receives RESULT, VECTOR, COUNTERS and ERROR packets on
     ``host_out`` (:mod:`hw.isa`); the same two streams are what the FPGA's UART link carries.
 
     Attributes
@@ -39,7 +40,8 @@ class Accelerator(wiring.Component):
         m.submodules.controller = controller = Controller(cfg)
         m.submodules.core = core = GemmCore(cfg)
         m.submodules.packetiser = packetiser = ResultPacketiser(cfg, controller.result_rows.payload.shape())
-        m.submodules.arbiter = arbiter = PacketArbiter()
+        has_vector = cfg.vec_depth > 0
+        m.submodules.arbiter = arbiter = PacketArbiter(3 if has_vector else 2)
 
         wiring.connect(m, wiring.flipped(self.host_in), controller.host_in)
         for name in ("act_load", "weight_load", "param_load", "cmd"):
@@ -48,16 +50,29 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.result_rows, packetiser.rows)
         wiring.connect(m, core.result, packetiser.result)
         # Results first: they free accumulator halves, and the core's progress depends on them.
-        wiring.connect(m, packetiser.packet, arbiter.first)
-        wiring.connect(m, controller.packet, arbiter.second)
+        wiring.connect(m, packetiser.packet, arbiter.sources[0])
+        wiring.connect(m, controller.packet, arbiter.sources[1])
         wiring.connect(m, arbiter.host_out, wiring.flipped(self.host_out))
 
+        vec_completed = vec_busy = vec_reads = vec_writes = 0
+        if has_vector:
+            m.submodules.vector = vector = VectorUnit(cfg)
+            wiring.connect(m, controller.vec_load, vector.load)
+            wiring.connect(m, controller.vec_cmd, vector.cmd)
+            wiring.connect(m, vector.packet, arbiter.sources[2])
+            m.d.comb += [vector.geometry.eq(controller.pool_geometry), vector.add_params.eq(controller.add_params),
+                         controller.vec_idle.eq(vector.idle)]
+            vec_completed, vec_busy, vec_reads = vector.completed, vector.busy, vector.reads
+            vec_writes = vector.load.valid
+        else:
+            m.d.comb += controller.vec_idle.eq(1)
+
         completed = Signal(32)
-        m.d.sync += completed.eq(completed + core.events.completed)
+        m.d.sync += completed.eq(completed + core.events.completed + vec_completed)
         m.d.comb += [controller.completed.eq(completed), controller.core_idle.eq(core.idle)]
 
         if cfg.counters:
-            m.submodules.counters = counters = PerfCounters({name: 2 if name == "acc_reads" else 1
+            m.submodules.counters = counters = PerfCounters({name: 2 if name in ("acc_reads", "commands") else 1
                                                              for name, _ in COUNTERS})
             events = core.events
             inc = counters.increment
@@ -67,7 +82,7 @@ class Accelerator(wiring.Component):
                 inc.stall_input_cycles.eq(controller.starved),
                 inc.stall_output_cycles.eq(self.host_out.valid & ~self.host_out.ready),
                 inc.array_cycles.eq(events.array),
-                inc.commands.eq(events.completed),
+                inc.commands.eq(events.completed + vec_completed),
                 inc.act_reads.eq(events.act_read),
                 inc.act_writes.eq(core.act_load.valid & core.act_load.ready),
                 inc.weight_reads.eq(events.weight_read),
@@ -78,6 +93,9 @@ class Accelerator(wiring.Component):
                 inc.param_writes.eq(core.param_load.valid & core.param_load.ready),
                 inc.link_words_in.eq(self.host_in.valid & self.host_in.ready),
                 inc.link_words_out.eq(self.host_out.valid & self.host_out.ready),
+                inc.vec_cycles.eq(vec_busy),
+                inc.vec_reads.eq(vec_reads),
+                inc.vec_writes.eq(vec_writes),
                 counters.clear.eq(controller.clear_counters),
                 controller.counters.eq(counters.values),
             ]

@@ -6,12 +6,15 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
                   instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
-from .layouts import act_load_layout, command_layout, conv_geometry_layout, param_load_layout, weight_load_layout
+from .layouts import (act_load_layout, command_layout, conv_geometry_layout, param_load_layout, vec_command_layout,
+                      vec_load_layout, weight_load_layout)
+from .qadd import add_params_layout
 
 __all__ = ["Controller", "link_beat_layout"]
 
 _COMMAND_QUEUE = 4
 _RESULT_QUEUE = 16
+_VEC_QUEUE = 3   # a buffered FIFO of depth 2 has a zero-width address, which fails the lint gate
 
 
 def link_beat_layout():
@@ -33,13 +36,17 @@ class Controller(wiring.Component):
     host_in : In(stream of 32-bit words)
     act_load, weight_load, param_load, cmd : Out(stream)
         To the compute core.
+    vec_load, vec_cmd : Out(stream)
+        To the vector unit (absent without one: ``cfg.vec_depth == 0``).
+    conv_geometry, pool_geometry, add_params : Out
+        Set by CONV_SETUP, POOL_SETUP and VEC_SETUP once the unit that reads them is idle.
     result_rows : Out(stream of row counts)
         Rows of each dispatched command, in order, for the result packetiser.
     packet : Out(stream of link_beat_layout)
         COUNTERS and ERROR packets.
     completed : In(32)
-        Compute commands completed since reset.
-    core_idle : In(1)
+        Commands (GEMM, POOL, ADD) completed since reset.
+    core_idle, vec_idle : In(1)
     counters : In(ArrayLayout(unsigned(32), len(COUNTERS)))
     clear_counters : Out(1)
     starved : Out(1)
@@ -56,10 +63,15 @@ class Controller(wiring.Component):
             "param_load": Out(stream.Signature(param_load_layout(cfg))),
             "cmd": Out(stream.Signature(self._command)),
             "conv_geometry": Out(conv_geometry_layout()),
+            "vec_load": Out(stream.Signature(vec_load_layout(cfg))),
+            "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
+            "pool_geometry": Out(conv_geometry_layout()),
+            "add_params": Out(add_params_layout()),
             "result_rows": Out(stream.Signature(self._command["m"].shape)),
             "packet": Out(stream.Signature(link_beat_layout())),
             "completed": In(32),
             "core_idle": In(1),
+            "vec_idle": In(1),
             "counters": In(data.ArrayLayout(unsigned(32), len(COUNTERS))),
             "clear_counters": Out(1),
             "starved": Out(1),
@@ -78,6 +90,18 @@ class Controller(wiring.Component):
             self.result_rows.valid.eq(row_counts.r_rdy), self.result_rows.payload.eq(row_counts.r_data),
             row_counts.r_en.eq(self.result_rows.ready),
         ]
+        vec_command = vec_command_layout(cfg)
+        m.submodules.vec_commands = vec_commands = fifo.SyncFIFOBuffered(width=vec_command.size, depth=_VEC_QUEUE)
+        m.d.comb += [
+            self.vec_cmd.valid.eq(vec_commands.r_rdy), self.vec_cmd.payload.eq(vec_commands.r_data),
+            vec_commands.r_en.eq(self.vec_cmd.ready),
+        ]
+        has_vector = cfg.vec_depth > 0
+        no_vector = int(not has_vector)
+        # nothing queued or running anywhere: what READ_COUNTERS and the setups wait for
+        core_done = Signal()
+        vec_done = Signal()
+        m.d.comb += [core_done.eq(~commands.r_rdy & self.core_idle), vec_done.eq(~vec_commands.r_rdy & self.vec_idle)]
 
         # -- fetch: instruction words arrive least significant first ----------------------------------------
         layout = instruction_layout(cfg)
@@ -90,6 +114,12 @@ class Controller(wiring.Component):
         gemm = operands(self._command)
         wait = operands(operands_layout(cfg, Opcode.WAIT))
         setup = operands(conv_geometry_layout())
+        pool = operands(operands_layout(cfg, Opcode.POOL))
+        add = operands(operands_layout(cfg, Opcode.ADD))
+        vec_params = operands(add_params_layout())
+        vec_entry = Signal(vec_command)
+        # a constant comparison fails the lint gate: compare only where x_base can be out of range
+        pool_out_of_range = pool.x_base >= cfg.vec_depth if 0 < cfg.vec_depth < (1 << 16) else 0
 
         # -- a word of the host link -------------------------------------------------------------------------
         word = self.host_in.payload
@@ -116,6 +146,8 @@ class Controller(wiring.Component):
         beats_needed = Signal(range(max_beats + 1))
         targets = {BufferId.ACT: self.act_load, BufferId.WEIGHT: self.weight_load, BufferId.PARAM: self.param_load}
         depths = {BufferId.ACT: cfg.act_depth, BufferId.WEIGHT: cfg.weight_depth, BufferId.PARAM: cfg.param_depth}
+        if has_vector:
+            targets[BufferId.VEC], depths[BufferId.VEC] = self.vec_load, cfg.vec_depth
         write_pending = Signal()
         target_ready = Signal()
         for b, target in targets.items():
@@ -158,7 +190,7 @@ class Controller(wiring.Component):
         m.d.comb += self.starved.eq(0)
         with m.FSM():
             with m.State("FETCH"):
-                m.d.comb += [self.host_in.ready.eq(1), self.starved.eq(self.core_idle)]
+                m.d.comb += [self.host_in.ready.eq(1), self.starved.eq(core_done & vec_done)]
                 with m.If(got_word):
                     m.d.sync += [bits.eq(Cat(bits[LINK_WIDTH:], word)), fetched.eq(fetched + 1), silent.eq(0)]
                     with m.If(fetched == INSTRUCTION_WORDS - 1):
@@ -178,7 +210,7 @@ class Controller(wiring.Component):
                         m.d.sync += [remaining.eq(load.words), load_addr.eq(load.addr), load_buffer.eq(load.buffer),
                                      beat.eq(0), discard.eq(0), error.eq(0), silent.eq(0)]
                         with m.Switch(load.buffer):
-                            for b in BufferId:
+                            for b in targets:
                                 with m.Case(b):
                                     m.d.sync += beats_needed.eq(beats[b])
                                     with m.If(load.addr + load.words > depths[b]):
@@ -204,6 +236,43 @@ class Controller(wiring.Component):
                             m.next = "ERROR"
                         with m.Else():
                             m.next = "CONV_SETUP"
+                    with m.Case(Opcode.POOL_SETUP):
+                        with m.If(no_vector | (setup.in_h == 0) | (setup.in_w == 0) | (setup.out_w == 0)
+                                  | (setup.stride == 0) | (setup.channel_blocks == 0) | (setup.kernel_h == 0)
+                                  | (setup.kernel_w == 0)):
+                            m.d.sync += error.eq(ErrorCode.BAD_SHAPE)
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "POOL_SETUP"
+                    with m.Case(Opcode.VEC_SETUP):
+                        if has_vector:
+                            m.next = "VEC_SETUP"
+                        else:
+                            m.d.sync += error.eq(ErrorCode.BAD_SHAPE)
+                            m.next = "ERROR"
+                    with m.Case(Opcode.POOL):
+                        m.d.sync += [vec_entry.op.eq(0), vec_entry.a_base.eq(pool.x_base), vec_entry.count.eq(pool.m),
+                                     vec_entry.out_y.eq(pool.out_y), vec_entry.out_x.eq(pool.out_x)]
+                        with m.If(no_vector | (pool.m == 0)):
+                            m.d.sync += error.eq(ErrorCode.BAD_SHAPE)
+                            m.next = "ERROR"
+                        with m.Elif(pool_out_of_range):
+                            m.d.sync += error.eq(ErrorCode.OUT_OF_RANGE)
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "VEC_CMD"
+                    with m.Case(Opcode.ADD):
+                        m.d.sync += [vec_entry.op.eq(1), vec_entry.a_base.eq(add.a_base),
+                                     vec_entry.b_base.eq(add.b_base), vec_entry.count.eq(add.words)]
+                        with m.If(no_vector | (add.words == 0)):
+                            m.d.sync += error.eq(ErrorCode.BAD_SHAPE)
+                            m.next = "ERROR"
+                        with m.Elif((add.a_base + add.words > cfg.vec_depth)
+                                    | (add.b_base + add.words > cfg.vec_depth)):
+                            m.d.sync += error.eq(ErrorCode.OUT_OF_RANGE)
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "VEC_CMD"
                     with m.Case(Opcode.CLEAR_COUNTERS):
                         m.d.comb += self.clear_counters.eq(1)
                         m.next = "FETCH"
@@ -218,7 +287,7 @@ class Controller(wiring.Component):
                 with m.Else():
                     # The next word may arrive while the assembled one is written: the write leaves this cycle.
                     m.d.comb += [self.host_in.ready.eq(~write_pending | target_ready),
-                                 self.starved.eq(self.core_idle)]
+                                 self.starved.eq(core_done & vec_done)]
                     with m.If(got_word):
                         m.d.sync += [assembly.eq(Cat(assembly[LINK_WIDTH:], word)), silent.eq(0)]
                         with m.If(beat == beats_needed - 1):
@@ -243,9 +312,25 @@ class Controller(wiring.Component):
                     m.d.sync += issued.eq(issued + 1)
                     m.next = "FETCH"
 
+            with m.State("VEC_CMD"):
+                with m.If(vec_commands.w_rdy):
+                    m.d.comb += [vec_commands.w_en.eq(1), vec_commands.w_data.eq(vec_entry)]
+                    m.d.sync += issued.eq(issued + 1)
+                    m.next = "FETCH"
+
+            with m.State("POOL_SETUP"):
+                with m.If(vec_done):
+                    m.d.sync += self.pool_geometry.eq(setup)
+                    m.next = "FETCH"
+
+            with m.State("VEC_SETUP"):
+                with m.If(vec_done):
+                    m.d.sync += self.add_params.eq(vec_params)
+                    m.next = "FETCH"
+
             with m.State("CONV_SETUP"):
                 # queued and running conv commands read the geometry: change it only once they are done
-                with m.If(~commands.r_rdy & self.core_idle):
+                with m.If(core_done):
                     m.d.sync += self.conv_geometry.eq(setup)
                     m.next = "FETCH"
 
@@ -255,7 +340,7 @@ class Controller(wiring.Component):
                     m.next = "FETCH"
 
             with m.State("DRAIN_FOR_COUNTERS"):
-                with m.If(~commands.r_rdy & self.core_idle):
+                with m.If(core_done & vec_done):
                     m.d.sync += [snapshot[i].eq(self.counters[i]) for i in range(len(COUNTERS))]
                     m.d.sync += sent.eq(0)
                     m.next = "COUNTERS"

@@ -73,30 +73,33 @@ class ResultPacketiser(wiring.Component):
 
 
 class PacketArbiter(wiring.Component):
-    """Merges two packet streams onto ``host_out`` without interleaving packets (``first`` wins ties).
+    """Merges packet streams onto ``host_out`` without interleaving packets (lower index wins ties).
 
     Attributes
     ----------
-    first, second : In(stream of link_beat_layout)
+    sources : In(array of streams of link_beat_layout)
     host_out : Out(stream of 32-bit words)
     """
 
-    first: In(stream.Signature(link_beat_layout()))
-    second: In(stream.Signature(link_beat_layout()))
-    host_out: Out(stream.Signature(unsigned(LINK_WIDTH)))
+    def __init__(self, count):
+        self.count = count
+        super().__init__({
+            "sources": In(stream.Signature(link_beat_layout())).array(count),
+            "host_out": Out(stream.Signature(unsigned(LINK_WIDTH))),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        owner = Signal(2)  # 0: none, 1: first, 2: second
-        chosen = Signal(2)
+        owner = Signal(range(self.count + 1))   # 0: none, else 1 + the source that holds the link
+        chosen = Signal(range(self.count + 1))
         with m.If(owner != 0):
             m.d.comb += chosen.eq(owner)
-        with m.Elif(self.first.valid):
-            m.d.comb += chosen.eq(1)
-        with m.Elif(self.second.valid):
-            m.d.comb += chosen.eq(2)
-        for index, source in ((1, self.first), (2, self.second)):
-            with m.If(chosen == index):
+        with m.Else():
+            for index in reversed(range(self.count)):   # the last assignment wins: the lowest valid index
+                with m.If(self.sources[index].valid):
+                    m.d.comb += chosen.eq(index + 1)
+        for index, source in enumerate(self.sources):
+            with m.If(chosen == index + 1):
                 m.d.comb += [
                     self.host_out.valid.eq(source.valid),
                     self.host_out.payload.eq(source.payload.data),
@@ -104,5 +107,5 @@ class PacketArbiter(wiring.Component):
                 ]
                 with m.If(source.valid & self.host_out.ready):
                     # hold the link until the packet's last word has gone
-                    m.d.sync += owner.eq(Mux(source.payload.last, 0, index))
+                    m.d.sync += owner.eq(Mux(source.payload.last, 0, index + 1))
         return m

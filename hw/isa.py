@@ -11,7 +11,10 @@ import enum
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from .layouts import command_layout, conv_geometry_layout
+from amaranth.utils import ceil_log2
+
+from .layouts import MAX_CONV_SIDE, command_layout, conv_geometry_layout
+from .qadd import add_params_layout
 
 __all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "COUNTERS", "INSTRUCTION_WORDS", "LINK_WIDTH",
            "instruction_layout", "operands_layout", "packet_header_layout", "words_per_buffer_word"]
@@ -32,6 +35,10 @@ class Opcode(enum.IntEnum):
     READ_COUNTERS = 0x04    # once idle, send a COUNTERS packet
     CLEAR_COUNTERS = 0x05   # zero every performance counter
     CONV_SETUP = 0x06       # once idle, set the convolution geometry that later conv GEMMs use
+    VEC_SETUP = 0x07        # once the vector unit is idle, set the parameters of later ADDs
+    POOL_SETUP = 0x08       # once the vector unit is idle, set the geometry of later POOLs
+    POOL = 0x09             # max-pool `m` output pixels of the feature map at `x_base` of the vector buffer
+    ADD = 0x0A              # quantized add of `words` vector words at `a_base` and `b_base`
 
 
 class BufferId(enum.IntEnum):
@@ -39,6 +46,7 @@ class BufferId(enum.IntEnum):
     ACT = 0
     WEIGHT = 1
     PARAM = 2
+    VEC = 3
 
 
 class PacketKind(enum.IntEnum):
@@ -46,6 +54,7 @@ class PacketKind(enum.IntEnum):
     RESULT = 1     # the output rows of one GEMM command, `cols` int8 per row, rows padded to whole words
     COUNTERS = 2   # one 32-bit word per entry of COUNTERS, in order
     ERROR = 3      # one word: ErrorCode in bits 0-7, the offending opcode in bits 8-15
+    VECTOR = 4     # the result words of one POOL or ADD, four int8 per word
 
 
 class ErrorCode(enum.IntEnum):
@@ -54,7 +63,9 @@ class ErrorCode(enum.IntEnum):
     BAD_BUFFER = 2          # LOAD names no buffer
     OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
     BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, a conv GEMM on a dataflow
-                            # without sliding-window addressing, or a CONV_SETUP with a zero size
+                            # without sliding-window addressing, a CONV_SETUP or POOL_SETUP with a zero
+                            # size, a POOL or ADD of nothing, or a vector instruction on a device built
+                            # without a vector unit
     TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
 
 
@@ -76,6 +87,9 @@ COUNTERS = [
     ("param_writes", "parameter words written"),
     ("link_words_in", "32-bit words received from the host"),
     ("link_words_out", "32-bit words sent to the host"),
+    ("vec_cycles", "cycles in which the vector unit had work"),
+    ("vec_reads", "vector buffer words read"),
+    ("vec_writes", "vector buffer words written"),
 ]
 
 
@@ -86,8 +100,15 @@ def operands_layout(cfg, opcode):
         return data.StructLayout({"buffer": unsigned(2), "addr": unsigned(16), "words": unsigned(16)})
     if opcode == Opcode.GEMM:
         return command_layout(cfg)
-    if opcode == Opcode.CONV_SETUP:
+    if opcode in (Opcode.CONV_SETUP, Opcode.POOL_SETUP):
         return conv_geometry_layout()
+    if opcode == Opcode.VEC_SETUP:
+        return add_params_layout()
+    if opcode == Opcode.POOL:
+        side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
+        return data.StructLayout({"x_base": unsigned(16), "m": unsigned(16), "out_y": side, "out_x": side})
+    if opcode == Opcode.ADD:
+        return data.StructLayout({"a_base": unsigned(16), "b_base": unsigned(16), "words": unsigned(16)})
     if opcode == Opcode.WAIT:
         # Relative, so that a program means the same whatever ran before it.
         return data.StructLayout({"pending": unsigned(32)})
@@ -117,4 +138,6 @@ def words_per_buffer_word(cfg, buffer):
         return -(-cfg.rows * 8 // LINK_WIDTH)
     if buffer == BufferId.WEIGHT:
         return -(-cfg.cols * 8 // LINK_WIDTH)
+    if buffer == BufferId.VEC:
+        return 1
     return 2 * cfg.cols

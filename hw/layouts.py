@@ -20,7 +20,7 @@ from amaranth.utils import ceil_log2
 
 __all__ = ["command_layout", "conv_geometry_layout", "MAX_CONV_SIDE", "act_load_layout", "weight_load_layout",
            "param_load_layout",
-           "result_layout", "max_command_k"]
+           "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout"]
 
 OPERAND = signed(8)
 ACC = signed(32)
@@ -104,3 +104,20 @@ def param_load_layout(cfg):
 def result_layout(cfg):
     """One requantised output row: ``cols`` int8 channels."""
     return data.ArrayLayout(OPERAND, cfg.cols)
+
+
+def vec_load_layout(cfg):
+    """One vector buffer word (four int8 lanes, one host link word) and its address."""
+    return data.StructLayout({"addr": _addr(max(2, cfg.vec_depth)), "data": data.ArrayLayout(OPERAND, 4)})
+
+
+def vec_command_layout(cfg):
+    """A command of the vector unit (:mod:`hw.vector`).
+
+    ``op`` 0 (pool): ``count`` output pixels from (``out_y``, ``out_x``) in raster order, over the feature map
+    at ``a_base``. ``op`` 1 (add): ``count`` words of ``a_base`` plus as many of ``b_base``.
+    """
+    addr = _addr(max(2, cfg.vec_depth))
+    side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
+    return data.StructLayout({"op": 1, "a_base": addr, "b_base": addr, "count": unsigned(16),
+                              "out_y": side, "out_x": side})

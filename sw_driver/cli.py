@@ -45,35 +45,8 @@ def _cmd_lint(args):
 
 
 def _cmd_demo(args):
-    import numpy as np
-
-    from sw_driver.energy import layer_energy
-    from sw_driver.runtime import open_sim_device
-    from verif import golden
-    from verif.cases import random_conv
-    from verif.cases import random_gemm
-
-    cfg = config_from_args(args)
-    rng = np.random.default_rng(args.seed)
-    print(f"Tessera demo: {cfg.dataflow} {cfg.rows}x{cfg.cols} device (config {cfg.hash}), generated, built and "
-          f"simulated from its RTL under Verilator")
-    layers = []
-    with open_sim_device(cfg) as device:
-        operands = random_gemm(rng, args.m, args.k, args.n)
-        y, run = device.gemm(*operands)
-        layers.append((f"fully connected {args.m}x{args.k}x{args.n}", run,
-                       np.array_equal(y, golden.gemm_hw(*operands))))
-        if cfg.dataflow == "ws":
-            operands, attrs, expected = random_conv(rng, channels=16, out_channels=16, size=14, kernel=3,
-                                                    stride=1, pad=1)
-            y, run = device.conv(*operands, **attrs)
-            layers.append(("conv 3x3 16->16 on 14x14, pad 1", run, np.array_equal(y, expected)))
-    print(f"{'layer':34} {'bit-exact':9} {'MACs':>10} {'cycles':>8} {'util':>6} {'link B in':>10} {'pJ/MAC':>7}")
-    for name, run, exact in layers:
-        energy = layer_energy(cfg, run.counters)
-        print(f"{name:34} {'yes' if exact else 'NO':9} {run.macs:10,} {run.cycles:8,} {run.utilization:6.1%} "
-              f"{run.link_bytes_in:10,} {energy['total'] / run.macs:7.1f}")
-    return 0 if all(exact for _, _, exact in layers) else 1
+    from sw_driver.demo import run_demo
+    return run_demo(config_from_args(args), batch=args.batch, quant_format=args.format, report=args.report)
 
 
 def _cmd_run(args):
@@ -97,9 +70,10 @@ def _cmd_run(args):
         from sw_driver.runtime import open_sim_device
         print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}), simulated from its RTL")
         device = open_sim_device(cfg)
+    elif args.target.startswith("serial:"):
+        device = _open_serial(cfg, args.target.removeprefix("serial:"))
     else:
-        raise UsageError(f"--target {args.target!r} is not available; accepted: sim, host "
-                         f"(serial:PORT arrives with the FPGA link)")
+        raise UsageError(f"--target {args.target!r} is not available; accepted: sim, host, serial:PORT")
     try:
         outputs, reports = run_graph_on(graph, inputs, device)
     finally:
@@ -150,12 +124,19 @@ def _cmd_run(args):
     return 0
 
 
+def _open_serial(cfg, port):
+    """A device on a board at ``port`` running a bitstream built for ``cfg`` (``tessera bitstream``)."""
+    from fpga.cli import open_serial_device
+    print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}) on the board at {port}")
+    return open_serial_device(cfg, port)
+
+
 def _report_counters(c):
     """The report's counter block (ARCHITECTURE.md) plus the raw hardware counters."""
     return {
         "link_bytes_in": 4 * c["link_words_in"], "link_bytes_out": 4 * c["link_words_out"],
-        "buffer_reads": {b: c[f"{b}_reads"] for b in ("act", "weight", "acc", "param")},
-        "buffer_writes": {b: c[f"{b}_writes"] for b in ("act", "weight", "acc", "param")},
+        "buffer_reads": {b: c[f"{b}_reads"] for b in ("act", "weight", "acc", "param", "vec")},
+        "buffer_writes": {b: c[f"{b}_writes"] for b in ("act", "weight", "acc", "param", "vec")},
         "rf_accesses": 0, "macs_gated": 0, "hardware": c,
     }
 
@@ -174,26 +155,30 @@ def main(argv=None):
         add_config_arguments(p)
         p.add_argument("--out", default="build", help="output root (default: build)")
 
-    demo = commands.add_parser("demo", help="run a random requantised GEMM layer on the simulated RTL and check it "
-                                            "against the golden model")
+    demo = commands.add_parser("demo", help="the digits CNN, quantized by onnxruntime, on the simulated RTL: accuracy, "
+                                            "cycles, utilisation, link bytes and energy")
     add_config_arguments(demo)
-    demo.add_argument("-m", type=int, default=64)
-    demo.add_argument("-k", type=int, default=96)
-    demo.add_argument("-n", type=int, default=48)
-    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--batch", type=int, default=60, help="test images per device program (default 60)")
+    demo.add_argument("--format", default="QOperator", choices=["QOperator", "QDQ"],
+                      help="onnxruntime quantization format (default QOperator)")
+    demo.add_argument("--report", help="write the JSON report here")
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")
     run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static)")
     run.add_argument("--input", required=True, help="input tensor, .npy")
     run.add_argument("--output", help="where to write the first output, .npy")
-    run.add_argument("--target", default="sim", help="sim (the RTL under Verilator) or host (golden model only)")
+    run.add_argument("--target", default="sim", help="sim (the RTL under Verilator), host (golden model only) or "
+                                                     "serial:PORT (a board programmed by tessera deploy)")
     run.add_argument("--report", help="write the JSON report here")
     run.add_argument("--check", action="store_true", help="also run the golden model and compare")
     run.add_argument("-v", "--verbose", action="store_true", help="say why layers ran on the host")
     add_config_arguments(run)
 
+    import fpga.cli
+    fpga_handlers = fpga.cli.register(commands)
+
     args = parser.parse_args(argv)
-    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run}
+    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run, **fpga_handlers}
     try:
         status = handlers[args.command](args)
     except ConfigError as error:

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, words_per_buffer_word
+from hw.isa import INSTRUCTION_WORDS, LINK_WIDTH, BufferId, Opcode, words_per_buffer_word
 from sw_driver.isa_encode import instruction, load
 from sw_driver.tiling import TilingError, check_gemm_operands
 
@@ -29,6 +29,14 @@ class Program:
     m: int
     n: int
     macs: int
+
+    @property
+    def commands(self):
+        return len(self.outputs)
+
+    def reply_words(self, cfg):
+        """Words of the RESULT packets the device sends back for this program."""
+        return sum(1 + rows * -(-cfg.cols * 8 // LINK_WIDTH) for _, _, rows in self.outputs)
 
     def assemble(self, results, cols):
         """Place per-command result rows into the ``m x n`` output."""
@@ -259,22 +267,29 @@ class _GemmTiles:
 
 
 def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0):
-    """Compile a 2-D convolution (one image, ``group=1``) for a weight-stationary device.
+    """Compile a 2-D convolution (``group=1``) of one image or a batch for a weight-stationary device.
 
     The input feature map goes over the link once and stays in the activation buffer; every conv command
-    gathers its taps on chip (:mod:`hw.window`). ``x`` is int8 (C, H, W), ``w`` int8 (O, C, KH, KW), the input
-    zero point is already folded into ``bias`` and ``pad_value`` is that zero point (padding must read as it).
-    Returns a :class:`Program` whose ``assemble`` gives (out_h * out_w, O); see :func:`conv_output_shape`.
+    gathers its taps on chip (:mod:`hw.window`). ``x`` is int8 (C, H, W) or (N, C, H, W), ``w`` int8 (O, C,
+    KH, KW), the input zero point is already folded into ``bias`` and ``pad_value`` is that zero point
+    (padding must read as it). Returns a :class:`Program` whose ``assemble`` gives (N * out_h * out_w, O),
+    image by image; see :func:`conv_output_shape`.
+
+    When an image fits half the activation buffer, the images of a batch take the two halves in turn under
+    one CONV_SETUP (a command's ``x_base`` says where its image is), so the next image loads while the array
+    works on the previous one. A larger image is split into bands of output rows, each behind its own setup.
     """
     R, C = cfg.rows, cfg.cols
     if cfg.dataflow != "ws":
         raise TilingError(f"convolutions on the device need dataflow 'ws' (sliding-window addressing); "
                           f"this configuration is {cfg.dataflow!r}")
     x, w = np.asarray(x), np.asarray(w)
-    if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 3 or w.ndim != 4 or x.shape[0] != w.shape[1]:
-        raise TilingError(f"conv needs int8 x (C, H, W) and w (O, C, KH, KW) with matching C; got x "
-                          f"{x.dtype}{x.shape}, w {w.dtype}{w.shape}")
-    channels, in_h, in_w = x.shape
+    if x.ndim == 3:
+        x = x[None]
+    if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise TilingError(f"conv needs int8 x (C, H, W) or (N, C, H, W) and w (O, C, KH, KW) with matching C; "
+                          f"got x {x.dtype}{x.shape}, w {w.dtype}{w.shape}")
+    images, channels, in_h, in_w = x.shape
     out_channels, _, kh, kw = w.shape
     (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
     if stride_y != stride_x or not 1 <= stride_y <= 3:
@@ -295,46 +310,63 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     check_gemm_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
     layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale))
 
-    fmap = np.zeros((in_h, in_w, blocks * R), np.int8)
-    fmap[:, :, :channels] = x.transpose(1, 2, 0)
+    fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
+    fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
+    image_words = in_h * in_w * blocks
+    halves = image_words <= cfg.act_depth // 2
+    bands = [(0, out_h)] if halves else _output_row_bands(cfg, in_h, in_w * blocks, out_h, kh, stride_y)
     weights = _SlotPool("weight", layer.weight_words, cfg.weight_depth // layer.weight_words)
     params = _SlotPool("parameter", 1, cfg.param_depth)
+    acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
     words, outputs, index, waited = [], [], 0, 0
-    for oy0, oy1 in _output_row_bands(cfg, in_h, in_w * blocks, out_h, kh, stride_y):
-        # The band of input rows these output rows read, stored from word 0; the geometry's pad_top is
-        # counted from the band's first row (the taps above it are padding only in the first band).
-        first_row = max(0, oy0 * stride_y - pad_t)
-        last_row = min(in_h, (oy1 - 1) * stride_y - pad_t + kh)
-        words += [instruction(cfg, Opcode.CONV_SETUP, in_h=last_row - first_row, in_w=in_w, out_w=out_w,
-                              channel_blocks=blocks, kernel_h=kh, kernel_w=kw, stride=stride_y,
-                              pad_top=max(0, pad_t - oy0 * stride_y), pad_left=pad_l, pad_value=int(pad_value)),
-                  load(cfg, BufferId.ACT, 0, fmap[first_row:last_row].reshape(-1, R))]
-        pixels = (oy1 - oy0) * out_w
-        block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C))
-        for t in range(layer.n_tiles):
-            addresses = []
-            for pool, buffer, make in ((weights, BufferId.WEIGHT, layer._weight_tile),
-                                       (params, BufferId.PARAM, lambda t: (layer.bias[None, t * C:(t + 1) * C],
-                                                                           layer.scale[None, t * C:(t + 1) * C]))):
-                resident = t in pool.resident
-                slot, wait_for = pool.find(t)
-                if not resident:
-                    if wait_for is not None and wait_for + 1 > waited:
-                        waited = wait_for + 1
-                        words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
-                    words.append(load(cfg, buffer, slot * pool.slot_words, make(t)))
-                addresses.append(slot * pool.slot_words)
-            for p0 in range(0, pixels, block_rows):
-                rows = min(block_rows, pixels - p0)
-                words.append(instruction(cfg, Opcode.GEMM, m=rows, k=folds, x_base=0, w_base=addresses[0],
-                                         p_base=addresses[1], y_zp=int(y_zp), conv=1, out_y=p0 // out_w,
-                                         out_x=p0 % out_w))
-                outputs.append((oy0 * out_w + p0, t * C, rows))
-                weights.last_reader[addresses[0] // weights.slot_words] = index
-                params.last_reader[addresses[1]] = index
-                index += 1
-    return Program(words=np.concatenate(words), outputs=outputs, m=out_h * out_w, n=out_channels,
-                   macs=out_h * out_w * out_channels * channels * kh * kw)
+
+    def place(pool, buffer, tile, payload):
+        """Slot address of ``tile`` in ``pool``, loading it (behind a WAIT if its slot is still read)."""
+        nonlocal waited
+        resident = tile in pool.resident
+        slot, wait_for = pool.find(tile)
+        if not resident:
+            if wait_for is not None and wait_for + 1 > waited:
+                waited = wait_for + 1
+                words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
+            words.append(load(cfg, buffer, slot * pool.slot_words, payload(tile)))
+        return slot
+
+    def setup(first_row, last_row, oy0):
+        # The band of input rows these output rows read, stored from its slot's first word; the geometry's
+        # pad_top is counted from the band's first row (the taps above it are padding only in the first band).
+        return instruction(cfg, Opcode.CONV_SETUP, in_h=last_row - first_row, in_w=in_w, out_w=out_w,
+                           channel_blocks=blocks, kernel_h=kh, kernel_w=kw, stride=stride_y,
+                           pad_top=max(0, pad_t - oy0 * stride_y), pad_left=pad_l, pad_value=int(pad_value))
+
+    if halves:
+        words.append(setup(0, in_h, 0))
+    for image in range(images):
+        for oy0, oy1 in bands:
+            first_row = max(0, oy0 * stride_y - pad_t)
+            last_row = min(in_h, (oy1 - 1) * stride_y - pad_t + kh)
+            if not halves:
+                words.append(setup(first_row, last_row, oy0))
+            band = fmaps[image, first_row:last_row].reshape(-1, R)
+            act_slot = place(acts, BufferId.ACT, (image, oy0), lambda tile, band=band: band)
+            x_base = act_slot * acts.slot_words
+            pixels = (oy1 - oy0) * out_w
+            block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C))
+            for t in range(layer.n_tiles):
+                w_slot = place(weights, BufferId.WEIGHT, t, layer._weight_tile)
+                p_slot = place(params, BufferId.PARAM, t, lambda t: (layer.bias[None, t * C:(t + 1) * C],
+                                                                     layer.scale[None, t * C:(t + 1) * C]))
+                for p0 in range(0, pixels, block_rows):
+                    rows = min(block_rows, pixels - p0)
+                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=folds, x_base=x_base,
+                                             w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
+                                             conv=1, out_y=p0 // out_w, out_x=p0 % out_w))
+                    outputs.append(((image * out_h + oy0) * out_w + p0, t * C, rows))
+                    for pool, slot in ((weights, w_slot), (params, p_slot), (acts, act_slot)):
+                        pool.last_reader[slot] = index
+                    index += 1
+    return Program(words=np.concatenate(words), outputs=outputs, m=images * out_h * out_w, n=out_channels,
+                   macs=images * out_h * out_w * out_channels * channels * kh * kw)
 
 
 def _output_row_bands(cfg, in_h, words_per_row, out_h, kh, stride):

@@ -30,8 +30,10 @@ def sram_pj_per_64bit(size_bytes, table=DEFAULT_COSTS["sram_pj_per_64bit"]):
 
 def layer_energy(cfg, counters, costs=DEFAULT_COSTS):
     """``{"link", "buffers", "rf", "mac", "total"}`` in pJ for one layer's counters."""
-    word_bits = {"act": cfg.rows * 8, "weight": cfg.cols * 8, "acc": cfg.cols * 32, "param": cfg.cols * 64}
-    depth = {"act": cfg.act_depth, "weight": cfg.weight_depth, "acc": cfg.acc_depth, "param": cfg.param_depth}
+    word_bits = {"act": cfg.rows * 8, "weight": cfg.cols * 8, "acc": cfg.cols * 32, "param": cfg.cols * 64,
+                 "vec": 32}
+    depth = {"act": cfg.act_depth, "weight": cfg.weight_depth, "acc": cfg.acc_depth, "param": cfg.param_depth,
+             "vec": cfg.vec_depth}
     buffers = 0.0
     for name, bits in word_bits.items():
         per_access = sram_pj_per_64bit(depth[name] * bits // 8, costs["sram_pj_per_64bit"]) * bits / 64

@@ -76,7 +76,7 @@ def disassemble(cfg, words):
 @dataclasses.dataclass
 class Packets:
     """What came back from the device, in order of arrival."""
-    results: list      # one int8 array (rows, cols) per compute command
+    results: list      # per command: int8 (rows, cols) for a GEMM, the int8 bytes of a POOL or ADD
     counters: list     # one dict per COUNTERS packet
     errors: list       # (ErrorCode, opcode) per ERROR packet
 
@@ -98,6 +98,8 @@ def parse_packets(cfg, words):
                 raise DeviceError(f"RESULT packet of {header['length']} words is not whole rows of {wpr} words")
             rows = body.view(np.int8).reshape(-1, wpr * 4)[:, :cfg.cols]
             out.results.append(rows.copy())
+        elif header["kind"] == PacketKind.VECTOR:
+            out.results.append(body.view(np.int8).copy())
         elif header["kind"] == PacketKind.COUNTERS:
             if header["length"] != len(COUNTERS):
                 raise DeviceError(f"COUNTERS packet of {header['length']} words, expected {len(COUNTERS)}")

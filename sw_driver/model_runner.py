@@ -1,8 +1,10 @@
 """Runs an imported quantized model: layers the device supports on the device, the rest on the host.
 
-Device layers today: fully connected / MatMul / Gemm on every dataflow, and Conv (grouped and depthwise
-included) on weight-stationary devices, whose sliding-window addressing reads each input activation from
-the link once; in both cases int8 weights with zero point 0 that onnxruntime computes with an integer kernel.
+Device layers today: fully connected / MatMul / Gemm and GlobalAveragePool (a GEMM with a column of ones) on
+the PE array of every dataflow; Conv (grouped and depthwise included) on weight-stationary devices, whose
+sliding-window addressing reads each input activation from the link once; MaxPool and Add on the vector
+unit. Weights must be int8 with zero point 0, and onnxruntime must compute the layer with its integer (or
+QLinearAdd) kernel.
 Everything else runs on the host with the golden model, with onnxruntime's semantics, and the report says
 where each layer ran and why.
 """
@@ -14,7 +16,8 @@ import numpy as np
 from sw_driver.energy import layer_energy
 from sw_driver.host_exec import run_layer
 from sw_driver.compiler import TilingError
-from sw_driver.layers import Conv, Gemm
+from sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, MaxPool
+from sw_driver.vector_compiler import add_params_for
 from verif import golden
 
 __all__ = ["LayerReport", "run_graph_on", "device_placement"]
@@ -35,6 +38,12 @@ class LayerReport:
 
 def device_placement(graph, layer, cfg):
     """``(True, "")`` if ``layer`` can run on the device of ``cfg``, else ``(False, why)``."""
+    if graph.onnxruntime_path(layer.name) == "float":
+        return False, "onnxruntime computes this layer in float; the host reproduces it"
+    if isinstance(layer, (MaxPool, Add)):
+        return _vector_placement(graph, layer, cfg)
+    if isinstance(layer, GlobalAveragePool):
+        return True, ""    # its scale depends on the image size: checked when it runs
     if isinstance(layer, Conv):
         if cfg.dataflow != "ws":
             return False, f"Conv needs sliding-window addressing, which the {cfg.dataflow} array lacks so far"
@@ -47,12 +56,60 @@ def device_placement(graph, layer, cfg):
             return False, (f"kernel {kh}x{kw}, strides {layer.strides}, pads {layer.pads} (device: up to 7x7, "
                            f"equal strides 1-3, pads up to 7)")
     elif not isinstance(layer, Gemm):
-        return False, f"{layer.kind} runs on the host (the device runs Gemm/MatMul and Conv today)"
-    if graph.onnxruntime_path(layer.name) == "float":
-        return False, "onnxruntime computes this layer in float; the host reproduces it"
+        return False, (f"{layer.kind} runs on the host (the device runs Gemm/MatMul, Conv, MaxPool, "
+                       f"GlobalAveragePool and Add)")
     if np.any(layer.w_zp != 0):
         return False, "weights with a non-zero zero point (the device folds only the input zero point)"
     return True, ""
+
+
+def _vector_placement(graph, layer, cfg):
+    if cfg.vec_depth == 0:
+        return False, "this configuration has no vector unit (vec_depth = 0)"
+    if isinstance(layer, MaxPool):
+        (kh, kw), (sy, sx) = layer.kernel, layer.strides
+        if sy != sx or not 1 <= sy <= 3 or max(kh, kw) > 7 or max(layer.pads) > 7:
+            return False, (f"kernel {kh}x{kw}, strides {layer.strides}, pads {layer.pads} (vector unit: up to 7x7, "
+                           f"equal strides 1-3, pads up to 7)")
+        return True, ""
+    try:
+        _add_params(graph, layer)
+    except ValueError as error:
+        return False, str(error)
+    return True, ""
+
+
+def _add_params(graph, layer):
+    return add_params_for(layer.a_params, layer.b_params, layer.y_params,
+                          on_uint8=graph.onnxruntime_path(layer.name) == "uint8")
+
+
+def _device_maxpool(device, graph, layer, x):
+    y, run = device.maxpool(_to_int8(x), layer.kernel, layer.strides, layer.pads)
+    return _from_int8(y, x.dtype), run
+
+
+def _device_add(device, graph, layer, a, b):
+    y, run = device.add(_to_int8(a), _to_int8(b), _add_params(graph, layer))
+    return _from_int8(y, layer.y_params.dtype), run
+
+
+def _device_global_avgpool(device, graph, layer, x):
+    """The mean over H and W as a GEMM on the array: (N*C, H*W) activations times a column of ones, the
+    input zero point folded into the bias and onnxruntime's scale; integer, so exact."""
+    xp, yp = layer.x_params, layer.y_params
+    n, c, h, w = x.shape
+    pixels = h * w
+    scale = np.float32(xp.scale) / (np.float32(yp.scale) * np.float32(pixels))   # MLAS's order
+    # onnxruntime refuses scales outside [2**-32, 256); so does the golden model, with the reason
+    golden.global_avgpool(np.zeros((1, 1, h, w), x.dtype), xp.scale, xp.zero_point, yp.scale, yp.zero_point)
+    ones = np.ones((pixels, 1), np.int8)
+    x_zp = xp.zero_point - 128 if xp.dtype == np.uint8 else xp.zero_point
+    y_zp = yp.zero_point - 128 if yp.dtype == np.uint8 else yp.zero_point
+    bias = golden.fold_input_zero_point(np.zeros(1, np.int32), x_zp, ones)
+    rows = np.ascontiguousarray(_to_int8(x).reshape(n * c, pixels))
+    y, run = device.gemm(rows, ones, bias, np.array([scale], np.float32), y_zp)
+    return _from_int8(y, yp.dtype).reshape(n, c, 1, 1), run
 
 
 def _device_params(layer):
@@ -89,32 +146,29 @@ def _dense_weights(layer):
     return dense
 
 
-def _device_conv(device, layer, x):
-    """A Conv layer on the device, one image at a time."""
+def _device_conv(device, graph, layer, x):
+    """A Conv layer on the device, the whole batch in one program."""
     x_zp, scale, y_zp = _device_params(layer)
     w = _dense_weights(layer)
     bias = golden.fold_input_zero_point(layer.bias, x_zp, w, output_axis=0)
-    images, runs = [], []
-    for image in _to_int8(x):
-        y, run = device.conv(image, w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),
-                             pad_value=x_zp)
-        images.append(y)
-        runs.append(run)
-    run = runs[0]
-    if len(runs) > 1:
-        run.counters = {k: sum(r.counters[k] for r in runs) for k in run.counters}
+    y, run = device.conv(_to_int8(x), w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),
+                         pad_value=x_zp)
     # useful MACs only: the zeros between groups are computed but do not count
-    run.macs = int(np.prod(images[0].shape)) * len(images) * int(np.prod(layer.w_q.shape[1:]))
-    return _from_int8(np.stack(images), layer.y_params.dtype), run
+    run.macs = int(np.prod(y.shape)) * int(np.prod(layer.w_q.shape[1:]))
+    return _from_int8(y, layer.y_params.dtype), run
 
 
-def _device_gemm(device, layer, x):
+def _device_gemm(device, graph, layer, x):
     """A Gemm layer on the device, every leading dimension flattened into rows."""
     x_zp, scale, y_zp = _device_params(layer)
     bias = golden.fold_input_zero_point(layer.bias, x_zp, layer.w_q)
     rows = np.ascontiguousarray(_to_int8(x).reshape(-1, x.shape[-1]))
     y, run = device.gemm(rows, layer.w_q, bias, scale, y_zp)
     return _from_int8(y, layer.y_params.dtype).reshape(*x.shape[:-1], y.shape[-1]), run
+
+
+_DEVICE_RUNNERS = {Conv: _device_conv, Gemm: _device_gemm, MaxPool: _device_maxpool, Add: _device_add,
+                   GlobalAveragePool: _device_global_avgpool}
 
 
 def run_graph_on(graph, inputs, device=None, progress=None):
@@ -129,10 +183,11 @@ def run_graph_on(graph, inputs, device=None, progress=None):
                              else (False, "host run"))
         if on_device:
             try:
-                run_on_device = _device_conv if isinstance(layer, Conv) else _device_gemm
-                y, run = run_on_device(device, layer, tensors[layer.inputs[0]])
+                y, run = _DEVICE_RUNNERS[type(layer)](device, graph, layer, *(tensors[i] for i in layer.inputs))
             except TilingError as error:
                 on_device, reason = False, f"does not tile onto this configuration: {error}"
+            except ValueError as error:     # parameters the device cannot reproduce exactly
+                on_device, reason = False, str(error)
         if on_device:
             tensors[layer.outputs[0]] = y
             reports.append(LayerReport(layer.name, layer.kind, "device", macs=run.macs, cycles=run.cycles,

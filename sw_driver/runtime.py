@@ -5,10 +5,11 @@ import dataclasses
 import numpy as np
 
 from gen.verilog import DEVICE_TOPLEVEL, write_verilog
-from hw.isa import COUNTERS, LINK_WIDTH, Opcode
+from hw.isa import COUNTERS, Opcode
 from sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
 from sw_driver.isa_encode import DeviceError, instruction, parse_packets
 from sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
+from sw_driver.vector_compiler import compile_add, compile_maxpool
 
 __all__ = ["Device", "LayerRun", "open_sim_device"]
 
@@ -49,33 +50,41 @@ class Device:
         self.cfg = cfg
         self.transport = transport
         self.timeout_cycles = timeout_cycles
-        self._words_per_row = -(-cfg.cols * 8 // LINK_WIDTH)
 
     def gemm(self, x, w, bias, scale, y_zp):
         """``requantize(x @ w + bias, scale, y_zp)`` on the device; returns ``(y int8, LayerRun)``."""
         return self.run(compile_gemm(self.cfg, x, w, bias, scale, y_zp))
 
+    def maxpool(self, x, kernel, strides=(1, 1), pads=(0, 0, 0, 0)):
+        """Max pooling of int8 (N, C, H, W) on the vector unit; returns ``(y int8, LayerRun)``."""
+        return self.run(compile_maxpool(self.cfg, x, kernel, strides, pads))
+
+    def add(self, a, b, params):
+        """Quantized element-wise add on the vector unit (see ``compile_add``); returns ``(y int8, LayerRun)``."""
+        return self.run(compile_add(self.cfg, a, b, params))
+
     def conv(self, x, w, bias, scale, y_zp, **attrs):
-        """A convolution of one image (C, H, W) on the device (see ``compile_conv``); returns
-        ``(y int8 (O, out_h, out_w), LayerRun)``."""
+        """A convolution of one image (C, H, W) or a batch (N, C, H, W) on the device (see ``compile_conv``);
+        returns ``(y int8 (O, out_h, out_w) or (N, O, out_h, out_w), LayerRun)``."""
         program = compile_conv(self.cfg, x, w, bias, scale, y_zp, **attrs)
         y, run = self.run(program)
         stride, pads = attrs.get("strides", (1, 1))[0], attrs.get("pads", (0, 0, 0, 0))
-        out_h, out_w = conv_output_shape(x.shape[1], x.shape[2], w.shape[2], w.shape[3], stride, pads)
-        return y.T.reshape(w.shape[0], out_h, out_w), run
+        out_h, out_w = conv_output_shape(x.shape[-2], x.shape[-1], w.shape[2], w.shape[3], stride, pads)
+        y = y.reshape(-1, out_h, out_w, w.shape[0]).transpose(0, 3, 1, 2)
+        return (y if x.ndim == 4 else y[0]), run
 
     def run(self, program):
         """Run a compiled :class:`~sw_driver.compiler.Program`; returns ``(assembled output, LayerRun)``."""
         words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), program.words,
                                 instruction(self.cfg, Opcode.READ_COUNTERS)])
-        expected = sum(1 + rows * self._words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
+        expected = program.reply_words(self.cfg) + 1 + len(COUNTERS)
         self.transport.send(words)
         reply = self.transport.receive(expected, timeout_cycles=self.timeout_cycles)
         packets = parse_packets(self.cfg, reply)
         if packets.errors:
             raise DeviceError(f"the device rejected instructions: {packets.errors}")
-        if len(packets.counters) != 1 or len(packets.results) != len(program.outputs):
-            raise DeviceError(f"expected {len(program.outputs)} RESULT packets and one COUNTERS packet, got "
+        if len(packets.counters) != 1 or len(packets.results) != program.commands:
+            raise DeviceError(f"expected {program.commands} result packets and one COUNTERS packet, got "
                               f"{len(packets.results)} and {len(packets.counters)}")
         y = program.assemble(packets.results, self.cfg.cols)
         return y, LayerRun(macs=program.macs, counters=packets.counters[0], pes=self.cfg.pes)

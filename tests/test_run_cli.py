@@ -10,7 +10,7 @@ import pytest
 from sw_driver.cli import main
 from onnx_models import (QuantFormat, QuantType, conv_model, gemm_model, matmul_model, quantize_model,
                          random_inputs)
-from onnx_multi import depthwise_separable
+from onnx_multi import depthwise_separable, pooling_net, residual_block, sequential_cnn
 
 pytestmark = pytest.mark.rtl
 
@@ -94,6 +94,35 @@ def test_single_conv_runs_on_device_bit_exact(tmp_path, quant_format, kernel, st
     assert conv["target"] == "device"
     # the input crossed the link once per image: 5 channels x 9 x 9 int8, in words of `rows` channels
     assert conv["counters"]["buffer_writes"]["act"] == 2 * 9 * 9 * 2
+
+
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
+@pytest.mark.parametrize("activation", [QuantType.QUInt8, QuantType.QInt8], ids=["u8", "s8"])
+@pytest.mark.parametrize("net", ["residual", "pooling", "sequential"])
+def test_small_cnns_run_on_device_bit_exact(tmp_path, quant_format, activation, net):
+    """Conv, MaxPool, Add, GlobalAveragePool and Gemm all on the device; the answer is onnxruntime's, bit for
+    bit, and only layers that onnxruntime itself computes in float (or AveragePool) stay on the host."""
+    rng = np.random.default_rng(zlib.crc32(f"{quant_format}{activation}{net}".encode()))
+    build = {"residual": lambda: residual_block(rng, tail=True), "pooling": lambda: pooling_net(rng),
+             "sequential": lambda: sequential_cnn(rng)}[net]
+    float_model = build()
+    model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
+                           activation_type=activation)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", "ws")
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    for layer in report["layers"]:
+        if layer["op"] in ("Conv", "MaxPool", "Add", "GlobalAveragePool", "Gemm"):
+            assert layer["target"] == "device" or "float" in layer["reason"], layer
+    ops_on_device = {layer["op"] for layer in report["layers"] if layer["target"] == "device"}
+    expected = {"residual": {"Conv"}, "pooling": {"Conv", "MaxPool", "GlobalAveragePool", "Gemm"},
+                "sequential": {"Conv", "MaxPool", "Gemm"}}[net]
+    assert expected <= ops_on_device
+    if net == "residual" and quant_format == QuantFormat.QOperator:
+        assert "Add" in ops_on_device
+        (add,) = [layer for layer in report["layers"] if layer["op"] == "Add"]
+        assert add["counters"]["buffer_reads"]["vec"] > 0
 
 
 def test_conv_on_output_stationary_device_falls_back_to_host(tmp_path):

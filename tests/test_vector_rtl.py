@@ -1,0 +1,128 @@
+"""The vector unit on the whole simulated device: max pooling and quantized add against the golden model, on
+random shapes and layers, with and without random stalls on both link directions; and its error paths."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from gen.config import AcceleratorConfig
+from hw.isa import BufferId, Opcode
+from sw_driver.isa_encode import DeviceError, instruction, load
+from sw_driver.layers import QuantParams
+from sw_driver.runtime import open_sim_device
+from sw_driver.vector_compiler import add_params_for
+from verif import golden
+
+pytestmark = pytest.mark.rtl
+
+CONFIGS = [
+    # a small vector buffer: pooled maps split into bands, adds into several chunks
+    AcceleratorConfig(rows=4, cols=4, dataflow="ws", act_depth=64, weight_depth=32, acc_depth=32, param_depth=4,
+                      vec_depth=256, link_timeout=256),
+    AcceleratorConfig(rows=2, cols=3, dataflow="os", act_depth=64, weight_depth=48, acc_depth=8, param_depth=3,
+                      vec_depth=512, link_timeout=256),
+]
+_IDS = [f"{c.dataflow}-{c.rows}x{c.cols}-vec{c.vec_depth}" for c in CONFIGS]
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=_IDS)
+def device(request):
+    with open_sim_device(request.param) as device:
+        yield device
+
+
+def _rng(device, *salt):
+    return np.random.default_rng(zlib.crc32(f"{device.cfg.hash}{salt}".encode()))
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_maxpool_matches_golden(device, stall):
+    rng = _rng(device, "pool", stall)
+    device.transport.throttle(in_stall=stall, out_stall=stall, seed=int(rng.integers(1, 1000)))
+    for _ in range(6):
+        kernel = tuple(int(k) for k in rng.integers(1, 5, 2))
+        stride = int(rng.integers(1, 4))
+        pads = tuple(int(rng.integers(0, k)) for k in (*kernel, *kernel))
+        pads = (pads[0], pads[1], pads[2], pads[3])
+        h, w = (int(rng.integers(k, 12)) for k in kernel)
+        x = rng.integers(-128, 128, (int(rng.integers(1, 4)), int(rng.integers(1, 9)), h, w)).astype(np.int8)
+        y, run = device.maxpool(x, kernel, (stride, stride), pads)
+        np.testing.assert_array_equal(y, golden.maxpool(x, kernel, (stride, stride), pads),
+                                      err_msg=f"{x.shape} k={kernel} s={stride} p={pads}")
+        # every result word was read from the vector buffer tap by tap, and the link moved every word
+        assert run.counters["vec_reads"] > 0 and run.counters["vec_writes"] > 0
+        assert run.counters["array_cycles"] == 0
+    device.transport.throttle()
+
+
+def _random_params(rng, dtype):
+    lo, hi = (-128, 127) if dtype == np.int8 else (0, 255)
+    while True:
+        scales = [float(np.float32(10 ** rng.uniform(-2.5, -0.5))) for _ in range(3)]
+        params = [QuantParams(s, int(rng.integers(lo, hi + 1)), dtype) for s in scales]
+        try:
+            return params, add_params_for(*params)
+        except ValueError:
+            continue
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8], ids=["int8", "uint8"])
+def test_add_matches_golden(device, stall, dtype):
+    rng = _rng(device, "add", stall, np.dtype(dtype).name)
+    device.transport.throttle(in_stall=stall, out_stall=stall, seed=int(rng.integers(1, 1000)))
+    lo, hi = (-128, 127) if dtype == np.int8 else (0, 255)
+    for size in (1, 5, int(rng.integers(20, 90)), int(rng.integers(200, 700))):
+        (pa, pb, py), params = _random_params(rng, dtype)
+        a, b = (rng.integers(lo, hi + 1, size).astype(dtype) for _ in range(2))
+        shift = 128 if dtype == np.uint8 else 0   # the device holds uint8 as x - 128
+        y, run = device.add((a.astype(np.int16) - shift).astype(np.int8), (b.astype(np.int16) - shift).astype(np.int8),
+                            params)
+        want = golden.qlinear_add(a, pa.scale, pa.zero_point, b, pb.scale, pb.zero_point, py.scale, py.zero_point)
+        np.testing.assert_array_equal((y.astype(np.int16) + shift).astype(dtype), want, err_msg=f"size {size}")
+        assert run.counters["vec_reads"] == 2 * -(-size // 4)
+    device.transport.throttle()
+
+
+def test_bad_vector_instructions_are_reported_and_skipped(device):
+    cfg = device.cfg
+    bad = np.concatenate([
+        instruction(cfg, Opcode.POOL, x_base=0, m=0),                                      # nothing to pool
+        instruction(cfg, Opcode.ADD, a_base=cfg.vec_depth - 1, b_base=0, words=2),         # past the buffer
+        instruction(cfg, Opcode.POOL_SETUP, in_h=0, in_w=1, out_w=1, channel_blocks=1, kernel_h=1, kernel_w=1,
+                    stride=1),
+    ])
+    device.transport.send(bad)
+    with pytest.raises(DeviceError, match="BAD_SHAPE.*OUT_OF_RANGE.*BAD_SHAPE"):
+        device.run(_nothing(3))
+    # and the device goes on working
+    x = np.arange(-64, 64, dtype=np.int8).reshape(1, 2, 8, 8)
+    y, _ = device.maxpool(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(y, golden.maxpool(x, (2, 2), (2, 2), (0, 0, 0, 0)))
+
+
+class _nothing:
+    """An empty program: just the counters, so that the error packets of words sent before it come back."""
+    words = np.zeros(0, np.uint32)
+    commands = 0
+    macs = 0
+
+    def __init__(self, errors):
+        self.errors = errors
+
+    def reply_words(self, cfg):
+        return 2 * self.errors     # ERROR packets: a header and one word each
+
+    def assemble(self, results, cols):
+        return None
+
+
+def test_device_without_vector_unit_refuses_vector_work():
+    cfg = AcceleratorConfig(rows=1, cols=1, act_depth=8, weight_depth=8, acc_depth=4, param_depth=1, vec_depth=0,
+                            link_timeout=64)
+    with open_sim_device(cfg) as device:
+        device.transport.send(np.concatenate([instruction(cfg, Opcode.POOL, x_base=0, m=1),
+                                              load(cfg, BufferId.VEC, 0, np.zeros((1, 4), np.int8))]))
+        with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_BUFFER"):
+            device.run(_nothing(2))
