@@ -1,0 +1,111 @@
+"""Train the digits CNN with Adam in NumPy and write it as ``digits_cnn.onnx``.
+
+``python -m sw_driver.digits.train`` retrains from a fixed seed and rewrites the model next to this file;
+with the same NumPy, BLAS and BLAS thread count the result is the same bit for bit (OpenBLAS splits
+its sums by thread, so another thread count rounds differently and lands on slightly different weights).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import cnn
+from .data import load_digits_split
+from .export import to_onnx
+
+MODEL_PATH = Path(__file__).with_name("digits_cnn.onnx")
+SEED = 0
+EPOCHS = 40
+BATCH_SIZE = 32
+LEARNING_RATE = 3e-3
+
+
+class Adam:
+    """Adam (Kingma and Ba) over a dict of float32 parameters, updated in place."""
+
+    def __init__(self, params, *, learning_rate=LEARNING_RATE, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.learning_rate, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
+        self.moment1 = {name: np.zeros_like(value) for name, value in params.items()}
+        self.moment2 = {name: np.zeros_like(value) for name, value in params.items()}
+        self.steps = 0
+
+    def step(self, params, grads):
+        self.steps += 1
+        correction1 = 1 - self.beta1 ** self.steps
+        correction2 = 1 - self.beta2 ** self.steps
+        for name, grad in grads.items():
+            self.moment1[name] = self.beta1 * self.moment1[name] + (1 - self.beta1) * grad
+            self.moment2[name] = self.beta2 * self.moment2[name] + (1 - self.beta2) * grad * grad
+            update = (self.moment1[name] / correction1) / (np.sqrt(self.moment2[name] / correction2) + self.eps)
+            params[name] -= (self.learning_rate * update).astype(np.float32)
+
+
+def accuracy(params, images, labels):
+    """Fraction of ``images`` whose largest logit is the label."""
+    return float((cnn.forward(params, images).argmax(axis=1) == labels).mean())
+
+
+def train(x_train, y_train, *, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE, seed=SEED,
+          log=None):
+    """Fit a fresh ``cnn`` to the training images; returns the parameters and the mean loss of each epoch.
+
+    Parameters
+    ----------
+    x_train, y_train : numpy.ndarray
+        float32 images (N, 1, 8, 8) and int labels (N,).
+    learning_rate : float
+        Adam's peak rate, decayed to zero over the run along a half cosine.
+    seed : int
+        Seeds both the weight initialisation and the order of the minibatches.
+    log : callable, optional
+        Called with one line of text per epoch.
+    """
+    rng = np.random.default_rng(seed)
+    params = cnn.init_params(rng)
+    optimizer = Adam(params, learning_rate=learning_rate)
+    steps_per_epoch = -(-len(x_train) // batch_size)
+    total_steps = epochs * steps_per_epoch
+    epoch_losses = []
+    for epoch in range(epochs):
+        order = rng.permutation(len(x_train))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            # Cosine decay to zero: a constant rate leaves the last weights hopping around the minimum.
+            step = epoch * steps_per_epoch + start // batch_size
+            optimizer.learning_rate = learning_rate * 0.5 * (1 + np.cos(np.pi * step / total_steps))
+            logits, cache = cnn.forward(params, x_train[batch], keep=True)
+            loss, d_logits = cnn.softmax_cross_entropy(logits, y_train[batch])
+            optimizer.step(params, cnn.backward(params, cache, d_logits))
+            total += loss * len(batch)
+        epoch_losses.append(total / len(order))
+        if log:
+            log(f"epoch {epoch + 1:3d}/{epochs}  loss {epoch_losses[-1]:.4f}")
+    return params, epoch_losses
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--output", type=Path, default=MODEL_PATH, help="where to write the float ONNX model")
+    args = parser.parse_args(argv)
+
+    x_train, y_train, x_test, y_test = load_digits_split()
+    started = time.perf_counter()
+    params, _ = train(x_train, y_train, epochs=args.epochs, seed=args.seed, log=print)
+    elapsed = time.perf_counter() - started
+    print(f"trained in {elapsed:.1f} s; train accuracy {accuracy(params, x_train, y_train):.4f}, "
+          f"test accuracy {accuracy(params, x_test, y_test):.4f}")
+    macs = cnn.macs_per_image(params)
+    print("MACs per image: " + ", ".join(f"{name} {count}" for name, count in macs.items())
+          + f", total {sum(macs.values())}")
+    onnx.save(to_onnx(params), args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
