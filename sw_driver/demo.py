@@ -1,0 +1,179 @@
+"""``make demo``: the digits CNN, quantized by onnxruntime, on the simulated accelerator.
+
+The float model (trained by ``python -m sw_driver.digits.train``, committed) is quantized statically by
+onnxruntime, calibrated on training digits; the whole test split then runs three ways: the float model and
+the int8 model in onnxruntime, and the int8 model on the accelerator's RTL under Verilator, in batches so
+that each layer of a batch is one device program. The int8 answers must agree image by image.
+"""
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sw_driver.energy import layer_energy
+
+__all__ = ["run_demo"]
+
+FLOAT_MODEL = Path(__file__).resolve().parent / "digits" / "digits_cnn.onnx"
+_ENERGY_KEYS = ("link", "buffers", "rf", "mac", "total")
+
+
+@dataclasses.dataclass
+class _LayerTotals:
+    """One layer of the model, summed over the batches."""
+    name: str
+    op: str
+    target: str
+    reason: str = ""
+    macs: int = 0
+    cycles: int = 0
+    counters: dict = dataclasses.field(default_factory=dict)
+
+    def add(self, report):
+        self.macs += report.macs
+        self.cycles += report.cycles
+        for key, value in report.counters.items():
+            self.counters[key] = self.counters.get(key, 0) + value
+
+
+class _Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total, label):
+        self.total, self.done, self.label = total, 0, label
+        self.started = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, note=""):
+        self.done += 1
+        width = 30
+        filled = width * self.done // self.total
+        elapsed = time.perf_counter() - self.started
+        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:5.1f} s {note}"
+        if self.tty:
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _onnxruntime_outputs(path, images):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def run_demo(cfg, *, batch=60, quant_format="QOperator", build_root="build", report=None):
+    """Run the demo on a device of ``cfg``; print the tables; return 0 if the accelerator's int8 answers equal
+    onnxruntime's for every image."""
+    from sw_driver.digits.data import load_digits_split
+    from sw_driver.digits.quantize import quantize_digits
+    from sw_driver.model_runner import run_graph_on
+    from sw_driver.onnx_import import load_model
+    from sw_driver.runtime import open_sim_device
+
+    wall = time.perf_counter()
+    out = Path(build_root) / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    _, _, x_test, y_test = load_digits_split()
+    quantized = quantize_digits(FLOAT_MODEL, out / f"digits_int8_{quant_format.lower()}.onnx",
+                                quant_format=quant_format)
+    print(f"Tessera demo: the digits CNN ({FLOAT_MODEL.name}), quantized by onnxruntime ({quant_format}, "
+          f"calibrated on training digits), {len(x_test)} test images")
+
+    float_logits = _onnxruntime_outputs(FLOAT_MODEL, x_test)
+    int8_logits = _onnxruntime_outputs(quantized, x_test)
+    graph = load_model(quantized)
+
+    started = time.perf_counter()
+    device = open_sim_device(cfg)
+    print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): Verilog generated and built under "
+          f"Verilator in {time.perf_counter() - started:.1f} s")
+    layers = {}
+    accelerator = []
+    batches = range(0, len(x_test), batch)
+    progress = _Progress(len(batches) * len(graph.layers), "running on the simulated RTL")
+    sim_started = time.perf_counter()
+    try:
+        for first in batches:
+            def seen(layer, layer_report):
+                totals = layers.setdefault(layer.name, _LayerTotals(layer.name, layer.kind, layer_report.target,
+                                                                    layer_report.reason))
+                totals.add(layer_report)
+                progress.step(f"{layer.name[:28]}")
+            outputs, _ = run_graph_on(graph, {graph.inputs[0].name: x_test[first:first + batch]}, device,
+                                      progress=seen)
+            accelerator.append(outputs[graph.outputs[0].name])
+    finally:
+        progress.close()
+        device.close()
+    sim_seconds = time.perf_counter() - sim_started
+    accelerator = np.concatenate(accelerator)
+
+    float_pred, int8_pred, accel_pred = (np.argmax(v, axis=1) for v in (float_logits, int8_logits, accelerator))
+    differing = int(np.count_nonzero(np.any(accelerator != int8_logits, axis=1)))
+    print()
+    print(f"{'model':36} {'accuracy':>9}")
+    print(f"{'float (onnxruntime)':36} {np.mean(float_pred == y_test):9.2%}")
+    print(f"{'int8 (onnxruntime CPU)':36} {np.mean(int8_pred == y_test):9.2%}")
+    print(f"{'int8 (Tessera RTL, simulated)':36} {np.mean(accel_pred == y_test):9.2%}")
+    print(f"int8 outputs equal to onnxruntime's, image by image: {len(x_test) - differing} of {len(x_test)}")
+    print()
+    _print_layers(cfg, list(layers.values()))
+    print(f"\nwall time {time.perf_counter() - wall:.1f} s (simulation {sim_seconds:.1f} s)")
+    if report:
+        _write_report(report, cfg, list(layers.values()), float_pred, int8_pred, accel_pred, y_test, differing)
+        print(f"report: {report}")
+    return 0 if differing == 0 else 1
+
+
+def _print_layers(cfg, layers):
+    print(f"{'layer':28} {'op':17} {'ran on':7} {'MACs':>10} {'cycles':>9} {'util':>6} {'link B in':>10} "
+          f"{'link B out':>10} {'energy uJ':>9}")
+    totals = dict.fromkeys(_ENERGY_KEYS, 0.0)
+    macs = cycles = bytes_in = bytes_out = 0
+    for layer in layers:
+        if layer.target != "device":
+            print(f"{layer.name[:28]:28} {layer.op[:17]:17} {'host':7}   ({layer.reason})")
+            continue
+        energy = layer_energy(cfg, layer.counters)
+        for key in _ENERGY_KEYS:
+            totals[key] += energy[key]
+        util = layer.macs / (cfg.pes * layer.cycles) if layer.cycles else 0.0
+        link_in, link_out = 4 * layer.counters["link_words_in"], 4 * layer.counters["link_words_out"]
+        macs, cycles, bytes_in, bytes_out = macs + layer.macs, cycles + layer.cycles, bytes_in + link_in, \
+            bytes_out + link_out
+        print(f"{layer.name[:28]:28} {layer.op[:17]:17} {'device':7} {layer.macs:10,} {layer.cycles:9,} "
+              f"{util:6.1%} {link_in:10,} {link_out:10,} {energy['total'] / 1e6:9.2f}")
+    util = macs / (cfg.pes * cycles) if cycles else 0.0
+    print(f"{'total on the device':28} {'':17} {'':7} {macs:10,} {cycles:9,} {util:6.1%} {bytes_in:10,} "
+          f"{bytes_out:10,} {totals['total'] / 1e6:9.2f}")
+    share = {k: totals[k] / totals["total"] for k in ("link", "buffers", "mac")} if totals["total"] else {}
+    print(f"energy estimate {totals['total'] / 1e6:.2f} uJ, {totals['total'] / max(macs, 1):.1f} pJ/MAC: "
+          + ", ".join(f"{k} {v:.0%}" for k, v in share.items())
+          + "  (data movement, not arithmetic, dominates)")
+
+
+def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, differing):
+    import json
+    rows = []
+    for layer in layers:
+        row = {"name": layer.name, "op": layer.op, "target": layer.target, "reason": layer.reason,
+               "macs": layer.macs, "cycles": layer.cycles}
+        if layer.target == "device":
+            row["utilization"] = layer.macs / (cfg.pes * layer.cycles) if layer.cycles else 0.0
+            row["counters"] = layer.counters
+            row["energy_pj"] = layer_energy(cfg, layer.counters)
+        rows.append(row)
+    summary = {"accuracy": {name: float(np.mean(pred == labels)) for name, pred in
+                            (("float", float_pred), ("onnxruntime_int8", int8_pred), ("accelerator", accel_pred))},
+               "images": int(len(labels)), "images_differing_from_onnxruntime": differing}
+    Path(path).write_text(json.dumps({"config": cfg.to_dict(), "layers": rows, "totals": summary}, indent=2))
