@@ -46,7 +46,8 @@ def _cmd_lint(args):
 
 def _cmd_demo(args):
     from sw_driver.demo import run_demo
-    return run_demo(config_from_args(args), batch=args.batch, quant_format=args.format, report=args.report)
+    return run_demo(config_from_args(args), batch=args.batch, images=args.images, quant_format=args.format,
+                    report=args.report)
 
 
 def _cmd_run(args):
@@ -161,6 +162,7 @@ def main(argv=None):
     demo.add_argument("--batch", type=int, default=60, help="test images per device program (default 60)")
     demo.add_argument("--format", default="QOperator", choices=["QOperator", "QDQ"],
                       help="onnxruntime quantization format (default QOperator)")
+    demo.add_argument("--images", type=int, help="run only the first N test images (default: all 360)")
     demo.add_argument("--report", help="write the JSON report here")
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")

@@ -71,9 +71,9 @@ def _onnxruntime_outputs(path, images):
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def run_demo(cfg, *, batch=60, quant_format="QOperator", build_root="build", report=None):
-    """Run the demo on a device of ``cfg``; print the tables; return 0 if the accelerator's int8 answers equal
-    onnxruntime's for every image."""
+def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", build_root="build", report=None):
+    """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all); print the tables;
+    return 0 if the accelerator's int8 answers equal onnxruntime's for every image."""
     from sw_driver.digits.data import load_digits_split
     from sw_driver.digits.quantize import quantize_digits
     from sw_driver.model_runner import run_graph_on
@@ -84,6 +84,7 @@ def run_demo(cfg, *, batch=60, quant_format="QOperator", build_root="build", rep
     out = Path(build_root) / "demo"
     out.mkdir(parents=True, exist_ok=True)
     _, _, x_test, y_test = load_digits_split()
+    x_test, y_test = x_test[:images], y_test[:images]
     quantized = quantize_digits(FLOAT_MODEL, out / f"digits_int8_{quant_format.lower()}.onnx",
                                 quant_format=quant_format)
     print(f"Tessera demo: the digits CNN ({FLOAT_MODEL.name}), quantized by onnxruntime ({quant_format}, "

@@ -1,0 +1,28 @@
+"""``make demo`` in small: the digits CNN on a small simulated device agrees with onnxruntime image by image."""
+
+import json
+
+import pytest
+
+from gen.config import AcceleratorConfig
+from sw_driver.demo import run_demo
+
+pytestmark = pytest.mark.rtl
+
+
+@pytest.mark.parametrize("quant_format", ["QOperator", "QDQ"])
+def test_demo_agrees_with_onnxruntime(tmp_path, capsys, quant_format):
+    cfg = AcceleratorConfig(rows=4, cols=4, act_depth=512, weight_depth=512, acc_depth=64, param_depth=16,
+                            vec_depth=512)
+    report = tmp_path / "demo.json"
+    status = run_demo(cfg, batch=7, images=20, quant_format=quant_format, build_root=tmp_path, report=report)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "equal to onnxruntime's, image by image: 20 of 20" in out
+    summary = json.loads(report.read_text())
+    accuracy = summary["totals"]["accuracy"]
+    assert accuracy["accelerator"] == accuracy["onnxruntime_int8"] >= 0.8
+    on_device = {layer["op"] for layer in summary["layers"] if layer["target"] == "device"}
+    # every compute layer of the model ran on the device, with its cycles counted by the hardware
+    assert {"Conv", "Add", "MaxPool", "GlobalAveragePool", "Gemm"} <= on_device
+    assert all(layer["cycles"] > 0 for layer in summary["layers"] if layer["target"] == "device")
