@@ -64,8 +64,8 @@ FIELD_DESCRIPTIONS = {
     (Opcode.GEMM, "w_base"): "first weight buffer word the command reads",
     (Opcode.GEMM, "p_base"): "parameter buffer word with the bias and scales of the `cols` output channels",
     (Opcode.GEMM, "y_zp"): "zero point of the requantised output",
-    (Opcode.GEMM, "conv"): "1: a convolution command (ws only), its rows are output pixels gathered by "
-                           "sliding-window addressing; 0: a plain GEMM",
+    (Opcode.GEMM, "conv"): "1: a convolution command, its rows are output pixels gathered by sliding-window "
+                           "addressing (os: `k` is the folds times `rows`); 0: a plain GEMM",
     (Opcode.GEMM, "out_y"): "conv commands: output row of the first pixel",
     (Opcode.GEMM, "out_x"): "conv commands: output column of the first pixel",
     (Opcode.CONV_SETUP, "in_h"): "input feature map height, 1 to {max_side}",
@@ -131,9 +131,9 @@ ERROR_DESCRIPTIONS = {
     ErrorCode.ILLEGAL_OPCODE: "the opcode byte names no instruction",
     ErrorCode.BAD_BUFFER: "LOAD names no buffer",
     ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
-    ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, a conv GEMM on a dataflow "
-                         "without sliding-window addressing, a CONV_SETUP or POOL_SETUP with a zero size, a POOL "
-                         "or ADD of nothing, or a vector instruction on a device built without a vector unit",
+    ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
+                         "its folds times rows, a CONV_SETUP or POOL_SETUP with a zero size, a POOL or ADD of "
+                         "nothing, or a vector instruction on a device built without a vector unit",
     ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
 }
 

@@ -4,6 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data
 
 from .array_os import OutputStationaryArray
+from .gather import ConvGather
 from .pipeline import delayed
 from .tiles import ComputeUnit
 
@@ -14,7 +15,9 @@ class OutputStationaryCompute(ComputeUnit):
     """Runs compute commands on an :class:`OutputStationaryArray`.
 
     A command is one ``rows x cols`` output tile (``m <= rows`` rows are kept) reduced over ``k`` steps; each
-    cycle one activation word (a column of ``X``) and one weight word (a row of ``W``) enter the array. Tiles
+    cycle one activation word (a column of ``X``) and one weight word (a row of ``W``) enter the array. A
+    conv command's activation columns come from :class:`~hw.gather.ConvGather` instead (``k`` is then the
+    folds times ``rows``, one step per channel of each fold). Tiles
     follow each other without a gap: a finished tile is captured inside the PEs and read out, one row per
     cycle, into an accumulator half while the next tile accumulates.
 
@@ -44,9 +47,11 @@ class OutputStationaryCompute(ComputeUnit):
             at_last.eq(active & (step == cmd.k - 1)),
             stall.eq(at_last & (since_last != spacing)),
         ]
+        # conv commands step through the gathered blocks (hw.gather) instead of reading activation words
+        m.submodules.gather = gather = ConvGather(cfg.rows, len(self.act_addr))
         issue = Signal()
-        m.d.comb += issue.eq(active & ~stall)
-        can_take = (~active | (at_last & ~stall))
+        m.d.comb += issue.eq(active & ~stall & (~cmd.conv | gather.ready))
+        can_take = (~active | (at_last & issue))
         m.d.comb += [
             tracker.start.valid.eq(can_take & self.cmd.valid),
             tracker.start.payload.m.eq(self.cmd.payload.m),
@@ -63,19 +68,26 @@ class OutputStationaryCompute(ComputeUnit):
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), active.eq(1), step.eq(0), half.eq(tracker.half)]
         m.d.comb += [
-            self.act_addr.eq(cmd.x_base + step),
+            gather.geometry.eq(self.conv_geometry),
+            gather.start.eq(self.cmd.valid & self.cmd.ready & self.cmd.payload.conv),
+            gather.out_y.eq(self.cmd.payload.out_y), gather.out_x.eq(self.cmd.payload.out_x),
+            gather.x_base.eq(self.cmd.payload.x_base),
+            gather.take.eq(issue & cmd.conv),
+            gather.act_data.eq(self.act_data),
+            self.act_addr.eq(Mux(cmd.conv, gather.act_addr, cmd.x_base + step)),
+            self.act_read.eq(Mux(cmd.conv, gather.reading, issue)),
             self.weight_addr.eq(cmd.w_base + step),
             self.issued.eq(issue),
             self.weight_read.eq(issue),
             self.acc_rmw_read.eq(0),
         ]
 
-        tag_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+        tag_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "conv": 1})
         tag = Signal(tag_layout)
-        m.d.comb += [tag.valid.eq(issue), tag.first.eq(step == 0), tag.last.eq(at_last)]
-        at_array = delayed(m, tag, 1, name="tag_read")  # buffer read latency
+        m.d.comb += [tag.valid.eq(issue), tag.first.eq(step == 0), tag.last.eq(at_last), tag.conv.eq(cmd.conv)]
+        at_array = delayed(m, tag, 1, name="tag_read")  # buffer read latency (and the gather's, alike)
         m.d.comb += [
-            array.x_in.eq(Mux(at_array.valid, self.act_data, 0)),
+            array.x_in.eq(Mux(at_array.valid, Mux(at_array.conv, gather.column, self.act_data), 0)),
             array.w_in.eq(Mux(at_array.valid, self.weight_data, 0)),
             array.x_valid.eq(at_array.valid), array.x_first.eq(at_array.first), array.x_last.eq(at_array.last),
         ]

@@ -157,6 +157,7 @@ class WeightStationaryCompute(ComputeUnit):
             window.x_base.eq(next_fold.x_addr),
             self.act_addr.eq(Mux(current.conv, window.addr, current.x_addr + vector)),
             self.issued.eq(active),
+            self.act_read.eq(active),
         ]
 
         # Tags travel beside the data: one cycle of buffer read latency, then the array's latency.

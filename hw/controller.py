@@ -167,13 +167,19 @@ class Controller(wiring.Component):
         max_rows = cfg.acc_half_depth if cfg.dataflow == "ws" else cfg.rows
         act_words = Signal(33)
         weight_words = Signal(33)
+        # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
         if cfg.dataflow == "ws":
-            # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
             m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)), weight_words.eq(gemm.k * cfg.rows)]
+            conv_unsupported = 0
         else:
-            m.d.comb += [act_words.eq(gemm.k), weight_words.eq(gemm.k)]
+            m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
+            # os steps through gathered folds one channel at a time: k must be exactly the folds' channels,
+            # or the gather and the steps would disagree (and a missing fold would never arrive)
+            geometry = self.conv_geometry
+            folds = Signal(16)
+            m.d.comb += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
+            conv_unsupported = gemm.conv & (gemm.k != folds * cfg.rows)
         gemm_error = Signal(8)
-        conv_unsupported = gemm.conv if cfg.dataflow != "ws" else 0
         # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
         too_many_rows = gemm.m > max_rows if max_rows < (1 << len(gemm.m)) - 1 else 0
         with m.If((gemm.m == 0) | (gemm.k == 0) | too_many_rows | conv_unsupported):

@@ -121,8 +121,7 @@ class GemmCore(wiring.Component):
         m.d.comb += [
             self.events.busy.eq(~self.idle),
             self.events.array.eq(compute.issued),
-            # ws reads one activation word per vector, os one per reduction step: both are array cycles
-            self.events.act_read.eq(compute.issued),
+            self.events.act_read.eq(compute.act_read),
             self.events.weight_read.eq(compute.weight_read),
             self.events.acc_read.eq(compute.acc_rmw_read + drain.acc_read),
             self.events.acc_write.eq(compute.acc_wr_en),

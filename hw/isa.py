@@ -62,10 +62,10 @@ class ErrorCode(enum.IntEnum):
     ILLEGAL_OPCODE = 1
     BAD_BUFFER = 2          # LOAD names no buffer
     OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
-    BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, a conv GEMM on a dataflow
-                            # without sliding-window addressing, a CONV_SETUP or POOL_SETUP with a zero
-                            # size, a POOL or ADD of nothing, or a vector instruction on a device built
-                            # without a vector unit
+    BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k
+                            # is not its folds times rows, a CONV_SETUP or POOL_SETUP with a zero size, a
+                            # POOL or ADD of nothing, or a vector instruction on a device built without a
+                            # vector unit
     TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
 
 

@@ -39,6 +39,7 @@ def compute_unit_ports(cfg, command, tile):
         "release": In(1),
         "busy": Out(1),
         "issued": Out(1),
+        "act_read": Out(1),
         "weight_read": Out(1),
         "acc_rmw_read": Out(1),
     }

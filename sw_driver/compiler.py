@@ -140,7 +140,7 @@ class _GemmTiles:
     """A GEMM cut into row blocks of activations and column tiles of weights, in the layouts of
     :mod:`hw.layouts`."""
 
-    def __init__(self, cfg, x, w, bias, scale):
+    def __init__(self, cfg, x, w, bias, scale, *, conv=False):
         self.cfg = cfg
         R, C = cfg.rows, cfg.cols
         (self.m, self.k), self.n = x.shape, w.shape[1]
@@ -160,7 +160,8 @@ class _GemmTiles:
                                   f"{cfg.act_depth}")
             self.weight_words = self.folds * R
         else:
-            if self.k > cfg.act_depth or self.k > cfg.weight_depth:
+            # a conv's activations are a stored feature map, gathered on chip: only its weights need k words
+            if (self.k > cfg.act_depth and not conv) or self.k > cfg.weight_depth:
                 raise TilingError(f"K={self.k} reduction steps must fit the buffers; accepted: K <= "
                                   f"{min(cfg.act_depth, cfg.weight_depth)} (act_depth, weight_depth)")
             self.weight_words = self.k
@@ -267,7 +268,7 @@ class _GemmTiles:
 
 
 def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0):
-    """Compile a 2-D convolution (``group=1``) of one image or a batch for a weight-stationary device.
+    """Compile a 2-D convolution (``group=1``) of one image or a batch, for either dataflow.
 
     The input feature map goes over the link once and stays in the activation buffer; every conv command
     gathers its taps on chip (:mod:`hw.window`). ``x`` is int8 (C, H, W) or (N, C, H, W), ``w`` int8 (O, C,
@@ -280,9 +281,6 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     works on the previous one. A larger image is split into bands of output rows, each behind its own setup.
     """
     R, C = cfg.rows, cfg.cols
-    if cfg.dataflow != "ws":
-        raise TilingError(f"convolutions on the device need dataflow 'ws' (sliding-window addressing); "
-                          f"this configuration is {cfg.dataflow!r}")
     x, w = np.asarray(x), np.asarray(w)
     if x.ndim == 3:
         x = x[None]
@@ -308,7 +306,10 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                 part = w[:, b * R:(b + 1) * R, i, j].T
                 w_gemm[f * R:f * R + len(part)] = part
     check_gemm_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
-    layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale))
+    layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale),
+                       conv=True)
+    # a command's k: ws counts folds; os steps through every channel of every fold (hw.gather)
+    k_field = folds if cfg.dataflow == "ws" else folds * R
 
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
@@ -351,14 +352,14 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
             act_slot = place(acts, BufferId.ACT, (image, oy0), lambda tile, band=band: band)
             x_base = act_slot * acts.slot_words
             pixels = (oy1 - oy0) * out_w
-            block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C))
+            block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
             for t in range(layer.n_tiles):
                 w_slot = place(weights, BufferId.WEIGHT, t, layer._weight_tile)
                 p_slot = place(params, BufferId.PARAM, t, lambda t: (layer.bias[None, t * C:(t + 1) * C],
                                                                      layer.scale[None, t * C:(t + 1) * C]))
                 for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
-                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=folds, x_base=x_base,
+                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k_field, x_base=x_base,
                                              w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
                                              conv=1, out_y=p0 // out_w, out_x=p0 % out_w))
                     outputs.append(((image * out_h + oy0) * out_w + p0, t * C, rows))

@@ -1,9 +1,8 @@
 """Runs an imported quantized model: layers the device supports on the device, the rest on the host.
 
 Device layers today: fully connected / MatMul / Gemm and GlobalAveragePool (a GEMM with a column of ones) on
-the PE array of every dataflow; Conv (grouped and depthwise included) on weight-stationary devices, whose
-sliding-window addressing reads each input activation from the link once; MaxPool and Add on the vector
-unit. Weights must be int8 with zero point 0, and onnxruntime must compute the layer with its integer (or
+the PE array of every dataflow; Conv (grouped and depthwise included), whose sliding-window addressing
+reads each input activation from the link once; MaxPool and Add on the vector unit. Weights must be int8 with zero point 0, and onnxruntime must compute the layer with its integer (or
 QLinearAdd) kernel.
 Everything else runs on the host with the golden model, with onnxruntime's semantics, and the report says
 where each layer ran and why.
@@ -45,8 +44,6 @@ def device_placement(graph, layer, cfg):
     if isinstance(layer, GlobalAveragePool):
         return True, ""    # its scale depends on the image size: checked when it runs
     if isinstance(layer, Conv):
-        if cfg.dataflow != "ws":
-            return False, f"Conv needs sliding-window addressing, which the {cfg.dataflow} array lacks so far"
         if tuple(layer.dilations) != (1, 1):
             return False, f"dilations {layer.dilations} (the device supports 1)"
         kh, kw = layer.w_q.shape[2:]

@@ -50,8 +50,7 @@ def test_random_instruction_streams_never_hang(cfg):
                env={"TESSERA_TB": json.dumps(job)}, results_name="fuzz")
 
 
-@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c.dataflow == "ws"],
-                         ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
 @pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
 def test_conv_with_sliding_window_matches_golden(cfg, stall):
     rng = random.Random(_seed(cfg, "conv", stall))

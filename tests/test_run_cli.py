@@ -125,16 +125,19 @@ def test_small_cnns_run_on_device_bit_exact(tmp_path, quant_format, activation, 
         assert add["counters"]["buffer_reads"]["vec"] > 0
 
 
-def test_conv_on_output_stationary_device_falls_back_to_host(tmp_path):
+@pytest.mark.parametrize("net", ["depthwise", "pooling"])
+def test_convs_on_output_stationary_device_bit_exact(tmp_path, net):
+    """The output-stationary array runs convolutions too (operands gathered on chip, hw.gather)."""
     rng = np.random.default_rng(8)
-    float_model = depthwise_separable(rng)
+    float_model = depthwise_separable(rng) if net == "depthwise" else pooling_net(rng)
     model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=False,
                            activation_type=QuantType.QInt8)
     x = random_inputs(rng, float_model)["x"]
     status, y, report = _run(tmp_path, model, x, "--dataflow", "os")
     assert status == 0
     np.testing.assert_array_equal(y, _onnxruntime(model, x))
-    assert all(layer["target"] == "host" for layer in report["layers"] if layer["op"] == "Conv")
+    convs = [layer for layer in report["layers"] if layer["op"] == "Conv"]
+    assert convs and all(layer["target"] == "device" for layer in convs)
 
 
 def test_bad_target_and_missing_model_are_clear_errors(tmp_path, capsys):
