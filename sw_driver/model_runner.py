@@ -2,8 +2,8 @@
 
 Device layers today: fully connected / MatMul / Gemm and GlobalAveragePool (a GEMM with a column of ones) on
 the PE array of every dataflow; Conv (grouped and depthwise included), whose sliding-window addressing
-reads each input activation from the link once; MaxPool and Add on the vector unit. Weights must be int8 with zero point 0, and onnxruntime must compute the layer with its integer (or
-QLinearAdd) kernel.
+reads each input activation from the link once; MaxPool and Add on the vector unit. Weights must be int8
+with zero point 0, and onnxruntime must compute the layer with its integer (or QLinearAdd) kernel.
 Everything else runs on the host with the golden model, with onnxruntime's semantics, and the report says
 where each layer ran and why.
 """
