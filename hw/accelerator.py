@@ -72,8 +72,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [controller.completed.eq(completed), controller.core_idle.eq(core.idle)]
 
         if cfg.counters:
-            m.submodules.counters = counters = PerfCounters({name: 2 if name in ("acc_reads", "commands") else 1
-                                                             for name, _ in COUNTERS})
+            widths = {"acc_reads": 2, "commands": 2, "macs_gated": len(core.events.macs_gated)}
+            m.submodules.counters = counters = PerfCounters({name: widths.get(name, 1) for name, _ in COUNTERS})
             events = core.events
             inc = counters.increment
             m.d.comb += [
@@ -93,6 +93,7 @@ class Accelerator(wiring.Component):
                 inc.param_writes.eq(core.param_load.valid & core.param_load.ready),
                 inc.link_words_in.eq(self.host_in.valid & self.host_in.ready),
                 inc.link_words_out.eq(self.host_out.valid & self.host_out.ready),
+                inc.macs_gated.eq(events.macs_gated),
                 inc.vec_cycles.eq(vec_busy),
                 inc.vec_reads.eq(vec_reads),
                 inc.vec_writes.eq(vec_writes),

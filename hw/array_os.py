@@ -1,6 +1,6 @@
 """Output-stationary array: every PE owns one output of a ``rows x cols`` tile."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,6 +28,10 @@ class OutputStationaryArray(wiring.Component):
         The same step's weights.
     read_row : In(range(rows)); result_row : Out(ArrayLayout(signed(32), cols))
         Captured results of one PE row (combinational readout).
+    macs_gated : Out
+        PEs that the step which entered last cycle reaches with a zero activation or a zero weight (their
+        multiply is gated): zero activations times ``cols`` plus zero weights times ``rows``, less the
+        pairs counted twice.
     """
 
     def __init__(self, *, rows, cols):
@@ -42,6 +46,7 @@ class OutputStationaryArray(wiring.Component):
             "w_in": In(data.ArrayLayout(OPERAND, cols)),
             "read_row": In(range(rows)) if rows > 1 else In(1),
             "result_row": Out(data.ArrayLayout(ACC, cols)),
+            "macs_gated": Out(range(rows * cols + 1)),
         })
 
     def elaborate(self, platform):
@@ -59,6 +64,12 @@ class OutputStationaryArray(wiring.Component):
                     pe.w_in.eq(w),
                 ]
                 x, valid, first, last = pe.x_out, pe.valid_out, pe.first_out, pe.last_out
+        zero_x = Signal(range(self.rows + 1))
+        zero_w = Signal(range(self.cols + 1))
+        m.d.comb += [zero_x.eq(sum(self.x_in[r] == 0 for r in range(self.rows))),
+                     zero_w.eq(sum(self.w_in[c] == 0 for c in range(self.cols)))]
+        m.d.sync += self.macs_gated.eq(
+            Mux(self.x_valid, zero_x * self.cols + zero_w * self.rows - zero_x * zero_w, 0))
         with m.Switch(self.read_row):
             for r, row in enumerate(grid):
                 # the last row is the default so the switch is complete whatever the select width

@@ -1,6 +1,6 @@
 """Weight-stationary systolic array (TPU-like)."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,6 +29,12 @@ class WeightStationaryArray(wiring.Component):
         A row of weights, written into PE row ``w_row``, bank ``w_bank``, when ``w_load``.
     psum_out : Out(ArrayLayout(signed(32), cols))
         ``x @ W`` for the vector that entered :attr:`latency` cycles earlier.
+    x_valid : In(1)
+        ``x_in`` is a real vector (not an idle cycle), for the gated-MAC count.
+    macs_gated : Out
+        PEs that the vector which entered last cycle reaches with a zero activation or a zero weight: their
+        multiply is gated (:class:`~hw.pe.WeightStationaryPE`). Counted at the edge of the array from the
+        zeros of each weight row, so no per-PE counter is needed.
     """
 
     def __init__(self, *, rows, cols):
@@ -42,6 +48,8 @@ class WeightStationaryArray(wiring.Component):
             "w_bank": In(1),
             "w_load": In(1),
             "psum_out": Out(data.ArrayLayout(ACC, cols)),
+            "x_valid": In(1),
+            "macs_gated": Out(range(rows * cols + 1)),
         })
 
     def elaborate(self, platform):
@@ -64,4 +72,23 @@ class WeightStationaryArray(wiring.Component):
         for c in range(self.cols):
             m.d.comb += self.psum_out[c].eq(
                 delayed(m, grid[-1][c].psum_out, self.cols - 1 - c, name=f"psum_deskew_{c}"))
+        m.d.sync += self.macs_gated.eq(
+            Mux(self.x_valid, _gated(self.x_in, self.x_bank, self._zero_weights(m), self.cols), 0))
         return m
+
+    def _zero_weights(self, m):
+        """Zero weights in each row of each bank, counted as the rows load."""
+        zeros = [[Signal(range(self.cols + 1), name=f"zero_weights_{b}_{r}") for r in range(self.rows)]
+                 for b in range(2)]
+        loaded = sum((self.w_data[c] == 0) for c in range(self.cols))
+        for b in range(2):
+            for r in range(self.rows):
+                with m.If(self.w_load & (self.w_bank == b) & (self.w_row == r)):
+                    m.d.sync += zeros[b][r].eq(loaded)
+        return zeros
+
+
+def _gated(x, bank, zeros, cols):
+    """PEs of a vector ``x`` (on weight ``bank``) that multiply by zero: a whole row where ``x`` is zero,
+    else that row's zero weights."""
+    return sum(Mux(x[r] == 0, cols, Mux(bank, zeros[1][r], zeros[0][r])) for r in range(len(x)))

@@ -90,6 +90,7 @@ class OutputStationaryCompute(ComputeUnit):
             array.x_in.eq(Mux(at_array.valid, Mux(at_array.conv, gather.column, self.act_data), 0)),
             array.w_in.eq(Mux(at_array.valid, self.weight_data, 0)),
             array.x_valid.eq(at_array.valid), array.x_first.eq(at_array.first), array.x_last.eq(at_array.last),
+            self.macs_gated.eq(array.macs_gated),
         ]
 
         # -- readout: once the whole tile is captured, copy its m rows into the accumulator half --------------

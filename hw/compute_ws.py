@@ -176,6 +176,8 @@ class WeightStationaryCompute(ComputeUnit):
         m.d.comb += [
             array.x_in.eq(Mux(at_array.valid, Mux(at_array.pad, padding, self.act_data), 0)),
             array.x_bank.eq(delayed(m, current.bank, 1, name="x_bank")),
+            array.x_valid.eq(at_array.valid),
+            self.macs_gated.eq(array.macs_gated),
         ]
         at_psum = delayed(m, at_array, array.latency, name="tag_array")
 

@@ -19,10 +19,12 @@ def _depth(words):
     return max(2, words)
 
 
-def core_events_layout():
-    """Event strobes of :class:`GemmCore` (``acc_read`` counts up to two reads in one cycle)."""
+def core_events_layout(cfg):
+    """Event strobes of :class:`GemmCore` (``acc_read`` counts up to two reads in one cycle, ``macs_gated``
+    the PEs whose multiply a zero operand gated)."""
     return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "weight_read": 1, "acc_read": 2,
-                              "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1})
+                              "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1,
+                              "macs_gated": range(cfg.pes + 1)})
 
 
 _COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute}
@@ -52,7 +54,7 @@ class GemmCore(wiring.Component):
         No command queued or in flight and every result delivered.
     perf_cycles, perf_issued : Out(32)
         Cycles spent not idle, and cycles in which a vector (ws) or reduction step (os) entered the array.
-    events : Out(core_events_layout())
+    events : Out(core_events_layout(cfg))
         One strobe per countable event this cycle, for the device's performance counters.
     """
 
@@ -68,7 +70,7 @@ class GemmCore(wiring.Component):
             "idle": Out(1),
             "perf_cycles": Out(32),
             "perf_issued": Out(32),
-            "events": Out(core_events_layout()),
+            "events": Out(core_events_layout(cfg)),
         })
 
     def elaborate(self, platform):
@@ -122,6 +124,7 @@ class GemmCore(wiring.Component):
             self.events.busy.eq(~self.idle),
             self.events.array.eq(compute.issued),
             self.events.act_read.eq(compute.act_read),
+            self.events.macs_gated.eq(compute.macs_gated),
             self.events.weight_read.eq(compute.weight_read),
             self.events.acc_read.eq(compute.acc_rmw_read + drain.acc_read),
             self.events.acc_write.eq(compute.acc_wr_en),

@@ -87,6 +87,7 @@ COUNTERS = [
     ("param_writes", "parameter words written"),
     ("link_words_in", "32-bit words received from the host"),
     ("link_words_out", "32-bit words sent to the host"),
+    ("macs_gated", "MACs whose multiply a zero activation or weight gated (of array_cycles x PEs)"),
     ("vec_cycles", "cycles in which the vector unit had work"),
     ("vec_reads", "vector buffer words read"),
     ("vec_writes", "vector buffer words written"),

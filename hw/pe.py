@@ -9,6 +9,12 @@ from .layouts import ACC, OPERAND
 __all__ = ["WeightStationaryPE", "OutputStationaryPE"]
 
 
+def _gated_product(x, w):
+    """``x * w``, with the multiplier gated off when either operand is zero (Eyeriss's zero gating: the
+    arrays count these MACs as ``macs_gated`` and the energy model credits them)."""
+    return Mux((x == 0) | (w == 0), 0, x * w)
+
+
 class WeightStationaryPE(wiring.Component):
     """PE of the weight-stationary systolic array.
 
@@ -47,7 +53,7 @@ class WeightStationaryPE(wiring.Component):
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),
-            self.psum_out.eq(self.psum_in + self.x_in * Mux(self.bank_in, weight[1], weight[0])),
+            self.psum_out.eq(self.psum_in + _gated_product(self.x_in, Mux(self.bank_in, weight[1], weight[0]))),
         ]
         return m
 
@@ -84,7 +90,7 @@ class OutputStationaryPE(wiring.Component):
         m = Module()
         acc = Signal(ACC)
         total = Signal(ACC)
-        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + self.x_in * self.w_in)
+        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + _gated_product(self.x_in, self.w_in))
         with m.If(self.valid_in):
             m.d.sync += acc.eq(total)
             with m.If(self.last_in):

@@ -40,6 +40,7 @@ def compute_unit_ports(cfg, command, tile):
         "busy": Out(1),
         "issued": Out(1),
         "act_read": Out(1),
+        "macs_gated": Out(range(cfg.pes + 1)),
         "weight_read": Out(1),
         "acc_rmw_read": Out(1),
     }
