@@ -47,7 +47,7 @@ def _cmd_lint(args):
 def _cmd_demo(args):
     from sw_driver.demo import run_demo
     return run_demo(config_from_args(args), batch=args.batch, images=args.images, quant_format=args.format,
-                    report=args.report)
+                    prune=args.prune, report=args.report)
 
 
 def _cmd_run(args):
@@ -163,6 +163,8 @@ def main(argv=None):
     demo.add_argument("--format", default="QOperator", choices=["QOperator", "QDQ"],
                       help="onnxruntime quantization format (default QOperator)")
     demo.add_argument("--images", type=int, help="run only the first N test images (default: all 360)")
+    demo.add_argument("--prune", type=float, default=0.0,
+                      help="zero this fraction of each layer's weights by magnitude first (default 0)")
     demo.add_argument("--report", help="write the JSON report here")
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")

@@ -71,9 +71,25 @@ def _onnxruntime_outputs(path, images):
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", build_root="build", report=None):
-    """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all); print the tables;
-    return 0 if the accelerator's int8 answers equal onnxruntime's for every image."""
+def prune_model(float_path, out_path, fraction):
+    """The digits model with ``fraction`` of each layer's weights zeroed by magnitude and the rest fine-tuned
+    (``sw_driver.digits.train.prune``), written to ``out_path``."""
+    import onnx
+
+    from sw_driver.digits.data import load_digits_split
+    from sw_driver.digits.export import params_from_onnx, to_onnx
+    from sw_driver.digits.train import prune
+
+    x_train, y_train, _, _ = load_digits_split()
+    params = prune(params_from_onnx(onnx.load(str(float_path))), x_train, y_train, fraction)
+    onnx.save(to_onnx(params), str(out_path))
+    return Path(out_path)
+
+
+def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0, build_root="build", report=None):
+    """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all; with ``prune`` of the
+    weights zeroed by magnitude first); print the tables; return 0 if the accelerator's int8 answers equal
+    onnxruntime's for every image."""
     from sw_driver.digits.data import load_digits_split
     from sw_driver.digits.quantize import quantize_digits
     from sw_driver.model_runner import run_graph_on
@@ -85,12 +101,15 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", build_root
     out.mkdir(parents=True, exist_ok=True)
     _, _, x_test, y_test = load_digits_split()
     x_test, y_test = x_test[:images], y_test[:images]
-    quantized = quantize_digits(FLOAT_MODEL, out / f"digits_int8_{quant_format.lower()}.onnx",
+    float_model = FLOAT_MODEL
+    if prune:
+        float_model = prune_model(FLOAT_MODEL, out / f"digits_cnn_pruned{round(prune * 100)}.onnx", prune)
+    quantized = quantize_digits(float_model, out / f"{float_model.stem}_int8_{quant_format.lower()}.onnx",
                                 quant_format=quant_format)
-    print(f"Tessera demo: the digits CNN ({FLOAT_MODEL.name}), quantized by onnxruntime ({quant_format}, "
+    print(f"Tessera demo: the digits CNN ({float_model.name}), quantized by onnxruntime ({quant_format}, "
           f"calibrated on training digits), {len(x_test)} test images")
 
-    float_logits = _onnxruntime_outputs(FLOAT_MODEL, x_test)
+    float_logits = _onnxruntime_outputs(float_model, x_test)
     int8_logits = _onnxruntime_outputs(quantized, x_test)
     graph = load_model(quantized)
 
@@ -155,12 +174,16 @@ def _print_layers(cfg, layers):
         print(f"{layer.name[:28]:28} {layer.op[:17]:17} {'device':7} {layer.macs:10,} {layer.cycles:9,} "
               f"{util:6.1%} {link_in:10,} {link_out:10,} {energy['total'] / 1e6:9.2f}")
     util = macs / (cfg.pes * cycles) if cycles else 0.0
+    gated = sum(layer.counters.get("macs_gated", 0) for layer in layers if layer.target == "device")
+    array_macs = sum(layer.counters.get("array_cycles", 0) for layer in layers if layer.target == "device") * cfg.pes
     print(f"{'total on the device':28} {'':17} {'':7} {macs:10,} {cycles:9,} {util:6.1%} {bytes_in:10,} "
           f"{bytes_out:10,} {totals['total'] / 1e6:9.2f}")
     share = {k: totals[k] / totals["total"] for k in ("link", "buffers", "mac")} if totals["total"] else {}
     print(f"energy estimate {totals['total'] / 1e6:.2f} uJ, {totals['total'] / max(macs, 1):.1f} pJ/MAC: "
           + ", ".join(f"{k} {v:.0%}" for k, v in share.items())
           + "  (data movement, not arithmetic, dominates)")
+    if array_macs:
+        print(f"zero-gated MACs: {gated:,} of {array_macs:,} PE-cycles with an operand ({gated / array_macs:.1%})")
 
 
 def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, differing):

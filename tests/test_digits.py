@@ -10,7 +10,7 @@ from sw_driver.digits import cnn
 from sw_driver.digits.data import load_digits_split
 from sw_driver.digits.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, params_from_onnx, to_onnx
 from sw_driver.digits.quantize import quantize_digits
-from sw_driver.digits.train import MODEL_PATH, train
+from sw_driver.digits.train import MODEL_PATH, accuracy, prune, train
 from sw_driver.onnx_import import load_model
 
 # The committed model scores 352/360 = 0.978; the margin allows two more misses if it is ever retrained.
@@ -154,3 +154,16 @@ class TestTraining:
         assert first_losses == again_losses
         for name, value in first.items():
             np.testing.assert_array_equal(again[name], value)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.8])
+def test_pruning_keeps_the_pruned_weights_at_zero(fraction):
+    """Magnitude pruning with fine-tuning: at least ``fraction`` of each layer's weights end at zero, biases
+    are untouched by the mask, and the fine-tuned model still learns (it beats chance by far)."""
+    x_train, y_train, x_test, y_test = load_digits_split()
+    params = params_from_onnx(onnx.load(str(MODEL_PATH)))
+    pruned = prune(params, x_train[:300], y_train[:300], fraction, epochs=2)
+    for name, value in pruned.items():
+        if name.endswith(".weight"):
+            assert np.mean(value == 0) >= fraction, name
+    assert accuracy(pruned, x_test, y_test) > 0.5

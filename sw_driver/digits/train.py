@@ -48,8 +48,30 @@ def accuracy(params, images, labels):
     return float((cnn.forward(params, images).argmax(axis=1) == labels).mean())
 
 
+def magnitude_masks(params, fraction):
+    """Per layer, 1 for the weights kept and 0 for the ``fraction`` smallest by absolute value (biases stay)."""
+    masks = {}
+    for name, value in params.items():
+        if name.endswith(".weight"):
+            threshold = np.quantile(np.abs(value), fraction)
+            masks[name] = (np.abs(value) > threshold).astype(np.float32)
+    return masks
+
+
+def prune(params, x_train, y_train, fraction, *, epochs=15, learning_rate=LEARNING_RATE / 3, seed=SEED, log=None):
+    """Magnitude pruning with fine-tuning: zero the ``fraction`` smallest weights of every layer, then train
+    the rest for ``epochs`` with the pruned weights held at zero. Returns new parameters."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"prune fraction {fraction} is out of range; accepted: 0 <= fraction < 1")
+    masks = magnitude_masks(params, fraction)
+    start = {name: value * masks.get(name, 1.0) for name, value in params.items()}
+    pruned, _ = train(x_train, y_train, epochs=epochs, learning_rate=learning_rate, seed=seed, log=log,
+                      initial=start, masks=masks)
+    return pruned
+
+
 def train(x_train, y_train, *, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE, seed=SEED,
-          log=None):
+          log=None, initial=None, masks=None):
     """Fit a fresh ``cnn`` to the training images; returns the parameters and the mean loss of each epoch.
 
     Parameters
@@ -62,9 +84,15 @@ def train(x_train, y_train, *, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_ra
         Seeds both the weight initialisation and the order of the minibatches.
     log : callable, optional
         Called with one line of text per epoch.
+    initial : dict, optional
+        Start from these parameters (copied) instead of a fresh initialisation.
+    masks : dict, optional
+        Multiplied into the named parameters after every step (pruned weights stay zero).
     """
     rng = np.random.default_rng(seed)
     params = cnn.init_params(rng)
+    if initial is not None:
+        params = {name: value.copy() for name, value in initial.items()}
     optimizer = Adam(params, learning_rate=learning_rate)
     steps_per_epoch = -(-len(x_train) // batch_size)
     total_steps = epochs * steps_per_epoch
@@ -80,6 +108,8 @@ def train(x_train, y_train, *, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_ra
             logits, cache = cnn.forward(params, x_train[batch], keep=True)
             loss, d_logits = cnn.softmax_cross_entropy(logits, y_train[batch])
             optimizer.step(params, cnn.backward(params, cache, d_logits))
+            for name, mask in (masks or {}).items():
+                params[name] *= mask
             total += loss * len(batch)
         epoch_losses.append(total / len(order))
         if log:
