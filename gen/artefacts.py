@@ -132,8 +132,9 @@ ERROR_DESCRIPTIONS = {
     ErrorCode.BAD_BUFFER: "LOAD names no buffer",
     ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
     ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
-                         "its folds times rows, a CONV_SETUP or POOL_SETUP with a zero size, a POOL or ADD of "
-                         "nothing, or a vector instruction on a device built without a vector unit",
+                         "its folds times rows, an rs GEMM that is not a conv or whose filter is taller than the "
+                         "array, a CONV_SETUP or POOL_SETUP with a zero size, a POOL or ADD of nothing, or a "
+                         "vector instruction on a device built without a vector unit",
     ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
 }
 

@@ -16,6 +16,8 @@ __all__ = ["AcceleratorConfig", "ConfigError", "DATAFLOWS"]
 DATAFLOWS = {
     "ws": "weight-stationary systolic: weights held in PEs, activations stream across rows",
     "os": "output-stationary: each PE accumulates one output, activations and weights stream",
+    "rs": "row-stationary (Eyeriss): filter rows stay in PE scratchpads, input rows are reused diagonally, "
+          "partial sums accumulate up the columns",
 }
 
 _MAX_ARRAY_DIM = 32
@@ -111,6 +113,12 @@ class AcceleratorConfig:
     def pes(self):
         """Number of processing elements."""
         return self.rows * self.cols
+
+    @property
+    def weight_lanes(self):
+        """int8 weights per weight buffer word: a row of ``cols`` output channels (ws, os), or one value per
+        PE row (rs: every PE row holds its own filter row)."""
+        return self.rows if self.dataflow == "rs" else self.cols
 
     @property
     def acc_half_depth(self):

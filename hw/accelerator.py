@@ -72,7 +72,9 @@ class Accelerator(wiring.Component):
         m.d.comb += [controller.completed.eq(completed), controller.core_idle.eq(core.idle)]
 
         if cfg.counters:
-            widths = {"acc_reads": 2, "commands": 2, "macs_gated": len(core.events.macs_gated)}
+            widths = {"acc_reads": 2, "commands": 2,
+                      **{name: len(core.events[name]) for name in ("macs_gated", "rf_reads", "rf_writes",
+                                                                   "noc_transfers")}}
             m.submodules.counters = counters = PerfCounters({name: widths.get(name, 1) for name, _ in COUNTERS})
             events = core.events
             inc = counters.increment
@@ -94,6 +96,9 @@ class Accelerator(wiring.Component):
                 inc.link_words_in.eq(self.host_in.valid & self.host_in.ready),
                 inc.link_words_out.eq(self.host_out.valid & self.host_out.ready),
                 inc.macs_gated.eq(events.macs_gated),
+                inc.rf_reads.eq(events.rf_reads),
+                inc.rf_writes.eq(events.rf_writes),
+                inc.noc_transfers.eq(events.noc_transfers),
                 inc.vec_cycles.eq(vec_busy),
                 inc.vec_reads.eq(vec_reads),
                 inc.vec_writes.eq(vec_writes),

@@ -76,6 +76,10 @@ class OutputStationaryCompute(ComputeUnit):
             gather.act_data.eq(self.act_data),
             self.act_addr.eq(Mux(cmd.conv, gather.act_addr, cmd.x_base + step)),
             self.act_read.eq(Mux(cmd.conv, gather.reading, issue)),
+            # each step: every PE reads and writes its stationary sum; activations hop right, weights down
+            self.rf_reads.eq(Mux(issue, cfg.pes, 0)),
+            self.rf_writes.eq(Mux(issue, cfg.pes, 0)),
+            self.noc_transfers.eq(Mux(issue, cfg.rows * (cfg.cols - 1) + (cfg.rows - 1) * cfg.cols, 0)),
             self.weight_addr.eq(cmd.w_base + step),
             self.issued.eq(issue),
             self.weight_read.eq(issue),

@@ -158,6 +158,10 @@ class WeightStationaryCompute(ComputeUnit):
             self.act_addr.eq(Mux(current.conv, window.addr, current.x_addr + vector)),
             self.issued.eq(active),
             self.act_read.eq(active),
+            # each vector: every PE reads its stationary weight; activations hop right, partial sums down
+            self.rf_reads.eq(Mux(active, cfg.pes, 0)),
+            self.rf_writes.eq(0),
+            self.noc_transfers.eq(Mux(active, cfg.rows * (cfg.cols - 1) + (cfg.rows - 1) * cfg.cols, 0)),
         ]
 
         # Tags travel beside the data: one cycle of buffer read latency, then the array's latency.

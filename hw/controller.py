@@ -164,13 +164,19 @@ class Controller(wiring.Component):
             m.d.sync += [write_pending.eq(0), load_addr.eq(load_addr + 1)]
 
         # -- GEMM checks --------------------------------------------------------------------------------
-        max_rows = cfg.acc_half_depth if cfg.dataflow == "ws" else cfg.rows
+        max_rows = cfg.rows if cfg.dataflow == "os" else cfg.acc_half_depth
         act_words = Signal(33)
         weight_words = Signal(33)
         # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
         if cfg.dataflow == "ws":
             m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)), weight_words.eq(gemm.k * cfg.rows)]
             conv_unsupported = 0
+        elif cfg.dataflow == "rs":
+            # rs runs conv commands only (a fully connected layer is a 1x1 conv), with filters no taller than
+            # the array; each pass reads at least one weight word
+            m.d.comb += [act_words.eq(0), weight_words.eq(gemm.k)]
+            too_tall = self.conv_geometry.kernel_h > cfg.rows if cfg.rows < 7 else 0   # no constant compare
+            conv_unsupported = ~gemm.conv | too_tall
         else:
             m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
             # os steps through gathered folds one channel at a time: k must be exactly the folds' channels,

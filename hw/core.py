@@ -6,6 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .compute_os import OutputStationaryCompute
+from .compute_rs import RowStationaryCompute
 from .compute_ws import WeightStationaryCompute
 from .drain import Drain
 from .layouts import (ACC, OPERAND, act_load_layout, command_layout, conv_geometry_layout, param_load_layout,
@@ -24,10 +25,12 @@ def core_events_layout(cfg):
     the PEs whose multiply a zero operand gated)."""
     return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "weight_read": 1, "acc_read": 2,
                               "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1,
-                              "macs_gated": range(cfg.pes + 1)})
+                              "macs_gated": range(cfg.pes + 1), "rf_reads": range(3 * cfg.pes + 1),
+                              "rf_writes": range(cfg.pes * (cfg.rows + 1) + 1),
+                              "noc_transfers": range(2 * cfg.pes + 1)})
 
 
-_COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute}
+_COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute, "rs": RowStationaryCompute}
 
 
 class GemmCore(wiring.Component):
@@ -79,7 +82,7 @@ class GemmCore(wiring.Component):
         m.submodules.act_buffer = act_buffer = Memory(
             shape=data.ArrayLayout(OPERAND, cfg.rows), depth=_depth(cfg.act_depth), init=[])
         m.submodules.weight_buffer = weight_buffer = Memory(
-            shape=data.ArrayLayout(OPERAND, cfg.cols), depth=_depth(cfg.weight_depth), init=[])
+            shape=data.ArrayLayout(OPERAND, cfg.weight_lanes), depth=_depth(cfg.weight_depth), init=[])
         m.submodules.param_buffer = param_buffer = Memory(
             shape=param_word_layout(cfg), depth=_depth(cfg.param_depth), init=[])
         m.submodules.acc_buffer = acc_buffer = Memory(
@@ -125,6 +128,9 @@ class GemmCore(wiring.Component):
             self.events.array.eq(compute.issued),
             self.events.act_read.eq(compute.act_read),
             self.events.macs_gated.eq(compute.macs_gated),
+            self.events.rf_reads.eq(compute.rf_reads),
+            self.events.rf_writes.eq(compute.rf_writes),
+            self.events.noc_transfers.eq(compute.noc_transfers),
             self.events.weight_read.eq(compute.weight_read),
             self.events.acc_read.eq(compute.acc_rmw_read + drain.acc_read),
             self.events.acc_write.eq(compute.acc_wr_en),

@@ -63,9 +63,9 @@ class ErrorCode(enum.IntEnum):
     BAD_BUFFER = 2          # LOAD names no buffer
     OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
     BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k
-                            # is not its folds times rows, a CONV_SETUP or POOL_SETUP with a zero size, a
-                            # POOL or ADD of nothing, or a vector instruction on a device built without a
-                            # vector unit
+                            # is not its folds times rows, an rs GEMM that is not a conv or whose filter is
+                            # taller than the array, a CONV_SETUP or POOL_SETUP with a zero size, a POOL or
+                            # ADD of nothing, or a vector instruction on a device without a vector unit
     TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
 
 
@@ -88,6 +88,10 @@ COUNTERS = [
     ("link_words_in", "32-bit words received from the host"),
     ("link_words_out", "32-bit words sent to the host"),
     ("macs_gated", "MACs whose multiply a zero activation or weight gated (of array_cycles x PEs)"),
+    ("rf_reads", "PE register-file (scratchpad) reads: stationary weights (ws), sums (os), filter, ifmap and sum "
+                 "entries (rs)"),
+    ("rf_writes", "PE register-file writes: sums (os, rs) and scratchpad loads (rs)"),
+    ("noc_transfers", "operands and partial sums passed from PE to PE"),
     ("vec_cycles", "cycles in which the vector unit had work"),
     ("vec_reads", "vector buffer words read"),
     ("vec_writes", "vector buffer words written"),
@@ -138,7 +142,7 @@ def words_per_buffer_word(cfg, buffer):
     if buffer == BufferId.ACT:
         return -(-cfg.rows * 8 // LINK_WIDTH)
     if buffer == BufferId.WEIGHT:
-        return -(-cfg.cols * 8 // LINK_WIDTH)
+        return -(-cfg.weight_lanes * 8 // LINK_WIDTH)
     if buffer == BufferId.VEC:
         return 1
     return 2 * cfg.cols

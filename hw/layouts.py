@@ -89,7 +89,7 @@ def act_load_layout(cfg):
 
 def weight_load_layout(cfg):
     """One weight buffer word (a row of ``cols`` weights) and its address."""
-    return data.StructLayout({"addr": _addr(cfg.weight_depth), "data": data.ArrayLayout(OPERAND, cfg.cols)})
+    return data.StructLayout({"addr": _addr(cfg.weight_depth), "data": data.ArrayLayout(OPERAND, cfg.weight_lanes)})
 
 
 def param_word_layout(cfg):

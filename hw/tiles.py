@@ -29,7 +29,7 @@ def compute_unit_ports(cfg, command, tile):
         "act_addr": Out(command["x_base"].shape),
         "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
         "weight_addr": Out(command["w_base"].shape),
-        "weight_data": In(data.ArrayLayout(OPERAND, cfg.cols)),
+        "weight_data": In(data.ArrayLayout(OPERAND, cfg.weight_lanes)),
         "acc_rd_addr": Out(acc_addr_width),
         "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
         "acc_wr_addr": Out(acc_addr_width),
@@ -41,6 +41,10 @@ def compute_unit_ports(cfg, command, tile):
         "issued": Out(1),
         "act_read": Out(1),
         "macs_gated": Out(range(cfg.pes + 1)),
+        # register-file (scratchpad) accesses and inter-PE transfers this cycle
+        "rf_reads": Out(range(3 * cfg.pes + 1)),
+        "rf_writes": Out(range(cfg.pes * (cfg.rows + 1) + 1)),
+        "noc_transfers": Out(range(2 * cfg.pes + 1)),
         "weight_read": Out(1),
         "acc_rmw_read": Out(1),
     }

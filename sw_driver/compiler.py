@@ -287,6 +287,8 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
         raise TilingError(f"conv needs int8 x (C, H, W) or (N, C, H, W) and w (O, C, KH, KW) with matching C; "
                           f"got x {x.dtype}{x.shape}, w {w.dtype}{w.shape}")
+    if cfg.dataflow == "rs":
+        return _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value)
     images, channels, in_h, in_w = x.shape
     out_channels, _, kh, kw = w.shape
     (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
@@ -368,6 +370,106 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                     index += 1
     return Program(words=np.concatenate(words), outputs=outputs, m=images * out_h * out_w, n=out_channels,
                    macs=images * out_h * out_w * out_channels * channels * kh * kw)
+
+
+class _RowStationaryConv(Program):
+    """A row-stationary conv program: each command's result rows are output columns of one filter, lanes the
+    band's output rows (see hw.compute_rs); ``assemble`` gives (N * out_h * out_w, O) like the others."""
+
+    def __init__(self, words, outputs, placements, images, out_h, out_w, out_channels, macs):
+        super().__init__(words=words, outputs=outputs, m=images * out_h * out_w, n=out_channels, macs=macs)
+        self.placements, self.out_h, self.out_w = placements, out_h, out_w
+
+    def assemble(self, results, cols):
+        if len(results) != len(self.placements):
+            raise ValueError(f"expected results of {len(self.placements)} commands, got {len(results)}")
+        images = self.m // (self.out_h * self.out_w)
+        y = np.zeros((images, self.n, self.out_h, self.out_w), np.int8)
+        for (image, oy0, f), block in zip(self.placements, results, strict=True):
+            rows = min(cols, self.out_h - oy0)
+            y[image, f, oy0:oy0 + rows] = np.asarray(block)[:self.out_w, :rows].T
+        return y.transpose(0, 2, 3, 1).reshape(self.m, self.n)
+
+
+def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
+    """A convolution on the row-stationary array: one command per (image, band of ``cols`` output rows,
+    filter), reducing over the channel blocks of the feature map (hw.compute_rs)."""
+    from hw.array_rs import MAX_KERNEL, rs_mapping
+
+    R, C = cfg.rows, cfg.cols
+    images, channels, in_h, in_w = x.shape
+    out_channels, _, kh, kw = w.shape
+    (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
+    if stride_y != stride_x or not 1 <= stride_y <= 3:
+        raise TilingError(f"strides {strides}: the device supports equal strides of 1 to 3")
+    if not (1 <= kh <= min(R, MAX_KERNEL) and 1 <= kw <= MAX_KERNEL) or max(pads) > 7:
+        raise TilingError(f"kernel {kh}x{kw} with pads {pads}: the row-stationary array takes filters up to "
+                          f"{min(R, MAX_KERNEL)} rows (its height) and {MAX_KERNEL} columns, pads up to 7")
+    out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
+    if out_w > cfg.acc_half_depth:
+        raise TilingError(f"output width {out_w} exceeds an accumulator half ({cfg.acc_half_depth} rows)")
+    bias, scale = np.asarray(bias, np.int32).reshape(-1), np.asarray(scale, np.float32).reshape(-1)
+    if bias.shape != (out_channels,) or scale.shape != (out_channels,):
+        raise TilingError(f"bias and scale need {out_channels} entries; got {bias.shape} and {scale.shape}")
+    # overflow and operand checks through the equivalent GEMM
+    check_gemm_operands(np.zeros((1, channels * kh * kw), np.int8), w.reshape(out_channels, -1).T, bias, scale, y_zp)
+    sets, q = rs_mapping(R, kh)
+    blocks = math.ceil(channels / R)
+    pass_words = q * kw
+    # weights of filter f: pass b, word (cc * kw + col), lane t * kh + i = w[f, b*R + t*q + cc, i, col]
+    tiles = np.zeros((out_channels, blocks * pass_words, R), np.int8)
+    for b in range(blocks):
+        for t in range(sets):
+            for cc in range(q):
+                c = b * R + t * q + cc
+                if t * q + cc >= R or c >= channels:
+                    continue
+                for i in range(kh):
+                    for col in range(kw):
+                        tiles[:, b * pass_words + cc * kw + col, t * kh + i] = w[:, c, i, col]
+    fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
+    fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
+    image_words = in_h * in_w * blocks
+    if image_words > cfg.act_depth:
+        raise TilingError(f"a {in_h}x{in_w} map of {blocks} words per pixel needs {image_words} activation words; "
+                          f"act_depth is {cfg.act_depth} (row-stationary layers are not split into bands yet)")
+    halves = image_words <= cfg.act_depth // 2
+    acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
+    weights = _SlotPool("weight", blocks * pass_words, cfg.weight_depth // (blocks * pass_words))
+    params = _SlotPool("parameter", 1, cfg.param_depth)
+    words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks,
+                         kernel_h=kh, kernel_w=kw, stride=stride_y, pad_top=pad_t, pad_left=pad_l,
+                         pad_value=int(pad_value))]
+    outputs, placements, index, waited = [], [], 0, 0
+
+    def place(pool, buffer, tile, payload):
+        nonlocal waited
+        resident = tile in pool.resident
+        slot, wait_for = pool.find(tile)
+        if not resident:
+            if wait_for is not None and wait_for + 1 > waited:
+                waited = wait_for + 1
+                words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
+            words.append(load(cfg, buffer, slot * pool.slot_words, payload))
+        return slot
+
+    for image in range(images):
+        act_slot = place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
+        for oy0 in range(0, out_h, C):
+            for f in range(out_channels):
+                w_slot = place(weights, BufferId.WEIGHT, f, tiles[f])
+                p_slot = place(params, BufferId.PARAM, f, (np.full((1, C), bias[f], np.int32),
+                                                           np.full((1, C), scale[f], np.float32)))
+                words.append(instruction(cfg, Opcode.GEMM, m=out_w, k=blocks, x_base=act_slot * acts.slot_words,
+                                         w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
+                                         conv=1, out_y=oy0, out_x=0))
+                outputs.append((0, 0, out_w))
+                placements.append((image, oy0, f))
+                for pool, slot in ((weights, w_slot), (params, p_slot), (acts, act_slot)):
+                    pool.last_reader[slot] = index
+                index += 1
+    return _RowStationaryConv(np.concatenate(words), outputs, placements, images, out_h, out_w, out_channels,
+                              macs=images * out_h * out_w * out_channels * channels * kh * kw)
 
 
 def _output_row_bands(cfg, in_h, words_per_row, out_h, kh, stride):

@@ -1,0 +1,191 @@
+"""Row-stationary compute unit: runs conv commands on a :class:`~hw.array_rs.RowStationaryArray`.
+
+A command is one filter (output channel) over a band of ``cols`` output rows and ``m`` output columns,
+reduced over ``k`` passes, one per block of ``rows`` input channels (an activation word). Each pass:
+
+1. **filter load**: ``q * KW`` weight words from ``w_base + pass * q * KW``; lane ``r`` is PE row ``r``'s
+   filter entry (its set's channel ``n // KW``, filter column ``n % KW``);
+2. **steps**, one per output column ``ox``: every PE does ``q * KW`` MACs (its channels times the filter
+   width) while the ifmap loader reads the input columns of the next step (``KW`` columns for the first,
+   ``stride`` after that) of each of the band's ``(cols - 1) * stride + KH`` input rows and multicasts
+   them diagonally; then the columns' sums go into accumulator row ``ox`` (added to the earlier passes').
+
+Accumulator row ``ox`` holds output column ``ox`` of the band, lane ``j`` output row ``out_y + j``; the
+parameter word ``p_base`` holds the filter's bias and scale in every lane. Input rows and columns outside
+the feature map (padding, or rows below the last output row) read ``pad_value``.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data
+
+from .array_rs import MAX_KERNEL, SPAD_COLUMNS, RowStationaryArray
+from .tiles import ComputeUnit
+
+__all__ = ["RowStationaryCompute"]
+
+_COORD = signed(14)
+
+
+class RowStationaryCompute(ComputeUnit):
+    """Sequences the row-stationary array in lock step (see the module docstring for the command format)."""
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.array = array = RowStationaryArray(rows=cfg.rows, cols=cfg.cols)
+        tracker = self._tile_tracker(m)
+        g = self.conv_geometry
+        cmd = Signal(self._command)
+        half = Signal()
+        m.d.comb += [array.kernel_h.eq(g.kernel_h), array.stride.eq(g.stride)]
+        q = array.channels_per_pe
+        kw_n = g.kernel_w
+
+        # -- command intake --------------------------------------------------------------------------------
+        running = Signal()
+        m.d.comb += [
+            tracker.start.valid.eq(~running & self.cmd.valid),
+            tracker.start.payload.m.eq(self.cmd.payload.m),
+            tracker.start.payload.p_base.eq(self.cmd.payload.p_base),
+            tracker.start.payload.y_zp.eq(self.cmd.payload.y_zp),
+            self.cmd.ready.eq(~running & tracker.start.ready),
+        ]
+        accepted = self.cmd.valid & self.cmd.ready
+
+        passes = Signal.like(cmd.k)          # passes done
+        y_base = Signal(_COORD)              # input row of the band's first row: out_y * stride - pad_top
+        band_rows = Signal(range((cfg.cols - 1) * 3 + MAX_KERNEL + 1))
+        m.d.comb += band_rows.eq(Mux(g.stride == 1, cfg.cols - 1, Mux(g.stride == 2, 2 * (cfg.cols - 1),
+                                                                       3 * (cfg.cols - 1))) + g.kernel_h)
+
+        # -- filter load -----------------------------------------------------------------------------------
+        preloading = Signal()
+        entry = Signal(range(cfg.rows * MAX_KERNEL + 1))
+        w_channel, w_column = Signal(range(max(cfg.rows, 2))), Signal(range(MAX_KERNEL))
+        w_offset = Signal.like(cmd.w_base)
+        write_filter = Signal()
+        filter_addr = Signal(range(cfg.rows * MAX_KERNEL))
+        m.d.sync += [write_filter.eq(0)]
+        m.d.comb += self.weight_addr.eq(cmd.w_base + w_offset)
+        with m.If(preloading):
+            m.d.sync += [write_filter.eq(1), filter_addr.eq(w_channel * MAX_KERNEL + w_column),
+                         w_offset.eq(w_offset + 1), entry.eq(entry + 1), w_column.eq(w_column + 1)]
+            with m.If(w_column == kw_n - 1):
+                m.d.sync += [w_column.eq(0), w_channel.eq(w_channel + 1)]
+            with m.If(entry == q * kw_n - 1):
+                m.d.sync += preloading.eq(0)
+        m.d.comb += [array.w_write.eq(write_filter), array.w_addr.eq(filter_addr), array.w_word.eq(self.weight_data),
+                     self.weight_read.eq(preloading)]
+
+        # -- ifmap loader: runs at most one step ahead of the MACs -------------------------------------------
+        steps_on = Signal()                  # the pass's filters are in: loader and MACs may run
+        load_step = Signal.like(cmd.m)
+        load_row = Signal.like(band_rows)
+        load_col = Signal(range(MAX_KERNEL + 1))
+        load_x0 = Signal(_COORD)             # first input column of the step being loaded
+        loaded = Signal.like(cmd.m)          # steps whose columns have all been delivered
+        mac_step = Signal.like(cmd.m)
+        loading = Signal()
+        m.d.comb += loading.eq(steps_on & (load_step < cmd.m) & (load_step <= mac_step + 1))
+        columns = Mux(load_step == 0, kw_n, g.stride)
+        y, x = Signal(_COORD), Signal(_COORD)
+        m.d.comb += [y.eq(y_base + load_row), x.eq(load_x0 + load_col)]
+        outside = (y < 0) | (y >= g.in_h) | (x < 0) | (x >= g.in_w)
+        m.d.comb += self.act_addr.eq(cmd.x_base + (y * g.in_w + x) * g.channel_blocks + passes)
+        last_load = (load_row == band_rows - 1) & (load_col == columns - 1)
+        delivery = data.StructLayout({"valid": 1, "row": len(load_row), "slot": range(SPAD_COLUMNS), "pad": 1,
+                                      "last": 1})
+        deliver = Signal(delivery)
+        m.d.sync += deliver.eq(0)
+        with m.If(loading):
+            m.d.sync += [deliver.valid.eq(1), deliver.row.eq(load_row), deliver.slot.eq(x[:4]),
+                         deliver.pad.eq(outside), deliver.last.eq(last_load)]
+            m.d.sync += load_col.eq(load_col + 1)
+            with m.If(load_col == columns - 1):
+                m.d.sync += [load_col.eq(0), load_row.eq(load_row + 1)]
+                with m.If(load_row == band_rows - 1):
+                    m.d.sync += [load_row.eq(0), load_step.eq(load_step + 1), load_x0.eq(load_x0 + columns)]
+        with m.If(deliver.valid & deliver.last):
+            m.d.sync += loaded.eq(loaded + 1)
+        padding = Signal.like(array.in_word)
+        m.d.comb += [padding[r].eq(g.pad_value) for r in range(cfg.rows)]
+        m.d.comb += [
+            array.in_write.eq(deliver.valid), array.in_row.eq(deliver.row), array.in_slot.eq(deliver.slot),
+            array.in_word.eq(Mux(deliver.pad, padding, self.act_data)),
+            self.act_read.eq(loading & ~outside),
+        ]
+
+        # -- MACs: q * KW per step in every PE --------------------------------------------------------------
+        mac_channel = Signal(range(max(cfg.rows, 2)))
+        mac_column = Signal(range(MAX_KERNEL))
+        mac_x0 = Signal(_COORD)
+        macs_on = Signal()
+        m.d.comb += macs_on.eq(steps_on & (mac_step < cmd.m) & (loaded > mac_step))
+        last_mac = (mac_channel == q - 1) & (mac_column == kw_n - 1)
+        slot = Signal(_COORD)
+        m.d.comb += slot.eq(mac_x0 + mac_column)
+        m.d.comb += [
+            array.mac.eq(macs_on), array.first.eq((mac_channel == 0) & (mac_column == 0)),
+            array.mac_channel.eq(mac_channel), array.mac_column.eq(mac_column), array.mac_slot.eq(slot[:4]),
+            self.issued.eq(macs_on), self.macs_gated.eq(array.gated),
+        ]
+        with m.If(macs_on):
+            m.d.sync += mac_column.eq(mac_column + 1)
+            with m.If(mac_column == kw_n - 1):
+                m.d.sync += [mac_column.eq(0), mac_channel.eq(mac_channel + 1)]
+            with m.If(last_mac):
+                m.d.sync += [mac_channel.eq(0), mac_step.eq(mac_step + 1), mac_x0.eq(mac_x0 + g.stride)]
+
+        # -- accumulate: the column sums of a finished step into accumulator row ox -----------------------------
+        capture = Signal()
+        m.d.sync += capture.eq(macs_on & last_mac)
+        sums = Signal.like(array.column_sums)
+        write = Signal()
+        row = Signal.like(cmd.m)
+        first_pass = Signal()
+        half_base = Mux(half, cfg.acc_half_depth, 0)
+        m.d.sync += [write.eq(capture), sums.eq(array.column_sums)]
+        with m.If(capture):
+            m.d.sync += row.eq(mac_step - 1)
+        m.d.comb += [
+            self.acc_rd_addr.eq(half_base + mac_step - 1),
+            self.acc_rmw_read.eq(capture & (passes != 0)),
+            self.acc_wr_addr.eq(half_base + row),
+            self.acc_wr_en.eq(write),
+        ]
+        m.d.sync += first_pass.eq(passes == 0)
+        for j in range(cfg.cols):
+            m.d.comb += self.acc_wr_data[j].eq(Mux(first_pass, sums[j], sums[j] + self.acc_rd_data[j]))
+
+        # -- passes and commands -----------------------------------------------------------------------------
+        pass_done = write & (row == cmd.m - 1)
+        start_pass = Signal()
+        with m.If(accepted):
+            m.d.sync += [cmd.eq(self.cmd.payload), half.eq(tracker.half), running.eq(1), passes.eq(0)]
+            m.d.sync += y_base.eq(Mux(g.stride == 1, self.cmd.payload.out_y,
+                                      Mux(g.stride == 2, 2 * self.cmd.payload.out_y, 3 * self.cmd.payload.out_y))
+                                  - g.pad_top)
+            m.d.comb += start_pass.eq(1)
+        with m.If(pass_done):
+            m.d.sync += [passes.eq(passes + 1), steps_on.eq(0)]
+            with m.If(passes == cmd.k - 1):
+                m.d.sync += running.eq(0)
+            with m.Else():
+                m.d.comb += start_pass.eq(1)
+        with m.If(start_pass):
+            m.d.sync += [preloading.eq(1), entry.eq(0), w_channel.eq(0), w_column.eq(0),
+                         w_offset.eq(Mux(accepted, 0, w_offset)),
+                         load_step.eq(0), load_row.eq(0), load_col.eq(0), load_x0.eq(-g.pad_left), loaded.eq(0),
+                         mac_step.eq(0), mac_channel.eq(0), mac_column.eq(0), mac_x0.eq(-g.pad_left)]
+        with m.If(~preloading & ~write_filter & running & ~steps_on & ~start_pass & ~pass_done):
+            m.d.sync += steps_on.eq(1)
+
+        used = array.used_rows * cfg.cols
+        m.d.comb += [
+            tracker.finished.eq(pass_done & (passes == cmd.k - 1)),
+            self.busy.eq(running | tracker.busy),
+            self.rf_reads.eq(Mux(macs_on, 3 * used, 0)),
+            self.rf_writes.eq(array.rf_writes + Mux(macs_on, used, 0)),
+            self.noc_transfers.eq(Mux(capture, used - cfg.cols, 0)),
+        ]
+        return m
