@@ -88,8 +88,7 @@ COUNTERS = [
     ("link_words_in", "32-bit words received from the host"),
     ("link_words_out", "32-bit words sent to the host"),
     ("macs_gated", "MACs whose multiply a zero activation or weight gated (of array_cycles x PEs)"),
-    ("rf_reads", "PE register-file (scratchpad) reads: stationary weights (ws), sums (os), filter, ifmap and sum "
-                 "entries (rs)"),
+    ("rf_reads", "PE register-file (scratchpad) reads: stationary weights (ws), sums (os), filter/ifmap/sum (rs)"),
     ("rf_writes", "PE register-file writes: sums (os, rs) and scratchpad loads (rs)"),
     ("noc_transfers", "operands and partial sums passed from PE to PE"),
     ("vec_cycles", "cycles in which the vector unit had work"),

@@ -126,6 +126,8 @@ def compile_gemm(cfg, x, w, bias, scale, y_zp):
     with :func:`_estimate_cycles`, and the fastest one is emitted.
     """
     x, w, bias, scale = check_gemm_operands(x, w, bias, scale, y_zp)
+    if cfg.dataflow == "rs":
+        return _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp)
     layer = _GemmTiles(cfg, x, w, bias, scale)
     candidates = []
     for block_rows in layer.block_sizes():
@@ -372,6 +374,23 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                    macs=images * out_h * out_w * out_channels * channels * kh * kw)
 
 
+def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):
+    """A GEMM on the row-stationary array: a 1x1 convolution whose pixels are the rows of ``x``, laid out as
+    images of ``cols`` rows (the array's output rows) by up to an accumulator half of columns."""
+    m, k = x.shape
+    width = min(cfg.acc_half_depth, -(-m // cfg.cols))
+    per_image = cfg.cols * width
+    images = -(-m // per_image)
+    pixels = np.zeros((images * per_image, k), np.int8)
+    pixels[:m] = x
+    fmaps = pixels.reshape(images, cfg.cols, width, k).transpose(0, 3, 1, 2)
+    program = _compile_conv_rs(cfg, fmaps, np.ascontiguousarray(w.T)[:, :, None, None], bias, scale, y_zp,
+                               (1, 1), (0, 0, 0, 0), 0)
+    program.keep_rows = m
+    program.macs = m * k * w.shape[1]     # the layer's, not the padding pixels'
+    return program
+
+
 class _RowStationaryConv(Program):
     """A row-stationary conv program: each command's result rows are output columns of one filter, lanes the
     band's output rows (see hw.compute_rs); ``assemble`` gives (N * out_h * out_w, O) like the others."""
@@ -379,6 +398,7 @@ class _RowStationaryConv(Program):
     def __init__(self, words, outputs, placements, images, out_h, out_w, out_channels, macs):
         super().__init__(words=words, outputs=outputs, m=images * out_h * out_w, n=out_channels, macs=macs)
         self.placements, self.out_h, self.out_w = placements, out_h, out_w
+        self.keep_rows = self.m     # a GEMM mapped onto a conv keeps its own rows only
 
     def assemble(self, results, cols):
         if len(results) != len(self.placements):
@@ -388,7 +408,7 @@ class _RowStationaryConv(Program):
         for (image, oy0, f), block in zip(self.placements, results, strict=True):
             rows = min(cols, self.out_h - oy0)
             y[image, f, oy0:oy0 + rows] = np.asarray(block)[:self.out_w, :rows].T
-        return y.transpose(0, 2, 3, 1).reshape(self.m, self.n)
+        return y.transpose(0, 2, 3, 1).reshape(self.m, self.n)[:self.keep_rows]
 
 
 def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):

@@ -21,6 +21,11 @@ CONFIGS = [
                       link_timeout=64),
     AcceleratorConfig(rows=8, cols=4, dataflow="os", act_depth=64, weight_depth=64, acc_depth=16, param_depth=4,
                       link_timeout=64),
+    # row-stationary, non-square both ways
+    AcceleratorConfig(rows=3, cols=4, dataflow="rs", act_depth=512, weight_depth=256, acc_depth=64, param_depth=8,
+                      link_timeout=64),
+    AcceleratorConfig(rows=4, cols=2, dataflow="rs", act_depth=512, weight_depth=256, acc_depth=64, param_depth=8,
+                      link_timeout=64),
 ]
 
 
@@ -43,7 +48,7 @@ def test_compiled_gemm_matches_golden(cfg, stall):
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"gemm_{stall}")
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
 def test_random_instruction_streams_never_hang(cfg):
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "fuzz"), "stall": 0.2, "backpressure": 0.2, "fuzz": 6}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_fuzz",
@@ -62,7 +67,13 @@ def test_conv_with_sliding_window_matches_golden(cfg, stall):
         blocks = -(-shape["channels"] // cfg.rows)
         # keep to layers whose weights fit this small configuration, and whose input fits at least in row bands
         # of a kernel's height (larger maps than the buffer are split into bands, each behind a CONV_SETUP)
-        if kernel * kernel * blocks * cfg.rows <= cfg.weight_depth and kernel * shape["size"] * blocks <= cfg.act_depth:
+        if cfg.dataflow == "rs":
+            # filters no taller than the array, the whole map in the activation buffer
+            fits = kernel <= cfg.rows and shape["size"] ** 2 * blocks <= cfg.act_depth
+        else:
+            fits = (kernel * kernel * blocks * cfg.rows <= cfg.weight_depth
+                    and kernel * shape["size"] * blocks <= cfg.act_depth)
+        if fits:
             convs.append(shape)
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "conv", stall), "stall": stall, "backpressure": stall,
            "convs": convs}

@@ -33,7 +33,7 @@ def _run(tmp_path, model, x, *extra):
 
 @pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
 @pytest.mark.parametrize("activation", [QuantType.QUInt8, QuantType.QInt8], ids=["u8", "s8"])
-@pytest.mark.parametrize("dataflow", ["ws", "os"])
+@pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
 def test_fully_connected_runs_on_device_bit_exact(tmp_path, quant_format, activation, dataflow):
     rng = np.random.default_rng(zlib.crc32(f"{quant_format}{activation}{dataflow}".encode()))
     float_model = gemm_model(rng, m=9, k=21, n=10, trans_b=True)
@@ -97,9 +97,10 @@ def test_single_conv_runs_on_device_bit_exact(tmp_path, quant_format, kernel, st
 
 
 @pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
-@pytest.mark.parametrize("activation", [QuantType.QUInt8, QuantType.QInt8], ids=["u8", "s8"])
+@pytest.mark.parametrize("dataflow, activation", [("ws", QuantType.QUInt8), ("ws", QuantType.QInt8),
+                                                  ("rs", QuantType.QUInt8)], ids=["ws-u8", "ws-s8", "rs-u8"])
 @pytest.mark.parametrize("net", ["residual", "pooling", "sequential"])
-def test_small_cnns_run_on_device_bit_exact(tmp_path, quant_format, activation, net):
+def test_small_cnns_run_on_device_bit_exact(tmp_path, quant_format, activation, net, dataflow):
     """Conv, MaxPool, Add, GlobalAveragePool and Gemm all on the device; the answer is onnxruntime's, bit for
     bit, and only layers that onnxruntime itself computes in float (or AveragePool) stay on the host."""
     rng = np.random.default_rng(zlib.crc32(f"{quant_format}{activation}{net}".encode()))
@@ -109,7 +110,7 @@ def test_small_cnns_run_on_device_bit_exact(tmp_path, quant_format, activation, 
     model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
                            activation_type=activation)
     x = random_inputs(rng, float_model)["x"]
-    status, y, report = _run(tmp_path, model, x, "--dataflow", "ws")
+    status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow)
     assert status == 0
     np.testing.assert_array_equal(y, _onnxruntime(model, x))
     for layer in report["layers"]:

@@ -82,17 +82,24 @@ async def device_gemm(dut):
     rng = np.random.default_rng(job["seed"])
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
-    sent = commands = array_cycles = 0
+    sent = commands = array_cycles = act_reads = 0
     for m, k, n in job["problems"]:
         program, counters = await tb.run_gemm(*random_gemm(rng, m, k, n))
         sent += len(program.words) + INSTRUCTION_WORDS
         commands += len(program.outputs)
         folds = -(-k // cfg.rows)
-        array_cycles += sum(rows * folds if cfg.dataflow == "ws" else k for _, _, rows in program.outputs)
+        if cfg.dataflow == "rs":
+            # a 1x1 conv: per pass (block of rows channels) and output column, one MAC cycle in every PE (one
+            # channel each) and one read per output row of the band
+            array_cycles += sum(rows * folds for _, _, rows in program.outputs)
+            act_reads += sum(rows * folds * cfg.cols for _, _, rows in program.outputs)
+        else:
+            array_cycles += sum(rows * folds if cfg.dataflow == "ws" else k for _, _, rows in program.outputs)
+            act_reads = array_cycles
         assert counters["link_words_in"] == sent, counters
         assert counters["commands"] == commands, counters
         assert counters["array_cycles"] == array_cycles, counters
-        assert counters["act_reads"] == array_cycles, counters
+        assert counters["act_reads"] == act_reads, counters
         dut._log.info("GEMM %dx%dx%d: %d commands, bit-exact; counters %s", m, k, n, len(program.outputs), counters)
 
 
