@@ -67,7 +67,8 @@ FIELD_DESCRIPTIONS = {
     (Opcode.GEMM, "conv"): "1: a convolution command, its rows are output pixels gathered by sliding-window "
                            "addressing (os: `k` is the folds times `rows`); 0: a plain GEMM",
     (Opcode.GEMM, "out_y"): "conv commands: output row of the first pixel",
-    (Opcode.GEMM, "out_x"): "conv commands: output column of the first pixel",
+    (Opcode.GEMM, "out_x"): "conv commands: output column of the first pixel (rs: chunks of filter rows, a "
+                            "filter taller than the array folded into passes; 0 counts as 1)",
     (Opcode.CONV_SETUP, "in_h"): "input feature map height, 1 to {max_side}",
     (Opcode.CONV_SETUP, "in_w"): "input feature map width, 1 to {max_side}",
     (Opcode.CONV_SETUP, "out_w"): "output feature map width, 1 to {max_side}",
@@ -132,9 +133,9 @@ ERROR_DESCRIPTIONS = {
     ErrorCode.BAD_BUFFER: "LOAD names no buffer",
     ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
     ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
-                         "its folds times rows, an rs GEMM that is not a conv or whose filter is taller than the "
-                         "array, a CONV_SETUP or POOL_SETUP with a zero size, a POOL or ADD of nothing, or a "
-                         "vector instruction on a device built without a vector unit",
+                         "its folds times rows, an rs GEMM that is not a conv, has a filter chunk taller than "
+                         "the array or more than 7 chunks, a CONV_SETUP or POOL_SETUP with a zero size, a POOL "
+                         "or ADD of nothing, or a vector instruction on a device without a vector unit",
     ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
 }
 

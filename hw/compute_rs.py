@@ -1,7 +1,9 @@
 """Row-stationary compute unit: runs conv commands on a :class:`~hw.array_rs.RowStationaryArray`.
 
 A command is one filter (output channel) over a band of ``cols`` output rows and ``m`` output columns,
-reduced over ``k`` passes, one per block of ``rows`` input channels (an activation word). Each pass:
+reduced over passes: ``k`` blocks of ``rows`` input channels (an activation word) times ``out_x`` chunks of
+filter rows (a filter taller than the array is folded: chunk ``c`` holds filter rows ``c*KH .. c*KH + KH -
+1`` of the geometry's ``KH``, and reads input rows ``c*KH`` further down; 0 counts as 1). Each pass:
 
 1. **filter load**: ``q * KW`` weight words from ``w_base + pass * q * KW``; lane ``r`` is PE row ``r``'s
    filter entry (its set's channel ``n // KW``, filter column ``n % KW``);
@@ -52,8 +54,12 @@ class RowStationaryCompute(ComputeUnit):
         ]
         accepted = self.cmd.valid & self.cmd.ready
 
-        passes = Signal.like(cmd.k)          # passes done
-        y_base = Signal(_COORD)              # input row of the band's first row: out_y * stride - pad_top
+        block = Signal.like(cmd.k)           # channel block of the current pass
+        chunk = Signal.like(cmd.out_x)       # filter-row chunk of the current pass
+        chunks = Signal.like(cmd.out_x)
+        m.d.comb += chunks.eq(Mux(cmd.out_x == 0, 1, cmd.out_x))
+        band_y = Signal(_COORD)              # out_y * stride - pad_top
+        y_base = Signal(_COORD)              # input row of the band's first row for this pass's chunk
         band_rows = Signal(range((cfg.cols - 1) * 3 + MAX_KERNEL + 1))
         m.d.comb += band_rows.eq(Mux(g.stride == 1, cfg.cols - 1, Mux(g.stride == 2, 2 * (cfg.cols - 1),
                                                                        3 * (cfg.cols - 1))) + g.kernel_h)
@@ -91,7 +97,7 @@ class RowStationaryCompute(ComputeUnit):
         y, x = Signal(_COORD), Signal(_COORD)
         m.d.comb += [y.eq(y_base + load_row), x.eq(load_x0 + load_col)]
         outside = (y < 0) | (y >= g.in_h) | (x < 0) | (x >= g.in_w)
-        m.d.comb += self.act_addr.eq(cmd.x_base + (y * g.in_w + x) * g.channel_blocks + passes)
+        m.d.comb += self.act_addr.eq(cmd.x_base + (y * g.in_w + x) * g.channel_blocks + block)
         last_load = (load_row == band_rows - 1) & (load_col == columns - 1)
         delivery = data.StructLayout({"valid": 1, "row": len(load_row), "slot": range(SPAD_COLUMNS), "pad": 1,
                                       "last": 1})
@@ -144,31 +150,37 @@ class RowStationaryCompute(ComputeUnit):
         row = Signal.like(cmd.m)
         first_pass = Signal()
         half_base = Mux(half, cfg.acc_half_depth, 0)
+        first_pass_now = (block == 0) & (chunk == 0)
         m.d.sync += [write.eq(capture), sums.eq(array.column_sums)]
         with m.If(capture):
             m.d.sync += row.eq(mac_step - 1)
         m.d.comb += [
             self.acc_rd_addr.eq(half_base + mac_step - 1),
-            self.acc_rmw_read.eq(capture & (passes != 0)),
+            self.acc_rmw_read.eq(capture & ~first_pass_now),
             self.acc_wr_addr.eq(half_base + row),
             self.acc_wr_en.eq(write),
         ]
-        m.d.sync += first_pass.eq(passes == 0)
+        m.d.sync += first_pass.eq(first_pass_now)
         for j in range(cfg.cols):
             m.d.comb += self.acc_wr_data[j].eq(Mux(first_pass, sums[j], sums[j] + self.acc_rd_data[j]))
 
         # -- passes and commands -----------------------------------------------------------------------------
         pass_done = write & (row == cmd.m - 1)
+        last_pass = (block == cmd.k - 1) & (chunk == chunks - 1)
         start_pass = Signal()
         with m.If(accepted):
-            m.d.sync += [cmd.eq(self.cmd.payload), half.eq(tracker.half), running.eq(1), passes.eq(0)]
-            m.d.sync += y_base.eq(Mux(g.stride == 1, self.cmd.payload.out_y,
-                                      Mux(g.stride == 2, 2 * self.cmd.payload.out_y, 3 * self.cmd.payload.out_y))
-                                  - g.pad_top)
+            first_y = Signal(_COORD)
+            m.d.comb += first_y.eq(Mux(g.stride == 1, self.cmd.payload.out_y,
+                                       Mux(g.stride == 2, 2 * self.cmd.payload.out_y, 3 * self.cmd.payload.out_y))
+                                   - g.pad_top)
+            m.d.sync += [cmd.eq(self.cmd.payload), half.eq(tracker.half), running.eq(1), block.eq(0), chunk.eq(0),
+                         band_y.eq(first_y), y_base.eq(first_y)]
             m.d.comb += start_pass.eq(1)
         with m.If(pass_done):
-            m.d.sync += [passes.eq(passes + 1), steps_on.eq(0)]
-            with m.If(passes == cmd.k - 1):
+            m.d.sync += [chunk.eq(chunk + 1), y_base.eq(y_base + g.kernel_h), steps_on.eq(0)]
+            with m.If(chunk == chunks - 1):
+                m.d.sync += [chunk.eq(0), block.eq(block + 1), y_base.eq(band_y)]
+            with m.If(last_pass):
                 m.d.sync += running.eq(0)
             with m.Else():
                 m.d.comb += start_pass.eq(1)
@@ -182,7 +194,7 @@ class RowStationaryCompute(ComputeUnit):
 
         used = array.used_rows * cfg.cols
         m.d.comb += [
-            tracker.finished.eq(pass_done & (passes == cmd.k - 1)),
+            tracker.finished.eq(pass_done & last_pass),
             self.busy.eq(running | tracker.busy),
             self.rf_reads.eq(Mux(macs_on, 3 * used, 0)),
             self.rf_writes.eq(array.rf_writes + Mux(macs_on, used, 0)),

@@ -172,11 +172,12 @@ class Controller(wiring.Component):
             m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)), weight_words.eq(gemm.k * cfg.rows)]
             conv_unsupported = 0
         elif cfg.dataflow == "rs":
-            # rs runs conv commands only (a fully connected layer is a 1x1 conv), with filters no taller than
-            # the array; each pass reads at least one weight word
-            m.d.comb += [act_words.eq(0), weight_words.eq(gemm.k)]
+            # rs runs conv commands only (a fully connected layer is a 1x1 conv), with filter chunks no taller
+            # than the array and at most 7 of them (out_x); each pass reads a filter column per weight word
+            chunks = Mux(gemm.out_x == 0, 1, gemm.out_x)
+            m.d.comb += [act_words.eq(0), weight_words.eq(gemm.k * chunks * self.conv_geometry.kernel_w)]
             too_tall = self.conv_geometry.kernel_h > cfg.rows if cfg.rows < 7 else 0   # no constant compare
-            conv_unsupported = ~gemm.conv | too_tall
+            conv_unsupported = ~gemm.conv | too_tall | (gemm.out_x > 7)
         else:
             m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
             # os steps through gathered folds one channel at a time: k must be exactly the folds' channels,

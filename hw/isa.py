@@ -63,9 +63,10 @@ class ErrorCode(enum.IntEnum):
     BAD_BUFFER = 2          # LOAD names no buffer
     OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
     BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k
-                            # is not its folds times rows, an rs GEMM that is not a conv or whose filter is
-                            # taller than the array, a CONV_SETUP or POOL_SETUP with a zero size, a POOL or
-                            # ADD of nothing, or a vector instruction on a device without a vector unit
+                            # is not its folds times rows, an rs GEMM that is not a conv, has a filter
+                            # chunk taller than the array or more than 7 chunks, a CONV_SETUP or POOL_SETUP
+                            # with a zero size, a POOL or ADD of nothing, or a vector instruction on a
+                            # device without a vector unit
     TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
 
 

@@ -422,9 +422,9 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
     (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
     if stride_y != stride_x or not 1 <= stride_y <= 3:
         raise TilingError(f"strides {strides}: the device supports equal strides of 1 to 3")
-    if not (1 <= kh <= min(R, MAX_KERNEL) and 1 <= kw <= MAX_KERNEL) or max(pads) > 7:
+    if not (1 <= kh <= MAX_KERNEL and 1 <= kw <= MAX_KERNEL) or max(pads) > 7:
         raise TilingError(f"kernel {kh}x{kw} with pads {pads}: the row-stationary array takes filters up to "
-                          f"{min(R, MAX_KERNEL)} rows (its height) and {MAX_KERNEL} columns, pads up to 7")
+                          f"{MAX_KERNEL}x{MAX_KERNEL}, pads up to 7")
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
     if out_w > cfg.acc_half_depth:
         raise TilingError(f"output width {out_w} exceeds an accumulator half ({cfg.acc_half_depth} rows)")
@@ -433,20 +433,27 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
         raise TilingError(f"bias and scale need {out_channels} entries; got {bias.shape} and {scale.shape}")
     # overflow and operand checks through the equivalent GEMM
     check_gemm_operands(np.zeros((1, channels * kh * kw), np.int8), w.reshape(out_channels, -1).T, bias, scale, y_zp)
-    sets, q = rs_mapping(R, kh)
+    # a filter taller than the array folds into chunks of at most `rows` filter rows, each a pass of its own
+    chunks = math.ceil(kh / min(R, MAX_KERNEL))
+    height = math.ceil(kh / chunks)
+    sets, q = rs_mapping(R, height)
     blocks = math.ceil(channels / R)
     pass_words = q * kw
-    # weights of filter f: pass b, word (cc * kw + col), lane t * kh + i = w[f, b*R + t*q + cc, i, col]
-    tiles = np.zeros((out_channels, blocks * pass_words, R), np.int8)
+    # weights of filter f: pass (b, chunk), word (cc * kw + col), lane t * height + i holds
+    # w[f, b*R + t*q + cc, chunk*height + i, col]
+    tiles = np.zeros((out_channels, blocks * chunks * pass_words, R), np.int8)
     for b in range(blocks):
-        for t in range(sets):
-            for cc in range(q):
-                c = b * R + t * q + cc
-                if t * q + cc >= R or c >= channels:
-                    continue
-                for i in range(kh):
-                    for col in range(kw):
-                        tiles[:, b * pass_words + cc * kw + col, t * kh + i] = w[:, c, i, col]
+        for chunk in range(chunks):
+            base = (b * chunks + chunk) * pass_words
+            for t in range(sets):
+                for cc in range(q):
+                    c = b * R + t * q + cc
+                    if t * q + cc >= R or c >= channels:
+                        continue
+                    for i in range(height):
+                        if chunk * height + i < kh:
+                            for col in range(kw):
+                                tiles[:, base + cc * kw + col, t * height + i] = w[:, c, chunk * height + i, col]
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
     image_words = in_h * in_w * blocks
@@ -455,10 +462,10 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
                           f"act_depth is {cfg.act_depth} (row-stationary layers are not split into bands yet)")
     halves = image_words <= cfg.act_depth // 2
     acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
-    weights = _SlotPool("weight", blocks * pass_words, cfg.weight_depth // (blocks * pass_words))
+    weights = _SlotPool("weight", blocks * chunks * pass_words, cfg.weight_depth // (blocks * chunks * pass_words))
     params = _SlotPool("parameter", 1, cfg.param_depth)
     words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks,
-                         kernel_h=kh, kernel_w=kw, stride=stride_y, pad_top=pad_t, pad_left=pad_l,
+                         kernel_h=height, kernel_w=kw, stride=stride_y, pad_top=pad_t, pad_left=pad_l,
                          pad_value=int(pad_value))]
     outputs, placements, index, waited = [], [], 0, 0
 
@@ -482,7 +489,7 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
                                                            np.full((1, C), scale[f], np.float32)))
                 words.append(instruction(cfg, Opcode.GEMM, m=out_w, k=blocks, x_base=act_slot * acts.slot_words,
                                          w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
-                                         conv=1, out_y=oy0, out_x=0))
+                                         conv=1, out_y=oy0, out_x=chunks))
                 outputs.append((0, 0, out_w))
                 placements.append((image, oy0, f))
                 for pool, slot in ((weights, w_slot), (params, p_slot), (acts, act_slot)):

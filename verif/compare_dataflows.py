@@ -1,0 +1,71 @@
+"""Data movement of one layer on the three dataflows, from the RTL's counters: ``python -m
+verif.compare_dataflows``.
+
+Eyeriss's claim (Chen, Emer, Sze, ISCA 2016) is that row stationary needs fewer accesses to the global
+buffer per MAC than the systolic dataflows, paying with register-file (scratchpad) accesses, which cost far
+less. This runs the same layer, bit-exact, on arrays of the same PE count and prints, per MAC: bytes read
+from the on-chip buffers, register-file accesses, PE-to-PE transfers and link bytes.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from gen.config import AcceleratorConfig
+from sw_driver.runtime import open_sim_device
+from verif.cases import random_conv
+
+__all__ = ["buffer_bytes_read", "compare"]
+
+
+def buffer_bytes_read(cfg, counters):
+    """Bytes read from the on-chip buffers (activations, weights, accumulator, parameters)."""
+    return (counters["act_reads"] * cfg.rows + counters["weight_reads"] * cfg.weight_lanes
+            + counters["acc_reads"] * cfg.cols * 4 + counters["param_reads"] * cfg.cols * 8)
+
+
+def compare(rows, cols, layer, seed=1):
+    """Rows of figures for ``layer`` (random_conv's keywords) on ws, os and rs ``rows x cols`` devices."""
+    results = []
+    for dataflow in ("ws", "os", "rs"):
+        cfg = AcceleratorConfig(rows=rows, cols=cols, dataflow=dataflow)
+        operands, attrs, expected = random_conv(np.random.default_rng(seed), **layer)
+        with open_sim_device(cfg) as device:
+            started = time.perf_counter()
+            y, run = device.conv(*operands, **attrs)
+            wall = time.perf_counter() - started
+        if not np.array_equal(y, expected):
+            raise AssertionError(f"{dataflow}: the device's output differs from the golden model")
+        c, macs = run.counters, run.macs
+        results.append({
+            "dataflow": dataflow, "cycles": run.cycles, "utilization": run.utilization,
+            "buffer_bytes_per_mac": buffer_bytes_read(cfg, c) / macs,
+            "rf_accesses_per_mac": (c["rf_reads"] + c["rf_writes"]) / macs,
+            "noc_per_mac": c["noc_transfers"] / macs,
+            "link_bytes_per_mac": 4 * (c["link_words_in"] + c["link_words_out"]) / macs,
+            "wall_s": wall,
+        })
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--cols", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--out-channels", type=int, default=32)
+    parser.add_argument("--size", type=int, default=16)
+    args = parser.parse_args(argv)
+    layer = {"channels": args.channels, "out_channels": args.out_channels, "size": args.size, "kernel": 3,
+             "stride": 1, "pad": 1}
+    print(f"3x3 conv {args.channels}->{args.out_channels} on {args.size}x{args.size}, pad 1, "
+          f"{args.rows}x{args.cols} PEs; per MAC:")
+    print(f"{'dataflow':8} {'cycles':>9} {'util':>6} {'buffer B':>9} {'RF acc':>7} {'PE-PE':>6} {'link B':>7}")
+    for r in compare(args.rows, args.cols, layer):
+        print(f"{r['dataflow']:8} {r['cycles']:9,} {r['utilization']:6.1%} {r['buffer_bytes_per_mac']:9.3f} "
+              f"{r['rf_accesses_per_mac']:7.2f} {r['noc_per_mac']:6.2f} {r['link_bytes_per_mac']:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
