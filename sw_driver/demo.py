@@ -178,7 +178,7 @@ def _print_layers(cfg, layers):
     array_macs = sum(layer.counters.get("array_cycles", 0) for layer in layers if layer.target == "device") * cfg.pes
     print(f"{'total on the device':28} {'':17} {'':7} {macs:10,} {cycles:9,} {util:6.1%} {bytes_in:10,} "
           f"{bytes_out:10,} {totals['total'] / 1e6:9.2f}")
-    share = {k: totals[k] / totals["total"] for k in ("link", "buffers", "mac")} if totals["total"] else {}
+    share = {k: totals[k] / totals["total"] for k in ("link", "buffers", "rf", "mac")} if totals["total"] else {}
     print(f"energy estimate {totals['total'] / 1e6:.2f} uJ, {totals['total'] / max(macs, 1):.1f} pJ/MAC: "
           + ", ".join(f"{k} {v:.0%}" for k, v in share.items())
           + "  (data movement, not arithmetic, dominates)")
