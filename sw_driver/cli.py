@@ -138,7 +138,8 @@ def _report_counters(c):
         "link_bytes_in": 4 * c["link_words_in"], "link_bytes_out": 4 * c["link_words_out"],
         "buffer_reads": {b: c[f"{b}_reads"] for b in ("act", "weight", "acc", "param", "vec")},
         "buffer_writes": {b: c[f"{b}_writes"] for b in ("act", "weight", "acc", "param", "vec")},
-        "rf_accesses": 0, "macs_gated": c.get("macs_gated", 0), "hardware": c,
+        "rf_accesses": c.get("rf_reads", 0) + c.get("rf_writes", 0), "macs_gated": c.get("macs_gated", 0),
+        "noc_transfers": c.get("noc_transfers", 0), "hardware": c,
     }
 
 
