@@ -74,6 +74,35 @@ class _SlotPool:
         return slot, wait_for
 
 
+class _Stream:
+    """An instruction stream under construction: tiles placed in slot pools (loaded behind a WAIT when their
+    slot is still read by earlier commands), and commands that record which slots they read."""
+
+    def __init__(self, cfg, words=()):
+        self.cfg = cfg
+        self.words = list(words)
+        self.commands = 0       # commands issued so far
+        self.waited = 0         # commands known complete through an earlier WAIT
+
+    def place(self, pool, buffer, tile, payload):
+        """Slot of ``tile`` in ``pool``, loading ``payload`` into it unless it is already resident."""
+        resident = tile in pool.resident
+        slot, wait_for = pool.find(tile)
+        if not resident:
+            if wait_for is not None and wait_for + 1 > self.waited:
+                self.waited = wait_for + 1
+                self.words.append(instruction(self.cfg, Opcode.WAIT, pending=self.commands - self.waited))
+            self.words.append(load(self.cfg, buffer, slot * pool.slot_words, payload))
+        return slot
+
+    def command(self, words, *reads):
+        """Append a compute command that reads ``(pool, slot)`` pairs."""
+        self.words.append(words)
+        for pool, slot in reads:
+            pool.last_reader[slot] = self.commands
+        self.commands += 1
+
+
 def _square_order(blocks, tiles):
     """Every (block, tile) pair, each new block or tile followed by all the work it completes."""
     order = []
@@ -323,19 +352,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     weights = _SlotPool("weight", layer.weight_words, cfg.weight_depth // layer.weight_words)
     params = _SlotPool("parameter", 1, cfg.param_depth)
     acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
-    words, outputs, index, waited = [], [], 0, 0
-
-    def place(pool, buffer, tile, payload):
-        """Slot address of ``tile`` in ``pool``, loading it (behind a WAIT if its slot is still read)."""
-        nonlocal waited
-        resident = tile in pool.resident
-        slot, wait_for = pool.find(tile)
-        if not resident:
-            if wait_for is not None and wait_for + 1 > waited:
-                waited = wait_for + 1
-                words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
-            words.append(load(cfg, buffer, slot * pool.slot_words, payload(tile)))
-        return slot
+    stream, outputs = _Stream(cfg), []
 
     def setup(first_row, last_row, oy0):
         # The band of input rows these output rows read, stored from its slot's first word; the geometry's
@@ -345,32 +362,28 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                            pad_top=max(0, pad_t - oy0 * stride_y), pad_left=pad_l, pad_value=int(pad_value))
 
     if halves:
-        words.append(setup(0, in_h, 0))
+        stream.words.append(setup(0, in_h, 0))
     for image in range(images):
         for oy0, oy1 in bands:
             first_row = max(0, oy0 * stride_y - pad_t)
             last_row = min(in_h, (oy1 - 1) * stride_y - pad_t + kh)
             if not halves:
-                words.append(setup(first_row, last_row, oy0))
-            band = fmaps[image, first_row:last_row].reshape(-1, R)
-            act_slot = place(acts, BufferId.ACT, (image, oy0), lambda tile, band=band: band)
-            x_base = act_slot * acts.slot_words
+                stream.words.append(setup(first_row, last_row, oy0))
+            act_slot = stream.place(acts, BufferId.ACT, (image, oy0), fmaps[image, first_row:last_row].reshape(-1, R))
             pixels = (oy1 - oy0) * out_w
             block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
             for t in range(layer.n_tiles):
-                w_slot = place(weights, BufferId.WEIGHT, t, layer._weight_tile)
-                p_slot = place(params, BufferId.PARAM, t, lambda t: (layer.bias[None, t * C:(t + 1) * C],
-                                                                     layer.scale[None, t * C:(t + 1) * C]))
+                w_slot = stream.place(weights, BufferId.WEIGHT, t, layer._weight_tile(t))
+                p_slot = stream.place(params, BufferId.PARAM, t, (layer.bias[None, t * C:(t + 1) * C],
+                                                                  layer.scale[None, t * C:(t + 1) * C]))
                 for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
-                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k_field, x_base=x_base,
-                                             w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
-                                             conv=1, out_y=p0 // out_w, out_x=p0 % out_w))
+                    stream.command(instruction(cfg, Opcode.GEMM, m=rows, k=k_field, x_base=act_slot * acts.slot_words,
+                                               w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
+                                               conv=1, out_y=p0 // out_w, out_x=p0 % out_w),
+                                   (weights, w_slot), (params, p_slot), (acts, act_slot))
                     outputs.append(((image * out_h + oy0) * out_w + p0, t * C, rows))
-                    for pool, slot in ((weights, w_slot), (params, p_slot), (acts, act_slot)):
-                        pool.last_reader[slot] = index
-                    index += 1
-    return Program(words=np.concatenate(words), outputs=outputs, m=images * out_h * out_w, n=out_channels,
+    return Program(words=np.concatenate(stream.words), outputs=outputs, m=images * out_h * out_w, n=out_channels,
                    macs=images * out_h * out_w * out_channels * channels * kh * kw)
 
 
@@ -464,38 +477,24 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
     acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
     weights = _SlotPool("weight", blocks * chunks * pass_words, cfg.weight_depth // (blocks * chunks * pass_words))
     params = _SlotPool("parameter", 1, cfg.param_depth)
-    words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks,
-                         kernel_h=height, kernel_w=kw, stride=stride_y, pad_top=pad_t, pad_left=pad_l,
-                         pad_value=int(pad_value))]
-    outputs, placements, index, waited = [], [], 0, 0
-
-    def place(pool, buffer, tile, payload):
-        nonlocal waited
-        resident = tile in pool.resident
-        slot, wait_for = pool.find(tile)
-        if not resident:
-            if wait_for is not None and wait_for + 1 > waited:
-                waited = wait_for + 1
-                words.append(instruction(cfg, Opcode.WAIT, pending=index - waited))
-            words.append(load(cfg, buffer, slot * pool.slot_words, payload))
-        return slot
-
+    stream = _Stream(cfg, [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w,
+                                       channel_blocks=blocks, kernel_h=height, kernel_w=kw, stride=stride_y,
+                                       pad_top=pad_t, pad_left=pad_l, pad_value=int(pad_value))])
+    outputs, placements = [], []
     for image in range(images):
-        act_slot = place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
+        act_slot = stream.place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
         for oy0 in range(0, out_h, C):
             for f in range(out_channels):
-                w_slot = place(weights, BufferId.WEIGHT, f, tiles[f])
-                p_slot = place(params, BufferId.PARAM, f, (np.full((1, C), bias[f], np.int32),
-                                                           np.full((1, C), scale[f], np.float32)))
-                words.append(instruction(cfg, Opcode.GEMM, m=out_w, k=blocks, x_base=act_slot * acts.slot_words,
-                                         w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
-                                         conv=1, out_y=oy0, out_x=chunks))
+                w_slot = stream.place(weights, BufferId.WEIGHT, f, tiles[f])
+                p_slot = stream.place(params, BufferId.PARAM, f, (np.full((1, C), bias[f], np.int32),
+                                                                  np.full((1, C), scale[f], np.float32)))
+                stream.command(instruction(cfg, Opcode.GEMM, m=out_w, k=blocks, x_base=act_slot * acts.slot_words,
+                                           w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
+                                           conv=1, out_y=oy0, out_x=chunks),
+                               (weights, w_slot), (params, p_slot), (acts, act_slot))
                 outputs.append((0, 0, out_w))
                 placements.append((image, oy0, f))
-                for pool, slot in ((weights, w_slot), (params, p_slot), (acts, act_slot)):
-                    pool.last_reader[slot] = index
-                index += 1
-    return _RowStationaryConv(np.concatenate(words), outputs, placements, images, out_h, out_w, out_channels,
+    return _RowStationaryConv(np.concatenate(stream.words), outputs, placements, images, out_h, out_w, out_channels,
                               macs=images * out_h * out_w * out_channels * channels * kh * kw)
 
 
