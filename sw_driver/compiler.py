@@ -391,7 +391,12 @@ def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):
     """A GEMM on the row-stationary array: a 1x1 convolution whose pixels are the rows of ``x``, laid out as
     images of ``cols`` rows (the array's output rows) by up to an accumulator half of columns."""
     m, k = x.shape
-    width = min(cfg.acc_half_depth, -(-m // cfg.cols))
+    # an image of cols x width pixels must fit half the activation buffer (ceil(k / rows) words a pixel)
+    fit = (cfg.act_depth // 2) // (cfg.cols * math.ceil(k / cfg.rows))
+    if fit < 1:
+        raise TilingError(f"K={k} needs {math.ceil(k / cfg.rows)} activation words per row of the GEMM, times "
+                          f"cols={cfg.cols}; half the activation buffer holds {cfg.act_depth // 2}")
+    width = min(cfg.acc_half_depth, -(-m // cfg.cols), fit)
     per_image = cfg.cols * width
     images = -(-m // per_image)
     pixels = np.zeros((images * per_image, k), np.int8)
@@ -469,28 +474,42 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
                                 tiles[:, base + cc * kw + col, t * height + i] = w[:, c, chunk * height + i, col]
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
-    image_words = in_h * in_w * blocks
-    if image_words > cfg.act_depth:
-        raise TilingError(f"a {in_h}x{in_w} map of {blocks} words per pixel needs {image_words} activation words; "
-                          f"act_depth is {cfg.act_depth} (row-stationary layers are not split into bands yet)")
-    halves = image_words <= cfg.act_depth // 2
-    acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
+    # whole images in the two halves of the activation buffer under one setup; larger maps in bands of `cols`
+    # output rows, each band's input rows loaded (into the free half) before its own setup
+    row_words = in_w * blocks
+    whole = in_h * row_words <= cfg.act_depth // 2
+    band_rows = min(in_h, (C - 1) * stride_y + kh)
+    if not whole and band_rows * row_words > cfg.act_depth // 2:
+        raise TilingError(f"a band of {C} output rows needs {band_rows} input rows of {row_words} activation words; "
+                          f"half the activation buffer holds {cfg.act_depth // 2}")
+    acts = _SlotPool("activation", cfg.act_depth // 2, 2)
     weights = _SlotPool("weight", blocks * chunks * pass_words, cfg.weight_depth // (blocks * chunks * pass_words))
     params = _SlotPool("parameter", 1, cfg.param_depth)
-    stream = _Stream(cfg, [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w,
-                                       channel_blocks=blocks, kernel_h=height, kernel_w=kw, stride=stride_y,
-                                       pad_top=pad_t, pad_left=pad_l, pad_value=int(pad_value))])
+    def setup(rows, pad_top):
+        return instruction(cfg, Opcode.CONV_SETUP, in_h=rows, in_w=in_w, out_w=out_w, channel_blocks=blocks,
+                           kernel_h=height, kernel_w=kw, stride=stride_y, pad_top=pad_top, pad_left=pad_l,
+                           pad_value=int(pad_value))
+
+    stream = _Stream(cfg, [setup(in_h, pad_t)] if whole else [])
     outputs, placements = [], []
     for image in range(images):
-        act_slot = stream.place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
+        if whole:
+            act_slot = stream.place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
         for oy0 in range(0, out_h, C):
+            band_y = 0 if whole else oy0     # commands count output rows from the stored rows' band
+            if not whole:
+                first_row = max(0, oy0 * stride_y - pad_t)
+                last_row = min(in_h, (oy0 + C - 1) * stride_y - pad_t + kh)
+                band = fmaps[image, first_row:last_row].reshape(-1, R)
+                act_slot = stream.place(acts, BufferId.ACT, (image, oy0), band)
+                stream.words.append(setup(last_row - first_row, max(0, pad_t - oy0 * stride_y)))
             for f in range(out_channels):
                 w_slot = stream.place(weights, BufferId.WEIGHT, f, tiles[f])
                 p_slot = stream.place(params, BufferId.PARAM, f, (np.full((1, C), bias[f], np.int32),
                                                                   np.full((1, C), scale[f], np.float32)))
                 stream.command(instruction(cfg, Opcode.GEMM, m=out_w, k=blocks, x_base=act_slot * acts.slot_words,
                                            w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
-                                           conv=1, out_y=oy0, out_x=chunks),
+                                           conv=1, out_y=oy0 - band_y, out_x=chunks),
                                (weights, w_slot), (params, p_slot), (acts, act_slot))
                 outputs.append((0, 0, out_w))
                 placements.append((image, oy0, f))
