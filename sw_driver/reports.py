@@ -13,9 +13,11 @@ Pictures use matplotlib's Agg backend (no display needed) and are written as PNG
 import json
 from pathlib import Path
 
+import numpy as np
+
 from sw_driver.energy import buffer_geometry, energy_breakdown, inter_pe_transfers, layer_energy, rf_accesses
 
-__all__ = ["layer_record", "write_json", "markdown_table", "write_markdown", "plot_energy_breakdown",
+__all__ = ["layer_record", "write_json", "markdown_table", "write_markdown", "plot_energy_breakdown", "plot_pe_heatmap",
            "plot_pj_per_mac", "plot_utilization", "write_pictures"]
 
 
@@ -215,3 +217,22 @@ def write_pictures(rows, folder, *, prefix=""):
     return [plot_energy_breakdown(rows, folder / f"{prefix}energy_breakdown.png"),
             plot_pj_per_mac(rows, folder / f"{prefix}pj_per_mac.png"),
             plot_utilization(rows, folder / f"{prefix}utilization.png")]
+
+
+def plot_pe_heatmap(values, rows, cols, path, *, title, label):
+    """A ``rows x cols`` heat map of a per-PE count (``{(row, col): value}``), e.g. effective MACs or toggles
+    from :mod:`verif.activity`."""
+    plt = _pyplot()
+    grid = np.zeros((rows, cols))
+    for (r, c), value in values.items():
+        grid[r, c] = value
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * cols, 1.0 + 0.5 * rows))
+    image = ax.imshow(grid, cmap="viridis")
+    ax.set_xlabel("PE column")
+    ax.set_ylabel("PE row")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -43,3 +43,12 @@ def test_multiplier_activity_matches_the_mac_counters(dataflow, tmp_path):
     for port in ("act_read", "weight_read", "param_read"):
         assert ports[port] > 0, (port, ports)
     assert found.cycles >= c["cycles"]
+
+
+def test_pe_heatmaps_are_drawn(tmp_path):
+    """`python -m verif.activity` draws the PE heat maps of a traced sparse GEMM."""
+    from verif.activity import main
+    main(["--rows", "2", "--cols", "2", "--out", str(tmp_path)])
+    for name in ("effective_macs", "toggles"):
+        png = tmp_path / f"pe_ws_2x2_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000

@@ -159,3 +159,41 @@ def activity(vcd_path, dataflow):
         effective[pe] = int(np.count_nonzero(valid & (x != 0) & (w != 0)))
     return Activity(cycles=cycles, pe_toggles=pe_toggles, multiplier_input_toggles=multiplier,
                     effective_macs=effective, port_toggles=port_toggles)
+
+
+def main(argv=None):
+    """Trace one sparse GEMM and draw the PE activity heat maps (effective MACs, PE toggles) from its VCD."""
+    import argparse
+
+    from gen.config import AcceleratorConfig
+    from sw_driver.reports import plot_pe_heatmap
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--cols", type=int, default=8)
+    parser.add_argument("--dataflow", default="ws", choices=["ws", "os"])
+    parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of zero weights (default 0.5)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_TRACE_DIR)
+    args = parser.parse_args(argv)
+    cfg = AcceleratorConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow, vec_depth=0)
+    rng = np.random.default_rng(1)
+    m, k, n = 4 * args.rows, 2 * args.rows, 2 * args.cols
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    w = (rng.integers(-128, 128, (k, n)) * (rng.random((k, n)) >= args.sparsity)).astype(np.int8)
+    args.out.mkdir(parents=True, exist_ok=True)
+    vcd = args.out / f"gemm_{args.dataflow}_{args.rows}x{args.cols}.vcd"
+    _, run = trace_gemm(cfg, x, w, np.zeros(n, np.int32), np.full(n, 0.01, np.float32), 0, vcd)
+    found = activity(vcd, args.dataflow)
+    stem = args.out / f"pe_{args.dataflow}_{args.rows}x{args.cols}"
+    for name, values, label in (("effective_macs", found.effective_macs, "multiplies not gated"),
+                                ("toggles", found.pe_toggles, "bit toggles")):
+        path = plot_pe_heatmap(values, args.rows, args.cols, f"{stem}_{name}.png",
+                               title=f"{args.dataflow} {args.rows}x{args.cols}, {m}x{k}x{n} GEMM, "
+                                     f"{args.sparsity:.0%} zero weights: {label}", label=label)
+        print(path)
+    print(f"counters: array_cycles x PEs = {run.counters['array_cycles'] * cfg.pes:,}, "
+          f"gated {run.counters['macs_gated']:,}; effective MACs in the VCD {sum(found.effective_macs.values()):,}")
+
+
+if __name__ == "__main__":
+    main()
