@@ -188,7 +188,7 @@ def main(argv=None):
     for name, values, label in (("effective_macs", found.effective_macs, "multiplies not gated"),
                                 ("toggles", found.pe_toggles, "bit toggles")):
         path = plot_pe_heatmap(values, args.rows, args.cols, f"{stem}_{name}.png",
-                               title=f"{args.dataflow} {args.rows}x{args.cols}, {m}x{k}x{n} GEMM, "
+                               title=f"{args.dataflow} {args.rows}x{args.cols}, {m}x{k}x{n} GEMM,\n"
                                      f"{args.sparsity:.0%} zero weights: {label}", label=label)
         print(path)
     print(f"counters: array_cycles x PEs = {run.counters['array_cycles'] * cfg.pes:,}, "
