@@ -73,7 +73,7 @@ _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=
 # The UP5K's 5280 logic cells are far below what even a 1x1 accelerator needs today (~26,000, measured): this
 # configuration is the smallest, and `tessera bitstream` reports by how much it is over.
 _ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
-                            param_depth=1, counters=False)
+                            param_depth=1, counters=False, vec_depth=0)
 
 BOARDS = {b.name: b for b in [
     Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _ULX3S_DEFAULTS),

@@ -112,6 +112,8 @@ def lut_multiplier_script(cfg, rows, requant=False):
         raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
     selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]
     selection += ["*.requant/t:$mul"] if requant else []
+    # address arithmetic (sliding windows, the controller's checks) never needs a DSP block
+    selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul"]
     return f"techmap -map +/techmap.v {' '.join(selection)}" if selection else ""
 
 
@@ -121,7 +123,10 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read=""):
     # --freq: the target for timing-driven placement (a constraint on the PLL's output net is lost when Yosys
     # merges it with the domain's clock).
     options = f"--report nextpnr_report.json --timing-allow-fail --freq {plan.output_mhz:g}"
-    build_plan = platform.prepare(top, name="top", nextpnr_opts=options, script_after_read=script_after_read)
+    # iCE40: map multipliers onto the UP5K's SB_MAC16 DSPs (synth_ice40 leaves them in logic cells otherwise)
+    synth_opts = "-dsp" if board.family == "ice40" else ""
+    build_plan = platform.prepare(top, name="top", nextpnr_opts=options, script_after_read=script_after_read,
+                                  synth_opts=synth_opts)
     build_plan.extract(str(folder))
     for stale in ("nextpnr_report.json", _BITSTREAM[board.family], "top.tim"):
         (folder / stale).unlink(missing_ok=True)
