@@ -8,10 +8,6 @@ the bytes of both directions (built once per Verilog and divisor, with a lock, u
 
 import dataclasses
 import enum
-import fcntl
-import hashlib
-import importlib.metadata
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -23,7 +19,7 @@ from amaranth.back import verilog
 
 from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, FramedTransport, frame_bytes
 from sw_driver.transport import LinkError
-from verif.toolchain import SIM_BUILD_ARGS, verilator_bin, verilator_env
+from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
 from .top import BOARD_TOPLEVEL, LinkedDevice, LinkSettings
 
@@ -76,35 +72,11 @@ def build_board_harness(cfg, link, *, build_root=DEFAULT_BUILD_ROOT, trace=False
     concurrent callers wait on a lock.
     """
     text = verilog.convert(LinkedDevice(cfg, link), name=BOARD_TOPLEVEL, emit_src=False)
-    header = _protocol_header()
     flags = [*SIM_BUILD_ARGS, *(["--trace"] if trace else [])]
-    identity = repr((flags, importlib.metadata.version("verilator"))).encode()
-    key = hashlib.sha256(text.encode() + HARNESS_SOURCE.read_bytes() + header.encode() + identity).hexdigest()[:16]
-    build_dir = Path(build_root).resolve() / f"{BOARD_TOPLEVEL}_{key}"
-    binary = build_dir / "board_harness"
-    stamp = build_dir / "built.ok"
-    if stamp.exists():
-        return binary
-    build_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(build_dir.parent / f"{build_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return binary
-        if build_dir.exists():
-            shutil.rmtree(build_dir)
-        build_dir.mkdir()
-        (build_dir / "board_protocol.h").write_text(header)
-        source = build_dir / f"{BOARD_TOPLEVEL}.v"
-        source.write_text(text)
-        (build_dir / "config.json").write_text(cfg.to_json())
-        command = [verilator_bin(), "--cc", "--exe", "--build", "-j", "2", "--prefix", "Vtop",
-                   "--top-module", BOARD_TOPLEVEL, "-Mdir", str(build_dir), "-o", "board_harness",
-                   "-CFLAGS", f"-I{build_dir}", *flags, str(source), str(HARNESS_SOURCE)]
-        run = subprocess.run(command, env=verilator_env(), capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"Verilator could not build the board harness (in {build_dir}):\n"
-                               f"{run.stdout[-3000:]}{run.stderr[-3000:]}")
-        stamp.write_text(key)
+    binary, _, _ = build_harness_binary(build_root, BOARD_TOPLEVEL, text.encode(), HARNESS_SOURCE, "board_harness",
+                                        files={"board_protocol.h": _protocol_header(),
+                                               "config.json": cfg.to_json()}, flags=flags,
+                                        what="the board harness")
     return binary
 
 

@@ -40,10 +40,6 @@ import abc
 import contextlib
 import dataclasses
 import enum
-import fcntl
-import hashlib
-import importlib.metadata
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -53,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from verif.toolchain import SIM_BUILD_ARGS, verilator_bin, verilator_env
+from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
 __all__ = ["Transport", "LinkError", "SimTransport", "SimStats", "HarnessBuild", "build_harness",
            "DEFAULT_TIMEOUT_CYCLES"]
@@ -271,41 +267,12 @@ def build_harness(verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trac
     HarnessBuild
     """
     start = time.monotonic()
-    verilog = Path(verilog_path).read_bytes()
-    header = protocol_header()
     flags = [*SIM_BUILD_ARGS, *(["--trace"] if trace else [])]
-    identity = repr((toplevel, flags, importlib.metadata.version("verilator"))).encode()
-    key = hashlib.sha256(verilog + HARNESS_SOURCE.read_bytes() + header.encode() + identity).hexdigest()[:16]
-    build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
-    stamp = build_dir / "built.ok"
-
-    def result(rebuilt):
-        return HarnessBuild(binary=build_dir / "sim_harness", build_dir=build_dir, rebuilt=rebuilt,
-                            seconds=time.monotonic() - start, trace=trace)
-
-    if stamp.exists():
-        return result(False)
-    build_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(build_dir.parent / f"{build_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():  # built by whoever held the lock before us
-            return result(False)
-        if build_dir.exists():
-            shutil.rmtree(build_dir)
-        build_dir.mkdir()
-        (build_dir / "sim_protocol.h").write_text(header)
-        # Build from a copy of the hashed text, so the cache key describes exactly what was compiled.
-        source = build_dir / f"{toplevel}.v"
-        source.write_bytes(verilog)
-        command = [verilator_bin(), "--cc", "--exe", "--build", "-j", "2", "--prefix", "Vtop",
-                   "--top-module", toplevel, "-Mdir", str(build_dir), "-o", "sim_harness",
-                   "-CFLAGS", f"-I{build_dir}", *flags, str(source), str(HARNESS_SOURCE)]
-        run = subprocess.run(command, env=verilator_env(), capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"Verilator could not build the simulation harness for {toplevel!r} "
-                               f"(in {build_dir}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
-        stamp.write_text(key)
-    return result(True)
+    binary, build_dir, rebuilt = build_harness_binary(
+        build_root, toplevel, Path(verilog_path).read_bytes(), HARNESS_SOURCE, "sim_harness",
+        files={"sim_protocol.h": protocol_header()}, flags=flags, what="the simulation harness")
+    return HarnessBuild(binary=binary, build_dir=build_dir, rebuilt=rebuilt, seconds=time.monotonic() - start,
+                        trace=trace)
 
 
 # --- the simulated link --------------------------------------------------------------------------------------------

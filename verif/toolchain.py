@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["verilator_env", "verilator_bin", "ToolMissing", "build_simulator", "run_cocotb"]
+__all__ = ["verilator_env", "verilator_bin", "ToolMissing", "build_simulator", "build_harness_binary", "run_cocotb"]
 
 # Verilator's C++ is noisy about Amaranth's widening/truncating assignments; they are intended there.
 SIM_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast",
@@ -128,3 +128,44 @@ def run_cocotb(build_dir, toplevel, test_module, testcase, env=None, results_nam
         tail = log.read_text(errors="replace")[-6000:] if log.exists() else "(no log)"
         raise AssertionError(f"cocotb test {testcase} failed; log: {log}\n{tail}")
     return results
+
+
+def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_name, *, files=None, flags=(),
+                         what="the harness"):
+    """Build a C++ harness (``harness_source``, with ``main``) around ``verilog`` (bytes) with Verilator, once per
+    content: the folder is keyed by a hash of the Verilog, the harness, the extra ``files`` written beside it
+    (name -> text, e.g. a generated protocol header) and the flags; concurrent callers wait on a lock.
+
+    Returns ``(binary, build_dir, rebuilt)``.
+    """
+    import importlib.metadata
+    files = dict(files or {})
+    identity = repr((toplevel, list(flags), sorted(files), importlib.metadata.version("verilator"))).encode()
+    key = hashlib.sha256(verilog + Path(harness_source).read_bytes() + "".join(files.values()).encode()
+                         + identity).hexdigest()[:16]
+    build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
+    binary, stamp = build_dir / binary_name, build_dir / "built.ok"
+    if stamp.exists():
+        return binary, build_dir, False
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f"{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():  # built by whoever held the lock before us
+            return binary, build_dir, False
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        build_dir.mkdir()
+        for name, text in files.items():
+            (build_dir / name).write_text(text)
+        # build from a copy of the hashed text, so the cache key describes exactly what was compiled
+        source = build_dir / f"{toplevel}.v"
+        source.write_bytes(verilog)
+        command = [verilator_bin(), "--cc", "--exe", "--build", "-j", "2", "--prefix", "Vtop",
+                   "--top-module", toplevel, "-Mdir", str(build_dir), "-o", binary_name,
+                   "-CFLAGS", f"-I{build_dir}", *flags, str(source), str(harness_source)]
+        run = subprocess.run(command, env=verilator_env(), capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"Verilator could not build {what} for {toplevel!r} (in {build_dir}):\n"
+                               f"{run.stdout[-3000:]}{run.stderr[-3000:]}")
+        stamp.write_text(key)
+    return binary, build_dir, True
