@@ -65,9 +65,11 @@ class Board:
 # Array sizes are the largest measured to place: a 16x16 array asks for 348 MULT18X18D (256 in the PEs, the rest
 # mostly in the requantiser's float32 lanes) of the 85F's 156; with 12 rows of LUT multipliers it needs 99 % of
 # the LUTs and does not place (`tessera bitstream --lut-multiplier-rows 12`). 8x8 places with 124 MULT18X18D and
-# 34,245 LUTs, but nextpnr's estimate after placement is 17.8 MHz (long unpipelined paths in the accelerator).
-_ULX3S_DEFAULTS = dict(rows=8, cols=8, clock_mhz=105.0, act_depth=2048, weight_depth=2048, acc_depth=512,
-                       param_depth=64)
+# 34,245 LUTs, but nextpnr's estimate after placement is 17.8 MHz and its router did not converge in 40 minutes.
+# The default is the largest measured to build: 4x4 without the vector unit, routed at 45 MHz (fmax 55.8 MHz;
+# 10,349 LUTs, 32 MULT18X18D, 14 DP16KD) in about 3 minutes.
+_ULX3S_DEFAULTS = dict(rows=4, cols=4, clock_mhz=50.0, act_depth=1024, weight_depth=1024, acc_depth=256,
+                       param_depth=32, vec_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                    param_depth=32)
 # The UP5K's 5280 logic cells are far below what even a 1x1 accelerator needs today (~26,000, measured): this
