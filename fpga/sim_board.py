@@ -18,7 +18,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, FramedTransport, frame_bytes
-from sw_driver.transport import LinkError
+from sw_driver.transport import LinkError, harness_exit_error
 from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
 from .top import BOARD_TOPLEVEL, LinkedDevice, LinkSettings
@@ -196,14 +196,7 @@ class BoardPort:
         return data
 
     def _died(self, reason="the board harness exited"):
-        try:
-            code = self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        self._stderr.seek(0)
-        tail = self._stderr.read().decode(errors="replace")[-2000:].strip()
-        self._finalizer()
-        return LinkError(f"{reason} (exit code {code})" + (f":\n{tail}" if tail else ""))
+        return harness_exit_error(self._proc, self._stderr, self._finalizer, f"{reason} (board harness")
 
 
 def _stop(proc, stderr):

@@ -465,15 +465,20 @@ class SimTransport(Transport):
     def _died(self, reason="the simulation harness exited"):
         """The error for a harness that has gone away; the link is unusable from here on."""
         self._closed = True
-        try:
-            code = self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        self._stderr.seek(0)
-        tail = self._stderr.read().decode(errors="replace")[-2000:].strip()
-        self._finalizer()
-        return LinkError(f"{reason} (device {self.toplevel!r}, exit code {code})"
-                         + (f":\n{tail}" if tail else ""))
+        return harness_exit_error(self._proc, self._stderr, self._finalizer, f"{reason} (device {self.toplevel!r}")
+
+
+def harness_exit_error(proc, stderr, finalizer, reason):
+    """A LinkError for a harness process that has exited (or is made to): ``reason``, its exit code and the tail
+    of its stderr. ``finalizer`` releases the process's resources."""
+    try:
+        code = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        code = None
+    stderr.seek(0)
+    tail = stderr.read().decode(errors="replace")[-2000:].strip()
+    finalizer()
+    return LinkError(f"{reason}, exit code {code})" + (f":\n{tail}" if tail else ""))
 
 
 def _stop_process(proc, stderr):
