@@ -428,6 +428,10 @@ class SimTransport(Transport):
 
     def _post(self, *words, payload=None):
         """Write a request without waiting for anything; the next `_request` flushes it."""
+        if self._proc.poll() is not None:
+            # a harness known to have exited: say so rather than write into its closed pipe (where a process
+            # whose SIGPIPE is not ignored would die)
+            raise self._died()
         try:
             self._proc.stdin.write(struct.pack(f"<{len(words)}I", *words))
             if payload is not None and len(payload):

@@ -20,6 +20,7 @@ which is the value every register samples at the next rising edge.
 
 import dataclasses
 import re
+import signal as _signals
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +112,22 @@ def _base_name(reference):
     return re.sub(r"\[[^\]]*\]$", "", reference)
 
 
+def _import_vcdvcd():
+    """vcdvcd, imported without its side effect: on import it resets SIGPIPE to the default action, so a later
+    write to a harness that has exited would kill this whole process instead of raising BrokenPipeError."""
+    previous = _signals.getsignal(_signals.SIGPIPE)
+    import vcdvcd
+    _signals.signal(_signals.SIGPIPE, previous)
+    return vcdvcd
+
+
 def activity(vcd_path, dataflow):
     """Count the switching activity in ``vcd_path`` (see the module's docstring); returns an :class:`Activity`.
 
     ``dataflow`` says which PE ports feed the multiplier: ``"ws"`` (``x_in`` times ``weight_0``/``weight_1``
     chosen by ``bank_in``) or ``"os"`` (``x_in`` times ``w_in`` when ``valid_in``).
     """
-    import vcdvcd
+    vcdvcd = _import_vcdvcd()
 
     vcd = vcdvcd.VCDVCD(str(vcd_path), store_scopes=False)
     clock = vcd["TOP.clk"]
