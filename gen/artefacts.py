@@ -69,6 +69,9 @@ FIELD_DESCRIPTIONS = {
     (Opcode.GEMM, "out_y"): "conv commands: output row of the first pixel",
     (Opcode.GEMM, "out_x"): "conv commands: output column of the first pixel (rs: chunks of filter rows, a "
                             "filter taller than the array folded into passes; 0 counts as 1)",
+    (Opcode.GEMM, "filters"): "rs only: filters the command computes, 1 to the configuration's rs_filters; its "
+                              "`m` rows are each filter's `out_w` output columns in turn, requantised with "
+                              "parameter words `p_base` onward (ws, os: ignored)",
     (Opcode.CONV_SETUP, "in_h"): "input feature map height, 1 to {max_side}",
     (Opcode.CONV_SETUP, "in_w"): "input feature map width, 1 to {max_side}",
     (Opcode.CONV_SETUP, "out_w"): "output feature map width, 1 to {max_side}",

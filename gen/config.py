@@ -22,6 +22,7 @@ DATAFLOWS = {
 
 _MAX_ARRAY_DIM = 32
 _MAX_DEPTH = 1 << 16
+_MAX_RS_FILTERS = 16
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,10 @@ class AcceleratorConfig:
     link_timeout : int
         Cycles without a host word, in the middle of an instruction or its data, after which the device
         reports the instruction as truncated and returns to idle.
+    rs_filters : int
+        Row-stationary only: filters a PE interleaves (Eyeriss's ``p``), 1 to 16. A PE holds rows of up to this
+        many filters in its filter scratchpad (``rs_filters * rows * 7`` entries) and keeps as many partial
+        sums, so each ifmap value it reads is used for that many MACs; 1 runs one filter per command.
     """
 
     rows: int = 8
@@ -76,6 +81,7 @@ class AcceleratorConfig:
     counters: bool = True
     clock_mhz: float = 100.0
     link_timeout: int = 1 << 16
+    rs_filters: int = 4
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
@@ -106,6 +112,8 @@ class AcceleratorConfig:
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             raise ConfigError(f"clock_mhz: {self.clock_mhz!r} is out of range; accepted: 1 to 1000")
         _check_int("link_timeout", self.link_timeout, 16, 1 << 24)
+        _check_int("rs_filters", self.rs_filters, 1, _MAX_RS_FILTERS,
+                   why="filters interleaved in a row-stationary PE; 1 for one filter at a time")
 
     # -- derived quantities --------------------------------------------------------------------------------
 

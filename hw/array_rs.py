@@ -11,6 +11,10 @@ sliding-window ifmap scratchpad. So:
 * partial sums accumulate vertically: a column's sum over its PE rows (filter rows and channel sets) is
   the output pixel, produced once per output column after ``q*KW`` MACs in every PE.
 
+A PE interleaves up to ``filters`` filters (Eyeriss's ``p``): its filter scratchpad holds the same rows of
+``p`` filters and it keeps ``p`` partial sums, so each ifmap value it reads from its scratchpad serves ``p``
+MACs, one per filter in consecutive cycles.
+
 The grid runs in lock step under :class:`~hw.compute_rs.RowStationaryCompute`, which sequences scratchpad
 loads, MACs and the accumulation.
 """
@@ -42,29 +46,36 @@ def rs_mapping(rows, kernel_h):
 
 
 class _RowStationaryPE(wiring.Component):
-    """One PE: filter and ifmap scratchpads, one int8 MAC per cycle into a 32-bit partial sum."""
+    """One PE: filter and ifmap scratchpads, one int8 MAC per cycle into one of ``filters`` 32-bit partial
+    sums.
 
-    def __init__(self, channels):
-        self.channels = channels
+    ``psum`` is the partial sum the last MAC wrote: the cycle after a filter's last MAC of an output column it
+    is that filter's finished sum, which the column adds up.
+    """
+
+    def __init__(self, channels, filters):
+        self.channels, self.filters = channels, filters
+        depth = filters * channels * MAX_KERNEL
         super().__init__({
-            "w_write": In(1), "w_addr": In(range(channels * MAX_KERNEL)), "w_value": In(OPERAND),
+            "w_write": In(1), "w_addr": In(range(depth)), "w_value": In(OPERAND),
             "in_write": In(1), "in_slot": In(range(SPAD_COLUMNS)),
             "in_values": In(data.ArrayLayout(OPERAND, channels)),
-            "mac": In(1), "first": In(1), "mac_channel": In(range(max(channels, 2))),
-            "mac_column": In(range(MAX_KERNEL)), "mac_slot": In(range(SPAD_COLUMNS)),
+            "mac": In(1), "first": In(1), "mac_filter": In(range(max(filters, 2))),
+            "mac_channel": In(range(max(channels, 2))), "mac_weight": In(range(depth)),
+            "mac_slot": In(range(SPAD_COLUMNS)),
             "psum": Out(ACC),
             "gated": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        q = self.channels
+        q, p = self.channels, self.filters
         # scratchpads as small memories: one write and one combinational read each
-        m.submodules.filters = filters = Memory(shape=OPERAND, depth=q * MAX_KERNEL, init=[])
+        m.submodules.filters = filters = Memory(shape=OPERAND, depth=p * q * MAX_KERNEL, init=[])
         w_port = filters.write_port()
         w_read = filters.read_port(domain="comb")
         m.d.comb += [w_port.addr.eq(self.w_addr), w_port.data.eq(self.w_value), w_port.en.eq(self.w_write),
-                     w_read.addr.eq(self.mac_channel * MAX_KERNEL + self.mac_column)]
+                     w_read.addr.eq(self.mac_weight)]
         ifmap_reads = []
         for c in range(q):
             m.submodules[f"ifmap_{c}"] = ifmap = Memory(shape=OPERAND, depth=SPAD_COLUMNS, init=[])
@@ -75,11 +86,29 @@ class _RowStationaryPE(wiring.Component):
             ifmap_reads.append(read.data)
         w = Signal(OPERAND)
         x = Signal(OPERAND)
-        m.d.comb += [w.eq(w_read.data), x.eq(Array(ifmap_reads)[self.mac_channel])]
+        read_x = Array(ifmap_reads)[self.mac_channel]
+        m.d.comb += w.eq(w_read.data)
+        if p > 1:
+            # the ifmap value is read for the first filter and held for the others (the reuse p buys)
+            held_x = Signal(OPERAND)
+            reuse = self.mac_filter != 0
+            m.d.comb += x.eq(Mux(reuse, held_x, read_x))
+            with m.If(self.mac & ~reuse):
+                m.d.sync += held_x.eq(read_x)
+            psums = [Signal(ACC, name=f"psum_{i}") for i in range(p)]
+            current = Array(psums)[self.mac_filter]
+        else:
+            m.d.comb += x.eq(read_x)
+            psums, current = [], self.psum
         zero = (w == 0) | (x == 0)
+        total = Signal(ACC)
+        # the multiplier is gated when either operand is zero (Eyeriss's zero gating)
+        m.d.comb += total.eq(Mux(self.first, 0, current) + Mux(zero, 0, w * x))
         with m.If(self.mac):
-            # the multiplier is gated when either operand is zero (Eyeriss's zero gating)
-            m.d.sync += self.psum.eq(Mux(self.first, 0, self.psum) + Mux(zero, 0, w * x))
+            m.d.sync += self.psum.eq(total)
+            for i, psum in enumerate(psums):   # one write enable per partial sum, no indexed write
+                with m.If(self.mac_filter == i):
+                    m.d.sync += psum.eq(total)
         m.d.comb += self.gated.eq(self.mac & zero)
         return m
 
@@ -92,35 +121,39 @@ class RowStationaryArray(wiring.Component):
     kernel_h, stride : In
         The layer's filter height (1 to ``min(rows, 7)``) and stride (1 to 3).
     w_write, w_addr, w_word : In
-        Filter scratchpad load: PE row ``r`` writes lane ``r`` of ``w_word`` at ``w_addr`` (channel * 7 +
-        filter column), all PEs of the row alike.
+        Filter scratchpad load: PE row ``r`` writes lane ``r`` of ``w_word`` at entry ``w_addr``, all PEs of
+        the row alike (the compute unit packs a pass's filters densely: ``(filter * q + channel) * KW +
+        column``).
     in_write, in_row, in_slot, in_word : In
         Ifmap delivery: the word of input row ``in_row`` (counted from the band's first input row) at
         scratchpad column ``in_slot``; PE ``(t*KH + i, j)`` takes it if ``j*stride + i == in_row``, lanes
         ``t*q .. t*q + q - 1`` (its channels).
-    mac, first, mac_channel, mac_column, mac_slot : In
-        One MAC in every PE: filter entry (channel, column) times ifmap entry (channel, slot); ``first``
-        restarts the partial sums.
+    mac, first, mac_filter, mac_channel, mac_weight, mac_slot : In
+        One MAC in every PE: filter scratchpad entry ``mac_weight`` times ifmap entry (channel, slot), into
+        partial sum ``mac_filter``; ``first`` restarts that partial sum. The ifmap entry is read when
+        ``mac_filter`` is 0 and reused for the other filters.
     column_sums : Out(ArrayLayout(signed(32), cols))
-        Each column's partial sums added up its PE rows.
+        Each column's partial sums (the ones the last MAC wrote) added up its PE rows.
     used_rows : Out
         PE rows of whole sets (the rest hold zeros).
     gated, rf_writes : Out
         Event counts this cycle: MACs gated by a zero operand; scratchpad entries written.
     """
 
-    def __init__(self, *, rows, cols):
-        self.rows, self.cols = rows, cols
+    def __init__(self, *, rows, cols, filters=1):
+        self.rows, self.cols, self.filters = rows, cols, filters
         self.channels = rows   # at most one set: a PE then holds every channel of the word
         side = (cols - 1) * _MAX_STRIDE + MAX_KERNEL
+        depth = filters * self.channels * MAX_KERNEL
         super().__init__({
             "kernel_h": In(range(MAX_KERNEL + 1)), "stride": In(range(_MAX_STRIDE + 1)),
-            "w_write": In(1), "w_addr": In(range(self.channels * MAX_KERNEL)),
+            "w_write": In(1), "w_addr": In(range(depth)),
             "w_word": In(data.ArrayLayout(OPERAND, rows)),
             "in_write": In(1), "in_row": In(range(side + 1)), "in_slot": In(range(SPAD_COLUMNS)),
             "in_word": In(data.ArrayLayout(OPERAND, rows)),
-            "mac": In(1), "first": In(1), "mac_channel": In(range(max(self.channels, 2))),
-            "mac_column": In(range(MAX_KERNEL)), "mac_slot": In(range(SPAD_COLUMNS)),
+            "mac": In(1), "first": In(1), "mac_filter": In(range(max(filters, 2))),
+            "mac_channel": In(range(max(self.channels, 2))), "mac_weight": In(range(depth)),
+            "mac_slot": In(range(SPAD_COLUMNS)),
             "column_sums": Out(data.ArrayLayout(ACC, cols)),
             "channels_per_pe": Out(range(self.channels + 1)),
             "used_rows": Out(range(rows + 1)),
@@ -144,7 +177,7 @@ class RowStationaryArray(wiring.Component):
                         m.d.comb += [filter_row[r].eq(r % kh), lane_base[r].eq((r // kh) * q),
                                      row_used[r].eq(r < sets * kh)]
 
-        grid = [[_RowStationaryPE(q_max) for _ in range(cols)] for _ in range(rows)]
+        grid = [[_RowStationaryPE(q_max, self.filters) for _ in range(cols)] for _ in range(rows)]
         gated_bits, write_bits = [], []
         for r, row in enumerate(grid):
             # this row's channels of the delivered word: lanes lane_base .. lane_base + q - 1, zero past the end
@@ -163,8 +196,8 @@ class RowStationaryArray(wiring.Component):
                     pe.w_value.eq(self.w_word[r]),
                     pe.in_write.eq(takes), pe.in_slot.eq(self.in_slot), pe.in_values.eq(values),
                     pe.mac.eq(self.mac & row_used[r]), pe.first.eq(self.first),
-                    pe.mac_channel.eq(self.mac_channel), pe.mac_column.eq(self.mac_column),
-                    pe.mac_slot.eq(self.mac_slot),
+                    pe.mac_filter.eq(self.mac_filter), pe.mac_channel.eq(self.mac_channel),
+                    pe.mac_weight.eq(self.mac_weight), pe.mac_slot.eq(self.mac_slot),
                 ]
                 gated_bits.append(pe.gated)
                 write_bits.append(takes)

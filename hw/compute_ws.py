@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, fifo
 
 from .array_ws import WeightStationaryArray
-from .layouts import OPERAND
+from .layouts import OPERAND, fold_header_layout
 from .pipeline import delayed
 from .tiles import ComputeUnit
 from .window import SlidingWindow
@@ -18,7 +18,8 @@ class WeightStationaryCompute(ComputeUnit):
     A command is ``k`` folds; a fold loads one ``rows x cols`` weight tile and streams ``m`` activation
     vectors through it, accumulating into rows ``0..m-1`` of an accumulator half. The weight loader runs one
     fold ahead of the activation issuer into the other weight bank, so in steady state a vector enters the
-    array every cycle, across folds and across commands.
+    array every cycle, across folds and across commands. A ``sparse`` conv command runs only the folds its
+    weight tile stores (each behind a header naming its tap): all-zero weight tiles cost no cycles.
 
     Attributes
     ----------
@@ -61,6 +62,7 @@ class WeightStationaryCompute(ComputeUnit):
         fold = Signal(self._command["k"].shape)
         row = Signal(range(cfg.rows + 1))
         in_fold = Signal()          # streaming the rows of one fold
+        in_header = Signal()        # reading a sparse command's fold header
         w_addr = Signal.like(self.weight_addr)
         x_addr = Signal.like(self.act_addr)
         load_bank = Signal()
@@ -73,14 +75,29 @@ class WeightStationaryCompute(ComputeUnit):
 
         m.d.comb += self.cmd.ready.eq(~loading)
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(self.cmd.payload), loading.eq(1), fold.eq(0), in_fold.eq(0),
+            m.d.sync += [cmd.eq(self.cmd.payload), loading.eq(1), fold.eq(0), in_fold.eq(0), in_header.eq(0),
                          w_addr.eq(self.cmd.payload.w_base), x_addr.eq(self.cmd.payload.x_base),
                          kh.eq(0), kw.eq(0), cb.eq(0)]
 
+        # A sparse command's stored folds each start with a header word naming the fold's tap and channel
+        # block (the all-zero folds are not stored): read it one cycle before the fold's rows.
+        header_now = delayed(m, in_header, 1, name="header_data")  # weight_data holds the header this cycle
+        header = Signal(fold_header_layout())
+        m.d.comb += header.eq(self.weight_data.as_value())    # its low lanes (cols >= 2, see the controller)
+        tap_kh, tap_kw, tap_cb = (Mux(header_now, header.kh, kh), Mux(header_now, header.kw, kw),
+                                  Mux(header_now, header.cb, cb))
+        with m.If(header_now):
+            m.d.sync += [kh.eq(header.kh), kw.eq(header.kw), cb.eq(header.cb)]
+
         w_load = Signal()
         m.d.comb += self.weight_addr.eq(w_addr)
-        with m.If(loading & ~in_fold & ~folds.r_rdy & (cool == 0)):
-            m.d.sync += [in_fold.eq(1), row.eq(0)]
+        with m.If(loading & ~in_fold & ~in_header & ~folds.r_rdy & (cool == 0)):
+            with m.If(cmd.sparse):
+                m.d.sync += in_header.eq(1)
+            with m.Else():
+                m.d.sync += [in_fold.eq(1), row.eq(0)]
+        with m.If(in_header):
+            m.d.sync += [in_header.eq(0), in_fold.eq(1), row.eq(0), w_addr.eq(w_addr + 1)]
         with m.If(in_fold):
             m.d.comb += w_load.eq(1)
             m.d.sync += [row.eq(row + 1), w_addr.eq(w_addr + 1)]
@@ -93,20 +110,21 @@ class WeightStationaryCompute(ComputeUnit):
                     pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m),
                     pushed.p_base.eq(cmd.p_base), pushed.y_zp.eq(cmd.y_zp),
                     pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
-                    pushed.conv.eq(cmd.conv), pushed.kh.eq(kh), pushed.kw.eq(kw), pushed.cb.eq(cb),
+                    pushed.conv.eq(cmd.conv), pushed.kh.eq(tap_kh), pushed.kw.eq(tap_kw), pushed.cb.eq(tap_cb),
                     pushed.out_y.eq(cmd.out_y), pushed.out_x.eq(cmd.out_x),
                 ]
                 # a conv command reads the same feature map in every fold; a GEMM moves on by m words
                 m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(Mux(cmd.conv, x_addr, x_addr + cmd.m)),
                              load_bank.eq(~load_bank)]
-                with m.If(cb == geometry.channel_blocks - 1):
-                    m.d.sync += cb.eq(0)
-                    with m.If(kw == geometry.kernel_w - 1):
-                        m.d.sync += [kw.eq(0), kh.eq(kh + 1)]
+                with m.If(~cmd.sparse):     # a sparse command's next fold names its tap in its header
+                    with m.If(cb == geometry.channel_blocks - 1):
+                        m.d.sync += cb.eq(0)
+                        with m.If(kw == geometry.kernel_w - 1):
+                            m.d.sync += [kw.eq(0), kh.eq(kh + 1)]
+                        with m.Else():
+                            m.d.sync += kw.eq(kw + 1)
                     with m.Else():
-                        m.d.sync += kw.eq(kw + 1)
-                with m.Else():
-                    m.d.sync += cb.eq(cb + 1)
+                        m.d.sync += cb.eq(cb + 1)
                 with m.If(fold == cmd.k - 1):
                     m.d.sync += loading.eq(0)
         m.d.comb += [
@@ -195,7 +213,7 @@ class WeightStationaryCompute(ComputeUnit):
         m.d.comb += [
             self.acc_wr_addr.eq(at_write.row),
             self.acc_wr_en.eq(at_write.valid),
-            self.weight_read.eq(w_load),
+            self.weight_read.eq(w_load | in_header),
             self.acc_rmw_read.eq(at_psum.valid & ~at_psum.first),
             tracker.finished.eq(at_write.valid & at_write.tile_end),
             self.busy.eq(loading | folds.r_rdy | active | tracker.busy),

@@ -4,6 +4,7 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .array_rs import MAX_KERNEL, rs_mapping
 from .isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
                   instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
 from .layouts import (act_load_layout, command_layout, conv_geometry_layout, param_load_layout, vec_command_layout,
@@ -167,17 +168,32 @@ class Controller(wiring.Component):
         max_rows = cfg.rows if cfg.dataflow == "os" else cfg.acc_half_depth
         act_words = Signal(33)
         weight_words = Signal(33)
+        params_out_of_range = 0      # a command reads one parameter word (rs: one per filter)
         # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
         if cfg.dataflow == "ws":
-            m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)), weight_words.eq(gemm.k * cfg.rows)]
-            conv_unsupported = 0
+            # a sparse command stores a header word before each fold, and exists for conv commands only
+            m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)),
+                         weight_words.eq(gemm.k * (cfg.rows + gemm.sparse))]
+            conv_unsupported = gemm.sparse & ~gemm.conv if cfg.cols >= 2 else gemm.sparse
         elif cfg.dataflow == "rs":
             # rs runs conv commands only (a fully connected layer is a 1x1 conv), with filter chunks no taller
-            # than the array and at most 7 of them (out_x); each pass reads a filter column per weight word
+            # than the array and at most 7 of them (out_x), and 1 to rs_filters filters whose output columns
+            # are its m result rows; each pass reads q * KW weight words per filter (q: channels per PE)
+            geometry = self.conv_geometry
             chunks = Mux(gemm.out_x == 0, 1, gemm.out_x)
-            m.d.comb += [act_words.eq(0), weight_words.eq(gemm.k * chunks * self.conv_geometry.kernel_w)]
-            too_tall = self.conv_geometry.kernel_h > cfg.rows if cfg.rows < 7 else 0   # no constant compare
-            conv_unsupported = ~gemm.conv | too_tall | (gemm.out_x > 7)
+            channels_per_pe = Signal(range(cfg.rows + 1))
+            with m.Switch(geometry.kernel_h):
+                for kh in range(1, min(cfg.rows, MAX_KERNEL) + 1):
+                    with m.Case(kh):
+                        m.d.comb += channels_per_pe.eq(rs_mapping(cfg.rows, kh)[1])
+            m.d.comb += [act_words.eq(0),
+                         weight_words.eq(gemm.k * chunks * geometry.kernel_w * channels_per_pe * gemm.filters)]
+            too_tall = geometry.kernel_h > cfg.rows if cfg.rows < 7 else 0   # no constant compare
+            filters_limit = (1 << len(gemm.filters)) - 1
+            too_many_filters = gemm.filters > cfg.rs_filters if cfg.rs_filters < filters_limit else 0
+            conv_unsupported = (~gemm.conv | too_tall | (gemm.out_x > 7) | gemm.sparse | (gemm.filters == 0)
+                                | too_many_filters | (gemm.m != gemm.filters * geometry.out_w))
+            params_out_of_range = gemm.p_base + gemm.filters > cfg.param_depth
         else:
             m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
             # os steps through gathered folds one channel at a time: k must be exactly the folds' channels,
@@ -185,14 +201,14 @@ class Controller(wiring.Component):
             geometry = self.conv_geometry
             folds = Signal(16)
             m.d.comb += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
-            conv_unsupported = gemm.conv & (gemm.k != folds * cfg.rows)
+            conv_unsupported = (gemm.conv & (gemm.k != folds * cfg.rows)) | gemm.sparse
         gemm_error = Signal(8)
         # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
         too_many_rows = gemm.m > max_rows if max_rows < (1 << len(gemm.m)) - 1 else 0
         with m.If((gemm.m == 0) | (gemm.k == 0) | too_many_rows | conv_unsupported):
             m.d.comb += gemm_error.eq(ErrorCode.BAD_SHAPE)
         with m.Elif((gemm.x_base + act_words > cfg.act_depth) | (gemm.w_base + weight_words > cfg.weight_depth)
-                    | (gemm.p_base >= cfg.param_depth)):
+                    | (gemm.p_base >= cfg.param_depth) | params_out_of_range):
             m.d.comb += gemm_error.eq(ErrorCode.OUT_OF_RANGE)
 
         # -- packets: COUNTERS and ERROR --------------------------------------------------------------------

@@ -16,13 +16,15 @@ class Drain(wiring.Component):
     Attributes
     ----------
     tile : In(stream of tile_layout)
-        A finished tile: its half, row count, parameter word and output zero point.
+        A finished tile: its half, row count, parameter word and output zero point. A tile layout with a
+        ``rows_per_param`` field (row-stationary: one filter's rows after another's) moves to the next
+        parameter word every ``rows_per_param`` rows; otherwise one parameter word serves the whole tile.
     release : Out(1)
         Pulse once every row of the current tile has been read (the half may be reused).
     acc_addr, acc_en, acc_data : Out, Out, In
         Accumulator read port (one cycle latency; data holds while ``acc_en`` is low).
     param_addr, param_en, param_data : Out, Out, In
-        Parameter buffer read port.
+        Parameter buffer read port (one read per parameter word a tile uses).
     result : Out(stream of ArrayLayout(signed(8), cols))
         Requantised output rows, in order.
     busy : Out(1); acc_read : Out(1)
@@ -31,6 +33,7 @@ class Drain(wiring.Component):
 
     def __init__(self, cfg, tile):
         self.cfg = cfg
+        self._per_filter = "rows_per_param" in dict(tile.members)
         acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
         super().__init__({
             "tile": In(stream.Signature(tile)),
@@ -59,13 +62,14 @@ class Drain(wiring.Component):
         advance = Signal()
         m.d.comb += advance.eq(~feeding | requant.i.ready)
 
-        m.d.comb += [
-            self.tile.ready.eq(~reading),
-            self.param_addr.eq(self.tile.payload.p_base),
-            self.param_en.eq(self.tile.valid & self.tile.ready),
-        ]
+        m.d.comb += self.tile.ready.eq(~reading)
         with m.If(self.tile.valid & self.tile.ready):
             m.d.sync += [current.eq(self.tile.payload), reading.eq(1), row.eq(0)]
+        if self._per_filter:
+            self._read_param_per_filter(m, current, reading_row=advance & reading & (row != current.m))
+        else:
+            m.d.comb += [self.param_addr.eq(self.tile.payload.p_base),
+                         self.param_en.eq(self.tile.valid & self.tile.ready)]
 
         m.d.comb += [
             self.acc_addr.eq(Mux(current.half, cfg.acc_half_depth, 0) + row),
@@ -94,3 +98,17 @@ class Drain(wiring.Component):
                                  - (self.result.valid & self.result.ready))
         m.d.comb += self.busy.eq(reading | feeding | (in_flight != 0))
         return m
+
+    def _read_param_per_filter(self, m, current, reading_row):
+        """Read parameter word ``p_base + i`` with the first accumulator row of filter ``i``: both reads land
+        the next cycle, and the parameter word then holds (its port is not enabled) for the filter's other
+        rows."""
+        param = Signal.like(current.p_base)
+        filter_row = Signal.like(current.m)
+        with m.If(self.tile.valid & self.tile.ready):
+            m.d.sync += [param.eq(self.tile.payload.p_base), filter_row.eq(0)]
+        m.d.comb += [self.param_addr.eq(param), self.param_en.eq(reading_row & (filter_row == 0))]
+        with m.If(reading_row):
+            m.d.sync += filter_row.eq(filter_row + 1)
+            with m.If(filter_row == current.rows_per_param - 1):
+                m.d.sync += [filter_row.eq(0), param.eq(param + 1)]

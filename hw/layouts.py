@@ -18,7 +18,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-__all__ = ["command_layout", "conv_geometry_layout", "MAX_CONV_SIDE", "act_load_layout", "weight_load_layout",
+__all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_CONV_SIDE", "act_load_layout", "weight_load_layout",
            "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout"]
 
@@ -60,7 +60,20 @@ def command_layout(cfg):
         "conv": 1,
         "out_y": side,
         "out_x": side,
+        # weight-stationary conv commands only: the weight tile stores only the folds that are not all zero,
+        # each behind a fold header word (fold_header_layout), and k counts the stored folds
+        "sparse": 1,
+        # row-stationary only: the filters (output channels) the command computes, 1 to cfg.rs_filters; its
+        # ``m`` result rows are each filter's output columns in turn (see hw.compute_rs)
+        "filters": unsigned(ceil_log2(cfg.rs_filters + 1)),
     })
+
+
+def fold_header_layout():
+    """The header word in front of each stored fold of a ``sparse`` command's weight tile: which filter tap
+    and channel block the fold's weights belong to. It fills the word's two low lanes, so sparse commands
+    need ``cols >= 2``."""
+    return data.StructLayout({"kh": unsigned(3), "kw": unsigned(3), "reserved": unsigned(2), "cb": unsigned(8)})
 
 
 def conv_geometry_layout():

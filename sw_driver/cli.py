@@ -47,7 +47,7 @@ def _cmd_lint(args):
 def _cmd_demo(args):
     from sw_driver.demo import run_demo
     return run_demo(config_from_args(args), batch=args.batch, images=args.images, quant_format=args.format,
-                    prune=args.prune, report=args.report)
+                    prune=args.prune, prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report)
 
 
 def _cmd_run(args):
@@ -165,7 +165,13 @@ def main(argv=None):
                       help="onnxruntime quantization format (default QOperator)")
     demo.add_argument("--images", type=int, help="run only the first N test images (default: all 360)")
     demo.add_argument("--prune", type=float, default=0.0,
-                      help="zero this fraction of each layer's weights by magnitude first (default 0)")
+                      help="zero this fraction of the weights of every layer but the first conv and the "
+                           "classifier by gradual magnitude pruning with fine-tuning first (default 0)")
+    demo.add_argument("--prune-by", default="tile", choices=["tile", "weight"],
+                      help="prune whole rows x cols weight tiles, which the compiler skips (default), or single "
+                           "weights")
+    demo.add_argument("--no-skip", action="store_true",
+                      help="run all-zero weight tiles anyway (to measure what skipping them saves)")
     demo.add_argument("--report", help="write the JSON report here")
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")

@@ -14,7 +14,9 @@ import math
 
 import numpy as np
 
+from gen.packing import pack
 from hw.isa import INSTRUCTION_WORDS, LINK_WIDTH, BufferId, Opcode, words_per_buffer_word
+from hw.layouts import fold_header_layout
 from sw_driver.isa_encode import instruction, load
 from sw_driver.tiling import TilingError, check_gemm_operands
 
@@ -29,6 +31,8 @@ class Program:
     m: int
     n: int
     macs: int
+    macs_skipped: int = 0     # MACs of all-zero weight tiles the program does not run
+    constants: list = dataclasses.field(default_factory=list)   # (n0, int8 row) of output tiles not run
 
     @property
     def commands(self):
@@ -43,6 +47,8 @@ class Program:
         if len(results) != len(self.outputs):
             raise ValueError(f"expected results of {len(self.outputs)} commands, got {len(results)}")
         y = np.zeros((self.m, self.n), dtype=np.int8)
+        for n0, row in self.constants:
+            y[:, n0:n0 + len(row)] = row
         for (m0, n0, rows), block in zip(self.outputs, results, strict=True):
             width = min(cols, self.n - n0)
             y[m0:m0 + rows, n0:n0 + width] = np.asarray(block)[:rows, :width]
@@ -298,7 +304,39 @@ class _GemmTiles:
         return Program(words=np.concatenate(words), outputs=outputs, m=self.m, n=self.n, macs=self.m * self.n * self.k)
 
 
-def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0):
+def _constant_outputs(bias, scale, y_zp):
+    """What output channels with all-zero weights give at every pixel: their requantised bias (the
+    requantiser's contract, :func:`verif.golden.requantize`)."""
+    from verif.golden import requantize
+    return requantize(np.asarray(bias, np.int32)[None], np.asarray(scale, np.float32), int(y_zp))[0]
+
+
+def _stored_folds(layer, folds, skip):
+    """Per column tile of a conv's weights, the folds (rows x cols weight tiles) that are not all zero;
+    every fold when ``skip`` is off."""
+    R, C = layer.cfg.rows, layer.cfg.cols
+    if not skip:
+        return [np.arange(folds)] * layer.n_tiles
+    nonzero = np.any(layer.w.reshape(folds, R, layer.n_tiles, C) != 0, axis=(1, 3))     # (folds, tiles)
+    return [np.flatnonzero(nonzero[:, t]) for t in range(layer.n_tiles)]
+
+
+def _sparse_weight_tile(layer, t, stored, kw, blocks):
+    """The weight tile of a ``sparse`` command: each stored fold's header word (its tap and channel block,
+    :func:`hw.layouts.fold_header_layout`) followed by its ``rows`` weight words."""
+    R, C = layer.cfg.rows, layer.cfg.cols
+    dense = layer._weight_tile(t).reshape(-1, R, C)
+    words = np.zeros((len(stored), R + 1, C), np.int8)
+    for i, f in enumerate(stored):
+        tap, cb = divmod(int(f), blocks)
+        header = pack(fold_header_layout(), {"kh": tap // kw, "kw": tap % kw, "cb": cb})
+        words[i, 0, :2] = np.array([header & 0xFF, header >> 8], np.uint8).view(np.int8)
+        words[i, 1:] = dense[f]
+    return words.reshape(-1, C)
+
+
+def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0,
+                 skip_zero_tiles=True, counted=None):
     """Compile a 2-D convolution (``group=1``) of one image or a batch, for either dataflow.
 
     The input feature map goes over the link once and stays in the activation buffer; every conv command
@@ -309,7 +347,15 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
 
     When an image fits half the activation buffer, the images of a batch take the two halves in turn under
     one CONV_SETUP (a command's ``x_base`` says where its image is), so the next image loads while the array
-    works on the previous one. A larger image is split into bands of output rows, each behind its own setup.
+    works on the previous one. A larger image is split into bands of output rows, which take the halves in
+    turn the same way where the buffer's depth is a power of two (else each fills the buffer behind its own
+    setup). Each image or band streams in as its first commands need its rows.
+
+    With ``skip_zero_tiles`` (pruned models), all-zero weight tiles cost neither link words nor cycles: a
+    column tile of output channels whose weights are all zero is not run (its outputs are the requantised
+    bias), and on ``ws`` arrays of two or more columns a command stores and runs only the folds whose
+    ``rows x cols`` weight tile is not all zero (``sparse`` commands). ``counted`` (bool (O, C)) says which
+    weights are the layer's own, for its MAC count: a grouped conv's dense weights hold zeros between groups.
     """
     R, C = cfg.rows, cfg.cols
     x, w = np.asarray(x), np.asarray(w)
@@ -319,7 +365,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
         raise TilingError(f"conv needs int8 x (C, H, W) or (N, C, H, W) and w (O, C, KH, KW) with matching C; "
                           f"got x {x.dtype}{x.shape}, w {w.dtype}{w.shape}")
     if cfg.dataflow == "rs":
-        return _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value)
+        return _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, skip_zero_tiles, counted)
     images, channels, in_h, in_w = x.shape
     out_channels, _, kh, kw = w.shape
     (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
@@ -347,12 +393,39 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
     image_words = in_h * in_w * blocks
+    row_words = in_w * blocks
     halves = image_words <= cfg.act_depth // 2
-    bands = [(0, out_h)] if halves else _output_row_bands(cfg, in_h, in_w * blocks, out_h, kh, stride_y)
-    weights = _SlotPool("weight", layer.weight_words, cfg.weight_depth // layer.weight_words)
+    # A larger map goes in bands of output rows. Where the buffer's addresses wrap at its depth (a power of
+    # two), the bands take the two halves in turn as images do: a band's commands address the whole map
+    # through a base that puts the band's first input row at the start of its half, so one CONV_SETUP serves
+    # every band and the next band loads while the array works on this one. Otherwise each band fills the
+    # buffer behind its own setup, which waits for the device to go idle.
+    ring = not halves and cfg.act_depth & (cfg.act_depth - 1) == 0 and \
+        _output_row_bands(cfg.act_depth // 2, in_h, row_words, out_h, kh, stride_y, check=False)
+    shared_setup = halves or bool(ring)
+    bands = ([(0, out_h)] if halves else ring if ring else
+             _output_row_bands(cfg.act_depth, in_h, row_words, out_h, kh, stride_y))
+    stored = _stored_folds(layer, folds, skip_zero_tiles)
+    sparse = [cfg.dataflow == "ws" and cfg.cols >= 2 and 0 < len(s) < folds for s in stored]
+    tile_words = [len(s) * (R + 1) if sp else layer.weight_words for s, sp in zip(stored, sparse, strict=True)]
+    if max(tile_words) > cfg.weight_depth:      # headers must not make a layer that fits dense stop fitting
+        sparse = [sp and size <= layer.weight_words for sp, size in zip(sparse, tile_words, strict=True)]
+        tile_words = [min(size, layer.weight_words) for size in tile_words]
+    weights = _SlotPool("weight", max(tile_words), cfg.weight_depth // max(tile_words))
     params = _SlotPool("parameter", 1, cfg.param_depth)
-    acts = _SlotPool("activation", cfg.act_depth // 2 if halves else cfg.act_depth, 2 if halves else 1)
+    acts = _SlotPool("activation", cfg.act_depth // 2 if shared_setup else cfg.act_depth, 2 if shared_setup else 1)
     stream, outputs = _Stream(cfg), []
+    constants = _constant_outputs(layer.bias, layer.scale, y_zp)
+    run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
+    pixel_count = images * out_h * out_w
+    counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
+    blocked = np.zeros((layer.n_tiles * C, blocks * R), bool)
+    blocked[:out_channels, :channels] = counted
+    per_block = blocked.reshape(layer.n_tiles, C, blocks, R).sum(axis=(1, 3))    # counted weights per tile, block
+    macs_skipped = 0
+    for t in range(layer.n_tiles):
+        skipped = np.setdiff1d(np.arange(folds), stored[t]) if sparse[t] or not len(stored[t]) else np.zeros(0, int)
+        macs_skipped += pixel_count * int(per_block[t, skipped % blocks].sum())
 
     def setup(first_row, last_row, oy0):
         # The band of input rows these output rows read, stored from its slot's first word; the geometry's
@@ -361,30 +434,56 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                            channel_blocks=blocks, kernel_h=kh, kernel_w=kw, stride=stride_y,
                            pad_top=max(0, pad_t - oy0 * stride_y), pad_left=pad_l, pad_value=int(pad_value))
 
-    if halves:
+    if shared_setup:
         stream.words.append(setup(0, in_h, 0))
-    for image in range(images):
+    for image in range(images if run_tiles else 0):
         for oy0, oy1 in bands:
             first_row = max(0, oy0 * stride_y - pad_t)
             last_row = min(in_h, (oy1 - 1) * stride_y - pad_t + kh)
-            if not halves:
+            if not shared_setup:
                 stream.words.append(setup(first_row, last_row, oy0))
-            act_slot = stream.place(acts, BufferId.ACT, (image, oy0), fmaps[image, first_row:last_row].reshape(-1, R))
             pixels = (oy1 - oy0) * out_w
             block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
-            for t in range(layer.n_tiles):
-                w_slot = stream.place(weights, BufferId.WEIGHT, t, layer._weight_tile(t))
+            band = fmaps[image, first_row:last_row].reshape(-1, R)
+
+            def words_needed(p_end):
+                # the input rows that output pixels up to p_end (exclusive) of the band read
+                last_in = min(last_row, (oy0 + (p_end - 1) // out_w) * stride_y - pad_t + kh)
+                return max(1, last_in - first_row) * row_words
+
+            # The map goes in as the first tile's commands need its rows, so the array starts after one
+            # command's rows have arrived instead of the whole map (the rest streams in behind the compute).
+            loaded = words_needed(min(block_rows, pixels))
+            act_slot = stream.place(acts, BufferId.ACT, (image, oy0), band[:loaded])
+            # where the commands see the map: the band's own rows (out_y counted from the band) or, in the
+            # ring, the whole map shifted so that its row first_row lands at the slot (addresses wrap)
+            x_base = (act_slot * acts.slot_words - (first_row * row_words if ring else 0)) % cfg.act_depth
+            band_y = oy0 if ring else 0
+            for t in run_tiles:
+                tile = (_sparse_weight_tile(layer, t, stored[t], kw, blocks) if sparse[t]
+                        else layer._weight_tile(t))
+                w_slot = stream.place(weights, BufferId.WEIGHT, t, tile)
                 p_slot = stream.place(params, BufferId.PARAM, t, (layer.bias[None, t * C:(t + 1) * C],
                                                                   layer.scale[None, t * C:(t + 1) * C]))
                 for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
-                    stream.command(instruction(cfg, Opcode.GEMM, m=rows, k=k_field, x_base=act_slot * acts.slot_words,
-                                               w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
-                                               conv=1, out_y=p0 // out_w, out_x=p0 % out_w),
+                    if words_needed(p0 + rows) > loaded:
+                        need = words_needed(p0 + rows)
+                        stream.words.append(load(cfg, BufferId.ACT, act_slot * acts.slot_words + loaded,
+                                                 band[loaded:need]))
+                        loaded = need
+                    stream.command(instruction(cfg, Opcode.GEMM, m=rows, k=len(stored[t]) if sparse[t] else k_field,
+                                               x_base=x_base, w_base=w_slot * weights.slot_words,
+                                               p_base=p_slot, y_zp=int(y_zp), conv=1, out_y=band_y + p0 // out_w,
+                                               out_x=p0 % out_w, sparse=int(sparse[t])),
                                    (weights, w_slot), (params, p_slot), (acts, act_slot))
                     outputs.append(((image * out_h + oy0) * out_w + p0, t * C, rows))
-    return Program(words=np.concatenate(stream.words), outputs=outputs, m=images * out_h * out_w, n=out_channels,
-                   macs=images * out_h * out_w * out_channels * channels * kh * kw)
+    skipped_tiles = [(t * C, constants[t * C:min(out_channels, (t + 1) * C)]) for t in range(layer.n_tiles)
+                     if not len(stored[t])]
+    return Program(words=np.concatenate(stream.words) if stream.words else np.zeros(0, np.uint32),
+                   outputs=outputs, m=pixel_count, n=out_channels,
+                   macs=pixel_count * int(counted.sum()) * kh * kw, macs_skipped=macs_skipped,
+                   constants=skipped_tiles)
 
 
 def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):
@@ -396,7 +495,8 @@ def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):
     if fit < 1:
         raise TilingError(f"K={k} needs {math.ceil(k / cfg.rows)} activation words per row of the GEMM, times "
                           f"cols={cfg.cols}; half the activation buffer holds {cfg.act_depth // 2}")
-    width = min(cfg.acc_half_depth, -(-m // cfg.cols), fit)
+    # narrow enough that a command's filters (rs_filters of them, each width result rows) fit an accumulator half
+    width = min(cfg.acc_half_depth // min(cfg.rs_filters, w.shape[1]), -(-m // cfg.cols), fit)
     per_image = cfg.cols * width
     images = -(-m // per_image)
     pixels = np.zeros((images * per_image, k), np.int8)
@@ -406,12 +506,15 @@ def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):
                                (1, 1), (0, 0, 0, 0), 0)
     program.keep_rows = m
     program.macs = m * k * w.shape[1]     # the layer's, not the padding pixels'
+    program.macs_skipped = m * k * len(program.constants)
     return program
 
 
 class _RowStationaryConv(Program):
-    """A row-stationary conv program: each command's result rows are output columns of one filter, lanes the
-    band's output rows (see hw.compute_rs); ``assemble`` gives (N * out_h * out_w, O) like the others."""
+    """A row-stationary conv program: each command's result rows are the output columns of its filters, one
+    filter after another, lanes the band's output rows (see hw.compute_rs); ``placements`` holds each
+    command's (image, first output row, filters), and ``assemble`` gives (N * out_h * out_w, O) like the
+    others."""
 
     def __init__(self, words, outputs, placements, images, out_h, out_w, out_channels, macs):
         super().__init__(words=words, outputs=outputs, m=images * out_h * out_w, n=out_channels, macs=macs)
@@ -423,15 +526,20 @@ class _RowStationaryConv(Program):
             raise ValueError(f"expected results of {len(self.placements)} commands, got {len(results)}")
         images = self.m // (self.out_h * self.out_w)
         y = np.zeros((images, self.n, self.out_h, self.out_w), np.int8)
-        for (image, oy0, f), block in zip(self.placements, results, strict=True):
+        for f, value in self.constants:
+            y[:, f] = value[0]
+        for (image, oy0, filters), block in zip(self.placements, results, strict=True):
             rows = min(cols, self.out_h - oy0)
-            y[image, f, oy0:oy0 + rows] = np.asarray(block)[:self.out_w, :rows].T
+            columns = np.asarray(block)[:len(filters) * self.out_w, :rows].reshape(len(filters), self.out_w, rows)
+            y[image, list(filters), oy0:oy0 + rows] = columns.transpose(0, 2, 1)
         return y.transpose(0, 2, 3, 1).reshape(self.m, self.n)[:self.keep_rows]
 
 
-def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
-    """A convolution on the row-stationary array: one command per (image, band of ``cols`` output rows,
-    filter), reducing over the channel blocks of the feature map (hw.compute_rs)."""
+def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, skip_zero_tiles=True, counted=None):
+    """A convolution on the row-stationary array: one command per (image, band of ``cols`` output rows, group
+    of up to ``cfg.rs_filters`` filters), reducing over the channel blocks of the feature map (hw.compute_rs).
+    With ``skip_zero_tiles``, a filter whose weights are all zero is not run (its outputs are the requantised
+    bias)."""
     from hw.array_rs import MAX_KERNEL, rs_mapping
 
     R, C = cfg.rows, cfg.cols
@@ -482,9 +590,19 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
     if not whole and band_rows * row_words > cfg.act_depth // 2:
         raise TilingError(f"a band of {C} output rows needs {band_rows} input rows of {row_words} activation words; "
                           f"half the activation buffer holds {cfg.act_depth // 2}")
+    zero = ~np.any(w.reshape(out_channels, -1) != 0, axis=1) if skip_zero_tiles else np.zeros(out_channels, bool)
+    run_filters = np.flatnonzero(~zero)
+    groups = _filter_groups(cfg, run_filters, out_w, len(tiles[0]))
+    p = max(map(len, groups), default=1)
     acts = _SlotPool("activation", cfg.act_depth // 2, 2)
-    weights = _SlotPool("weight", blocks * chunks * pass_words, cfg.weight_depth // (blocks * chunks * pass_words))
-    params = _SlotPool("parameter", 1, cfg.param_depth)
+    weights = _SlotPool("weight", p * len(tiles[0]), cfg.weight_depth // (p * len(tiles[0])))
+    params = _SlotPool("parameter", p, cfg.param_depth // p)
+
+    def group_weights(group):
+        # pass by pass, the group's filters one after another (the order the compute unit loads them in)
+        passes = tiles[group].reshape(len(group), blocks * chunks, pass_words, R)
+        return passes.transpose(1, 0, 2, 3).reshape(-1, R)
+
     def setup(rows, pad_top):
         return instruction(cfg, Opcode.CONV_SETUP, in_h=rows, in_w=in_w, out_w=out_w, channel_blocks=blocks,
                            kernel_h=height, kernel_w=kw, stride=stride_y, pad_top=pad_top, pad_left=pad_l,
@@ -492,7 +610,7 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
 
     stream = _Stream(cfg, [setup(in_h, pad_t)] if whole else [])
     outputs, placements = [], []
-    for image in range(images):
+    for image in range(images if len(run_filters) else 0):
         if whole:
             act_slot = stream.place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
         for oy0 in range(0, out_h, C):
@@ -503,29 +621,50 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value):
                 band = fmaps[image, first_row:last_row].reshape(-1, R)
                 act_slot = stream.place(acts, BufferId.ACT, (image, oy0), band)
                 stream.words.append(setup(last_row - first_row, max(0, pad_t - oy0 * stride_y)))
-            for f in range(out_channels):
-                w_slot = stream.place(weights, BufferId.WEIGHT, f, tiles[f])
-                p_slot = stream.place(params, BufferId.PARAM, f, (np.full((1, C), bias[f], np.int32),
-                                                                  np.full((1, C), scale[f], np.float32)))
-                stream.command(instruction(cfg, Opcode.GEMM, m=out_w, k=blocks, x_base=act_slot * acts.slot_words,
-                                           w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
-                                           conv=1, out_y=oy0 - band_y, out_x=chunks),
+            for g, group in enumerate(groups):
+                w_slot = stream.place(weights, BufferId.WEIGHT, g, group_weights(group))
+                # parameter word i: filter i's bias and scale in every lane
+                p_slot = stream.place(params, BufferId.PARAM, g, (np.repeat(bias[group, None], C, axis=1),
+                                                                  np.repeat(scale[group, None], C, axis=1)))
+                stream.command(instruction(cfg, Opcode.GEMM, m=len(group) * out_w, k=blocks, filters=len(group),
+                                           x_base=act_slot * acts.slot_words, w_base=w_slot * weights.slot_words,
+                                           p_base=p_slot * params.slot_words, y_zp=int(y_zp), conv=1,
+                                           out_y=oy0 - band_y, out_x=chunks),
                                (weights, w_slot), (params, p_slot), (acts, act_slot))
-                outputs.append((0, 0, out_w))
-                placements.append((image, oy0, f))
-    return _RowStationaryConv(np.concatenate(stream.words), outputs, placements, images, out_h, out_w, out_channels,
-                              macs=images * out_h * out_w * out_channels * channels * kh * kw)
+                outputs.append((0, 0, len(group) * out_w))
+                placements.append((image, oy0, tuple(int(f) for f in group)))
+    counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
+    pixel_macs = images * out_h * out_w * kh * kw
+    program = _RowStationaryConv(np.concatenate(stream.words) if stream.words else np.zeros(0, np.uint32), outputs,
+                                 placements, images, out_h, out_w, out_channels, macs=pixel_macs * int(counted.sum()))
+    program.macs_skipped = pixel_macs * int(counted[zero].sum())
+    constants = _constant_outputs(bias, scale, y_zp)
+    program.constants = [(int(f), constants[f:f + 1]) for f in np.flatnonzero(zero)]
+    return program
 
 
-def _output_row_bands(cfg, in_h, words_per_row, out_h, kh, stride):
-    """Output rows in bands whose input rows fit the activation buffer (one band if the whole map fits)."""
-    rows_fit = min(in_h, cfg.act_depth // words_per_row)
+def _filter_groups(cfg, filters, out_w, filter_words):
+    """The filters of a row-stationary conv in groups, one command each: as many as a PE interleaves
+    (``cfg.rs_filters``) while their result rows fit an accumulator half, two groups' weights fit the weight
+    buffer (so the next group's load overlaps a command) and a group's parameter words fit the parameter buffer;
+    the last group may be smaller."""
+    p = min(cfg.rs_filters, cfg.acc_half_depth // out_w, cfg.weight_depth // (2 * filter_words), cfg.param_depth)
+    p = max(1, p)
+    return [filters[i:i + p] for i in range(0, len(filters), p)]
+
+
+def _output_row_bands(capacity, in_h, words_per_row, out_h, kh, stride, check=True):
+    """Output rows in bands whose input rows fit ``capacity`` activation words (one band if the whole map
+    fits); None, or with ``check`` an error, if not even one kernel's rows fit."""
+    rows_fit = min(in_h, capacity // words_per_row)
     per_band = (rows_fit - kh) // stride + 1 if rows_fit >= kh else 0
     if rows_fit == in_h:
         per_band = out_h
     if per_band < 1:
+        if not check:
+            return None
         raise TilingError(f"a {kh}-row kernel needs {kh} input rows of {words_per_row} words in the activation "
-                          f"buffer; act_depth is {cfg.act_depth}")
+                          f"buffer; act_depth is {capacity}")
     return [(start, min(out_h, start + per_band)) for start in range(0, out_h, per_band)]
 
 

@@ -29,11 +29,13 @@ class _LayerTotals:
     target: str
     reason: str = ""
     macs: int = 0
+    macs_skipped: int = 0
     cycles: int = 0
     counters: dict = dataclasses.field(default_factory=dict)
 
     def add(self, report):
         self.macs += report.macs
+        self.macs_skipped += report.macs_skipped
         self.cycles += report.cycles
         for key, value in report.counters.items():
             self.counters[key] = self.counters.get(key, 0) + value
@@ -71,9 +73,10 @@ def _onnxruntime_outputs(path, images):
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def prune_model(float_path, out_path, fraction):
-    """The digits model with ``fraction`` of each layer's weights zeroed by magnitude and the rest fine-tuned
-    (``sw_driver.digits.train.prune``), written to ``out_path``."""
+def prune_model(float_path, out_path, fraction, block=None):
+    """The digits model with ``fraction`` of the weights (or ``block`` tiles) of its inner layers zeroed by
+    gradual magnitude pruning and the rest fine-tuned (``sw_driver.digits.train.prune``), written to
+    ``out_path``."""
     import onnx
 
     from sw_driver.digits.data import load_digits_split
@@ -81,15 +84,22 @@ def prune_model(float_path, out_path, fraction):
     from sw_driver.digits.train import prune
 
     x_train, y_train, _, _ = load_digits_split()
-    params = prune(params_from_onnx(onnx.load(str(float_path))), x_train, y_train, fraction)
+    params = prune(params_from_onnx(onnx.load(str(float_path))), x_train, y_train, fraction, block=block)
     onnx.save(to_onnx(params), str(out_path))
     return Path(out_path)
 
 
-def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0, build_root="build", report=None):
-    """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all; with ``prune`` of the
-    weights zeroed by magnitude first); print the tables; return 0 if the accelerator's int8 answers equal
-    onnxruntime's for every image."""
+def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0, prune_by="tile", skip_zero_tiles=True,
+             build_root="build", report=None):
+    """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all); print the tables;
+    return 0 if the accelerator's int8 answers equal onnxruntime's for every image.
+
+    ``prune`` zeroes that fraction of each inner layer's weights by magnitude first: single weights
+    (``prune_by="weight"``) or the array's rows x cols weight tiles (``"tile"``), which the compiler then
+    skips unless ``skip_zero_tiles`` is off.
+    """
+    if prune_by not in ("tile", "weight"):
+        raise ValueError(f"prune_by {prune_by!r}; accepted: 'tile' or 'weight'")
     from sw_driver.digits.data import load_digits_split
     from sw_driver.digits.quantize import quantize_digits
     from sw_driver.model_runner import run_graph_on
@@ -103,7 +113,9 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     x_test, y_test = x_test[:images], y_test[:images]
     float_model = FLOAT_MODEL
     if prune:
-        float_model = prune_model(FLOAT_MODEL, out / f"digits_cnn_pruned{round(prune * 100)}.onnx", prune)
+        block = (cfg.rows, cfg.cols) if prune_by == "tile" else None
+        name = f"digits_cnn_pruned{round(prune * 100)}" + (f"_tiles{cfg.rows}x{cfg.cols}" if block else "")
+        float_model = prune_model(FLOAT_MODEL, out / f"{name}.onnx", prune, block)
     quantized = quantize_digits(float_model, out / f"{float_model.stem}_int8_{quant_format.lower()}.onnx",
                                 quant_format=quant_format)
     print(f"Tessera demo: the digits CNN ({float_model.name}), quantized by onnxruntime ({quant_format}, "
@@ -114,7 +126,7 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     graph = load_model(quantized)
 
     started = time.perf_counter()
-    device = open_sim_device(cfg)
+    device = open_sim_device(cfg, skip_zero_tiles=skip_zero_tiles)
     print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): Verilog generated and built under "
           f"Verilator in {time.perf_counter() - started:.1f} s")
     layers = {}
@@ -159,7 +171,7 @@ def _print_layers(cfg, layers):
     print(f"{'layer':28} {'op':17} {'ran on':7} {'MACs':>10} {'cycles':>9} {'util':>6} {'link B in':>10} "
           f"{'link B out':>10} {'energy uJ':>9}")
     totals = dict.fromkeys(_ENERGY_KEYS, 0.0)
-    macs = cycles = bytes_in = bytes_out = 0
+    macs = skipped = cycles = bytes_in = bytes_out = 0
     for layer in layers:
         if layer.target != "device":
             print(f"{layer.name[:28]:28} {layer.op[:17]:17} {'host':7}   ({layer.reason})")
@@ -167,13 +179,14 @@ def _print_layers(cfg, layers):
         energy = layer_energy(cfg, layer.counters)
         for key in _ENERGY_KEYS:
             totals[key] += energy[key]
-        util = layer.macs / (cfg.pes * layer.cycles) if layer.cycles else 0.0
+        util = (layer.macs - layer.macs_skipped) / (cfg.pes * layer.cycles) if layer.cycles else 0.0
+        skipped += layer.macs_skipped
         link_in, link_out = 4 * layer.counters["link_words_in"], 4 * layer.counters["link_words_out"]
         macs, cycles, bytes_in, bytes_out = macs + layer.macs, cycles + layer.cycles, bytes_in + link_in, \
             bytes_out + link_out
         print(f"{layer.name[:28]:28} {layer.op[:17]:17} {'device':7} {layer.macs:10,} {layer.cycles:9,} "
               f"{util:6.1%} {link_in:10,} {link_out:10,} {energy['total'] / 1e6:9.2f}")
-    util = macs / (cfg.pes * cycles) if cycles else 0.0
+    util = (macs - skipped) / (cfg.pes * cycles) if cycles else 0.0
     gated = sum(layer.counters.get("macs_gated", 0) for layer in layers if layer.target == "device")
     array_macs = sum(layer.counters.get("array_cycles", 0) for layer in layers if layer.target == "device") * cfg.pes
     print(f"{'total on the device':28} {'':17} {'':7} {macs:10,} {cycles:9,} {util:6.1%} {bytes_in:10,} "
@@ -182,6 +195,9 @@ def _print_layers(cfg, layers):
     print(f"energy estimate {totals['total'] / 1e6:.2f} uJ, {totals['total'] / max(macs, 1):.1f} pJ/MAC: "
           + ", ".join(f"{k} {v:.0%}" for k, v in share.items())
           + "  (data movement, not arithmetic, dominates)")
+    if skipped:
+        print(f"all-zero weight tiles skipped by the compiler: {skipped:,} of {macs:,} MACs ({skipped / macs:.1%}); "
+              "utilisation counts the MACs run")
     if array_macs:
         print(f"zero-gated MACs: {gated:,} of {array_macs:,} PE-cycles with an operand ({gated / array_macs:.1%})")
 
@@ -191,9 +207,10 @@ def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, 
     rows = []
     for layer in layers:
         row = {"name": layer.name, "op": layer.op, "target": layer.target, "reason": layer.reason,
-               "macs": layer.macs, "cycles": layer.cycles}
+               "macs": layer.macs, "macs_skipped": layer.macs_skipped, "cycles": layer.cycles}
         if layer.target == "device":
-            row["utilization"] = layer.macs / (cfg.pes * layer.cycles) if layer.cycles else 0.0
+            row["utilization"] = ((layer.macs - layer.macs_skipped) / (cfg.pes * layer.cycles) if layer.cycles
+                                  else 0.0)
             row["counters"] = layer.counters
             row["energy_pj"] = layer_energy(cfg, layer.counters)
         rows.append(row)

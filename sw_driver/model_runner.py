@@ -29,6 +29,7 @@ class LayerReport:
     target: str              # "device" or "host"
     reason: str = ""         # why a layer ran on the host
     macs: int = 0
+    macs_skipped: int = 0    # of macs: in all-zero weight tiles the compiler skipped
     cycles: int = 0
     utilization: float = 0.0
     counters: dict = dataclasses.field(default_factory=dict)
@@ -130,7 +131,7 @@ def _from_int8(y, dtype):
 
 def _dense_weights(layer):
     """Grouped (and depthwise) weights as one block-diagonal (O, C, KH, KW) filter: the device runs every
-    group at once, multiplying the zeros between groups."""
+    group at once (skipping the weight tiles that lie wholly between groups)."""
     w = layer.w_q
     if layer.group == 1:
         return w
@@ -143,15 +144,22 @@ def _dense_weights(layer):
     return dense
 
 
+def _group_mask(layer, shape):
+    """Which (output, input) channel pairs of the dense weights are the layer's own (its groups)."""
+    out_channels, channels = shape
+    out_group = np.arange(out_channels) // (out_channels // layer.group)
+    in_group = np.arange(channels) // (channels // layer.group)
+    return out_group[:, None] == in_group[None, :]
+
+
 def _device_conv(device, graph, layer, x):
     """A Conv layer on the device, the whole batch in one program."""
     x_zp, scale, y_zp = _device_params(layer)
     w = _dense_weights(layer)
     bias = golden.fold_input_zero_point(layer.bias, x_zp, w, output_axis=0)
+    # useful MACs only: the zeros between groups are not the layer's
     y, run = device.conv(_to_int8(x), w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),
-                         pad_value=x_zp)
-    # useful MACs only: the zeros between groups are computed but do not count
-    run.macs = int(np.prod(y.shape)) * int(np.prod(layer.w_q.shape[1:]))
+                         pad_value=x_zp, counted=_group_mask(layer, w.shape[:2]))
     return _from_int8(y, layer.y_params.dtype), run
 
 
@@ -188,6 +196,7 @@ def run_graph_on(graph, inputs, device=None, progress=None):
         if on_device:
             tensors[layer.outputs[0]] = y
             reports.append(LayerReport(layer.name, layer.kind, "device", macs=run.macs, cycles=run.cycles,
+                                       macs_skipped=run.macs_skipped,
                                        utilization=run.utilization, counters=run.counters,
                                        energy_pj=layer_energy(device.cfg, run.counters)))
         else:

@@ -20,6 +20,11 @@ class LayerRun:
     macs: int
     counters: dict
     pes: int
+    macs_skipped: int = 0    # of ``macs``: in all-zero weight tiles the compiler did not run
+
+    @property
+    def macs_run(self):
+        return self.macs - self.macs_skipped
 
     @property
     def cycles(self):
@@ -27,8 +32,8 @@ class LayerRun:
 
     @property
     def utilization(self):
-        """MACs / (PEs x cycles), over the whole layer: first instruction to last result."""
-        return self.macs / (self.pes * self.cycles) if self.cycles else 0.0
+        """MACs run / (PEs x cycles), over the whole layer: first instruction to last result."""
+        return self.macs_run / (self.pes * self.cycles) if self.cycles else 0.0
 
     @property
     def link_bytes_in(self):
@@ -46,10 +51,11 @@ class Device:
     counters describe that layer alone.
     """
 
-    def __init__(self, cfg, transport, *, timeout_cycles=DEFAULT_TIMEOUT_CYCLES):
+    def __init__(self, cfg, transport, *, timeout_cycles=DEFAULT_TIMEOUT_CYCLES, skip_zero_tiles=True):
         self.cfg = cfg
         self.transport = transport
         self.timeout_cycles = timeout_cycles
+        self.skip_zero_tiles = skip_zero_tiles      # see compile_conv
 
     def gemm(self, x, w, bias, scale, y_zp):
         """``requantize(x @ w + bias, scale, y_zp)`` on the device; returns ``(y int8, LayerRun)``."""
@@ -66,7 +72,7 @@ class Device:
     def conv(self, x, w, bias, scale, y_zp, **attrs):
         """A convolution of one image (C, H, W) or a batch (N, C, H, W) on the device (see ``compile_conv``);
         returns ``(y int8 (O, out_h, out_w) or (N, O, out_h, out_w), LayerRun)``."""
-        program = compile_conv(self.cfg, x, w, bias, scale, y_zp, **attrs)
+        program = compile_conv(self.cfg, x, w, bias, scale, y_zp, skip_zero_tiles=self.skip_zero_tiles, **attrs)
         y, run = self.run(program)
         stride, pads = attrs.get("strides", (1, 1))[0], attrs.get("pads", (0, 0, 0, 0))
         out_h, out_w = conv_output_shape(x.shape[-2], x.shape[-1], w.shape[2], w.shape[3], stride, pads)
@@ -87,7 +93,8 @@ class Device:
             raise DeviceError(f"expected {program.commands} result packets and one COUNTERS packet, got "
                               f"{len(packets.results)} and {len(packets.counters)}")
         y = program.assemble(packets.results, self.cfg.cols)
-        return y, LayerRun(macs=program.macs, counters=packets.counters[0], pes=self.cfg.pes)
+        return y, LayerRun(macs=program.macs, counters=packets.counters[0], pes=self.cfg.pes,
+                           macs_skipped=program.macs_skipped)
 
     def close(self):
         self.transport.close()

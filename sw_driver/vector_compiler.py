@@ -28,6 +28,7 @@ class VectorProgram:
     result_words: list         # words of each command's VECTOR packet, in command order
     assemble_results: object   # list of int8 byte arrays -> output array
     macs: int = 0
+    macs_skipped: int = 0      # none: the vector unit skips nothing
 
     def reply_words(self, cfg):
         return sum(1 + n for n in self.result_words)

@@ -21,6 +21,8 @@ class TestValidation:
         ("acc_depth", 9, "even"),
         ("param_depth", 0, "from 1"),
         ("clock_mhz", 0, "1 to 1000"),
+        ("rs_filters", 0, "from 1 to 16"),
+        ("rs_filters", 17, "filters interleaved in a row-stationary PE"),
     ])
     def test_illegal_value_names_parameter_and_range(self, field, value, accepted):
         with pytest.raises(ConfigError) as error:

@@ -21,12 +21,16 @@ CONFIGS = [
                       link_timeout=64),
     AcceleratorConfig(rows=8, cols=4, dataflow="os", act_depth=64, weight_depth=64, acc_depth=16, param_depth=4,
                       link_timeout=64),
-    # row-stationary, non-square both ways
+    # row-stationary, non-square both ways (the default filters per PE; an accumulator half of 32 rows often
+    # holds fewer filters' rows, so commands carry fewer)
     AcceleratorConfig(rows=3, cols=4, dataflow="rs", act_depth=512, weight_depth=256, acc_depth=64, param_depth=8,
                       link_timeout=64),
-    # (a small activation buffer: larger maps run in bands of output rows)
+    # (a small activation buffer: larger maps run in bands of output rows; one filter per PE, as before p)
     AcceleratorConfig(rows=4, cols=2, dataflow="rs", act_depth=128, weight_depth=256, acc_depth=64, param_depth=8,
-                      link_timeout=64),
+                      link_timeout=64, rs_filters=1),
+    # three filters per PE (not a power of two), few parameter words: the last group of filters is smaller
+    AcceleratorConfig(rows=2, cols=3, dataflow="rs", act_depth=256, weight_depth=512, acc_depth=96, param_depth=5,
+                      link_timeout=64, rs_filters=3),
 ]
 
 
@@ -64,7 +68,9 @@ def test_conv_with_sliding_window_matches_golden(cfg, stall):
     while len(convs) < 4:
         kernel = rng.randint(1, 5)
         shape = {"channels": rng.randint(1, 6), "out_channels": rng.randint(1, 9), "size": rng.randint(kernel, 10),
-                 "kernel": kernel, "stride": rng.randint(1, 2), "pad": rng.randint(0, kernel - 1)}
+                 "kernel": kernel, "stride": rng.randint(1, 2), "pad": rng.randint(0, kernel - 1),
+                 # pruned weights: the compiler skips all-zero tiles (ws: sparse commands; any: whole filters)
+                 "zero_tiles": [cfg.rows, cfg.cols, rng.choice([0.0, 0.5, 0.9])]}
         blocks = -(-shape["channels"] // cfg.rows)
         # keep to layers whose weights fit this small configuration, and whose input fits at least in row bands
         # of a kernel's height (larger maps than the buffer are split into bands, each behind a CONV_SETUP)

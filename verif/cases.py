@@ -28,14 +28,20 @@ def random_gemm(rng, m, k, n):
 
 
 
-def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad):
+def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_tiles=None):
     """Random int8 conv operands (one image) with the input zero point folded into the bias.
 
+    ``zero_tiles`` = (rows, cols, fraction) zeroes about that fraction of the weight tiles of a rows x cols
+    array (per filter tap: a block of rows input channels by cols output channels), as a pruned model has.
     Returns ``(operands, attrs, expected)``: ``compile_conv(cfg, *operands, **attrs)`` must produce
     ``expected`` (O, out_h, out_w), which the golden model computes with the zero point unfolded.
     """
     x = rng.integers(-128, 128, (channels, size, size), dtype=np.int8)
     w = rng.integers(-128, 128, (out_channels, channels, kernel, kernel), dtype=np.int8)
+    if zero_tiles:
+        rows, cols, fraction = zero_tiles
+        keep = rng.random((-(-out_channels // cols), -(-channels // rows), kernel, kernel)) >= fraction
+        w *= np.repeat(np.repeat(keep, cols, axis=0), rows, axis=1)[:out_channels, :channels].astype(np.int8)
     x_zp = int(rng.integers(-128, 128))
     bias = rng.integers(-2**16, 2**16, out_channels, dtype=np.int32)
     scale = (rng.uniform(0.5, 2, out_channels) / (64 * np.sqrt(channels * kernel * kernel))).astype(np.float32)

@@ -25,11 +25,12 @@ def buffer_bytes_read(cfg, counters):
             + counters["acc_reads"] * cfg.cols * 4 + counters["param_reads"] * cfg.cols * 8)
 
 
-def compare(rows, cols, layer, seed=1):
-    """Rows of figures for ``layer`` (random_conv's keywords) on ws, os and rs ``rows x cols`` devices."""
+def compare(rows, cols, layer, seed=1, dataflows=("ws", "os", "rs"), rs_filters=None):
+    """Rows of figures for ``layer`` (random_conv's keywords) on ``rows x cols`` devices of each dataflow
+    (``rs_filters``: filters a row-stationary PE interleaves, the configuration's default if None)."""
     results = []
-    for dataflow in ("ws", "os", "rs"):
-        cfg = AcceleratorConfig(rows=rows, cols=cols, dataflow=dataflow)
+    for dataflow in dataflows:
+        cfg = AcceleratorConfig(rows=rows, cols=cols, dataflow=dataflow).replace(rs_filters=rs_filters)
         operands, attrs, expected = random_conv(np.random.default_rng(seed), **layer)
         with open_sim_device(cfg) as device:
             started = time.perf_counter()
@@ -56,13 +57,16 @@ def main(argv=None):
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--out-channels", type=int, default=32)
     parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--dataflows", default="ws,os,rs", help="comma-separated (default: ws,os,rs)")
+    parser.add_argument("--rs-filters", type=int, help="filters a row-stationary PE interleaves (default: the "
+                                                          "configuration's)")
     args = parser.parse_args(argv)
     layer = {"channels": args.channels, "out_channels": args.out_channels, "size": args.size, "kernel": 3,
              "stride": 1, "pad": 1}
     print(f"3x3 conv {args.channels}->{args.out_channels} on {args.size}x{args.size}, pad 1, "
           f"{args.rows}x{args.cols} PEs; per MAC:")
     print(f"{'dataflow':8} {'cycles':>9} {'util':>6} {'buffer B':>9} {'RF acc':>7} {'PE-PE':>6} {'link B':>7}")
-    for r in compare(args.rows, args.cols, layer):
+    for r in compare(args.rows, args.cols, layer, dataflows=args.dataflows.split(","), rs_filters=args.rs_filters):
         print(f"{r['dataflow']:8} {r['cycles']:9,} {r['utilization']:6.1%} {r['buffer_bytes_per_mac']:9.3f} "
               f"{r['rf_accesses_per_mac']:7.2f} {r['noc_per_mac']:6.2f} {r['link_bytes_per_mac']:7.3f}")
 

@@ -3,15 +3,17 @@
 Jobs come in ``TESSERA_TB`` as JSON, like :mod:`verif.tb_core`'s, plus ``"fuzz": N`` for the robustness test.
 """
 
+import collections
 import json
 import random
 
 import cocotb
 import numpy as np
 
+from hw.array_rs import rs_mapping
 from hw.isa import COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, Opcode
 from sw_driver.compiler import compile_conv, compile_gemm
-from sw_driver.isa_encode import instruction, parse_packets
+from sw_driver.isa_encode import disassemble, instruction, parse_packets
 from verif import golden
 from verif.streams import StreamEngine, StreamSink, StreamSource
 from verif.tb_common import clock_and_reset, read_job
@@ -75,6 +77,45 @@ class DeviceTestbench:
         return program, packets.counters[0]
 
 
+def rs_expected_counters(cfg, words):
+    """The data-movement counters a program must give on a row-stationary device, from its CONV_SETUP and GEMM
+    instructions (see :mod:`hw.compute_rs`): per pass, ``p * q * KW`` filter entries load into every used PE;
+    per output column every used PE does ``p * q * KW`` MACs (a filter entry and a psum read and a psum written
+    each, the ifmap entry read once for the ``p`` filters) and takes ``q`` ifmap entries per input column, and
+    each filter's column sums pass up the column's PEs; the activation buffer is read for input pixels inside
+    the map."""
+    counts, geometry = collections.Counter(), None
+    for opcode, operands, _ in disassemble(cfg, words):
+        if opcode == Opcode.CONV_SETUP:
+            geometry = operands
+        if opcode != Opcode.GEMM:
+            continue
+        g, p = geometry, operands["filters"]
+        kh, kw, stride, steps = g["kernel_h"], g["kernel_w"], g["stride"], g["out_w"]
+        sets, q = rs_mapping(cfg.rows, kh)
+        used = sets * kh * cfg.cols                       # PEs of whole sets
+        chunks = max(1, operands["out_x"])
+        passes = operands["k"] * chunks
+        entries = q * kw                                  # filter entries per filter and pass
+        columns = kw + (steps - 1) * stride               # input columns a pass delivers
+        counts["array_cycles"] += passes * steps * p * entries
+        counts["weight_reads"] += passes * p * entries
+        counts["rf_reads"] += passes * steps * entries * (2 * p + 1) * used
+        counts["rf_writes"] += passes * (p * entries + columns * q + steps * p * entries) * used
+        counts["noc_transfers"] += passes * steps * p * (used - cfg.cols)
+        xs = np.arange(columns) - g["pad_left"]
+        inside_x = np.count_nonzero((xs >= 0) & (xs < g["in_w"]))
+        for chunk in range(chunks):
+            ys = operands["out_y"] * stride - g["pad_top"] + chunk * kh + np.arange((cfg.cols - 1) * stride + kh)
+            counts["act_reads"] += operands["k"] * inside_x * np.count_nonzero((ys >= 0) & (ys < g["in_h"]))
+    return counts
+
+
+def check_rs_counters(cfg, counters, expected):
+    for name, value in expected.items():
+        assert counters[name] == value, f"{name}: counted {counters[name]}, expected {value}; {counters}"
+
+
 @cocotb.test()
 async def device_gemm(dut):
     """Compiled GEMM programs over the host link, bit-exact, with counters that add up."""
@@ -83,16 +124,16 @@ async def device_gemm(dut):
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
     sent = commands = array_cycles = act_reads = 0
+    rs_expected = collections.Counter()
     for m, k, n in job["problems"]:
         program, counters = await tb.run_gemm(*random_gemm(rng, m, k, n))
         sent += len(program.words) + INSTRUCTION_WORDS
         commands += len(program.outputs)
         folds = -(-k // cfg.rows)
         if cfg.dataflow == "rs":
-            # a 1x1 conv: per pass (block of rows channels) and output column, one MAC cycle in every PE (one
-            # channel each) and one read per output row of the band
-            array_cycles += sum(rows * folds for _, _, rows in program.outputs)
-            act_reads += sum(rows * folds * cfg.cols for _, _, rows in program.outputs)
+            rs_expected.update(rs_expected_counters(cfg, program.words))
+            array_cycles, act_reads = rs_expected["array_cycles"], rs_expected["act_reads"]
+            check_rs_counters(cfg, counters, rs_expected)
         else:
             array_cycles += sum(rows * folds if cfg.dataflow == "ws" else k for _, _, rows in program.outputs)
             act_reads = array_cycles
@@ -110,15 +151,20 @@ async def device_conv(dut):
     rng = np.random.default_rng(job["seed"])
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
+    rs_expected = collections.Counter()
     for shape in job["convs"]:
         operands, attrs, expected = random_conv(rng, **shape)
         program = compile_conv(cfg, *operands, **attrs)
-        reply_words = sum(1 + rows * tb.words_per_row for _, _, rows in program.outputs)
-        packets = parse_packets(cfg, await tb.exchange(program.words, reply_words, what=f"conv {shape}"))
+        words = np.concatenate([program.words, instruction(cfg, Opcode.READ_COUNTERS)])
+        reply_words = sum(1 + rows * tb.words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
+        packets = parse_packets(cfg, await tb.exchange(words, reply_words, what=f"conv {shape}"))
         assert not packets.errors, f"device reported errors: {packets.errors}"
         y = program.assemble(packets.results, cfg.cols).T.reshape(expected.shape)
         bad = np.argwhere(y != expected)
         assert not len(bad), f"conv {shape}: {len(bad)} of {y.size} outputs differ, first at {bad[0]}"
+        if cfg.dataflow == "rs":
+            rs_expected.update(rs_expected_counters(cfg, program.words))
+            check_rs_counters(cfg, packets.counters[0], rs_expected)
         dut._log.info("conv %s: %d commands, bit-exact", shape, len(program.outputs))
 
 
