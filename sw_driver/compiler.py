@@ -400,11 +400,6 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     # through a base that puts the band's first input row at the start of its half, so one CONV_SETUP serves
     # every band and the next band loads while the array works on this one. Otherwise each band fills the
     # buffer behind its own setup, which waits for the device to go idle.
-    ring = not halves and cfg.act_depth & (cfg.act_depth - 1) == 0 and \
-        _output_row_bands(cfg.act_depth // 2, in_h, row_words, out_h, kh, stride_y, check=False)
-    shared_setup = halves or bool(ring)
-    bands = ([(0, out_h)] if halves else ring if ring else
-             _output_row_bands(cfg.act_depth, in_h, row_words, out_h, kh, stride_y))
     stored = _stored_folds(layer, folds, skip_zero_tiles)
     sparse = [cfg.dataflow == "ws" and cfg.cols >= 2 and 0 < len(s) < folds for s in stored]
     tile_words = [len(s) * (R + 1) if sp else layer.weight_words for s, sp in zip(stored, sparse, strict=True)]
@@ -412,11 +407,20 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
         sparse = [sp and size <= layer.weight_words for sp, size in zip(sparse, tile_words, strict=True)]
         tile_words = [min(size, layer.weight_words) for size in tile_words]
     weights = _SlotPool("weight", max(tile_words), cfg.weight_depth // max(tile_words))
+    run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
+    ring = not halves and cfg.act_depth & (cfg.act_depth - 1) == 0 and \
+        _output_row_bands(cfg.act_depth // 2, in_h, row_words, out_h, kh, stride_y, check=False)
+    bands = [(0, out_h)] if halves else _output_row_bands(cfg.act_depth, in_h, row_words, out_h, kh, stride_y)
+    if ring and _ring_pays(cfg, ring, bands, weights, [tile_words[t] for t in run_tiles],
+                           out_w * sum(len(stored[t]) if sparse[t] else folds for t in run_tiles)):
+        bands = ring
+    else:
+        ring = None
+    shared_setup = halves or bool(ring)
     params = _SlotPool("parameter", 1, cfg.param_depth)
     acts = _SlotPool("activation", cfg.act_depth // 2 if shared_setup else cfg.act_depth, 2 if shared_setup else 1)
     stream, outputs = _Stream(cfg), []
     constants = _constant_outputs(layer.bias, layer.scale, y_zp)
-    run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
     pixel_count = images * out_h * out_w
     counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
     blocked = np.zeros((layer.n_tiles * C, blocks * R), bool)
@@ -446,8 +450,8 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
             block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
             band = fmaps[image, first_row:last_row].reshape(-1, R)
 
-            def words_needed(p_end):
-                # the input rows that output pixels up to p_end (exclusive) of the band read
+            def words_needed(p_end, oy0=oy0, first_row=first_row, last_row=last_row):
+                # the words of the input rows that the band's output pixels up to p_end (exclusive) read
                 last_in = min(last_row, (oy0 + (p_end - 1) // out_w) * stride_y - pad_t + kh)
                 return max(1, last_in - first_row) * row_words
 
@@ -651,6 +655,20 @@ def _filter_groups(cfg, filters, out_w, filter_words):
     p = min(cfg.rs_filters, cfg.acc_half_depth // out_w, cfg.weight_depth // (2 * filter_words), cfg.param_depth)
     p = max(1, p)
     return [filters[i:i + p] for i in range(0, len(filters), p)]
+
+
+def _ring_pays(cfg, ring, bands, weights, tile_words, cycles_per_output_row):
+    """Whether bands in the halves (``ring``) beat fewer, larger ``bands`` each behind its own setup.
+
+    Every band runs every weight tile, so the ring's smaller bands stream the weights in again per band
+    unless they all stay resident. That is free while the reload hides behind the band's compute, which
+    needs two weight slots (one loading, one in use) and a reload of at most half the compute time.
+    """
+    if len(ring) <= len(bands) or len(weights.free) >= len(tile_words):
+        return True
+    reload = sum(tile_words) * words_per_buffer_word(cfg, BufferId.WEIGHT)
+    compute = (ring[0][1] - ring[0][0]) * cycles_per_output_row
+    return len(weights.free) >= 2 and reload <= compute / 2
 
 
 def _output_row_bands(capacity, in_h, words_per_row, out_h, kh, stride, check=True):
