@@ -18,8 +18,8 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-__all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_CONV_SIDE", "act_load_layout", "weight_load_layout",
-           "param_load_layout",
+__all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_CONV_SIDE", "act_load_layout",
+           "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout"]
 
 OPERAND = signed(8)

@@ -102,6 +102,7 @@ def _cmd_run(args):
     device_layers = [r for r in reports if r.target == "device"]
     totals = {
         "macs_on_device": sum(r.macs for r in device_layers),
+        "macs_skipped": sum(r.macs_skipped for r in device_layers),   # in all-zero weight tiles
         "cycles": sum(r.cycles for r in device_layers),
         "link_bytes_in": sum(4 * r.counters["link_words_in"] for r in device_layers),
         "link_bytes_out": sum(4 * r.counters["link_words_out"] for r in device_layers),
@@ -111,7 +112,7 @@ def _cmd_run(args):
     if args.report:
         layers = [{
             "name": r.name, "op": r.op, "target": r.target, "reason": r.reason, "macs": r.macs,
-            "cycles": r.cycles, "utilization": r.utilization,
+            "macs_skipped": r.macs_skipped, "cycles": r.cycles, "utilization": r.utilization,
             "counters": _report_counters(r.counters) if r.counters else {},
             "energy_pj": r.energy_pj,
         } for r in reports]

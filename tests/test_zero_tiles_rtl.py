@@ -23,33 +23,37 @@ def _run(device, operands, attrs, skip):
     return device.conv(*operands, **attrs)
 
 
-@pytest.mark.parametrize("dataflow", ["ws", "os"])
-def test_zero_tiles_are_skipped_bit_exact(dataflow):
-    # the zero-gating test's configuration, so the simulator build is shared
-    cfg = AcceleratorConfig(rows=4, cols=4, dataflow=dataflow, act_depth=256, weight_depth=256, acc_depth=64,
+@pytest.mark.parametrize("rows, cols, dataflow", [(4, 4, "ws"), (4, 4, "os"), (1, 2, "ws")],
+                         ids=["ws-4x4", "os-4x4", "ws-1x2"])
+def test_zero_tiles_are_skipped_bit_exact(rows, cols, dataflow):
+    # the zero-gating test's configuration, so the simulator build is shared; 1x2: a fold of one row, whose
+    # header arrives in the cycle its only row is read
+    cfg = AcceleratorConfig(rows=rows, cols=cols, dataflow=dataflow, act_depth=256, weight_depth=256, acc_depth=64,
                             param_depth=4, vec_depth=0)
     rng = np.random.default_rng(11)
+    out_tiles, blocks, pixels = 12 // cols, 8 // rows, 36
     with open_sim_device(cfg) as device:
         for fraction in (0.3, 0.6, 0.9):
             operands, attrs, expected = random_conv(rng, channels=8, out_channels=12, size=6, kernel=3, stride=1,
                                                     pad=1, zero_tiles=(cfg.rows, cfg.cols, fraction))
             w = operands[1]
-            w[4:8] = 0      # a whole column tile too: every dataflow skips it
+            w[4:8] = 0      # whole column tiles too: every dataflow skips them
             expected[4:8] = device_constants(operands, attrs)[4:8]
             y_dense, dense = _run(device, operands, attrs, skip=False)
             y_sparse, sparse = _run(device, operands, attrs, skip=True)
             np.testing.assert_array_equal(y_dense, expected)
             np.testing.assert_array_equal(y_sparse, expected)
 
-            tiles = (w.reshape(3, cfg.cols, 2, cfg.rows, 9) != 0).any(axis=(1, 3))    # (out tile, block, tap)
-            pixels = 36
+            tiles = (w.reshape(out_tiles, cols, blocks, rows, 9) != 0).any(axis=(1, 3))    # (out tile, block, tap)
             if dataflow == "ws":
                 # only the stored folds enter the array: a vector per pixel per fold
+                assert dense.counters["array_cycles"] == pixels * 9 * blocks * out_tiles
                 assert sparse.counters["array_cycles"] == pixels * int(tiles.sum())
             else:
-                assert sparse.counters["array_cycles"] == pixels // cfg.rows * 9 * 2 * cfg.rows * int(
-                    tiles.any(axis=(1, 2)).sum())
-            assert dense.counters["array_cycles"] == pixels * 9 * 2 * 3 * (1 if dataflow == "ws" else 1)
+                # os skips whole output tiles only: a reduction step per channel per tap per row block
+                steps = pixels // rows * 9 * blocks * rows
+                assert dense.counters["array_cycles"] == steps * out_tiles
+                assert sparse.counters["array_cycles"] == steps * int(tiles.any(axis=(1, 2)).sum())
             assert sparse.macs_skipped > 0 and sparse.macs == dense.macs
             assert sparse.counters["link_words_in"] < dense.counters["link_words_in"]
             assert sparse.cycles < dense.cycles, (fraction, sparse.cycles, dense.cycles)
