@@ -69,6 +69,10 @@ FIELD_DESCRIPTIONS = {
     (Opcode.GEMM, "out_y"): "conv commands: output row of the first pixel",
     (Opcode.GEMM, "out_x"): "conv commands: output column of the first pixel (rs: chunks of filter rows, a "
                             "filter taller than the array folded into passes; 0 counts as 1)",
+    (Opcode.GEMM, "sparse"): "ws conv commands on arrays of 2 or more columns only: the weight tile at `w_base` "
+                             "stores only the `k` folds that are not all zero, each as a header word (filter tap "
+                             "`kh` in bits 0-2, `kw` in bits 3-5, channel block `cb` in bits 8-15) followed by its "
+                             "`rows` weight words",
     (Opcode.GEMM, "filters"): "rs only: filters the command computes, 1 to the configuration's rs_filters; its "
                               "`m` rows are each filter's `out_w` output columns in turn, requantised with "
                               "parameter words `p_base` onward (ws, os: ignored)",

@@ -116,6 +116,14 @@ class _RowStationaryPE(wiring.Component):
 class RowStationaryArray(wiring.Component):
     """``rows x cols`` row-stationary PEs with the multicast networks and the column sums.
 
+    Parameters
+    ----------
+    rows, cols : int
+        The PE grid.
+    filters : int
+        Filters a PE interleaves (Eyeriss's ``p``): each PE's filter scratchpad holds ``filters * rows * 7``
+        entries and it keeps as many partial sums.
+
     Attributes
     ----------
     kernel_h, stride : In

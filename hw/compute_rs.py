@@ -8,7 +8,8 @@ further down; 0 counts as 1). Each pass:
 
 1. **filter load**: ``p * q * KW`` weight words from ``w_base + pass * p * q * KW``, filter by filter; lane
    ``r`` of word ``(i * q + n // KW) * KW + n % KW`` is PE row ``r``'s entry of filter ``i`` (its set's
-   channel ``n // KW``, filter column ``n % KW``);
+   channel ``n // KW``, filter column ``n % KW``), while the ifmap loader already delivers the first step's
+   input columns;
 2. **steps**, one per output column ``ox``: every PE does ``p * q * KW`` MACs, for each of its channels and
    filter columns one per filter (so an ifmap value is read once for ``p`` MACs), while the ifmap loader reads
    the input columns of the next step (``KW`` columns for the first, ``stride`` after that) of each of the

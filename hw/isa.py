@@ -64,7 +64,8 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
     BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k
                             # is not its folds times rows, an rs GEMM that is not a conv, has a filter
-                            # chunk taller than the array or more than 7 chunks, a sparse GEMM that is not
+                            # chunk taller than the array or more than 7 chunks, filters of 0 or more than
+                            # rs_filters, or m other than filters times out_w, a sparse GEMM that is not
                             # a ws conv on an array of 2 or more columns, a CONV_SETUP or POOL_SETUP
                             # with a zero size, a POOL or ADD of nothing, or a vector instruction on a
                             # device without a vector unit
