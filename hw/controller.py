@@ -205,7 +205,9 @@ class Controller(wiring.Component):
         gemm_error = Signal(8)
         # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
         too_many_rows = gemm.m > max_rows if max_rows < (1 << len(gemm.m)) - 1 else 0
-        with m.If((gemm.m == 0) | (gemm.k == 0) | too_many_rows | conv_unsupported):
+        # a conv command before any CONV_SETUP would run on an all-zero geometry
+        no_geometry = gemm.conv & (self.conv_geometry.kernel_h == 0)
+        with m.If((gemm.m == 0) | (gemm.k == 0) | too_many_rows | conv_unsupported | no_geometry):
             m.d.comb += gemm_error.eq(ErrorCode.BAD_SHAPE)
         with m.Elif((gemm.x_base + act_words > cfg.act_depth) | (gemm.w_base + weight_words > cfg.weight_depth)
                     | (gemm.p_base >= cfg.param_depth) | params_out_of_range):
@@ -282,7 +284,8 @@ class Controller(wiring.Component):
                     with m.Case(Opcode.POOL):
                         m.d.sync += [vec_entry.op.eq(0), vec_entry.a_base.eq(pool.x_base), vec_entry.count.eq(pool.m),
                                      vec_entry.out_y.eq(pool.out_y), vec_entry.out_x.eq(pool.out_x)]
-                        with m.If(no_vector | (pool.m == 0)):
+                        # before any POOL_SETUP the geometry is all zero: its loops would never end
+                        with m.If(no_vector | (pool.m == 0) | (self.pool_geometry.kernel_h == 0)):
                             m.d.sync += error.eq(ErrorCode.BAD_SHAPE)
                             m.next = "ERROR"
                         with m.Elif(pool_out_of_range):

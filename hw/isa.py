@@ -66,7 +66,8 @@ class ErrorCode(enum.IntEnum):
                             # is not its folds times rows, an rs GEMM that is not a conv, has a filter
                             # chunk taller than the array or more than 7 chunks, filters of 0 or more than
                             # rs_filters, or m other than filters times out_w, a sparse GEMM that is not
-                            # a ws conv on an array of 2 or more columns, a CONV_SETUP or POOL_SETUP
+                            # a ws conv on an array of 2 or more columns, a conv GEMM or a POOL before
+                            # any CONV_SETUP or POOL_SETUP, a CONV_SETUP or POOL_SETUP
                             # with a zero size, a POOL or ADD of nothing, or a vector instruction on a
                             # device without a vector unit
     TRUNCATED = 5           # an instruction or its data stopped arriving mid-way

@@ -102,11 +102,27 @@ def test_bad_vector_instructions_are_reported_and_skipped(device):
     np.testing.assert_array_equal(y, golden.maxpool(x, (2, 2), (2, 2), (0, 0, 0, 0)))
 
 
+def test_pool_and_conv_before_their_setup_are_refused(device):
+    """After reset every geometry is zero: a POOL or conv GEMM then would loop forever, so both are refused."""
+    cfg = device.cfg
+    device.transport.reset()
+    device.transport.send(np.concatenate([
+        instruction(cfg, Opcode.POOL, x_base=0, m=1),
+        instruction(cfg, Opcode.GEMM, m=1, k=cfg.rows if cfg.dataflow == "os" else 1, conv=1),
+    ]))
+    with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_SHAPE"):
+        device.run(_nothing(2))
+    x = np.arange(-64, 64, dtype=np.int8).reshape(1, 2, 8, 8)
+    y, _ = device.maxpool(x, (3, 3), (1, 1), (1, 1, 1, 1))
+    np.testing.assert_array_equal(y, golden.maxpool(x, (3, 3), (1, 1), (1, 1, 1, 1)))
+
+
 class _nothing:
     """An empty program: just the counters, so that the error packets of words sent before it come back."""
     words = np.zeros(0, np.uint32)
     commands = 0
     macs = 0
+    macs_skipped = 0
 
     def __init__(self, errors):
         self.errors = errors

@@ -199,6 +199,11 @@ def _random_instruction_stream(cfg, rng, count):
         if opcode == Opcode.WAIT:
             instr[0] &= 0xFF  # small pending counts, so some waits really wait
             instr[0] |= rng.randint(0, 3) << 8
+        if opcode == Opcode.POOL:
+            # few pixels: a random geometry may pool 7x7 taps of 255 channel blocks per pixel, and 65535
+            # such pixels would run for most of a billion cycles (long, not hung)
+            instr = [int(w) for w in instruction(cfg, Opcode.POOL, x_base=rng.getrandbits(16), m=rng.randint(0, 16),
+                                                 out_y=rng.getrandbits(10), out_x=rng.getrandbits(10))]
         words += instr
         words += [rng.getrandbits(32) for _ in range(rng.randint(0, 20) if opcode == Opcode.LOAD else 0)]
     return words
