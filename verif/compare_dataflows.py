@@ -50,6 +50,29 @@ def compare(rows, cols, layer, seed=1, dataflows=("ws", "os", "rs"), rs_filters=
     return results
 
 
+#: AlexNet's CONV2-5 (Krizhevsky et al. 2012) with a quarter of the channels, ungrouped, on the full feature maps.
+#: CONV1 (11x11, stride 4) is left out: the device takes kernels up to 7x7.
+ALEXNET_REDUCED = {
+    "CONV2": {"channels": 24, "out_channels": 64, "size": 27, "kernel": 5, "stride": 1, "pad": 2},
+    "CONV3": {"channels": 64, "out_channels": 96, "size": 13, "kernel": 3, "stride": 1, "pad": 1},
+    "CONV4": {"channels": 96, "out_channels": 96, "size": 13, "kernel": 3, "stride": 1, "pad": 1},
+    "CONV5": {"channels": 96, "out_channels": 64, "size": 13, "kernel": 3, "stride": 1, "pad": 1},
+}
+
+
+def _describe(layer):
+    k = layer["kernel"]
+    return (f"{k}x{k} conv {layer['channels']}->{layer['out_channels']} on {layer['size']}x{layer['size']}, "
+            f"pad {layer['pad']}")
+
+
+def _print_table(rows):
+    print(f"{'dataflow':8} {'cycles':>9} {'util':>6} {'buffer B':>9} {'RF acc':>7} {'PE-PE':>6} {'link B':>7}")
+    for r in rows:
+        print(f"{r['dataflow']:8} {r['cycles']:9,} {r['utilization']:6.1%} {r['buffer_bytes_per_mac']:9.3f} "
+              f"{r['rf_accesses_per_mac']:7.2f} {r['noc_per_mac']:6.2f} {r['link_bytes_per_mac']:7.3f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8)
@@ -60,15 +83,16 @@ def main(argv=None):
     parser.add_argument("--dataflows", default="ws,os,rs", help="comma-separated (default: ws,os,rs)")
     parser.add_argument("--rs-filters", type=int, help="filters a row-stationary PE interleaves (default: the "
                                                           "configuration's)")
+    parser.add_argument("--alexnet", action="store_true",
+                        help="AlexNet's CONV2-5 with a quarter of the channels instead of one layer")
     args = parser.parse_args(argv)
-    layer = {"channels": args.channels, "out_channels": args.out_channels, "size": args.size, "kernel": 3,
-             "stride": 1, "pad": 1}
-    print(f"3x3 conv {args.channels}->{args.out_channels} on {args.size}x{args.size}, pad 1, "
-          f"{args.rows}x{args.cols} PEs; per MAC:")
-    print(f"{'dataflow':8} {'cycles':>9} {'util':>6} {'buffer B':>9} {'RF acc':>7} {'PE-PE':>6} {'link B':>7}")
-    for r in compare(args.rows, args.cols, layer, dataflows=args.dataflows.split(","), rs_filters=args.rs_filters):
-        print(f"{r['dataflow']:8} {r['cycles']:9,} {r['utilization']:6.1%} {r['buffer_bytes_per_mac']:9.3f} "
-              f"{r['rf_accesses_per_mac']:7.2f} {r['noc_per_mac']:6.2f} {r['link_bytes_per_mac']:7.3f}")
+    layers = ALEXNET_REDUCED if args.alexnet else {
+        "layer": {"channels": args.channels, "out_channels": args.out_channels, "size": args.size, "kernel": 3,
+                  "stride": 1, "pad": 1}}
+    for name, layer in layers.items():
+        print(f"{name if args.alexnet else ''} {_describe(layer)}, {args.rows}x{args.cols} PEs; per MAC:".lstrip())
+        _print_table(compare(args.rows, args.cols, layer, dataflows=args.dataflows.split(","),
+                             rs_filters=args.rs_filters))
 
 
 if __name__ == "__main__":
