@@ -416,8 +416,10 @@ def format_markdown(payload):
         lines.append(f"- SCALE-Sim has no {', '.join(no_peer)} dataflow: those rows have no peer")
     lines.append("- RTL cycles are the device's cycle counter over the whole layer, link transfers included; "
                  "SCALE-Sim's are its stall-free compute cycles.")
-    lines.append("- Grouped (depthwise) convs run dense with block-diagonal weights; MACs, utilisation, pJ/MAC "
-                 "and link B/MAC count useful MACs only. SCALE-Sim runs them channel by channel.")
+    lines.append("- Grouped (depthwise) convs run with block-diagonal weights: ws skips the all-zero weight tiles "
+                 "between groups (the zeros inside a tile are multiplied), os and rs skip only all-zero output "
+                 "tiles, so they run dense; MACs, utilisation, pJ/MAC and link B/MAC count useful MACs only. "
+                 "SCALE-Sim runs them channel by channel.")
     for d in payload["devices"]:
         if d.get("bare_loop_cycles_per_s"):
             lines.append(f"- {d['dataflow']} {d['rows']}x{d['cols']}: bare Verilator loop "
