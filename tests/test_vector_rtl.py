@@ -13,6 +13,7 @@ from sw_driver.layers import QuantParams
 from sw_driver.runtime import open_sim_device
 from sw_driver.vector_compiler import add_params_for
 from verif import golden
+from verif.cases import ExpectErrors
 
 pytestmark = pytest.mark.rtl
 
@@ -95,7 +96,7 @@ def test_bad_vector_instructions_are_reported_and_skipped(device):
     ])
     device.transport.send(bad)
     with pytest.raises(DeviceError, match="BAD_SHAPE.*OUT_OF_RANGE.*BAD_SHAPE"):
-        device.run(_nothing(3))
+        device.run(ExpectErrors(3))
     # and the device goes on working
     x = np.arange(-64, 64, dtype=np.int8).reshape(1, 2, 8, 8)
     y, _ = device.maxpool(x, (2, 2), (2, 2))
@@ -111,27 +112,11 @@ def test_pool_and_conv_before_their_setup_are_refused(device):
         instruction(cfg, Opcode.GEMM, m=1, k=cfg.rows if cfg.dataflow == "os" else 1, conv=1),
     ]))
     with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_SHAPE"):
-        device.run(_nothing(2))
+        device.run(ExpectErrors(2))
     x = np.arange(-64, 64, dtype=np.int8).reshape(1, 2, 8, 8)
     y, _ = device.maxpool(x, (3, 3), (1, 1), (1, 1, 1, 1))
     np.testing.assert_array_equal(y, golden.maxpool(x, (3, 3), (1, 1), (1, 1, 1, 1)))
 
-
-class _nothing:
-    """An empty program: just the counters, so that the error packets of words sent before it come back."""
-    words = np.zeros(0, np.uint32)
-    commands = 0
-    macs = 0
-    macs_skipped = 0
-
-    def __init__(self, errors):
-        self.errors = errors
-
-    def reply_words(self, cfg):
-        return 2 * self.errors     # ERROR packets: a header and one word each
-
-    def assemble(self, results, cols):
-        return None
 
 
 def test_device_without_vector_unit_refuses_vector_work():
@@ -141,4 +126,4 @@ def test_device_without_vector_unit_refuses_vector_work():
         device.transport.send(np.concatenate([instruction(cfg, Opcode.POOL, x_base=0, m=1),
                                               load(cfg, BufferId.VEC, 0, np.zeros((1, 4), np.int8))]))
         with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_BUFFER"):
-            device.run(_nothing(2))
+            device.run(ExpectErrors(2))

@@ -4,7 +4,7 @@ import numpy as np
 
 from verif import golden
 
-__all__ = ["random_gemm", "random_conv"]
+__all__ = ["random_gemm", "random_conv", "ExpectErrors"]
 
 
 def random_gemm(rng, m, k, n):
@@ -51,3 +51,21 @@ def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_
     expected = golden.requantize(acc, scale, y_zp, axis=0)
     folded = golden.fold_input_zero_point(bias, x_zp, w, output_axis=0)
     return (x, w, folded, scale, y_zp), {"strides": (stride, stride), "pads": pads, "pad_value": x_zp}, expected
+
+
+class ExpectErrors:
+    """An empty program for ``Device.run``: just the counters, so that the ERROR packets of ``errors`` bad
+    instructions sent before it come back (and ``run`` raises ``DeviceError`` naming them)."""
+    words = np.zeros(0, np.uint32)
+    commands = 0
+    macs = 0
+    macs_skipped = 0
+
+    def __init__(self, errors):
+        self.errors = errors
+
+    def reply_words(self, cfg):
+        return 2 * self.errors     # ERROR packets: a header and one word each
+
+    def assemble(self, results, cols):
+        return None
