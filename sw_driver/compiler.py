@@ -321,6 +321,34 @@ def _stored_folds(layer, folds, skip):
     return [np.flatnonzero(nonzero[:, t]) for t in range(layer.n_tiles)]
 
 
+def _weight_tile_plan(layer, folds, skip):
+    """Per column tile: the folds it runs, whether it is a ``sparse`` command, and its words in the weight
+    buffer. Sparse only where a fold is skipped (ws, two or more columns for the header), and never where the
+    headers would make a tile that fits dense outgrow the buffer."""
+    cfg, R = layer.cfg, layer.cfg.rows
+    stored = _stored_folds(layer, folds, skip)
+    sparse = [cfg.dataflow == "ws" and cfg.cols >= 2 and 0 < len(s) < folds for s in stored]
+    words = [len(s) * (R + 1) if sp else layer.weight_words for s, sp in zip(stored, sparse, strict=True)]
+    if max(words) > cfg.weight_depth:
+        sparse = [sp and size <= layer.weight_words for sp, size in zip(sparse, words, strict=True)]
+        words = [min(size, layer.weight_words) for size in words]
+    return stored, sparse, words
+
+
+def _skipped_weights(layer, counted, stored, sparse, folds, blocks):
+    """Weights (per output pixel) of the layer's own (``counted``) that fall in folds the program skips: the
+    unstored folds of sparse commands and every fold of a tile that is not run."""
+    R, C = layer.cfg.rows, layer.cfg.cols
+    blocked = np.zeros((layer.n_tiles * C, blocks * R), bool)
+    blocked[:counted.shape[0], :counted.shape[1]] = counted
+    per_block = blocked.reshape(layer.n_tiles, C, blocks, R).sum(axis=(1, 3))     # per (tile, channel block)
+    total = 0
+    for t in range(layer.n_tiles):
+        if sparse[t] or not len(stored[t]):
+            total += int(per_block[t, np.setdiff1d(np.arange(folds), stored[t]) % blocks].sum())
+    return total
+
+
 def _sparse_weight_tile(layer, t, stored, kw, blocks):
     """The weight tile of a ``sparse`` command: each stored fold's header word (its tap and channel block,
     :func:`hw.layouts.fold_header_layout`) followed by its ``rows`` weight words."""
@@ -395,19 +423,14 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     image_words = in_h * in_w * blocks
     row_words = in_w * blocks
     halves = image_words <= cfg.act_depth // 2
+    stored, sparse, tile_words = _weight_tile_plan(layer, folds, skip_zero_tiles)
+    weights = _SlotPool("weight", max(tile_words), cfg.weight_depth // max(tile_words))
+    run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
     # A larger map goes in bands of output rows. Where the buffer's addresses wrap at its depth (a power of
     # two), the bands take the two halves in turn as images do: a band's commands address the whole map
     # through a base that puts the band's first input row at the start of its half, so one CONV_SETUP serves
     # every band and the next band loads while the array works on this one. Otherwise each band fills the
     # buffer behind its own setup, which waits for the device to go idle.
-    stored = _stored_folds(layer, folds, skip_zero_tiles)
-    sparse = [cfg.dataflow == "ws" and cfg.cols >= 2 and 0 < len(s) < folds for s in stored]
-    tile_words = [len(s) * (R + 1) if sp else layer.weight_words for s, sp in zip(stored, sparse, strict=True)]
-    if max(tile_words) > cfg.weight_depth:      # headers must not make a layer that fits dense stop fitting
-        sparse = [sp and size <= layer.weight_words for sp, size in zip(sparse, tile_words, strict=True)]
-        tile_words = [min(size, layer.weight_words) for size in tile_words]
-    weights = _SlotPool("weight", max(tile_words), cfg.weight_depth // max(tile_words))
-    run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
     ring = not halves and cfg.act_depth & (cfg.act_depth - 1) == 0 and \
         _output_row_bands(cfg.act_depth // 2, in_h, row_words, out_h, kh, stride_y, check=False)
     bands = [(0, out_h)] if halves else _output_row_bands(cfg.act_depth, in_h, row_words, out_h, kh, stride_y)
@@ -423,13 +446,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     constants = _constant_outputs(layer.bias, layer.scale, y_zp)
     pixel_count = images * out_h * out_w
     counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
-    blocked = np.zeros((layer.n_tiles * C, blocks * R), bool)
-    blocked[:out_channels, :channels] = counted
-    per_block = blocked.reshape(layer.n_tiles, C, blocks, R).sum(axis=(1, 3))    # counted weights per tile, block
-    macs_skipped = 0
-    for t in range(layer.n_tiles):
-        skipped = np.setdiff1d(np.arange(folds), stored[t]) if sparse[t] or not len(stored[t]) else np.zeros(0, int)
-        macs_skipped += pixel_count * int(per_block[t, skipped % blocks].sum())
+    macs_skipped = pixel_count * _skipped_weights(layer, counted, stored, sparse, folds, blocks)
 
     def setup(first_row, last_row, oy0):
         # The band of input rows these output rows read, stored from its slot's first word; the geometry's
