@@ -44,6 +44,14 @@ def _control_signature():
     })
 
 
+def _ring_and_crc(m, depth):
+    """Both link ends keep frame payloads in a ring of ``depth`` link words and check or make their CRC:
+    the ring's write and read ports, and the CRC processor."""
+    m.submodules.ring = ring = Memory(shape=LINK_WIDTH, depth=depth, init=[])
+    m.submodules.crc = crc = Processor(crc_parameters())
+    return ring.write_port(), ring.read_port(), crc
+
+
 class LinkReceiver(wiring.Component):
     """Frames in, words out.
 
@@ -73,10 +81,7 @@ class LinkReceiver(wiring.Component):
         m = Module()
         ctl = self.control
         abits = self.depth.bit_length() - 1
-        m.submodules.ring = ring = Memory(shape=LINK_WIDTH, depth=self.depth, init=[])
-        write = ring.write_port()
-        read = ring.read_port()
-        m.submodules.crc = crc = Processor(crc_parameters())
+        write, read, crc = _ring_and_crc(m, self.depth)
 
         written = Signal(_SEQ_BITS)    # tentative: payload of the frame being received goes here
         expected = Signal(_SEQ_BITS)   # committed: everything before it is good
@@ -228,10 +233,7 @@ class LinkTransmitter(wiring.Component):
         m = Module()
         ctl = self.control
         abits = self.depth.bit_length() - 1
-        m.submodules.ring = ring = Memory(shape=LINK_WIDTH, depth=self.depth, init=[])
-        write = ring.write_port()
-        read = ring.read_port()
-        m.submodules.crc = crc = Processor(crc_parameters())
+        write, read, crc = _ring_and_crc(m, self.depth)
 
         filled = Signal(_SEQ_BITS)   # next offset to store from host_out
         acked = Signal(_SEQ_BITS)    # the host has everything before it

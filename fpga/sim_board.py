@@ -18,7 +18,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, FramedTransport, frame_bytes
-from sw_driver.transport import LinkError, harness_exit_error
+from sw_driver.transport import LinkError, harness_exit_error, stop_process
 from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
 from .top import BOARD_TOPLEVEL, LinkedDevice, LinkSettings
@@ -114,7 +114,7 @@ class BoardPort:
         command = [str(binary), str(link.divisor)] + (["--trace", str(trace)] if trace else [])
         self._proc = subprocess.Popen(command, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._stderr)
-        self._finalizer = weakref.finalize(self, _stop, self._proc, self._stderr)
+        self._finalizer = weakref.finalize(self, stop_process, self._proc, self._stderr)
         magic, version = struct.unpack("<2I", self._read(8))
         if (magic, version) != (MAGIC, VERSION):
             self.close()
@@ -197,20 +197,6 @@ class BoardPort:
 
     def _died(self, reason="the board harness exited"):
         return harness_exit_error(self._proc, self._stderr, self._finalizer, f"{reason} (board harness")
-
-
-def _stop(proc, stderr):
-    for stream in (proc.stdin, proc.stdout):
-        try:
-            stream.close()
-        except OSError:
-            pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    stderr.close()
 
 
 class BoardSimTransport(FramedTransport):

@@ -51,7 +51,7 @@ import numpy as np
 
 from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
-__all__ = ["Transport", "LinkError", "SimTransport", "SimStats", "HarnessBuild", "build_harness",
+__all__ = ["Transport", "LinkError", "SimTransport", "SimStats", "HarnessBuild", "build_harness", "stop_process",
            "DEFAULT_TIMEOUT_CYCLES"]
 
 PROTOCOL_MAGIC = 0x54534831  # "TSH1" when read as ASCII, big end first
@@ -334,7 +334,7 @@ class SimTransport(Transport):
         # tail of the file explains a crash.
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._stderr)
+        self._finalizer = weakref.finalize(self, stop_process, self._proc, self._stderr)
         self._closed = False
         magic, version = struct.unpack("<2I", self._read_exact(8))
         if (magic, version) != (PROTOCOL_MAGIC, PROTOCOL_VERSION):
@@ -485,7 +485,7 @@ def harness_exit_error(proc, stderr, finalizer, reason):
     return LinkError(f"{reason}, exit code {code})" + (f":\n{tail}" if tail else ""))
 
 
-def _stop_process(proc, stderr):
+def stop_process(proc, stderr):
     """Finalizer: make sure the harness is gone and its pipes are closed, however the transport ended."""
     for stream in (proc.stdin, proc.stdout):
         with contextlib.suppress(OSError):
