@@ -39,7 +39,7 @@ class WeightStationaryArray(wiring.Component):
 
     def __init__(self, *, rows, cols):
         self.rows, self.cols = rows, cols
-        self.latency = rows + cols - 1
+        self.latency = rows + cols   # skew, a registered product in each PE, and de-skew
         super().__init__({
             "x_in": In(data.ArrayLayout(OPERAND, rows)),
             "x_bank": In(1),
@@ -72,8 +72,14 @@ class WeightStationaryArray(wiring.Component):
         for c in range(self.cols):
             m.d.comb += self.psum_out[c].eq(
                 delayed(m, grid[-1][c].psum_out, self.cols - 1 - c, name=f"psum_deskew_{c}"))
-        m.d.sync += self.macs_gated.eq(
-            Mux(self.x_valid, _gated(self.x_in, self.x_bank, self._zero_weights(m), self.cols), 0))
+        # Counted in two registered steps (each row's gated PEs, then their sum): x_in comes straight from a
+        # buffer's read port, and the count must not lengthen that path.
+        zeros = self._zero_weights(m)
+        gated_rows = [Signal(range(self.cols + 1), name=f"gated_row_{r}") for r in range(self.rows)]
+        for r in range(self.rows):
+            m.d.sync += gated_rows[r].eq(Mux(self.x_valid, Mux(self.x_in[r] == 0, self.cols,
+                                                               Mux(self.x_bank, zeros[1][r], zeros[0][r])), 0))
+        m.d.sync += self.macs_gated.eq(sum(gated_rows))
         return m
 
     def _zero_weights(self, m):
@@ -87,8 +93,3 @@ class WeightStationaryArray(wiring.Component):
                     m.d.sync += zeros[b][r].eq(loaded)
         return zeros
 
-
-def _gated(x, bank, zeros, cols):
-    """PEs of a vector ``x`` (on weight ``bank``) that multiply by zero: a whole row where ``x`` is zero,
-    else that row's zero weights."""
-    return sum(Mux(x[r] == 0, cols, Mux(bank, zeros[1][r], zeros[0][r])) for r in range(len(x)))

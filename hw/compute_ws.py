@@ -127,11 +127,13 @@ class WeightStationaryCompute(ComputeUnit):
                         m.d.sync += cb.eq(cb + 1)
                 with m.If(fold == cmd.k - 1):
                     m.d.sync += loading.eq(0)
+        # Buffer read data is registered before it fans out into the array (a block RAM's output is slow): one
+        # cycle of read latency and one of that register, for the weights and for the activations alike.
         m.d.comb += [
-            array.w_data.eq(self.weight_data),
-            array.w_load.eq(delayed(m, w_load, 1, name="w_load")),
-            array.w_row.eq(delayed(m, row[:len(array.w_row)], 1, name="w_row")),
-            array.w_bank.eq(delayed(m, load_bank, 1, name="w_bank")),
+            array.w_data.eq(delayed(m, self.weight_data, 1, name="w_data")),
+            array.w_load.eq(delayed(m, w_load, 2, name="w_load")),
+            array.w_row.eq(delayed(m, row[:len(array.w_row)], 2, name="w_row")),
+            array.w_bank.eq(delayed(m, load_bank, 2, name="w_bank")),
         ]
 
         # -- activation issuer --------------------------------------------------------------------------------
@@ -153,8 +155,8 @@ class WeightStationaryCompute(ComputeUnit):
         ]
         with m.If(last_vector):
             m.d.sync += active.eq(0)
-            # The last vector (address at cycle L) meets PE (r, cols-1) at L+r+cols; a load starting at S
-            # writes row r visibly from S+3+r. So S >= L+cols-2, i.e. cool counts cols-3 (and folds of
+            # The last vector (address at cycle L) meets PE (r, cols-1) at L+r+cols+1; a load starting at S
+            # writes row r visibly from S+4+r. So S >= L+cols-2, i.e. cool counts cols-3 (and folds of
             # rows+cols-1 vectors or more follow each other without a bubble).
             m.d.sync += cool.eq(max(cfg.cols - 3, 0))
         with m.Elif(cool != 0):
@@ -182,7 +184,8 @@ class WeightStationaryCompute(ComputeUnit):
             self.noc_transfers.eq(Mux(active, cfg.rows * (cfg.cols - 1) + (cfg.rows - 1) * cfg.cols, 0)),
         ]
 
-        # Tags travel beside the data: one cycle of buffer read latency, then the array's latency.
+        # Tags travel beside the data: one cycle of buffer read latency, one of the register after it, then the
+        # array's latency.
         tag_layout = data.StructLayout({"valid": 1, "pad": 1, "row": len(self.acc_rd_addr), "first": 1,
                                         "tile_end": 1})
         tag = Signal(tag_layout)
@@ -192,12 +195,15 @@ class WeightStationaryCompute(ComputeUnit):
             tag.row.eq(half_base + vector), tag.first.eq(current.first),
             tag.tile_end.eq(last_vector & current.last),
         ]
-        at_array = delayed(m, tag, 1, name="tag_read")
+        at_read = delayed(m, tag, 1, name="tag_read")
         padding = Signal.like(self.act_data)
         m.d.comb += [padding[r].eq(geometry.pad_value) for r in range(cfg.rows)]
+        x = Signal.like(self.act_data)
+        m.d.sync += x.eq(Mux(at_read.valid, Mux(at_read.pad, padding, self.act_data), 0))
+        at_array = delayed(m, at_read, 1, name="tag_x")
         m.d.comb += [
-            array.x_in.eq(Mux(at_array.valid, Mux(at_array.pad, padding, self.act_data), 0)),
-            array.x_bank.eq(delayed(m, current.bank, 1, name="x_bank")),
+            array.x_in.eq(x),
+            array.x_bank.eq(delayed(m, current.bank, 2, name="x_bank")),
             array.x_valid.eq(at_array.valid),
             self.macs_gated.eq(array.macs_gated),
         ]

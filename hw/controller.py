@@ -134,6 +134,8 @@ class Controller(wiring.Component):
 
         error = Signal(8)
         issued = Signal(32)
+        outstanding = Signal(32)
+        m.d.sync += outstanding.eq(issued - self.completed)
 
         # -- LOAD state: assemble buffer words from link words --------------------------------------------
         beats = {b: words_per_buffer_word(cfg, b) for b in BufferId}
@@ -166,13 +168,16 @@ class Controller(wiring.Component):
 
         # -- GEMM checks --------------------------------------------------------------------------------
         max_rows = cfg.rows if cfg.dataflow == "os" else cfg.acc_half_depth
+        # The words a command reads are products of its fields: registered every cycle (the instruction is
+        # steady from DECODE on), so the multiplies stay off the path into the state machine and the range
+        # checks are made in the GEMM state.
         act_words = Signal(33)
         weight_words = Signal(33)
         params_out_of_range = 0      # a command reads one parameter word (rs: one per filter)
         # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
         if cfg.dataflow == "ws":
             # a sparse command stores a header word before each fold, and exists for conv commands only
-            m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)),
+            m.d.sync += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)),
                          weight_words.eq(gemm.k * (cfg.rows + gemm.sparse))]
             conv_unsupported = gemm.sparse & ~gemm.conv if cfg.cols >= 2 else gemm.sparse
         elif cfg.dataflow == "rs":
@@ -186,8 +191,10 @@ class Controller(wiring.Component):
                 for kh in range(1, min(cfg.rows, MAX_KERNEL) + 1):
                     with m.Case(kh):
                         m.d.comb += channels_per_pe.eq(rs_mapping(cfg.rows, kh)[1])
-            m.d.comb += [act_words.eq(0),
-                         weight_words.eq(gemm.k * chunks * geometry.kernel_w * channels_per_pe * gemm.filters)]
+            # the geometry is set by CONV_SETUP, long before the GEMM that reads it: its product is registered
+            per_filter = Signal(16)
+            m.d.sync += [per_filter.eq(geometry.kernel_w * channels_per_pe),
+                         weight_words.eq(gemm.k * chunks * gemm.filters * per_filter)]
             too_tall = geometry.kernel_h > cfg.rows if cfg.rows < 7 else 0   # no constant compare
             filters_limit = (1 << len(gemm.filters)) - 1
             too_many_filters = gemm.filters > cfg.rs_filters if cfg.rs_filters < filters_limit else 0
@@ -195,12 +202,12 @@ class Controller(wiring.Component):
                                 | too_many_filters | (gemm.m != gemm.filters * geometry.out_w))
             params_out_of_range = gemm.p_base + gemm.filters > cfg.param_depth
         else:
-            m.d.comb += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
+            m.d.sync += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
             # os steps through gathered folds one channel at a time: k must be exactly the folds' channels,
             # or the gather and the steps would disagree (and a missing fold would never arrive)
             geometry = self.conv_geometry
-            folds = Signal(16)
-            m.d.comb += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
+            folds = Signal(16)   # registered: the geometry is set long before the GEMM that reads it
+            m.d.sync += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
             conv_unsupported = (gemm.conv & (gemm.k != folds * cfg.rows)) | gemm.sparse
         gemm_error = Signal(8)
         # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
@@ -251,11 +258,7 @@ class Controller(wiring.Component):
                                 m.d.sync += [beats_needed.eq(1), discard.eq(1), error.eq(ErrorCode.BAD_BUFFER)]
                         m.next = "LOAD"
                     with m.Case(Opcode.GEMM):
-                        with m.If(gemm_error != 0):
-                            m.d.sync += error.eq(gemm_error)
-                            m.next = "ERROR"
-                        with m.Else():
-                            m.next = "GEMM"
+                        m.next = "GEMM"
                     with m.Case(Opcode.WAIT):
                         m.next = "WAIT"
                     with m.Case(Opcode.READ_COUNTERS):
@@ -338,7 +341,10 @@ class Controller(wiring.Component):
                     m.next = "FETCH"
 
             with m.State("GEMM"):
-                with m.If(commands.w_rdy & row_counts.w_rdy):
+                with m.If(gemm_error != 0):
+                    m.d.sync += error.eq(gemm_error)
+                    m.next = "ERROR"
+                with m.Elif(commands.w_rdy & row_counts.w_rdy):
                     m.d.comb += [commands.w_en.eq(1), commands.w_data.eq(gemm.as_value()),
                                  row_counts.w_en.eq(1), row_counts.w_data.eq(gemm.m)]
                     m.d.sync += issued.eq(issued + 1)
@@ -367,8 +373,9 @@ class Controller(wiring.Component):
                     m.next = "FETCH"
 
             with m.State("WAIT"):
-                # issued - completed never exceeds the commands in flight, so any `pending` terminates
-                with m.If(issued - self.completed <= wait.pending):
+                # issued - completed never exceeds the commands in flight, so any `pending` terminates; it is
+                # a cycle old, which only ever overstates what is in flight (nothing is issued while waiting)
+                with m.If(outstanding <= wait.pending):
                     m.next = "FETCH"
 
             with m.State("DRAIN_FOR_COUNTERS"):

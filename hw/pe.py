@@ -29,7 +29,8 @@ class WeightStationaryPE(wiring.Component):
     x_out, bank_out : Out
         The same, registered, for the right neighbour.
     psum_in, psum_out : In, Out
-        Partial sum from above; ``psum_in + x_in * weight[bank_in]``, registered, for the PE below.
+        Partial sum from above; ``psum_in`` plus the product of the activation of the cycle before
+        (``x_in * weight[bank_in]``, registered), registered, for the PE below.
     w_data, w_bank, w_load : In
         Weight load: when ``w_load``, ``w_data`` is written into bank ``w_bank``.
     """
@@ -50,10 +51,14 @@ class WeightStationaryPE(wiring.Component):
         for b in range(2):
             with m.If(self.w_load & (self.w_bank == b)):
                 m.d.sync += weight[b].eq(self.w_data)
+        # The product is registered before it is added (a cycle of latency for the whole array), so the
+        # multiplier and the 32-bit adder are not one path: what lets the array clock high on an FPGA.
+        product = Signal(ACC)
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),
-            self.psum_out.eq(self.psum_in + _gated_product(self.x_in, Mux(self.bank_in, weight[1], weight[0]))),
+            product.eq(_gated_product(self.x_in, Mux(self.bank_in, weight[1], weight[0]))),
+            self.psum_out.eq(self.psum_in + product),
         ]
         return m
 
