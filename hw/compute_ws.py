@@ -144,11 +144,21 @@ class WeightStationaryCompute(ComputeUnit):
         last_vector = Signal()
         m.d.comb += last_vector.eq(active & (vector == current.m - 1))
         next_fold = data.View(fold_layout, folds.r_data)
+        m.submodules.window = window = SlidingWindow(len(self.act_addr), pipelined=True)
+        # The window prepares a fold's first addresses while the fold waits in the queue: it may start once
+        # the fold has been there `window.settle` cycles (in steady state it waits far longer).
+        settled = Signal(range(window.settle + 1))
+        ready_fold = Signal()
+        m.d.comb += ready_fold.eq(folds.r_rdy & (settled == window.settle))
         take = Signal()
+        with m.If(~folds.r_rdy | take):
+            m.d.sync += settled.eq(0)
+        with m.Elif(~ready_fold):
+            m.d.sync += settled.eq(settled + 1)
         m.d.comb += [
-            take.eq((~active | last_vector) & folds.r_rdy & (~next_fold.first | tracker.start.ready)),
+            take.eq((~active | last_vector) & ready_fold & (~next_fold.first | tracker.start.ready)),
             folds.r_en.eq(take),
-            tracker.start.valid.eq((~active | last_vector) & folds.r_rdy & next_fold.first),
+            tracker.start.valid.eq((~active | last_vector) & ready_fold & next_fold.first),
             tracker.start.payload.m.eq(next_fold.m),
             tracker.start.payload.p_base.eq(next_fold.p_base),
             tracker.start.payload.y_zp.eq(next_fold.y_zp),
@@ -168,7 +178,6 @@ class WeightStationaryCompute(ComputeUnit):
             with m.If(next_fold.first):
                 m.d.sync += half.eq(tracker.half)
 
-        m.submodules.window = window = SlidingWindow(len(self.act_addr))
         m.d.comb += [
             window.geometry.eq(geometry),
             window.start.eq(take), window.step.eq(active),
@@ -209,13 +218,24 @@ class WeightStationaryCompute(ComputeUnit):
         ]
         at_psum = delayed(m, at_array, array.latency, name="tag_array")
 
-        # -- accumulate: read-modify-write, the read port is transparent so back-to-back rows see the write --
-        psum = Signal.like(array.psum_out)
-        at_write = Signal(tag_layout)
+        # -- accumulate: read-modify-write over two registered steps ----------------------------------------
+        # The read is issued as the array's row comes out; the read data and the row are registered (a block
+        # RAM's output is slow), and the sum is written a cycle later. A read issued one cycle before a write
+        # to its row misses that write: the sum then takes the value written last cycle instead. A read in the
+        # same cycle as the write sees it (the read port is transparent).
+        psum = delayed(m, array.psum_out, 2, name="psum")
+        at_write = delayed(m, at_psum, 2, name="tag_write")
+        acc = Signal.like(self.acc_rd_data)
+        m.d.sync += acc.eq(self.acc_rd_data)
+        written = Signal.like(self.acc_wr_data)
+        m.d.sync += written.eq(self.acc_wr_data)
+        at_written = delayed(m, at_write, 1, name="tag_written")
+        missed = Signal()
+        m.d.comb += missed.eq(at_write.valid & at_written.valid & (at_write.row == at_written.row))
         m.d.comb += self.acc_rd_addr.eq(at_psum.row)
-        m.d.sync += [psum.eq(array.psum_out), at_write.eq(at_psum)]
         for c in range(cfg.cols):
-            m.d.comb += self.acc_wr_data[c].eq(Mux(at_write.first, psum[c], psum[c] + self.acc_rd_data[c]))
+            m.d.comb += self.acc_wr_data[c].eq(
+                Mux(at_write.first, psum[c], psum[c] + Mux(missed, written[c], acc[c])))
         m.d.comb += [
             self.acc_wr_addr.eq(at_write.row),
             self.acc_wr_en.eq(at_write.valid),

@@ -21,7 +21,12 @@ class SlidingWindow(wiring.Component):
 
     Output pixels advance in raster order over ``out_w`` columns; each step adds the stride to the input
     column, and at the end of an output row moves the input row on by the stride. Only additions happen per
-    pixel; the two multiplications are at fold start.
+    pixel, each into a register; the multiplications happen once per fold, before its start.
+
+    With ``settle`` > 0 the fold-start arithmetic is pipelined over that many registered steps: the fold's
+    inputs (``out_y`` ... ``x_base``) must then be steady for :attr:`settle` cycles before ``start``. A
+    weight-stationary issuer has the next fold waiting long before it starts it, and the multiplies would
+    otherwise sit on one path from the fold queue into the address registers.
 
     Attributes
     ----------
@@ -32,12 +37,16 @@ class SlidingWindow(wiring.Component):
     step : In(1)
         Advance to the next output pixel.
     addr : Out(unsigned)
-        Activation word of the current pixel.
+        Activation word of the current pixel (a register).
     pad : Out(1)
         The current pixel's tap lies outside the input: use the padding value instead of ``addr``.
     """
 
-    def __init__(self, addr_width):
+    #: Registered steps of the fold-start arithmetic when pipelined.
+    PIPELINED = 3
+
+    def __init__(self, addr_width, *, pipelined=False):
+        self.settle = self.PIPELINED if pipelined else 0
         side = unsigned(MAX_CONV_SIDE.bit_length())
         super().__init__({
             "geometry": In(conv_geometry_layout()),
@@ -53,44 +62,48 @@ class SlidingWindow(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        row_words = Signal(_OFFSET)     # words of one input row
-        m.d.comb += row_words.eq(g.in_w * g.channel_blocks)
+        addr_width = len(self.addr)
 
-        iy, ix = Signal(_COORD), Signal(_COORD)
-        ox = Signal.like(self.out_x)
-        row_offset, col_offset = Signal(_OFFSET), Signal(_OFFSET)
-        kw, cb, x_base = Signal.like(self.kw), Signal.like(self.cb), Signal.like(self.x_base)
+        def step(name, shape, value):
+            """One step of the fold-start arithmetic: a register when pipelined, else a wire."""
+            result = Signal(shape, name=name)
+            (m.d.sync if self.settle else m.d.comb).__iadd__(result.eq(value))
+            return result
 
         # Unsigned sums go through signed signals before the padding is subtracted, so that a tap above or
         # left of the map becomes a negative coordinate rather than a wrapped unsigned one.
-        tap_y, tap_x, tap_kw = Signal(_COORD), Signal(_COORD), Signal(_COORD)
-        first_iy, first_ix, row_start_ix = Signal(_COORD), Signal(_COORD), Signal(_COORD)
-        m.d.comb += [
-            tap_y.eq(self.out_y * g.stride + self.kh),
-            tap_x.eq(self.out_x * g.stride + self.kw),
-            tap_kw.eq(kw),
-            first_iy.eq(tap_y - g.pad_top),
-            first_ix.eq(tap_x - g.pad_left),
-            row_start_ix.eq(tap_kw - g.pad_left),
-        ]
+        tap_y, tap_x = Signal(_COORD), Signal(_COORD)
+        m.d.comb += [tap_y.eq(self.out_y * g.stride + self.kh), tap_x.eq(self.out_x * g.stride + self.kw)]
+        tap_kw = Signal(_COORD)
+        m.d.comb += tap_kw.eq(self.kw)
+        # 1: coordinates of the first tap, and the geometry's products
+        first_iy = step("first_iy", _COORD, tap_y - g.pad_top)
+        first_ix = step("first_ix", _COORD, tap_x - g.pad_left)
+        row_start_ix = step("row_start_ix", _COORD, tap_kw - g.pad_left)
+        row_words = step("row_words", _OFFSET, g.in_w * g.channel_blocks)       # words of one input row
+        col_step = step("col_step", _OFFSET, g.stride * g.channel_blocks)
+        base = step("base", unsigned(addr_width), self.x_base + self.cb)
+        # 2: word offsets
+        row_offset = step("row_offset", _OFFSET, first_iy * row_words)
+        col_offset = step("col_offset", _OFFSET, first_ix * g.channel_blocks)
+        row_start_col = step("row_start_col", _OFFSET, row_start_ix * g.channel_blocks)
+        row_step = step("row_step", _OFFSET, g.stride * row_words)
+        # 3: the fold's first address and the first address of its next output row
+        first_addr = step("first_addr", unsigned(addr_width), base + row_offset + col_offset)
+        second_row = step("second_row", unsigned(addr_width), base + row_offset + row_step + row_start_col)
+
+        # the fold's own state: the inputs (and the steps above) move on to the next fold once it has started
+        iy, ix, fold_row_start_ix = Signal(_COORD), Signal(_COORD), Signal(_COORD)
+        ox = Signal.like(self.out_x)
+        next_row = Signal(addr_width)   # address of the first pixel of the next output row
         with m.If(self.start):
-            m.d.sync += [
-                iy.eq(first_iy), ix.eq(first_ix), ox.eq(self.out_x),
-                row_offset.eq(first_iy * row_words), col_offset.eq(first_ix * g.channel_blocks),
-                kw.eq(self.kw), cb.eq(self.cb), x_base.eq(self.x_base),
-            ]
+            m.d.sync += [iy.eq(first_iy), ix.eq(first_ix), ox.eq(self.out_x), self.addr.eq(first_addr),
+                         next_row.eq(second_row), fold_row_start_ix.eq(row_start_ix)]
         with m.Elif(self.step):
             with m.If(ox == g.out_w - 1):
-                m.d.sync += [
-                    ox.eq(0), ix.eq(row_start_ix), col_offset.eq(row_start_ix * g.channel_blocks),
-                    iy.eq(iy + g.stride), row_offset.eq(row_offset + g.stride * row_words),
-                ]
+                m.d.sync += [ox.eq(0), ix.eq(fold_row_start_ix), iy.eq(iy + g.stride), self.addr.eq(next_row),
+                             next_row.eq(next_row + row_step)]
             with m.Else():
-                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + g.stride),
-                             col_offset.eq(col_offset + g.stride * g.channel_blocks)]
-
-        m.d.comb += [
-            self.addr.eq(x_base + row_offset + col_offset + cb),
-            self.pad.eq((iy < 0) | (iy >= g.in_h) | (ix < 0) | (ix >= g.in_w)),
-        ]
+                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + g.stride), self.addr.eq(self.addr + col_step)]
+        m.d.comb += self.pad.eq((iy < 0) | (iy >= g.in_h) | (ix < 0) | (ix >= g.in_w))
         return m

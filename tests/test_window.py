@@ -21,8 +21,9 @@ def _expected(geometry, out_y, out_x, kh, kw, cb, x_base, count):
     return out
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["comb", "pipelined"])
 @pytest.mark.parametrize("seed", range(6))
-def test_addresses_and_padding_match_enumeration(seed):
+def test_addresses_and_padding_match_enumeration(seed, pipelined):
     rng = np.random.default_rng(seed)
     k = int(rng.integers(1, 8))
     stride = int(rng.integers(1, 3))
@@ -31,7 +32,7 @@ def test_addresses_and_padding_match_enumeration(seed):
     out_h, out_w = (in_h + 2 * pad - k) // stride + 1, (in_w + 2 * pad - k) // stride + 1
     geometry = {"in_h": in_h, "in_w": in_w, "out_w": out_w, "channel_blocks": int(rng.integers(1, 4)),
                 "kernel_h": k, "kernel_w": k, "stride": stride, "pad_top": pad, "pad_left": pad, "pad_value": -3}
-    dut = SlidingWindow(12)
+    dut = SlidingWindow(12, pipelined=pipelined)
     folds = [(int(rng.integers(0, k)), int(rng.integers(0, k)), int(rng.integers(0, geometry["channel_blocks"])),
               int(rng.integers(0, out_h)), int(rng.integers(0, out_w))) for _ in range(5)]
     got = []
@@ -39,12 +40,18 @@ def test_addresses_and_padding_match_enumeration(seed):
     async def testbench(ctx):
         ctx.set(dut.geometry, geometry)
         for kh, kw, cb, oy, ox in folds:
-            ctx.set(dut.start, 1)
             for port, value in ((dut.kh, kh), (dut.kw, kw), (dut.cb, cb), (dut.out_y, oy), (dut.out_x, ox),
                                 (dut.x_base, 100)):
                 ctx.set(port, value)
+            # a pipelined window needs its inputs steady for `settle` cycles before the start
+            if dut.settle:
+                await ctx.tick().repeat(dut.settle)
+            ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
+            # the inputs may move on to the next fold once this one has started (the issuer's fold queue does)
+            for port in (dut.kh, dut.kw, dut.cb, dut.out_y, dut.out_x, dut.x_base):
+                ctx.set(port, 0)
             ctx.set(dut.step, 1)
             fold = []
             for _ in range(2 * out_w + 3):
