@@ -1,13 +1,15 @@
 """Drain: reads finished output tiles from the accumulator, requantises them and streams them out."""
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, param_word_layout, result_layout
 from .requant import Requantiser
 
 __all__ = ["Drain"]
+
+_RESULT_QUEUE = 3   # a buffered FIFO of depth 2 has a zero-width address, which fails the lint gate
 
 
 class Drain(wiring.Component):
@@ -53,7 +55,16 @@ class Drain(wiring.Component):
         cfg = self.cfg
         m = Module()
         m.submodules.requant = requant = Requantiser(lanes=cfg.cols)
-        wiring.connect(m, requant.o, wiring.flipped(self.result))
+        # The requantiser stalls as a whole on its output's ready; a small queue in front of the result stream
+        # gives it a ready that comes from the queue's own level, not through the packetiser and the link.
+        m.submodules.results = results = fifo.SyncFIFOBuffered(width=len(requant.o.payload.as_value()),
+                                                               depth=_RESULT_QUEUE)
+        m.d.comb += [
+            results.w_data.eq(requant.o.payload), results.w_en.eq(requant.o.valid),
+            requant.o.ready.eq(results.w_rdy),
+            self.result.valid.eq(results.r_rdy), self.result.payload.eq(results.r_data),
+            results.r_en.eq(self.result.ready),
+        ]
 
         current = Signal.like(self.tile.payload)
         reading = Signal()
@@ -93,7 +104,7 @@ class Drain(wiring.Component):
             requant.i.payload.zero_point.eq(current.y_zp),
         ]
 
-        in_flight = Signal(range(requant.latency + 4))
+        in_flight = Signal(range(requant.latency + _RESULT_QUEUE + 4))
         m.d.sync += in_flight.eq(in_flight + (requant.i.valid & requant.i.ready)
                                  - (self.result.valid & self.result.ready))
         m.d.comb += self.busy.eq(reading | feeding | (in_flight != 0))
