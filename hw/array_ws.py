@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
+from .multiplier import PRODUCT_LATENCY
 from .pe import WeightStationaryPE
 from .pipeline import delayed
 
@@ -39,7 +40,7 @@ class WeightStationaryArray(wiring.Component):
 
     def __init__(self, *, rows, cols):
         self.rows, self.cols = rows, cols
-        self.latency = rows + cols   # skew, a registered product in each PE, and de-skew
+        self.latency = rows + cols - 1 + PRODUCT_LATENCY   # skew, each PE's pipelined multiply, de-skew
         super().__init__({
             "x_in": In(data.ArrayLayout(OPERAND, rows)),
             "x_bank": In(1),

@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
+from .multiplier import registered_product
 
 __all__ = ["WeightStationaryPE", "OutputStationaryPE"]
 
@@ -13,6 +14,13 @@ def _gated_product(x, w):
     """``x * w``, with the multiplier gated off when either operand is zero (Eyeriss's zero gating: the
     arrays count these MACs as ``macs_gated`` and the energy model credits them)."""
     return Mux((x == 0) | (w == 0), 0, x * w)
+
+
+def _gated_operands(x, w):
+    """The multiplier's operands, both held at zero when either is zero (zero gating by operand isolation,
+    for a pipelined multiplier: its product is then zero without any of its inputs toggling)."""
+    gate = (x == 0) | (w == 0)
+    return Mux(gate, 0, x), Mux(gate, 0, w)
 
 
 class WeightStationaryPE(wiring.Component):
@@ -29,8 +37,8 @@ class WeightStationaryPE(wiring.Component):
     x_out, bank_out : Out
         The same, registered, for the right neighbour.
     psum_in, psum_out : In, Out
-        Partial sum from above; ``psum_in`` plus the product of the activation of the cycle before
-        (``x_in * weight[bank_in]``, registered), registered, for the PE below.
+        Partial sum from above; ``psum_in`` plus the product ``x_in * weight[bank_in]`` of the activation
+        that arrived `~hw.multiplier.PRODUCT_LATENCY` cycles before, registered, for the PE below.
     w_data, w_bank, w_load : In
         Weight load: when ``w_load``, ``w_data`` is written into bank ``w_bank``.
     """
@@ -51,13 +59,13 @@ class WeightStationaryPE(wiring.Component):
         for b in range(2):
             with m.If(self.w_load & (self.w_bank == b)):
                 m.d.sync += weight[b].eq(self.w_data)
-        # The product is registered before it is added (a cycle of latency for the whole array), so the
-        # multiplier and the 32-bit adder are not one path: what lets the array clock high on an FPGA.
-        product = Signal(ACC)
+        # The operands and the product are registered (PRODUCT_LATENCY cycles for the whole array), so the
+        # multiplier is a path of its own, inside a DSP block on an FPGA: what lets the array clock high.
+        x, w = _gated_operands(self.x_in, Mux(self.bank_in, weight[1], weight[0]))
+        product = registered_product(m, x, w, name="multiplier", platform=platform)
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),
-            product.eq(_gated_product(self.x_in, Mux(self.bank_in, weight[1], weight[0]))),
             self.psum_out.eq(self.psum_in + product),
         ]
         return m

@@ -18,6 +18,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .multiplier import registered_product
+
 __all__ = ["Requantiser", "requant_input_layout"]
 
 
@@ -97,8 +99,20 @@ _PIPELINE = {
         "zero":        unsigned(1),
         "scale":       _FLOAT32,
     }),
-    # Significand product split in two partial products (see _multiply_significands). From here
-    # on the exponent is carried as the shift round_half_even will need (see _rint_shift).
+    # While the two partial products (see _split_significand) are in their pipelined multipliers
+    # (hw.multiplier: operands, then products, registered). From here on the exponent is carried as
+    # the shift round_half_even will need (see _rint_shift).
+    "multiplying": data.StructLayout({
+        "shift":    signed(10),         # -151..135
+        "negative": unsigned(1),
+        "zero":     unsigned(1),
+    }),
+    "multiplied": data.StructLayout({
+        "shift":    signed(10),
+        "negative": unsigned(1),
+        "zero":     unsigned(1),
+    }),
+    # Significand product split in two partial products.
     "partial_products": data.StructLayout({
         "low":      unsigned(_SIGNIFICAND_BITS + _SIGNIFICAND_BITS // 2),
         "high":     unsigned(_SIGNIFICAND_BITS + _SIGNIFICAND_BITS // 2),
@@ -214,14 +228,15 @@ def _scale_significand(scale):
     return Cat(scale.fraction, Const(1, 1)), scale.exponent - _SIGNIFICAND_EXPONENT_BIAS
 
 
-def _multiply_significands(a, b):
-    """Partial products ``(low, high)`` of ``a * b``, with ``a * b = low + (high << len(b) // 2)``.
+def _split_significand(b):
+    """``b`` in halves ``(low, high)``: the partial products ``a * low`` and ``a * high`` give
+    ``a * b = a * low + (a * high << len(b) // 2)``.
 
     The exact 48-bit product is what IEEE multiply rounds from. Splitting ``b`` in halves lets the
     two 24x12 multiplies and the 48-bit sum that joins them sit in different pipeline stages.
     """
     half = len(b) // 2
-    return a * b[:half], a * b[half:]
+    return b[:half], b[half:]
 
 
 def _round_product(product):
@@ -350,16 +365,27 @@ class Requantiser(wiring.Component):
             for name, lane_layout in _PIPELINE.items()
         }
         stages = list(reg.values())
+        # the significand multipliers advance with the pipeline: their operands come from the float stage
+        products = [self._multiply_lane(m, n, reg["float"].lanes[n], advance, platform) for n in range(self._lanes)]
         with m.If(advance):
             # The zero point is per vector, so it travels once beside the lanes.
             for src, dst in zip([self.i.payload, *stages[:-1]], stages, strict=True):
                 m.d.sync += dst.zero_point.eq(src.zero_point)
             for n in range(self._lanes):
-                self._elaborate_lane(m, n, reg)
+                self._elaborate_lane(m, n, reg, products[n])
         return m
 
-    def _elaborate_lane(self, m, n, reg):
-        """Add lane ``n``'s synchronous assignments (already under ``advance``)."""
+    @staticmethod
+    def _multiply_lane(m, n, src, advance, platform):
+        """Lane ``n``'s partial products of the float stage ``src``, `PRODUCT_LATENCY` advances later."""
+        scale_significand, _ = _scale_significand(src.scale)
+        return tuple(registered_product(m, src.significand, part, name=f"lane{n}_{which}", enable=advance,
+                                        platform=platform)
+                     for which, part in zip(("low", "high"), _split_significand(scale_significand)))
+
+    def _elaborate_lane(self, m, n, reg, products):
+        """Add lane ``n``'s synchronous assignments (already under ``advance``); ``products`` are its
+        significand multipliers' outputs (see `_multiply_lane`)."""
         i = self.i.payload
 
         # acc + bias wraps like int32 addition: assigning to the 32-bit field drops the carry.
@@ -407,17 +433,27 @@ class Requantiser(wiring.Component):
             stage.scale.eq(src.scale),
         ]
 
-        src, stage = stage, reg["partial_products"].lanes[n]
-        scale_significand, scale_exponent = _scale_significand(src.scale)
-        low, high = _multiply_significands(src.significand, scale_significand)
+        src, stage = stage, reg["multiplying"].lanes[n]
+        _, scale_exponent = _scale_significand(src.scale)
         # The exact product is (low + high * 2**12) * 2**exponent; after rounding it has
         # 2**(exponent + 23 + top) (see _round_product), so round_half_even cuts it
         # -(exponent + 23) - top bits below the LSB. Carried as the excess over _MIN_RINT_SHIFT.
         exponent = src.exponent + scale_exponent
         m.d.sync += [
+            stage.shift.eq(-exponent - (_SIGNIFICAND_BITS - 1) - _MIN_RINT_SHIFT),
+            stage.negative.eq(src.negative),
+            stage.zero.eq(src.zero),
+        ]
+
+        src, stage = stage, reg["multiplied"].lanes[n]
+        m.d.sync += [stage.shift.eq(src.shift), stage.negative.eq(src.negative), stage.zero.eq(src.zero)]
+
+        src, stage = stage, reg["partial_products"].lanes[n]
+        low, high = products
+        m.d.sync += [
             stage.low.eq(low),
             stage.high.eq(high),
-            stage.shift.eq(-exponent - (_SIGNIFICAND_BITS - 1) - _MIN_RINT_SHIFT),
+            stage.shift.eq(src.shift),
             stage.negative.eq(src.negative),
             stage.zero.eq(src.zero),
         ]
