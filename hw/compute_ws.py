@@ -224,14 +224,14 @@ class WeightStationaryCompute(ComputeUnit):
         # to its row misses that write: the sum then takes the value written last cycle instead. A read in the
         # same cycle as the write sees it (the read port is transparent).
         psum = delayed(m, array.psum_out, 2, name="psum")
-        at_write = delayed(m, at_psum, 2, name="tag_write")
+        at_add = delayed(m, at_psum, 1, name="tag_add")
+        at_write = delayed(m, at_add, 1, name="tag_write")
         acc = Signal.like(self.acc_rd_data)
         m.d.sync += acc.eq(self.acc_rd_data)
         written = Signal.like(self.acc_wr_data)
         m.d.sync += written.eq(self.acc_wr_data)
-        at_written = delayed(m, at_write, 1, name="tag_written")
-        missed = Signal()
-        m.d.comb += missed.eq(at_write.valid & at_written.valid & (at_write.row == at_written.row))
+        missed = Signal()   # registered: it selects between two operands of every lane's adder
+        m.d.sync += missed.eq(at_add.valid & at_write.valid & (at_add.row == at_write.row))
         m.d.comb += self.acc_rd_addr.eq(at_psum.row)
         for c in range(cfg.cols):
             m.d.comb += self.acc_wr_data[c].eq(
