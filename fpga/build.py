@@ -76,7 +76,7 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
         progress(f"[{board.name}] {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): core clock "
                  f"{plan.output_mhz:g} MHz from the {board.oscillator_mhz:g} MHz oscillator")
         script = lut_multiplier_script(cfg, lut_multiplier_rows, lut_requant)
-        result = _place_and_route(board, cfg, plan, folder, progress, script)
+        result = _place_and_route(board, cfg, plan, folder, progress, script, lut_multiplier_rows, lut_requant)
         attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"]})
         achieved = min(result["fmax"].values()) if result["fmax"] else 0.0
         if achieved >= plan.output_mhz or not retime:
@@ -117,8 +117,11 @@ def lut_multiplier_script(cfg, rows, requant=False):
     return f"techmap -map +/techmap.v {' '.join(selection)}" if selection else ""
 
 
-def _place_and_route(board, cfg, plan, folder, progress, script_after_read=""):
+def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", lut_multiplier_rows=0,
+                     lut_requant=False):
     platform = board.make_platform()
+    # the RTL instantiates DSP blocks with their registers (hw.multiplier) except where these ask for logic
+    platform.lut_multiplier_rows, platform.lut_requant = lut_multiplier_rows, lut_requant
     top = BoardTop(board, cfg, plan)
     # --freq: the target for timing-driven placement (a constraint on the PLL's output net is lost when Yosys
     # merges it with the domain's clock).

@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
-from .multiplier import PRODUCT_LATENCY
+from .multiplier import PRODUCT_LATENCY, lut_multipliers
 from .pe import WeightStationaryPE
 from .pipeline import delayed
 
@@ -55,7 +55,8 @@ class WeightStationaryArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        grid = [[WeightStationaryPE() for _ in range(self.cols)] for _ in range(self.rows)]
+        grid = [[WeightStationaryPE(lut_multiplier=lut_multipliers(platform, ("pe_row", r, self.rows)))
+                 for _ in range(self.cols)] for r in range(self.rows)]
         for r, row in enumerate(grid):
             x = delayed(m, self.x_in[r], r, name=f"x_skew_{r}")
             bank = delayed(m, self.x_bank, r, name=f"bank_skew_{r}")

@@ -9,7 +9,7 @@ register (a chain of 8 int8 multiply-accumulates on the ULX3S-85F).
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Signal, signed, unsigned
 
-__all__ = ["registered_product", "PRODUCT_LATENCY"]
+__all__ = ["registered_product", "PRODUCT_LATENCY", "lut_multipliers"]
 
 #: Cycles from the operands to their product.
 PRODUCT_LATENCY = 2
@@ -22,7 +22,8 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
 
     Operands are at most 18 bits, except that an unsigned ``a`` of up to 36 bits is split in two (two DSP
     blocks, their products summed after the output registers). On an ECP5 ``platform`` each block is a
-    MULT18X18D with its input and output registers; elsewhere the same two register stages are plain logic.
+    MULT18X18D with its input and output registers; elsewhere (or with ``platform=None``) the same two
+    register stages are plain logic, whose multiply Yosys maps to a DSP block or, when a build asks, to LUTs.
     """
     a_shape, b_shape = a.shape(), b.shape()
     signed_product = a_shape.signed or b_shape.signed
@@ -44,6 +45,18 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
         with m.If(enable):
             m.d.sync += [operands[0].eq(a), operands[1].eq(b), product.eq(operands[0] * operands[1])]
     return product
+
+
+def lut_multipliers(platform, unit):
+    """Whether a build asks ``unit`` (``"requant"``, or ``("pe_row", r)``) to multiply in logic instead of DSP
+    blocks. A board build sets ``platform.lut_multiplier_rows`` (the last rows of the array) and
+    ``platform.lut_requant`` when the device has fewer DSP blocks than the configuration multiplies in."""
+    if platform is None:
+        return False
+    if unit == "requant":
+        return bool(getattr(platform, "lut_requant", False))
+    _, row, rows = unit
+    return row >= rows - getattr(platform, "lut_multiplier_rows", 0)
 
 
 def _mult18x18d(m, a, b, product, *, name, enable):

@@ -41,6 +41,11 @@ class WeightStationaryPE(wiring.Component):
         that arrived `~hw.multiplier.PRODUCT_LATENCY` cycles before, registered, for the PE below.
     w_data, w_bank, w_load : In
         Weight load: when ``w_load``, ``w_data`` is written into bank ``w_bank``.
+
+    Parameters
+    ----------
+    lut_multiplier : bool
+        Multiply in logic rather than in a DSP block (for arrays with more PEs than the FPGA has blocks).
     """
 
     x_in: In(OPERAND)
@@ -53,6 +58,10 @@ class WeightStationaryPE(wiring.Component):
     w_bank: In(1)
     w_load: In(1)
 
+    def __init__(self, *, lut_multiplier=False):
+        self.lut_multiplier = lut_multiplier
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
         weight = [Signal(OPERAND, name=f"weight_{b}") for b in range(2)]
@@ -62,7 +71,7 @@ class WeightStationaryPE(wiring.Component):
         # The operands and the product are registered (PRODUCT_LATENCY cycles for the whole array), so the
         # multiplier is a path of its own, inside a DSP block on an FPGA: what lets the array clock high.
         x, w = _gated_operands(self.x_in, Mux(self.bank_in, weight[1], weight[0]))
-        product = registered_product(m, x, w, name="multiplier", platform=platform)
+        product = registered_product(m, x, w, name="multiplier", platform=None if self.lut_multiplier else platform)
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),

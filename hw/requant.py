@@ -18,7 +18,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .multiplier import registered_product
+from .multiplier import lut_multipliers, registered_product
 
 __all__ = ["Requantiser", "requant_input_layout"]
 
@@ -366,7 +366,8 @@ class Requantiser(wiring.Component):
         }
         stages = list(reg.values())
         # the significand multipliers advance with the pipeline: their operands come from the float stage
-        products = [self._multiply_lane(m, n, reg["float"].lanes[n], advance, platform) for n in range(self._lanes)]
+        dsp = None if lut_multipliers(platform, "requant") else platform
+        products = [self._multiply_lane(m, n, reg["float"].lanes[n], advance, dsp) for n in range(self._lanes)]
         with m.If(advance):
             # The zero point is per vector, so it travels once beside the lanes.
             for src, dst in zip([self.i.payload, *stages[:-1]], stages, strict=True):
@@ -381,7 +382,7 @@ class Requantiser(wiring.Component):
         scale_significand, _ = _scale_significand(src.scale)
         return tuple(registered_product(m, src.significand, part, name=f"lane{n}_{which}", enable=advance,
                                         platform=platform)
-                     for which, part in zip(("low", "high"), _split_significand(scale_significand)))
+                     for which, part in zip(("low", "high"), _split_significand(scale_significand), strict=True))
 
     def _elaborate_lane(self, m, n, reg, products):
         """Add lane ``n``'s synchronous assignments (already under ``advance``); ``products`` are its

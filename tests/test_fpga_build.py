@@ -58,6 +58,33 @@ class TestReports:
             lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 5)
 
 
+class TestDspBlocks:
+    """The array's and the requantiser's multiplies on an ECP5: DSP blocks with their registers, or LUTs where the
+    build asks (as Yosys sees them: the RTLIL Amaranth hands it)."""
+
+    @staticmethod
+    def _rtlil(elaboratable, **build_options):
+        from types import SimpleNamespace
+
+        from amaranth.back import rtlil
+        platform = SimpleNamespace(family="ecp5", **build_options)
+        return rtlil.convert(elaboratable, platform=platform)
+
+    def test_pes_use_registered_mult18x18d_except_the_lut_rows(self):
+        from hw.array_ws import WeightStationaryArray
+        text = self._rtlil(WeightStationaryArray(rows=3, cols=2), lut_multiplier_rows=1)
+        assert text.count("cell \\MULT18X18D") == 4          # rows 0 and 1
+        assert 'parameter \\REG_INPUTA_CLK "CLK0"' in text and 'parameter \\REG_OUTPUT_CLK "CLK0"' in text
+        assert text.count("cell $mul") == 2                   # row 2: logic, mapped to LUTs by the build script
+
+    def test_requantiser_lanes_use_four_blocks_or_logic(self):
+        from hw.requant import Requantiser
+        dsp = self._rtlil(Requantiser(lanes=2))
+        lut = self._rtlil(Requantiser(lanes=2), lut_requant=True)
+        assert dsp.count("cell \\MULT18X18D") == 8 and lut.count("cell \\MULT18X18D") == 0
+        assert lut.count("cell $mul") - dsp.count("cell $mul") == 8
+
+
 def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):
     from fpga import cli as fpga_cli
     from sw_driver.cli import main
