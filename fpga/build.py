@@ -106,15 +106,16 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
 
 def lut_multiplier_script(cfg, rows, requant=False):
     """Yosys commands that turn the multipliers of the PEs in the last ``rows`` rows (and, with ``requant``, the
-    requantiser's) into plain logic before ``synth_ecp5`` infers DSP blocks, so they multiply in LUTs (the RTL is
-    unchanged)."""
+    requantiser's) into plain logic before ``synth_ecp5`` infers DSP blocks, so they multiply in LUTs (the
+    elaboration leaves these to Yosys: see `hw.multiplier.lut_multipliers`)."""
     if not 0 <= rows <= cfg.rows:
         raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
     selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]
     selection += ["*.requant/t:$mul"] if requant else []
     # address arithmetic (sliding windows, the controller's checks) never needs a DSP block
     selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul"]
-    return f"techmap -map +/techmap.v {' '.join(selection)}" if selection else ""
+    # radix-4 Booth multipliers: fewer LUTs and a shallower adder tree than Yosys's generic shift-and-add map
+    return f"booth {' '.join(selection)}" if selection else ""
 
 
 def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", lut_multiplier_rows=0,

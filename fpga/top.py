@@ -7,7 +7,7 @@ only clocking and pins around it.
 import dataclasses
 
 from amaranth.hdl import Module, ResetInserter
-from amaranth.lib import wiring
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.accelerator import Accelerator
@@ -15,6 +15,8 @@ from hw.accelerator import Accelerator
 from .link import HostLink
 
 __all__ = ["LinkSettings", "LinkedDevice", "BOARD_TOPLEVEL"]
+
+_QUEUE = 3   # a buffered FIFO of depth 2 has a zero-width address, which fails the lint gate
 
 #: Verilog name of `LinkedDevice` in simulation builds.
 BOARD_TOPLEVEL = "tessera_board"
@@ -94,6 +96,14 @@ class LinkedDevice(wiring.Component):
         m.d.comb += [host_link.rx.eq(self.uart_rx), self.uart_tx.eq(host_link.tx),
                      self.link_bad_frames.eq(host_link.bad_frames),
                      self.link_resent_frames.eq(host_link.resent_frames)]
-        wiring.connect(m, host_link.host_in, accelerator.host_in)
-        wiring.connect(m, accelerator.host_out, host_link.host_out)
+        # A register stage each way between the link and the accelerator (small queues, emptied by a session
+        # reset like the accelerator): the link's frame checks and the controller's decode are paths of their own.
+        to_device = fifo.SyncFIFOBuffered(width=len(host_link.host_in.payload), depth=_QUEUE)
+        to_host = fifo.SyncFIFOBuffered(width=len(host_link.host_out.payload), depth=_QUEUE)
+        m.submodules.to_device = ResetInserter(host_link.session_reset)(to_device)
+        m.submodules.to_host = ResetInserter(host_link.session_reset)(to_host)
+        wiring.connect(m, host_link.host_in, to_device.w_stream)
+        wiring.connect(m, to_device.r_stream, accelerator.host_in)
+        wiring.connect(m, accelerator.host_out, to_host.w_stream)
+        wiring.connect(m, to_host.r_stream, host_link.host_out)
         return m
