@@ -115,7 +115,8 @@ def lut_multiplier_script(cfg, rows, requant=False):
     # address arithmetic (sliding windows, the controller's checks) never needs a DSP block
     selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul"]
     # radix-4 Booth multipliers: fewer LUTs and a shallower adder tree than Yosys's generic shift-and-add map
-    return f"booth {' '.join(selection)}" if selection else ""
+    # (the pass skips modules that still hold processes, hence `proc` first)
+    return f"proc; booth {' '.join(selection)}" if selection else ""
 
 
 def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", lut_multiplier_rows=0,
