@@ -101,9 +101,11 @@ class WeightStationaryCompute(ComputeUnit):
         with m.If(in_fold):
             m.d.comb += w_load.eq(1)
             m.d.sync += [row.eq(row + 1), w_addr.eq(w_addr + 1)]
-            with m.If(row == cfg.rows - 1):
-                # Last row address this cycle: the fold is ready for the issuer (its rows land before the
-                # first vector reaches them, see the timing note in the class docstring of the array).
+            with m.If(row == 0):
+                # First row address this cycle: the fold is queued now, so that the window can prepare its
+                # addresses while the rows load; the issuer starts it `fold_ready` cycles later, once the last
+                # row's address is out (the rows land before the first vector reaches them, see the timing note
+                # in the class docstring of the array).
                 pushed = data.View(fold_layout, folds.w_data)
                 m.d.comb += [
                     folds.w_en.eq(1),
@@ -113,6 +115,7 @@ class WeightStationaryCompute(ComputeUnit):
                     pushed.conv.eq(cmd.conv), pushed.kh.eq(tap_kh), pushed.kw.eq(tap_kw), pushed.cb.eq(tap_cb),
                     pushed.out_y.eq(cmd.out_y), pushed.out_x.eq(cmd.out_x),
                 ]
+            with m.If(row == cfg.rows - 1):
                 # a conv command reads the same feature map in every fold; a GEMM moves on by m words
                 m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(Mux(cmd.conv, x_addr, x_addr + cmd.m)),
                              load_bank.eq(~load_bank)]
@@ -145,11 +148,12 @@ class WeightStationaryCompute(ComputeUnit):
         m.d.comb += last_vector.eq(active & (vector == current.m - 1))
         next_fold = data.View(fold_layout, folds.r_data)
         m.submodules.window = window = SlidingWindow(len(self.act_addr), pipelined=True)
-        # The window prepares a fold's first addresses while the fold waits in the queue: it may start once
-        # the fold has been there `window.settle` cycles (in steady state it waits far longer).
-        settled = Signal(range(window.settle + 1))
+        # A fold may start once its last weight row's address is out (rows - 1 cycles after it was queued) and
+        # the window has prepared its first addresses (window.settle cycles).
+        fold_ready = max(cfg.rows - 1, window.settle)
+        settled = Signal(range(fold_ready + 1))
         ready_fold = Signal()
-        m.d.comb += ready_fold.eq(folds.r_rdy & (settled == window.settle))
+        m.d.comb += ready_fold.eq(folds.r_rdy & (settled == fold_ready))
         take = Signal()
         with m.If(~folds.r_rdy | take):
             m.d.sync += settled.eq(0)
