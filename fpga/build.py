@@ -115,8 +115,10 @@ def lut_multiplier_script(cfg, rows, requant=False):
     # address arithmetic (sliding windows, the controller's checks) never needs a DSP block
     selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul"]
     # radix-4 Booth multipliers: fewer LUTs and a shallower adder tree than Yosys's generic shift-and-add map
-    # (the pass skips modules that still hold processes, hence `proc` first)
-    return f"proc; booth {' '.join(selection)}" if selection else ""
+    # (the pass skips modules that still hold processes, hence `proc` first); the generic map then takes the
+    # multiplies too narrow for Booth (under 4x4 bits), which synth_ecp5 would otherwise give a DSP block
+    cells = " ".join(selection)
+    return f"proc; booth {cells}; techmap -map +/techmap.v {cells}" if selection else ""
 
 
 def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", lut_multiplier_rows=0,
