@@ -388,7 +388,10 @@ class HostLink(wiring.Component):
                      self.bad_frames.eq(receiver.bad_frames), self.resent_frames.eq(transmitter.resent_frames)]
         wiring.connect(m, uart_rx.data, receiver.rx_byte)
         wiring.connect(m, transmitter.tx_byte, uart_tx.data)
-        wiring.connect(m, receiver.control, transmitter.control)
+        # What the receiver tells the transmitter arrives a cycle later, all of it together: a frame's checks and
+        # the transmitter's timers are then paths of their own (a cycle is nothing beside a UART bit time).
+        for name in _control_signature().members:
+            m.d.sync += getattr(transmitter.control, name).eq(getattr(receiver.control, name))
         wiring.connect(m, receiver.host_in, wiring.flipped(self.host_in))
         wiring.connect(m, wiring.flipped(self.host_out), transmitter.host_out)
         return m

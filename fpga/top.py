@@ -36,12 +36,16 @@ class LinkSettings:
         Words in each of the link's two ring buffers.
     retransmit_ms : float
         Silence after which the device resends unacknowledged frames (covers the host's USB latency).
+    queues : bool
+        Small queues between the link and the accelerator, both ways: a register stage for timing, which a
+        small device (the iCEBreaker's, whose clock is set by other paths) leaves out for the logic cells.
     """
 
     clock_hz: float
     baud: int
     depth: int = 512
     retransmit_ms: float = 20.0
+    queues: bool = True
 
     @property
     def divisor(self):
@@ -96,6 +100,10 @@ class LinkedDevice(wiring.Component):
         m.d.comb += [host_link.rx.eq(self.uart_rx), self.uart_tx.eq(host_link.tx),
                      self.link_bad_frames.eq(host_link.bad_frames),
                      self.link_resent_frames.eq(host_link.resent_frames)]
+        if not link.queues:
+            wiring.connect(m, host_link.host_in, accelerator.host_in)
+            wiring.connect(m, accelerator.host_out, host_link.host_out)
+            return m
         # A register stage each way between the link and the accelerator (small queues, emptied by a session
         # reset like the accelerator): the link's frame checks and the controller's decode are paths of their own.
         to_device = fifo.SyncFIFOBuffered(width=len(host_link.host_in.payload), depth=_QUEUE)

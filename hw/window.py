@@ -13,7 +13,6 @@ from .layouts import MAX_CONV_SIDE, conv_geometry_layout
 __all__ = ["SlidingWindow"]
 
 _COORD = signed(12)      # input coordinates run from -pad to side + kernel
-_OFFSET = signed(32)     # word offsets, signed because padding rows lie before the map
 
 
 class SlidingWindow(wiring.Component):
@@ -80,14 +79,17 @@ class SlidingWindow(wiring.Component):
         first_iy = step("first_iy", _COORD, tap_y - g.pad_top)
         first_ix = step("first_ix", _COORD, tap_x - g.pad_left)
         row_start_ix = step("row_start_ix", _COORD, tap_kw - g.pad_left)
-        row_words = step("row_words", _OFFSET, g.in_w * g.channel_blocks)       # words of one input row
-        col_step = step("col_step", _OFFSET, g.stride * g.channel_blocks)
+        # Word offsets only ever reach the address modulo 2**addr_width, so they are computed in that width
+        # (a tap in the padding above or left of the map wraps around; its word is never read).
+        offset = unsigned(addr_width)
+        row_words = step("row_words", offset, g.in_w * g.channel_blocks)       # words of one input row
+        col_step = step("col_step", offset, g.stride * g.channel_blocks)
         base = step("base", unsigned(addr_width), self.x_base + self.cb)
         # 2: word offsets
-        row_offset = step("row_offset", _OFFSET, first_iy * row_words)
-        col_offset = step("col_offset", _OFFSET, first_ix * g.channel_blocks)
-        row_start_col = step("row_start_col", _OFFSET, row_start_ix * g.channel_blocks)
-        row_step = step("row_step", _OFFSET, g.stride * row_words)
+        row_offset = step("row_offset", offset, first_iy * row_words)
+        col_offset = step("col_offset", offset, first_ix * g.channel_blocks)
+        row_start_col = step("row_start_col", offset, row_start_ix * g.channel_blocks)
+        row_step = step("row_step", offset, g.stride * row_words)
         # 3: the fold's first address and the first address of its next output row
         first_addr = step("first_addr", unsigned(addr_width), base + row_offset + col_offset)
         second_row = step("second_row", unsigned(addr_width), base + row_offset + row_step + row_start_col)
