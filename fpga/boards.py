@@ -105,7 +105,7 @@ class BoardTop(Elaboratable):
 
     def __init__(self, board, cfg, pll_plan):
         self.board, self.cfg, self.pll_plan = board, cfg, pll_plan
-        self.link = LinkSettings(clock_hz=pll_plan.output_mhz * 1e6, baud=board.baud, queues=board.family == "ecp5")
+        self.link = LinkSettings(clock_hz=pll_plan.output_mhz * 1e6, baud=board.baud)
 
     def elaborate(self, platform):
         m = Module()

@@ -14,6 +14,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.isa import LINK_WIDTH
+from hw.pipeline import timing_registers
 from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, SEQ_MODULUS, SOF, FrameKind, crc_parameters
 
 from .uart import UARTReceiver, UARTTransmitter
@@ -390,8 +391,11 @@ class HostLink(wiring.Component):
         wiring.connect(m, transmitter.tx_byte, uart_tx.data)
         # What the receiver tells the transmitter arrives a cycle later, all of it together: a frame's checks and
         # the transmitter's timers are then paths of their own (a cycle is nothing beside a UART bit time).
-        for name in _control_signature().members:
-            m.d.sync += getattr(transmitter.control, name).eq(getattr(receiver.control, name))
+        if timing_registers(platform):
+            for name in _control_signature().members:
+                m.d.sync += getattr(transmitter.control, name).eq(getattr(receiver.control, name))
+        else:
+            wiring.connect(m, receiver.control, transmitter.control)
         wiring.connect(m, receiver.host_in, wiring.flipped(self.host_in))
         wiring.connect(m, wiring.flipped(self.host_out), transmitter.host_out)
         return m

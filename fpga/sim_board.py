@@ -12,6 +12,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import types
 import weakref
 from pathlib import Path
 
@@ -65,13 +66,15 @@ def _protocol_header():
     return "\n".join(lines + ["}  // namespace proto"]) + "\n"
 
 
-def build_board_harness(cfg, link, *, build_root=DEFAULT_BUILD_ROOT, trace=False):
+def build_board_harness(cfg, link, *, build_root=DEFAULT_BUILD_ROOT, trace=False, family=None):
     """Generate the board's Verilog and build the harness around it, unless built before; return the binary.
 
     Keyed by a hash of the Verilog, the harness source and the flags, so each configuration builds once, and
-    concurrent callers wait on a lock.
+    concurrent callers wait on a lock. ``family`` (e.g. ``"ice40"``): the top as elaborated for that FPGA family
+    (see `hw.pipeline.timing_registers`), its vendor primitives aside.
     """
-    text = verilog.convert(LinkedDevice(cfg, link), name=BOARD_TOPLEVEL, emit_src=False)
+    platform = None if family is None else types.SimpleNamespace(family=family)
+    text = verilog.convert(LinkedDevice(cfg, link), name=BOARD_TOPLEVEL, emit_src=False, platform=platform)
     flags = [*SIM_BUILD_ARGS, *(["--trace"] if trace else [])]
     binary, _, _ = build_harness_binary(build_root, BOARD_TOPLEVEL, text.encode(), HARNESS_SOURCE, "board_harness",
                                         files={"board_protocol.h": _protocol_header(),
@@ -210,13 +213,15 @@ class BoardSimTransport(FramedTransport):
     build_root : str or Path
     trace : str or Path, optional
         Write a VCD waveform of the session here (builds a tracing variant of the harness).
+    family : str, optional
+        Simulate the top as elaborated for this FPGA family (``"ice40"``: without the timing-only registers).
     """
 
-    def __init__(self, cfg, link=None, *, build_root=DEFAULT_BUILD_ROOT, trace=None):
+    def __init__(self, cfg, link=None, *, build_root=DEFAULT_BUILD_ROOT, trace=None, family=None):
         link = sim_link_settings() if link is None else link
         self.cfg = cfg
         self.link = link
-        binary = build_board_harness(cfg, link, build_root=build_root, trace=trace is not None)
+        binary = build_board_harness(cfg, link, build_root=build_root, trace=trace is not None, family=family)
         if trace is not None:
             Path(trace).parent.mkdir(parents=True, exist_ok=True)
         port = BoardPort(binary, link, trace)

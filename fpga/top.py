@@ -11,6 +11,7 @@ from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.accelerator import Accelerator
+from hw.pipeline import timing_registers
 
 from .link import HostLink
 
@@ -36,16 +37,12 @@ class LinkSettings:
         Words in each of the link's two ring buffers.
     retransmit_ms : float
         Silence after which the device resends unacknowledged frames (covers the host's USB latency).
-    queues : bool
-        Small queues between the link and the accelerator, both ways: a register stage for timing, which a
-        small device (the iCEBreaker's, whose clock is set by other paths) leaves out for the logic cells.
     """
 
     clock_hz: float
     baud: int
     depth: int = 512
     retransmit_ms: float = 20.0
-    queues: bool = True
 
     @property
     def divisor(self):
@@ -100,7 +97,7 @@ class LinkedDevice(wiring.Component):
         m.d.comb += [host_link.rx.eq(self.uart_rx), self.uart_tx.eq(host_link.tx),
                      self.link_bad_frames.eq(host_link.bad_frames),
                      self.link_resent_frames.eq(host_link.resent_frames)]
-        if not link.queues:
+        if not timing_registers(platform):
             wiring.connect(m, host_link.host_in, accelerator.host_in)
             wiring.connect(m, accelerator.host_out, host_link.host_out)
             return m

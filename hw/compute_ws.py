@@ -5,7 +5,7 @@ from amaranth.lib import data, fifo
 
 from .array_ws import WeightStationaryArray
 from .layouts import OPERAND, fold_header_layout
-from .pipeline import delayed
+from .pipeline import delayed, timing_registers
 from .tiles import ComputeUnit
 from .window import SlidingWindow
 
@@ -220,26 +220,10 @@ class WeightStationaryCompute(ComputeUnit):
             array.x_valid.eq(at_array.valid),
             self.macs_gated.eq(array.macs_gated),
         ]
-        at_psum = delayed(m, at_array, array.latency, name="tag_array")
-
-        # -- accumulate: read-modify-write over two registered steps ----------------------------------------
-        # The read is issued as the array's row comes out; the read data and the row are registered (a block
-        # RAM's output is slow), and the sum is written a cycle later. A read issued one cycle before a write
-        # to its row misses that write: the sum then takes the value written last cycle instead. A read in the
-        # same cycle as the write sees it (the read port is transparent).
-        psum = delayed(m, array.psum_out, 2, name="psum")
-        at_add = delayed(m, at_psum, 1, name="tag_add")
-        at_write = delayed(m, at_add, 1, name="tag_write")
-        acc = Signal.like(self.acc_rd_data)
-        m.d.sync += acc.eq(self.acc_rd_data)
-        written = Signal.like(self.acc_wr_data)
-        m.d.sync += written.eq(self.acc_wr_data)
-        missed = Signal()   # registered: it selects between two operands of every lane's adder
-        m.d.sync += missed.eq(at_add.valid & at_write.valid & (at_add.row == at_write.row))
-        m.d.comb += self.acc_rd_addr.eq(at_psum.row)
-        for c in range(cfg.cols):
-            m.d.comb += self.acc_wr_data[c].eq(
-                Mux(at_write.first, psum[c], psum[c] + Mux(missed, written[c], acc[c])))
+        if timing_registers(platform):
+            at_psum, at_write = self._accumulate_registered(m, array, at_array)
+        else:
+            at_psum, at_write = self._accumulate(m, array, at_array)
         m.d.comb += [
             self.acc_wr_addr.eq(at_write.row),
             self.acc_wr_en.eq(at_write.valid),
@@ -249,3 +233,38 @@ class WeightStationaryCompute(ComputeUnit):
             self.busy.eq(loading | folds.r_rdy | active | tracker.busy),
         ]
         return m
+
+    def _accumulate_registered(self, m, array, at_array):
+        """Read-modify-write over two registered steps; returns the tags at the read data and at the write.
+
+        The read is issued a cycle before the array's row comes out; the read data is registered (a block RAM's
+        output is slow) beside the row, and their sum is written a cycle later. A read issued one cycle before a
+        write to its row misses that write: the sum then takes the value written last cycle instead. A read in
+        the same cycle as the write sees it (the read port is transparent)."""
+        at_read_acc = delayed(m, at_array, array.latency - 1, name="tag_array")
+        at_psum = delayed(m, at_read_acc, 1, name="tag_psum")
+        at_write = delayed(m, at_psum, 1, name="tag_write")
+        psum = delayed(m, array.psum_out, 1, name="psum")
+        acc = Signal.like(self.acc_rd_data)
+        m.d.sync += acc.eq(self.acc_rd_data)
+        written = Signal.like(self.acc_wr_data)
+        m.d.sync += written.eq(self.acc_wr_data)
+        missed = Signal()   # registered: it selects between two operands of every lane's adder
+        m.d.sync += missed.eq(at_psum.valid & at_write.valid & (at_psum.row == at_write.row))
+        m.d.comb += self.acc_rd_addr.eq(at_read_acc.row)
+        for c in range(self.cfg.cols):
+            m.d.comb += self.acc_wr_data[c].eq(
+                Mux(at_write.first, psum[c], psum[c] + Mux(missed, written[c], acc[c])))
+        return at_psum, at_write
+
+    def _accumulate(self, m, array, at_array):
+        """Read-modify-write in one step (a small FPGA's version, see `timing_registers`): the read is issued as
+        the array's row comes out and the sum written the next cycle; the read port is transparent, so
+        back-to-back rows see the write."""
+        at_psum = delayed(m, at_array, array.latency, name="tag_array")
+        at_write = delayed(m, at_psum, 1, name="tag_write")
+        psum = delayed(m, array.psum_out, 1, name="psum")
+        m.d.comb += self.acc_rd_addr.eq(at_psum.row)
+        for c in range(self.cfg.cols):
+            m.d.comb += self.acc_wr_data[c].eq(Mux(at_write.first, psum[c], psum[c] + self.acc_rd_data[c]))
+        return at_psum, at_write

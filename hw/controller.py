@@ -134,7 +134,8 @@ class Controller(wiring.Component):
 
         error = Signal(8)
         issued = Signal(32)
-        outstanding = Signal(32)
+        # commands in flight: fewer than the queues hold, so 8 bits of the difference are exact
+        outstanding = Signal(8)
         m.d.sync += outstanding.eq(issued - self.completed)
 
         # -- LOAD state: assemble buffer words from link words --------------------------------------------
@@ -171,14 +172,18 @@ class Controller(wiring.Component):
         # The words a command reads are products of its fields: registered every cycle (the instruction is
         # steady from DECODE on), so the multiplies stay off the path into the state machine and the range
         # checks are made in the GEMM state.
-        act_words = Signal(33)
-        weight_words = Signal(33)
+        def registered(name, value):
+            # at the product's full width: a wrapped count would pass the range check
+            result = Signal(value.shape(), name=name)
+            m.d.sync += result.eq(value)
+            return result
+
         params_out_of_range = 0      # a command reads one parameter word (rs: one per filter)
         # a conv command reads a feature map whose extent the geometry gives; its reads wrap, never hang
         if cfg.dataflow == "ws":
             # a sparse command stores a header word before each fold, and exists for conv commands only
-            m.d.sync += [act_words.eq(Mux(gemm.conv, 0, gemm.k * gemm.m)),
-                         weight_words.eq(gemm.k * (cfg.rows + gemm.sparse))]
+            act_words = registered("act_words", Mux(gemm.conv, 0, gemm.k * gemm.m))
+            weight_words = registered("weight_words", gemm.k * (cfg.rows + gemm.sparse))
             conv_unsupported = gemm.sparse & ~gemm.conv if cfg.cols >= 2 else gemm.sparse
         elif cfg.dataflow == "rs":
             # rs runs conv commands only (a fully connected layer is a 1x1 conv), with filter chunks no taller
@@ -192,9 +197,9 @@ class Controller(wiring.Component):
                     with m.Case(kh):
                         m.d.comb += channels_per_pe.eq(rs_mapping(cfg.rows, kh)[1])
             # the geometry is set by CONV_SETUP, long before the GEMM that reads it: its product is registered
-            per_filter = Signal(16)
-            m.d.sync += [per_filter.eq(geometry.kernel_w * channels_per_pe),
-                         weight_words.eq(gemm.k * chunks * gemm.filters * per_filter)]
+            per_filter = registered("per_filter", geometry.kernel_w * channels_per_pe)
+            act_words = 0
+            weight_words = registered("weight_words", gemm.k * chunks * gemm.filters * per_filter)
             too_tall = geometry.kernel_h > cfg.rows if cfg.rows < 7 else 0   # no constant compare
             filters_limit = (1 << len(gemm.filters)) - 1
             too_many_filters = gemm.filters > cfg.rs_filters if cfg.rs_filters < filters_limit else 0
@@ -202,7 +207,7 @@ class Controller(wiring.Component):
                                 | too_many_filters | (gemm.m != gemm.filters * geometry.out_w))
             params_out_of_range = gemm.p_base + gemm.filters > cfg.param_depth
         else:
-            m.d.sync += [act_words.eq(Mux(gemm.conv, 0, gemm.k)), weight_words.eq(gemm.k)]
+            act_words, weight_words = Mux(gemm.conv, 0, gemm.k), gemm.k
             # os steps through gathered folds one channel at a time: k must be exactly the folds' channels,
             # or the gather and the steps would disagree (and a missing fold would never arrive)
             geometry = self.conv_geometry

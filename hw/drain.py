@@ -5,6 +5,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, param_word_layout, result_layout
+from .pipeline import timing_registers
 from .requant import Requantiser
 
 __all__ = ["Drain"]
@@ -56,7 +57,11 @@ class Drain(wiring.Component):
         m = Module()
         m.submodules.requant = requant = Requantiser(lanes=cfg.cols)
         # The requantiser stalls as a whole on its output's ready; a small queue in front of the result stream
-        # gives it a ready that comes from the queue's own level, not through the packetiser and the link.
+        # gives it a ready that comes from the queue's own level, not through the packetiser and the link. An
+        # iCE40 (clocked at ~20 MHz by its other paths) leaves it out: its logic cells are what is short there.
+        if not timing_registers(platform):
+            wiring.connect(m, requant.o, wiring.flipped(self.result))
+            return self._read(m, requant)
         m.submodules.results = results = fifo.SyncFIFOBuffered(width=len(requant.o.payload.as_value()),
                                                                depth=_RESULT_QUEUE)
         m.d.comb += [
@@ -65,7 +70,12 @@ class Drain(wiring.Component):
             self.result.valid.eq(results.r_rdy), self.result.payload.eq(results.r_data),
             results.r_en.eq(self.result.ready),
         ]
+        return self._read(m, requant, queued=_RESULT_QUEUE)
 
+    def _read(self, m, requant, queued=0):
+        """Read each finished tile's rows from the accumulator into the requantiser (``queued``: the rows a
+        queue after it may hold)."""
+        cfg = self.cfg
         current = Signal.like(self.tile.payload)
         reading = Signal()
         row = Signal.like(current.m)
@@ -104,7 +114,7 @@ class Drain(wiring.Component):
             requant.i.payload.zero_point.eq(current.y_zp),
         ]
 
-        in_flight = Signal(range(requant.latency + _RESULT_QUEUE + 4))
+        in_flight = Signal(range(requant.latency + queued + 4))
         m.d.sync += in_flight.eq(in_flight + (requant.i.valid & requant.i.ready)
                                  - (self.result.valid & self.result.ready))
         m.d.comb += self.busy.eq(reading | feeding | (in_flight != 0))

@@ -32,13 +32,14 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
         raise ValueError(f"{name}: operands of {len(a)} and {len(b)} bits; accepted: b up to {_DSP_WIDTH} bits, "
                          f"a up to {_DSP_WIDTH} bits (or up to {2 * _DSP_WIDTH} bits unsigned)")
     product = Signal(shape, name=f"{name}_product")
-    if len(a) > _DSP_WIDTH:
+    ecp5 = str(getattr(platform, "family", "")).lower() == "ecp5"
+    if ecp5 and len(a) > _DSP_WIDTH:
         half = (len(a) + 1) // 2
         low = registered_product(m, a[:half], b, name=f"{name}_low", enable=enable, platform=platform)
         high = registered_product(m, a[half:], b, name=f"{name}_high", enable=enable, platform=platform)
         m.d.comb += product.eq(low + (high << half))
         return product
-    if platform is not None and getattr(platform, "family", None) == "ecp5":
+    if ecp5:
         _mult18x18d(m, a, b, product, name=name, enable=enable)
     else:
         operands = Signal(a_shape, name=f"{name}_a"), Signal(b_shape, name=f"{name}_b")

@@ -2,7 +2,7 @@
 
 from amaranth.hdl import Signal
 
-__all__ = ["delayed"]
+__all__ = ["delayed", "timing_registers"]
 
 
 def delayed(m, value, cycles, *, name, domain="sync"):
@@ -17,3 +17,10 @@ def delayed(m, value, cycles, *, name, domain="sync"):
         m.d[domain] += reg.eq(stage)
         stage = reg
     return stage
+
+
+def timing_registers(platform):
+    """Whether to add the register stages that serve only an FPGA's clock rate (queues in front of streams, a
+    registered read-modify-write): everywhere, simulation included, except on an iCE40, whose clock other paths
+    hold to about 20 MHz and whose logic cells are what a design there runs short of."""
+    return str(getattr(platform, "family", "")).lower() != "ice40"   # amaranth's SiliconBlue platforms say "iCE40"
