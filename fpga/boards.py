@@ -62,18 +62,18 @@ class Board:
 
 
 # Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.
-# Array sizes are the largest measured to place: a 16x16 array asks for 348 MULT18X18D (256 in the PEs, the rest
-# mostly in the requantiser's float32 lanes) of the 85F's 156; with 12 rows of LUT multipliers it needs 99 % of
-# the LUTs and does not place (`tessera bitstream --lut-multiplier-rows 12`). 8x8 places with 124 MULT18X18D and
-# 34,245 LUTs, but nextpnr's estimate after placement is 17.8 MHz and its router did not converge in 40 minutes.
-# The default is the largest measured to build: 4x4 without the vector unit, routed at 45 MHz (fmax 55.8 MHz;
-# 10,349 LUTs, 32 MULT18X18D, 14 DP16KD) in about 3 minutes.
-_ULX3S_DEFAULTS = dict(rows=4, cols=4, clock_mhz=50.0, act_depth=1024, weight_depth=1024, acc_depth=256,
+# The ULX3S default is 8x8 WS without the vector unit. Pipelined (registered buffer reads, DSP blocks with their
+# registers, a two-step accumulate, queues around the link) it routed at 75.5 MHz (18,632 LUTs, 96 of 156
+# MULT18X18D, 26 DP16KD), against 49.8 MHz without; its clock target leaves a margin for nextpnr's run-to-run
+# spread. 16x16 needs 7 rows of LUT multipliers and the requantiser in LUTs to fit the
+# DSP blocks (148 of 156) and then fills 93% of the LUTs (`tessera bitstream --lut-multiplier-rows 7
+# --lut-requant`); it did not finish placing in 40 minutes.
+_ULX3S_DEFAULTS = dict(rows=8, cols=8, clock_mhz=72.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                        param_depth=32, vec_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                    param_depth=32)
-# The UP5K's 5280 logic cells are far below what even a 1x1 accelerator needs today (~26,000, measured): this
-# configuration is the smallest, and `tessera bitstream` reports by how much it is over.
+# The UP5K's 5,280 logic cells hold a 1x1 array without counters or the vector unit (5,216 used, measured), at
+# 24 MHz; iCE40 builds leave out the timing-only registers (hw.pipeline.timing_registers).
 _ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
                             param_depth=1, counters=False, vec_depth=0)
 

@@ -6,7 +6,7 @@ only clocking and pins around it.
 
 import dataclasses
 
-from amaranth.hdl import Module, ResetInserter
+from amaranth.hdl import Module, ResetInserter, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -93,7 +93,11 @@ class LinkedDevice(wiring.Component):
         m.submodules.link = host_link = HostLink(divisor=link.divisor, depth=link.depth,
                                                  retransmit_timeout=link.retransmit_cycles)
         accelerator = Accelerator(self.cfg)
-        m.submodules.accelerator = ResetInserter(host_link.session_reset)(accelerator)
+        # the session reset reaches every register of the accelerator: it leaves the link's frame checks through a
+        # register of its own (the host waits for the RESET frame's acknowledgement before it sends more)
+        session_reset = Signal()
+        m.d.sync += session_reset.eq(host_link.session_reset)
+        m.submodules.accelerator = ResetInserter(session_reset)(accelerator)
         m.d.comb += [host_link.rx.eq(self.uart_rx), self.uart_tx.eq(host_link.tx),
                      self.link_bad_frames.eq(host_link.bad_frames),
                      self.link_resent_frames.eq(host_link.resent_frames)]
@@ -105,8 +109,8 @@ class LinkedDevice(wiring.Component):
         # reset like the accelerator): the link's frame checks and the controller's decode are paths of their own.
         to_device = fifo.SyncFIFOBuffered(width=len(host_link.host_in.payload), depth=_QUEUE)
         to_host = fifo.SyncFIFOBuffered(width=len(host_link.host_out.payload), depth=_QUEUE)
-        m.submodules.to_device = ResetInserter(host_link.session_reset)(to_device)
-        m.submodules.to_host = ResetInserter(host_link.session_reset)(to_host)
+        m.submodules.to_device = ResetInserter(session_reset)(to_device)
+        m.submodules.to_host = ResetInserter(session_reset)(to_host)
         wiring.connect(m, host_link.host_in, to_device.w_stream)
         wiring.connect(m, to_device.r_stream, accelerator.host_in)
         wiring.connect(m, accelerator.host_out, to_host.w_stream)
