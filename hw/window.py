@@ -66,7 +66,8 @@ class SlidingWindow(wiring.Component):
         def step(name, shape, value):
             """One step of the fold-start arithmetic: a register when pipelined, else a wire."""
             result = Signal(shape, name=name)
-            (m.d.sync if self.settle else m.d.comb).__iadd__(result.eq(value))
+            domain = m.d.sync if self.settle else m.d.comb
+            domain += result.eq(value)
             return result
 
         # Unsigned sums go through signed signals before the padding is subtracted, so that a tap above or
