@@ -107,7 +107,7 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
 def lut_multiplier_script(cfg, rows, requant=False):
     """Yosys commands that turn the multipliers of the PEs in the last ``rows`` rows (and, with ``requant``, the
     requantiser's) into plain logic before ``synth_ecp5`` infers DSP blocks, so they multiply in LUTs (the
-    elaboration leaves these to Yosys: see `hw.multiplier.lut_multipliers`)."""
+    elaboration leaves these to Yosys: see `hw.multiplier.lut_multiplier_row`)."""
     if not 0 <= rows <= cfg.rows:
         raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
     selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]

@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
-from .multiplier import PRODUCT_LATENCY, lut_multipliers
+from .multiplier import PRODUCT_LATENCY, lut_multiplier_row
 from .pe import WeightStationaryPE
 from .pipeline import delayed
 
@@ -55,7 +55,7 @@ class WeightStationaryArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        grid = [[WeightStationaryPE(lut_multiplier=lut_multipliers(platform, ("pe_row", r, self.rows)))
+        grid = [[WeightStationaryPE(lut_multiplier=lut_multiplier_row(platform, r, self.rows))
                  for _ in range(self.cols)] for r in range(self.rows)]
         for r, row in enumerate(grid):
             x = delayed(m, self.x_in[r], r, name=f"x_skew_{r}")

@@ -9,7 +9,9 @@ register (a chain of 8 int8 multiply-accumulates on the ULX3S-85F).
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Signal, signed, unsigned
 
-__all__ = ["registered_product", "PRODUCT_LATENCY", "lut_multipliers"]
+from .pipeline import fpga_family
+
+__all__ = ["registered_product", "PRODUCT_LATENCY", "lut_multiplier_row", "lut_requant"]
 
 #: Cycles from the operands to their product.
 PRODUCT_LATENCY = 2
@@ -32,7 +34,7 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
         raise ValueError(f"{name}: operands of {len(a)} and {len(b)} bits; accepted: b up to {_DSP_WIDTH} bits, "
                          f"a up to {_DSP_WIDTH} bits (or up to {2 * _DSP_WIDTH} bits unsigned)")
     product = Signal(shape, name=f"{name}_product")
-    ecp5 = str(getattr(platform, "family", "")).lower() == "ecp5"
+    ecp5 = fpga_family(platform) == "ecp5"
     if ecp5 and len(a) > _DSP_WIDTH:
         half = (len(a) + 1) // 2
         low = registered_product(m, a[:half], b, name=f"{name}_low", enable=enable, platform=platform)
@@ -48,16 +50,17 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
     return product
 
 
-def lut_multipliers(platform, unit):
-    """Whether a build asks ``unit`` (``"requant"``, or ``("pe_row", r)``) to multiply in logic instead of DSP
-    blocks. A board build sets ``platform.lut_multiplier_rows`` (the last rows of the array) and
-    ``platform.lut_requant`` when the device has fewer DSP blocks than the configuration multiplies in."""
-    if platform is None:
-        return False
-    if unit == "requant":
-        return bool(getattr(platform, "lut_requant", False))
-    _, row, rows = unit
+# A board build sets platform.lut_multiplier_rows (the array's last rows) and platform.lut_requant when the device
+# has fewer DSP blocks than the configuration multiplies in; those multiplies are then left to Yosys, in logic.
+
+def lut_multiplier_row(platform, row, rows):
+    """Whether the PEs of array row ``row`` (of ``rows``) multiply in logic instead of DSP blocks."""
     return row >= rows - getattr(platform, "lut_multiplier_rows", 0)
+
+
+def lut_requant(platform):
+    """Whether the requantiser multiplies in logic instead of DSP blocks."""
+    return bool(getattr(platform, "lut_requant", False))
 
 
 def _mult18x18d(m, a, b, product, *, name, enable):

@@ -2,7 +2,7 @@
 
 from amaranth.hdl import Signal
 
-__all__ = ["delayed", "timing_registers"]
+__all__ = ["delayed", "fpga_family", "timing_registers"]
 
 
 def delayed(m, value, cycles, *, name, domain="sync"):
@@ -23,4 +23,10 @@ def timing_registers(platform):
     """Whether to add the register stages that serve only an FPGA's clock rate (queues in front of streams, a
     registered read-modify-write): everywhere, simulation included, except on an iCE40, whose clock other paths
     hold to about 20 MHz and whose logic cells are what a design there runs short of."""
-    return str(getattr(platform, "family", "")).lower() != "ice40"   # amaranth's SiliconBlue platforms say "iCE40"
+    return fpga_family(platform) != "ice40"
+
+
+def fpga_family(platform):
+    """The platform's FPGA family in lower case (``"ecp5"``, ``"ice40"``; Amaranth's SiliconBlue platforms say
+    ``"iCE40"``), or ``""`` when elaborating for simulation."""
+    return str(getattr(platform, "family", "")).lower()

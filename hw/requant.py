@@ -18,7 +18,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .multiplier import lut_multipliers, registered_product
+from .multiplier import lut_requant, registered_product
 
 __all__ = ["Requantiser", "requant_input_layout"]
 
@@ -366,7 +366,7 @@ class Requantiser(wiring.Component):
         }
         stages = list(reg.values())
         # the significand multipliers advance with the pipeline: their operands come from the float stage
-        dsp = None if lut_multipliers(platform, "requant") else platform
+        dsp = None if lut_requant(platform) else platform
         products = [self._multiply_lane(m, n, reg["float"].lanes[n], advance, dsp) for n in range(self._lanes)]
         with m.If(advance):
             # The zero point is per vector, so it travels once beside the lanes.
