@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from hw.multiplier import LOGIC_SUFFIX
+
 from .boards import BoardTop
 
 __all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops"]
@@ -112,8 +114,9 @@ def lut_multiplier_script(cfg, rows, requant=False):
         raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
     selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]
     selection += ["*.requant/t:$mul"] if requant else []
-    # address arithmetic (sliding windows, the controller's checks) never needs a DSP block
-    selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul"]
+    # address arithmetic (sliding windows, the controller's checks) never needs a DSP block, nor do the narrow
+    # multiplies that hw.multiplier leaves to logic
+    selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul", f"*{LOGIC_SUFFIX}/t:$mul"]
     # radix-4 Booth multipliers: fewer LUTs and a shallower adder tree than Yosys's generic shift-and-add map
     # (the pass skips modules that still hold processes, hence `proc` first); the generic map then takes the
     # multiplies too narrow for Booth (under 4x4 bits), which synth_ecp5 would otherwise give a DSP block

@@ -22,6 +22,7 @@ from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, FramedTransport, frame_by
 from sw_driver.transport import LinkError, harness_exit_error, stop_process
 from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
+from .sim_primitives import simulation_models
 from .top import BOARD_TOPLEVEL, LinkedDevice, LinkSettings
 
 __all__ = ["BoardSimTransport", "BoardPort", "FaultStats", "build_board_harness", "sim_link_settings"]
@@ -70,11 +71,13 @@ def build_board_harness(cfg, link, *, build_root=DEFAULT_BUILD_ROOT, trace=False
     """Generate the board's Verilog and build the harness around it, unless built before; return the binary.
 
     Keyed by a hash of the Verilog, the harness source and the flags, so each configuration builds once, and
-    concurrent callers wait on a lock. ``family`` (e.g. ``"ice40"``): the top as elaborated for that FPGA family
-    (see `hw.pipeline.timing_registers`), its vendor primitives aside.
+    concurrent callers wait on a lock. ``family`` (``"ecp5"``, ``"ice40"``): the top as elaborated for that FPGA
+    family (see `hw.pipeline.timing_registers`), with models of the vendor primitives it instantiates
+    (`fpga.sim_primitives`).
     """
     platform = None if family is None else types.SimpleNamespace(family=family)
     text = verilog.convert(LinkedDevice(cfg, link), name=BOARD_TOPLEVEL, emit_src=False, platform=platform)
+    text += simulation_models(family)
     flags = [*SIM_BUILD_ARGS, *(["--trace"] if trace else [])]
     binary, _, _ = build_harness_binary(build_root, BOARD_TOPLEVEL, text.encode(), HARNESS_SOURCE, "board_harness",
                                         files={"board_protocol.h": _protocol_header(),
@@ -214,7 +217,8 @@ class BoardSimTransport(FramedTransport):
     trace : str or Path, optional
         Write a VCD waveform of the session here (builds a tracing variant of the harness).
     family : str, optional
-        Simulate the top as elaborated for this FPGA family (``"ice40"``: without the timing-only registers).
+        Simulate the top as elaborated for this FPGA family: ``"ecp5"`` with its DSP blocks, ``"ice40"`` without
+        the timing-only registers.
     """
 
     def __init__(self, cfg, link=None, *, build_root=DEFAULT_BUILD_ROOT, trace=None, family=None):

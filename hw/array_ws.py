@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
 from .multiplier import PRODUCT_LATENCY, lut_multiplier_row
-from .pe import WeightStationaryPE
+from .pe import WeightStationaryPE, psum_width
 from .pipeline import delayed
 
 __all__ = ["WeightStationaryArray"]
@@ -55,7 +55,10 @@ class WeightStationaryArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        grid = [[WeightStationaryPE(lut_multiplier=lut_multiplier_row(platform, r, self.rows))
+        # Row r's partial sums hold at most r + 1 products: 16 bits in row 0, 20 after 16 rows, instead of 32
+        # everywhere (adders, their registers and the de-skew are the array's logic beside the multipliers).
+        grid = [[WeightStationaryPE(lut_multiplier=lut_multiplier_row(platform, r, self.rows),
+                                    psum_width=psum_width(r + 1))
                  for _ in range(self.cols)] for r in range(self.rows)]
         for r, row in enumerate(grid):
             x = delayed(m, self.x_in[r], r, name=f"x_skew_{r}")

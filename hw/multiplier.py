@@ -7,23 +7,27 @@ registers inside the block, which measured 211 MHz against 135 MHz for an inferr
 register (a chain of 8 int8 multiply-accumulates on the ULX3S-85F).
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Signal, signed, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed, unsigned
 
 from .pipeline import fpga_family
 
-__all__ = ["registered_product", "PRODUCT_LATENCY", "lut_multiplier_row", "lut_requant"]
+__all__ = ["registered_product", "PRODUCT_LATENCY", "LOGIC_SUFFIX", "lut_multiplier_row", "lut_requant"]
 
 #: Cycles from the operands to their product.
 PRODUCT_LATENCY = 2
 
 _DSP_WIDTH = 18
 
+#: Name ending of the submodules whose multiplies a board build maps to logic rather than DSP blocks.
+LOGIC_SUFFIX = "_in_logic"
+
 
 def registered_product(m, a, b, *, name, enable=1, platform=None):
     """``a * b``, :data:`PRODUCT_LATENCY` cycles later; the pipeline advances while ``enable``.
 
-    Operands are at most 18 bits, except that an unsigned ``a`` of up to 36 bits is split in two (two DSP
-    blocks, their products summed after the output registers). On an ECP5 ``platform`` each block is a
+    Operands are at most 18 bits, except that an unsigned ``a`` of up to 36 bits is split in two: on an ECP5
+    its low 18 bits multiply in a DSP block, the rest in logic (a submodule named ``*_in_logic``, which
+    the board build maps to LUTs), the two products summed after the output registers. On an ECP5 ``platform`` each block is a
     MULT18X18D with its input and output registers; elsewhere (or with ``platform=None``) the same two
     register stages are plain logic, whose multiply Yosys maps to a DSP block or, when a build asks, to LUTs.
     """
@@ -36,10 +40,13 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
     product = Signal(shape, name=f"{name}_product")
     ecp5 = fpga_family(platform) == "ecp5"
     if ecp5 and len(a) > _DSP_WIDTH:
-        half = (len(a) + 1) // 2
-        low = registered_product(m, a[:half], b, name=f"{name}_low", enable=enable, platform=platform)
-        high = registered_product(m, a[half:], b, name=f"{name}_high", enable=enable, platform=platform)
-        m.d.comb += product.eq(low + (high << half))
+        # The low 18 bits in a DSP block, the rest (6 bits for the requantiser's 24-bit significands) in logic:
+        # one block per product instead of two, so a 16-row array and its requantiser fit the ECP5-85F's 156.
+        low = registered_product(m, a[:_DSP_WIDTH], b, name=f"{name}_low", enable=enable, platform=platform)
+        high = Module()
+        m.submodules[f"{name}_high{LOGIC_SUFFIX}"] = high
+        high = registered_product(high, a[_DSP_WIDTH:], b, name=f"{name}_high", enable=enable)
+        m.d.comb += product.eq(low + (high << _DSP_WIDTH))
         return product
     if ecp5:
         _mult18x18d(m, a, b, product, name=name, enable=enable)

@@ -1,13 +1,19 @@
 """Processing elements: one int8 x int8 multiply and an int32 accumulation per cycle."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
 from .multiplier import registered_product
 
-__all__ = ["WeightStationaryPE", "OutputStationaryPE"]
+__all__ = ["WeightStationaryPE", "OutputStationaryPE", "psum_width"]
+
+
+def psum_width(products):
+    """Bits of a signed sum of ``products`` int8 x int8 products (each in [-128 * 127, 128 * 128]), at most the
+    accumulator's 32: a weight-stationary column's partial sum after its first ``products`` rows."""
+    return min(ACC.width, (products * 128 * 128).bit_length() + 1)
 
 
 def _gated_product(x, w):
@@ -39,6 +45,7 @@ class WeightStationaryPE(wiring.Component):
     psum_in, psum_out : In, Out
         Partial sum from above; ``psum_in`` plus the product ``x_in * weight[bank_in]`` of the activation
         that arrived `~hw.multiplier.PRODUCT_LATENCY` cycles before, registered, for the PE below.
+        ``psum_width`` bits wide.
     w_data, w_bank, w_load : In
         Weight load: when ``w_load``, ``w_data`` is written into bank ``w_bank``.
 
@@ -46,21 +53,24 @@ class WeightStationaryPE(wiring.Component):
     ----------
     lut_multiplier : bool
         Multiply in logic rather than in a DSP block (for arrays with more PEs than the FPGA has blocks).
+    psum_width : int
+        Width of the partial sums: wide enough for the sum of the products above and this one (see
+        `psum_width`), so the adder and its register are no wider than the values they can hold.
     """
 
-    x_in: In(OPERAND)
-    bank_in: In(1)
-    x_out: Out(OPERAND)
-    bank_out: Out(1)
-    psum_in: In(ACC)
-    psum_out: Out(ACC)
-    w_data: In(OPERAND)
-    w_bank: In(1)
-    w_load: In(1)
-
-    def __init__(self, *, lut_multiplier=False):
+    def __init__(self, *, lut_multiplier=False, psum_width=ACC.width):
         self.lut_multiplier = lut_multiplier
-        super().__init__()
+        super().__init__({
+            "x_in": In(OPERAND),
+            "bank_in": In(1),
+            "x_out": Out(OPERAND),
+            "bank_out": Out(1),
+            "psum_in": In(signed(psum_width)),
+            "psum_out": Out(signed(psum_width)),
+            "w_data": In(OPERAND),
+            "w_bank": In(1),
+            "w_load": In(1),
+        })
 
     def elaborate(self, platform):
         m = Module()

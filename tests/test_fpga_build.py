@@ -77,12 +77,19 @@ class TestDspBlocks:
         assert 'parameter \\REG_INPUTA_CLK "CLK0"' in text and 'parameter \\REG_OUTPUT_CLK "CLK0"' in text
         assert text.count("cell $mul") == 2                   # row 2: logic, mapped to LUTs by the build script
 
-    def test_requantiser_lanes_use_four_blocks_or_two_logic_multiplies(self):
+    def test_requantiser_lanes_use_two_blocks_or_two_logic_multiplies(self):
         from hw.requant import Requantiser
         dsp = self._rtlil(Requantiser(lanes=2))
         lut = self._rtlil(Requantiser(lanes=2), lut_requant=True)
-        assert dsp.count("cell \\MULT18X18D") == 8 and lut.count("cell \\MULT18X18D") == 0
-        assert lut.count("cell $mul") - dsp.count("cell $mul") == 4     # a 24x12 multiply per half, in logic
+        assert dsp.count("cell \\MULT18X18D") == 4 and lut.count("cell \\MULT18X18D") == 0
+        assert lut.count("cell $mul") - dsp.count("cell $mul") == 0    # as many $mul cells either way:
+        # with DSP blocks, each 24-bit significand's top 6 bits multiply in a submodule the build maps to LUTs
+        modules = dsp.split("\nmodule ")
+        in_logic = [text for text in modules if text.split("\n")[0].endswith("_in_logic")]
+        assert len(in_logic) == 4 and all(text.count("cell $mul") == 1 for text in in_logic)
+
+    def test_logic_submodules_are_always_mapped_to_luts(self):
+        assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
 
 
 def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):
