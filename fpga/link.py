@@ -250,7 +250,8 @@ class LinkTransmitter(wiring.Component):
         timer = Signal(range(self.retransmit_timeout + 1))
         # the payload word being sent: a block RAM's read data arrives late in the cycle (5.8 ns on the ECP5), so
         # it is registered before the CRC sees it, except on an iCE40 (see hw.pipeline.timing_registers)
-        word = Signal(LINK_WIDTH) if timing_registers(platform) else read.data
+        latch = timing_registers(platform)
+        word = Signal(LINK_WIDTH) if latch else read.data
 
         # host_out -> ring
         take = self.host_out.valid & self.host_out.ready
@@ -312,15 +313,15 @@ class LinkTransmitter(wiring.Component):
             with m.State("FETCH"):
                 # one cycle for the ring's read port; frames without payload go straight to their CRC
                 with m.If((kind == FrameKind.DATA) & (count != arg << 2)):
-                    m.next = "LATCH"
+                    m.next = "LATCH" if latch else "PAYLOAD"
                 with m.Else():
                     m.d.sync += count.eq(0)
                     m.next = "CRC"
-            with m.State("LATCH"):
-                # a cycle per word, against the 40 bit times it takes to send
-                if word is not read.data:
+            if latch:
+                with m.State("LATCH"):
+                    # a cycle per word, against the 40 bit times it takes to send
                     m.d.sync += word.eq(read.data)
-                m.next = "PAYLOAD"
+                    m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 m.d.comb += [self.tx_byte.valid.eq(1), crc.valid.eq(sending),
                              self.tx_byte.payload.eq(word.word_select(count[:2], 8))]
