@@ -124,6 +124,14 @@ def lut_multiplier_script(cfg, rows, requant=False):
     return f"proc; booth {cells}; techmap -map +/techmap.v {cells}" if selection else ""
 
 
+def clock_fmax(nextpnr_report):
+    """fmax in MHz per clock of a nextpnr JSON report. nextpnr also times its constant nets ($PACKER_GND_NET,
+    when a block's unused clock pin is tied low): they clock nothing, so they are left out (one of them would
+    otherwise be the build's lowest "clock", or hide a real one)."""
+    return {_clock_name(name): round(value["achieved"], 2) for name, value in nextpnr_report.get("fmax", {}).items()
+            if not name.startswith("$PACKER_")}
+
+
 def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", lut_multiplier_rows=0,
                      lut_requant=False):
     platform = board.make_platform()
@@ -156,7 +164,7 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
     if code != 0:
         raise BuildError(_failure_message(board, folder, log_text))
     data = json.loads((folder / "nextpnr_report.json").read_text())
-    fmax = {_clock_name(name): round(value["achieved"], 2) for name, value in data.get("fmax", {}).items()}
+    fmax = clock_fmax(data)
     used = data.get("utilization", {})
     utilisation = {}
     for resource, cell in RESOURCES[board.family].items():

@@ -7,7 +7,7 @@ the UP5K today), over the 60 s a test may spend; ``make bitstream`` is the way t
 import pytest
 
 from fpga.boards import BOARDS, board_config
-from fpga.build import _failure_message, lut_multiplier_script, peak_gops, render_markdown
+from fpga.build import _failure_message, clock_fmax, lut_multiplier_script, peak_gops, render_markdown
 from fpga.top import LinkSettings
 from gen.config import AcceleratorConfig
 
@@ -50,6 +50,11 @@ class TestReports:
                   "peak_gops": 9.6, "uart_baud": 3_000_000, "uart_cycles_per_bit": 25, "wall_seconds": 60}
         text = render_markdown(report)
         assert "| LUT | 10 / 100" in text and "| DSP | 64 / 156" in text and "9.60 GOPS" in text
+
+    def test_fmax_leaves_out_nextpnr_constant_nets(self):
+        report = {"fmax": {"$glbnet$clk": {"achieved": 25.04, "constraint": 21.0},
+                           "$PACKER_GND_NET": {"achieved": 174.1, "constraint": 21.0}}}
+        assert list(clock_fmax(report).values()) == [25.04]
 
     def test_lut_multiplier_rows_select_the_last_rows(self):
         script = lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 2)
