@@ -93,6 +93,15 @@ class TestDspBlocks:
         in_logic = [text for text in modules if text.split("\n")[0].endswith("_in_logic")]
         assert len(in_logic) == 4 and all(text.count("cell $mul") == 1 for text in in_logic)
 
+    def test_ulx3s_default_fits_the_dsp_blocks(self):
+        """A block per PE and two per requantiser lane (their top significand bits in logic), within the ECP5-85F's
+        156, so the default build needs no LUT multipliers."""
+        from fpga.sim_board import sim_link_settings
+        from fpga.top import LinkedDevice
+        cfg = board_config(BOARDS["ulx3s"])
+        blocks = self._rtlil(LinkedDevice(cfg, sim_link_settings())).count("cell \\MULT18X18D")
+        assert blocks == cfg.rows * cfg.cols + 2 * cfg.cols <= 156
+
     def test_logic_submodules_are_always_mapped_to_luts(self):
         assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
 
