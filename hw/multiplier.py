@@ -27,9 +27,10 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
 
     Operands are at most 18 bits, except that an unsigned ``a`` of up to 36 bits is split in two: on an ECP5
     its low 18 bits multiply in a DSP block, the rest in logic (a submodule named ``*_in_logic``, which
-    the board build maps to LUTs), the two products summed after the output registers. On an ECP5 ``platform`` each block is a
-    MULT18X18D with its input and output registers; elsewhere (or with ``platform=None``) the same two
-    register stages are plain logic, whose multiply Yosys maps to a DSP block or, when a build asks, to LUTs.
+    the board build maps to LUTs), the two products summed after the output registers. On an ECP5
+    ``platform`` each block is a MULT18X18D with its input and output registers; elsewhere (or with
+    ``platform=None``) the same two register stages are plain logic, whose multiply Yosys maps to a DSP block
+    or, when a build asks, to LUTs.
     """
     a_shape, b_shape = a.shape(), b.shape()
     signed_product = a_shape.signed or b_shape.signed
