@@ -1,6 +1,6 @@
 """The controller: decodes the host's instruction stream into buffer loads and compute commands."""
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -227,7 +227,9 @@ class Controller(wiring.Component):
 
         # -- packets: COUNTERS and ERROR --------------------------------------------------------------------
         header = data.View(packet_header_layout(), Signal(LINK_WIDTH))
-        snapshot = Array(Signal(32, name=f"snapshot_{name}") for name, _ in COUNTERS)
+        # sent out from the front, shifting forward after each word: no mux over all the counters on the way to
+        # the link (it was the ULX3S build's critical path)
+        snapshot = [Signal(32, name=f"snapshot_{name}") for name, _ in COUNTERS]
         sent = Signal(range(len(COUNTERS) + 2))
 
         m.d.comb += self.starved.eq(0)
@@ -392,10 +394,12 @@ class Controller(wiring.Component):
             with m.State("COUNTERS"):
                 m.d.comb += [header.kind.eq(PacketKind.COUNTERS), header.length.eq(len(COUNTERS)),
                              self.packet.valid.eq(1),
-                             self.packet.payload.data.eq(Mux(sent == 0, header.as_value(), snapshot[sent - 1])),
+                             self.packet.payload.data.eq(Mux(sent == 0, header.as_value(), snapshot[0])),
                              self.packet.payload.last.eq(sent == len(COUNTERS))]
                 with m.If(self.packet.ready):
                     m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent != 0):
+                        m.d.sync += [now.eq(later) for now, later in zip(snapshot[:-1], snapshot[1:], strict=True)]
                     with m.If(sent == len(COUNTERS)):
                         m.d.sync += sent.eq(0)
                         m.next = "FETCH"
