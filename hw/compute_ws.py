@@ -63,6 +63,7 @@ class WeightStationaryCompute(ComputeUnit):
         row = Signal(range(cfg.rows + 1))
         in_fold = Signal()          # streaming the rows of one fold
         in_header = Signal()        # reading a sparse command's fold header
+        header_now = Signal()       # the cycle after: weight_data holds the header
         w_addr = Signal.like(self.weight_addr)
         x_addr = Signal.like(self.act_addr)
         load_bank = Signal()
@@ -76,28 +77,30 @@ class WeightStationaryCompute(ComputeUnit):
         m.d.comb += self.cmd.ready.eq(~loading)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), loading.eq(1), fold.eq(0), in_fold.eq(0), in_header.eq(0),
+                         header_now.eq(0),
                          w_addr.eq(self.cmd.payload.w_base), x_addr.eq(self.cmd.payload.x_base),
                          kh.eq(0), kw.eq(0), cb.eq(0)]
 
         # A sparse command's stored folds each start with a header word naming the fold's tap and channel
-        # block (the all-zero folds are not stored): read it one cycle before the fold's rows.
-        header_now = delayed(m, in_header, 1, name="header_data")  # weight_data holds the header this cycle
+        # block (the all-zero folds are not stored): read it two cycles before the fold's rows, so that it is
+        # in kh, kw, cb when the fold is queued (straight from the buffer's read port into the fold queue was the
+        # ULX3S build's critical path).
         header = Signal(fold_header_layout())
         m.d.comb += header.eq(self.weight_data.as_value())    # its low lanes (cols >= 2, see the controller)
-        tap_kh, tap_kw, tap_cb = (Mux(header_now, header.kh, kh), Mux(header_now, header.kw, kw),
-                                  Mux(header_now, header.cb, cb))
         with m.If(header_now):
             m.d.sync += [kh.eq(header.kh), kw.eq(header.kw), cb.eq(header.cb)]
 
         w_load = Signal()
         m.d.comb += self.weight_addr.eq(w_addr)
-        with m.If(loading & ~in_fold & ~in_header & ~folds.r_rdy & (cool == 0)):
+        with m.If(loading & ~in_fold & ~in_header & ~header_now & ~folds.r_rdy & (cool == 0)):
             with m.If(cmd.sparse):
                 m.d.sync += in_header.eq(1)
             with m.Else():
                 m.d.sync += [in_fold.eq(1), row.eq(0)]
         with m.If(in_header):
-            m.d.sync += [in_header.eq(0), in_fold.eq(1), row.eq(0), w_addr.eq(w_addr + 1)]
+            m.d.sync += [in_header.eq(0), header_now.eq(1), w_addr.eq(w_addr + 1)]
+        with m.If(header_now):
+            m.d.sync += [header_now.eq(0), in_fold.eq(1), row.eq(0)]
         with m.If(in_fold):
             m.d.comb += w_load.eq(1)
             m.d.sync += [row.eq(row + 1), w_addr.eq(w_addr + 1)]
@@ -112,7 +115,7 @@ class WeightStationaryCompute(ComputeUnit):
                     pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m),
                     pushed.p_base.eq(cmd.p_base), pushed.y_zp.eq(cmd.y_zp),
                     pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
-                    pushed.conv.eq(cmd.conv), pushed.kh.eq(tap_kh), pushed.kw.eq(tap_kw), pushed.cb.eq(tap_cb),
+                    pushed.conv.eq(cmd.conv), pushed.kh.eq(kh), pushed.kw.eq(kw), pushed.cb.eq(cb),
                     pushed.out_y.eq(cmd.out_y), pushed.out_x.eq(cmd.out_x),
                 ]
             with m.If(row == cfg.rows - 1):
