@@ -44,9 +44,8 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
         # The low 18 bits in a DSP block, the rest (6 bits for the requantiser's 24-bit significands) in logic:
         # one block per product instead of two, so a 16-row array and its requantiser fit the ECP5-85F's 156.
         low = registered_product(m, a[:_DSP_WIDTH], b, name=f"{name}_low", enable=enable, platform=platform)
-        high = Module()
-        m.submodules[f"{name}_high{LOGIC_SUFFIX}"] = high
-        high = registered_product(high, a[_DSP_WIDTH:], b, name=f"{name}_high", enable=enable)
+        logic = m.submodules[f"{name}_high{LOGIC_SUFFIX}"] = Module()
+        high = registered_product(logic, a[_DSP_WIDTH:], b, name=f"{name}_high", enable=enable)
         m.d.comb += product.eq(low + (high << _DSP_WIDTH))
         return product
     if ecp5:
