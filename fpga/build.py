@@ -21,6 +21,7 @@ from pathlib import Path
 from hw.multiplier import LOGIC_SUFFIX
 
 from .boards import BoardTop
+from .floorplan import floorplan_script
 
 __all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops"]
 
@@ -78,6 +79,10 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
         progress(f"[{board.name}] {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): core clock "
                  f"{plan.output_mhz:g} MHz from the {board.oscillator_mhz:g} MHz oscillator")
         script = lut_multiplier_script(cfg, lut_multiplier_rows, lut_requant)
+        if board.family == "ecp5":
+            placement = floorplan_script(cfg, board.make_platform().device,
+                                         lut_multiplier_rows=lut_multiplier_rows, lut_requant=lut_requant)
+            script = "; ".join(part for part in (script, placement) if part)
         result = _place_and_route(board, cfg, plan, folder, progress, script, lut_multiplier_rows, lut_requant)
         attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"]})
         achieved = min(result["fmax"].values()) if result["fmax"] else 0.0

