@@ -61,7 +61,7 @@ class Drain(wiring.Component):
         # iCE40 (clocked at ~20 MHz by its other paths) leaves it out: its logic cells are what is short there.
         if not timing_registers(platform):
             wiring.connect(m, requant.o, wiring.flipped(self.result))
-            return self._read(m, requant)
+            return self._read(m, requant, platform)
         m.submodules.results = results = fifo.SyncFIFOBuffered(width=len(requant.o.payload.as_value()),
                                                                depth=_RESULT_QUEUE)
         m.d.comb += [
@@ -70,9 +70,9 @@ class Drain(wiring.Component):
             self.result.valid.eq(results.r_rdy), self.result.payload.eq(results.r_data),
             results.r_en.eq(self.result.ready),
         ]
-        return self._read(m, requant, queued=_RESULT_QUEUE)
+        return self._read(m, requant, platform, queued=_RESULT_QUEUE)
 
-    def _read(self, m, requant, queued=0):
+    def _read(self, m, requant, platform, queued=0):
         """Read each finished tile's rows from the accumulator into the requantiser (``queued``: the rows a
         queue after it may hold)."""
         cfg = self.cfg
@@ -80,8 +80,7 @@ class Drain(wiring.Component):
         reading = Signal()
         row = Signal.like(current.m)
         feeding = Signal()  # requant.i.valid: the read port's data is a row to requantise
-        advance = Signal()
-        m.d.comb += advance.eq(~feeding | requant.i.ready)
+        advance = Signal()     # the read port takes the next row (its data holds otherwise)
 
         m.d.comb += self.tile.ready.eq(~reading)
         with m.If(self.tile.valid & self.tile.ready):
@@ -106,18 +105,33 @@ class Drain(wiring.Component):
                 with m.Else():
                     m.d.sync += row.eq(row + 1)
 
+        row_in = Signal.like(requant.i.payload)
         m.d.comb += [
-            requant.i.valid.eq(feeding),
-            requant.i.payload.acc.eq(self.acc_data),
-            requant.i.payload.bias.eq(self.param_data.bias),
-            requant.i.payload.scale.eq(self.param_data.scale),
-            requant.i.payload.zero_point.eq(current.y_zp),
+            row_in.acc.eq(self.acc_data),
+            row_in.bias.eq(self.param_data.bias),
+            row_in.scale.eq(self.param_data.scale),
+            row_in.zero_point.eq(current.y_zp),
         ]
+        if timing_registers(platform):
+            # The row is registered before the requantiser: a block RAM's read data arrives late in the cycle
+            # (5.8 ns on the ECP5), and the requantiser's first stage adds the bias to it with a 32-bit carry chain
+            # (the 16x8 ULX3S build's critical path at 86 MHz).
+            staged = Signal.like(row_in)
+            staged_valid = Signal()
+            m.d.comb += advance.eq(~feeding | ~staged_valid | requant.i.ready)
+            with m.If(~staged_valid | requant.i.ready):
+                m.d.sync += [staged_valid.eq(feeding), staged.eq(row_in)]
+            m.d.comb += [requant.i.valid.eq(staged_valid), requant.i.payload.eq(staged)]
+            waiting = staged_valid
+        else:
+            m.d.comb += [advance.eq(~feeding | requant.i.ready), requant.i.valid.eq(feeding),
+                         requant.i.payload.eq(row_in)]
+            waiting = 0
 
         in_flight = Signal(range(requant.latency + queued + 4))
         m.d.sync += in_flight.eq(in_flight + (requant.i.valid & requant.i.ready)
                                  - (self.result.valid & self.result.ready))
-        m.d.comb += self.busy.eq(reading | feeding | (in_flight != 0))
+        m.d.comb += self.busy.eq(reading | feeding | waiting | (in_flight != 0))
         return m
 
     def _read_param_per_filter(self, m, current, reading_row):
