@@ -62,14 +62,13 @@ class Board:
 
 
 # Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.
-# The ULX3S default is 8x8 WS without the vector unit. Pipelined (registered buffer reads, DSP blocks with their
-# registers, a two-step accumulate, queues around the link) it routed with fmax 84.8-85.0 MHz in three builds
-# (22,113 LUTs, 80 of 156 MULT18X18D, 26 DP16KD), against 49.8 MHz without; its clock target (78.125 MHz, met)
-# leaves a margin for nextpnr's run-to-run spread. 16x8 fits the DSP blocks (144) but routes slowly (see the README).
-# 16x16 needs 7 rows of LUT multipliers and the requantiser in LUTs to fit the
-# DSP blocks (148 of 156) and then fills 93% of the LUTs (`tessera bitstream --lut-multiplier-rows 7
-# --lut-requant`); it did not finish placing in 40 minutes.
-_ULX3S_DEFAULTS = dict(rows=8, cols=8, clock_mhz=78.0, act_depth=1024, weight_depth=1024, acc_depth=256,
+# The ULX3S default is 16x8 WS without the vector unit: 144 of the 156 MULT18X18D (one per PE, two per requantiser
+# lane). It routes because its accelerator's reset rides a global clock network and its DSP blocks are floorplanned
+# (fpga/floorplan.py); without both, nextpnr's router stalled. Pipelined (registered buffer reads, DSP blocks with
+# their registers, a two-step accumulate, queues around the link), its clock target of 78.125 MHz is met with a
+# margin for nextpnr's run-to-run spread (see the README for the measured fmax).
+# 16x16 needs 9 rows of LUT multipliers to fit the DSP blocks (`tessera bitstream --lut-multiplier-rows 9`).
+_ULX3S_DEFAULTS = dict(rows=16, cols=8, clock_mhz=78.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                        param_depth=32, vec_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                    param_depth=32)

