@@ -224,9 +224,8 @@ class Controller(wiring.Component):
         with m.Elif((gemm.x_base + act_words > cfg.act_depth) | (gemm.w_base + weight_words > cfg.weight_depth)
                     | (gemm.p_base >= cfg.param_depth) | params_out_of_range):
             m.d.comb += gemm_error_now.eq(ErrorCode.OUT_OF_RANGE)
-        # registered: the checks read the instruction, which holds from DECODE on, and GEMM comes a cycle after
-        # DECODE; from the instruction through the checks into the command queues was the 16x8 ULX3S build's
-        # critical path at 86.7 MHz
+        # registered too, so they are valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction
+        # through the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz
         gemm_error = Signal(8)
         m.d.sync += gemm_error.eq(gemm_error_now)
 
@@ -270,7 +269,7 @@ class Controller(wiring.Component):
                                 m.d.sync += [beats_needed.eq(1), discard.eq(1), error.eq(ErrorCode.BAD_BUFFER)]
                         m.next = "LOAD"
                     with m.Case(Opcode.GEMM):
-                        m.next = "GEMM"
+                        m.next = "GEMM_CHECK"
                     with m.Case(Opcode.WAIT):
                         m.next = "WAIT"
                     with m.Case(Opcode.READ_COUNTERS):
@@ -351,6 +350,9 @@ class Controller(wiring.Component):
                     m.next = "ERROR"
                 with m.Else():
                     m.next = "FETCH"
+
+            with m.State("GEMM_CHECK"):
+                m.next = "GEMM"
 
             with m.State("GEMM"):
                 with m.If(gemm_error != 0):
