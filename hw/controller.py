@@ -9,6 +9,7 @@ from .isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, 
                   instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
 from .layouts import (act_load_layout, command_layout, conv_geometry_layout, param_load_layout, vec_command_layout,
                       vec_load_layout, weight_load_layout)
+from .pipeline import timing_registers
 from .qadd import add_params_layout
 
 __all__ = ["Controller", "link_beat_layout"]
@@ -225,9 +226,9 @@ class Controller(wiring.Component):
                     | (gemm.p_base >= cfg.param_depth) | params_out_of_range):
             m.d.comb += gemm_error_now.eq(ErrorCode.OUT_OF_RANGE)
         # registered too, so they are valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction
-        # through the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz
-        gemm_error = Signal(8)
-        m.d.sync += gemm_error.eq(gemm_error_now)
+        # through the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz. Not on
+        # an iCE40, whose logic cells are what runs short there.
+        gemm_error = registered("gemm_error", gemm_error_now) if timing_registers(platform) else gemm_error_now
 
         # -- packets: COUNTERS and ERROR --------------------------------------------------------------------
         header = data.View(packet_header_layout(), Signal(LINK_WIDTH))
