@@ -227,7 +227,7 @@ class Controller(wiring.Component):
             m.d.comb += gemm_error_now.eq(ErrorCode.OUT_OF_RANGE)
         # registered too, so they are valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction
         # through the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz. Not on
-        # an iCE40, whose logic cells are what runs short there.
+        # an iCE40 (no GEMM_CHECK either), whose logic cells are what runs short there.
         gemm_error = registered("gemm_error", gemm_error_now) if timing_registers(platform) else gemm_error_now
 
         # -- packets: COUNTERS and ERROR --------------------------------------------------------------------
@@ -270,7 +270,7 @@ class Controller(wiring.Component):
                                 m.d.sync += [beats_needed.eq(1), discard.eq(1), error.eq(ErrorCode.BAD_BUFFER)]
                         m.next = "LOAD"
                     with m.Case(Opcode.GEMM):
-                        m.next = "GEMM_CHECK"
+                        m.next = "GEMM_CHECK" if timing_registers(platform) else "GEMM"
                     with m.Case(Opcode.WAIT):
                         m.next = "WAIT"
                     with m.Case(Opcode.READ_COUNTERS):
@@ -352,8 +352,9 @@ class Controller(wiring.Component):
                 with m.Else():
                     m.next = "FETCH"
 
-            with m.State("GEMM_CHECK"):
-                m.next = "GEMM"
+            if timing_registers(platform):
+                with m.State("GEMM_CHECK"):
+                    m.next = "GEMM"
 
             with m.State("GEMM"):
                 with m.If(gemm_error != 0):
