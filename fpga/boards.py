@@ -72,7 +72,7 @@ _ULX3S_DEFAULTS = dict(rows=16, cols=8, clock_mhz=78.0, act_depth=1024, weight_d
                        param_depth=32, vec_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                    param_depth=32)
-# The UP5K's 5,280 logic cells hold a 1x1 array without counters or the vector unit (5,216-5,222 used, fmax
+# The UP5K's 5,280 logic cells hold a 1x1 array without counters or the vector unit (5,214-5,222 used, fmax
 # 24.1-25.3 MHz, measured); iCE40 builds leave out the timing-only registers (hw.pipeline.timing_registers).
 _ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
                             param_depth=1, counters=False, vec_depth=0)
