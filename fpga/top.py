@@ -125,8 +125,8 @@ class LinkedDevice(wiring.Component):
 def _distributed(m, reset, platform):
     """``reset`` as it reaches the accelerator's flip-flops: on an ECP5 through a global clock buffer (DCCA) onto
     one of the device's clock networks. It goes to about 10,500 flip-flops (16x8 array); through the fabric's
-    general routing it was what kept a 16x8 array from routing at all (nextpnr's router1 stalled with ~15,000
-    arcs left after 50 minutes; on a clock network the same placement routes)."""
+    general routing it was, with the scattered DSP blocks (`fpga.floorplan`), what kept a 16x8 array from
+    routing at all (nextpnr's router1 stalled with ~15,000 arcs left after 50 minutes)."""
     if fpga_family(platform) != "ecp5":
         return reset
     distributed = Signal(name="session_reset_global")

@@ -79,7 +79,7 @@ class Drain(wiring.Component):
         current = Signal.like(self.tile.payload)
         reading = Signal()
         row = Signal.like(current.m)
-        feeding = Signal()  # requant.i.valid: the read port's data is a row to requantise
+        feeding = Signal()  # the read port's data is a row to requantise
         advance = Signal()     # the read port takes the next row (its data holds otherwise)
 
         m.d.comb += self.tile.ready.eq(~reading)
