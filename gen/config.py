@@ -66,6 +66,10 @@ class AcceleratorConfig:
         Row-stationary only: filters a PE interleaves (Eyeriss's ``p``), 1 to 16. A PE holds rows of up to this
         many filters in its filter scratchpad (``rs_filters * rows * 7`` entries) and keeps as many partial
         sums, so each ifmap value it reads is used for that many MACs; 1 runs one filter per command.
+    requant_lanes : int
+        Lanes of the requantiser, a divisor of ``cols``; 0 (the default) for one per column. With fewer, an
+        output row takes ``cols / requant_lanes`` cycles to requantise (one row per reduction is what the
+        array produces), and the lanes' logic and DSP blocks go to the PE array instead (FPGA builds).
     """
 
     rows: int = 8
@@ -82,6 +86,7 @@ class AcceleratorConfig:
     clock_mhz: float = 100.0
     link_timeout: int = 1 << 16
     rs_filters: int = 4
+    requant_lanes: int = 0
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
@@ -114,6 +119,11 @@ class AcceleratorConfig:
         _check_int("link_timeout", self.link_timeout, 16, 1 << 24)
         _check_int("rs_filters", self.rs_filters, 1, _MAX_RS_FILTERS,
                    why="filters interleaved in a row-stationary PE; 1 for one filter at a time")
+        _check_int("requant_lanes", self.requant_lanes, 0, self.cols, why="0 for one lane per column")
+        if self.requant_lanes and self.cols % self.requant_lanes:
+            divisors = ", ".join(str(d) for d in range(1, self.cols + 1) if self.cols % d == 0)
+            raise ConfigError(f"requant_lanes: {self.requant_lanes} does not divide cols={self.cols}; accepted: "
+                              f"0 (one lane per column) or one of {divisors}")
 
     # -- derived quantities --------------------------------------------------------------------------------
 
@@ -127,6 +137,11 @@ class AcceleratorConfig:
         """int8 weights per weight buffer word: a row of ``cols`` output channels (ws, os), or one value per
         PE row (rs: every PE row holds its own filter row)."""
         return self.rows if self.dataflow == "rs" else self.cols
+
+    @property
+    def requant_width(self):
+        """Lanes the requantiser is built with."""
+        return self.requant_lanes or self.cols
 
     @property
     def acc_half_depth(self):

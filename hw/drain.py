@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from .layouts import ACC, param_word_layout, result_layout
 from .pipeline import timing_registers
 from .requant import Requantiser
+from .requant_serial import SerialRequantiser
 
 __all__ = ["Drain"]
 
@@ -14,7 +15,8 @@ _RESULT_QUEUE = 3   # a buffered FIFO of depth 2 has a zero-width address, which
 
 
 class Drain(wiring.Component):
-    """Requantises one accumulator row per cycle into the ``result`` stream, under backpressure.
+    """Requantises one accumulator row per cycle (or per ``cols / requant_lanes`` cycles, with a narrower
+    requantiser) into the ``result`` stream, under backpressure.
 
     Attributes
     ----------
@@ -55,7 +57,8 @@ class Drain(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.requant = requant = Requantiser(lanes=cfg.cols)
+        m.submodules.requant = requant = Requantiser(lanes=cfg.cols) if cfg.requant_width == cfg.cols else \
+            SerialRequantiser(lanes=cfg.cols, units=cfg.requant_width)
         # The requantiser stalls as a whole on its output's ready; a small queue in front of the result stream
         # gives it a ready that comes from the queue's own level, not through the packetiser and the link. An
         # iCE40 (clocked at ~20 MHz by its other paths) leaves it out: its logic cells are what is short there.

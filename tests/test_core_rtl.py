@@ -24,7 +24,17 @@ CONFIGS = [
     for (r, c, ad, wd, acc) in [(1, 1, 32, 32, 16), (2, 2, 48, 32, 16), (4, 8, 96, 64, 32), (8, 4, 96, 64, 32),
                                 (8, 8, 128, 128, 64), (16, 16, 256, 256, 64), (3, 5, 40, 36, 12)]
     for df in ("ws", "os")
+] + [
+    # requantisers narrower than the array (a row in several beats): the FPGA builds' way to spare logic
+    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=96, weight_depth=64, acc_depth=32, param_depth=4,
+                      requant_lanes=2),
+    AcceleratorConfig(rows=8, cols=4, dataflow="os", act_depth=96, weight_depth=64, acc_depth=32, param_depth=4,
+                      requant_lanes=1),
 ]
+
+
+def _config_id(cfg):
+    return f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + (f"-rq{cfg.requant_lanes}" if cfg.requant_lanes else "")
 
 
 def _problems(cfg, rng, count):
@@ -49,7 +59,7 @@ def simulators(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("stall", [0.0, 0.4], ids=["no_stall", "stall"])
 def test_random_gemm_matches_golden(cfg, stall, simulators):
     seed = zlib.crc32(f"{cfg.hash}{stall}".encode()) & 0xFFFF

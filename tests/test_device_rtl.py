@@ -28,9 +28,10 @@ CONFIGS = [
     # (a small activation buffer: larger maps run in bands of output rows; one filter per PE, as before p)
     AcceleratorConfig(rows=4, cols=2, dataflow="rs", act_depth=128, weight_depth=256, acc_depth=64, param_depth=8,
                       link_timeout=64, rs_filters=1),
-    # three filters per PE (not a power of two), few parameter words: the last group of filters is smaller
+    # three filters per PE (not a power of two), few parameter words: the last group of filters is smaller; a
+    # one-lane requantiser (each output row in three beats)
     AcceleratorConfig(rows=2, cols=3, dataflow="rs", act_depth=256, weight_depth=512, acc_depth=96, param_depth=5,
-                      link_timeout=64, rs_filters=3),
+                      link_timeout=64, rs_filters=3, requant_lanes=1),
 ]
 
 

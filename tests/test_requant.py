@@ -9,6 +9,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from hw.requant import Requantiser
+from hw.requant_serial import SerialRequantiser
 
 # A local copy of the rule on purpose: the project golden model (verif/golden.py) is developed in
 # parallel, and this block must be checked against the ONNX definition itself.
@@ -222,34 +223,8 @@ class TestRequantiser:
         dut = Requantiser(lanes=lanes)
         rng = np.random.default_rng(7)
         vectors = _vectors(_random_cases(rng, 20 * lanes), lanes, rng)
-        accepted, produced = [], []
-
-        async def testbench(ctx):
-            ctx.set(dut.o.ready, 1)
-            cycle = 0
-            pending = list(vectors)
-            while len(produced) < len(vectors):
-                if pending:
-                    ctx.set(dut.i.valid, 1)
-                    ctx.set(dut.i.payload, pending[0])
-                else:
-                    ctx.set(dut.i.valid, 0)
-                _, _, i_valid, i_ready, o_valid, o_payload = \
-                    await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid, dut.o.payload)
-                if i_valid:
-                    assert i_ready, f"input stalled at cycle {cycle} with the output always ready"
-                    accepted.append(cycle)
-                    pending.pop(0)
-                if o_valid:
-                    produced.append((cycle, [o_payload[n] for n in range(lanes)]))
-                cycle += 1
-                assert cycle < 10 * len(vectors) + 100, "pipeline stopped producing"
-
-        sim = Simulator(dut)
-        sim.add_clock(1e-8)
-        sim.add_testbench(testbench)
-        sim.run()
-
+        accepted, produced = self._run_unstalled(dut, vectors)
+        # with the output always ready, a vector is taken every cycle
         assert accepted == list(range(len(vectors)))
         # o.valid observed in cycle c means it rose after the edge ending cycle c - 1.
         assert [cycle for cycle, _ in produced] == [c + dut.latency for c in accepted]
@@ -260,13 +235,43 @@ class TestRequantiser:
         assert "module" in text
 
     @staticmethod
+    def _run_unstalled(dut, vectors):
+        """Offer ``vectors`` back to back with the output always ready: the cycles each was taken in, and the
+        cycle and payload of each result."""
+        accepted, produced = [], []
+
+        async def testbench(ctx):
+            ctx.set(dut.o.ready, 1)
+            cycle, pending = 0, list(vectors)
+            while len(produced) < len(vectors):
+                ctx.set(dut.i.valid, bool(pending))
+                if pending:
+                    ctx.set(dut.i.payload, pending[0])
+                _, _, i_valid, i_ready, o_valid, o_payload = \
+                    await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid, dut.o.payload)
+                if i_valid and i_ready:
+                    accepted.append(cycle)
+                    pending.pop(0)
+                if o_valid:
+                    produced.append((cycle, [o_payload[n] for n in range(dut.lanes)]))
+                cycle += 1
+                assert cycle < 20 * len(vectors) * getattr(dut, "beats", 1) + 100, "pipeline stopped producing"
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(testbench)
+        sim.run()
+        return accepted, produced
+
+    @staticmethod
     def _run(dut, vectors, rng, *, idle, backpressure):
         """Drive ``vectors`` with random idle cycles, collect outputs under random backpressure."""
         lanes = dut.lanes
         received = []
         # Decide the pause patterns up front so the run is reproducible from the seed.
         idle_cycles = rng.geometric(1 - idle, len(vectors)) - 1 if idle else [0] * len(vectors)
-        ready_pattern = (rng.random(16 * len(vectors) + 64) >= backpressure).tolist()
+        beats = getattr(dut, "beats", 1)     # cycles a vector takes at best (a SerialRequantiser's beats)
+        ready_pattern = (rng.random(16 * beats * len(vectors) + 64) >= backpressure).tolist()
 
         async def driver(ctx):
             for vector, pause in zip(vectors, idle_cycles, strict=True):
@@ -304,3 +309,36 @@ class TestRequantiser:
         sim.add_testbench(monitor)
         sim.run()
         return received
+
+
+class TestSerialRequantiser:
+    """`SerialRequantiser`: rows through fewer requantiser lanes, several beats each."""
+
+    @pytest.mark.parametrize("units", [0, 8, 3, 16, 2.0, True])
+    def test_rejects_units_that_do_not_divide_the_lanes(self, units):
+        with pytest.raises(ValueError, match="`units` must be a divisor of lanes=8"):
+            SerialRequantiser(lanes=8, units=units)
+
+    @pytest.mark.parametrize(("lanes", "units"), [(4, 1), (6, 3), (8, 2)])
+    @pytest.mark.parametrize("stalls", [False, True], ids=["no_stalls", "stalls"])
+    def test_matches_reference(self, lanes, units, stalls):
+        rng = np.random.default_rng([lanes, units, stalls])
+        lane_cases = _directed_cases(rng) + _random_cases(rng, 1000 if stalls else 300)
+        vectors = _vectors(lane_cases, lanes, rng)
+        idle, backpressure = (0.3, 0.3) if stalls else (0.0, 0.0)
+        dut = SerialRequantiser(lanes=lanes, units=units)
+        received = TestRequantiser._run(dut, vectors, rng, idle=idle, backpressure=backpressure)
+        assert len(received) == len(vectors)
+        for index, (vector, got) in enumerate(zip(vectors, received, strict=True)):
+            assert got == _expected(vector), f"vector {index}: {vector}"
+
+    @pytest.mark.parametrize(("lanes", "units"), [(4, 1), (8, 2)])
+    def test_takes_a_vector_every_beats_cycles(self, lanes, units):
+        dut = SerialRequantiser(lanes=lanes, units=units)
+        rng = np.random.default_rng(11)
+        vectors = _vectors(_random_cases(rng, 12 * lanes), lanes, rng)
+        accepted, produced = TestRequantiser._run_unstalled(dut, vectors)
+        # each vector is taken with its last beat, one beat per cycle
+        assert accepted == [dut.beats * (k + 1) - 1 for k in range(len(vectors))]
+        assert [cycle for cycle, _ in produced] == [c + dut.latency for c in accepted]
+        assert [payload for _, payload in produced] == [_expected(v) for v in vectors]
