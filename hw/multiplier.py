@@ -11,8 +11,7 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, sign
 
 from .pipeline import fpga_family
 
-__all__ = ["registered_product", "logic_product", "PRODUCT_LATENCY", "LOGIC_SUFFIX", "lut_multiplier_row",
-           "lut_requant"]
+__all__ = ["registered_product", "PRODUCT_LATENCY", "LOGIC_SUFFIX", "lut_multiplier_row", "lut_requant"]
 
 #: Cycles from the operands to their product.
 PRODUCT_LATENCY = 2
@@ -55,26 +54,6 @@ def registered_product(m, a, b, *, name, enable=1, platform=None):
         operands = Signal(a_shape, name=f"{name}_a"), Signal(b_shape, name=f"{name}_b")
         with m.If(enable):
             m.d.sync += [operands[0].eq(a), operands[1].eq(b), product.eq(operands[0] * operands[1])]
-    return product
-
-
-def logic_product(m, a, b, *, name, enable=1):
-    """``a * b`` for an 8-bit ``b``, in logic, with the latency of `registered_product`: the multiply is split
-    over both register stages instead of sitting whole between them.
-
-    The first stage multiplies ``a`` by each 4-bit half of ``b`` and registers both products, the second adds
-    them. An 8x8 multiply in LUTs is three adder levels deep; between plain operand and product registers it
-    was the 16x16 ULX3S array's critical path (about 60 MHz before routing); each stage here has one or two.
-    """
-    if len(b) != 8:
-        raise ValueError(f"{name}: b has {len(b)} bits; accepted: 8")
-    b_low, b_high = b[:4], b[4:].as_signed() if b.shape().signed else b[4:]
-    signed_product = a.shape().signed or b.shape().signed
-    halves = [Signal((signed if signed_product else unsigned)(len(a) + 5), name=f"{name}_{half}")
-              for half in ("low", "high")]
-    product = Signal((signed if signed_product else unsigned)(len(a) + len(b)), name=f"{name}_product")
-    with m.If(enable):
-        m.d.sync += [halves[0].eq(a * b_low), halves[1].eq(a * b_high), product.eq(halves[0] + (halves[1] << 4))]
     return product
 
 

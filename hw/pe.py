@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
-from .multiplier import logic_product, registered_product
+from .multiplier import registered_product
 
 __all__ = ["WeightStationaryPE", "OutputStationaryPE", "psum_width"]
 
@@ -81,10 +81,7 @@ class WeightStationaryPE(wiring.Component):
         # The operands and the product are registered (PRODUCT_LATENCY cycles for the whole array), so the
         # multiplier is a path of its own, inside a DSP block on an FPGA: what lets the array clock high.
         x, w = _gated_operands(self.x_in, Mux(self.bank_in, weight[1], weight[0]))
-        if self.lut_multiplier:
-            product = logic_product(m, x, w, name="multiplier")
-        else:
-            product = registered_product(m, x, w, name="multiplier", platform=platform)
+        product = registered_product(m, x, w, name="multiplier", platform=None if self.lut_multiplier else platform)
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),

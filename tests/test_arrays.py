@@ -1,15 +1,11 @@
 """PE arrays alone, in Amaranth's simulator: latency, bank switching between folds, tile capture."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Fragment, Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
 from hw.array_os import OutputStationaryArray
 from hw.array_ws import WeightStationaryArray
-from hw.multiplier import PRODUCT_LATENCY, logic_product
 
 
 def _run(dut, testbench):
@@ -19,56 +15,14 @@ def _run(dut, testbench):
     sim.run()
 
 
-class _BuiltFor(Elaboratable):
-    """``dut`` elaborated as a board build would (``platform`` attributes such as ``lut_multiplier_rows``)."""
-
-    def __init__(self, dut, **platform):
-        self.dut, self.platform = dut, SimpleNamespace(**platform)
-
-    def elaborate(self, platform):
-        return Fragment.get(self.dut, self.platform)
-
-
-class TestLogicProduct:
-    @pytest.mark.parametrize("a_shape", [signed(8), unsigned(8)], ids=["signed", "unsigned"])
-    def test_every_int8_pair_after_the_dsp_latency(self, a_shape):
-        """All 65,536 operand pairs, one per cycle, each product PRODUCT_LATENCY cycles later."""
-        m = Module()
-        a, b = Signal(a_shape), Signal(signed(8))
-        product = logic_product(m, a, b, name="multiplier")
-        low = -128 if a_shape.signed else 0
-        pairs = [(x, y) for x in range(low, low + 256) for y in range(-128, 128)]
-        got = []
-
-        async def testbench(ctx):
-            for cycle in range(len(pairs) + PRODUCT_LATENCY):
-                if cycle < len(pairs):
-                    ctx.set(a, pairs[cycle][0])
-                    ctx.set(b, pairs[cycle][1])
-                if cycle >= PRODUCT_LATENCY:
-                    got.append(ctx.get(product))
-                await ctx.tick()
-
-        _run(m, testbench)
-        assert got == [x * y for x, y in pairs]
-
-    def test_refuses_other_widths(self):
-        m = Module()
-        with pytest.raises(ValueError, match="accepted: 8"):
-            logic_product(m, Signal(signed(8)), Signal(signed(9)), name="multiplier")
-        Fragment.get(m, None)   # elaborated, so Amaranth does not warn of an unused module
-
-
 class TestWeightStationaryArray:
-    @pytest.mark.parametrize("rows, cols, lut_rows", [(1, 1, 0), (3, 4, 0), (4, 2, 0), (3, 4, 2), (2, 3, 2)])
-    def test_back_to_back_folds_switch_weights_without_bubble(self, rows, cols, lut_rows):
-        """Fold 0 uses bank 0 while bank 1 is loaded; fold 1 follows on the very next cycle with bank 1. Rows
-        that multiply in logic (``lut_rows``, as an FPGA build makes them) keep the same timing."""
+    @pytest.mark.parametrize("rows, cols", [(1, 1), (3, 4), (4, 2)])
+    def test_back_to_back_folds_switch_weights_without_bubble(self, rows, cols):
+        """Fold 0 uses bank 0 while bank 1 is loaded; fold 1 follows on the very next cycle with bank 1."""
         rng = np.random.default_rng(rows * 10 + cols)
         w = rng.integers(-128, 128, (2, rows, cols), dtype=np.int8)
         x = rng.integers(-128, 128, (2, 6, rows), dtype=np.int8)
         dut = WeightStationaryArray(rows=rows, cols=cols)
-        top = _BuiltFor(dut, lut_multiplier_rows=lut_rows) if lut_rows else dut
         outputs = []
 
         async def testbench(ctx):
@@ -99,7 +53,7 @@ class TestWeightStationaryArray:
                     outputs.append([int(v) for v in ctx.get(dut.psum_out)])
                 await ctx.tick()
 
-        _run(top, testbench)
+        _run(dut, testbench)
         expected = np.concatenate([x[f].astype(np.int64) @ w[f].astype(np.int64) for f in range(2)])
         np.testing.assert_array_equal(np.array(outputs), expected)
 
