@@ -21,7 +21,7 @@ from pathlib import Path
 from hw.multiplier import LOGIC_SUFFIX
 
 from .boards import BoardTop
-from .floorplan import floorplan_script
+from .floorplan import dsp_blocks, dsp_sites, floorplan_script, lut_rows_to_fit
 
 __all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops"]
 
@@ -55,12 +55,13 @@ def peak_gops(cfg, clock_mhz):
     return cfg.rows * cfg.cols * clock_mhz * 1e6 * 2 / 1e9
 
 
-def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=True, lut_multiplier_rows=0,
+def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=True, lut_multiplier_rows=None,
                     lut_requant=False):
     """Build ``cfg`` for ``board``; return the report (also written as ``report.json`` / ``report.md``).
 
     ``lut_multiplier_rows``: the PEs of that many rows (the last ones) get LUT multipliers instead of DSP
-    blocks, so an array with more PEs than the device has multipliers can still place (see `lut_multiplier_script`).
+    blocks, so an array with more PEs than the device has multipliers can still place (see `lut_multiplier_script`);
+    ``None`` (the default) for as few as make it fit the ECP5's DSP blocks.
 
     Raises
     ------
@@ -68,6 +69,8 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
         If a tool fails; when the design does not fit, the message names each resource that is over and by
         how much.
     """
+    if lut_multiplier_rows is None:
+        lut_multiplier_rows = _lut_rows_to_fit(board, cfg, lut_requant, progress)
     variant = (f"_lutmul{lut_multiplier_rows}" if lut_multiplier_rows else "") + ("_lutrq" if lut_requant else "")
     folder = Path(root) / f"{board.name}_{cfg.hash}{variant}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,20 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _lut_rows_to_fit(board, cfg, lut_requant, progress):
+    """The fewest LUT-multiplier rows that fit ``cfg`` in an ECP5 board's DSP blocks (iCE40 builds leave their
+    multiplies to Yosys); says so when there are any."""
+    if board.family != "ecp5":
+        return 0
+    device = board.make_platform().device
+    rows = lut_rows_to_fit(cfg, device, lut_requant=lut_requant)
+    if rows:
+        progress(f"[{board.name}] {dsp_blocks(cfg, lut_requant=lut_requant)} multipliers for "
+                 f"{sum(map(len, dsp_sites(device)))} MULT18X18D on the {device}: the PEs of the last {rows} "
+                 f"row(s) multiply in LUTs")
+    return rows
 
 
 def lut_multiplier_script(cfg, rows, requant=False):

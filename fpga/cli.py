@@ -27,9 +27,9 @@ def register(subparsers):
 
     bitstream = subparsers.add_parser("bitstream", help="build a board's bitstream with report.json / report.md")
     add_common(bitstream)
-    bitstream.add_argument("--lut-multiplier-rows", type=int, default=0, metavar="N",
-                           help="multiply in LUTs rather than DSP blocks in the PEs of the last N rows (for "
-                                "arrays with more PEs than the device has multipliers)")
+    bitstream.add_argument("--lut-multiplier-rows", type=int, default=None, metavar="N",
+                           help="multiply in LUTs rather than DSP blocks in the PEs of the last N rows (default: as "
+                                "few rows as make the array fit an ECP5's DSP blocks)")
     bitstream.add_argument("--lut-requant", action="store_true",
                            help="multiply in LUTs in the requantiser, leaving the DSP blocks to the PEs")
     deploy = subparsers.add_parser("deploy", help="program the board (openFPGALoader) and run a layer on it over "

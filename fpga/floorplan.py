@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["dsp_sites", "ws_floorplan", "floorplan_script"]
+__all__ = ["dsp_sites", "dsp_blocks", "lut_rows_to_fit", "ws_floorplan", "floorplan_script"]
 
 # A DSP tile (MIB_DSP0 in the tile grid) holds four MULT18X18D sites, at these column offsets.
 _MULT_OFFSETS = (("MULT18_0", 0), ("MULT18_1", 1), ("MULT18_4", 4), ("MULT18_5", 5))
@@ -39,6 +39,21 @@ def dsp_sites(device):
     return [[f"X{x}/Y{row}/{bel}" for x, bel in sorted(rows[row])] for row in sorted(rows)]
 
 
+def dsp_blocks(cfg, *, lut_multiplier_rows=0, lut_requant=False):
+    """MULT18X18D blocks a weight-stationary ``cfg`` takes: one per PE outside the LUT rows, two per requantiser
+    lane (their significands' top bits multiply in logic: see `hw.multiplier.registered_product`)."""
+    return (cfg.rows - lut_multiplier_rows) * cfg.cols + (0 if lut_requant else 2 * cfg.requant_width)
+
+
+def lut_rows_to_fit(cfg, device, *, lut_requant=False):
+    """The fewest PE rows (the last ones) that must multiply in LUTs for a weight-stationary ``cfg``'s DSP blocks
+    to fit ``device``; 0 for the other dataflows (their multiplies are left to Yosys)."""
+    if cfg.dataflow != "ws":
+        return 0
+    over = dsp_blocks(cfg, lut_requant=lut_requant) - sum(map(len, dsp_sites(device)))
+    return min(cfg.rows, -(-max(0, over) // cfg.cols))
+
+
 def ws_floorplan(cfg, device, *, lut_multiplier_rows=0, lut_requant=False):
     """``{Yosys selection: site}`` for the DSP blocks of a weight-stationary ``cfg`` on ``device``: the PEs of
     the first ``rows - lut_multiplier_rows`` rows (the others multiply in logic), then the requantiser's two
@@ -50,7 +65,8 @@ def ws_floorplan(cfg, device, *, lut_multiplier_rows=0, lut_requant=False):
     blocks = [f"*.array.pe_{r}_{c}/t:MULT18X18D" for c in range(cfg.cols)
               for r in range(cfg.rows - lut_multiplier_rows)]
     if not lut_requant:
-        blocks += [f"*.requant/lane{lane}_{part}_low" for lane in range(cfg.cols) for part in ("low", "high")]
+        blocks += [f"*.requant/lane{lane}_{part}_low" for lane in range(cfg.requant_width)
+                   for part in ("low", "high")]
     if len(blocks) > len(serpentine):
         return {}
     return dict(zip(blocks, serpentine, strict=False))

