@@ -62,12 +62,13 @@ class Board:
 
 
 # Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.
-# The ULX3S default is 16x16 WS without the vector unit. 256 PEs against the ECP5-85F's 156 MULT18X18D: the
-# requantiser has 4 lanes (two blocks each) that take an output row in 4 beats, and the last 7 PE rows multiply
-# in LUTs (chosen by the build: fpga.floorplan.lut_rows_to_fit), 152 blocks in all. It routes because its
-# accelerator's reset rides a global clock network and its DSP blocks are floorplanned (fpga/floorplan.py);
-# without both, nextpnr's router stalled. See the README for the measured fmax and what else was tried.
-_ULX3S_DEFAULTS = dict(rows=16, cols=16, requant_lanes=4, clock_mhz=78.0, act_depth=1024, weight_depth=1024,
+# The ULX3S default is 20x16 WS without the vector unit: 320 PEs at 81.25 MHz, 52.0 GOPS peak. Against the
+# ECP5-85F's 156 MULT18X18D, the requantiser has 4 lanes (two blocks each) that take an output row in 4 beats, and
+# the last 11 PE rows multiply in LUTs (the build chooses them: fpga.floorplan.lut_rows_to_fit), 152 blocks in all.
+# It routes because its accelerator's reset rides a global clock network and its DSP blocks are floorplanned
+# (fpga/floorplan.py); without both, nextpnr's router stalled. See the README for the measured fmax and what else
+# was tried.
+_ULX3S_DEFAULTS = dict(rows=20, cols=16, requant_lanes=4, clock_mhz=81.0, act_depth=1024, weight_depth=1024,
                        acc_depth=256, param_depth=32, vec_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                    param_depth=32)

@@ -24,6 +24,12 @@ class TestClocking:
         assert plan.output_mhz <= board.defaults["clock_mhz"] * 1.05
         assert abs(link.baud_error) < 0.01 and link.divisor >= 4
 
+    def test_ulx3s_default_peaks_at_vta_s_51_2_gops_or_more(self):
+        """The issue's floor (VTA on PYNQ): rows x cols x the PLL's clock x 2, at the clock the board plans."""
+        board = BOARDS["ulx3s"]
+        cfg = board_config(board)
+        assert peak_gops(cfg, board.plan_pll(cfg.clock_mhz).output_mhz) >= 51.2
+
     def test_board_builds_outlast_link_retries(self):
         """The accelerator gives up on an instruction whose words stop coming; on a board that must take several
         of the link's resend intervals, or a resend would truncate an instruction."""
