@@ -23,6 +23,8 @@ class TestValidation:
         ("clock_mhz", 0, "1 to 1000"),
         ("rs_filters", 0, "from 1 to 16"),
         ("rs_filters", 17, "filters interleaved in a row-stationary PE"),
+        ("requant_lanes", 5, "from 0 to 4 (0 for one lane per column)"),
+        ("requant_lanes", 3, "does not divide cols=4; accepted: 0 (one lane per column) or one of 1, 2, 4"),
     ])
     def test_illegal_value_names_parameter_and_range(self, field, value, accepted):
         with pytest.raises(ConfigError) as error:
