@@ -70,6 +70,9 @@ class AcceleratorConfig:
         Lanes of the requantiser, a divisor of ``cols``; 0 (the default) for one per column. With fewer, an
         output row takes ``cols / requant_lanes`` cycles to requantise (one row per reduction is what the
         array produces), and the lanes' logic and DSP blocks go to the PE array instead (FPGA builds).
+    single_port_buffers : bool
+        Give the activation and weight buffers one port each, shared by loads and compute reads (a read wins the
+        cycle; the load waits for one without), so that they fit single-port RAMs: the iCE40UP5K's SPRAM.
     """
 
     rows: int = 8
@@ -87,6 +90,7 @@ class AcceleratorConfig:
     link_timeout: int = 1 << 16
     rs_filters: int = 4
     requant_lanes: int = 0
+    single_port_buffers: bool = False
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
@@ -112,8 +116,9 @@ class AcceleratorConfig:
         _check_int("param_depth", self.param_depth, 1, _MAX_DEPTH)
         if self.vec_depth != 0:
             _check_int("vec_depth", self.vec_depth, 16, _MAX_DEPTH, why="0 for no vector unit")
-        if not isinstance(self.counters, bool):
-            raise ConfigError(f"counters: {self.counters!r} must be true or false")
+        for flag in ("counters", "single_port_buffers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag}: {getattr(self, flag)!r} must be true or false")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             raise ConfigError(f"clock_mhz: {self.clock_mhz!r} is out of range; accepted: 1 to 1000")
         _check_int("link_timeout", self.link_timeout, 16, 1 << 24)

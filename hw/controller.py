@@ -341,7 +341,9 @@ class Controller(wiring.Component):
                             m.d.sync += [beat.eq(0), remaining.eq(remaining - 1), write_pending.eq(~discard)]
                         with m.Else():
                             m.d.sync += beat.eq(beat + 1)
-                    with m.Else():
+                    with m.Elif(~self.host_in.valid):
+                        # only the host's silence counts: a word waiting for a single-port buffer that compute
+                        # is reading (hw.buffer) waits at most until the running fold ends
                         m.d.sync += silent.eq(silent + 1)
                         with m.If(timed_out):
                             m.d.sync += [silent.eq(0), error.eq(ErrorCode.TRUNCATED), remaining.eq(0)]

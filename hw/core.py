@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .compute_os import OutputStationaryCompute
 from .compute_rs import RowStationaryCompute
+from .buffer import SinglePortBuffer
 from .compute_ws import WeightStationaryCompute
 from .drain import Drain
 from .layouts import (ACC, OPERAND, act_load_layout, command_layout, conv_geometry_layout, param_load_layout,
@@ -79,24 +80,28 @@ class GemmCore(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.act_buffer = act_buffer = Memory(
-            shape=data.ArrayLayout(OPERAND, cfg.rows), depth=_depth(cfg.act_depth), init=[])
-        m.submodules.weight_buffer = weight_buffer = Memory(
-            shape=data.ArrayLayout(OPERAND, cfg.weight_lanes), depth=_depth(cfg.weight_depth), init=[])
         m.submodules.param_buffer = param_buffer = Memory(
             shape=param_word_layout(cfg), depth=_depth(cfg.param_depth), init=[])
         m.submodules.acc_buffer = acc_buffer = Memory(
             shape=data.ArrayLayout(ACC, cfg.cols), depth=_depth(cfg.acc_depth), init=[])
 
-        for load, buffer in ((self.act_load, act_buffer), (self.weight_load, weight_buffer),
-                             (self.param_load, param_buffer)):
-            port = buffer.write_port()
-            m.d.comb += [
-                load.ready.eq(1),
-                port.addr.eq(load.payload.addr), port.data.eq(load.payload.data), port.en.eq(load.valid),
-            ]
-
         m.submodules.compute = compute = _COMPUTE[cfg.dataflow](cfg)
+        operand_buffers = (("act", self.act_load, cfg.rows, cfg.act_depth, compute.act_read),
+                           ("weight", self.weight_load, cfg.weight_lanes, cfg.weight_depth, compute.weight_read))
+        for name, load, lanes, depth, read_en in operand_buffers:
+            addr, data_out = getattr(compute, f"{name}_addr"), getattr(compute, f"{name}_data")
+            if cfg.single_port_buffers:
+                # one port: a compute read takes the cycle, the load waits for the next free one
+                buffer = SinglePortBuffer(load.payload.shape(), _depth(depth))
+                wiring.connect(m, wiring.flipped(load), buffer.load)
+                m.d.comb += [buffer.read_addr.eq(addr), buffer.read_en.eq(read_en), data_out.eq(buffer.read_data)]
+            else:
+                buffer = Memory(shape=data.ArrayLayout(OPERAND, lanes), depth=_depth(depth), init=[])
+                self._connect_load(m, load, buffer)
+                read = buffer.read_port()
+                m.d.comb += [read.addr.eq(addr), data_out.eq(read.data)]
+            m.submodules[f"{name}_buffer"] = buffer
+        self._connect_load(m, self.param_load, param_buffer)
         m.submodules.drain = drain = Drain(cfg, compute.tile.payload.shape())
         wiring.connect(m, wiring.flipped(self.cmd), compute.cmd)
         m.d.comb += compute.conv_geometry.eq(self.conv_geometry)
@@ -104,15 +109,11 @@ class GemmCore(wiring.Component):
         wiring.connect(m, drain.result, wiring.flipped(self.result))
         m.d.comb += compute.release.eq(drain.release)
 
-        act_read = act_buffer.read_port()
-        weight_read = weight_buffer.read_port()
         acc_write = acc_buffer.write_port()
         acc_rmw_read = acc_buffer.read_port(transparent_for=(acc_write,))
         acc_drain_read = acc_buffer.read_port()
         param_read = param_buffer.read_port()
         m.d.comb += [
-            act_read.addr.eq(compute.act_addr), compute.act_data.eq(act_read.data),
-            weight_read.addr.eq(compute.weight_addr), compute.weight_data.eq(weight_read.data),
             acc_rmw_read.addr.eq(compute.acc_rd_addr), compute.acc_rd_data.eq(acc_rmw_read.data),
             acc_write.addr.eq(compute.acc_wr_addr), acc_write.data.eq(compute.acc_wr_data),
             acc_write.en.eq(compute.acc_wr_en),
@@ -143,3 +144,12 @@ class GemmCore(wiring.Component):
         with m.If(compute.issued):
             m.d.sync += self.perf_issued.eq(self.perf_issued + 1)
         return m
+
+    @staticmethod
+    def _connect_load(m, load, buffer):
+        """A load stream into its own write port: always ready."""
+        port = buffer.write_port()
+        m.d.comb += [
+            load.ready.eq(1),
+            port.addr.eq(load.payload.addr), port.data.eq(load.payload.data), port.en.eq(load.valid),
+        ]

@@ -25,6 +25,8 @@ class TestValidation:
         ("rs_filters", 17, "filters interleaved in a row-stationary PE"),
         ("requant_lanes", 5, "from 0 to 4 (0 for one lane per column)"),
         ("requant_lanes", 3, "does not divide cols=4; accepted: 0 (one lane per column) or one of 1, 2, 4"),
+        ("single_port_buffers", 1, "must be true or false"),
+        ("counters", "no", "must be true or false"),
     ])
     def test_illegal_value_names_parameter_and_range(self, field, value, accepted):
         with pytest.raises(ConfigError) as error:

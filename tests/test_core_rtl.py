@@ -25,6 +25,11 @@ CONFIGS = [
                                 (8, 8, 128, 128, 64), (16, 16, 256, 256, 64), (3, 5, 40, 36, 12)]
     for df in ("ws", "os")
 ] + [
+    # single-port operand buffers (the iCE40's SPRAM): a compute read takes the port, a load waits
+    AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=40, weight_depth=36, acc_depth=12, param_depth=4,
+                      single_port_buffers=True)
+    for (r, c, df) in [(1, 1, "ws"), (3, 5, "ws"), (5, 3, "os")]
+] + [
     # requantisers narrower than the array (a row in several beats): the FPGA builds' way to spare logic
     AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=96, weight_depth=64, acc_depth=32, param_depth=4,
                       requant_lanes=2),
@@ -34,7 +39,8 @@ CONFIGS = [
 
 
 def _config_id(cfg):
-    return f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + (f"-rq{cfg.requant_lanes}" if cfg.requant_lanes else "")
+    return (f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + (f"-rq{cfg.requant_lanes}" if cfg.requant_lanes else "")
+            + ("-sp" if cfg.single_port_buffers else ""))
 
 
 def _problems(cfg, rng, count):

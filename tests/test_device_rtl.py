@@ -17,22 +17,29 @@ CONFIGS = [
                       link_timeout=64),
     AcceleratorConfig(rows=2, cols=3, dataflow="os", act_depth=64, weight_depth=48, acc_depth=8, param_depth=3,
                       link_timeout=64),
+    # (these two with single-port operand buffers, the iCE40's SPRAM: loads overlapping compute wait for the
+    # cycles in which it does not read)
     AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=256, weight_depth=64, acc_depth=128, param_depth=4,
-                      link_timeout=64),
+                      link_timeout=64, single_port_buffers=True),
     AcceleratorConfig(rows=8, cols=4, dataflow="os", act_depth=64, weight_depth=64, acc_depth=16, param_depth=4,
-                      link_timeout=64),
+                      link_timeout=64, single_port_buffers=True),
     # row-stationary, non-square both ways (the default filters per PE; an accumulator half of 32 rows often
     # holds fewer filters' rows, so commands carry fewer)
     AcceleratorConfig(rows=3, cols=4, dataflow="rs", act_depth=512, weight_depth=256, acc_depth=64, param_depth=8,
                       link_timeout=64),
-    # (a small activation buffer: larger maps run in bands of output rows; one filter per PE, as before p)
+    # (a small activation buffer: larger maps run in bands of output rows; one filter per PE, as before p;
+    # single-port operand buffers)
     AcceleratorConfig(rows=4, cols=2, dataflow="rs", act_depth=128, weight_depth=256, acc_depth=64, param_depth=8,
-                      link_timeout=64, rs_filters=1),
+                      link_timeout=64, rs_filters=1, single_port_buffers=True),
     # three filters per PE (not a power of two), few parameter words: the last group of filters is smaller; a
     # one-lane requantiser (each output row in three beats)
     AcceleratorConfig(rows=2, cols=3, dataflow="rs", act_depth=256, weight_depth=512, acc_depth=96, param_depth=5,
                       link_timeout=64, rs_filters=3, requant_lanes=1),
 ]
+
+
+def _config_id(cfg):
+    return f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + ("-sp" if cfg.single_port_buffers else "")
 
 
 def _build(cfg):
@@ -43,7 +50,7 @@ def _seed(cfg, *salt):
     return zlib.crc32(f"{cfg.hash}{salt}".encode()) & 0xFFFF
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
 def test_compiled_gemm_matches_golden(cfg, stall):
     rng = random.Random(_seed(cfg, stall))
@@ -54,14 +61,14 @@ def test_compiled_gemm_matches_golden(cfg, stall):
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"gemm_{stall}")
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=_config_id)
 def test_random_instruction_streams_never_hang(cfg):
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "fuzz"), "stall": 0.2, "backpressure": 0.2, "fuzz": 6}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_fuzz",
                env={"TESSERA_TB": json.dumps(job)}, results_name="fuzz")
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
 def test_conv_with_sliding_window_matches_golden(cfg, stall):
     rng = random.Random(_seed(cfg, "conv", stall))
