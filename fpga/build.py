@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from hw.buffer import SinglePortBuffer
 from hw.multiplier import LOGIC_SUFFIX
 
 from .boards import BoardTop
@@ -86,6 +87,8 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
             placement = floorplan_script(cfg, board.make_platform().device,
                                          lut_multiplier_rows=lut_multiplier_rows, lut_requant=lut_requant)
             script = "; ".join(part for part in (script, placement) if part)
+        else:
+            script = "; ".join(part for part in (script, single_port_ram_script(cfg)) if part)
         result = _place_and_route(board, cfg, plan, folder, progress, script, lut_multiplier_rows, lut_requant)
         attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"]})
         achieved = min(result["fmax"].values()) if result["fmax"] else 0.0
@@ -146,6 +149,15 @@ def lut_multiplier_script(cfg, rows, requant=False):
     return f"proc; booth {cells}; techmap -map +/techmap.v {cells}" if selection else ""
 
 
+def single_port_ram_script(cfg):
+    """Yosys commands that let the single-port buffers (`hw.buffer.SinglePortBuffer`) map onto the UP5K's SPRAM:
+    they drop the memories' initial value, all zeros, which Amaranth always writes and an SPRAM cannot have (its
+    contents after power-up are undefined; the host loads every word before compute reads it)."""
+    if not cfg.single_port_buffers:
+        return ""
+    return f"delete t:$meminit_v2 r:MEMID=*{SinglePortBuffer.MEMORY_NAME} %i"
+
+
 def clock_fmax(nextpnr_report):
     """fmax in MHz per clock of a nextpnr JSON report. nextpnr also times its constant nets ($PACKER_GND_NET,
     when a block's unused clock pin is tied low): they clock nothing, so they are left out (one of them would
@@ -164,7 +176,8 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
     # merges it with the domain's clock).
     options = f"--report nextpnr_report.json --timing-allow-fail --freq {plan.output_mhz:g}"
     # iCE40: map multipliers onto the UP5K's SB_MAC16 DSPs (synth_ice40 leaves them in logic cells otherwise)
-    synth_opts = "-dsp" if board.family == "ice40" else ""
+    # and the buffers marked for the SPRAM onto its SB_SPRAM256KA (hw.buffer)
+    synth_opts = "-dsp -spram" if board.family == "ice40" else ""
     build_plan = platform.prepare(top, name="top", nextpnr_opts=options, script_after_read=script_after_read,
                                   synth_opts=synth_opts)
     build_plan.extract(str(folder))

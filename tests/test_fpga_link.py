@@ -189,7 +189,7 @@ def _run_gemm(board, seed, shape=(32, 32, 8)):
     from sw_driver.runtime import Device
     rng = np.random.default_rng(seed)
     operands = random_gemm(rng, *shape)
-    device = Device(BOARD_CFG, board, timeout_cycles=1 << 24)
+    device = Device(board.cfg, board, timeout_cycles=1 << 24)
     start, before = board.port.elapsed, board.words_delivered
     y, _ = device.gemm(*operands)
     elapsed = board.port.elapsed - start
@@ -236,9 +236,10 @@ class TestSimulatedBoard:
 
     def test_ice40_variant_is_bit_exact_under_faults(self):
         """The top as an iCE40 build elaborates it: no queues between link and accelerator, the link's control
-        signals unregistered, a one-step accumulate and no queue after the requantiser."""
+        signals unregistered, a one-step accumulate and no queue after the requantiser; single-port operand
+        buffers (its SPRAM)."""
         from fpga.sim_board import BoardSimTransport
-        small = BoardSimTransport(BOARD_CFG, family="ice40")
+        small = BoardSimTransport(BOARD_CFG.replace(single_port_buffers=True), family="ice40")
         try:
             small.inject(to_device=(2e-4,) * 3, from_device=(2e-4,) * 3, seed=3)
             assert all(_run_gemm(small, seed)[0] for seed in (8, 9, 10))
