@@ -75,7 +75,8 @@ _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=
 # The UP5K's 5,280 logic cells hold a 1x1 array without counters or the vector unit; iCE40 builds leave out the
 # timing-only registers (hw.pipeline.timing_registers). Its activation and weight buffers are single-port, in two
 # of the four SPRAMs (hw.buffer). Deeper buffers cost logic cells in their address arithmetic (the sliding
-# window's above all), not RAM: 16 words each fit, 32 fill 99% and did not place, 1,024 need 112% (measured).
+# window's above all), not RAM: 16 words each fit; with 32 (98-99% of the cells) nextpnr's placer had not finished
+# after 12 minutes; 1,024 need 112% (measured; see the README).
 _ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
                             param_depth=1, counters=False, vec_depth=0, single_port_buffers=True)
 
