@@ -86,21 +86,29 @@ class GemmCore(wiring.Component):
             shape=data.ArrayLayout(ACC, cfg.cols), depth=_depth(cfg.acc_depth), init=[])
 
         m.submodules.compute = compute = _COMPUTE[cfg.dataflow](cfg)
-        operand_buffers = (("act", self.act_load, cfg.rows, cfg.act_depth, compute.act_read),
-                           ("weight", self.weight_load, cfg.weight_lanes, cfg.weight_depth, compute.weight_read))
-        for name, load, lanes, depth, read_en in operand_buffers:
-            addr, data_out = getattr(compute, f"{name}_addr"), getattr(compute, f"{name}_data")
-            if cfg.single_port_buffers:
-                # one port: a compute read takes the cycle, the load waits for the next free one
-                buffer = SinglePortBuffer(load.payload.shape(), _depth(depth))
+        if cfg.single_port_buffers:
+            # one port each: a compute read takes the cycle, a load waits for the next free one
+            for name, load, depth in (("act", self.act_load, cfg.act_depth),
+                                      ("weight", self.weight_load, cfg.weight_depth)):
+                m.submodules[f"{name}_buffer"] = buffer = SinglePortBuffer(load.payload.shape(), _depth(depth))
                 wiring.connect(m, wiring.flipped(load), buffer.load)
-                m.d.comb += [buffer.read_addr.eq(addr), buffer.read_en.eq(read_en), data_out.eq(buffer.read_data)]
-            else:
-                buffer = Memory(shape=data.ArrayLayout(OPERAND, lanes), depth=_depth(depth), init=[])
-                self._connect_load(m, load, buffer)
-                read = buffer.read_port()
-                m.d.comb += [read.addr.eq(addr), data_out.eq(read.data)]
-            m.submodules[f"{name}_buffer"] = buffer
+                m.d.comb += [buffer.read_addr.eq(getattr(compute, f"{name}_addr")),
+                             buffer.read_en.eq(getattr(compute, f"{name}_read")),
+                             getattr(compute, f"{name}_data").eq(buffer.read_data)]
+        else:
+            m.submodules.act_buffer = act_buffer = Memory(
+                shape=data.ArrayLayout(OPERAND, cfg.rows), depth=_depth(cfg.act_depth), init=[])
+            m.submodules.weight_buffer = weight_buffer = Memory(
+                shape=data.ArrayLayout(OPERAND, cfg.weight_lanes), depth=_depth(cfg.weight_depth), init=[])
+            self._connect_load(m, self.act_load, act_buffer)
+            self._connect_load(m, self.weight_load, weight_buffer)
+            # (the ports' names, act_read and weight_read, are what verif.activity finds in a waveform)
+            act_read = act_buffer.read_port()
+            weight_read = weight_buffer.read_port()
+            m.d.comb += [
+                act_read.addr.eq(compute.act_addr), compute.act_data.eq(act_read.data),
+                weight_read.addr.eq(compute.weight_addr), compute.weight_data.eq(weight_read.data),
+            ]
         self._connect_load(m, self.param_load, param_buffer)
         m.submodules.drain = drain = Drain(cfg, compute.tile.payload.shape())
         wiring.connect(m, wiring.flipped(self.cmd), compute.cmd)
