@@ -12,6 +12,7 @@ UART rate below the fmax it reached, and the design is placed and routed again.
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -56,13 +57,19 @@ def peak_gops(cfg, clock_mhz):
     return cfg.rows * cfg.cols * clock_mhz * 1e6 * 2 / 1e9
 
 
+#: Wall-clock limit of one Yosys + nextpnr run: nextpnr's router can go round a congested design without end
+#: (the 20x16 default routes in about 10 minutes of its ~30; a 16x16 with 16 requantiser lanes did not, in 35).
+DEFAULT_TIME_LIMIT_S = 90 * 60
+
+
 def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=True, lut_multiplier_rows=None,
-                    lut_requant=False):
+                    lut_requant=False, time_limit_s=DEFAULT_TIME_LIMIT_S):
     """Build ``cfg`` for ``board``; return the report (also written as ``report.json`` / ``report.md``).
 
     ``lut_multiplier_rows``: the PEs of that many rows (the last ones) get LUT multipliers instead of DSP
     blocks, so an array with more PEs than the device has multipliers can still place (see `lut_multiplier_script`);
-    ``None`` (the default) for as few as make it fit the ECP5's DSP blocks.
+    ``None`` (the default) for as few as make it fit the ECP5's DSP blocks. ``time_limit_s`` bounds each run of
+    the tools.
 
     Raises
     ------
@@ -89,7 +96,8 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
             script = "; ".join(part for part in (script, placement) if part)
         else:
             script = "; ".join(part for part in (script, single_port_ram_script(cfg)) if part)
-        result = _place_and_route(board, cfg, plan, folder, progress, script, lut_multiplier_rows, lut_requant)
+        result = _place_and_route(board, cfg, plan, folder, progress, script, lut_multiplier_rows, lut_requant,
+                                  time_limit_s)
         attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"]})
         achieved = min(result["fmax"].values()) if result["fmax"] else 0.0
         if achieved >= plan.output_mhz or not retime:
@@ -167,7 +175,7 @@ def clock_fmax(nextpnr_report):
 
 
 def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", lut_multiplier_rows=0,
-                     lut_requant=False):
+                     lut_requant=False, time_limit_s=DEFAULT_TIME_LIMIT_S):
     platform = board.make_platform()
     # the RTL instantiates DSP blocks with their registers (hw.multiplier) except where these ask for logic
     platform.lut_multiplier_rows, platform.lut_requant = lut_multiplier_rows, lut_requant
@@ -185,17 +193,26 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
         (folder / stale).unlink(missing_ok=True)
     started = time.monotonic()
     with open(folder / "build.log", "w") as log:
+        # a session of its own, so that a time-out stops the tools the script started, not only the shell
         proc = subprocess.Popen(["sh", "build_top.sh"], cwd=folder, env=tool_env(), stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
         stop = threading.Event()
         ticker = threading.Thread(target=_heartbeat, args=(folder, board, started, stop, progress), daemon=True)
         ticker.start()
-        code = proc.wait()
-        stop.set()
-        ticker.join()
+        try:
+            code = proc.wait(timeout=time_limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        finally:
+            stop.set()
+            ticker.join()
     seconds = round(time.monotonic() - started, 1)
     tim = folder / "top.tim"
     log_text = tim.read_text(errors="replace") if tim.exists() else ""
+    if code is None:
+        raise BuildError(_time_out_message(board, folder, log_text, time_limit_s))
     if code != 0:
         raise BuildError(_failure_message(board, folder, log_text))
     data = json.loads((folder / "nextpnr_report.json").read_text())
@@ -253,6 +270,25 @@ def _failure_message(board, folder, log_text):
             ((c, int(u), int(a)) for c, u, a in _USAGE.findall(log_text)) if available and used > 0.9 * available]
     crowded = f"; nearly full: {', '.join(full)}" if full else ""
     return f"the {board.name} build failed (log: {folder / 'build.log'}){crowded}:\n{tail}"
+
+
+# router1's progress lines: "Info:  408000 |  84674  311336 |  371  615 |  368|  691.57  1447.01|" (iterations,
+# re-routed arcs, their change, arcs remaining, seconds)
+_ROUTER_PROGRESS = re.compile(r"^Info:\s+(\d+) \|.*\|\s*(\d+)\|[^|]*\|\s*$", re.M)
+
+
+def _time_out_message(board, folder, log_text, time_limit_s):
+    """What a build stopped at its time limit was doing: nextpnr's step, and the router's arcs still to route."""
+    step = _nextpnr_step(log_text) if log_text else "synthesis (Yosys)"
+    progress = _ROUTER_PROGRESS.findall(log_text)
+    routing = ""
+    if progress and "Routing complete" not in log_text:
+        step = "routing (nextpnr)"
+        routing = (f"; the router had {int(progress[-1][1]):,} arcs left to route after {int(progress[-1][0]):,} "
+                   f"iterations (a congested design: fewer LUT-multiplier rows or a smaller array route more "
+                   f"easily)")
+    return (f"the {board.name} build was stopped after {time_limit_s / 60:g} min, in {step}{routing} "
+            f"(log: {folder / 'top.tim'}; a longer limit: --time-limit MINUTES)")
 
 
 def render_markdown(report):

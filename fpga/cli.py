@@ -32,6 +32,8 @@ def register(subparsers):
                                 "few rows as make the array fit an ECP5's DSP blocks)")
     bitstream.add_argument("--lut-requant", action="store_true",
                            help="multiply in LUTs in the requantiser, leaving the DSP blocks to the PEs")
+    bitstream.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                           help="stop a run of the tools that takes longer (default: 90)")
     deploy = subparsers.add_parser("deploy", help="program the board (openFPGALoader) and run a layer on it over "
                                                   "the serial link")
     add_common(deploy)
@@ -53,8 +55,10 @@ def _cmd_bitstream(args):
     from .build import BuildError, build_bitstream
     board, cfg = _board_and_config(args)
     try:
+        limit = {} if args.time_limit is None else {"time_limit_s": args.time_limit * 60}
         report = build_bitstream(board, cfg, root=args.out, progress=lambda line: print(line, flush=True),
-                                 lut_multiplier_rows=args.lut_multiplier_rows, lut_requant=args.lut_requant)
+                                 lut_multiplier_rows=args.lut_multiplier_rows, lut_requant=args.lut_requant,
+                                 **limit)
     except BuildError as error:
         print(f"tessera: {error}", file=sys.stderr)
         return 1

@@ -242,3 +242,43 @@ def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):
     monkeypatch.setattr(fpga_cli, "find_board_port", lambda: None)
     assert main(["deploy", "--board", "ulx3s"]) == 1
     assert "no board attached" in capsys.readouterr().err
+
+
+# BoardTop takes the UART pins with platform.request's default buffers and defines the clock domain in its PLL,
+# both of which Amaranth 0.5 deprecates (the build outside pytest only warns)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_build_past_its_time_limit_is_stopped_and_says_where_it_was(tmp_path, monkeypatch):
+    """nextpnr's router can go round a congested design without end: the build stops the tools and says so."""
+    import time
+    from pathlib import Path
+
+    import fpga.build as build
+    pid_file = tmp_path / "tool.pid"
+    stuck = tmp_path / "stuck-yosys"
+    stuck.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    stuck.chmod(0o755)
+    real_env = build.tool_env
+    monkeypatch.setattr(build, "tool_env", lambda base=None: {**real_env(base), "YOSYS": str(stuck)})
+    started = time.monotonic()
+    with pytest.raises(build.BuildError, match=r"stopped after 0\.05 min, in synthesis \(Yosys\).*--time-limit"):
+        build.build_bitstream(BOARDS["icebreaker"], board_config(BOARDS["icebreaker"]), root=tmp_path / "b",
+                              progress=lambda line: None, time_limit_s=3)
+    assert time.monotonic() - started < 60
+    # the tool itself was stopped, not only the shell: gone, or a zombie waiting for its reaper
+    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    deadline = time.monotonic() + 10
+    while stat.exists() and not stat.read_text().split(") ")[1].startswith("Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+
+
+def test_a_time_out_in_routing_reports_the_arcs_left():
+    from pathlib import Path
+
+    from fpga.build import _time_out_message
+    log = ("Info: Routing 251191 arcs.\n"
+           "Info:     407000 |    84303     310721 |  409   551 |       308|     109.71     755.44|\n"
+           "Info:     408000 |    84674     311336 |  371   615 |       368|     691.57    1447.01|\n")
+    message = _time_out_message(BOARDS["ulx3s"], Path("build"), log, 5400)
+    assert "stopped after 90 min, in routing" in message and "368 arcs left" in message
+    assert "408,000 iterations" in message
