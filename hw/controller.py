@@ -93,24 +93,17 @@ class Controller(wiring.Component):
             row_counts.r_en.eq(self.result_rows.ready),
         ]
         vec_command = vec_command_layout(cfg)
+        m.submodules.vec_commands = vec_commands = fifo.SyncFIFOBuffered(width=vec_command.size, depth=_VEC_QUEUE)
+        m.d.comb += [
+            self.vec_cmd.valid.eq(vec_commands.r_rdy), self.vec_cmd.payload.eq(vec_commands.r_data),
+            vec_commands.r_en.eq(self.vec_cmd.ready),
+        ]
         has_vector = cfg.vec_depth > 0
         no_vector = int(not has_vector)
         # nothing queued or running anywhere: what READ_COUNTERS and the setups wait for
         core_done = Signal()
         vec_done = Signal()
-        m.d.comb += core_done.eq(~commands.r_rdy & self.core_idle)
-        if has_vector:
-            m.submodules.vec_commands = vec_commands = fifo.SyncFIFOBuffered(width=vec_command.size,
-                                                                             depth=_VEC_QUEUE)
-            m.d.comb += [
-                self.vec_cmd.valid.eq(vec_commands.r_rdy), self.vec_cmd.payload.eq(vec_commands.r_data),
-                vec_commands.r_en.eq(self.vec_cmd.ready),
-                vec_done.eq(~vec_commands.r_rdy & self.vec_idle),
-            ]
-        else:
-            # no queue: without a vector unit POOL and ADD are refused before they would reach it (a queue that
-            # nothing fills still took ~120 flip-flops of an iCE40's logic cells)
-            m.d.comb += vec_done.eq(1)
+        m.d.comb += [core_done.eq(~commands.r_rdy & self.core_idle), vec_done.eq(~vec_commands.r_rdy & self.vec_idle)]
 
         # -- fetch: instruction words arrive least significant first ----------------------------------------
         layout = instruction_layout(cfg)
@@ -314,7 +307,7 @@ class Controller(wiring.Component):
                             m.d.sync += error.eq(ErrorCode.OUT_OF_RANGE)
                             m.next = "ERROR"
                         with m.Else():
-                            m.next = "VEC_CMD" if has_vector else "ERROR"
+                            m.next = "VEC_CMD"
                     with m.Case(Opcode.ADD):
                         m.d.sync += [vec_entry.op.eq(1), vec_entry.a_base.eq(add.a_base),
                                      vec_entry.b_base.eq(add.b_base), vec_entry.count.eq(add.words)]
@@ -326,7 +319,7 @@ class Controller(wiring.Component):
                             m.d.sync += error.eq(ErrorCode.OUT_OF_RANGE)
                             m.next = "ERROR"
                         with m.Else():
-                            m.next = "VEC_CMD" if has_vector else "ERROR"
+                            m.next = "VEC_CMD"
                     with m.Case(Opcode.CLEAR_COUNTERS):
                         m.d.comb += self.clear_counters.eq(1)
                         m.next = "FETCH"
@@ -375,12 +368,11 @@ class Controller(wiring.Component):
                     m.d.sync += issued.eq(issued + 1)
                     m.next = "FETCH"
 
-            if has_vector:
-                with m.State("VEC_CMD"):
-                    with m.If(vec_commands.w_rdy):
-                        m.d.comb += [vec_commands.w_en.eq(1), vec_commands.w_data.eq(vec_entry)]
-                        m.d.sync += issued.eq(issued + 1)
-                        m.next = "FETCH"
+            with m.State("VEC_CMD"):
+                with m.If(vec_commands.w_rdy):
+                    m.d.comb += [vec_commands.w_en.eq(1), vec_commands.w_data.eq(vec_entry)]
+                    m.d.sync += issued.eq(issued + 1)
+                    m.next = "FETCH"
 
             with m.State("POOL_SETUP"):
                 with m.If(vec_done):
