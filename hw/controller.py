@@ -341,9 +341,10 @@ class Controller(wiring.Component):
                             m.d.sync += [beat.eq(0), remaining.eq(remaining - 1), write_pending.eq(~discard)]
                         with m.Else():
                             m.d.sync += beat.eq(beat + 1)
-                    with m.Elif(~self.host_in.valid):
-                        # only the host's silence counts: a word waiting for a single-port buffer that compute
-                        # is reading (hw.buffer) waits at most until the running fold ends
+                    # Only the host's silence counts: a word waiting for a single-port buffer that compute is
+                    # reading (hw.buffer) waits at most until the running fold ends. (Other buffers are always
+                    # ready, so there no word waits; their netlist stays as it was, which the ULX3S routes.)
+                    with m.Elif(~self.host_in.valid) if cfg.single_port_buffers else m.Else():
                         m.d.sync += silent.eq(silent + 1)
                         with m.If(timed_out):
                             m.d.sync += [silent.eq(0), error.eq(ErrorCode.TRUNCATED), remaining.eq(0)]

@@ -80,13 +80,38 @@ class GemmCore(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
+        single_port = cfg.single_port_buffers
+        if not single_port:
+            m.submodules.act_buffer = act_buffer = Memory(
+                shape=data.ArrayLayout(OPERAND, cfg.rows), depth=_depth(cfg.act_depth), init=[])
+            m.submodules.weight_buffer = weight_buffer = Memory(
+                shape=data.ArrayLayout(OPERAND, cfg.weight_lanes), depth=_depth(cfg.weight_depth), init=[])
         m.submodules.param_buffer = param_buffer = Memory(
             shape=param_word_layout(cfg), depth=_depth(cfg.param_depth), init=[])
         m.submodules.acc_buffer = acc_buffer = Memory(
             shape=data.ArrayLayout(ACC, cfg.cols), depth=_depth(cfg.acc_depth), init=[])
 
+        # Each load writes its own port and is always ready, except into a single-port buffer (below).
+        loads = [(self.param_load, param_buffer)]
+        if not single_port:
+            loads = [(self.act_load, act_buffer), (self.weight_load, weight_buffer)] + loads
+        for load, buffer in loads:
+            port = buffer.write_port()
+            m.d.comb += [
+                load.ready.eq(1),
+                port.addr.eq(load.payload.addr), port.data.eq(load.payload.data), port.en.eq(load.valid),
+            ]
+
         m.submodules.compute = compute = _COMPUTE[cfg.dataflow](cfg)
-        if cfg.single_port_buffers:
+        m.submodules.drain = drain = Drain(cfg, compute.tile.payload.shape())
+        wiring.connect(m, wiring.flipped(self.cmd), compute.cmd)
+        m.d.comb += compute.conv_geometry.eq(self.conv_geometry)
+        wiring.connect(m, compute.tile, drain.tile)
+        wiring.connect(m, drain.result, wiring.flipped(self.result))
+        m.d.comb += compute.release.eq(drain.release)
+
+        operand_reads = []
+        if single_port:
             # one port each: a compute read takes the cycle, a load waits for the next free one
             for name, load, depth in (("act", self.act_load, cfg.act_depth),
                                       ("weight", self.weight_load, cfg.weight_depth)):
@@ -96,32 +121,18 @@ class GemmCore(wiring.Component):
                              buffer.read_en.eq(getattr(compute, f"{name}_read")),
                              getattr(compute, f"{name}_data").eq(buffer.read_data)]
         else:
-            m.submodules.act_buffer = act_buffer = Memory(
-                shape=data.ArrayLayout(OPERAND, cfg.rows), depth=_depth(cfg.act_depth), init=[])
-            m.submodules.weight_buffer = weight_buffer = Memory(
-                shape=data.ArrayLayout(OPERAND, cfg.weight_lanes), depth=_depth(cfg.weight_depth), init=[])
-            self._connect_load(m, self.act_load, act_buffer)
-            self._connect_load(m, self.weight_load, weight_buffer)
             # (the ports' names, act_read and weight_read, are what verif.activity finds in a waveform)
             act_read = act_buffer.read_port()
             weight_read = weight_buffer.read_port()
-            m.d.comb += [
+            operand_reads = [
                 act_read.addr.eq(compute.act_addr), compute.act_data.eq(act_read.data),
                 weight_read.addr.eq(compute.weight_addr), compute.weight_data.eq(weight_read.data),
             ]
-        self._connect_load(m, self.param_load, param_buffer)
-        m.submodules.drain = drain = Drain(cfg, compute.tile.payload.shape())
-        wiring.connect(m, wiring.flipped(self.cmd), compute.cmd)
-        m.d.comb += compute.conv_geometry.eq(self.conv_geometry)
-        wiring.connect(m, compute.tile, drain.tile)
-        wiring.connect(m, drain.result, wiring.flipped(self.result))
-        m.d.comb += compute.release.eq(drain.release)
-
         acc_write = acc_buffer.write_port()
         acc_rmw_read = acc_buffer.read_port(transparent_for=(acc_write,))
         acc_drain_read = acc_buffer.read_port()
         param_read = param_buffer.read_port()
-        m.d.comb += [
+        m.d.comb += operand_reads + [
             acc_rmw_read.addr.eq(compute.acc_rd_addr), compute.acc_rd_data.eq(acc_rmw_read.data),
             acc_write.addr.eq(compute.acc_wr_addr), acc_write.data.eq(compute.acc_wr_data),
             acc_write.en.eq(compute.acc_wr_en),
@@ -152,12 +163,3 @@ class GemmCore(wiring.Component):
         with m.If(compute.issued):
             m.d.sync += self.perf_issued.eq(self.perf_issued + 1)
         return m
-
-    @staticmethod
-    def _connect_load(m, load, buffer):
-        """A load stream into its own write port: always ready."""
-        port = buffer.write_port()
-        m.d.comb += [
-            load.ready.eq(1),
-            port.addr.eq(load.payload.addr), port.data.eq(load.payload.data), port.en.eq(load.valid),
-        ]
