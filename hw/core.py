@@ -5,9 +5,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .buffer import SinglePortBuffer
 from .compute_os import OutputStationaryCompute
 from .compute_rs import RowStationaryCompute
-from .buffer import SinglePortBuffer
 from .compute_ws import WeightStationaryCompute
 from .drain import Drain
 from .layouts import (ACC, OPERAND, act_load_layout, command_layout, conv_geometry_layout, param_load_layout,
@@ -47,7 +47,8 @@ class GemmCore(wiring.Component):
     Attributes
     ----------
     act_load, weight_load, param_load : In(stream)
-        Buffer writes: ``{addr, data}``; always ready.
+        Buffer writes: ``{addr, data}``; always ready, except with ``single_port_buffers``, where the activation
+        and weight loads wait in the cycles compute reads their buffer (:class:`~hw.buffer.SinglePortBuffer`).
     cmd : In(stream of command_layout)
         Compute commands.
     conv_geometry : In(conv_geometry_layout())
