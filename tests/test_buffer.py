@@ -10,8 +10,8 @@ from hw.layouts import OPERAND
 
 
 def _run(depth, lanes, cycles, read_rate, load_rate, seed):
-    """Random reads and loads against a dictionary model; returns (reads checked, loads accepted, cycles a
-    load waited)."""
+    """Random reads and loads against a dictionary model; returns the reads checked, the loads accepted and the
+    cycles a load waited (``reads``, ``loads``, ``waited``)."""
     layout = data.StructLayout({"addr": range(depth), "data": data.ArrayLayout(OPERAND, lanes)})
     dut = SinglePortBuffer(layout, depth)
     rng = random.Random(seed)
