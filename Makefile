@@ -30,19 +30,18 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check hw gen verif sw_driver fpga tests
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	$(BIN)/pytest -n $(JOBS) --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) -m "not rtl"
+	$(BIN)/pytest -n $(JOBS) -m "not rtl"
 
 demo: $(STAMP)
 	$(BIN)/tessera demo $(CONFIG_ARGS)
 
 # The layer suite on 8x8 and 16x16 arrays of every dataflow beside SCALE-Sim (its own venv under build/), with the
-# bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset. The older single-GEMM benches
-# (python -m verif.bench_gemm / verif.bench_device) still run on their own.
+# bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset.
 bench: $(STAMP)
-	$(BIN)/python -m verif.bench_suite $(BENCH_ARGS)
+	$(BIN)/python -m tessera.verif.bench_suite $(BENCH_ARGS)
 
 BOARD ?= ulx3s
 

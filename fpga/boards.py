@@ -1,14 +1,14 @@
 """The boards Tessera builds for: their amaranth-boards platforms, clocks, UART rates and default arrays.
 
 `BoardTop` is the whole FPGA: a PLL from the board's oscillator to the core clock, the board's FTDI UART pins,
-and the `~fpga.top.LinkedDevice` (link + accelerator).
+and the `~tessera.fpga.top.LinkedDevice` (link + accelerator).
 """
 
 import dataclasses
 
 from amaranth.hdl import Elaboratable, Module
 
-from gen.config import AcceleratorConfig
+from tessera.gen.config import AcceleratorConfig
 
 from .pll import ECP5PLL, ICE40PLL, plan_ecp5_pll, plan_ice40_pll
 from .top import LinkedDevice, LinkSettings
@@ -66,7 +66,7 @@ class Board:
 # ECP5-85F's 156 MULT18X18D, the requantiser has 4 lanes (two blocks each) that take an output row in 4 beats, and
 # the last 11 PE rows multiply in LUTs (the build chooses them: fpga.floorplan.lut_rows_to_fit), 152 blocks in all.
 # It routes because its accelerator's reset rides a global clock network and its DSP blocks are floorplanned
-# (fpga/floorplan.py); without both, nextpnr's router stalled. See the README for the measured fmax and what else
+# (fpga/floorplan.py); without both, nextpnr's router stalled. See docs/fpga.md for the measured fmax and what else
 # was tried.
 _ULX3S_DEFAULTS = dict(rows=20, cols=16, requant_lanes=4, clock_mhz=81.0, act_depth=1024, weight_depth=1024,
                        acc_depth=256, param_depth=32, vec_depth=0)
@@ -76,7 +76,7 @@ _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=
 # timing-only registers (hw.pipeline.timing_registers). Its activation and weight buffers are single-port, in two
 # of the four SPRAMs (hw.buffer). Deeper buffers cost logic cells in their address arithmetic (the sliding
 # window's above all), not RAM: 16 words each fit; with 32 (98-99% of the cells) nextpnr's placer had not finished
-# after 12 minutes; 1,024 need 112% (measured; see the README).
+# after 12 minutes; 1,024 need 112% (measured; see docs/fpga.md).
 _ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
                             param_depth=1, counters=False, vec_depth=0, single_port_buffers=True)
 

@@ -19,13 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-from hw.buffer import SinglePortBuffer
-from hw.multiplier import LOGIC_SUFFIX
+from tessera.hw.buffer import SinglePortBuffer
+from tessera.hw.multiplier import LOGIC_SUFFIX
 
 from .boards import BoardTop
 from .floorplan import dsp_blocks, dsp_sites, floorplan_script, lut_rows_to_fit
 
-__all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops"]
+__all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops", "board_lut_rows", "failure_message",
+           "time_out_message"]
 
 #: nextpnr's cell types, by the resource names the report uses.
 RESOURCES = {
@@ -78,7 +79,7 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
         how much.
     """
     if lut_multiplier_rows is None:
-        lut_multiplier_rows = _lut_rows_to_fit(board, cfg, lut_requant, progress)
+        lut_multiplier_rows = board_lut_rows(board, cfg, lut_requant, progress)
     variant = (f"_lutmul{lut_multiplier_rows}" if lut_multiplier_rows else "") + ("_lutrq" if lut_requant else "")
     folder = Path(root) / f"{board.name}_{cfg.hash}{variant}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
     return report
 
 
-def _lut_rows_to_fit(board, cfg, lut_requant, progress):
+def board_lut_rows(board, cfg, lut_requant, progress):
     """The fewest LUT-multiplier rows that fit ``cfg`` in an ECP5 board's DSP blocks (iCE40 builds leave their
     multiplies to Yosys); says so when there are any."""
     if board.family != "ecp5":
@@ -142,7 +143,7 @@ def _lut_rows_to_fit(board, cfg, lut_requant, progress):
 def lut_multiplier_script(cfg, rows, requant=False):
     """Yosys commands that turn the multipliers of the PEs in the last ``rows`` rows (and, with ``requant``, the
     requantiser's) into plain logic before ``synth_ecp5`` infers DSP blocks, so they multiply in LUTs (the
-    elaboration leaves these to Yosys: see `hw.multiplier.lut_multiplier_row`)."""
+    elaboration leaves these to Yosys: see `tessera.hw.multiplier.lut_multiplier_row`)."""
     if not 0 <= rows <= cfg.rows:
         raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
     selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]
@@ -158,7 +159,7 @@ def lut_multiplier_script(cfg, rows, requant=False):
 
 
 def single_port_ram_script(cfg):
-    """Yosys commands that let the single-port buffers (`hw.buffer.SinglePortBuffer`) map onto the UP5K's SPRAM:
+    """Yosys commands that let the single-port buffers (`tessera.hw.buffer.SinglePortBuffer`) map onto the UP5K's SPRAM:
     they drop the memories' initial value, all zeros, which Amaranth always writes and an SPRAM cannot have (its
     contents after power-up are undefined; the host loads every word before compute reads it)."""
     if not cfg.single_port_buffers:
@@ -212,9 +213,9 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
     tim = folder / "top.tim"
     log_text = tim.read_text(errors="replace") if tim.exists() else ""
     if code is None:
-        raise BuildError(_time_out_message(board, folder, log_text, time_limit_s))
+        raise BuildError(time_out_message(board, folder, log_text, time_limit_s))
     if code != 0:
-        raise BuildError(_failure_message(board, folder, log_text))
+        raise BuildError(failure_message(board, folder, log_text))
     data = json.loads((folder / "nextpnr_report.json").read_text())
     fmax = clock_fmax(data)
     used = data.get("utilization", {})
@@ -257,7 +258,7 @@ def _nextpnr_step(log):
 _USAGE = re.compile(r"^\s*(?:Info:\s*)?(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
 
 
-def _failure_message(board, folder, log_text):
+def failure_message(board, folder, log_text):
     over = [(cell, int(used), int(available)) for cell, used, available in _USAGE.findall(log_text)
             if int(used) > int(available)]
     names = {cell: resource for resource, cell in RESOURCES[board.family].items()}
@@ -277,7 +278,7 @@ def _failure_message(board, folder, log_text):
 _ROUTER_PROGRESS = re.compile(r"^Info:\s+(\d+) \|.*\|\s*(\d+)\|[^|]*\|\s*$", re.M)
 
 
-def _time_out_message(board, folder, log_text, time_limit_s):
+def time_out_message(board, folder, log_text, time_limit_s):
     """What a build stopped at its time limit was doing: nextpnr's step, and the router's arcs still to route."""
     step = _nextpnr_step(log_text) if log_text else "synthesis (Yosys)"
     progress = _ROUTER_PROGRESS.findall(log_text)

@@ -41,7 +41,7 @@ def dsp_sites(device):
 
 def dsp_blocks(cfg, *, lut_multiplier_rows=0, lut_requant=False):
     """MULT18X18D blocks a weight-stationary ``cfg`` takes: one per PE outside the LUT rows, two per requantiser
-    lane (their significands' top bits multiply in logic: see `hw.multiplier.registered_product`)."""
+    lane (their significands' top bits multiply in logic: see `tessera.hw.multiplier.registered_product`)."""
     return (cfg.rows - lut_multiplier_rows) * cfg.cols + (0 if lut_requant else 2 * cfg.requant_width)
 
 

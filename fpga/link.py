@@ -1,4 +1,4 @@
-"""The device end of the framed host link (the protocol is defined in :mod:`sw_driver.link_protocol`).
+"""The device end of the framed host link (the protocol is defined in :mod:`tessera.sw_driver.link_protocol`).
 
 `LinkReceiver` parses frames from the UART, checks their CRC, and commits the payload of in-order DATA frames
 to a ring buffer that feeds the accelerator's ``host_in``; it asks the transmitter to ACK or NAK. Payload is
@@ -13,9 +13,9 @@ from amaranth.lib.crc import Processor
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.isa import LINK_WIDTH
-from hw.pipeline import timing_registers
-from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, SEQ_MODULUS, SOF, FrameKind, crc_parameters
+from tessera.hw.isa import LINK_WIDTH
+from tessera.hw.pipeline import timing_registers
+from tessera.sw_driver.link_protocol import MAX_PAYLOAD_WORDS, SEQ_MODULUS, SOF, FrameKind, crc_parameters
 
 from .uart import UARTReceiver, UARTTransmitter
 

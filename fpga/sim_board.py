@@ -1,8 +1,8 @@
 """The simulated board: the whole FPGA top, UART included, under Verilator, reached over the framed link.
 
-`BoardSimTransport` is a `~sw_driver.link_protocol.FramedTransport` like the serial one: the same host code
+`BoardSimTransport` is a `~tessera.sw_driver.link_protocol.FramedTransport` like the serial one: the same host code
 frames, acknowledges and retries; only the byte port differs. Its port is ``board_harness.cpp``, a C++ loop
-around the Verilated `~fpga.top.LinkedDevice` with a bit-level UART on the host side and fault injection on
+around the Verilated `~tessera.fpga.top.LinkedDevice` with a bit-level UART on the host side and fault injection on
 the bytes of both directions (built once per Verilog and divisor, with a lock, under ``build/board_harness``).
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from sw_driver.link_protocol import MAX_PAYLOAD_WORDS, FramedTransport, frame_bytes
-from sw_driver.transport import LinkError, harness_exit_error, stop_process
-from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
+from tessera.gen.toolchain import SIM_BUILD_ARGS, build_harness_binary
+from tessera.sw_driver.link_protocol import MAX_PAYLOAD_WORDS, FramedTransport, frame_bytes
+from tessera.sw_driver.transport import LinkError, harness_exit_error, stop_process
 
 from .sim_primitives import simulation_models
 from .top import BOARD_TOPLEVEL, LinkedDevice, LinkSettings
@@ -72,8 +72,8 @@ def build_board_harness(cfg, link, *, build_root=DEFAULT_BUILD_ROOT, trace=False
 
     Keyed by a hash of the Verilog, the harness source and the flags, so each configuration builds once, and
     concurrent callers wait on a lock. ``family`` (``"ecp5"``, ``"ice40"``): the top as elaborated for that FPGA
-    family (see `hw.pipeline.timing_registers`), with models of the vendor primitives it instantiates
-    (`fpga.sim_primitives`).
+    family (see `tessera.hw.pipeline.timing_registers`), with models of the vendor primitives it instantiates
+    (`tessera.fpga.sim_primitives`).
     """
     platform = None if family is None else types.SimpleNamespace(family=family)
     text = verilog.convert(LinkedDevice(cfg, link), name=BOARD_TOPLEVEL, emit_src=False, platform=platform)

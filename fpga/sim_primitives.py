@@ -1,8 +1,8 @@
 """Simulation models of the vendor primitives the RTL instantiates, so Verilator can run a top as an FPGA build
-elaborates it (`fpga.sim_board.build_board_harness` with ``family="ecp5"``).
+elaborates it (`tessera.fpga.sim_board.build_board_harness` with ``family="ecp5"``).
 
-Each model covers only the settings the RTL uses (`hw.multiplier`, `fpga.top`) and stops the simulation on any
-other, so a model can never quietly disagree with the silicon on a mode nobody checked.
+Each model covers only the settings the RTL uses (`tessera.hw.multiplier`, `tessera.fpga.top`) and stops the
+simulation on any other, so a model can never quietly disagree with the silicon on a mode nobody checked.
 """
 
 __all__ = ["simulation_models"]
@@ -61,7 +61,7 @@ def _mult18x18d():
 
 
 def _dcca():
-    """Lattice ECP5 DCCA, the buffer onto a global clock network (`fpga.top` drives the session reset through
+    """Lattice ECP5 DCCA, the buffer onto a global clock network (`tessera.fpga.top` drives the session reset through
     one): ``CLKO = CLKI`` while ``CE`` is high."""
     return "\n".join([
         "module DCCA (input CLKI, input CE, output CLKO);",

@@ -1,6 +1,6 @@
 """The FPGA's logic without board specifics: the accelerator behind the UART host link.
 
-`LinkedDevice` is what both a bitstream and the simulated board run; the board tops in :mod:`fpga.boards` add
+`LinkedDevice` is what both a bitstream and the simulated board run; the board tops in :mod:`tessera.fpga.boards` add
 only clocking and pins around it.
 """
 
@@ -10,8 +10,8 @@ from amaranth.hdl import ClockDomain, ClockSignal, Const, DomainRenamer, Instanc
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.accelerator import Accelerator
-from hw.pipeline import fpga_family, timing_registers
+from tessera.hw.accelerator import Accelerator
+from tessera.hw.pipeline import fpga_family, timing_registers
 
 from .link import HostLink
 
@@ -59,7 +59,7 @@ class LinkSettings:
 
 
 class LinkedDevice(wiring.Component):
-    """An `~hw.accelerator.Accelerator` reached over a UART through the framed link.
+    """An `~tessera.hw.accelerator.Accelerator` reached over a UART through the framed link.
 
     A RESET frame resets the accelerator (not the UART), so a host can start a session on a board in any state.
 
@@ -125,7 +125,7 @@ class LinkedDevice(wiring.Component):
 def _distributed(m, reset, platform):
     """``reset`` as it reaches the accelerator's flip-flops: on an ECP5 through a global clock buffer (DCCA) onto
     one of the device's clock networks. It goes to about 10,500 flip-flops (16x8 array); through the fabric's
-    general routing it was, with the scattered DSP blocks (`fpga.floorplan`), what kept a 16x8 array from
+    general routing it was, with the scattered DSP blocks (`tessera.fpga.floorplan`), what kept a 16x8 array from
     routing at all (nextpnr's router1 stalled with ~15,000 arcs left after 50 minutes)."""
     if fpga_family(platform) != "ecp5":
         return reset

@@ -1,10 +1,9 @@
 """Text artefacts generated from the one ISA definition: the ISA document, the C header and the FuseSoC core.
 
-Every number rendered here comes from :mod:`hw.isa`, :mod:`hw.layouts` or the configuration; bit positions are
-read from the Amaranth layouts, never computed by hand. The prose that the definition does not carry (a few
-words per opcode, operand field, buffer, packet kind and error code) lives in the tables below, and rendering
-fails when an entry is missing or names something that no longer exists, so nothing reaches a document
-undescribed.
+Every number rendered here comes from :mod:`tessera.hw.isa`, :mod:`tessera.hw.layouts` or the configuration; bit
+positions are read from the Amaranth layouts, never computed by hand. The prose that the definition does not carry (a
+few words per opcode, operand field, buffer, packet kind and error code) lives in the tables below, and rendering fails
+when an entry is missing or names something that no longer exists, so nothing reaches a document undescribed.
 """
 
 import functools
@@ -19,14 +18,35 @@ import jinja2
 from amaranth.hdl import Shape
 from amaranth.lib import data
 
-import hw.layouts
-from gen.config import DATAFLOWS
-from gen.lint import LINT_WAIVERS
-from gen.verilog import DEVICE_TOPLEVEL, build_dir
-from hw.isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
-                    instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
-from hw.layouts import (MAX_CONV_SIDE, act_load_layout, command_layout, conv_geometry_layout, max_command_k,
-                        param_load_layout, result_layout, vec_load_layout, weight_load_layout)
+from tessera.gen.config import DATAFLOWS
+from tessera.gen.lint import LINT_WAIVERS
+from tessera.gen.verilog import DEVICE_TOPLEVEL, build_dir
+from tessera.hw import layouts
+from tessera.hw.isa import (
+    COUNTERS,
+    ERROR_DESCRIPTIONS,
+    INSTRUCTION_WORDS,
+    LINK_WIDTH,
+    BufferId,
+    ErrorCode,
+    Opcode,
+    PacketKind,
+    instruction_layout,
+    operands_layout,
+    packet_header_layout,
+    words_per_buffer_word,
+)
+from tessera.hw.layouts import (
+    MAX_CONV_SIDE,
+    act_load_layout,
+    command_layout,
+    conv_geometry_layout,
+    max_command_k,
+    param_load_layout,
+    result_layout,
+    vec_load_layout,
+    weight_load_layout,
+)
 
 __all__ = ["ARTEFACTS", "ArtefactError", "render_artefacts", "write_artefacts", "OPCODE_DESCRIPTIONS",
            "FIELD_DESCRIPTIONS", "BUFFER_DESCRIPTIONS", "PACKET_DESCRIPTIONS", "HEADER_FIELD_DESCRIPTIONS",
@@ -135,17 +155,6 @@ HEADER_FIELD_DESCRIPTIONS = {
     "length": "payload words that follow the header",
 }
 
-ERROR_DESCRIPTIONS = {
-    ErrorCode.ILLEGAL_OPCODE: "the opcode byte names no instruction",
-    ErrorCode.BAD_BUFFER: "LOAD names no buffer",
-    ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
-    ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
-                         "its folds times rows, an rs GEMM that is not a conv, has a filter chunk taller than "
-                         "the array or more than 7 chunks, a CONV_SETUP or POOL_SETUP with a zero size, a POOL "
-                         "or ADD of nothing, or a vector instruction on a device without a vector unit",
-    ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
-}
-
 # The layout functions whose docstrings explain an opcode's operands beyond their field table.
 _OPERAND_DOCS = {Opcode.GEMM: command_layout, Opcode.CONV_SETUP: conv_geometry_layout,
                  Opcode.POOL_SETUP: conv_geometry_layout}
@@ -207,7 +216,7 @@ def write_artefacts(cfg, verilog_path, top=DEVICE_TOPLEVEL):
 
 @functools.cache
 def _environment():
-    env = jinja2.Environment(loader=jinja2.PackageLoader("gen", "templates"), undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(loader=jinja2.PackageLoader(__package__, "templates"), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
     env.filters["c_comment"] = lambda text: str(text).replace("*/", "* /")
@@ -256,7 +265,7 @@ def _context(cfg, verilog_name, top):
         "buffer_doc": inspect.cleandoc(BufferId.__doc__),
         "buffers": [_buffer(cfg, buffer) for buffer in BufferId],
         # the module docstring after its summary paragraph: the buffer layouts of each dataflow
-        "buffer_layouts_doc": _markdown("\n\n".join(inspect.cleandoc(hw.layouts.__doc__).split("\n\n")[1:])),
+        "buffer_layouts_doc": _markdown("\n\n".join(inspect.cleandoc(layouts.__doc__).split("\n\n")[1:])),
         "result_row": _packing(result_layout(cfg)),
         "packet_doc": inspect.cleandoc(PacketKind.__doc__),
         "packet_fields": [_field(f"TESSERA_PACKET_HEADER_{name.upper()}", name, field, 0,

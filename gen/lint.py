@@ -10,7 +10,7 @@ it (checked on the controller's FSM rewritten as one), so it cannot be fixed in 
 
 import subprocess
 
-from verif.toolchain import verilator_bin, verilator_env
+from tessera.gen.toolchain import verilator_bin, verilator_env
 
 __all__ = ["LINT_WAIVERS", "lint_verilog", "LintError"]
 

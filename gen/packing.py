@@ -1,4 +1,4 @@
-"""Packing Python values into the bit layouts of :mod:`hw.layouts` and back.
+"""Packing Python values into the bit layouts of :mod:`tessera.hw.layouts` and back.
 
 Testbenches and the host driver build stream payloads with these, from the same layout objects the RTL is
 elaborated from, so a field moved in the hardware moves here too.

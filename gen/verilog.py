@@ -5,8 +5,8 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.accelerator import Accelerator
-from hw.core import GemmCore
+from tessera.hw.accelerator import Accelerator
+from tessera.hw.core import GemmCore
 
 __all__ = ["TOPLEVEL", "DEVICE_TOPLEVEL", "generate_verilog", "write_verilog", "build_dir"]
 

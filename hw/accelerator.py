@@ -1,9 +1,8 @@
 """The Tessera device: controller, compute core, counters and host link behind two 32-bit streams."""
 
 from amaranth.hdl import Module, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.lib import stream
 
 from .controller import Controller
 from .core import GemmCore
@@ -19,7 +18,7 @@ class Accelerator(wiring.Component):
     """A complete accelerator for one configuration.
 
     The host sends instructions and data on ``host_in`` and receives RESULT, VECTOR, COUNTERS and ERROR packets on
-    ``host_out`` (:mod:`hw.isa`); the same two streams are what the FPGA's UART link carries.
+    ``host_out`` (:mod:`tessera.hw.isa`); the same two streams are what the FPGA's UART link carries.
 
     Attributes
     ----------

@@ -15,7 +15,7 @@ A PE interleaves up to ``filters`` filters (Eyeriss's ``p``): its filter scratch
 ``p`` filters and it keeps ``p`` partial sums, so each ifmap value it reads from its scratchpad serves ``p``
 MACs, one per filter in consecutive cycles.
 
-The grid runs in lock step under :class:`~hw.compute_rs.RowStationaryCompute`, which sequences scratchpad
+The grid runs in lock step under :class:`~tessera.hw.compute_rs.RowStationaryCompute`, which sequences scratchpad
 loads, MACs and the accumulation.
 """
 
@@ -26,16 +26,13 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .layouts import ACC, OPERAND
+from .layouts import ACC, MAX_KERNEL, MAX_STRIDE, OPERAND
 
-__all__ = ["RowStationaryArray", "SPAD_COLUMNS", "MAX_KERNEL", "rs_mapping"]
+__all__ = ["RowStationaryArray", "SPAD_COLUMNS", "rs_mapping"]
 
 #: Input columns an ifmap scratchpad holds per channel (a window of the kernel width plus the columns of
 #: the next step or two, addressed modulo this power of two).
 SPAD_COLUMNS = 16
-#: Largest filter width (filter scratchpad entries per channel) and height.
-MAX_KERNEL = 7
-_MAX_STRIDE = 3
 
 
 def rs_mapping(rows, kernel_h):
@@ -151,10 +148,10 @@ class RowStationaryArray(wiring.Component):
     def __init__(self, *, rows, cols, filters=1):
         self.rows, self.cols, self.filters = rows, cols, filters
         self.channels = rows   # at most one set: a PE then holds every channel of the word
-        side = (cols - 1) * _MAX_STRIDE + MAX_KERNEL
+        side = (cols - 1) * MAX_STRIDE + MAX_KERNEL
         depth = filters * self.channels * MAX_KERNEL
         super().__init__({
-            "kernel_h": In(range(MAX_KERNEL + 1)), "stride": In(range(_MAX_STRIDE + 1)),
+            "kernel_h": In(range(MAX_KERNEL + 1)), "stride": In(range(MAX_STRIDE + 1)),
             "w_write": In(1), "w_addr": In(range(depth)),
             "w_word": In(data.ArrayLayout(OPERAND, rows)),
             "in_write": In(1), "in_row": In(range(side + 1)), "in_slot": In(range(SPAD_COLUMNS)),

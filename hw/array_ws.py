@@ -34,7 +34,7 @@ class WeightStationaryArray(wiring.Component):
         ``x_in`` is a real vector (not an idle cycle), for the gated-MAC count.
     macs_gated : Out
         PEs that the vector which entered last cycle reaches with a zero activation or a zero weight: their
-        multiply is gated (:class:`~hw.pe.WeightStationaryPE`). Counted at the edge of the array from the
+        multiply is gated (:class:`~tessera.hw.pe.WeightStationaryPE`). Counted at the edge of the array from the
         zeros of each weight row, so no per-PE counter is needed.
     """
 

@@ -16,14 +16,14 @@ class OutputStationaryCompute(ComputeUnit):
 
     A command is one ``rows x cols`` output tile (``m <= rows`` rows are kept) reduced over ``k`` steps; each
     cycle one activation word (a column of ``X``) and one weight word (a row of ``W``) enter the array. A
-    conv command's activation columns come from :class:`~hw.gather.ConvGather` instead (``k`` is then the
+    conv command's activation columns come from :class:`~tessera.hw.gather.ConvGather` instead (``k`` is then the
     folds times ``rows``, one step per channel of each fold). Tiles
     follow each other without a gap: a finished tile is captured inside the PEs and read out, one row per
     cycle, into an accumulator half while the next tile accumulates.
 
     Attributes
     ----------
-    Same as :class:`~hw.compute_ws.WeightStationaryCompute` (the accumulator read port is unused here).
+    Same as :class:`~tessera.hw.compute_ws.WeightStationaryCompute` (the accumulator read port is unused here).
     """
 
     def elaborate(self, platform):

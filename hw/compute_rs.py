@@ -1,4 +1,4 @@
-"""Row-stationary compute unit: runs conv commands on a :class:`~hw.array_rs.RowStationaryArray`.
+"""Row-stationary compute unit: runs conv commands on a :class:`~tessera.hw.array_rs.RowStationaryArray`.
 
 A command is ``p = filters`` filters (output channels, 1 to ``cfg.rs_filters``) over a band of ``cols`` output
 rows and the geometry's ``out_w`` output columns, reduced over passes: ``k`` blocks of ``rows`` input channels
@@ -26,7 +26,8 @@ rows and columns outside the feature map (padding, or rows below the last output
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 
-from .array_rs import MAX_KERNEL, SPAD_COLUMNS, RowStationaryArray
+from .array_rs import SPAD_COLUMNS, RowStationaryArray
+from .layouts import MAX_KERNEL
 from .layouts import command_layout
 from .tiles import ComputeUnit, compute_unit_ports, tile_layout
 
@@ -36,7 +37,7 @@ _COORD = signed(14)
 
 
 def filter_tile_layout(command):
-    """The tiles a row-stationary command hands the drain: :func:`~hw.tiles.tile_layout` plus
+    """The tiles a row-stationary command hands the drain: :func:`~tessera.hw.tiles.tile_layout` plus
     ``rows_per_param``, the rows of each filter (one parameter word each)."""
     return data.StructLayout({**dict(tile_layout(command).members), "rows_per_param": command["m"].shape})
 

@@ -4,7 +4,8 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .array_rs import MAX_KERNEL, rs_mapping
+from .array_rs import rs_mapping
+from .layouts import MAX_KERNEL
 from .isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
                   instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
 from .layouts import (act_load_layout, command_layout, conv_geometry_layout, param_load_layout, vec_command_layout,

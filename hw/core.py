@@ -10,8 +10,17 @@ from .compute_os import OutputStationaryCompute
 from .compute_rs import RowStationaryCompute
 from .compute_ws import WeightStationaryCompute
 from .drain import Drain
-from .layouts import (ACC, OPERAND, act_load_layout, command_layout, conv_geometry_layout, param_load_layout,
-                      param_word_layout, result_layout, weight_load_layout)
+from .layouts import (
+    ACC,
+    OPERAND,
+    act_load_layout,
+    command_layout,
+    conv_geometry_layout,
+    param_load_layout,
+    param_word_layout,
+    result_layout,
+    weight_load_layout,
+)
 
 __all__ = ["GemmCore", "core_events_layout"]
 
@@ -39,7 +48,7 @@ class GemmCore(wiring.Component):
 
     Buffers are :class:`~amaranth.lib.memory.Memory` whose words are whole vectors (one bank per lane), so
     the array reads a full activation vector and a full weight row every cycle. Loads write buffer words
-    at the address they carry; compute commands (see :mod:`hw.layouts`) read them, accumulate into one of two
+    at the address they carry; compute commands (see :mod:`tessera.hw.layouts`) read them, accumulate into one of two
     accumulator halves, and the drain requantises finished tiles into ``result`` while the next tile
     computes. Keeping loads and commands apart (no overwrite of words a queued command still reads) is the
     controller's job.
@@ -48,7 +57,7 @@ class GemmCore(wiring.Component):
     ----------
     act_load, weight_load, param_load : In(stream)
         Buffer writes: ``{addr, data}``; always ready, except with ``single_port_buffers``, where the activation
-        and weight loads wait in the cycles compute reads their buffer (:class:`~hw.buffer.SinglePortBuffer`).
+        and weight loads wait in the cycles compute reads their buffer (:class:`~tessera.hw.buffer.SinglePortBuffer`).
     cmd : In(stream of command_layout)
         Compute commands.
     conv_geometry : In(conv_geometry_layout())

@@ -3,7 +3,7 @@
 An output-stationary step needs one input channel of one filter tap across the ``rows`` output pixels of a
 tile, but the feature map is stored pixel by pixel, ``rows`` channels per word (as for weight-stationary
 convs, so the host sends each input once). Per fold (a filter tap and a block of ``rows`` channels) this
-block reads one word per output pixel through :class:`~hw.window.SlidingWindow`, into a ``rows x rows``
+block reads one word per output pixel through :class:`~tessera.hw.window.SlidingWindow`, into a ``rows x rows``
 block (pixels x channels), and then hands the block out column by column: one step per channel. Reading a
 block takes ``rows`` cycles and so does consuming it, so with two blocks the array steps every cycle once
 the first block of a command is in.

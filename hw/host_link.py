@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .controller import link_beat_layout
-from .isa import LINK_WIDTH, PacketKind, packet_header_layout
+from .isa import LINK_WIDTH, PacketKind, packet_header_layout, result_row_words
 from .layouts import result_layout
 
 __all__ = ["ResultPacketiser", "PacketArbiter"]
@@ -27,7 +27,7 @@ class ResultPacketiser(wiring.Component):
 
     def __init__(self, cfg, row_count_shape):
         self.cfg = cfg
-        self.words_per_row = -(-cfg.cols * 8 // LINK_WIDTH)
+        self.words_per_row = result_row_words(cfg)
         super().__init__({
             "rows": In(stream.Signature(row_count_shape)),
             "result": In(stream.Signature(result_layout(cfg))),

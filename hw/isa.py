@@ -10,14 +10,14 @@ import enum
 
 from amaranth.hdl import unsigned
 from amaranth.lib import data
-
 from amaranth.utils import ceil_log2
 
-from .layouts import MAX_CONV_SIDE, command_layout, conv_geometry_layout
+from .layouts import MAX_CONV_SIDE, MAX_KERNEL, command_layout, conv_geometry_layout
 from .qadd import add_params_layout
 
-__all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "COUNTERS", "INSTRUCTION_WORDS", "LINK_WIDTH",
-           "instruction_layout", "operands_layout", "packet_header_layout", "words_per_buffer_word"]
+__all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "ERROR_DESCRIPTIONS", "COUNTERS", "INSTRUCTION_WORDS",
+           "LINK_WIDTH", "instruction_layout", "operands_layout", "packet_header_layout", "words_per_buffer_word",
+           "LANES_PER_WORD", "words_for_lanes", "result_row_words"]
 
 #: Width of the host link in bits (both directions).
 LINK_WIDTH = 32
@@ -58,19 +58,30 @@ class PacketKind(enum.IntEnum):
 
 
 class ErrorCode(enum.IntEnum):
-    """Why an instruction was rejected. The device reports it and goes on with the next instruction."""
+    """Why an instruction was rejected. The device reports it and goes on with the next instruction; what each
+    code means is in :data:`ERROR_DESCRIPTIONS`."""
     ILLEGAL_OPCODE = 1
-    BAD_BUFFER = 2          # LOAD names no buffer
-    OUT_OF_RANGE = 3        # a LOAD or GEMM would touch words beyond a buffer's depth
-    BAD_SHAPE = 4           # GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k
-                            # is not its folds times rows, an rs GEMM that is not a conv, has a filter
-                            # chunk taller than the array or more than 7 chunks, filters of 0 or more than
-                            # rs_filters, or m other than filters times out_w, a sparse GEMM that is not
-                            # a ws conv on an array of 2 or more columns, a conv GEMM or a POOL before
-                            # any CONV_SETUP or POOL_SETUP, a CONV_SETUP or POOL_SETUP
-                            # with a zero size, a POOL or ADD of nothing, or a vector instruction on a
-                            # device without a vector unit
-    TRUNCATED = 5           # an instruction or its data stopped arriving mid-way
+    BAD_BUFFER = 2
+    OUT_OF_RANGE = 3
+    BAD_SHAPE = 4
+    TRUNCATED = 5
+
+
+#: What each error code means: the one statement of the rules the controller enforces, which the generated ISA
+#: document and C header render.
+ERROR_DESCRIPTIONS = {
+    ErrorCode.ILLEGAL_OPCODE: "the opcode byte names no instruction",
+    ErrorCode.BAD_BUFFER: "LOAD names no buffer",
+    ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
+    ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
+                         "its folds times rows, an rs GEMM that is not a conv, has a filter chunk taller than "
+                         f"the array or more than {MAX_KERNEL} chunks, filters of 0 or more than rs_filters, or m "
+                         "other than filters times out_w, a sparse GEMM that is not a ws conv on an array of 2 or more "
+                         "columns, a conv GEMM or a POOL before any CONV_SETUP or POOL_SETUP, a CONV_SETUP or "
+                         "POOL_SETUP with a zero size, a POOL or ADD of nothing, or a vector instruction on a device "
+                         "without a vector unit",
+    ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
+}
 
 
 #: Performance counters, in the order of a COUNTERS packet: (name, what it counts).
@@ -138,14 +149,28 @@ def packet_header_layout():
     return data.StructLayout({"kind": unsigned(8), "length": unsigned(24)})
 
 
+#: int8 lanes packed into one link word (lane 0 in the low byte).
+LANES_PER_WORD = LINK_WIDTH // 8
+
+
+def words_for_lanes(lanes):
+    """Link words that carry ``lanes`` int8 values."""
+    return -(-lanes // LANES_PER_WORD)
+
+
+def result_row_words(cfg):
+    """Link words of one row of a RESULT packet: ``cols`` int8 channels."""
+    return words_for_lanes(cfg.cols)
+
+
 def words_per_buffer_word(cfg, buffer):
     """Link words that carry one word of ``buffer`` (operand vectors are packed 4 int8 per word; a parameter
     word is each channel's int32 bias, then each channel's float32 scale)."""
     buffer = BufferId(buffer)
     if buffer == BufferId.ACT:
-        return -(-cfg.rows * 8 // LINK_WIDTH)
+        return words_for_lanes(cfg.rows)
     if buffer == BufferId.WEIGHT:
-        return -(-cfg.weight_lanes * 8 // LINK_WIDTH)
+        return words_for_lanes(cfg.weight_lanes)
     if buffer == BufferId.VEC:
         return 1
     return 2 * cfg.cols

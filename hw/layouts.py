@@ -10,6 +10,9 @@ Buffer layouts (what the loader writes where) for a GEMM ``Y[M, N] = X[M, K] @ W
   Activation word ``x_base + j`` holds ``X[m0:m0+rows, j]``; weight word ``w_base + j`` holds
   ``W[j, n0:n0+cols]``.
 
+:func:`act_word` and :func:`weight_word` are these addresses as code, for the compiler that writes the buffers
+and the models that read them.
+
 Either way a command produces ``m`` output rows of ``cols`` channels, requantised with the bias and scales
 of parameter word ``p_base`` and the output zero point ``y_zp``.
 """
@@ -18,7 +21,8 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-__all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_CONV_SIDE", "act_load_layout",
+__all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_CONV_SIDE", "MAX_KERNEL", "MAX_STRIDE",
+           "MAX_PAD", "KERNEL_BITS", "STRIDE_BITS", "PAD_BITS", "act_word", "weight_word", "act_load_layout",
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout"]
 
@@ -38,8 +42,29 @@ def max_command_k(cfg):
     return cfg.weight_depth // cfg.rows
 
 
+def act_word(cfg, m, step, row):
+    """Offset from ``x_base`` of the activation word that a GEMM command of ``m`` rows reads at ``step`` (ws: a
+    fold, for its output row ``row``; os: a reduction step, whose word holds every row). Takes ints or NumPy index
+    arrays alike."""
+    return step * m + row if cfg.dataflow == "ws" else step
+
+
+def weight_word(cfg, step, row):
+    """Offset from ``w_base`` of the weight word that a GEMM command reads at ``step`` (ws: a fold, for PE row
+    ``row``; os: a reduction step). Takes ints or NumPy index arrays alike."""
+    return step * cfg.rows + row if cfg.dataflow == "ws" else step
+
+
 #: Largest input or output feature map side a convolution command can address.
 MAX_CONV_SIDE = 1023
+#: Widths of the CONV_SETUP fields that bound a convolution; the limits below follow from them.
+KERNEL_BITS, STRIDE_BITS, PAD_BITS = 3, 2, 3
+#: Largest kernel height and width (also the row-stationary filter scratchpad's entries per channel).
+MAX_KERNEL = (1 << KERNEL_BITS) - 1
+#: Strides run from 1 to this, equal in both directions.
+MAX_STRIDE = (1 << STRIDE_BITS) - 1
+#: Largest padding on any side.
+MAX_PAD = (1 << PAD_BITS) - 1
 
 
 def command_layout(cfg):
@@ -73,7 +98,8 @@ def fold_header_layout():
     """The header word in front of each stored fold of a ``sparse`` command's weight tile: which filter tap
     and channel block the fold's weights belong to. It fills the word's two low lanes, so sparse commands
     need ``cols >= 2``."""
-    return data.StructLayout({"kh": unsigned(3), "kw": unsigned(3), "reserved": unsigned(2), "cb": unsigned(8)})
+    return data.StructLayout({"kh": unsigned(KERNEL_BITS), "kw": unsigned(KERNEL_BITS),
+                              "reserved": unsigned(8 - 2 * KERNEL_BITS), "cb": unsigned(8)})
 
 
 def conv_geometry_layout():
@@ -88,9 +114,9 @@ def conv_geometry_layout():
     return data.StructLayout({
         "in_h": side, "in_w": side, "out_w": side,
         "channel_blocks": unsigned(8),
-        "kernel_h": unsigned(3), "kernel_w": unsigned(3),
-        "stride": unsigned(2),
-        "pad_top": unsigned(3), "pad_left": unsigned(3),
+        "kernel_h": unsigned(KERNEL_BITS), "kernel_w": unsigned(KERNEL_BITS),
+        "stride": unsigned(STRIDE_BITS),
+        "pad_top": unsigned(PAD_BITS), "pad_left": unsigned(PAD_BITS),
         "pad_value": signed(8),
     })
 
@@ -125,7 +151,7 @@ def vec_load_layout(cfg):
 
 
 def vec_command_layout(cfg):
-    """A command of the vector unit (:mod:`hw.vector`).
+    """A command of the vector unit (:mod:`tessera.hw.vector`).
 
     ``op`` 0 (pool): ``count`` output pixels from (``out_y``, ``out_x``) in raster order, over the feature map
     at ``a_base``. ``op`` 1 (add): ``count`` words of ``a_base`` plus as many of ``b_base``.

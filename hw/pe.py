@@ -44,7 +44,7 @@ class WeightStationaryPE(wiring.Component):
         The same, registered, for the right neighbour.
     psum_in, psum_out : In, Out
         Partial sum from above; ``psum_in`` plus the product ``x_in * weight[bank_in]`` of the activation
-        that arrived `~hw.multiplier.PRODUCT_LATENCY` cycles before, registered, for the PE below.
+        that arrived `~tessera.hw.multiplier.PRODUCT_LATENCY` cycles before, registered, for the PE below.
         ``psum_width`` bits wide.
     w_data, w_bank, w_load : In
         Weight load: when ``w_load``, ``w_data`` is written into bank ``w_bank``.

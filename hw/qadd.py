@@ -1,100 +1,46 @@
 """Element-wise quantized add (onnxruntime's ``QLinearAdd``), bit-exact, in fixed point.
 
-onnxruntime (MLAS, AVX2) computes in float32 with fused multiply-adds (see ``verif.golden.qlinear_add``)::
+onnxruntime (MLAS, AVX2) computes in float32 with fused multiply-adds (see ``tessera.sw_driver.golden.qlinear_add``)::
 
     t = fl(b * rb + fixed)          y = saturate(round_half_even(fl(a * ra + t)))
 
 with ``a``, ``b`` the raw quantized values and ``fl`` one rounding to float32. Here every quantity is an
 integer multiple of ``2**-FRACTION_BITS``: ``ra``, ``rb`` and ``fixed`` are such multiples (the host checks,
-:func:`qadd_params`), a product of one of them with a small integer is exact, and rounding a multiple of
+:func:`tessera.sw_driver.vector_compiler.qadd_params`), a product of one of them with a small integer is exact,
+and rounding a multiple of
 ``2**-FRACTION_BITS`` to 24 significant bits gives another one. So ``fl`` becomes "round the integer to its
 24 leading bits, ties to even", which a leading-one detector and a shifter do exactly, and no float unit is
 needed. Any scale ratio from ``2**-17`` to ``2**8`` qualifies, which covers real models; the host runs the
 rest itself.
 """
 
-import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["FRACTION_BITS", "add_params_layout", "qadd_params", "qadd_reference", "QAddLane", "QADD_LATENCY"]
+__all__ = ["FRACTION_BITS", "SIGNIFICAND_BITS", "MAX_SHIFT", "MAX_FIXED", "add_params_layout", "QAddLane",
+           "QADD_LATENCY"]
 
 #: Fraction bits of the fixed-point representation.
 FRACTION_BITS = 40
-_SIGNIFICAND = 24
+#: Significant bits kept by every rounding (float32's).
+SIGNIFICAND_BITS = 24
 _WIDTH = 64          # |values| < 2**18 (ratios below 2**8 times 9-bit operands, plus |fixed| < 2**17)
-_MAX_SHIFT = 31
-_MAX_FIXED = 1 << (17 + FRACTION_BITS)
+#: Largest shift of a scale ratio's significand (the 5-bit ``*_shift`` fields).
+MAX_SHIFT = 31
+#: Bound on ``|fixed| * 2**FRACTION_BITS``, the constant term's range.
+MAX_FIXED = 1 << (17 + FRACTION_BITS)
 
 
 def add_params_layout():
     """Per-layer parameters of the add (the VEC_SETUP instruction): ``r = mant * 2**(shift - 40)``."""
     return data.StructLayout({
-        "ra_mant": unsigned(_SIGNIFICAND), "ra_shift": unsigned(5),
-        "rb_mant": unsigned(_SIGNIFICAND), "rb_shift": unsigned(5),
+        "ra_mant": unsigned(SIGNIFICAND_BITS), "ra_shift": unsigned(5),
+        "rb_mant": unsigned(SIGNIFICAND_BITS), "rb_shift": unsigned(5),
         # the constant term, 2**40 times fixed, in two words (the C encoders take 32-bit fields)
         "fixed_lo": unsigned(32), "fixed_hi": signed(17 + FRACTION_BITS + 1 - 32),
         "uint8": 1,      # operands and result are uint8, held on the device as x - 128
     })
-
-
-def _as_fixed_ratio(value, name):
-    """``(mant, shift)`` with ``value == mant * 2**(shift - FRACTION_BITS)`` exactly, or ValueError."""
-    value = np.float32(value)
-    mant, exponent = np.frexp(np.float64(value))         # value = mant * 2**exponent, 0.5 <= mant < 1
-    mant, exponent = int(mant * (1 << _SIGNIFICAND)), int(exponent) - _SIGNIFICAND
-    while mant and mant % 2 == 0 and exponent + FRACTION_BITS < 0:
-        mant, exponent = mant // 2, exponent + 1
-    shift = exponent + FRACTION_BITS
-    if not value > 0 or not 0 <= shift <= _MAX_SHIFT or value >= 256:
-        raise ValueError(f"scale ratio {name} = {float(value):.6g} is outside what the device's add takes "
-                         f"(2**-17 to 2**8)")
-    return mant, shift
-
-
-def qadd_params(a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, dtype):
-    """The VEC_SETUP fields for ``QLinearAdd`` with these quantization parameters (as onnxruntime derives
-    ``ra``, ``rb`` and ``fixed``); ValueError if the device cannot reproduce it exactly."""
-    from verif.golden import _fma_f32   # the same float32 FMA the golden model uses
-
-    ra = np.float32(a_scale) / np.float32(y_scale)
-    rb = np.float32(b_scale) / np.float32(y_scale)
-    fixed = np.float32(y_zp) - _fma_f32(ra, np.float32(a_zp), rb * np.float32(b_zp))
-    ra_mant, ra_shift = _as_fixed_ratio(ra, "a_scale / y_scale")
-    rb_mant, rb_shift = _as_fixed_ratio(rb, "b_scale / y_scale")
-    scaled = float(fixed) * (1 << FRACTION_BITS)
-    if scaled != int(scaled) or abs(scaled) >= _MAX_FIXED:
-        raise ValueError(f"the add's constant term {float(fixed)!r} is not exact in the device's fixed point")
-    fixed = int(scaled)
-    return {"ra_mant": ra_mant, "ra_shift": ra_shift, "rb_mant": rb_mant, "rb_shift": rb_shift,
-            "fixed_lo": fixed & 0xFFFFFFFF, "fixed_hi": fixed >> 32, "uint8": int(np.dtype(dtype) == np.uint8)}
-
-
-def _round_significand(value):
-    """Python model of ``fl``: round an integer to 24 significant bits, ties to even."""
-    magnitude = abs(value)
-    drop = max(magnitude.bit_length() - _SIGNIFICAND, 0)
-    return (1 if value >= 0 else -1) * _round_shift(magnitude, drop) << drop
-
-
-def _round_shift(magnitude, drop):
-    """``magnitude / 2**drop`` rounded half to even."""
-    if drop == 0:
-        return magnitude
-    kept, rest, half = magnitude >> drop, magnitude & ((1 << drop) - 1), 1 << (drop - 1)
-    return kept + (rest > half or (rest == half and kept & 1))
-
-
-def qadd_reference(a, b, params):
-    """What the hardware computes for raw operands ``a``, ``b`` (Python ints): the raw result."""
-    p = params
-    fixed = (p["fixed_hi"] << 32) | p["fixed_lo"]
-    t = _round_significand((b * p["rb_mant"] << p["rb_shift"]) + fixed)
-    s = _round_significand((a * p["ra_mant"] << p["ra_shift"]) + t)
-    y = (1 if s >= 0 else -1) * _round_shift(abs(s), FRACTION_BITS)
-    low, high = (0, 255) if p["uint8"] else (-128, 127)
-    return min(max(y, low), high)
 
 
 class _RoundSignificand(wiring.Component):
@@ -113,8 +59,8 @@ class _RoundSignificand(wiring.Component):
             with m.If(magnitude[i]):
                 m.d.comb += leading.eq(i)
         drop = Signal(range(_WIDTH))
-        with m.If(leading >= _SIGNIFICAND):
-            m.d.comb += drop.eq(leading - (_SIGNIFICAND - 1))
+        with m.If(leading >= SIGNIFICAND_BITS):
+            m.d.comb += drop.eq(leading - (SIGNIFICAND_BITS - 1))
         m.d.comb += self.rounded.eq(_rne_shift(m, magnitude, drop, negative) << drop)
         return m
 
@@ -169,7 +115,7 @@ class QAddLane(wiring.Component):
             m.d.sync += valid[i + 1].eq(valid[i])
 
         # 1: b's product
-        a1, pb = Signal(signed(9)), Signal(signed(9 + _SIGNIFICAND + 1))
+        a1, pb = Signal(signed(9)), Signal(signed(9 + SIGNIFICAND_BITS + 1))
         m.d.sync += [a1.eq(self.a), pb.eq(self.b * p.rb_mant)]
         # 2: plus the constant term, rounded to float32 (t)
         m.submodules.round_t = round_t = _RoundSignificand()
@@ -179,7 +125,7 @@ class QAddLane(wiring.Component):
         m.d.comb += round_t.value.eq((pb << p.rb_shift) + fixed)
         m.d.sync += [a2.eq(a1), t.eq(round_t.rounded)]
         # 3: a's product
-        pa, t3 = Signal(signed(9 + _SIGNIFICAND + 1)), Signal(signed(_WIDTH))
+        pa, t3 = Signal(signed(9 + SIGNIFICAND_BITS + 1)), Signal(signed(_WIDTH))
         m.d.sync += [pa.eq(a2 * p.ra_mant), t3.eq(t)]
         # 4: the sum, rounded to float32
         m.submodules.round_s = round_s = _RoundSignificand()

@@ -16,7 +16,7 @@ __all__ = ["SerialRequantiser"]
 
 
 class SerialRequantiser(wiring.Component):
-    """Requantises vectors of ``lanes`` values on a `~hw.requant.Requantiser` of ``units`` lanes.
+    """Requantises vectors of ``lanes`` values on a `~tessera.hw.requant.Requantiser` of ``units`` lanes.
 
     Same streams as a ``Requantiser(lanes=lanes)``: a vector is accepted, and one produced, every
     ``lanes // units`` cycles at best. Beat ``k`` of a vector carries its lanes ``k * units`` to

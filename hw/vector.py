@@ -6,9 +6,9 @@ stream. Both operations are bound by the link (pooling reads each input word abo
 words per result word), so four lanes match it; nothing here needs the array.
 
 * ``POOL``: a max over each window of a feature map stored pixel by pixel in raster order,
-  ``channel_blocks`` words per pixel (the POOL_SETUP geometry, :func:`hw.layouts.conv_geometry_layout`).
+  ``channel_blocks`` words per pixel (the POOL_SETUP geometry, :func:`tessera.hw.layouts.conv_geometry_layout`).
   Taps in the padding are skipped, as onnxruntime never lets padding win a max.
-* ``ADD``: onnxruntime's QLinearAdd on two runs of words, bit-exact (:mod:`hw.qadd`).
+* ``ADD``: onnxruntime's QLinearAdd on two runs of words, bit-exact (:mod:`tessera.hw.qadd`).
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed

@@ -1,11 +1,16 @@
 """The ``tessera`` command line."""
 
 import argparse
+import importlib.metadata
 import sys
 
-from gen.config import DATAFLOWS, AcceleratorConfig, ConfigError
+from tessera.gen.config import DATAFLOWS, AcceleratorConfig, ConfigError
 
-__all__ = ["main", "config_from_args"]
+__all__ = ["main", "config_from_args", "COMMAND_PLUGINS"]
+
+#: Entry-point group through which higher layers (tessera.fpga: bitstream, deploy) add subcommands: each entry is
+#: a function that adds its parsers to the subparsers and returns ``{command: handler}``.
+COMMAND_PLUGINS = "tessera.commands"
 
 
 def add_config_arguments(parser):
@@ -23,8 +28,8 @@ def config_from_args(args):
 
 
 def _cmd_verilog(args):
-    from gen.artefacts import write_artefacts
-    from gen.verilog import DEVICE_TOPLEVEL, write_verilog
+    from tessera.gen.artefacts import write_artefacts
+    from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
     cfg = config_from_args(args)
     path = write_verilog(cfg, root=args.out, top=DEVICE_TOPLEVEL)
     # the compute core on its own as well: its cocotb tests use it, and it is the block to reuse elsewhere
@@ -35,8 +40,8 @@ def _cmd_verilog(args):
 
 
 def _cmd_lint(args):
-    from gen.lint import lint_verilog
-    from gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, write_verilog
+    from tessera.gen.lint import lint_verilog
+    from tessera.gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, write_verilog
     cfg = config_from_args(args)
     for top in (DEVICE_TOPLEVEL, TOPLEVEL):
         path = write_verilog(cfg, root=args.out, top=top)
@@ -45,7 +50,7 @@ def _cmd_lint(args):
 
 
 def _cmd_demo(args):
-    from sw_driver.demo import run_demo
+    from tessera.sw_driver.demo import run_demo
     return run_demo(config_from_args(args), batch=args.batch, images=args.images, quant_format=args.format,
                     prune=args.prune, prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report)
 
@@ -55,9 +60,9 @@ def _cmd_run(args):
 
     import numpy as np
 
-    from sw_driver.host_exec import inexact_layers, run_graph
-    from sw_driver.model_runner import run_graph_on
-    from sw_driver.onnx_import import load_model
+    from tessera.sw_driver.host_exec import inexact_layers, run_graph
+    from tessera.sw_driver.model_runner import run_graph_on
+    from tessera.sw_driver.onnx_import import load_model
 
     graph = load_model(args.model)
     if len(graph.inputs) != 1:
@@ -68,7 +73,7 @@ def _cmd_run(args):
     if args.target == "host":
         device = None
     elif args.target == "sim":
-        from sw_driver.runtime import open_sim_device
+        from tessera.sw_driver.runtime import open_sim_device
         print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}), simulated from its RTL")
         device = open_sim_device(cfg)
     elif args.target.startswith("serial:"):
@@ -128,7 +133,7 @@ def _cmd_run(args):
 
 def _open_serial(cfg, port):
     """A device on a board at ``port`` running a bitstream built for ``cfg`` (``tessera bitstream``)."""
-    from fpga.cli import open_serial_device
+    from tessera.sw_driver.runtime import open_serial_device
     print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}) on the board at {port}")
     return open_serial_device(cfg, port)
 
@@ -150,6 +155,7 @@ class UsageError(ValueError):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tessera {importlib.metadata.version('tessera')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     verilog = commands.add_parser("verilog", help="generate Verilog for a configuration under build/")
@@ -186,22 +192,22 @@ def main(argv=None):
     run.add_argument("-v", "--verbose", action="store_true", help="say why layers ran on the host")
     add_config_arguments(run)
 
-    import fpga.cli
-    fpga_handlers = fpga.cli.register(commands)
+    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run}
+    for plugin in importlib.metadata.entry_points(group=COMMAND_PLUGINS):
+        handlers.update(plugin.load()(commands))
 
     args = parser.parse_args(argv)
-    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run, **fpga_handlers}
     try:
         status = handlers[args.command](args)
     except ConfigError as error:
         print(f"tessera: configuration error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, with its kind
-        from gen.lint import LintError
-        from sw_driver.isa_encode import DeviceError
-        from sw_driver.onnx_import import ModelError
-        from sw_driver.tiling import TilingError
-        from sw_driver.transport import LinkError
+        from tessera.gen.lint import LintError
+        from tessera.sw_driver.compiler import TilingError
+        from tessera.sw_driver.isa_encode import DeviceError
+        from tessera.sw_driver.onnx_import import ModelError
+        from tessera.sw_driver.transport import LinkError
         if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, OSError)):
             print(f"tessera: {type(error).__name__}: {error}", file=sys.stderr)
             return 1

@@ -14,13 +14,46 @@ import math
 
 import numpy as np
 
-from gen.packing import pack
-from hw.isa import INSTRUCTION_WORDS, LINK_WIDTH, BufferId, Opcode, words_per_buffer_word
-from hw.layouts import fold_header_layout
-from sw_driver.isa_encode import instruction, load
-from sw_driver.tiling import TilingError, check_gemm_operands
+from tessera.gen.packing import pack
+from tessera.hw.array_rs import rs_mapping
+from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, result_row_words, words_per_buffer_word
+from tessera.hw.layouts import MAX_KERNEL, MAX_PAD, MAX_STRIDE, act_word, fold_header_layout, weight_word
+from tessera.sw_driver.isa_encode import instruction, load
 
-__all__ = ["Program", "compile_gemm", "compile_conv", "conv_output_shape", "TilingError"]
+__all__ = ["Program", "compile_gemm", "compile_conv", "conv_output_shape", "dense_group_weights", "check_gemm_operands",
+           "conv_limits_violation",
+           "TilingError"]
+
+
+_MAX_PRODUCT = 128 * 128  # |int8 x int8| at most, reached by -128 x -128
+
+
+class TilingError(ValueError):
+    """The layer cannot be tiled onto this configuration; the message says which limit and by how much."""
+
+
+def check_gemm_operands(x, w, bias, scale, y_zp):
+    """Validate GEMM operands for the core; return them as arrays, or raise :class:`TilingError`."""
+    x, w = np.asarray(x), np.asarray(w)
+    bias = np.asarray(bias)
+    scale = np.asarray(scale, dtype=np.float32)
+    if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 2 or w.ndim != 2:
+        raise TilingError(f"x and w must be 2-D int8 arrays, got x {x.dtype}{x.shape} and w {w.dtype}{w.shape}")
+    (m, k), (k2, n) = x.shape, w.shape
+    if k != k2 or m == 0 or k == 0 or n == 0:
+        raise TilingError(f"shapes do not make a GEMM: x is {x.shape}, w is {w.shape}")
+    if bias.shape != (n,) or scale.shape != (n,):
+        raise TilingError(f"bias and scale need shape ({n},), got {bias.shape} and {scale.shape}")
+    if bias.dtype != np.int32:
+        raise TilingError(f"bias must be int32, got {bias.dtype}")
+    if not (np.all(np.isfinite(scale)) and np.all((scale == 0) | (np.abs(scale) >= np.finfo(np.float32).tiny))):
+        raise TilingError("scale must be finite normal float32 values or zero (the requantiser's domain)")
+    if not -128 <= int(y_zp) <= 127:
+        raise TilingError(f"y_zp {y_zp} is out of range; accepted: -128 to 127")
+    headroom = (2**31 - 1 - int(np.abs(bias.astype(np.int64)).max())) // _MAX_PRODUCT
+    if k > headroom:
+        raise TilingError(f"K={k} could overflow the int32 accumulator; accepted: K <= {headroom} for this bias")
+    return x, w, bias, scale
 
 
 @dataclasses.dataclass
@@ -40,7 +73,7 @@ class Program:
 
     def reply_words(self, cfg):
         """Words of the RESULT packets the device sends back for this program."""
-        return sum(1 + rows * -(-cfg.cols * 8 // LINK_WIDTH) for _, _, rows in self.outputs)
+        return sum(1 + rows * result_row_words(cfg) for _, _, rows in self.outputs)
 
     def assemble(self, results, cols):
         """Place per-command result rows into the ``m x n`` output."""
@@ -56,11 +89,17 @@ class Program:
 
 
 class _SlotPool:
-    """Fixed-size slots of one buffer, reused least recently used first."""
+    """Fixed-size slots of one buffer (``act``, ``weight`` or ``param``), reused least recently used first; by
+    default as many slots as the buffer's depth holds."""
 
-    def __init__(self, name, slot_words, slots):
+    _NAMES = {"act": "activation", "weight": "weight", "param": "parameter"}
+
+    def __init__(self, cfg, buffer, slot_words, slots=None):
+        depth = getattr(cfg, f"{buffer}_depth")
+        slots = depth // slot_words if slots is None else slots
         if slots < 1:
-            raise TilingError(f"one {name} tile needs {slot_words} words; the buffer holds fewer")
+            raise TilingError(f"one {self._NAMES[buffer]} tile needs {slot_words} words; {buffer}_depth is {depth} "
+                              f"(accepted: {buffer}_depth >= {slot_words} for this layer)")
         self.slot_words = slot_words
         self.resident = collections.OrderedDict()   # tile -> slot
         self.free = list(range(slots))
@@ -175,7 +214,7 @@ def compile_gemm(cfg, x, w, bias, scale, y_zp):
 
 class _GemmTiles:
     """A GEMM cut into row blocks of activations and column tiles of weights, in the layouts of
-    :mod:`hw.layouts`."""
+    :mod:`tessera.hw.layouts`."""
 
     def __init__(self, cfg, x, w, bias, scale, *, conv=False):
         self.cfg = cfg
@@ -224,9 +263,9 @@ class _GemmTiles:
         cfg = self.cfg
         blocks = math.ceil(self.m / block_rows)
         slot_act_words = self.act_words(block_rows)
-        acts = _SlotPool("activation", slot_act_words, cfg.act_depth // slot_act_words)
-        weights = _SlotPool("weight", self.weight_words, cfg.weight_depth // self.weight_words)
-        params = _SlotPool("parameter", 1, cfg.param_depth)
+        acts = _SlotPool(cfg, "act", slot_act_words)
+        weights = _SlotPool(cfg, "weight", self.weight_words)
+        params = _SlotPool(cfg, "param", 1)
         steps = []
         waited = 0  # commands a WAIT already guaranteed complete; later WAITs for fewer are redundant
         for index, (b, t) in enumerate(order(blocks, self.n_tiles)):
@@ -264,20 +303,27 @@ class _GemmTiles:
         return out
 
     def _act_tile(self, b, block_rows, rows):
-        R = self.cfg.rows
-        if self.cfg.dataflow == "ws":
-            block = np.zeros((rows, self.folds * R), np.int8)
-            block[:, :self.k] = self.x[b * block_rows:b * block_rows + rows]
-            # word f*rows + i holds row i of fold f
-            return np.concatenate([block[:, f * R:(f + 1) * R] for f in range(self.folds)])
+        """The activation words of row block ``b`` (``rows`` rows), in the layout of :func:`act_word`."""
+        cfg, R = self.cfg, self.cfg.rows
+        if cfg.dataflow == "ws":
+            block = np.zeros((rows, self.folds, R), np.int8)
+            block.reshape(rows, -1)[:, :self.k] = self.x[b * block_rows:b * block_rows + rows]
+            fold, row = np.meshgrid(np.arange(self.folds), np.arange(rows), indexing="ij")
+            words = np.zeros((self.folds * rows, R), np.int8)
+            words[act_word(cfg, rows, fold, row)] = block.transpose(1, 0, 2)
+            return words
         block = np.zeros((R, self.k), np.int8)
         block[:rows] = self.x[b * R:b * R + rows]
-        return np.ascontiguousarray(block.T)     # word j holds X[m0:m0+R, j]
+        words = np.zeros((self.k, R), np.int8)
+        words[act_word(cfg, rows, np.arange(self.k), 0)] = block.T
+        return words
 
     def _weight_tile(self, t):
-        C = self.cfg.cols
+        """The weight words of column tile ``t``, in the layout of :func:`weight_word`."""
+        cfg, C = self.cfg, self.cfg.cols
+        step, row = np.divmod(np.arange(self.k), cfg.rows) if cfg.dataflow == "ws" else (np.arange(self.k), 0)
         tile = np.zeros((self.weight_words, C), np.int8)
-        tile[:self.k] = self.w[:, t * C:(t + 1) * C]
+        tile[weight_word(cfg, step, row)] = self.w[:, t * C:(t + 1) * C]
         return tile
 
     def emit(self, steps, block_rows, y_zp):
@@ -306,8 +352,8 @@ class _GemmTiles:
 
 def _constant_outputs(bias, scale, y_zp):
     """What output channels with all-zero weights give at every pixel: their requantised bias (the
-    requantiser's contract, :func:`verif.golden.requantize`)."""
-    from verif.golden import requantize
+    requantiser's contract, :func:`tessera.sw_driver.golden.requantize`)."""
+    from tessera.sw_driver.golden import requantize
     return requantize(np.asarray(bias, np.int32)[None], np.asarray(scale, np.float32), int(y_zp))[0]
 
 
@@ -351,7 +397,7 @@ def _skipped_weights(layer, counted, stored, sparse, folds, blocks):
 
 def _sparse_weight_tile(layer, t, stored, kw, blocks):
     """The weight tile of a ``sparse`` command: each stored fold's header word (its tap and channel block,
-    :func:`hw.layouts.fold_header_layout`) followed by its ``rows`` weight words."""
+    :func:`tessera.hw.layouts.fold_header_layout`) followed by its ``rows`` weight words."""
     R, C = layer.cfg.rows, layer.cfg.cols
     dense = layer._weight_tile(t).reshape(-1, R, C)
     words = np.zeros((len(stored), R + 1, C), np.int8)
@@ -363,12 +409,24 @@ def _sparse_weight_tile(layer, t, stored, kw, blocks):
     return words.reshape(-1, C)
 
 
+def conv_limits_violation(kernel, strides, pads):
+    """Why no dataflow's conv commands (nor the vector unit's pooling) can take this kernel, stride and padding,
+    or None if they can."""
+    (kh, kw), (stride_y, stride_x) = kernel, strides
+    if stride_y != stride_x or not 1 <= stride_y <= MAX_STRIDE:
+        return f"strides {tuple(strides)}: the device supports equal strides of 1 to {MAX_STRIDE}"
+    if not (1 <= kh <= MAX_KERNEL and 1 <= kw <= MAX_KERNEL) or max(pads) > MAX_PAD:
+        return (f"kernel {kh}x{kw} with pads {tuple(pads)}: the device supports kernels up to "
+                f"{MAX_KERNEL}x{MAX_KERNEL}, pads up to {MAX_PAD}")
+    return None
+
+
 def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0,
                  skip_zero_tiles=True, counted=None):
     """Compile a 2-D convolution (``group=1``) of one image or a batch, for either dataflow.
 
     The input feature map goes over the link once and stays in the activation buffer; every conv command
-    gathers its taps on chip (:mod:`hw.window`). ``x`` is int8 (C, H, W) or (N, C, H, W), ``w`` int8 (O, C,
+    gathers its taps on chip (:mod:`tessera.hw.window`). ``x`` is int8 (C, H, W) or (N, C, H, W), ``w`` int8 (O, C,
     KH, KW), the input zero point is already folded into ``bias`` and ``pad_value`` is that zero point
     (padding must read as it). Returns a :class:`Program` whose ``assemble`` gives (N * out_h * out_w, O),
     image by image; see :func:`conv_output_shape`.
@@ -392,15 +450,14 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
         raise TilingError(f"conv needs int8 x (C, H, W) or (N, C, H, W) and w (O, C, KH, KW) with matching C; "
                           f"got x {x.dtype}{x.shape}, w {w.dtype}{w.shape}")
+    violation = conv_limits_violation(w.shape[2:], strides, pads)
+    if violation:
+        raise TilingError(violation)
     if cfg.dataflow == "rs":
         return _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, skip_zero_tiles, counted)
     images, channels, in_h, in_w = x.shape
     out_channels, _, kh, kw = w.shape
-    (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
-    if stride_y != stride_x or not 1 <= stride_y <= 3:
-        raise TilingError(f"strides {strides}: the device supports equal strides of 1 to 3")
-    if not (1 <= kh <= 7 and 1 <= kw <= 7) or max(pads) > 7:
-        raise TilingError(f"kernel {kh}x{kw} with pads {pads}: the device supports kernels up to 7x7, pads up to 7")
+    stride_y, (pad_t, pad_l) = strides[0], pads[:2]
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
     blocks = math.ceil(channels / R)
     folds = kh * kw * blocks
@@ -424,7 +481,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     row_words = in_w * blocks
     halves = image_words <= cfg.act_depth // 2
     stored, sparse, tile_words = _weight_tile_plan(layer, folds, skip_zero_tiles)
-    weights = _SlotPool("weight", max(tile_words), cfg.weight_depth // max(tile_words))
+    weights = _SlotPool(cfg, "weight", max(tile_words))
     run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
     # A larger map goes in bands of output rows. Where the buffer's addresses wrap at its depth (a power of
     # two), the bands take the two halves in turn as images do: a band's commands address the whole map
@@ -440,8 +497,8 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     else:
         ring = None
     shared_setup = halves or bool(ring)
-    params = _SlotPool("parameter", 1, cfg.param_depth)
-    acts = _SlotPool("activation", cfg.act_depth // 2 if shared_setup else cfg.act_depth, 2 if shared_setup else 1)
+    params = _SlotPool(cfg, "param", 1)
+    acts = _SlotPool(cfg, "act", cfg.act_depth // 2 if shared_setup else cfg.act_depth, 2 if shared_setup else 1)
     stream, outputs = _Stream(cfg), []
     constants = _constant_outputs(layer.bias, layer.scale, y_zp)
     pixel_count = images * out_h * out_w
@@ -561,17 +618,10 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     of up to ``cfg.rs_filters`` filters), reducing over the channel blocks of the feature map (hw.compute_rs).
     With ``skip_zero_tiles``, a filter whose weights are all zero is not run (its outputs are the requantised
     bias)."""
-    from hw.array_rs import MAX_KERNEL, rs_mapping
-
     R, C = cfg.rows, cfg.cols
     images, channels, in_h, in_w = x.shape
     out_channels, _, kh, kw = w.shape
-    (stride_y, stride_x), (pad_t, pad_l) = strides, pads[:2]
-    if stride_y != stride_x or not 1 <= stride_y <= 3:
-        raise TilingError(f"strides {strides}: the device supports equal strides of 1 to 3")
-    if not (1 <= kh <= MAX_KERNEL and 1 <= kw <= MAX_KERNEL) or max(pads) > 7:
-        raise TilingError(f"kernel {kh}x{kw} with pads {pads}: the row-stationary array takes filters up to "
-                          f"{MAX_KERNEL}x{MAX_KERNEL}, pads up to 7")
+    stride_y, (pad_t, pad_l) = strides[0], pads[:2]
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
     if out_w > cfg.acc_half_depth:
         raise TilingError(f"output width {out_w} exceeds an accumulator half ({cfg.acc_half_depth} rows)")
@@ -615,9 +665,9 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     run_filters = np.flatnonzero(~zero)
     groups = _filter_groups(cfg, run_filters, out_w, len(tiles[0]))
     p = max(map(len, groups), default=1)
-    acts = _SlotPool("activation", cfg.act_depth // 2, 2)
-    weights = _SlotPool("weight", p * len(tiles[0]), cfg.weight_depth // (p * len(tiles[0])))
-    params = _SlotPool("parameter", p, cfg.param_depth // p)
+    acts = _SlotPool(cfg, "act", cfg.act_depth // 2, 2)
+    weights = _SlotPool(cfg, "weight", p * len(tiles[0]))
+    params = _SlotPool(cfg, "param", p)
 
     def group_weights(group):
         # pass by pass, the group's filters one after another (the order the compute unit loads them in)
@@ -711,3 +761,17 @@ def conv_output_shape(in_h, in_w, kh, kw, stride, pads):
         raise TilingError(f"a {kh}x{kw} kernel with pads {pads} and stride {stride} leaves no output of a "
                           f"{in_h}x{in_w} input")
     return out_h, out_w
+
+
+def dense_group_weights(w, group):
+    """Grouped (and depthwise) weights ``w`` (O, C/group, KH, KW) as one block-diagonal (O, C, KH, KW) filter: the
+    device runs every group at once, and the compiler skips the weight tiles that lie wholly between groups."""
+    if group == 1:
+        return w
+    out_channels, per_group = w.shape[0], w.shape[1]
+    dense = np.zeros((out_channels, per_group * group, *w.shape[2:]), np.int8)
+    out_per_group = out_channels // group
+    for o in range(out_channels):
+        g = o // out_per_group
+        dense[o, g * per_group:(g + 1) * per_group] = w[o]
+    return dense

@@ -1,6 +1,6 @@
 """``make demo``: the digits CNN, quantized by onnxruntime, on the simulated accelerator.
 
-The float model (trained by ``python -m sw_driver.digits.train``, committed) is quantized statically by
+The float model (trained by ``python -m tessera.sw_driver.digits.train``, committed) is quantized statically by
 onnxruntime, calibrated on training digits; the whole test split then runs three ways: the float model and
 the int8 model in onnxruntime, and the int8 model on the accelerator's RTL under Verilator, in batches so
 that each layer of a batch is one device program. The int8 answers must agree image by image.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sw_driver.energy import layer_energy
+from tessera.sw_driver.energy import layer_energy
 
 __all__ = ["run_demo"]
 
@@ -75,13 +75,13 @@ def _onnxruntime_outputs(path, images):
 
 def prune_model(float_path, out_path, fraction, block=None):
     """The digits model with ``fraction`` of the weights (or ``block`` tiles) of its inner layers zeroed by
-    gradual magnitude pruning and the rest fine-tuned (``sw_driver.digits.train.prune``), written to
+    gradual magnitude pruning and the rest fine-tuned (``tessera.sw_driver.digits.train.prune``), written to
     ``out_path``."""
     import onnx
 
-    from sw_driver.digits.data import load_digits_split
-    from sw_driver.digits.export import params_from_onnx, to_onnx
-    from sw_driver.digits.train import prune
+    from tessera.sw_driver.digits.data import load_digits_split
+    from tessera.sw_driver.digits.export import params_from_onnx, to_onnx
+    from tessera.sw_driver.digits.train import prune
 
     x_train, y_train, _, _ = load_digits_split()
     params = prune(params_from_onnx(onnx.load(str(float_path))), x_train, y_train, fraction, block=block)
@@ -100,11 +100,11 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     """
     if prune_by not in ("tile", "weight"):
         raise ValueError(f"prune_by {prune_by!r}; accepted: 'tile' or 'weight'")
-    from sw_driver.digits.data import load_digits_split
-    from sw_driver.digits.quantize import quantize_digits
-    from sw_driver.model_runner import run_graph_on
-    from sw_driver.onnx_import import load_model
-    from sw_driver.runtime import open_sim_device
+    from tessera.sw_driver.digits.data import load_digits_split
+    from tessera.sw_driver.digits.quantize import quantize_digits
+    from tessera.sw_driver.model_runner import run_graph_on
+    from tessera.sw_driver.onnx_import import load_model
+    from tessera.sw_driver.runtime import open_sim_device
 
     wall = time.perf_counter()
     out = Path(build_root) / "demo"

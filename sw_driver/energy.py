@@ -229,7 +229,7 @@ def energy_breakdown(cfg, counters, costs=None):
     cfg : AcceleratorConfig
         The device the counters came from (array size, dataflow, buffer sizes).
     counters : dict
-        Hardware counters (``hw.isa.COUNTERS`` names). Optional ones used when present: ``macs_gated``,
+        Hardware counters (``tessera.hw.isa.COUNTERS`` names). Optional ones used when present: ``macs_gated``,
         ``rf_reads`` / ``rf_writes`` (or ``rf_accesses``), ``noc_transfers`` (see :func:`inter_pe_transfers`).
     costs : table, optional
         See :func:`cost_table`.

@@ -1,11 +1,11 @@
-"""Run an imported :class:`~sw_driver.layers.QuantizedGraph` on the host with the golden model only.
+"""Run an imported :class:`~tessera.sw_driver.layers.QuantizedGraph` on the host with the golden model only.
 
 ``run_graph`` takes and returns what onnxruntime's CPU provider takes and returns for the same model (float
 inputs and outputs, or the quantized ones where the model has them) and computes every layer with
-:mod:`verif.golden`, whose functions match onnxruntime's integer kernels bit for bit. ``run_layer`` runs one
+:mod:`tessera.sw_driver.golden`, whose functions match onnxruntime's integer kernels bit for bit. ``run_layer`` runs one
 layer, so a device runtime can run some layers on the accelerator and the rest here.
 
-``run_graph`` follows ``graph.onnxruntime_path`` (see :mod:`sw_driver.onnx_import`) for each layer:
+``run_graph`` follows ``graph.onnxruntime_path`` (see :mod:`tessera.sw_driver.onnx_import`) for each layer:
 
 * ``"uint8"``: onnxruntime computes an int8 layer on uint8 copies of its tensors (zero points + 128). The
   integer kernels give the same values either way, but QLinearAdd and QLinearAveragePool work in float and
@@ -22,7 +22,7 @@ from functools import singledispatch
 
 import numpy as np
 
-from verif import golden
+from tessera.sw_driver import golden
 
 from .layers import (
     Add,
@@ -34,8 +34,8 @@ from .layers import (
     Gemm,
     GlobalAveragePool,
     MaxPool,
-    QuantParams,
     Quantize,
+    QuantParams,
     Reshape,
 )
 

@@ -1,15 +1,28 @@
 """Encoding instructions and buffer data into host-link words, and decoding the device's packets.
 
-Everything here is derived from :mod:`hw.isa` and :mod:`hw.layouts` through :mod:`gen.packing`.
+Everything here is derived from :mod:`tessera.hw.isa` and :mod:`tessera.hw.layouts` through :mod:`tessera.gen.packing`.
 """
 
 import dataclasses
 
 import numpy as np
 
-from gen.packing import pack, unpack
-from hw.isa import (COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, BufferId, ErrorCode, Opcode, PacketKind,
-                    instruction_layout, operands_layout, packet_header_layout, words_per_buffer_word)
+from tessera.gen.packing import pack, unpack
+from tessera.hw.isa import (
+    COUNTERS,
+    INSTRUCTION_WORDS,
+    LANES_PER_WORD,
+    LINK_WIDTH,
+    BufferId,
+    ErrorCode,
+    Opcode,
+    PacketKind,
+    instruction_layout,
+    operands_layout,
+    packet_header_layout,
+    result_row_words,
+    words_per_buffer_word,
+)
 
 __all__ = ["instruction", "load", "disassemble", "Packets", "DeviceError", "parse_packets"]
 
@@ -85,7 +98,7 @@ def parse_packets(cfg, words):
     """Split the device's words into packets; raise :class:`DeviceError` if they do not parse."""
     words = np.asarray(words, dtype=np.uint32)
     header_layout = packet_header_layout()
-    wpr = -(-cfg.cols * 8 // LINK_WIDTH)
+    wpr = result_row_words(cfg)
     out = Packets([], [], [])
     i = 0
     while i < len(words):
@@ -96,7 +109,7 @@ def parse_packets(cfg, words):
         if header["kind"] == PacketKind.RESULT:
             if header["length"] % wpr:
                 raise DeviceError(f"RESULT packet of {header['length']} words is not whole rows of {wpr} words")
-            rows = body.view(np.int8).reshape(-1, wpr * 4)[:, :cfg.cols]
+            rows = body.view(np.int8).reshape(-1, wpr * LANES_PER_WORD)[:, :cfg.cols]
             out.results.append(rows.copy())
         elif header["kind"] == PacketKind.VECTOR:
             out.results.append(body.view(np.int8).copy())

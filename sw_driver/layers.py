@@ -1,4 +1,4 @@
-"""The layer IR a quantized ONNX model is imported into (see :mod:`sw_driver.onnx_import`).
+"""The layer IR a quantized ONNX model is imported into (see :mod:`tessera.sw_driver.onnx_import`).
 
 A :class:`QuantizedGraph` is a list of layers in topological order over named tensors. Quantized tensors are
 int8 or uint8 activations, each with one :class:`QuantParams` (``real = scale * (q - zero_point)``) kept in the
@@ -6,12 +6,13 @@ graph's tensor table; the float tensors are the graph's float inputs and outputs
 :class:`Dequantize` layers are the only layers that touch them.
 
 Every layer also carries the quantization of what it reads and writes, so one layer can run on its own (on the
-accelerator or on the host, :mod:`sw_driver.host_exec`) without the rest of the graph. Weights are int8
+accelerator or on the host, :mod:`tessera.sw_driver.host_exec`) without the rest of the graph. Weights are int8
 arrays with a per-tensor (shape ``()``) or per-output-channel (shape ``(O,)``) scale and zero point; biases
 are int32 in accumulator units (scale ``x_scale * w_scale``), as ONNX stores them.
 """
 
 from dataclasses import dataclass, field
+
 import numpy as np
 
 __all__ = [
@@ -332,7 +333,7 @@ class Clip(Layer):
 
     onnxruntime computes exactly this (DQ, float Clip, Q are each exact; when the output range already does
     the clipping it removes the Clip, which gives the same values). Quantization is monotonic, so with equal
-    ``x_params`` and ``y_params`` this is a clamp of the quantized values; see :mod:`sw_driver.onnx_import`
+    ``x_params`` and ``y_params`` this is a clamp of the quantized values; see :mod:`tessera.sw_driver.onnx_import`
     for where the importer emits it.
 
     Attributes
@@ -440,23 +441,15 @@ def _quant_fields(layer):
 class QuantizedGraph:
     """An imported model: layers in topological order over named tensors.
 
-    Attributes
-    ----------
-    inputs, outputs : tuple of GraphIO
-    layers : tuple of Layer
-        Topological order; running them in this order computes the outputs.
-    tensors : dict
-        ``{name: QuantParams}`` of every quantized tensor.
-    shapes : dict
-        ``{name: shape}`` of every tensor the layers read or write (``None`` for an unknown dimension).
-    float_in_onnxruntime : dict
-        ``{layer name: why}`` for the layers onnxruntime's CPU provider runs as DQ -> float op -> Q instead of
-        an integer kernel (see :mod:`sw_driver.onnx_import`). :mod:`sw_driver.host_exec` reproduces the float
-        ones it can bit for bit and lists the rest with ``inexact_layers``.
-    uint8_in_onnxruntime : frozenset
-        Names of int8 layers onnxruntime computes on uint8 copies of their tensors (on x86 it rewrites int8 QDQ
-        pairs to uint8 before fusing). Exact for the integer kernels, but the float-internal QLinearAdd and
-        QLinearAveragePool round differently once every zero point moves by 128.
+    Attributes ---------- inputs, outputs : tuple of GraphIO layers : tuple of Layer Topological order; running them in
+    this order computes the outputs. tensors : dict ``{name: QuantParams}`` of every quantized tensor. shapes : dict
+    ``{name: shape}`` of every tensor the layers read or write (``None`` for an unknown dimension). float_in_onnxruntime
+    : dict ``{layer name: why}`` for the layers onnxruntime's CPU provider runs as DQ -> float op -> Q instead of an
+    integer kernel (see :mod:`~tessera.sw_driver.onnx_import`). :mod:`~tessera.sw_driver.host_exec` reproduces the float
+    ones it can bit for bit and lists the rest with ``inexact_layers``. uint8_in_onnxruntime : frozenset Names of int8
+    layers onnxruntime computes on uint8 copies of their tensors (on x86 it rewrites int8 QDQ pairs to uint8 before
+    fusing). Exact for the integer kernels, but the float-internal QLinearAdd and QLinearAveragePool round differently
+    once every zero point moves by 128.
     """
 
     inputs: tuple

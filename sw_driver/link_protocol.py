@@ -33,7 +33,7 @@ import zlib
 
 import numpy as np
 
-from sw_driver.transport import LinkError, Transport
+from tessera.sw_driver.transport import LinkError, Transport
 
 __all__ = ["SOF", "FrameKind", "MAX_PAYLOAD_WORDS", "HEADER_BYTES", "CRC_BYTES", "SEQ_MODULUS", "crc_parameters",
            "encode_frame", "Frame", "FrameParser", "LinkStats", "LinkEngine", "FramedTransport", "frame_bytes"]
@@ -372,7 +372,7 @@ class FramedTransport(Transport):
     """A `Transport` over a byte port that speaks the framed link (see the module docstring).
 
     Subclasses open the port; this class does the rest. Time-outs are counted in device clock cycles, as for
-    `~sw_driver.transport.SimTransport`, and converted with ``clock_hz``.
+    `~tessera.sw_driver.transport.SimTransport`, and converted with ``clock_hz``.
 
     Parameters
     ----------

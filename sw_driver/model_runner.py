@@ -12,12 +12,12 @@ import dataclasses
 
 import numpy as np
 
-from sw_driver.energy import layer_energy
-from sw_driver.host_exec import run_layer
-from sw_driver.compiler import TilingError
-from sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, MaxPool
-from sw_driver.vector_compiler import add_params_for
-from verif import golden
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import TilingError, conv_limits_violation, dense_group_weights
+from tessera.sw_driver.energy import layer_energy
+from tessera.sw_driver.host_exec import run_layer
+from tessera.sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, MaxPool
+from tessera.sw_driver.vector_compiler import add_params_for
 
 __all__ = ["LayerReport", "run_graph_on", "device_placement"]
 
@@ -47,12 +47,9 @@ def device_placement(graph, layer, cfg):
     if isinstance(layer, Conv):
         if tuple(layer.dilations) != (1, 1):
             return False, f"dilations {layer.dilations} (the device supports 1)"
-        kh, kw = layer.w_q.shape[2:]
-        fits = layer.strides[0] == layer.strides[1] and 1 <= layer.strides[0] <= 3 and max(kh, kw) <= 7 \
-            and max(layer.pads) <= 7
-        if not fits:
-            return False, (f"kernel {kh}x{kw}, strides {layer.strides}, pads {layer.pads} (device: up to 7x7, "
-                           f"equal strides 1-3, pads up to 7)")
+        violation = conv_limits_violation(layer.w_q.shape[2:], layer.strides, layer.pads)
+        if violation:
+            return False, violation
     elif not isinstance(layer, Gemm):
         return False, (f"{layer.kind} runs on the host (the device runs Gemm/MatMul, Conv, MaxPool, "
                        f"GlobalAveragePool and Add)")
@@ -65,11 +62,8 @@ def _vector_placement(graph, layer, cfg):
     if cfg.vec_depth == 0:
         return False, "this configuration has no vector unit (vec_depth = 0)"
     if isinstance(layer, MaxPool):
-        (kh, kw), (sy, sx) = layer.kernel, layer.strides
-        if sy != sx or not 1 <= sy <= 3 or max(kh, kw) > 7 or max(layer.pads) > 7:
-            return False, (f"kernel {kh}x{kw}, strides {layer.strides}, pads {layer.pads} (vector unit: up to 7x7, "
-                           f"equal strides 1-3, pads up to 7)")
-        return True, ""
+        violation = conv_limits_violation(layer.kernel, layer.strides, layer.pads)
+        return (False, violation) if violation else (True, "")
     try:
         _add_params(graph, layer)
     except ValueError as error:
@@ -129,21 +123,6 @@ def _from_int8(y, dtype):
     return (y.astype(np.int16) + 128).astype(np.uint8) if dtype == np.uint8 else y
 
 
-def _dense_weights(layer):
-    """Grouped (and depthwise) weights as one block-diagonal (O, C, KH, KW) filter: the device runs every
-    group at once (skipping the weight tiles that lie wholly between groups)."""
-    w = layer.w_q
-    if layer.group == 1:
-        return w
-    out_channels, per_group = w.shape[0], w.shape[1]
-    dense = np.zeros((out_channels, per_group * layer.group, *w.shape[2:]), np.int8)
-    out_per_group = out_channels // layer.group
-    for o in range(out_channels):
-        g = o // out_per_group
-        dense[o, g * per_group:(g + 1) * per_group] = w[o]
-    return dense
-
-
 def _group_mask(layer, shape):
     """Which (output, input) channel pairs of the dense weights are the layer's own (its groups)."""
     out_channels, channels = shape
@@ -155,7 +134,7 @@ def _group_mask(layer, shape):
 def _device_conv(device, graph, layer, x):
     """A Conv layer on the device, the whole batch in one program."""
     x_zp, scale, y_zp = _device_params(layer)
-    w = _dense_weights(layer)
+    w = dense_group_weights(layer.w_q, layer.group)
     bias = golden.fold_input_zero_point(layer.bias, x_zp, w, output_axis=0)
     # useful MACs only: the zeros between groups are not the layer's
     y, run = device.conv(_to_int8(x), w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),

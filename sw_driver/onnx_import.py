@@ -1,4 +1,4 @@
-"""Import a statically quantized ONNX model into the layer IR of :mod:`sw_driver.layers`.
+"""Import a statically quantized ONNX model into the layer IR of :mod:`tessera.sw_driver.layers`.
 
 ``load_model`` accepts both formats ``onnxruntime.quantization.quantize_static`` writes:
 
@@ -20,7 +20,7 @@ Relu's range, so the clipping falls out of saturation. Where one survives, onnxr
 is monotonic, so that equals clamping the quantized value, which is what the IR records:
 
 * op -> Relu/Clip -> Q: dropped when the Q's range makes it redundant (onnxruntime fuses it into the op's
-  group the same way), else the op is followed by a :class:`~sw_driver.layers.Clip` on its quantized output;
+  group the same way), else the op is followed by a :class:`~tessera.sw_driver.layers.Clip` on its quantized output;
 * DQ -> Relu/Clip -> Q (the quantizer leaves this where the Relu's input also feeds another node): a ``Clip``
   layer, a requantisation to the Q's parameters plus the clamp;
 * Relu/Clip on a float graph input -> Q: a ``Quantize`` (plus a ``Clip`` if the range does not do it).
@@ -50,7 +50,7 @@ can differ from the integer kernel in the last bit (``host_exec.inexact_layers``
 The fused groups whose tensors were all rewritten run on uint8 copies. The integer kernels do not care, but
 QLinearAdd and QLinearAveragePool compute in float, and with every zero point 128 higher they round some
 values differently from the same kernel on the int8 tensors; ``QuantizedGraph.uint8_in_onnxruntime`` lists
-these layers so that :mod:`sw_driver.host_exec` can follow.
+these layers so that :mod:`tessera.sw_driver.host_exec` can follow.
 """
 
 from collections import defaultdict
@@ -62,7 +62,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from verif import golden
+from tessera.sw_driver import golden
 
 from .layers import (
     Add,
@@ -75,9 +75,9 @@ from .layers import (
     GlobalAveragePool,
     GraphIO,
     MaxPool,
+    Quantize,
     QuantizedGraph,
     QuantParams,
-    Quantize,
     Reshape,
 )
 

@@ -2,8 +2,8 @@
 
 A *row* is a dict describing one layer run on one device: at least ``layer``, ``dataflow``, ``rows``, ``cols``,
 ``macs``, ``cycles``, ``utilization`` and ``energy_levels_pj`` (the levels of
-:func:`sw_driver.energy.energy_breakdown`); :func:`layer_record` builds the energy and counter fields of one from
-a device's counters, in the report shape ARCHITECTURE.md gives.
+:func:`~tessera.sw_driver.energy.energy_breakdown`); :func:`layer_record` builds the energy and counter fields of one
+from a device's counters, in the report shape ARCHITECTURE.md gives.
 
 Pictures use matplotlib's Agg backend (no display needed) and are written as PNG files:
 :func:`plot_energy_breakdown` (pJ per MAC stacked by level), :func:`plot_pj_per_mac` and
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sw_driver.energy import buffer_geometry, energy_breakdown, inter_pe_transfers, layer_energy, rf_accesses
+from tessera.sw_driver.energy import buffer_geometry, energy_breakdown, inter_pe_transfers, layer_energy, rf_accesses
 
 __all__ = ["layer_record", "write_json", "markdown_table", "write_markdown", "plot_energy_breakdown", "plot_pe_heatmap",
            "plot_pj_per_mac", "plot_utilization", "write_pictures"]
@@ -32,14 +32,14 @@ def layer_record(cfg, macs, counters, *, costs=None):
     counters : dict
         The device's hardware counters for the layer.
     costs : optional
-        Cost table (see :func:`sw_driver.energy.cost_table`).
+        Cost table (see :func:`tessera.sw_driver.energy.cost_table`).
 
     Returns
     -------
     dict
         ``macs``, ``cycles``, ``utilization``, ``counters`` (``link_bytes_in/out``, ``buffer_reads/writes`` by
         buffer, ``rf_accesses``, ``noc_transfers`` (counted, or estimated: see
-        :func:`sw_driver.energy.inter_pe_transfers`), ``macs_gated``, ``raw``), ``energy_pj`` (``link / buffers /
+        :func:`~.energy.inter_pe_transfers`), ``macs_gated``, ``raw``), ``energy_pj`` (``link / buffers /
         rf / mac / total``), ``energy_levels_pj`` (every level) and ``energy_pj_per_mac``.
     """
     cycles = counters["cycles"]
@@ -221,7 +221,7 @@ def write_pictures(rows, folder, *, prefix=""):
 
 def plot_pe_heatmap(values, rows, cols, path, *, title, label):
     """A ``rows x cols`` heat map of a per-PE count (``{(row, col): value}``), e.g. effective MACs or toggles
-    from :mod:`verif.activity`."""
+    from :mod:`tessera.verif.activity`."""
     plt = _pyplot()
     grid = np.zeros((rows, cols))
     for (r, c), value in values.items():

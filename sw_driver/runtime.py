@@ -4,12 +4,12 @@ import dataclasses
 
 import numpy as np
 
-from gen.verilog import DEVICE_TOPLEVEL, write_verilog
-from hw.isa import COUNTERS, Opcode
-from sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
-from sw_driver.isa_encode import DeviceError, instruction, parse_packets
-from sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
-from sw_driver.vector_compiler import compile_add, compile_maxpool
+from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
+from tessera.hw.isa import COUNTERS, Opcode
+from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
+from tessera.sw_driver.isa_encode import DeviceError, instruction, parse_packets
+from tessera.sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
+from tessera.sw_driver.vector_compiler import compile_add, compile_maxpool
 
 __all__ = ["Device", "LayerRun", "open_sim_device"]
 
@@ -80,7 +80,7 @@ class Device:
         return (y if x.ndim == 4 else y[0]), run
 
     def run(self, program):
-        """Run a compiled :class:`~sw_driver.compiler.Program`; returns ``(assembled output, LayerRun)``."""
+        """Run a compiled :class:`~tessera.sw_driver.compiler.Program`; returns ``(assembled output, LayerRun)``."""
         words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), program.words,
                                 instruction(self.cfg, Opcode.READ_COUNTERS)])
         expected = program.reply_words(self.cfg) + 1 + len(COUNTERS)
@@ -110,3 +110,9 @@ def open_sim_device(cfg, **kwargs):
     """Generate (or reuse) the device's Verilog for ``cfg`` and open it under Verilator."""
     verilog = write_verilog(cfg, top=DEVICE_TOPLEVEL)
     return Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL), **kwargs)
+
+
+def open_serial_device(cfg, port, clock_mhz=None):
+    """A `Device` on a board at ``port`` running a bitstream built for ``cfg`` (the link is reset on opening)."""
+    from tessera.sw_driver.serial_transport import SerialTransport
+    return Device(cfg, SerialTransport(port, clock_hz=(clock_mhz or cfg.clock_mhz) * 1e6))

@@ -1,22 +1,34 @@
-"""A Tessera board over its USB UART (pyserial), speaking the framed link of :mod:`sw_driver.link_protocol`.
+"""A Tessera board over its USB UART (pyserial), speaking the framed link of :mod:`tessera.sw_driver.link_protocol`.
 
-`SerialTransport` is the same `~sw_driver.link_protocol.FramedTransport` as the simulated board's; only the
+`SerialTransport` is the same `~tessera.sw_driver.link_protocol.FramedTransport` as the simulated board's; only the
 byte port differs. Link time on a real port is wall time.
 """
 
 import time
 
-from sw_driver.link_protocol import FramedTransport
-from sw_driver.transport import LinkError
+from tessera.sw_driver.link_protocol import FramedTransport
+from tessera.sw_driver.transport import LinkError
 
-__all__ = ["SerialPort", "SerialTransport", "DEFAULT_BAUD"]
+__all__ = ["SerialPort", "SerialTransport", "DEFAULT_BAUD", "FTDI_VENDOR_ID", "find_board_port"]
 
 #: The rate the board tops are built for (the ULX3S's FT231X tops out at 3 Mbaud).
 DEFAULT_BAUD = 3_000_000
 
+#: USB vendor of the FTDI UART bridges on the supported boards.
+FTDI_VENDOR_ID = 0x0403
+
+
+def find_board_port():
+    """The first FTDI serial port attached, or None."""
+    from serial.tools import list_ports
+    for port in list_ports.comports():
+        if port.vid == FTDI_VENDOR_ID:
+            return port.device
+    return None
+
 
 class SerialPort:
-    """Byte port over pyserial (see `~sw_driver.link_protocol.LinkEngine` for the interface).
+    """Byte port over pyserial (see `~tessera.sw_driver.link_protocol.LinkEngine` for the interface).
 
     Parameters
     ----------

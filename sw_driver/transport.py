@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from verif.toolchain import SIM_BUILD_ARGS, build_harness_binary
+from tessera.gen.toolchain import SIM_BUILD_ARGS, build_harness_binary
 
 __all__ = ["Transport", "LinkError", "SimTransport", "SimStats", "HarnessBuild", "build_harness", "stop_process",
            "DEFAULT_TIMEOUT_CYCLES"]

@@ -1,4 +1,4 @@
-"""Compiling max pooling and element-wise add for the device's vector unit (:mod:`hw.vector`).
+"""Compiling max pooling and element-wise add for the device's vector unit (:mod:`tessera.hw.vector`).
 
 Feature maps sit in the vector buffer pixel by pixel, ``ceil(C / 4)`` words per pixel (four int8 channels
 per word). The buffer is split into two halves used in turn, so the next images load while the unit works
@@ -6,19 +6,17 @@ on the previous ones; a WAIT holds a load back until the commands reading that h
 """
 
 import dataclasses
-import math
 
 import numpy as np
 
-from hw.isa import LINK_WIDTH, BufferId, Opcode
-from hw.qadd import qadd_params
-from sw_driver.compiler import conv_output_shape
-from sw_driver.isa_encode import instruction, load
-from sw_driver.tiling import TilingError
+from tessera.hw.isa import LANES_PER_WORD, BufferId, Opcode, words_for_lanes
+from tessera.hw.qadd import FRACTION_BITS, MAX_FIXED, MAX_SHIFT, SIGNIFICAND_BITS
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import TilingError, conv_output_shape
+from tessera.sw_driver.isa_encode import instruction, load
 
-__all__ = ["VectorProgram", "compile_maxpool", "compile_add", "add_params_for"]
+__all__ = ["VectorProgram", "compile_maxpool", "compile_add", "add_params_for", "qadd_params"]
 
-_LANES = LINK_WIDTH // 8
 
 
 @dataclasses.dataclass
@@ -73,10 +71,10 @@ class _Halves:
 def _pixel_words(fmap):
     """(H, W, C) int8 as vector buffer words, pixel by pixel, ``ceil(C / 4)`` words per pixel."""
     h, w, c = fmap.shape
-    blocks = math.ceil(c / _LANES)
-    padded = np.zeros((h, w, blocks * _LANES), np.int8)
+    blocks = words_for_lanes(c)
+    padded = np.zeros((h, w, blocks * LANES_PER_WORD), np.int8)
     padded[..., :c] = fmap
-    return padded.reshape(-1, _LANES)
+    return padded.reshape(-1, LANES_PER_WORD)
 
 
 def compile_maxpool(cfg, x, kernel, strides, pads):
@@ -95,7 +93,7 @@ def compile_maxpool(cfg, x, kernel, strides, pads):
                           f"kernels up to 7x7, equal strides 1-3 and pads up to 7")
     n, channels, in_h, in_w = x.shape
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, sy, pads)
-    blocks = math.ceil(channels / _LANES)
+    blocks = words_for_lanes(channels)
     halves = _Halves(cfg)
     row_words = in_w * blocks
     words, result_words, pieces = [], [], []
@@ -144,7 +142,7 @@ def compile_maxpool(cfg, x, kernel, strides, pads):
     def assemble(results):
         y = np.zeros((n, channels, out_h, out_w), np.int8)
         for (image, oy0, rows), body in zip(pieces, results, strict=True):
-            block = np.asarray(body, np.int8).reshape(rows, out_w, blocks * _LANES)[..., :channels]
+            block = np.asarray(body, np.int8).reshape(rows, out_w, blocks * LANES_PER_WORD)[..., :channels]
             y[image, :, oy0:oy0 + rows] = block.transpose(2, 0, 1)
         return y
 
@@ -168,8 +166,8 @@ def compile_add(cfg, a, b, params):
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.dtype != np.int8 or b.dtype != np.int8:
         raise TilingError(f"add needs two int8 tensors of one shape; got {a.dtype}{a.shape} and {b.dtype}{b.shape}")
-    flat_words = math.ceil(a.size / _LANES)
-    padded = np.zeros((2, flat_words * _LANES), np.int8)
+    flat_words = words_for_lanes(a.size)
+    padded = np.zeros((2, flat_words * LANES_PER_WORD), np.int8)
     padded[0, :a.size], padded[1, :b.size] = a.reshape(-1), b.reshape(-1)
     halves = _Halves(cfg, parts=2)      # each half holds a chunk of a, then the same chunk of b
     chunk = min(halves.size, (1 << 16) - 1)
@@ -179,9 +177,8 @@ def compile_add(cfg, a, b, params):
         count = min(chunk, flat_words - start)
         base, half, wait = halves.take(cfg, len(result_words))
         words += wait
-        for i, part in enumerate(padded):
-            words.append(load(cfg, BufferId.VEC, base + i * halves.size,
-                              part[start * _LANES:(start + count) * _LANES].reshape(-1, _LANES)))
+        for i, part in enumerate(padded.reshape(2, -1, LANES_PER_WORD)):
+            words.append(load(cfg, BufferId.VEC, base + i * halves.size, part[start:start + count]))
         words.append(instruction(cfg, Opcode.ADD, a_base=base, b_base=base + halves.size, words=count))
         result_words.append(count)
         halves.last_reader[half] = len(result_words) - 1
@@ -191,3 +188,34 @@ def compile_add(cfg, a, b, params):
         return flat[:a.size].reshape(a.shape)
 
     return VectorProgram(np.concatenate(words), result_words, assemble)
+
+
+def _as_fixed_ratio(value, name):
+    """``(mant, shift)`` with ``value == mant * 2**(shift - FRACTION_BITS)`` exactly, or ValueError."""
+    value = np.float32(value)
+    mant, exponent = np.frexp(np.float64(value))         # value = mant * 2**exponent, 0.5 <= mant < 1
+    mant, exponent = int(mant * (1 << SIGNIFICAND_BITS)), int(exponent) - SIGNIFICAND_BITS
+    while mant and mant % 2 == 0 and exponent + FRACTION_BITS < 0:
+        mant, exponent = mant // 2, exponent + 1
+    shift = exponent + FRACTION_BITS
+    if not value > 0 or not 0 <= shift <= MAX_SHIFT or value >= 256:
+        raise ValueError(f"scale ratio {name} = {float(value):.6g} is outside what the device's add takes "
+                         f"(2**-17 to 2**8)")
+    return mant, shift
+
+
+def qadd_params(a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, dtype):
+    """The VEC_SETUP fields for ``QLinearAdd`` with these quantization parameters (as onnxruntime derives
+    ``ra``, ``rb`` and ``fixed``); ValueError if the device cannot reproduce it exactly."""
+    ra = np.float32(a_scale) / np.float32(y_scale)
+    rb = np.float32(b_scale) / np.float32(y_scale)
+    fixed = np.float32(y_zp) - golden.fma_f32(   # the same float32 FMA the golden model uses
+        ra, np.float32(a_zp), rb * np.float32(b_zp))
+    ra_mant, ra_shift = _as_fixed_ratio(ra, "a_scale / y_scale")
+    rb_mant, rb_shift = _as_fixed_ratio(rb, "b_scale / y_scale")
+    scaled = float(fixed) * (1 << FRACTION_BITS)
+    if scaled != int(scaled) or abs(scaled) >= MAX_FIXED:
+        raise ValueError(f"the add's constant term {float(fixed)!r} is not exact in the device's fixed point")
+    fixed = int(scaled)
+    return {"ra_mant": ra_mant, "ra_shift": ra_shift, "rb_mant": rb_mant, "rb_shift": rb_shift,
+            "fixed_lo": fixed & 0xFFFFFFFF, "fixed_hi": fixed >> 32, "uint8": int(np.dtype(dtype) == np.uint8)}

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from verif import golden
-from verif.activity import activity, trace_gemm
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver import golden
+from tessera.verif.activity import activity, trace_gemm
 
 pytestmark = pytest.mark.rtl
 
@@ -46,8 +46,8 @@ def test_multiplier_activity_matches_the_mac_counters(dataflow, tmp_path):
 
 
 def test_pe_heatmaps_are_drawn(tmp_path):
-    """`python -m verif.activity` draws the PE heat maps of a traced sparse GEMM."""
-    from verif.activity import main
+    """`python -m tessera.verif.activity` draws the PE heat maps of a traced sparse GEMM."""
+    from tessera.verif.activity import main
     main(["--rows", "2", "--cols", "2", "--out", str(tmp_path)])
     for name in ("effective_macs", "toggles"):
         png = tmp_path / f"pe_ws_2x2_{name}.png"

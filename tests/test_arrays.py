@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.array_os import OutputStationaryArray
-from hw.array_ws import WeightStationaryArray
+from tessera.hw.array_os import OutputStationaryArray
+from tessera.hw.array_ws import WeightStationaryArray
 
 
 def _run(dut, testbench):

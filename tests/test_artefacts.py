@@ -11,16 +11,25 @@ import tomllib
 import pytest
 from amaranth.hdl import Shape
 
-from gen import artefacts
-from gen.artefacts import ARTEFACTS, ArtefactError, render_artefacts, write_artefacts
-from gen.config import DATAFLOWS, AcceleratorConfig
-from gen.lint import LINT_WAIVERS
-from gen.packing import pack
-from gen.verilog import DEVICE_TOPLEVEL, build_dir
-from hw.isa import (COUNTERS, BufferId, ErrorCode, Opcode, PacketKind, instruction_layout, operands_layout,
-                    packet_header_layout, words_per_buffer_word)
-from sw_driver.cli import main
-from sw_driver.isa_encode import instruction
+from tessera.gen import artefacts
+from tessera.gen.artefacts import ARTEFACTS, ArtefactError, render_artefacts, write_artefacts
+from tessera.gen.config import DATAFLOWS, AcceleratorConfig
+from tessera.gen.lint import LINT_WAIVERS
+from tessera.gen.packing import pack
+from tessera.gen.verilog import DEVICE_TOPLEVEL, build_dir
+from tessera.hw.isa import (
+    COUNTERS,
+    BufferId,
+    ErrorCode,
+    Opcode,
+    PacketKind,
+    instruction_layout,
+    operands_layout,
+    packet_header_layout,
+    words_per_buffer_word,
+)
+from tessera.sw_driver.cli import main
+from tessera.sw_driver.isa_encode import instruction
 
 CONFIGS = [
     AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=64, weight_depth=64, acc_depth=32, param_depth=8),

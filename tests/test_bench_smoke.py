@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from verif import bench_suite
-from verif.bench_suite import BenchError, BenchLayer, format_markdown, run_suite
-from verif.scalesim_peer import closed_form_cycles
+from tessera.gen.config import AcceleratorConfig
+from tessera.verif import bench_suite
+from tessera.verif.bench_suite import BenchError, BenchLayer, format_markdown, run_suite
+from tessera.verif.scalesim_peer import closed_form_cycles
 
 pytestmark = pytest.mark.rtl
 

@@ -5,8 +5,8 @@ import random
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
-from hw.buffer import SinglePortBuffer
-from hw.layouts import OPERAND
+from tessera.hw.buffer import SinglePortBuffer
+from tessera.hw.layouts import OPERAND
 
 
 def _run(depth, lanes, cycles, read_rate, load_rate, seed):

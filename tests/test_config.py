@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from gen.config import AcceleratorConfig, ConfigError
-from sw_driver.cli import main
+from tessera.gen.config import AcceleratorConfig, ConfigError
+from tessera.sw_driver.cli import main
 
 
 class TestValidation:

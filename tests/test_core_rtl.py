@@ -12,9 +12,9 @@ import zlib
 
 import pytest
 
-from gen.config import AcceleratorConfig
-from gen.verilog import TOPLEVEL, write_verilog
-from verif.toolchain import build_simulator, run_cocotb
+from tessera.gen.config import AcceleratorConfig
+from tessera.gen.verilog import TOPLEVEL, write_verilog
+from tessera.verif.cocotb_sim import build_simulator, run_cocotb
 
 pytestmark = pytest.mark.rtl
 
@@ -72,6 +72,6 @@ def test_random_gemm_matches_golden(cfg, stall, simulators):
     rng = random.Random(seed)
     job = {"config": cfg.to_dict(), "seed": seed, "stall": stall, "backpressure": stall,
            "problems": _problems(cfg, rng, 6)}
-    run_cocotb(simulators(cfg), TOPLEVEL, "verif.tb_core", "gemm_random",
+    run_cocotb(simulators(cfg), TOPLEVEL, "tessera.verif.tb_core", "gemm_random",
                env={"TESSERA_TB": json.dumps(job), "PYTHONHASHSEED": "0"},
                results_name=f"random_{stall}_{os.getpid()}")

@@ -3,7 +3,7 @@
 import numpy as np
 from amaranth.sim import Simulator
 
-from hw.counters import PerfCounters
+from tessera.hw.counters import PerfCounters
 
 
 def test_values_count_every_increment_at_once_and_clear_drops_the_cycles_increments():

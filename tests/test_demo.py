@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from gen.config import AcceleratorConfig
-from sw_driver.demo import run_demo
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver.demo import run_demo
 
 pytestmark = pytest.mark.rtl
 

@@ -6,9 +6,9 @@ import zlib
 
 import pytest
 
-from gen.config import AcceleratorConfig
-from gen.verilog import DEVICE_TOPLEVEL, write_verilog
-from verif.toolchain import build_simulator, run_cocotb
+from tessera.gen.config import AcceleratorConfig
+from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
+from tessera.verif.cocotb_sim import build_simulator, run_cocotb
 
 pytestmark = pytest.mark.rtl
 
@@ -57,14 +57,14 @@ def test_compiled_gemm_matches_golden(cfg, stall):
     problems = [(1, 1, 1)] + [(rng.randint(1, 90), rng.randint(1, 20), rng.randint(1, 20)) for _ in range(4)]
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, stall), "stall": stall, "backpressure": stall,
            "problems": problems}
-    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_gemm",
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_gemm",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"gemm_{stall}")
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=_config_id)
 def test_random_instruction_streams_never_hang(cfg):
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "fuzz"), "stall": 0.2, "backpressure": 0.2, "fuzz": 6}
-    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_fuzz",
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_fuzz",
                env={"TESSERA_TB": json.dumps(job)}, results_name="fuzz")
 
 
@@ -94,5 +94,5 @@ def test_conv_with_sliding_window_matches_golden(cfg, stall):
             convs.append(shape)
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "conv", stall), "stall": stall, "backpressure": stall,
            "convs": convs}
-    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "verif.tb_device", "device_conv",
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_conv",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"conv_{stall}")

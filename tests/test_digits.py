@@ -5,13 +5,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from sw_driver import host_exec
-from sw_driver.digits import cnn
-from sw_driver.digits.data import load_digits_split
-from sw_driver.digits.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, params_from_onnx, to_onnx
-from sw_driver.digits.quantize import quantize_digits
-from sw_driver.digits.train import DENSE_LAYERS, MODEL_PATH, accuracy, prune, train
-from sw_driver.onnx_import import load_model
+from tessera.sw_driver import host_exec
+from tessera.sw_driver.digits import cnn
+from tessera.sw_driver.digits.data import load_digits_split
+from tessera.sw_driver.digits.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, params_from_onnx, to_onnx
+from tessera.sw_driver.digits.quantize import quantize_digits
+from tessera.sw_driver.digits.train import DENSE_LAYERS, MODEL_PATH, accuracy, prune, train
+from tessera.sw_driver.onnx_import import load_model
 
 # The committed model scores 352/360 = 0.978; the margin allows two more misses if it is ever retrained.
 FLOAT_ACCURACY_MIN = 0.97

@@ -4,11 +4,19 @@ import math
 
 import pytest
 
-from gen.config import AcceleratorConfig
-from sw_driver import energy
-from sw_driver.energy import (BUILTIN_TABLES, DEFAULT_COSTS, EnergyTableError, cost_table, energy_breakdown,
-                              layer_energy, load_cost_table, sram_pj_per_64bit)
-from sw_driver.reports import layer_record, markdown_table, write_pictures
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver import energy
+from tessera.sw_driver.energy import (
+    BUILTIN_TABLES,
+    DEFAULT_COSTS,
+    EnergyTableError,
+    cost_table,
+    energy_breakdown,
+    layer_energy,
+    load_cost_table,
+    sram_pj_per_64bit,
+)
+from tessera.sw_driver.reports import layer_record, markdown_table, write_pictures
 
 CFG = AcceleratorConfig(rows=4, cols=4, dataflow="ws", act_depth=256, weight_depth=256, acc_depth=64,
                         param_depth=4, vec_depth=64)

@@ -9,11 +9,17 @@ import re
 
 import pytest
 
-from fpga.boards import BOARDS, board_config
-from fpga.build import (_failure_message, clock_fmax, lut_multiplier_script, peak_gops, render_markdown,
-                        single_port_ram_script)
-from fpga.top import LinkSettings
-from gen.config import AcceleratorConfig
+from tessera.fpga.boards import BOARDS, board_config
+from tessera.fpga.build import (
+    clock_fmax,
+    failure_message,
+    lut_multiplier_script,
+    peak_gops,
+    render_markdown,
+    single_port_ram_script,
+)
+from tessera.fpga.top import LinkSettings
+from tessera.gen.config import AcceleratorConfig
 
 
 class TestClocking:
@@ -47,7 +53,7 @@ class TestReports:
         log = ("Info: Device utilisation:\nInfo: \t          TRELLIS_COMB: 40000/83640    47%\n"
                "Info: \t            MULT18X18D:   320/  156   205%\n")
         (tmp_path / "build.log").write_text(log)
-        message = _failure_message(BOARDS["ulx3s"], tmp_path, log)
+        message = failure_message(BOARDS["ulx3s"], tmp_path, log)
         assert "DSP (MULT18X18D): needs 320, the device has 156 (164 over" in message
         assert "TRELLIS_COMB" not in message
 
@@ -89,22 +95,22 @@ class TestDspBlocks:
     @functools.cache
     def _default_rtlil(cls):
         """The ULX3S default top as its ECP5 build elaborates it, LUT rows included (made once)."""
-        from fpga.floorplan import lut_rows_to_fit
-        from fpga.sim_board import sim_link_settings
-        from fpga.top import LinkedDevice
+        from tessera.fpga.floorplan import lut_rows_to_fit
+        from tessera.fpga.sim_board import sim_link_settings
+        from tessera.fpga.top import LinkedDevice
         cfg = board_config(BOARDS["ulx3s"])
         return cls._rtlil(LinkedDevice(cfg, sim_link_settings()),
                           lut_multiplier_rows=lut_rows_to_fit(cfg, "LFE5U-85F"))
 
     def test_pes_use_registered_mult18x18d_except_the_lut_rows(self):
-        from hw.array_ws import WeightStationaryArray
+        from tessera.hw.array_ws import WeightStationaryArray
         text = self._rtlil(WeightStationaryArray(rows=3, cols=2), lut_multiplier_rows=1)
         assert text.count("cell \\MULT18X18D") == 4          # rows 0 and 1
         assert 'parameter \\REG_INPUTA_CLK "CLK0"' in text and 'parameter \\REG_OUTPUT_CLK "CLK0"' in text
         assert text.count("cell $mul") == 2                   # row 2: logic, mapped to LUTs by the build script
 
     def test_requantiser_lanes_use_two_blocks_or_two_logic_multiplies(self):
-        from hw.requant import Requantiser
+        from tessera.hw.requant import Requantiser
         dsp = self._rtlil(Requantiser(lanes=2))
         lut = self._rtlil(Requantiser(lanes=2), lut_requant=True)
         assert dsp.count("cell \\MULT18X18D") == 4 and lut.count("cell \\MULT18X18D") == 0
@@ -117,7 +123,7 @@ class TestDspBlocks:
     def test_ulx3s_default_fits_the_dsp_blocks(self):
         """A block per PE outside the LUT rows the build chooses, two per requantiser lane (their top significand
         bits in logic), within the ECP5-85F's 156."""
-        from fpga.floorplan import dsp_blocks, lut_rows_to_fit
+        from tessera.fpga.floorplan import dsp_blocks, lut_rows_to_fit
         cfg = board_config(BOARDS["ulx3s"])
         lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
         blocks = self._default_rtlil().count("cell \\MULT18X18D")
@@ -132,9 +138,8 @@ class TestDspBlocks:
         give every MULT18X18D a BEL, and no two the same."""
         import subprocess
 
-        from fpga.build import tool_env
-        from fpga.floorplan import floorplan_script
-        from fpga.floorplan import dsp_blocks, lut_rows_to_fit
+        from tessera.fpga.build import tool_env
+        from tessera.fpga.floorplan import dsp_blocks, floorplan_script, lut_rows_to_fit
         cfg = board_config(BOARDS["ulx3s"])
         lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
         (tmp_path / "top.il").write_text(self._default_rtlil())
@@ -163,8 +168,8 @@ class TestSinglePortRam:
 
         from amaranth.back import rtlil
 
-        from fpga.build import tool_env
-        from hw.core import GemmCore
+        from tessera.fpga.build import tool_env
+        from tessera.hw.core import GemmCore
         cfg = board_config(BOARDS["icebreaker"])
         text = rtlil.convert(GemmCore(cfg), platform=SimpleNamespace(family="iCE40"))
         (tmp_path / "core.il").write_text(text)
@@ -178,7 +183,7 @@ class TestSinglePortRam:
 
 class TestFloorplan:
     def test_sites_come_from_the_device_database(self):
-        from fpga.floorplan import dsp_sites
+        from tessera.fpga.floorplan import dsp_sites
         # MULT18X18D counts from Lattice's ECP5 family data sheet: 156, 72 and 28
         assert [len(row) for row in dsp_sites("LFE5U-85F")] == [52, 52, 52]
         assert sum(map(len, dsp_sites("LFE5U-45F"))) == 72 and sum(map(len, dsp_sites("LFE5U-25F"))) == 28
@@ -186,7 +191,7 @@ class TestFloorplan:
     def test_partial_sums_go_to_a_neighbouring_site(self):
         import re
 
-        from fpga.floorplan import ws_floorplan
+        from tessera.fpga.floorplan import ws_floorplan
         cfg = AcceleratorConfig(rows=16, cols=8)
         plan = ws_floorplan(cfg, "LFE5U-85F")
         assert len(plan) == 16 * 8 + 2 * 8 == len(set(plan.values()))
@@ -199,13 +204,13 @@ class TestFloorplan:
         assert sum(hop > 6 for hop in hops) <= 2 and max(hops) <= 30
 
     def test_lut_rows_and_a_lut_requantiser_take_no_site(self):
-        from fpga.floorplan import ws_floorplan
+        from tessera.fpga.floorplan import ws_floorplan
         cfg = AcceleratorConfig(rows=4, cols=4)
         plan = ws_floorplan(cfg, "LFE5U-85F", lut_multiplier_rows=1, lut_requant=True)
         assert len(plan) == 3 * 4 and not any("pe_3_" in sel or "requant" in sel for sel in plan)
 
     def test_lut_rows_to_fit_are_the_fewest_that_fit(self):
-        from fpga.floorplan import dsp_blocks, lut_rows_to_fit
+        from tessera.fpga.floorplan import dsp_blocks, lut_rows_to_fit
         for rows, cols, lanes in [(16, 16, 4), (16, 16, 0), (16, 8, 0), (8, 8, 0), (32, 32, 1), (12, 12, 3)]:
             cfg = AcceleratorConfig(rows=rows, cols=cols, requant_lanes=lanes)
             fewest = lut_rows_to_fit(cfg, "LFE5U-85F")
@@ -217,28 +222,28 @@ class TestFloorplan:
         assert lut_rows_to_fit(AcceleratorConfig(rows=16, cols=16, dataflow="os"), "LFE5U-85F") == 0
 
     def test_a_build_says_how_many_rows_multiply_in_luts(self):
-        from fpga.build import _lut_rows_to_fit
+        from tessera.fpga.build import board_lut_rows
         said = []
         cfg = AcceleratorConfig(rows=16, cols=16, requant_lanes=4)
-        assert _lut_rows_to_fit(BOARDS["ulx3s"], cfg, False, said.append) == 7
+        assert board_lut_rows(BOARDS["ulx3s"], cfg, False, said.append) == 7
         assert "264 multipliers for 156 MULT18X18D" in said[0] and "last 7 row(s)" in said[0]
-        assert _lut_rows_to_fit(BOARDS["ulx3s"], cfg.replace(rows=8, cols=8), False, said.append) == 0
-        assert _lut_rows_to_fit(BOARDS["icebreaker"], cfg, False, said.append) == 0 and len(said) == 1
+        assert board_lut_rows(BOARDS["ulx3s"], cfg.replace(rows=8, cols=8), False, said.append) == 0
+        assert board_lut_rows(BOARDS["icebreaker"], cfg, False, said.append) == 0 and len(said) == 1
 
     def test_a_serial_requantiser_takes_two_sites_per_lane_it_has(self):
-        from fpga.floorplan import ws_floorplan
+        from tessera.fpga.floorplan import ws_floorplan
         plan = ws_floorplan(AcceleratorConfig(rows=4, cols=8, requant_lanes=2), "LFE5U-85F")
         assert sum("requant" in sel for sel in plan) == 4 and len(plan) == 4 * 8 + 4
 
     def test_no_plan_when_the_blocks_outnumber_the_sites_or_for_other_dataflows(self):
-        from fpga.floorplan import ws_floorplan
+        from tessera.fpga.floorplan import ws_floorplan
         assert ws_floorplan(AcceleratorConfig(rows=16, cols=16), "LFE5U-85F") == {}
         assert ws_floorplan(AcceleratorConfig(rows=4, cols=4, dataflow="os"), "LFE5U-85F") == {}
 
 
 def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):
-    from fpga import cli as fpga_cli
-    from sw_driver.cli import main
+    from tessera.fpga import cli as fpga_cli
+    from tessera.sw_driver.cli import main
     monkeypatch.setattr(fpga_cli, "find_board_port", lambda: None)
     assert main(["deploy", "--board", "ulx3s"]) == 1
     assert "no board attached" in capsys.readouterr().err
@@ -252,7 +257,7 @@ def test_a_build_past_its_time_limit_is_stopped_and_says_where_it_was(tmp_path, 
     import time
     from pathlib import Path
 
-    import fpga.build as build
+    import tessera.fpga.build as build
     pid_file = tmp_path / "tool.pid"
     stuck = tmp_path / "stuck-yosys"
     stuck.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
@@ -275,10 +280,10 @@ def test_a_build_past_its_time_limit_is_stopped_and_says_where_it_was(tmp_path, 
 def test_a_time_out_in_routing_reports_the_arcs_left():
     from pathlib import Path
 
-    from fpga.build import _time_out_message
+    from tessera.fpga.build import time_out_message
     log = ("Info: Routing 251191 arcs.\n"
            "Info:     407000 |    84303     310721 |  409   551 |       308|     109.71     755.44|\n"
            "Info:     408000 |    84674     311336 |  371   615 |       368|     691.57    1447.01|\n")
-    message = _time_out_message(BOARDS["ulx3s"], Path("build"), log, 5400)
+    message = time_out_message(BOARDS["ulx3s"], Path("build"), log, 5400)
     assert "stopped after 90 min, in routing" in message and "368 arcs left" in message
     assert "408,000 iterations" in message

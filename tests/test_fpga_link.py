@@ -9,15 +9,22 @@ import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
-from fpga.link import LinkReceiver
-from fpga.uart import UARTReceiver, UARTTransmitter
-from gen.config import AcceleratorConfig
-from hw.isa import BufferId
-from sw_driver.link_protocol import (CRC_BYTES, MAX_PAYLOAD_WORDS, FrameKind, FrameParser, crc_parameters,
-                                     encode_frame, frame_bytes)
-from sw_driver.transport import LinkError
-from verif import golden
-from verif.cases import random_gemm
+from tessera.fpga.link import LinkReceiver
+from tessera.fpga.uart import UARTReceiver, UARTTransmitter
+from tessera.gen.config import AcceleratorConfig
+from tessera.hw.isa import BufferId
+from tessera.sw_driver import golden
+from tessera.sw_driver.link_protocol import (
+    CRC_BYTES,
+    MAX_PAYLOAD_WORDS,
+    FrameKind,
+    FrameParser,
+    crc_parameters,
+    encode_frame,
+    frame_bytes,
+)
+from tessera.sw_driver.transport import LinkError
+from tessera.verif.cases import random_gemm
 
 
 def _data_frame(rng, seq=0, words=MAX_PAYLOAD_WORDS):
@@ -173,8 +180,8 @@ BOARD_CFG = AcceleratorConfig(rows=2, cols=2, act_depth=256, weight_depth=256, a
 
 @pytest.fixture(scope="module")
 def board():
-    from fpga.sim_board import BoardSimTransport
-    from verif.toolchain import ToolMissing
+    from tessera.fpga.sim_board import BoardSimTransport
+    from tessera.gen.toolchain import ToolMissing
     try:
         transport = BoardSimTransport(BOARD_CFG)
     except ToolMissing as missing:
@@ -186,7 +193,7 @@ def board():
 def _run_gemm(board, seed, shape=(32, 32, 8)):
     """Run a random layer; return (bit-exact, host-to-device and device-to-host payload as fractions of the
     line rate)."""
-    from sw_driver.runtime import Device
+    from tessera.sw_driver.runtime import Device
     rng = np.random.default_rng(seed)
     operands = random_gemm(rng, *shape)
     device = Device(board.cfg, board, timeout_cycles=1 << 24)
@@ -238,7 +245,7 @@ class TestSimulatedBoard:
         """The top as an iCE40 build elaborates it: no queues between link and accelerator, the link's control
         signals unregistered, a one-step accumulate and no queue after the requantiser; single-port operand
         buffers (its SPRAM)."""
-        from fpga.sim_board import BoardSimTransport
+        from tessera.fpga.sim_board import BoardSimTransport
         small = BoardSimTransport(BOARD_CFG.replace(single_port_buffers=True), family="ice40")
         try:
             small.inject(to_device=(2e-4,) * 3, from_device=(2e-4,) * 3, seed=3)
@@ -250,7 +257,7 @@ class TestSimulatedBoard:
     def test_ecp5_variant_is_bit_exact(self):
         """The top as an ECP5 build elaborates it: every PE and requantiser multiply a MULT18X18D instance (run on
         a model of the primitive), the requantiser's top significand bits in logic."""
-        from fpga.sim_board import BoardSimTransport
+        from tessera.fpga.sim_board import BoardSimTransport
         ecp5 = BoardSimTransport(BOARD_CFG, family="ecp5")
         try:
             assert all(_run_gemm(ecp5, seed)[0] for seed in (12, 13, 14))
@@ -261,7 +268,7 @@ class TestSimulatedBoard:
         """The session reset reaches the accelerator: after a LOAD whose data stopped 60 words short, a RESET frame
         starts the next layer cleanly (if the accelerator missed it, it would take that layer's words as the rest
         of the LOAD's data)."""
-        from sw_driver.isa_encode import load
+        from tessera.sw_driver.isa_encode import load
         board.inject()
         program = load(BOARD_CFG, BufferId.ACT, 0, np.ones((64, BOARD_CFG.rows), dtype=np.int8))
         before = board.words_delivered[0]
@@ -290,7 +297,7 @@ class TestSimulatedBoard:
 
 class TestSerialTransport:
     def test_port_moves_bytes(self):
-        from sw_driver.serial_transport import SerialPort
+        from tessera.sw_driver.serial_transport import SerialPort
         port = SerialPort("loop://", 3_000_000)
         try:
             port.write(b"tessera")
@@ -300,12 +307,12 @@ class TestSerialTransport:
             port.close()
 
     def test_a_port_without_a_device_behind_it_gives_a_clear_error(self):
-        from sw_driver.serial_transport import SerialTransport
+        from tessera.sw_driver.serial_transport import SerialTransport
         # a loopback answers RESET with RESET, never with the ACK a device sends
         with pytest.raises(LinkError, match="did not answer 8 RESET frames"):
             SerialTransport("loop://", clock_hz=50e6, latency=0.001)
 
     def test_a_missing_port_is_named(self):
-        from sw_driver.serial_transport import SerialTransport
+        from tessera.sw_driver.serial_transport import SerialTransport
         with pytest.raises(LinkError, match="cannot open serial port '/dev/tessera-none'"):
             SerialTransport("/dev/tessera-none", clock_hz=50e6)

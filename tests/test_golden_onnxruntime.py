@@ -2,7 +2,7 @@
 
 Each test builds a small random float model, quantizes it with onnxruntime's own ``quantize_static``
 (QOperator and QDQ formats, per-tensor and per-channel weights, uint8 and int8 activations), runs it with
-onnxruntime on fresh random inputs and recomputes it with ``verif.golden`` from the quantized model's
+onnxruntime on fresh random inputs and recomputes it with ``tessera.sw_driver.golden`` from the quantized model's
 initializers.
 
 What is compared: the integer output tensor, the input of the model's final DequantizeLinear. onnxruntime only
@@ -19,23 +19,21 @@ optimized graph, that the kernel it expects really ran, so a change in onnxrunti
 named failure rather than as an unexplained mismatch.
 """
 
-import platform
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import (
+
+from tessera.sw_driver import golden
+from tessera.verif.onnx_models import (
     IR_VERSION,
     OPSET,
     QuantFormat,
     QuantType,
     add_model,
     avgpool_model,
-    conv_model,
     gemm_model,
     global_avgpool_model,
     matmul_model,
@@ -43,29 +41,17 @@ from onnx_models import (
     quantize_model,
     random_inputs,
 )
+from tessera.verif.onnxruntime_ref import (
+    needs_fma,
+    needs_vnni,
+    on_x86,
+    output_quantization,
+    random_conv,
+    run_onnxruntime,
+)
 
-from verif import golden
+pytestmark = on_x86
 
-
-def _cpu_flags():
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    flags = [line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")]
-    return set(flags[0]) if flags else set()
-
-
-# The golden model pins onnxruntime's x86-64 kernels; elsewhere onnxruntime computes some ops differently.
-CPU_FLAGS = _cpu_flags()
-pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                                reason="the golden model pins onnxruntime's x86-64 kernels")
-needs_vnni = pytest.mark.skipif(
-    not CPU_FLAGS & {"avx512_vnni", "avx_vnni"},
-    reason="without VNNI onnxruntime's u8s8 kernels saturate product pairs to int16 (vpmaddubsw); "
-           "exact only on VNNI CPUs (or /proc/cpuinfo unreadable)")
-needs_fma = pytest.mark.skipif(not {"avx2", "fma"} <= CPU_FLAGS,
-                               reason="golden qlinear_add follows MLAS's AVX2/FMA kernel")
 
 # ------------------------------------------------------------------------------------------------------------
 # a tiny walker over quantized graphs (test support, not the product importer)
@@ -78,7 +64,7 @@ def _attrs(node):
 
 
 class GoldenRunner:
-    """Evaluates a statically quantized model (QOperator or QDQ) with ``verif.golden``.
+    """Evaluates a statically quantized model (QOperator or QDQ) with ``tessera.sw_driver.golden``.
 
     ``DequantizeLinear`` nodes are not evaluated: the float tensor they define is remembered as the integer
     tensor plus its parameters, and the float op that consumes it runs in integers with the parameters of the
@@ -223,24 +209,6 @@ def _compute(op, attrs, operands, bias, y_scale, y_zp):
 # running onnxruntime on the integers
 
 
-def output_quantization(model):
-    """Scale and zero point of the DequantizeLinear that produces the model's (single) output."""
-    (output,) = model.graph.output
-    (dq,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == output.name]
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return inits[dq.input[1]], inits[dq.input[2]]
-
-
-def run_onnxruntime(model, feeds, optimized_path=None):
-    """Run ``model`` on the CPU provider; optionally save the graph onnxruntime actually executed."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # its notice about saving NCHWc-optimized graphs is not for us
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 def check_bit_exact(float_model, tmp_path, rng, *, kernel, quant_format, per_channel=False,
                     activation_type=QuantType.QUInt8, input_scale=1.5):
     """Quantize, run onnxruntime and the golden model, and require identical integer outputs.
@@ -273,23 +241,6 @@ ACTIVATIONS = [QuantType.QUInt8, QuantType.QInt8]
 FLAVOURS = [pytest.param(f, pc, a, id=f"{f.name}-{'perchannel' if pc else 'pertensor'}-{a.name}")
             for f in FORMATS for pc in (False, True) for a in ACTIVATIONS]
 WEIGHTLESS_FLAVOURS = [pytest.param(f, a, id=f"{f.name}-{a.name}") for f in FORMATS for a in ACTIVATIONS]
-
-
-def random_conv(rng, *, depthwise=False, relu=False):
-    kernel = int(rng.integers(1, 6))
-    dilation = int(rng.integers(1, 3)) if kernel > 1 and rng.random() < 0.25 else 1
-    channels = int(rng.integers(1, 13))
-    if depthwise:
-        group, out_channels = channels, channels
-    else:
-        group = int(rng.choice([g for g in (1, 2, 3) if channels % g == 0]))
-        out_channels = group * int(rng.integers(1, 5))
-    pads = tuple(int(p) for p in rng.integers(0, kernel, 4)) if rng.random() < 0.7 else (0, 0, 0, 0)
-    extent = dilation * (kernel - 1) + 1
-    size = tuple(int(s) for s in rng.integers(max(extent, 3), 15, 2))
-    return conv_model(rng, batch=int(rng.integers(1, 3)), in_channels=channels, out_channels=out_channels,
-                      size=size, kernel=kernel, stride=int(rng.integers(1, 3)), pads=pads, group=group,
-                      dilation=dilation, relu=relu)
 
 
 @needs_vnni
@@ -651,7 +602,7 @@ def add_parameter_sets(rng, dtype, count):
         a_s, b_s, y_s = (np.float32(s) for s in rng.uniform(0.001, 0.1, 3))
         a_zp, b_zp, y_zp = (dtype(z) for z in rng.integers(lo, hi + 1, 3))
         ra, rb = a_s / y_s, b_s / y_s
-        if golden._fma_f32(ra, np.float32(a_zp), rb * np.float32(b_zp)) != ra * np.float32(a_zp) + rb * b_zp:
+        if golden.fma_f32(ra, np.float32(a_zp), rb * np.float32(b_zp)) != ra * np.float32(a_zp) + rb * b_zp:
             count -= 1
             yield a_s, a_zp, b_s, b_zp, y_s, y_zp
 
@@ -674,7 +625,7 @@ def test_qlinear_add_exhaustive(dtype):
         constant = np.float32(y_zp) - (ra * np.float32(a_zp) + rb * np.float32(b_zp))
         results.append(expected)
         unfused.append(np.clip(np.rint(constant + af * ra + bf * rb), lo, hi))
-        fused = golden._fma_f32(af, ra, golden._fma_f32(bf, rb, constant))
+        fused = golden.fma_f32(af, ra, golden.fma_f32(bf, rb, constant))
         unfused_constant.append(np.clip(np.rint(fused), lo, hi))
     expected = np.concatenate(results)
     differs_somewhere(np.concatenate(unfused), expected, "fused from separate multiply-adds")

@@ -2,9 +2,9 @@
 
 import pytest
 
-from gen.config import AcceleratorConfig
-from gen.lint import LintError, lint_verilog
-from gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, generate_verilog, write_verilog
+from tessera.gen.config import AcceleratorConfig
+from tessera.gen.lint import LintError, lint_verilog
+from tessera.gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, generate_verilog, write_verilog
 
 pytestmark = pytest.mark.rtl
 

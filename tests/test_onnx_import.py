@@ -1,21 +1,24 @@
 """The ONNX importer and the host executor against onnxruntime, on models quantized by ``quantize_static``.
 
 Each test quantizes a small random float model (QOperator and QDQ, per-tensor and per-channel weights, uint8
-and int8 activations), imports it with ``sw_driver.onnx_import.load_model``, runs it with
-``sw_driver.host_exec.run_graph`` (golden model only) and with onnxruntime, and requires identical float
+and int8 activations), imports it with ``tessera.sw_driver.onnx_import.load_model``, runs it with
+``tessera.sw_driver.host_exec.run_graph`` (golden model only) and with onnxruntime, and requires identical float
 outputs. The one allowance: outputs downstream of a layer onnxruntime runs in float where the host cannot
 follow its float arithmetic (``inexact_layers``) may differ by one output step, and the assertion names those
 layers. Each test also checks the importer's prediction of which layers onnxruntime leaves in float against
 the graph onnxruntime really optimizes.
 """
 
-import platform
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import (
+
+from tessera.sw_driver import golden, layers
+from tessera.sw_driver.host_exec import inexact_layers, run_graph, run_layer
+from tessera.sw_driver.onnx_import import ModelError, load_model
+from tessera.verif.onnx_models import (
     IR_VERSION,
     OPSET,
     QuantFormat,
@@ -30,7 +33,7 @@ from onnx_models import (
     quantize_model,
     random_inputs,
 )
-from onnx_multi import (
+from tessera.verif.onnx_multi import (
     depthwise_separable,
     fan_out,
     input_relu,
@@ -42,18 +45,7 @@ from onnx_multi import (
     shared_fc,
     softmax_head,
 )
-from test_golden_onnxruntime import CPU_FLAGS, random_conv, run_onnxruntime
-
-from sw_driver import layers
-from sw_driver.host_exec import inexact_layers, run_graph, run_layer
-from sw_driver.onnx_import import ModelError, load_model
-from verif import golden
-
-# The golden model pins onnxruntime's x86-64 kernels with VNNI (see tests/test_golden_onnxruntime.py).
-bit_exact_cpu = pytest.mark.skipif(
-    platform.machine() not in ("x86_64", "AMD64") or not CPU_FLAGS & {"avx512_vnni", "avx_vnni"}
-    or not {"avx2", "fma"} <= CPU_FLAGS,
-    reason="the golden model is bit-exact against onnxruntime's x86-64 kernels with AVX2, FMA and VNNI only")
+from tessera.verif.onnxruntime_ref import bit_exact_cpu, random_conv, run_onnxruntime
 
 FORMATS = [QuantFormat.QOperator, QuantFormat.QDQ]
 ACTIVATIONS = [QuantType.QUInt8, QuantType.QInt8]

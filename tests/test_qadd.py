@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.qadd import QADD_LATENCY, QAddLane, qadd_params, qadd_reference
-from verif import golden
+from tessera.hw.qadd import QADD_LATENCY, QAddLane
+from tessera.sw_driver import golden
+from tessera.sw_driver.vector_compiler import qadd_params
+from tessera.verif.qadd_model import qadd_reference
 
 #: Scales that make ties (exact halves) frequent, and random ones.
 _TIE_SCALES = [0.5, 0.25, 0.125, 0.1, 0.2, 0.05, 0.75, 1.0, 0.3, 0.015625, 0.0078125]

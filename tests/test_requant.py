@@ -8,8 +8,8 @@ import pytest
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 
-from hw.requant import Requantiser
-from hw.requant_serial import SerialRequantiser
+from tessera.hw.requant import Requantiser
+from tessera.hw.requant_serial import SerialRequantiser
 
 # A local copy of the rule on purpose: the project golden model (verif/golden.py) is developed in
 # parallel, and this block must be checked against the ONNX definition itself.

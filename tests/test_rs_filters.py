@@ -4,11 +4,11 @@ commands, and how the device checks a command's filter count."""
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from hw.isa import Opcode
-from sw_driver.compiler import compile_conv, compile_gemm
-from sw_driver.isa_encode import DeviceError, disassemble, instruction
-from verif.cases import ExpectErrors, random_conv, random_gemm
+from tessera.gen.config import AcceleratorConfig
+from tessera.hw.isa import Opcode
+from tessera.sw_driver.compiler import compile_conv, compile_gemm
+from tessera.sw_driver.isa_encode import DeviceError, disassemble, instruction
+from tessera.verif.cases import ExpectErrors, random_conv, random_gemm
 
 
 def _rs(**fields):
@@ -75,7 +75,7 @@ class TestFilterGroups:
 
 @pytest.mark.rtl
 def test_bad_filter_counts_are_refused_and_the_device_goes_on():
-    from sw_driver.runtime import open_sim_device
+    from tessera.sw_driver.runtime import open_sim_device
     cfg = _rs(rs_filters=4)
     setup = instruction(cfg, Opcode.CONV_SETUP, in_h=4, in_w=4, out_w=4, channel_blocks=1, kernel_h=1, kernel_w=1,
                         stride=1)

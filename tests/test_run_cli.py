@@ -7,10 +7,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from sw_driver.cli import main
-from onnx_models import (QuantFormat, QuantType, conv_model, gemm_model, matmul_model, quantize_model,
-                         random_inputs)
-from onnx_multi import depthwise_separable, pooling_net, residual_block, sequential_cnn
+from tessera.sw_driver.cli import main
+from tessera.verif.onnx_models import (
+    QuantFormat,
+    QuantType,
+    conv_model,
+    gemm_model,
+    matmul_model,
+    quantize_model,
+    random_inputs,
+)
+from tessera.verif.onnx_multi import depthwise_separable, pooling_net, residual_block, sequential_cnn
 
 pytestmark = pytest.mark.rtl
 

@@ -5,8 +5,14 @@ import json
 
 import pytest
 
-from verif.scalesim_peer import (PeerLayer, ScaleSimError, closed_form_cycles, ensure_venv, peer_for,
-                                 scalesim_cycles)
+from tessera.verif.scalesim_peer import (
+    PeerLayer,
+    ScaleSimError,
+    closed_form_cycles,
+    ensure_venv,
+    peer_for,
+    scalesim_cycles,
+)
 
 # Small layers that still cover partial folds in every dimension (M, K, N not multiples of the array), a K and N
 # below one fold, a single row, and non-square arrays.

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from sw_driver.runtime import open_sim_device
-from verif import golden
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver import golden
+from tessera.sw_driver.runtime import open_sim_device
 
 pytestmark = pytest.mark.rtl
 

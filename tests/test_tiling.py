@@ -1,13 +1,14 @@
-"""The GEMM tiler against the golden model, through the core's transaction-level model (no RTL)."""
+"""The compiler's GEMM tiling against the golden model, through the transaction-level models (no RTL): the device's
+instruction stream, and the same program cut into the compute core's passes as its cocotb testbench runs it."""
 
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from sw_driver.tiling import TilingError, plan_gemm
-from verif import golden
-from verif.cases import random_conv
-from verif.core_model import run_plan
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import TilingError, compile_conv, compile_gemm
+from tessera.verif.cases import random_conv
+from tessera.verif.core_model import core_passes, run_passes, run_program
 
 CONFIGS = [AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=ad, weight_depth=wd, acc_depth=acc,
                              param_depth=pd)
@@ -24,29 +25,34 @@ def _operands(rng, m, k, n):
     return x, w, bias, scale, int(rng.integers(-128, 128))
 
 
-class TestGemmTiling:
+class TestCorePasses:
+    """A compiled program cut into the compute core's passes, as the core's cocotb testbench runs it."""
+
     @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}-a{c.act_depth}")
     def test_random_shapes_match_golden(self, cfg):
         rng = np.random.default_rng(cfg.rows * 100 + cfg.cols)
         max_k = min(cfg.act_depth, cfg.weight_depth) if cfg.dataflow == "os" else cfg.weight_depth
-        for _ in range(20):
+        for _ in range(8):
             m, k, n = (int(v) for v in rng.integers(1, [40, min(max_k, 40) + 1, 40]))
             operands = _operands(rng, m, k, n)
-            plan = plan_gemm(cfg, *operands)
-            y = plan.assemble(run_plan(cfg, plan), cfg.cols)
+            program = compile_gemm(cfg, *operands)
+            passes = core_passes(cfg, program.words)
+            y = program.assemble(run_passes(cfg, passes), cfg.cols)
             np.testing.assert_array_equal(y, golden.gemm_hw(*operands))
 
     def test_small_buffers_need_several_passes(self):
         cfg = AcceleratorConfig(rows=4, cols=4, act_depth=8, weight_depth=8, acc_depth=8, param_depth=1)
-        plan = plan_gemm(cfg, *_operands(np.random.default_rng(0), 10, 8, 9))
-        assert len(plan.passes) > 3
-        assert all(len(p.act_loads) <= cfg.act_depth for p in plan.passes)
+        passes = core_passes(cfg, compile_gemm(cfg, *_operands(np.random.default_rng(0), 10, 8, 9)).words)
+        assert len(passes) > 3
+        assert all(len(p.act_loads) <= cfg.act_depth for p in passes)
 
     def test_commands_fit_their_fields(self):
         cfg = AcceleratorConfig(rows=16, cols=16)
-        plan = plan_gemm(cfg, *_operands(np.random.default_rng(1), 256, 256, 256))
-        assert len(plan.passes) == 1 and len(plan.passes[0].commands) == 16
-        assert all(c["m"] == 256 and c["k"] == 16 for c in plan.passes[0].commands)
+        program = compile_gemm(cfg, *_operands(np.random.default_rng(1), 256, 256, 256))
+        commands = [c for p in core_passes(cfg, program.words) for c in p.commands]
+        assert len(commands) == program.commands >= 16
+        assert all(1 <= c["m"] <= cfg.acc_half_depth and c["k"] == 16 for c in commands)
+        assert sum(c["m"] for c in commands) == 256 * 16     # every output row of every 16-channel tile, once
 
 
 class TestTilingErrors:
@@ -54,31 +60,31 @@ class TestTilingErrors:
 
     def test_k_too_large_for_weight_buffer(self):
         with pytest.raises(TilingError, match="weight_depth"):
-            plan_gemm(self.cfg, *_operands(np.random.default_rng(0), 4, 20, 4))
+            compile_gemm(self.cfg, *_operands(np.random.default_rng(0), 4, 20, 4))
 
     def test_mismatched_shapes(self):
         x, w, bias, scale, zp = _operands(np.random.default_rng(0), 4, 8, 4)
         with pytest.raises(TilingError, match="do not make a GEMM"):
-            plan_gemm(self.cfg, x, w[:5], bias, scale, zp)
+            compile_gemm(self.cfg, x, w[:5], bias, scale, zp)
 
     def test_non_int8_operands(self):
         x, w, bias, scale, zp = _operands(np.random.default_rng(0), 4, 8, 4)
         with pytest.raises(TilingError, match="int8"):
-            plan_gemm(self.cfg, x.astype(np.int16), w, bias, scale, zp)
+            compile_gemm(self.cfg, x.astype(np.int16), w, bias, scale, zp)
 
     def test_bad_scale_and_zero_point(self):
         x, w, bias, scale, zp = _operands(np.random.default_rng(0), 4, 8, 4)
         with pytest.raises(TilingError, match="scale"):
-            plan_gemm(self.cfg, x, w, bias, np.full(4, np.inf, np.float32), zp)
+            compile_gemm(self.cfg, x, w, bias, np.full(4, np.inf, np.float32), zp)
         with pytest.raises(TilingError, match="y_zp"):
-            plan_gemm(self.cfg, x, w, bias, scale, 200)
+            compile_gemm(self.cfg, x, w, bias, scale, 200)
 
     def test_accumulator_overflow_is_refused(self):
         cfg = AcceleratorConfig(rows=1, cols=1, act_depth=65536, weight_depth=65536, acc_depth=2, dataflow="os")
         x = np.full((1, 65536), -128, np.int8)
         w = np.full((65536, 1), -128, np.int8)
         with pytest.raises(TilingError, match="overflow"):
-            plan_gemm(cfg, x, w, np.array([2**30], np.int32), np.ones(1, np.float32), 0)
+            compile_gemm(cfg, x, w, np.array([2**30], np.int32), np.ones(1, np.float32), 0)
 
 
 class TestDeviceCompiler:
@@ -86,8 +92,6 @@ class TestDeviceCompiler:
 
     @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}-a{c.act_depth}")
     def test_random_shapes_match_golden(self, cfg):
-        from sw_driver.compiler import compile_gemm
-        from verif.core_model import run_program
         rng = np.random.default_rng(cfg.rows * 1000 + cfg.cols)
         max_k = min(cfg.act_depth, cfg.weight_depth) if cfg.dataflow == "os" else cfg.weight_depth
         for _ in range(10):
@@ -99,9 +103,8 @@ class TestDeviceCompiler:
 
     def test_reused_slots_are_guarded_by_wait(self):
         """Buffers too small for the layer: slots are reused, and only after a WAIT for their last reader."""
-        from hw.isa import Opcode
-        from sw_driver.compiler import compile_gemm
-        from sw_driver.isa_encode import disassemble
+        from tessera.hw.isa import Opcode
+        from tessera.sw_driver.isa_encode import disassemble
         cfg = AcceleratorConfig(rows=4, cols=4, act_depth=16, weight_depth=8, acc_depth=8, param_depth=2)
         program = compile_gemm(cfg, *_operands(np.random.default_rng(3), 40, 8, 20))
         issued, waited = 0, 0
@@ -118,8 +121,6 @@ class TestDeviceCompiler:
 class TestConvCompiler:
     @pytest.mark.parametrize("seed", range(8))
     def test_random_convs_match_golden(self, seed):
-        from sw_driver.compiler import compile_conv
-        from verif.core_model import run_program
         rng = np.random.default_rng(seed)
         cfg = AcceleratorConfig(rows=int(rng.integers(1, 6)), cols=int(rng.integers(1, 6)), act_depth=2048,
                                 weight_depth=512, acc_depth=64, param_depth=4)
@@ -134,10 +135,8 @@ class TestConvCompiler:
 
     @pytest.mark.parametrize("seed", range(6))
     def test_maps_larger_than_the_activation_buffer_run_in_row_bands(self, seed):
-        from hw.isa import Opcode
-        from sw_driver.compiler import compile_conv
-        from sw_driver.isa_encode import disassemble
-        from verif.core_model import run_program
+        from tessera.hw.isa import Opcode
+        from tessera.sw_driver.isa_encode import disassemble
         rng = np.random.default_rng(100 + seed)
         kernel = int(rng.integers(1, 6))
         stride = int(rng.integers(1, 3))

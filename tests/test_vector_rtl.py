@@ -6,14 +6,14 @@ import zlib
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from hw.isa import BufferId, Opcode
-from sw_driver.isa_encode import DeviceError, instruction, load
-from sw_driver.layers import QuantParams
-from sw_driver.runtime import open_sim_device
-from sw_driver.vector_compiler import add_params_for
-from verif import golden
-from verif.cases import ExpectErrors
+from tessera.gen.config import AcceleratorConfig
+from tessera.hw.isa import BufferId, Opcode
+from tessera.sw_driver import golden
+from tessera.sw_driver.isa_encode import DeviceError, instruction, load
+from tessera.sw_driver.layers import QuantParams
+from tessera.sw_driver.runtime import open_sim_device
+from tessera.sw_driver.vector_compiler import add_params_for
+from tessera.verif.cases import ExpectErrors
 
 pytestmark = pytest.mark.rtl
 

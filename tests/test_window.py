@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.window import SlidingWindow
+from tessera.hw.window import SlidingWindow
 
 
 def _expected(geometry, out_y, out_x, kh, kw, cb, x_base, count):

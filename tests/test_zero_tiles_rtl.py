@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from gen.config import AcceleratorConfig
-from sw_driver.compiler import compile_conv
-from sw_driver.runtime import open_sim_device
-from verif import golden
-from verif.cases import random_conv
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import compile_conv
+from tessera.sw_driver.runtime import open_sim_device
+from tessera.verif.cases import random_conv
 
 pytestmark = pytest.mark.rtl
 

@@ -66,11 +66,11 @@ class Activity:
 def trace_gemm(cfg, x, w, bias, scale, y_zp, vcd_path):
     """Run one GEMM on a tracing build of ``cfg``'s device, writing the session to ``vcd_path``.
 
-    Returns ``(y, LayerRun)`` like :meth:`sw_driver.runtime.Device.gemm`; the VCD is complete once this returns.
+    Returns ``(y, LayerRun)`` like :meth:`tessera.sw_driver.runtime.Device.gemm`; the VCD is complete once this returns.
     """
-    from gen.verilog import DEVICE_TOPLEVEL, write_verilog
-    from sw_driver.runtime import Device
-    from sw_driver.transport import SimTransport
+    from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
+    from tessera.sw_driver.runtime import Device
+    from tessera.sw_driver.transport import SimTransport
 
     verilog = write_verilog(cfg, top=DEVICE_TOPLEVEL)
     with Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL, trace=vcd_path)) as device:
@@ -175,8 +175,8 @@ def main(argv=None):
     """Trace one sparse GEMM and draw the PE activity heat maps (effective MACs, PE toggles) from its VCD."""
     import argparse
 
-    from gen.config import AcceleratorConfig
-    from sw_driver.reports import plot_pe_heatmap
+    from tessera.gen.config import AcceleratorConfig
+    from tessera.sw_driver.reports import plot_pe_heatmap
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--rows", type=int, default=8)

@@ -1,19 +1,18 @@
 """``make bench``: a layer suite on the simulated RTL of several arrays and dataflows, beside SCALE-Sim.
 
-Usage: ``python -m verif.bench_suite [--quick] [--layers a,b] [--arrays 8x8,16x16] [--dataflows ws,os,rs]
+Usage: ``python -m tessera.verif.bench_suite [--quick] [--layers a,b] [--arrays 8x8,16x16] [--dataflows ws,os,rs]
 [--scalesim run|closed-form|off] [--out build/bench]``
 
-Every row is one layer on one device (default buffer depths), run as one device program over the simulated host
-link: its output is checked bit for bit against the golden model (a mismatch stops the bench), and the row
-records the hardware cycle counter over the whole layer (first instruction to last result), utilisation
-(useful MACs / (PEs x cycles)), SCALE-Sim's compute cycles for the same layer, array and dataflow
-(:mod:`verif.scalesim_peer`), energy per useful MAC and its levels (:mod:`sw_driver.energy`), link bytes per MAC,
-and how fast the simulation ran (simulated cycles / wall seconds of the device run, beside the same RTL clocked
-by the harness's bare C++ loop). Writes ``bench.json``, ``bench.md`` and the pictures of
-:mod:`sw_driver.reports` under ``--out``.
+Every row is one layer on one device (default buffer depths), run as one device program over the simulated host link:
+its output is checked bit for bit against the golden model (a mismatch stops the bench), and the row records the
+hardware cycle counter over the whole layer (first instruction to last result), utilisation (useful MACs / (PEs x
+cycles)), SCALE-Sim's compute cycles for the same layer, array and dataflow (:mod:`~tessera.verif.scalesim_peer`),
+energy per useful MAC and its levels (:mod:`~tessera.sw_driver.energy`), link bytes per MAC, and how fast the simulation
+ran (simulated cycles / wall seconds of the device run, beside the same RTL clocked by the harness's bare C++ loop).
+Writes ``bench.json``, ``bench.md`` and the pictures of :mod:`tessera.sw_driver.reports` under ``--out``.
 
 Grouped and depthwise convolutions run as the device runs them in ``tessera run`` (block-diagonal dense weights,
-``sw_driver.model_runner._dense_weights``): the compiler skips the weight tiles that lie wholly between groups,
+``tessera.sw_driver.compiler.dense_group_weights``): the compiler skips the weight tiles that lie wholly between groups,
 but inside a tile the zeros between groups are multiplied, so the rows report useful MACs only and their
 utilisation is low by design. A dataflow the configuration does not accept yet (``rs``) is
 skipped with a note.
@@ -31,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import AcceleratorConfig, ConfigError
-from sw_driver.compiler import TilingError, compile_conv, compile_gemm
-from sw_driver.energy import buffer_geometry
-from sw_driver.reports import layer_record, markdown_table, write_json, write_markdown, write_pictures
-from verif import golden
-from verif.cases import random_gemm
-from verif.scalesim_peer import SCALESIM_DATAFLOWS, PeerLayer, ScaleSimError, peer_for, scalesim_cycles
+from tessera.gen.config import AcceleratorConfig, ConfigError
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import TilingError, compile_conv, compile_gemm, dense_group_weights
+from tessera.sw_driver.energy import buffer_geometry
+from tessera.sw_driver.reports import layer_record, markdown_table, write_json, write_markdown, write_pictures
+from tessera.verif.cases import random_gemm
+from tessera.verif.scalesim_peer import SCALESIM_DATAFLOWS, PeerLayer, ScaleSimError, peer_for, scalesim_cycles
 
 __all__ = ["BenchLayer", "SUITE", "QUICK", "BenchError", "run_suite", "main"]
 
@@ -143,12 +142,6 @@ def _seed(layer):
     return sum(map(ord, layer.name)) * 7919 + 17
 
 
-def _dense_weights(w, group):
-    """The device runs a grouped conv with block-diagonal dense weights, exactly as ``tessera run`` does."""
-    from sw_driver.model_runner import _dense_weights
-    return _dense_weights(types.SimpleNamespace(w_q=w, group=group))
-
-
 def _operands(layer):
     """``(compile(cfg) -> Program, expected output as the Program assembles it)`` for ``layer``."""
     rng = np.random.default_rng(_seed(layer))
@@ -167,7 +160,7 @@ def _operands(layer):
     strides = (layer.stride, layer.stride)
     acc = golden.conv2d_int(x, x_zp, w, 0, strides=strides, pads=pads, group=layer.group)
     expected = golden.requantize(acc + bias[None, :, None, None], scale, y_zp, axis=1)
-    dense = _dense_weights(w, layer.group)
+    dense = dense_group_weights(w, layer.group)
     folded = golden.fold_input_zero_point(bias, x_zp, dense, output_axis=0)
     # compile_conv's Program assembles (N * out_h * out_w, O), image by image
     expected = expected.transpose(0, 2, 3, 1).reshape(-1, layer.out_channels)
@@ -279,7 +272,7 @@ def run_suite(layers, configs, *, out_dir="build/bench", scalesim="run", scalesi
               costs=None, pictures=True, log=print):
     """Run ``layers`` on every configuration of ``configs``; write ``bench.json``, ``bench.md`` and pictures
     under ``out_dir``; return the JSON payload (``rows``, ``devices``, ``summary``)."""
-    from sw_driver.runtime import open_sim_device
+    from tessera.sw_driver.runtime import open_sim_device
 
     started = time.perf_counter()
     estimate = sum(_lower_bound_cycles(cfg, layer) for cfg in configs for layer in layers)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from verif import golden
+from tessera.sw_driver import golden
 
 __all__ = ["random_gemm", "random_conv", "ExpectErrors"]
 

@@ -1,5 +1,5 @@
 """Data movement of one layer on the three dataflows, from the RTL's counters: ``python -m
-verif.compare_dataflows``.
+tessera.verif.compare_dataflows``.
 
 Eyeriss's claim (Chen, Emer, Sze, ISCA 2016) is that row stationary needs fewer accesses to the global
 buffer per MAC than the systolic dataflows, paying with register-file (scratchpad) accesses, which cost far
@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from gen.config import AcceleratorConfig
-from sw_driver.runtime import open_sim_device
-from verif.cases import random_conv
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver.runtime import open_sim_device
+from tessera.verif.cases import random_conv
 
 __all__ = ["buffer_bytes_read", "compare"]
 

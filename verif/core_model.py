@@ -1,6 +1,6 @@
 """Transaction-level models of the compute core and of the whole device.
 
-They read the buffers exactly as :mod:`hw.layouts` documents and decode instructions as :mod:`hw.isa`
+They read the buffers exactly as :mod:`tessera.hw.layouts` documents and decode instructions as :mod:`tessera.hw.isa`
 defines them, so the tiler and the compiler can be checked against the golden model quickly and without
 RTL; the RTL is checked against the golden model by the cocotb tests. Both levels run the same programs
 (PyMTL3's idea: one set of vectors for every level).
@@ -10,11 +10,21 @@ import dataclasses
 
 import numpy as np
 
-from hw.isa import BufferId, Opcode
-from sw_driver.isa_encode import disassemble
-from verif import golden
+from tessera.hw.isa import BufferId, Opcode
+from tessera.hw.layouts import act_word, weight_word
+from tessera.sw_driver import golden
+from tessera.sw_driver.isa_encode import disassemble
 
-__all__ = ["Buffers", "execute_command", "run_plan", "run_program"]
+__all__ = ["Buffers", "Pass", "execute_command", "core_passes", "run_passes", "run_program"]
+
+
+@dataclasses.dataclass
+class Pass:
+    """What the core does between two waits: loads that land before ``commands`` run."""
+    act_loads: list = dataclasses.field(default_factory=list)     # (addr, int8 vector of rows)
+    weight_loads: list = dataclasses.field(default_factory=list)  # (addr, int8 vector of cols)
+    param_loads: list = dataclasses.field(default_factory=list)   # (addr, int32 bias[cols], uint32 scale bits[cols])
+    commands: list = dataclasses.field(default_factory=list)      # dicts of command_layout fields
 
 
 @dataclasses.dataclass
@@ -58,30 +68,65 @@ def execute_command(cfg, buffers, cmd, geometry=None):
         x = _conv_activations(cfg, buffers, cmd, geometry)
         w = buffers.weight[w_base:w_base + k * R]
     elif cfg.dataflow == "ws":
-        # fold f: activation words x_base + f*m + i, weight words w_base + f*R + r
-        x = np.concatenate([buffers.act[x_base + f * m:x_base + (f + 1) * m] for f in range(k)], axis=1)
-        w = buffers.weight[w_base:w_base + k * R]
+        fold, row = np.meshgrid(np.arange(k), np.arange(m), indexing="ij")
+        x = buffers.act[x_base + act_word(cfg, m, fold, row)].transpose(1, 0, 2).reshape(m, k * R)
+        fold, pe_row = np.divmod(np.arange(k * R), R)
+        w = buffers.weight[w_base + weight_word(cfg, fold, pe_row)]
     else:
-        # step j: activation word x_base + j holds X[m0:m0+R, j]
-        x = buffers.act[x_base:x_base + k].T[:m]
-        w = buffers.weight[w_base:w_base + k]
+        x = buffers.act[x_base + act_word(cfg, m, np.arange(k), 0)].T[:m]
+        w = buffers.weight[w_base + weight_word(cfg, np.arange(k), 0)]
     p = cmd["p_base"]
     return golden.gemm_hw(x, w, buffers.bias[p], buffers.scale[p].view(np.float32), cmd["y_zp"])
 
 
-def run_plan(cfg, plan):
-    """Execute a :class:`~sw_driver.tiling.GemmPlan` on the core; return its result rows."""
+def _load_beats(cfg, ops, payload):
+    """The buffer writes of one LOAD: ``(buffer, [(addr, value), ...])``, values as the core's load streams take
+    them (int8 vectors; for PARAM an ``(int32 bias, uint32 scale bits)`` pair)."""
+    buffer = BufferId(ops["buffer"])
+    payload = payload.reshape(ops["words"], -1)
+    addrs = range(ops["addr"], ops["addr"] + ops["words"])
+    if buffer == BufferId.PARAM:
+        values = [(word[:cfg.cols].view(np.int32), word[cfg.cols:]) for word in payload]
+    else:
+        lanes = cfg.rows if buffer == BufferId.ACT else cfg.weight_lanes
+        values = list(payload.view(np.int8).reshape(ops["words"], -1)[:, :lanes])
+    return buffer, list(zip(addrs, values, strict=True))
+
+
+def core_passes(cfg, words):
+    """The compute core's view of a compiled GEMM program (``Program.words``): passes of buffer loads, each followed
+    by the commands that read them. A load after a command starts a new pass, so a testbench that runs the passes
+    one after another (loads, then commands until idle) keeps the program's order without the controller."""
+    passes = [Pass()]
+    for opcode, ops, payload in disassemble(cfg, words):
+        if opcode == Opcode.LOAD:
+            if passes[-1].commands:
+                passes.append(Pass())
+            buffer, beats = _load_beats(cfg, ops, payload)
+            target = {BufferId.ACT: passes[-1].act_loads, BufferId.WEIGHT: passes[-1].weight_loads,
+                      BufferId.PARAM: passes[-1].param_loads}[buffer]
+            target += [(addr, *value) if buffer == BufferId.PARAM else (addr, value) for addr, value in beats]
+        elif opcode == Opcode.GEMM:
+            passes[-1].commands.append(ops)
+        elif opcode != Opcode.WAIT:   # a WAIT only orders loads after commands, which the passes do anyway
+            raise ValueError(f"{opcode.name} has no meaning for the compute core alone")
+    return passes
+
+
+def run_passes(cfg, passes):
+    """Execute :func:`core_passes` on the core's model, as the core testbench drives the RTL; return each command's
+    result rows."""
     buffers = Buffers.empty(cfg)
-    rows = []
-    for p in plan.passes:
+    results = []
+    for p in passes:
         for addr, vector in p.act_loads:
             buffers.act[addr] = vector
         for addr, vector in p.weight_loads:
             buffers.weight[addr] = vector
-        for addr, b, s in p.param_loads:
-            buffers.bias[addr], buffers.scale[addr] = b, s
-        rows += [execute_command(cfg, buffers, cmd) for cmd in p.commands]
-    return np.concatenate(rows) if rows else np.zeros((0, cfg.cols), np.int8)
+        for addr, bias, scale in p.param_loads:
+            buffers.bias[addr], buffers.scale[addr] = bias, scale
+        results += [execute_command(cfg, buffers, cmd) for cmd in p.commands]
+    return results
 
 
 def run_program(cfg, words):
@@ -93,16 +138,12 @@ def run_program(cfg, words):
         if opcode == Opcode.CONV_SETUP:
             geometry = ops
         if opcode == Opcode.LOAD:
-            buffer = BufferId(ops["buffer"])
-            payload = payload.reshape(ops["words"], -1)
-            span = slice(ops["addr"], ops["addr"] + ops["words"])
-            if buffer == BufferId.PARAM:
-                buffers.bias[span] = payload[:, :cfg.cols].view(np.int32)
-                buffers.scale[span] = payload[:, cfg.cols:]
-            else:
-                lanes = cfg.rows if buffer == BufferId.ACT else cfg.cols
-                target = buffers.act if buffer == BufferId.ACT else buffers.weight
-                target[span] = payload.view(np.int8).reshape(ops["words"], -1)[:, :lanes]
+            buffer, beats = _load_beats(cfg, ops, payload)
+            for addr, value in beats:
+                if buffer == BufferId.PARAM:
+                    buffers.bias[addr], buffers.scale[addr] = value
+                else:
+                    (buffers.act if buffer == BufferId.ACT else buffers.weight)[addr] = value
         elif opcode == Opcode.GEMM:
             results.append(execute_command(cfg, buffers, ops, geometry))
     return results

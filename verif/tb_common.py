@@ -6,7 +6,7 @@ import os
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from gen.config import AcceleratorConfig
+from tessera.gen.config import AcceleratorConfig
 
 __all__ = ["read_job", "clock_and_reset"]
 

@@ -1,25 +1,26 @@
 """cocotb testbench of the compute core (``tessera_core``): random requantised GEMMs against the golden model.
 
-The pytest side (``tests/test_core_rtl.py``, ``verif/bench_gemm.py``) passes the job in the environment
-variable ``TESSERA_TB`` as JSON::
+The core runs the device compiler's own programs (``compile_gemm``), cut into the core's load and command
+transactions by :func:`~tessera.verif.core_model.core_passes`, so the core and the whole device are tested on the
+same tiling. The pytest side (``tests/test_core_rtl.py``) passes the job in the environment variable ``TESSERA_TB``
+as JSON::
 
-    {"config": {...}, "seed": 1, "problems": [[M, K, N], ...], "stall": 0.3, "backpressure": 0.3,
-     "report": "path/to/report.json" (optional)}
+    {"config": {...}, "seed": 1, "problems": [[M, K, N], ...], "stall": 0.3, "backpressure": 0.3}
 """
 
-import json
 import random
 
 import cocotb
 import numpy as np
 
-from gen.packing import pack, pack_array, unpack_array
-from hw.layouts import act_load_layout, command_layout, param_load_layout, weight_load_layout
-from sw_driver.tiling import plan_gemm
-from verif import golden
-from verif.cases import random_gemm
-from verif.streams import StreamEngine, StreamSink, StreamSource
-from verif.tb_common import clock_and_reset, read_job
+from tessera.gen.packing import pack, pack_array, unpack_array
+from tessera.hw.layouts import act_load_layout, command_layout, param_load_layout, weight_load_layout
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import compile_gemm
+from tessera.verif.cases import random_gemm
+from tessera.verif.core_model import core_passes
+from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
+from tessera.verif.tb_common import clock_and_reset, read_job
 
 
 class CoreTestbench:
@@ -33,7 +34,6 @@ class CoreTestbench:
         self.cmd = StreamSource(dut, "cmd", rng, stall=stall)
         self.result = StreamSink(dut, "result", rng, backpressure=backpressure)
         self.engine = StreamEngine(dut.clk, [self.act, self.weight, self.param, self.cmd, self.result])
-        self.load_cycles = self.compute_cycles = 0
         self.layouts = {name: f(cfg) for name, f in (("act", act_load_layout), ("weight", weight_load_layout),
                                                      ("param", param_load_layout), ("cmd", command_layout))}
 
@@ -53,26 +53,24 @@ class CoreTestbench:
         self.param.send(pack(lay["param"], {"addr": a}) | pack_array(b, 32) << bias_at
                         | pack_array(s, 32) << scale_at for a, b, s in p.param_loads)
 
-    async def run(self, plan, *, max_cycles=2_000_000):
-        """Run every pass of ``plan``; return the result rows (lists of ``cols`` ints)."""
+    async def run(self, passes, *, max_cycles=2_000_000):
+        """Run ``passes`` (:func:`~tessera.verif.core_model.core_passes`) one after another; return each command's
+        result rows (lists of ``cols`` ints)."""
         cols = self.cfg.cols
         first = expected = len(self.result.received)
-        for i, p in enumerate(plan.passes):
+        for i, p in enumerate(passes):
             self._load_beats(p)
-            start = self.engine.cycles
             await self.engine.run_until(lambda: self.act.empty and self.weight.empty and self.param.empty,
                                         max_cycles=max_cycles, what=f"loads of pass {i}")
-            self.load_cycles += self.engine.cycles - start
-            start = self.engine.cycles
             self.cmd.send(pack(self.layouts["cmd"], c) for c in p.commands)
-            expected += sum(rows for _, _, rows in p.outputs)
+            expected += sum(c["m"] for c in p.commands)
             await self.engine.run_until(
                 lambda n=expected: self.cmd.empty and len(self.result.received) >= n and self.dut.idle.value,
                 max_cycles=max_cycles, what=f"commands of pass {i}")
-            self.compute_cycles += self.engine.cycles - start
         if len(self.result.received) != expected:
             raise AssertionError(f"{len(self.result.received)} result rows, expected {expected}")
-        return [unpack_array(bits, 8, cols) for bits in self.result.received[first:]]
+        rows = iter(unpack_array(bits, 8, cols) for bits in self.result.received[first:])
+        return [[next(rows) for _ in range(c["m"])] for p in passes for c in p.commands]
 
 
 def _report_mismatch(y, expected):
@@ -90,35 +88,10 @@ async def gemm_random(dut):
     await tb.reset()
     for m, k, n in job["problems"]:
         x, w, bias, scale, y_zp = random_gemm(rng, m, k, n)
-        plan = plan_gemm(cfg, x, w, bias, scale, y_zp)
-        rows = await tb.run(plan)
-        y = plan.assemble(rows, cfg.cols)
+        program = compile_gemm(cfg, x, w, bias, scale, y_zp)
+        passes = core_passes(cfg, program.words)
+        y = program.assemble(await tb.run(passes), cfg.cols)
         expected = golden.gemm_hw(x, w, bias, scale, y_zp)
         assert np.array_equal(y, expected), f"GEMM {m}x{k}x{n}: " + _report_mismatch(y, expected)
         dut._log.info("GEMM %dx%dx%d on %s %dx%d: %d passes, bit-exact", m, k, n, cfg.dataflow, cfg.rows,
-                      cfg.cols, len(plan.passes))
-
-
-@cocotb.test()
-async def gemm_bench(dut):
-    """One GEMM without stalls; writes cycle counts and the hardware's perf counters to ``report``."""
-    job, cfg = read_job()
-    rng = np.random.default_rng(job["seed"])
-    tb = CoreTestbench(dut, cfg, random.Random(job["seed"]), stall=0.0, backpressure=0.0)
-    await tb.reset()
-    (m, k, n), = job["problems"]
-    x, w, bias, scale, y_zp = random_gemm(rng, m, k, n)
-    plan = plan_gemm(cfg, x, w, bias, scale, y_zp)
-    load_beats = sum(len(p.act_loads) + len(p.weight_loads) + len(p.param_loads) for p in plan.passes)
-    rows = await tb.run(plan)
-    y = plan.assemble(rows, cfg.cols)
-    expected = golden.gemm_hw(x, w, bias, scale, y_zp)
-    assert np.array_equal(y, expected), _report_mismatch(y, expected)
-    report = {
-        "config": cfg.to_dict(), "m": m, "k": k, "n": n, "macs": plan.macs, "passes": len(plan.passes),
-        "load_beats": load_beats, "load_cycles": tb.load_cycles, "compute_cycles": tb.compute_cycles,
-        "core_busy_cycles": dut.perf_cycles.value.to_unsigned(),
-        "array_issue_cycles": dut.perf_issued.value.to_unsigned(),
-    }
-    with open(job["report"], "w") as f:
-        json.dump(report, f)
+                      cfg.cols, len(passes))

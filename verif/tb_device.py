@@ -1,6 +1,6 @@
 """cocotb testbench of the whole device (``tessera_accel``): programs from the compiler over the host link.
 
-Jobs come in ``TESSERA_TB`` as JSON, like :mod:`verif.tb_core`'s, plus ``"fuzz": N`` for the robustness test.
+Jobs come in ``TESSERA_TB`` as JSON, like :mod:`tessera.verif.tb_core`'s, plus ``"fuzz": N`` for the robustness test.
 """
 
 import collections
@@ -10,14 +10,14 @@ import random
 import cocotb
 import numpy as np
 
-from hw.array_rs import rs_mapping
-from hw.isa import COUNTERS, INSTRUCTION_WORDS, LINK_WIDTH, Opcode
-from sw_driver.compiler import compile_conv, compile_gemm
-from sw_driver.isa_encode import disassemble, instruction, parse_packets
-from verif import golden
-from verif.streams import StreamEngine, StreamSink, StreamSource
-from verif.tb_common import clock_and_reset, read_job
-from verif.cases import random_conv, random_gemm
+from tessera.hw.array_rs import rs_mapping
+from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, Opcode, result_row_words
+from tessera.sw_driver import golden
+from tessera.sw_driver.compiler import compile_conv, compile_gemm
+from tessera.sw_driver.isa_encode import disassemble, instruction, parse_packets
+from tessera.verif.cases import random_conv, random_gemm
+from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
+from tessera.verif.tb_common import clock_and_reset, read_job
 
 
 class DeviceTestbench:
@@ -28,7 +28,7 @@ class DeviceTestbench:
         self.host_in = StreamSource(dut, "host_in", rng, stall=stall)
         self.host_out = StreamSink(dut, "host_out", rng, backpressure=backpressure)
         self.engine = StreamEngine(dut.clk, [self.host_in, self.host_out])
-        self.words_per_row = -(-cfg.cols * 8 // LINK_WIDTH)
+        self.words_per_row = result_row_words(cfg)
 
     async def reset(self):
         await clock_and_reset(self.dut)
@@ -79,7 +79,7 @@ class DeviceTestbench:
 
 def rs_expected_counters(cfg, words):
     """The data-movement counters a program must give on a row-stationary device, from its CONV_SETUP and GEMM
-    instructions (see :mod:`hw.compute_rs`): per pass, ``p * q * KW`` filter entries load into every used PE;
+    instructions (see :mod:`tessera.hw.compute_rs`): per pass, ``p * q * KW`` filter entries load into every used PE;
     per output column every used PE does ``p * q * KW`` MACs (a filter entry and a psum read and a psum written
     each, the ifmap entry read once for the ``p`` filters) and takes ``q`` ifmap entries per input column, and
     each filter's column sums pass up the column's PEs; the activation buffer is read for input pixels inside

@@ -1,6 +1,6 @@
 """Train the digits CNN with Adam in NumPy and write it as ``digits_cnn.onnx``.
 
-``python -m sw_driver.digits.train`` retrains from a fixed seed and rewrites the model next to this file;
+``python -m tessera.sw_driver.digits.train`` retrains from a fixed seed and rewrites the model next to this file;
 with the same NumPy, BLAS and BLAS thread count the result is the same bit for bit (OpenBLAS splits
 its sums by thread, so another thread count rounds differently and lands on slightly different weights).
 """

@@ -481,7 +481,7 @@ def global_avgpool(x_q, x_scale, x_zp, y_scale, y_zp):
     return requantize(acc, scale, y_zp, x.dtype)
 
 
-def _fma_f32(a, b, c):
+def fma_f32(a, b, c):
     """Fused multiply-add ``round_f32(a * b + c)`` with a single rounding, for float32 arrays."""
     a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
     product = a * b  # exact: 24 + 24 significant bits fit a float64
@@ -525,8 +525,8 @@ def qlinear_add(a_q, a_scale, a_zp, b_q, b_scale, b_zp, y_scale, y_zp):
     rb = _scale(b_scale, "b_scale").reshape(()) / _scale(y_scale, "y_scale").reshape(())
     a_zp, b_zp, y_zp = (_zero_point(zp, a.dtype, name).reshape(()).astype(np.float32)
                         for zp, name in ((a_zp, "a_zp"), (b_zp, "b_zp"), (y_zp, "y_zp")))
-    fixed = y_zp - _fma_f32(ra, a_zp, rb * b_zp)
-    y = _fma_f32(a.astype(np.float32), ra, _fma_f32(b.astype(np.float32), rb, fixed))
+    fixed = y_zp - fma_f32(ra, a_zp, rb * b_zp)
+    y = fma_f32(a.astype(np.float32), ra, fma_f32(b.astype(np.float32), rb, fixed))
     return _saturate(np.rint(y).astype(np.float64), a.dtype)
 
 

@@ -1,30 +1,19 @@
-"""How fast `SimTransport` moves words: a benchmark on the echo device of ``tests/test_sim_transport.py``.
+"""How fast `SimTransport` moves words: a benchmark on the echo device (:mod:`tessera.verif.echo_device`).
 
-Usage: ``python -m sw_driver.bench_transport [--words N] [--chunk N] [--stall P]``
+Usage: ``python -m tessera.verif.bench_transport [--words N] [--chunk N] [--stall P]``
 
 Prints the harness's build time, the bare clock rate (``run``: no Python per cycle, no words) and the rate of
 bit-checked round trips, both as one bulk transfer and in chunks (which adds a request round trip per chunk).
 """
 
 import argparse
-import importlib.util
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from sw_driver.transport import DEFAULT_BUILD_ROOT, SimTransport
-
-_ECHO_TEST = Path(__file__).resolve().parents[1] / "tests" / "test_sim_transport.py"
-
-
-def _echo_module():
-    # The echo device is defined once, next to the tests that check it; load that file rather than copy it.
-    spec = importlib.util.spec_from_file_location("_echo_device_test", _ECHO_TEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tessera.sw_driver.transport import DEFAULT_BUILD_ROOT, SimTransport
+from tessera.verif import echo_device as echo
 
 
 def _round_trip(link, echo, words, chunk):
@@ -50,7 +39,6 @@ def main(argv=None):
     parser.add_argument("--build-root", default=DEFAULT_BUILD_ROOT)
     args = parser.parse_args(argv)
 
-    echo = _echo_module()
     words = np.random.default_rng(0).integers(0, 1 << 32, args.words, dtype=np.uint32)
     with tempfile.TemporaryDirectory() as folder:
         verilog = echo.write_echo_verilog(folder)

@@ -8,7 +8,8 @@ test can match the importer's layer names against the nodes onnxruntime leaves i
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import IR_VERSION, OPSET, conv_output_size
+
+from tessera.verif.onnx_models import IR_VERSION, OPSET, conv_output_size
 
 
 class _Builder:

