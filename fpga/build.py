@@ -9,6 +9,7 @@ The core clock is chosen from the timing the design meets: a first place-and-rou
 UART rate below the fmax it reached, and the design is placed and routed again.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,8 @@ from tessera.hw.multiplier import LOGIC_SUFFIX
 from .boards import BoardTop
 from .floorplan import dsp_blocks, dsp_sites, floorplan_script, lut_rows_to_fit
 
-__all__ = ["BuildError", "build_bitstream", "tool_env", "peak_gops", "board_lut_rows", "failure_message",
+__all__ = ["BuildError", "build_bitstream", "bitstream_folder", "tool_env", "peak_gops", "board_lut_rows",
+           "failure_message",
            "time_out_message"]
 
 #: nextpnr's cell types, by the resource names the report uses.
@@ -80,8 +82,7 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
     """
     if lut_multiplier_rows is None:
         lut_multiplier_rows = board_lut_rows(board, cfg, lut_requant, progress)
-    variant = (f"_lutmul{lut_multiplier_rows}" if lut_multiplier_rows else "") + ("_lutrq" if lut_requant else "")
-    folder = Path(root) / f"{board.name}_{cfg.hash}{variant}"
+    folder = bitstream_folder(board, cfg, root, lut_multiplier_rows, lut_requant)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.toml").write_text(cfg.to_toml())
     started = time.monotonic()
@@ -124,6 +125,12 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(render_markdown(report))
     return report
+
+
+def bitstream_folder(board, cfg, root, lut_multiplier_rows, lut_requant):
+    """Where `build_bitstream` puts the build of ``cfg`` for ``board`` with these multiplier choices."""
+    variant = (f"_lutmul{lut_multiplier_rows}" if lut_multiplier_rows else "") + ("_lutrq" if lut_requant else "")
+    return Path(root) / f"{board.name}_{cfg.hash}{variant}"
 
 
 def board_lut_rows(board, cfg, lut_requant, progress):
@@ -201,12 +208,15 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
         ticker = threading.Thread(target=_heartbeat, args=(folder, board, started, stop, progress), daemon=True)
         ticker.start()
         try:
-            code = proc.wait(timeout=time_limit_s)
+            with _terminate_raises():
+                code = proc.wait(timeout=time_limit_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             code = None
         finally:
+            # on a time-out, an interrupt (Ctrl-C) or a SIGTERM to tessera alike: Yosys and nextpnr go too
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             stop.set()
             ticker.join()
     seconds = round(time.monotonic() - started, 1)
@@ -227,6 +237,24 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
     progress(f"[{board.name}] placed and routed in {seconds:.0f} s: fmax "
              + ", ".join(f"{k} {v:.1f} MHz" for k, v in fmax.items()))
     return {"fmax": fmax, "utilisation": utilisation, "seconds": seconds}
+
+
+@contextlib.contextmanager
+def _terminate_raises():
+    """Turn a SIGTERM into an exception while the tools run, so that the caller's cleanup stops them (Python's
+    default for SIGTERM ends the process at once, leaving the tools' process group running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _clock_name(name):

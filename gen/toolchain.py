@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .cache import cache_dir
+
 __all__ = ["verilator_env", "use_verilator", "verilator_bin", "ToolMissing", "SIM_BUILD_ARGS", "build_harness_binary"]
 
 # Verilator's C++ is noisy about Amaranth's widening/truncating assignments; they are intended there.
@@ -54,10 +56,12 @@ def verilator_bin():
 
 
 def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_name, *, files=None, flags=(),
-                         what="the harness"):
+                         what="the harness", announce=None):
     """Build a C++ harness (``harness_source``, with ``main``) around ``verilog`` (bytes) with Verilator, once per
     content: the folder is keyed by a hash of the Verilog, the harness, the extra ``files`` written beside it
-    (name -> text, e.g. a generated protocol header) and the flags; concurrent callers wait on a lock.
+    (name -> text, e.g. a generated protocol header), the flags and Verilator's version; concurrent callers wait on
+    a lock. ``build_root`` None is the build cache (:mod:`tessera.gen.cache`); ``announce`` is called (no
+    arguments) just before a build starts, so a caller can say why it waits.
 
     Returns ``(binary, build_dir, rebuilt)``.
     """
@@ -66,7 +70,8 @@ def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_n
     identity = repr((toplevel, list(flags), sorted(files), importlib.metadata.version("verilator"))).encode()
     key = hashlib.sha256(verilog + Path(harness_source).read_bytes() + "".join(files.values()).encode()
                          + identity).hexdigest()[:16]
-    build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
+    root = cache_dir(binary_name) if build_root is None else Path(build_root).resolve()
+    build_dir = root / f"{toplevel}_{key}"
     binary, stamp = build_dir / binary_name, build_dir / "built.ok"
     if stamp.exists():
         return binary, build_dir, False
@@ -75,6 +80,8 @@ def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_n
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.exists():  # built by whoever held the lock before us
             return binary, build_dir, False
+        if announce is not None:
+            announce()
         if build_dir.exists():
             shutil.rmtree(build_dir)
         build_dir.mkdir()

@@ -3,27 +3,101 @@
 import argparse
 import importlib.metadata
 import sys
+from pathlib import Path
 
-from tessera.gen.config import DATAFLOWS, AcceleratorConfig, ConfigError
+from tessera.gen.config import CONFIG_SUFFIXES, DATAFLOWS, MAX_ARRAY_DIM, AcceleratorConfig, ConfigError, config_format
+from tessera.sw_driver.demo import PRUNE_BY, QUANT_FORMATS, check_batch, check_images, check_prune
 
-__all__ = ["main", "config_from_args", "COMMAND_PLUGINS"]
+__all__ = ["main", "config_from_args", "add_config_arguments", "COMMAND_PLUGINS", "checked_argument",
+           "integer_argument", "number_argument", "folder_argument"]
 
 #: Entry-point group through which higher layers (tessera.fpga: bitstream, deploy) add subcommands: each entry is
 #: a function that adds its parsers to the subparsers and returns ``{command: handler}``.
 COMMAND_PLUGINS = "tessera.commands"
 
 
-def add_config_arguments(parser):
-    group = parser.add_argument_group("accelerator configuration")
-    group.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    group.add_argument("--rows", type=int, help="PE array rows (1-32)")
-    group.add_argument("--cols", type=int, help="PE array columns (1-32)")
-    group.add_argument("--dataflow", help="one of: " + ", ".join(DATAFLOWS))
+# -- argument types: each turns one option's text into its value or says, in one line, what is accepted ----------
+
+def integer_argument(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def number_argument(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def checked_argument(parse, check):
+    """An argument type: ``parse`` the text, then ``check`` the value (a ``ValueError`` saying what is accepted)."""
+    def convert(text):
+        value = parse(text)
+        try:
+            check(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+    return convert
+
+
+def _array_side(text):
+    value = integer_argument(text)
+    if not 1 <= value <= MAX_ARRAY_DIM:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; accepted: an integer from 1 to {MAX_ARRAY_DIM}")
+    return value
+
+
+def _one_of(options, what):
+    """An argument type accepting one of ``options`` in any letter case, returned as ``options`` spells it."""
+    by_case = {option.lower(): option for option in options}
+
+    def convert(text):
+        if text.lower() not in by_case:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; accepted: {', '.join(options)}")
+        return by_case[text.lower()]
+    return convert
+
+
+def _config_file(text):
+    try:
+        config_format(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def folder_argument(text):
+    """A folder that may not exist yet (it is created), but must not be a file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; accepted: a folder (created if missing)")
+    return text
+
+
+def _target(text):
+    if text in ("sim", "host") or (text.startswith("serial:") and text != "serial:"):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a target; accepted: sim, host, serial:PORT")
+
+
+def add_config_arguments(parser, title="accelerator configuration"):
+    """``--config``, ``--rows``, ``--cols``, ``--dataflow``, each checked as it is parsed."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--config", metavar="FILE", type=_config_file,
+                       help="configuration file, " + " or ".join(CONFIG_SUFFIXES))
+    group.add_argument("--rows", type=_array_side, help=f"PE array rows (1-{MAX_ARRAY_DIM})")
+    group.add_argument("--cols", type=_array_side, help=f"PE array columns (1-{MAX_ARRAY_DIM})")
+    group.add_argument("--dataflow", type=_one_of(tuple(DATAFLOWS), "a dataflow"),
+                       help="one of: " + ", ".join(DATAFLOWS))
+    return group
 
 
 def config_from_args(args):
     """The configuration a command line names: the file (or the defaults), then single overrides."""
-    cfg = AcceleratorConfig.from_toml(args.config) if args.config else AcceleratorConfig()
+    cfg = AcceleratorConfig.from_file(args.config) if args.config else AcceleratorConfig()
     return cfg.replace(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
 
 
@@ -51,8 +125,12 @@ def _cmd_lint(args):
 
 def _cmd_demo(args):
     from tessera.sw_driver.demo import run_demo
-    return run_demo(config_from_args(args), batch=args.batch, images=args.images, quant_format=args.format,
-                    prune=args.prune, prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report)
+    from tessera.sw_driver.inputs import check_output_path
+    cfg = config_from_args(args)
+    if args.report:
+        check_output_path(args.report, "--report")
+    return run_demo(cfg, batch=args.batch, images=args.images, quant_format=args.format, prune=args.prune,
+                    prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report)
 
 
 def _cmd_run(args):
@@ -60,49 +138,60 @@ def _cmd_run(args):
 
     import numpy as np
 
-    from tessera.sw_driver.host_exec import inexact_layers, run_graph
+    from tessera.sw_driver.inputs import (
+        InputError,
+        PlacementError,
+        check_output_path,
+        host_fallbacks,
+        model_inputs,
+        planned_placement,
+        read_inputs,
+    )
     from tessera.sw_driver.model_runner import run_graph_on
     from tessera.sw_driver.onnx_import import load_model
 
-    graph = load_model(args.model)
-    if len(graph.inputs) != 1:
-        raise UsageError(f"the model has inputs {[io.name for io in graph.inputs]}; tessera run takes one")
-    x = np.load(args.input)
-    inputs = {graph.inputs[0].name: x}
+    # Everything that can be wrong with the command is found here, before Verilog is generated or a simulator runs.
     cfg = config_from_args(args)
-    if args.target == "host":
+    on_device = args.target != "host"
+    if args.strict and not on_device:
+        raise UsageError("--strict asks that every compute layer run on the device; --target host runs none "
+                         "there (accepted with --strict: sim, serial:PORT)")
+    for option, path in (("--output", args.output), ("--report", args.report)):
+        if path:
+            check_output_path(path, option)
+    if not Path(args.model).is_file():
+        raise InputError(f"model file {args.model} {'is a folder' if Path(args.model).is_dir() else 'does not exist'}"
+                         f"; accepted: a quantized .onnx model")
+    graph = load_model(args.model)
+    inputs = read_inputs(args.input, model_inputs(args.model))
+    if args.strict:
+        fallbacks = host_fallbacks(planned_placement(graph, inputs, cfg))
+        if fallbacks:
+            raise PlacementError(_fallback_message(fallbacks, "would run"))
+
+    if not on_device:
         device = None
     elif args.target == "sim":
         from tessera.sw_driver.runtime import open_sim_device
         print(f"device: {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}), simulated from its RTL")
         device = open_sim_device(cfg)
-    elif args.target.startswith("serial:"):
-        device = _open_serial(cfg, args.target.removeprefix("serial:"))
     else:
-        raise UsageError(f"--target {args.target!r} is not available; accepted: sim, host, serial:PORT")
+        device = _open_serial(cfg, args.target.removeprefix("serial:"))
     try:
         outputs, reports = run_graph_on(graph, inputs, device)
     finally:
         if device is not None:
             device.close()
-    y = outputs[graph.outputs[0].name]
     if args.output:
-        np.save(args.output, y)
+        np.save(args.output, outputs[graph.outputs[0].name])
 
-    print(f"{'layer':24} {'op':18} {'ran on':7} {'MACs':>11} {'cycles':>9} {'util':>6}")
-    for r in reports:
-        util = f"{r.utilization:6.1%}" if r.target == "device" else ""
-        cycles = f"{r.cycles:9,}" if r.target == "device" else ""
-        print(f"{r.name[:24]:24} {r.op[:18]:18} {r.target:7} {r.macs:11,} {cycles:>9} {util:>6}"
-              + (f"  ({r.reason})" if r.reason and r.target == "host" and args.verbose else ""))
-
-    check = None
-    if args.check:
-        reference = run_graph(graph, inputs)[graph.outputs[0].name]
-        mismatches = int(np.count_nonzero(reference != y))
-        check = {"golden_mismatches": mismatches, "outputs": int(y.size),
-                 "layers_where_onnxruntime_runs_float": inexact_layers(graph)}
-        print(f"check against the golden model: {mismatches} of {y.size} outputs differ")
+    _print_layers(reports, verbose=args.verbose)
+    if on_device:
+        fallbacks = host_fallbacks({r.name: (r.op, r.target == "device", r.reason) for r in reports})
+        if args.strict and fallbacks:   # placed on the device beforehand, yet it fell back: still not silent
+            raise PlacementError(_fallback_message(fallbacks, "ran"))
+        _warn_if_nothing_on_device(reports)
+    check = _check(args.model, graph, inputs, outputs) if args.check else None
 
     device_layers = [r for r in reports if r.target == "device"]
     totals = {
@@ -126,9 +215,92 @@ def _cmd_run(args):
         with open(args.report, "w") as f:
             json.dump(report, f, indent=2)
         print(f"report: {args.report}")
-    if check and check["golden_mismatches"]:
+    if check and (check["golden_mismatches"] or check["onnxruntime_mismatches"]):
         return 1
     return 0
+
+
+#: Host reasons longer than this are cut in the table's notes unless -v.
+_NOTE_WIDTH = 110
+
+
+def _print_layers(reports, verbose=False):
+    """The run table: one row per layer; a host row points to a note saying why, each reason written once."""
+    notes = {}
+    print(f"{'layer':24} {'op':18} {'ran on':9} {'MACs':>11} {'cycles':>9} {'util':>6}")
+    for r in reports:
+        where, util, cycles = r.target, "", ""
+        if r.target == "device":
+            util, cycles = f"{r.utilization:6.1%}", f"{r.cycles:9,}"
+        else:
+            where = f"host [{notes.setdefault(r.reason, len(notes) + 1)}]"
+        print(f"{r.name[:24]:24} {r.op[:18]:18} {where:9} {r.macs:11,} {cycles:>9} {util:>6}")
+    for reason, number in notes.items():
+        note = f"[{number}] {reason or 'no reason given'}"
+        print(note if verbose or len(note) <= _NOTE_WIDTH else note[:_NOTE_WIDTH - 9] + " ... (-v)")
+
+
+def _fallback_message(fallbacks, verb):
+    layers = sum(len(names) for names in fallbacks.values())
+    return (f"--strict: {layers} compute layer{'s' if layers > 1 else ''} {verb} on the host: "
+            + "; ".join(f"{', '.join(names)}: {why}" for why, names in fallbacks.items()))
+
+
+def _warn_if_nothing_on_device(reports):
+    from tessera.sw_driver.inputs import COMPUTE_OPS
+    compute = [r for r in reports if r.op in COMPUTE_OPS]
+    if any(r.target == "device" for r in compute):
+        return
+    if not compute:
+        what = f"the model has no compute layer ({', '.join(COMPUTE_OPS)}) for the device"
+    elif len(compute) == 1:
+        what = (f"the model's one compute layer, {compute[0].name!r} ({compute[0].op}), ran on the host; the table "
+                f"says why")
+    else:
+        what = f"none of the model's {len(compute)} compute layers ran on the device; the table says why"
+    print(f"tessera: warning: {what}", file=sys.stderr)
+
+
+def _check(model, graph, inputs, outputs):
+    """Compare a run's outputs with the golden model and with onnxruntime itself; print one line; return the
+    report's "check" block."""
+    from tessera.sw_driver.host_exec import inexact_layers, run_graph
+    golden = run_graph(graph, inputs)
+    runtime = _onnxruntime_outputs(model, inputs)
+    size = sum(int(y.size) for y in outputs.values())
+    golden_mismatches = sum(_differing(golden[name], y) for name, y in outputs.items())
+    runtime_mismatches = sum(_differing(runtime[name], y) for name, y in outputs.items())
+    inexact = inexact_layers(graph)
+    why = (f" (onnxruntime computes {len(inexact)} layer{'s' if len(inexact) > 1 else ''} in float, which the host "
+           f"does not reproduce bit for bit: see the report)") if runtime_mismatches and inexact else ""
+    print(f"check: golden model: {golden_mismatches} of {size} outputs differ; onnxruntime: {runtime_mismatches} of "
+          f"{size} outputs differ{why}")
+    return {"golden_mismatches": golden_mismatches, "onnxruntime_mismatches": runtime_mismatches, "outputs": size,
+            "layers_where_onnxruntime_runs_float": inexact}
+
+
+def _onnxruntime_outputs(model, inputs):
+    """``{output name: array}`` from onnxruntime's CPU provider running the model file itself."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs), strict=True))
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types are not public
+        raise CheckError(f"onnxruntime cannot run {model}: {str(error).splitlines()[0]}") from error
+
+
+def _differing(reference, y):
+    """Elements of ``y`` not equal to ``reference`` (NaN equal to NaN; every element if the shapes differ)."""
+    import numpy as np
+    if reference.shape != y.shape:
+        return int(y.size)
+    same = reference == y
+    if reference.dtype.kind == "f":
+        same |= np.isnan(reference) & np.isnan(y)
+    return int(y.size - np.count_nonzero(same))
 
 
 def _open_serial(cfg, port):
@@ -153,28 +325,45 @@ class UsageError(ValueError):
     """The command line asks for something that is not there; the message says what is accepted."""
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
+class CheckError(RuntimeError):
+    """``--check`` could not run a reference (onnxruntime refused the model); the message says why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line, what is wrong and what is accepted, without the usage block above it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _build_parser():
+    parser = _Parser(prog="tessera", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tessera {importlib.metadata.version('tessera')}")
+    parser.add_argument("--cache-dir", metavar="DIR", type=folder_argument,
+                        help="build cache for Verilator models and harnesses (default: $TESSERA_CACHE, else "
+                             "~/.cache/tessera)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     verilog = commands.add_parser("verilog", help="generate Verilog for a configuration under build/")
     lint = commands.add_parser("lint", help="generate Verilog and run the Verilator lint gate on it")
     for p in (verilog, lint):
         add_config_arguments(p)
-        p.add_argument("--out", default="build", help="output root (default: build)")
+        p.add_argument("--out", default="build", type=folder_argument, help="output root (default: build)")
 
     demo = commands.add_parser("demo", help="the digits CNN, quantized by onnxruntime, on the simulated RTL: accuracy, "
                                             "cycles, utilisation, link bytes and energy")
     add_config_arguments(demo)
-    demo.add_argument("--batch", type=int, default=60, help="test images per device program (default 60)")
-    demo.add_argument("--format", default="QOperator", choices=["QOperator", "QDQ"],
-                      help="onnxruntime quantization format (default QOperator)")
-    demo.add_argument("--images", type=int, help="run only the first N test images (default: all 360)")
-    demo.add_argument("--prune", type=float, default=0.0,
-                      help="zero this fraction of the weights of every layer but the first conv and the "
+    demo.add_argument("--batch", type=checked_argument(integer_argument, check_batch), default=60,
+                      help="test images per device program, at least 1 (default 60)")
+    demo.add_argument("--format", default="QOperator", type=_one_of(QUANT_FORMATS, "a quantization format"),
+                      metavar="|".join(QUANT_FORMATS), help="onnxruntime quantization format (default QOperator)")
+    demo.add_argument("--images", type=checked_argument(integer_argument, check_images),
+                      help="run only the first N test images (default: all 360)")
+    demo.add_argument("--prune", type=checked_argument(number_argument, check_prune), default=0.0,
+                      help="zero this fraction (0 <= F < 1) of the weights of every layer but the first conv and the "
                            "classifier by gradual magnitude pruning with fine-tuning first (default 0)")
-    demo.add_argument("--prune-by", default="tile", choices=["tile", "weight"],
+    demo.add_argument("--prune-by", default="tile", type=_one_of(PRUNE_BY, "a pruning granularity"),
+                      metavar="|".join(PRUNE_BY),
                       help="prune whole rows x cols weight tiles, which the compiler skips (default), or single "
                            "weights")
     demo.add_argument("--no-skip", action="store_true",
@@ -183,20 +372,37 @@ def main(argv=None):
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")
     run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static)")
-    run.add_argument("--input", required=True, help="input tensor, .npy")
-    run.add_argument("--output", help="where to write the first output, .npy")
-    run.add_argument("--target", default="sim", help="sim (the RTL under Verilator), host (golden model only) or "
-                                                     "serial:PORT (a board programmed by tessera deploy)")
-    run.add_argument("--report", help="write the JSON report here")
-    run.add_argument("--check", action="store_true", help="also run the golden model and compare")
-    run.add_argument("-v", "--verbose", action="store_true", help="say why layers ran on the host")
+    run.add_argument("--input", required=True,
+                     help="input tensor, .npy; or .npz with one array per graph input, named as the input is")
+    run.add_argument("--output", help="where to write the first output, .npy (its folder must exist)")
+    run.add_argument("--target", default="sim", type=_target,
+                     help="sim (the RTL under Verilator), host (golden model only) or serial:PORT (a board "
+                          "programmed by tessera deploy)")
+    run.add_argument("--report", help="write the JSON report here (its folder must exist)")
+    run.add_argument("--check", action="store_true",
+                     help="also run the golden model and onnxruntime and compare; exit status 1 if either differs")
+    run.add_argument("--strict", action="store_true",
+                     help="fail, before running anything, if a compute layer (Conv, Gemm/MatMul) would run on the "
+                          "host")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="write each reason a layer ran on the host in full (default: cut to one line)")
     add_config_arguments(run)
+    return parser, commands
 
+
+def main(argv=None):
+    parser, commands = _build_parser()
     handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run}
     for plugin in importlib.metadata.entry_points(group=COMMAND_PLUGINS):
         handlers.update(plugin.load()(commands))
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:      # --help, --version, or a bad argument (already said, in one line)
+        return stop.code or 0
+    if args.cache_dir:
+        from tessera.gen.cache import set_cache_root
+        set_cache_root(args.cache_dir)
     try:
         status = handlers[args.command](args)
     except ConfigError as error:
@@ -205,10 +411,12 @@ def main(argv=None):
     except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, with its kind
         from tessera.gen.lint import LintError
         from tessera.sw_driver.compiler import TilingError
+        from tessera.sw_driver.inputs import InputError, PlacementError
         from tessera.sw_driver.isa_encode import DeviceError
         from tessera.sw_driver.onnx_import import ModelError
         from tessera.sw_driver.transport import LinkError
-        if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, OSError)):
+        if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, InputError,
+                              PlacementError, CheckError, OSError)):
             print(f"tessera: {type(error).__name__}: {error}", file=sys.stderr)
             return 1
         raise

@@ -7,6 +7,8 @@ that each layer of a batch is one device program. The int8 answers must agree im
 """
 
 import dataclasses
+import functools
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,10 +17,52 @@ import numpy as np
 
 from tessera.sw_driver.energy import layer_energy
 
-__all__ = ["run_demo"]
+__all__ = ["QUANT_FORMATS", "PRUNE_BY", "check_batch", "check_images", "check_prune", "count_test_images", "run_demo"]
 
 FLOAT_MODEL = Path(__file__).resolve().parent / "digits" / "digits_cnn.onnx"
+#: Quantization formats of onnxruntime's ``quantize_static`` the demo can ask for.
+QUANT_FORMATS = ("QOperator", "QDQ")
+#: What ``prune`` zeroes: whole rows x cols weight tiles or single weights.
+PRUNE_BY = ("tile", "weight")
 _ENERGY_KEYS = ("link", "buffers", "rf", "mac", "total")
+
+
+@functools.cache
+def count_test_images():
+    """Images in the digits test split (360)."""
+    from tessera.sw_driver.digits.data import load_digits_split
+    return len(load_digits_split()[2])
+
+
+# The checks of the demo's arguments, shared by run_demo and the command line's argument types: each raises a
+# ValueError saying what is accepted, without the argument's name (the caller knows how the user spelled it).
+
+def check_batch(batch):
+    """``batch`` (images per device program) is an integer of at least 1."""
+    _check_integer(batch)
+    if batch < 1:
+        raise ValueError(f"{batch} is out of range; accepted: an integer of at least 1 (images per device program)")
+
+
+def check_images(images):
+    """``images`` (the first N test digits) is an integer from 1 to :func:`count_test_images`."""
+    _check_integer(images)
+    if not 1 <= images <= count_test_images():
+        raise ValueError(f"{images} is out of range; accepted: an integer from 1 to {count_test_images()} (the "
+                         f"test digits)")
+
+
+def check_prune(fraction):
+    """``fraction`` (of the weights to zero) is a number in [0, 1)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ValueError(f"must be a number, not {type(fraction).__name__} {fraction!r}")
+    if not 0 <= fraction < 1:     # NaN fails this too
+        raise ValueError(f"{fraction} is out of range; accepted: a fraction from 0 up to, not including, 1")
+
+
+def _check_integer(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, not {type(value).__name__} {value!r}")
 
 
 @dataclasses.dataclass
@@ -42,27 +86,33 @@ class _LayerTotals:
 
 
 class _Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """A one-line progress bar of images done, on stderr (plain lines, every tenth of the way, when stderr is not a
+    terminal)."""
 
-    def __init__(self, total, label):
+    def __init__(self, total, label, *, stream=None):
         self.total, self.done, self.label = total, 0, label
         self.started = time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.next_line = math.ceil(total / 10)
 
-    def step(self, note=""):
-        self.done += 1
+    def update(self, images=0, note=""):
+        """``images`` more images are done; ``note`` says what is running now (shown on a terminal only)."""
+        self.done += images
         width = 30
         filled = width * self.done // self.total
         elapsed = time.perf_counter() - self.started
-        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:5.1f} s {note}"
+        line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images "
+                f"{elapsed:5.1f} s")
         if self.tty:
-            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
-        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            print(line, file=sys.stderr, flush=True)
+            print("\r" + f"{line} {note}".ljust(100), end="", file=self.stream, flush=True)
+        elif images and (self.done >= self.next_line or self.done == self.total):
+            print(line, file=self.stream, flush=True)
+            self.next_line = self.done + math.ceil(self.total / 10)
 
     def close(self):
         if self.tty:
-            print(file=sys.stderr)
+            print(file=self.stream)
 
 
 def _onnxruntime_outputs(path, images):
@@ -98,8 +148,19 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     (``prune_by="weight"``) or the array's rows x cols weight tiles (``"tile"``), which the compiler then
     skips unless ``skip_zero_tiles`` is off.
     """
-    if prune_by not in ("tile", "weight"):
-        raise ValueError(f"prune_by {prune_by!r}; accepted: 'tile' or 'weight'")
+    for name, check, value in (("batch", check_batch, batch), ("prune", check_prune, prune),
+                               ("images", check_images, images if images is not None else count_test_images())):
+        try:
+            check(value)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    if quant_format not in QUANT_FORMATS:
+        raise ValueError(f"quant_format: {quant_format!r}; accepted: {', '.join(QUANT_FORMATS)}")
+    if prune_by not in PRUNE_BY:
+        raise ValueError(f"prune_by: {prune_by!r}; accepted: {', '.join(PRUNE_BY)}")
+    if report:
+        from tessera.sw_driver.inputs import check_output_path
+        check_output_path(report, "report")     # before the minutes of simulation, not after
     from tessera.sw_driver.digits.data import load_digits_split
     from tessera.sw_driver.digits.quantize import quantize_digits
     from tessera.sw_driver.model_runner import run_graph_on
@@ -131,19 +192,20 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
           f"Verilator in {time.perf_counter() - started:.1f} s")
     layers = {}
     accelerator = []
-    batches = range(0, len(x_test), batch)
-    progress = _Progress(len(batches) * len(graph.layers), "running on the simulated RTL")
+    progress = _Progress(len(x_test), "running on the simulated RTL")
     sim_started = time.perf_counter()
     try:
-        for first in batches:
+        for first in range(0, len(x_test), batch):
+            images_in_batch = x_test[first:first + batch]
+
             def seen(layer, layer_report):
                 totals = layers.setdefault(layer.name, _LayerTotals(layer.name, layer.kind, layer_report.target,
                                                                     layer_report.reason))
                 totals.add(layer_report)
-                progress.step(f"{layer.name[:28]}")
-            outputs, _ = run_graph_on(graph, {graph.inputs[0].name: x_test[first:first + batch]}, device,
-                                      progress=seen)
+                progress.update(note=f"{layer.name[:28]}")
+            outputs, _ = run_graph_on(graph, {graph.inputs[0].name: images_in_batch}, device, progress=seen)
             accelerator.append(outputs[graph.outputs[0].name])
+            progress.update(len(images_in_batch))
     finally:
         progress.close()
         device.close()

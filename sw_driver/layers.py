@@ -441,15 +441,23 @@ def _quant_fields(layer):
 class QuantizedGraph:
     """An imported model: layers in topological order over named tensors.
 
-    Attributes ---------- inputs, outputs : tuple of GraphIO layers : tuple of Layer Topological order; running them in
-    this order computes the outputs. tensors : dict ``{name: QuantParams}`` of every quantized tensor. shapes : dict
-    ``{name: shape}`` of every tensor the layers read or write (``None`` for an unknown dimension). float_in_onnxruntime
-    : dict ``{layer name: why}`` for the layers onnxruntime's CPU provider runs as DQ -> float op -> Q instead of an
-    integer kernel (see :mod:`~tessera.sw_driver.onnx_import`). :mod:`~tessera.sw_driver.host_exec` reproduces the float
-    ones it can bit for bit and lists the rest with ``inexact_layers``. uint8_in_onnxruntime : frozenset Names of int8
-    layers onnxruntime computes on uint8 copies of their tensors (on x86 it rewrites int8 QDQ pairs to uint8 before
-    fusing). Exact for the integer kernels, but the float-internal QLinearAdd and QLinearAveragePool round differently
-    once every zero point moves by 128.
+    Attributes
+    ----------
+    inputs, outputs : tuple of GraphIO
+    layers : tuple of Layer
+        Topological order; running them in this order computes the outputs.
+    tensors : dict
+        ``{name: QuantParams}`` of every quantized tensor.
+    shapes : dict
+        ``{name: shape}`` of every tensor the layers read or write (``None`` for an unknown dimension).
+    float_in_onnxruntime : dict
+        ``{layer name: why}`` for the layers onnxruntime's CPU provider runs as DQ -> float op -> Q instead of
+        an integer kernel (see :mod:`~tessera.sw_driver.onnx_import`). :mod:`~tessera.sw_driver.host_exec`
+        reproduces the float ones it can bit for bit and lists the rest with ``inexact_layers``.
+    uint8_in_onnxruntime : frozenset
+        Names of int8 layers onnxruntime computes on uint8 copies of their tensors (on x86 it rewrites int8 QDQ
+        pairs to uint8 before fusing). Exact for the integer kernels, but the float-internal QLinearAdd and
+        QLinearAveragePool round differently once every zero point moves by 128.
     """
 
     inputs: tuple

@@ -1,9 +1,11 @@
 """The device runtime: runs compiled layers on a device over a transport and reads back results and counters."""
 
 import dataclasses
+import sys
 
 import numpy as np
 
+from tessera.gen.cache import cache_dir
 from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
 from tessera.hw.isa import COUNTERS, Opcode
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
@@ -106,10 +108,20 @@ class Device:
         self.close()
 
 
-def open_sim_device(cfg, **kwargs):
-    """Generate (or reuse) the device's Verilog for ``cfg`` and open it under Verilator."""
-    verilog = write_verilog(cfg, top=DEVICE_TOPLEVEL)
-    return Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL), **kwargs)
+def open_sim_device(cfg, *, announce=None, **kwargs):
+    """Generate (or reuse) the device's Verilog for ``cfg`` in the build cache and open it under Verilator.
+
+    ``announce`` is called with a one-line message just before the simulator is built, which happens once per
+    configuration (and tool versions); by default the message goes to stderr.
+    """
+    say = announce or (lambda message: print(message, file=sys.stderr, flush=True))
+
+    def building():
+        say(f"building the simulator for {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}; first time for "
+            f"this configuration)")
+
+    verilog = write_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL)
+    return Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL, announce=building), **kwargs)
 
 
 def open_serial_device(cfg, port, clock_mhz=None):

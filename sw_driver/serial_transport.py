@@ -9,13 +9,24 @@ import time
 from tessera.sw_driver.link_protocol import FramedTransport
 from tessera.sw_driver.transport import LinkError
 
-__all__ = ["SerialPort", "SerialTransport", "DEFAULT_BAUD", "FTDI_VENDOR_ID", "find_board_port"]
+__all__ = ["SerialPort", "SerialTransport", "DEFAULT_BAUD", "FTDI_VENDOR_ID", "find_board_port",
+           "probe_port"]
 
 #: The rate the board tops are built for (the ULX3S's FT231X tops out at 3 Mbaud).
 DEFAULT_BAUD = 3_000_000
 
 #: USB vendor of the FTDI UART bridges on the supported boards.
 FTDI_VENDOR_ID = 0x0403
+
+
+def probe_port(device):
+    """LinkError, naming the port and why, unless ``device`` (a port name or pyserial URL) opens; it is closed
+    again at once."""
+    import serial
+    try:
+        serial.serial_for_url(device, timeout=0).close()
+    except (serial.SerialException, OSError, ValueError) as error:
+        raise LinkError(f"cannot open serial port {device!r}: {error}") from error
 
 
 def find_board_port():

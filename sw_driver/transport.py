@@ -61,7 +61,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_TIMEOUT_CYCLES = 100_000
 
 HARNESS_SOURCE = Path(__file__).with_name("sim_harness.cpp")
-DEFAULT_BUILD_ROOT = "build/sim_harness"
+DEFAULT_BUILD_ROOT = None   # the build cache (tessera.gen.cache)
 
 # Requests carry 32-bit counts; bulk transfers are also split so that neither side holds more than this at once.
 _CHUNK_WORDS = 1 << 20
@@ -242,7 +242,7 @@ def protocol_header():
     return "\n".join(lines) + "\n"
 
 
-def build_harness(verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trace=False):
+def build_harness(verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trace=False, announce=None):
     """Build the simulation harness around ``toplevel`` from ``verilog_path``, unless it is already built.
 
     The build folder is keyed by a hash of the Verilog text, the harness source, the protocol header, the
@@ -257,10 +257,12 @@ def build_harness(verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trac
         ``host_out__{valid,ready,payload}``.
     toplevel : str
         Name of the top module.
-    build_root : str or Path
-        Folder under which build folders are made (relative to the working directory).
+    build_root : str or Path, optional
+        Folder under which build folders are made; by default the build cache (:mod:`tessera.gen.cache`).
     trace : bool
         Build with Verilator's ``--trace`` so that the harness can write VCD waveforms.
+    announce : callable, optional
+        Called just before a build starts (not when the harness is cached).
 
     Returns
     -------
@@ -270,7 +272,7 @@ def build_harness(verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trac
     flags = [*SIM_BUILD_ARGS, *(["--trace"] if trace else [])]
     binary, build_dir, rebuilt = build_harness_binary(
         build_root, toplevel, Path(verilog_path).read_bytes(), HARNESS_SOURCE, "sim_harness",
-        files={"sim_protocol.h": protocol_header()}, flags=flags, what="the simulation harness")
+        files={"sim_protocol.h": protocol_header()}, flags=flags, what="the simulation harness", announce=announce)
     return HarnessBuild(binary=binary, build_dir=build_dir, rebuilt=rebuilt, seconds=time.monotonic() - start,
                         trace=trace)
 
@@ -314,18 +316,22 @@ class SimTransport(Transport):
         The device's Verilog (see `build_harness` for the ports it must have).
     toplevel : str
         Its top module.
-    build_root : str or Path
-        Where harness builds are cached.
+    build_root : str or Path, optional
+        Where harness builds are cached (default: the build cache).
     trace : str or Path, optional
         Write a VCD waveform of the whole session to this file (builds a tracing variant of the harness).
     reset_cycles : int
         How long `reset` holds ``rst``; the device is reset once on opening.
+    announce : callable, optional
+        Called just before the harness is built (see `build_harness`).
     """
 
-    def __init__(self, verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trace=None, reset_cycles=4):
+    def __init__(self, verilog_path, toplevel, *, build_root=DEFAULT_BUILD_ROOT, trace=None, reset_cycles=4,
+                 announce=None):
         self.toplevel = toplevel
         self.reset_cycles = _check_count("reset_cycles", reset_cycles, lower=1)
-        self.build = build_harness(verilog_path, toplevel, build_root=build_root, trace=trace is not None)
+        self.build = build_harness(verilog_path, toplevel, build_root=build_root, trace=trace is not None,
+                                   announce=announce)
         command = [str(self.build.binary)]
         if trace is not None:
             Path(trace).parent.mkdir(parents=True, exist_ok=True)

