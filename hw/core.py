@@ -9,6 +9,7 @@ from .buffer import SinglePortBuffer
 from .compute_os import OutputStationaryCompute
 from .compute_rs import RowStationaryCompute
 from .compute_ws import WeightStationaryCompute
+from .counters import pe_event_limits
 from .drain import Drain
 from .layouts import (
     ACC,
@@ -35,9 +36,7 @@ def core_events_layout(cfg):
     the PEs whose multiply a zero operand gated)."""
     return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "weight_read": 1, "acc_read": 2,
                               "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1,
-                              "macs_gated": range(cfg.pes + 1), "rf_reads": range(3 * cfg.pes + 1),
-                              "rf_writes": range(cfg.pes * (cfg.rows + 1) + 1),
-                              "noc_transfers": range(2 * cfg.pes + 1)})
+                              **{event: range(limit + 1) for event, limit in pe_event_limits(cfg).items()}})
 
 
 _COMPUTE = {"ws": WeightStationaryCompute, "os": OutputStationaryCompute, "rs": RowStationaryCompute}

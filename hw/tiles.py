@@ -1,12 +1,14 @@
-"""Hand-off of output tiles from the compute side to the drain side through the two accumulator halves."""
+"""The ports every dataflow's compute unit shares, and the hand-off of its output tiles to the drain through the
+two accumulator halves."""
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import ACC, OPERAND, conv_geometry_layout
+from .counters import pe_event_limits
+from .layouts import ACC, OPERAND, command_layout, conv_geometry_layout
 
-__all__ = ["tile_layout", "TileTracker", "compute_unit_ports", "ComputeUnit"]
+__all__ = ["tile_layout", "acc_addr_width", "TileTracker", "ComputeUnit"]
 
 
 def tile_layout(command):
@@ -19,35 +21,9 @@ def tile_layout(command):
     })
 
 
-def compute_unit_ports(cfg, command, tile):
-    """The signature shared by the dataflows' compute units (see WeightStationaryCompute for each port): the
-    core wires any of them to the same buffers, drain and counters."""
-    acc_addr_width = max(1, (cfg.acc_depth - 1).bit_length())
-    return {
-        "cmd": In(stream.Signature(command)),
-        "conv_geometry": In(conv_geometry_layout()),
-        "act_addr": Out(command["x_base"].shape),
-        "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
-        "weight_addr": Out(command["w_base"].shape),
-        "weight_data": In(data.ArrayLayout(OPERAND, cfg.weight_lanes)),
-        "acc_rd_addr": Out(acc_addr_width),
-        "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
-        "acc_wr_addr": Out(acc_addr_width),
-        "acc_wr_data": Out(data.ArrayLayout(ACC, cfg.cols)),
-        "acc_wr_en": Out(1),
-        "tile": Out(stream.Signature(tile)),
-        "release": In(1),
-        "busy": Out(1),
-        "issued": Out(1),
-        "act_read": Out(1),
-        "macs_gated": Out(range(cfg.pes + 1)),
-        # register-file (scratchpad) accesses and inter-PE transfers this cycle
-        "rf_reads": Out(range(3 * cfg.pes + 1)),
-        "rf_writes": Out(range(cfg.pes * (cfg.rows + 1) + 1)),
-        "noc_transfers": Out(range(2 * cfg.pes + 1)),
-        "weight_read": Out(1),
-        "acc_rmw_read": Out(1),
-    }
+def acc_addr_width(cfg):
+    """Address bits of the accumulator, both halves."""
+    return max(1, (cfg.acc_depth - 1).bit_length())
 
 
 class TileTracker(wiring.Component):
@@ -118,15 +94,95 @@ class TileTracker(wiring.Component):
 
 
 class ComputeUnit(wiring.Component):
-    """What the dataflows' compute units share: the signature of :func:`compute_unit_ports` and a
-    :class:`TileTracker` between them and the drain."""
+    """What the dataflows' compute units share: the ports of :class:`ComputeUnit.Signature`, so that the core
+    wires any of them to the same buffers, drain and counters, and a :class:`TileTracker` between them and the
+    drain.
 
-    def __init__(self, cfg):
-        from .layouts import command_layout
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+    tile : StructLayout, keyword-only
+        Payload of the ``tile`` stream: :func:`tile_layout` of the command layout (the default), or a
+        dataflow's extension of it.
+    """
+
+    class Signature(wiring.Signature):
+        """The ports of a compute unit.
+
+        Parameters
+        ----------
+        cfg : AcceleratorConfig
+        tile : StructLayout, keyword-only
+            Payload of ``tile``; it has at least the fields of :func:`tile_layout`.
+
+        Members
+        -------
+        cmd : In(stream of command_layout)
+        conv_geometry : In(conv_geometry_layout())
+            Geometry of ``conv`` commands; holds still while they run.
+        act_addr, act_data : Out, In
+            Activation buffer read port (one cycle latency).
+        weight_addr, weight_data : Out, In
+            Weight buffer read port (one cycle latency).
+        acc_rd_addr, acc_rd_data : Out, In
+            Accumulator read port for read-modify-write (transparent to ``acc_wr``).
+        acc_wr_addr, acc_wr_data, acc_wr_en : Out
+            Accumulator write port.
+        tile : Out(stream of ``tile``); release : In(1)
+            Finished tiles for the drain, and the drain's release of their halves.
+        busy : Out(1)
+            Work in flight.
+        act_read, weight_read : Out(1)
+            An activation / weight word is read this cycle (a single-port buffer gives the cycle to it; also
+            performance counter events).
+        issued, acc_rmw_read : Out(1)
+            Event strobes for the performance counters: a vector (or reduction step) enters the array; an
+            accumulator word is read to be added to.
+        macs_gated, rf_reads, rf_writes, noc_transfers : Out
+            Event counts for the performance counters, this cycle: PEs whose multiply a zero operand gated;
+            register-file (scratchpad) reads and writes; transfers between PEs.
+        """
+
+        def __init__(self, cfg, *, tile):
+            command = command_layout(cfg)
+            required = tile_layout(command).members.keys()
+            if not isinstance(tile, data.StructLayout) or not required <= tile.members.keys():
+                raise TypeError(f"`tile` must be a StructLayout with at least the fields of tile_layout(), "
+                                f"not {tile!r}")
+            self.cfg, self.tile = cfg, tile
+            super().__init__({
+                "cmd": In(stream.Signature(command)),
+                "conv_geometry": In(conv_geometry_layout()),
+                "act_addr": Out(command["x_base"].shape),
+                "act_data": In(data.ArrayLayout(OPERAND, cfg.rows)),
+                "weight_addr": Out(command["w_base"].shape),
+                "weight_data": In(data.ArrayLayout(OPERAND, cfg.weight_lanes)),
+                "acc_rd_addr": Out(acc_addr_width(cfg)),
+                "acc_rd_data": In(data.ArrayLayout(ACC, cfg.cols)),
+                "acc_wr_addr": Out(acc_addr_width(cfg)),
+                "acc_wr_data": Out(data.ArrayLayout(ACC, cfg.cols)),
+                "acc_wr_en": Out(1),
+                "tile": Out(stream.Signature(tile)),
+                "release": In(1),
+                "busy": Out(1),
+                "issued": Out(1),
+                "act_read": Out(1),
+                **{event: Out(range(limit + 1)) for event, limit in pe_event_limits(cfg).items()},
+                "weight_read": Out(1),
+                "acc_rmw_read": Out(1),
+            })
+
+        def __eq__(self, other):
+            return type(self) is type(other) and self.cfg == other.cfg and self.tile == other.tile
+
+        def __repr__(self):
+            return f"ComputeUnit.Signature({self.cfg!r}, tile={self.tile!r})"
+
+    def __init__(self, cfg, *, tile=None):
         self.cfg = cfg
         self._command = command_layout(cfg)
-        self._tile = tile_layout(self._command)
-        super().__init__(compute_unit_ports(cfg, self._command, self._tile))
+        self._tile = tile_layout(self._command) if tile is None else tile
+        super().__init__(self.Signature(cfg, tile=self._tile))
 
     def _tile_tracker(self, m):
         m.submodules.tracker = tracker = TileTracker(self._tile)

@@ -1,0 +1,96 @@
+"""Decode: the checks an instruction's own fields settle, and the vector unit's command a POOL or ADD describes."""
+
+from amaranth.hdl import Module
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .isa import ErrorCode, Opcode, instruction_layout, operands_layout
+from .layouts import conv_geometry_layout, vec_command_layout
+
+__all__ = ["Decoder", "operands"]
+
+
+def operands(instruction, opcode, cfg):
+    """The operand fields of ``opcode`` in ``instruction`` (a view of instruction_layout(cfg))."""
+    layout = operands_layout(cfg, opcode)
+    return data.View(layout, instruction.operands[:layout.size])
+
+
+class Decoder(wiring.Component):
+    """Judges an instruction by its fields alone, and builds the vector unit's command of a POOL or ADD.
+
+    A LOAD is judged by :class:`~tessera.hw.controller_load.LoadAssembler` (and reported after its data words),
+    a GEMM by :func:`~tessera.hw.controller_gemm.gemm_error` (its checks take a cycle or two).
+
+    Attributes
+    ----------
+    instruction : In(instruction_layout(cfg))
+    pool_geometry : In(conv_geometry_layout())
+        The geometry POOL_SETUP set: zero before the first.
+    error : Out(8)
+        Why the instruction is rejected: an ErrorCode, 0 if it is not (or is a LOAD or GEMM).
+    take : In(1)
+        The instruction is being decoded: take its vector command if it is a POOL or ADD, even a rejected one
+        (the controller queues only the others).
+    vec_command : Out(vec_command_layout(cfg))
+        The vector command taken last; the fields one kind of command does not use keep their earlier value.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({
+            "instruction": In(instruction_layout(cfg)),
+            "pool_geometry": In(conv_geometry_layout()),
+            "error": Out(8),
+            "take": In(1),
+            "vec_command": Out(vec_command_layout(cfg)),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        opcode = self.instruction.opcode
+        setup = operands(self.instruction, Opcode.CONV_SETUP, cfg)
+        pool = operands(self.instruction, Opcode.POOL, cfg)
+        add = operands(self.instruction, Opcode.ADD, cfg)
+        no_vector = int(cfg.vec_depth == 0)
+        empty_geometry = ((setup.in_h == 0) | (setup.in_w == 0) | (setup.out_w == 0) | (setup.stride == 0)
+                          | (setup.channel_blocks == 0) | (setup.kernel_h == 0) | (setup.kernel_w == 0))
+        # a constant comparison fails the lint gate: compare only where x_base can be out of range
+        pool_out_of_range = pool.x_base >= cfg.vec_depth if 0 < cfg.vec_depth < (1 << 16) else 0
+
+        with m.Switch(opcode):
+            with m.Case(Opcode.NOP, Opcode.LOAD, Opcode.GEMM, Opcode.WAIT, Opcode.READ_COUNTERS,
+                        Opcode.CLEAR_COUNTERS):
+                pass   # nothing to judge here
+            with m.Case(Opcode.CONV_SETUP):
+                with m.If(empty_geometry):
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
+            with m.Case(Opcode.POOL_SETUP):
+                with m.If(no_vector | empty_geometry):
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
+            with m.Case(Opcode.VEC_SETUP):
+                if no_vector:
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
+            with m.Case(Opcode.POOL):
+                # before any POOL_SETUP the geometry is all zero: its loops would never end
+                with m.If(no_vector | (pool.m == 0) | (self.pool_geometry.kernel_h == 0)):
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
+                with m.Elif(pool_out_of_range):
+                    m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+            with m.Case(Opcode.ADD):
+                with m.If(no_vector | (add.words == 0)):
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
+                with m.Elif((add.a_base + add.words > cfg.vec_depth) | (add.b_base + add.words > cfg.vec_depth)):
+                    m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+            with m.Default():
+                m.d.comb += self.error.eq(ErrorCode.ILLEGAL_OPCODE)
+
+        entry = self.vec_command
+        with m.If(self.take & (opcode == Opcode.POOL)):
+            m.d.sync += [entry.op.eq(0), entry.a_base.eq(pool.x_base), entry.count.eq(pool.m),
+                         entry.out_y.eq(pool.out_y), entry.out_x.eq(pool.out_x)]
+        with m.If(self.take & (opcode == Opcode.ADD)):
+            m.d.sync += [entry.op.eq(1), entry.a_base.eq(add.a_base), entry.b_base.eq(add.b_base),
+                         entry.count.eq(add.words)]
+        return m

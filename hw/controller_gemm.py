@@ -1,0 +1,114 @@
+"""The checks of a GEMM instruction: whether the core can run its command, and whether the command reads only
+words inside the buffers.
+
+These add logic to the controller's own module rather than being a component of their own: the FPGA flows map
+the multiplies of ``*.controller`` to logic, not to DSP blocks (:func:`tessera.fpga.build.lut_multiplier_script`).
+"""
+
+from typing import NamedTuple
+
+from amaranth.hdl import Mux, Signal, Value
+
+from .array_rs import rs_mapping
+from .isa import ErrorCode
+from .layouts import MAX_KERNEL
+from .pipeline import timing_registers
+
+__all__ = ["gemm_error"]
+
+
+class _Reads(NamedTuple):
+    """What one dataflow's command reads, and whether that dataflow runs it at all. A conv command reads no
+    ``act_words``: it reads a feature map whose extent the geometry gives, and its reads wrap, never hang."""
+    act_words: Value | int
+    weight_words: Value | int
+    unsupported: Value | int
+    params_out_of_range: Value | int = 0   # a command reads one parameter word (rs: one per filter)
+
+
+def gemm_error(m, cfg, command, geometry, platform):
+    """Add the checks of a GEMM to ``m``; return its ErrorCode (0: the core may run it).
+
+    Parameters
+    ----------
+    m : Module
+        The controller's module.
+    cfg : AcceleratorConfig
+    command : View of command_layout(cfg)
+        The GEMM's operands, steady from DECODE on.
+    geometry : View of conv_geometry_layout()
+        The convolution geometry CONV_SETUP set: zero before the first.
+    platform
+        The result is valid one cycle after DECODE on an iCE40, two cycles after it everywhere else.
+    """
+    dataflow_reads = {"ws": _weight_stationary, "os": _output_stationary, "rs": _row_stationary}[cfg.dataflow]
+    reads = dataflow_reads(m, cfg, command, geometry)
+    max_rows = cfg.rows if cfg.dataflow == "os" else cfg.acc_half_depth
+    # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
+    too_many_rows = command.m > max_rows if max_rows < (1 << len(command.m)) - 1 else 0
+    # a conv command before any CONV_SETUP would run on an all-zero geometry
+    no_geometry = command.conv & (geometry.kernel_h == 0)
+
+    error = Signal(8)
+    with m.If((command.m == 0) | (command.k == 0) | too_many_rows | reads.unsupported | no_geometry):
+        m.d.comb += error.eq(ErrorCode.BAD_SHAPE)
+    with m.Elif((command.x_base + reads.act_words > cfg.act_depth)
+                | (command.w_base + reads.weight_words > cfg.weight_depth)
+                | (command.p_base >= cfg.param_depth) | reads.params_out_of_range):
+        m.d.comb += error.eq(ErrorCode.OUT_OF_RANGE)
+    # registered too, so it is valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction through
+    # the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz. Not on an iCE40
+    # (no GEMM_CHECK either), whose logic cells are what runs short there.
+    return _registered(m, "gemm_error", error) if timing_registers(platform) else error
+
+
+def _registered(m, name, value):
+    # The words a command reads are products of its fields: registered every cycle (the instruction is steady
+    # from DECODE on), so the multiplies stay off the path into the state machine. At the product's full width:
+    # a wrapped count would pass the range check.
+    result = Signal(value.shape(), name=name)
+    m.d.sync += result.eq(value)
+    return result
+
+
+def _weight_stationary(m, cfg, command, geometry):
+    # a sparse command stores a header word before each fold (in its two low lanes, so cols >= 2), and exists
+    # for conv commands only.
+    return _Reads(act_words=_registered(m, "act_words", Mux(command.conv, 0, command.k * command.m)),
+                  weight_words=_registered(m, "weight_words", command.k * (cfg.rows + command.sparse)),
+                  unsupported=command.sparse & ~command.conv if cfg.cols >= 2 else command.sparse)
+
+
+def _output_stationary(m, cfg, command, geometry):
+    # os steps through gathered folds one channel at a time: k must be exactly the folds' channels, or the
+    # gather and the steps would disagree (and a missing fold would never arrive)
+    folds = Signal(16)   # registered: the geometry is set long before the GEMM that reads it
+    m.d.sync += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
+    return _Reads(act_words=Mux(command.conv, 0, command.k), weight_words=command.k,
+                  unsupported=(command.conv & (command.k != folds * cfg.rows)) | command.sparse)
+
+
+def _row_stationary(m, cfg, command, geometry):
+    # rs runs conv commands only (a fully connected layer is a 1x1 conv), with filter chunks no taller than the
+    # array, and 1 to rs_filters filters whose output columns are its m result rows. out_x counts the chunks, each
+    # of one filter row at least, so at most MAX_KERNEL of them. Each pass reads q * KW weight words per filter
+    # (q: channels per PE).
+    channels_per_pe = Signal(range(cfg.rows + 1))
+    with m.Switch(geometry.kernel_h):
+        for kh in range(1, min(cfg.rows, MAX_KERNEL) + 1):
+            with m.Case(kh):
+                m.d.comb += channels_per_pe.eq(rs_mapping(cfg.rows, kh)[1])
+    # the geometry is set by CONV_SETUP, long before the GEMM that reads it: its product is registered
+    per_filter = _registered(m, "per_filter", geometry.kernel_w * channels_per_pe)
+    chunks = Mux(command.out_x == 0, 1, command.out_x)
+    # left out where they would compare with a constant (the lint gate): any kernel fits an array of MAX_KERNEL
+    # rows or more, and a filters field whose largest value is rs_filters cannot hold too many
+    too_tall = geometry.kernel_h > cfg.rows if cfg.rows < MAX_KERNEL else 0
+    filters_limit = (1 << len(command.filters)) - 1
+    too_many_filters = command.filters > cfg.rs_filters if cfg.rs_filters < filters_limit else 0
+    return _Reads(act_words=0,
+                  weight_words=_registered(m, "weight_words", command.k * chunks * command.filters * per_filter),
+                  unsupported=(~command.conv | too_tall | (command.out_x > MAX_KERNEL) | command.sparse
+                               | (command.filters == 0) | too_many_filters
+                               | (command.m != command.filters * geometry.out_w)),
+                  params_out_of_range=command.p_base + command.filters > cfg.param_depth)

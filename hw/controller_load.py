@@ -1,0 +1,128 @@
+"""LOAD: buffer words assembled from the host's link words and written where the instruction says."""
+
+from amaranth.hdl import Cat, Module, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .isa import LINK_WIDTH, BufferId, ErrorCode, Opcode, operands_layout, words_per_buffer_word
+from .layouts import act_load_layout, param_load_layout, vec_load_layout, weight_load_layout
+
+__all__ = ["LoadAssembler"]
+
+#: The buffers a LOAD can write: the port that writes each, its layout and the configuration field of its depth.
+_BUFFERS = {
+    BufferId.ACT: ("act_load", act_load_layout, "act_depth"),
+    BufferId.WEIGHT: ("weight_load", weight_load_layout, "weight_depth"),
+    BufferId.PARAM: ("param_load", param_load_layout, "param_depth"),
+    BufferId.VEC: ("vec_load", vec_load_layout, "vec_depth"),
+}
+
+
+class LoadAssembler(wiring.Component):
+    """Carries out a LOAD: gathers each buffer word from its link words and writes it to the buffer named.
+
+    A LOAD beyond its buffer's depth, or to a buffer that does not exist, still receives its words (the host
+    sends them all the same) and drops them, one link word per buffer word for an unknown buffer.
+
+    Attributes
+    ----------
+    request : In(operands_layout(cfg, Opcode.LOAD))
+        The LOAD being decoded.
+    error : Out(8)
+        Why ``request`` is rejected: an ErrorCode, 0 if it is not.
+    start : In(1)
+        Take ``request``: its words are the next ones on ``words``.
+    words : In(stream of LINK_WIDTH-bit words)
+    receiving : Out(1)
+        Words of the LOAD are still to come.
+    silent : Out(1)
+        Receiving, and the host sent no word this cycle: what the link time-out counts.
+    abort : In(1)
+        Expect no more words (the host went silent).
+    done : Out(1)
+        Every word received and every buffer word written.
+    act_load, weight_load, param_load : Out(stream)
+        Buffer writes: ``{addr, data}``.
+    vec_load : Out(stream)
+        The vector unit's buffer (absent without one: ``cfg.vec_depth == 0``).
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        #: buffer id: the port that writes it, for each buffer this device has
+        self.ports = {b: port for b, (port, _, _) in _BUFFERS.items() if b != BufferId.VEC or cfg.vec_depth > 0}
+        super().__init__({
+            "request": In(operands_layout(cfg, Opcode.LOAD)),
+            "error": Out(8),
+            "start": In(1),
+            "words": In(stream.Signature(unsigned(LINK_WIDTH))),
+            "receiving": Out(1),
+            "silent": Out(1),
+            "abort": In(1),
+            "done": Out(1),
+            **{port: Out(stream.Signature(_BUFFERS[b][1](cfg))) for b, port in self.ports.items()},
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        beats = {b: words_per_buffer_word(self.cfg, b) for b in BufferId}   # link words per buffer word
+        max_beats = max(beats.values())
+        assembly = Signal(max_beats * LINK_WIDTH)
+        beat = Signal(range(max_beats + 1))
+        beats_needed = Signal(range(max_beats + 1))
+        remaining = Signal(17)
+        addr = Signal(16)
+        buffer = Signal(2)
+        discard = Signal()
+        write_pending = Signal()
+        target_ready = Signal()
+        request_beats = self._check_request(m, beats)
+
+        for b, port in self.ports.items():
+            target = getattr(self, port)
+            # The assembled word sits in the top `beats[b]` link words of the shift register.
+            low = (max_beats - beats[b]) * LINK_WIDTH
+            m.d.comb += [target.payload.addr.eq(addr),
+                         target.payload.data.eq(assembly[low:low + target.payload.data.shape().size]),
+                         target.valid.eq(write_pending & (buffer == b))]
+            with m.If(buffer == b):
+                m.d.comb += target_ready.eq(target.ready)
+
+        accepted = self.words.valid & self.words.ready
+        # The next word may arrive while the assembled one is written: the write leaves this cycle.
+        m.d.comb += [self.receiving.eq(remaining != 0), self.done.eq((remaining == 0) & ~write_pending),
+                     self.words.ready.eq(self.receiving & (~write_pending | target_ready))]
+        # Only the host's silence counts: a word waiting for a single-port buffer that compute is reading
+        # (hw.buffer) waits at most until the running fold ends. (Other buffers are always ready, so there no
+        # word waits; their netlist stays as it was, which the ULX3S routes.)
+        m.d.comb += self.silent.eq(self.receiving & ~(self.words.valid if self.cfg.single_port_buffers else accepted))
+
+        # a write leaving and the next word completing the next buffer word: the statement below wins
+        with m.If(write_pending & target_ready):
+            m.d.sync += [write_pending.eq(0), addr.eq(addr + 1)]
+        with m.If(self.start):
+            m.d.sync += [remaining.eq(self.request.words), addr.eq(self.request.addr), buffer.eq(self.request.buffer),
+                         beat.eq(0), beats_needed.eq(request_beats), discard.eq(self.error != 0)]
+        with m.Elif(self.abort):
+            m.d.sync += remaining.eq(0)
+        with m.Elif(accepted):
+            m.d.sync += assembly.eq(Cat(assembly[LINK_WIDTH:], self.words.payload))
+            with m.If(beat == beats_needed - 1):
+                m.d.sync += [beat.eq(0), remaining.eq(remaining - 1), write_pending.eq(~discard)]
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+        return m
+
+    def _check_request(self, m, beats):
+        # drives `error`; returns the link words per buffer word of the buffer the request names
+        request = self.request
+        request_beats = Signal(range(max(beats.values()) + 1))
+        with m.Switch(request.buffer):
+            for b in self.ports:
+                with m.Case(b):
+                    m.d.comb += request_beats.eq(beats[b])
+                    with m.If(request.addr + request.words > getattr(self.cfg, _BUFFERS[b][2])):
+                        m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+            with m.Default():
+                m.d.comb += [request_beats.eq(1), self.error.eq(ErrorCode.BAD_BUFFER)]
+        return request_beats

@@ -1,0 +1,89 @@
+"""The queues between the controller and the units it commands, and the count of commands in flight."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .layouts import command_layout, vec_command_layout
+
+__all__ = ["CommandQueues", "COMMAND_QUEUE"]
+
+#: Compute commands the controller queues ahead of the one the core runs.
+COMMAND_QUEUE = 4
+#: Row counts of commands whose RESULT packet has not begun (a command leaves its own queue before that).
+_RESULT_QUEUE = 16
+_VEC_QUEUE = 3   # a buffered FIFO of depth 2 has a zero-width address, which fails the lint gate
+
+
+class CommandQueues(wiring.Component):
+    """Holds issued commands until the compute core or the vector unit takes them.
+
+    While commands wait here, the controller goes on to the next instructions: loads of the next tile overlap
+    compute of the current one.
+
+    Attributes
+    ----------
+    gemm : In(stream of command_layout(cfg))
+        A compute command; taken once both its queue and the row counts' have room.
+    vector : In(stream of vec_command_layout(cfg))
+        A command of the vector unit.
+    cmd : Out(stream of command_layout(cfg))
+        To the compute core.
+    result_rows : Out(stream of row counts)
+        Rows of each compute command, in order, for the result packetiser.
+    vec_cmd : Out(stream of vec_command_layout(cfg))
+        To the vector unit.
+    completed : In(32)
+        Commands (GEMM, POOL, ADD) completed since reset.
+    outstanding : Out(8)
+        Commands issued and not completed, a cycle old.
+    core_idle, vec_idle : In(1)
+    core_done, vec_done : Out(1)
+        Nothing queued for the core (the vector unit) nor running in it.
+    """
+
+    def __init__(self, cfg):
+        command = command_layout(cfg)
+        super().__init__({
+            "gemm": In(stream.Signature(command)),
+            "vector": In(stream.Signature(vec_command_layout(cfg))),
+            "cmd": Out(stream.Signature(command)),
+            "result_rows": Out(stream.Signature(command["m"].shape)),
+            "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
+            "completed": In(32),
+            "outstanding": Out(8),
+            "core_idle": In(1),
+            "vec_idle": In(1),
+            "core_done": Out(1),
+            "vec_done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.commands = commands = fifo.SyncFIFOBuffered(width=len(self.gemm.payload.as_value()),
+                                                                 depth=COMMAND_QUEUE)
+        m.submodules.row_counts = row_counts = fifo.SyncFIFOBuffered(width=len(self.gemm.payload.m),
+                                                                     depth=_RESULT_QUEUE)
+        m.submodules.vec_commands = vec_commands = fifo.SyncFIFOBuffered(
+            width=len(self.vector.payload.as_value()), depth=_VEC_QUEUE)
+
+        # a compute command goes into two queues at once: its own, and its row count's
+        gemm_issued = self.gemm.valid & self.gemm.ready
+        m.d.comb += [
+            self.gemm.ready.eq(commands.w_rdy & row_counts.w_rdy),
+            commands.w_en.eq(gemm_issued), commands.w_data.eq(self.gemm.payload.as_value()),
+            row_counts.w_en.eq(gemm_issued), row_counts.w_data.eq(self.gemm.payload.m),
+        ]
+        wiring.connect(m, commands.r_stream, wiring.flipped(self.cmd))
+        wiring.connect(m, row_counts.r_stream, wiring.flipped(self.result_rows))
+        wiring.connect(m, wiring.flipped(self.vector), vec_commands.w_stream)
+        wiring.connect(m, vec_commands.r_stream, wiring.flipped(self.vec_cmd))
+        m.d.comb += [self.core_done.eq(~commands.r_rdy & self.core_idle),
+                     self.vec_done.eq(~vec_commands.r_rdy & self.vec_idle)]
+
+        issued = Signal(32)
+        with m.If(gemm_issued | (self.vector.valid & self.vector.ready)):
+            m.d.sync += issued.eq(issued + 1)
+        # fewer commands are in flight than the queues hold, so 8 bits of the difference are exact
+        m.d.sync += self.outstanding.eq(issued - self.completed)
+        return m
