@@ -1,6 +1,7 @@
 """The project installs as one namespace, ``tessera.*``: a wheel holds no generic top-level ``hw`` or ``gen``, carries
 its templates and C++ harnesses, and leaves the development tools out of its runtime requirements."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,11 +13,22 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["hw", "gen", "sw_driver", "fpga", "verif"]
 
 
+def _sources(into: Path) -> Path:
+    """A copy of what the wheel is built from. setuptools builds in the tree's own ``build/``, and pytest-xdist runs
+    this module's fixture once per worker: two builds in one checkout race on ``build/lib`` (seen in CI)."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, into / name)
+    for layer in LAYERS:
+        shutil.copytree(ROOT / layer, into / layer, ignore=shutil.ignore_patterns("__pycache__", "build", "*.vcd"))
+    return into
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    source = _sources(tmp_path_factory.mktemp("source"))
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                          "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+                          "-w", str(out), str(source)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     (path,) = out.glob("tessera-*.whl")
     return path
