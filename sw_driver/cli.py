@@ -182,7 +182,9 @@ def _cmd_run(args):
     finally:
         if device is not None:
             device.close()
-    if args.output:
+    if args.output and args.output.endswith(".npz"):
+        np.savez(args.output, **outputs)
+    elif args.output:
         np.save(args.output, outputs[graph.outputs[0].name])
 
     _print_layers(reports, verbose=args.verbose)
@@ -247,12 +249,12 @@ def _fallback_message(fallbacks, verb):
 
 
 def _warn_if_nothing_on_device(reports):
-    from tessera.sw_driver.inputs import COMPUTE_OPS
-    compute = [r for r in reports if r.op in COMPUTE_OPS]
+    from tessera.sw_driver.inputs import is_compute
+    compute = [r for r in reports if is_compute(r.op)]
     if any(r.target == "device" for r in compute):
         return
     if not compute:
-        what = f"the model has no compute layer ({', '.join(COMPUTE_OPS)}) for the device"
+        what = "the model has no compute layer (Conv, Gemm, MatMul) for the device"
     elif len(compute) == 1:
         what = (f"the model's one compute layer, {compute[0].name!r} ({compute[0].op}), ran on the host; the table "
                 f"says why")
@@ -374,7 +376,8 @@ def _build_parser():
     run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static)")
     run.add_argument("--input", required=True,
                      help="input tensor, .npy; or .npz with one array per graph input, named as the input is")
-    run.add_argument("--output", help="where to write the first output, .npy (its folder must exist)")
+    run.add_argument("--output", help="where to write the outputs: .npz, one array per graph output, named as the "
+                                      "output is; any other name, the first output as .npy (its folder must exist)")
     run.add_argument("--target", default="sim", type=_target,
                      help="sim (the RTL under Verilator), host (golden model only) or serial:PORT (a board "
                           "programmed by tessera deploy)")

@@ -2,8 +2,9 @@
 
 ``run_graph`` takes and returns what onnxruntime's CPU provider takes and returns for the same model (float
 inputs and outputs, or the quantized ones where the model has them) and computes every layer with
-:mod:`tessera.sw_driver.golden`, whose functions match onnxruntime's integer kernels bit for bit. ``run_layer`` runs one
-layer, so a device runtime can run some layers on the accelerator and the rest here.
+:mod:`tessera.sw_driver.golden`, whose functions match onnxruntime's integer kernels bit for bit, except the host
+partitions (nodes Tessera has no layer for), which onnxruntime itself runs (:mod:`tessera.sw_driver.host_partition`).
+``run_layer`` runs one layer, so a device runtime can run some layers on the accelerator and the rest here.
 
 ``run_graph`` follows ``graph.onnxruntime_path`` (see :mod:`tessera.sw_driver.onnx_import`) for each layer:
 
@@ -23,6 +24,7 @@ from functools import singledispatch
 import numpy as np
 
 from tessera.sw_driver import golden
+from tessera.sw_driver.host_partition import run_partition
 
 from .layers import (
     Add,
@@ -33,6 +35,7 @@ from .layers import (
     Flatten,
     Gemm,
     GlobalAveragePool,
+    HostPartition,
     MaxPool,
     Quantize,
     QuantParams,
@@ -116,6 +119,8 @@ def run_layer(layer, tensors, *, path="integer"):
     missing = [name for name in layer.inputs if name not in tensors]
     if missing:
         raise ValueError(f"layer {layer.name!r} ({layer.kind}) needs tensors {missing}")
+    if isinstance(layer, HostPartition):
+        return run_partition(layer, tensors)
     args = [tensors[name] for name in layer.inputs]
     if path == "uint8" and any(isinstance(getattr(layer, f, None), QuantParams) for f in _PARAM_FIELDS):
         return {layer.outputs[0]: _on_uint8(layer, args)}

@@ -18,10 +18,16 @@ from tessera.sw_driver.model_runner import run_graph_on
 from tessera.sw_driver.runtime import Device
 
 __all__ = ["COMPUTE_OPS", "InputError", "InputSpec", "PlacementError", "check_output_path", "host_fallbacks",
-           "model_inputs", "planned_placement", "read_inputs"]
+           "is_compute", "model_inputs", "planned_placement", "read_inputs"]
 
-#: Layer kinds that do the model's arithmetic: the ones a run on the device is for.
-COMPUTE_OPS = ("Conv", "Gemm")
+#: Layer kinds that do the model's arithmetic: the ones a run on the device is for (Tessera's own, and the ONNX ops
+#: a host partition may hold).
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
+
+
+def is_compute(op):
+    """True if layer kind ``op`` (``"Conv"``, or a host partition's ``"Conv+Concat"``) does compute work."""
+    return any(part in COMPUTE_OPS for part in op.split("+"))
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -230,6 +236,6 @@ def host_fallbacks(placement):
     ``placement`` is ``{layer name: (op, on_device, why not)}`` (:func:`planned_placement`, or a run's reports)."""
     fallbacks = {}
     for name, (op, on_device, why) in placement.items():
-        if op in COMPUTE_OPS and not on_device:
+        if is_compute(op) and not on_device:
             fallbacks.setdefault(why, []).append(f"{name!r} ({op})")
     return fallbacks

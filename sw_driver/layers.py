@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "Add", "AveragePool", "Clip", "Conv", "Dequantize", "Flatten", "Gemm", "GlobalAveragePool", "GraphIO", "Layer",
-    "MaxPool", "QuantParams", "Quantize", "QuantizedGraph", "Reshape",
+    "Add", "AveragePool", "Clip", "Conv", "Dequantize", "Flatten", "Gemm", "GlobalAveragePool", "GraphIO",
+    "HostPartition", "Layer", "MaxPool", "QuantParams", "Quantize", "QuantizedGraph", "Reshape",
 ]
 
 
@@ -419,6 +419,57 @@ class Dequantize(Layer):
     """DequantizeLinear to a float graph output. Attributes: ``x_params``."""
 
     x_params: QuantParams
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class HostPartition(Layer):
+    """Nodes of the user's model that onnxruntime runs on the host, as one subgraph cut from the model.
+
+    Tessera has no layer for them (or not for this use of them), so onnxruntime computes them exactly as it does
+    in the whole model: the subgraph keeps the DequantizeLinear nodes that feed them and the QuantizeLinear
+    nodes that follow, so its inputs and outputs are the integer tensors Tessera's own layers exchange (or the
+    model's float inputs and outputs), and onnxruntime fuses the same QDQ groups it fuses in the whole model.
+
+    Attributes
+    ----------
+    nodes : tuple of onnx.NodeProto
+        In the model's topological order.
+    initializers : tuple of onnx.TensorProto
+        The constants the nodes read.
+    opsets : tuple of onnx.OperatorSetIdProto
+        The model's opset imports.
+    reason : str
+        Why the partition's first node is not a Tessera layer (one short line for the run table).
+    """
+
+    nodes: tuple
+    initializers: tuple
+    opsets: tuple
+    reason: str
+
+    #: Op types that only carry quantization in and out of the partition; the table names the others.
+    CARRIERS = ("QuantizeLinear", "DequantizeLinear", "Constant")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("nodes", "initializers", "opsets"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def ops(self):
+        """The op types the partition computes, in order, each once (Q/DQ only when there is nothing else)."""
+        types = list(dict.fromkeys(node.op_type for node in self.nodes))
+        return tuple(t for t in types if t not in self.CARRIERS) or tuple(types)
+
+    @property
+    def kind(self):
+        return "+".join(self.ops)
+
+    def output_shape(self, *input_shapes):
+        return None     # onnx shape inference knows, not the layer: see the importer
+
+    def summary(self):
+        return f"{len(self.nodes)} nodes on onnxruntime"
 
 
 # ------------------------------------------------------------------------------------------------------------

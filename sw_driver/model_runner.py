@@ -4,8 +4,8 @@ Device layers today: fully connected / MatMul / Gemm and GlobalAveragePool (a GE
 the PE array of every dataflow; Conv (grouped and depthwise included), whose sliding-window addressing
 reads each input activation from the link once; MaxPool and Add on the vector unit. Weights must be int8
 with zero point 0, and onnxruntime must compute the layer with its integer (or QLinearAdd) kernel.
-Everything else runs on the host with the golden model, with onnxruntime's semantics, and the report says
-where each layer ran and why.
+Tessera's other layers run on the host with the golden model, with onnxruntime's semantics; host partitions
+(nodes Tessera has no layer for) run on onnxruntime itself. The report says where each layer ran and why.
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import TilingError, conv_limits_violation, dense_group_weights
 from tessera.sw_driver.energy import layer_energy
 from tessera.sw_driver.host_exec import run_layer
-from tessera.sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, MaxPool
+from tessera.sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, HostPartition, MaxPool
 from tessera.sw_driver.vector_compiler import add_params_for
 
 __all__ = ["LayerReport", "run_graph_on", "device_placement"]
@@ -38,6 +38,8 @@ class LayerReport:
 
 def device_placement(graph, layer, cfg):
     """``(True, "")`` if ``layer`` can run on the device of ``cfg``, else ``(False, why)``."""
+    if isinstance(layer, HostPartition):
+        return False, f"onnxruntime runs it: {layer.reason}"
     if graph.onnxruntime_path(layer.name) == "float":
         return False, "onnxruntime computes this layer in float; the host reproduces it"
     if isinstance(layer, (MaxPool, Add)):
@@ -163,8 +165,11 @@ def run_graph_on(graph, inputs, device=None, progress=None):
     tensors = {name: np.asarray(value) for name, value in inputs.items()}
     reports = []
     for layer in graph.layers:
-        on_device, reason = (device_placement(graph, layer, device.cfg) if device is not None
-                             else (False, "host run"))
+        if device is not None:
+            on_device, reason = device_placement(graph, layer, device.cfg)
+        else:
+            on_device, reason = False, (f"onnxruntime runs it: {layer.reason}" if isinstance(layer, HostPartition)
+                                        else "host run")
         if on_device:
             try:
                 y, run = _DEVICE_RUNNERS[type(layer)](device, graph, layer, *(tensors[i] for i in layer.inputs))

@@ -9,8 +9,19 @@
   ``QuantizeLinear``, the groups onnxruntime fuses: DQ -> Conv | MatMul | Gemm | Add | AveragePool |
   GlobalAveragePool | MaxPool | Flatten | Reshape -> Q, with a Relu or Clip allowed between the op and its Q.
 
-Per-tensor and per-output-channel int8 weights, uint8 and int8 activations. Anything else raises
-:class:`ModelError` naming the node and listing what is supported.
+Per-tensor and per-output-channel int8 weights, uint8 and int8 activations.
+
+Everything else runs on onnxruntime
+-----------------------------------
+A node the importer cannot map to a Tessera layer (Softmax, Concat, Resize, Sigmoid, LSTM, a float op, a pattern
+outside the ones above) goes into a :class:`~tessera.sw_driver.layers.HostPartition`: a subgraph cut from the
+model with the DequantizeLinear nodes that feed it and the QuantizeLinear nodes that follow it, which
+onnxruntime runs on the host. Neighbouring such nodes share one partition. Partitions and Tessera's layers
+exchange the integer tensors (or the model's float inputs and outputs), and onnxruntime fuses the same QDQ groups
+in the subgraph as in the whole model, so the model stays bit-exact with onnxruntime. Each partition says why it
+is not Tessera's (one short reason for the run table). :class:`ModelError` is left for models that cannot be
+read, fail ``onnx.checker``, or hold tensor types outside ``ACCEPTED_TYPES`` (float16, float8, int4, ...: the
+message names the type).
 
 Relu and Clip
 -------------
@@ -54,7 +65,8 @@ these layers so that :mod:`tessera.sw_driver.host_exec` can follow.
 """
 
 from collections import defaultdict
-from dataclasses import dataclass
+from copy import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +86,7 @@ from .layers import (
     Gemm,
     GlobalAveragePool,
     GraphIO,
+    HostPartition,
     MaxPool,
     Quantize,
     QuantizedGraph,
@@ -95,7 +108,22 @@ _TENSOR_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.i
 
 
 class ModelError(ValueError):
-    """The model is malformed or uses an op or pattern the importer cannot map; the message names the node."""
+    """The model is malformed or uses a type Tessera does not take; the message names the node or tensor."""
+
+
+class _NotTessera(ModelError):
+    """A node Tessera has no layer for, as it is used here: onnxruntime runs it on the host instead.
+
+    ``detail`` is the reason without the node's label, for the run table."""
+
+    def __init__(self, message, detail):
+        super().__init__(message)
+        self.detail = detail
+
+
+#: Element types a model's tensors may have: the quantized world Tessera computes in, and the int64/bool of shapes
+#: and indices that host partitions pass along.
+ACCEPTED_TYPES = ("FLOAT", "INT8", "UINT8", "INT32", "INT64", "BOOL")
 
 
 @dataclass(frozen=True)
@@ -132,6 +160,7 @@ def load_model(model):
     proto = _read(model)
     _check(proto)
     proto = onnx.shape_inference.infer_shapes(proto)
+    _check_types(proto)
     return _Importer(proto).build()
 
 
@@ -182,6 +211,43 @@ def _check(model):
                          f"outputs or metadata): {error}") from error
 
 
+def _typed_tensors(model):
+    """``(what, name, element type)`` of every tensor whose type the model states, constants included."""
+    graph = model.graph
+    for what, infos in (("graph input", graph.input), ("graph output", graph.output), ("tensor", graph.value_info)):
+        for info in infos:
+            if info.type.HasField("tensor_type"):
+                yield what, info.name, info.type.tensor_type.elem_type
+    for init in graph.initializer:
+        yield "initializer", init.name, init.data_type
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield f"constant of {node.op_type}", node.output[0] if node.output else node.name, attr.t.data_type
+
+
+def _check_types(model):
+    """Refuse, naming it, a tensor type outside ``ACCEPTED_TYPES`` (float8, int4, float16 scales, ...)."""
+    for what, name, elem in _typed_tensors(model):
+        type_name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+        if elem != onnx.TensorProto.UNDEFINED and type_name not in ACCEPTED_TYPES:
+            raise ModelError(f"{what} {name!r} has element type {type_name}; Tessera accepts "
+                             f"{', '.join(ACCEPTED_TYPES)} tensors")
+
+
+def _reads(node):
+    """Every tensor ``node`` reads: its inputs, and the outer-scope names its subgraphs (If, Loop, Scan) use."""
+    names = [name for name in node.input if name]
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                      list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
+            defined = {vi.name for vi in graph.input} | {init.name for init in graph.initializer}
+            for inner in graph.node:
+                names += [name for name in _reads(inner) if name not in defined]
+                defined.update(inner.output)
+    return list(dict.fromkeys(names))
+
+
 def _attrs(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -193,12 +259,33 @@ def _as_text(value):
 # ------------------------------------------------------------------------------------------------------------
 # the importer
 
+#: The importer's state one node's import changes; restored when a node turns out to be onnxruntime's.
+_IMPORT_STATE = ("params", "aliases", "weights", "prequant", "quantized_by", "layers", "absorbed", "qdq_groups",
+                 "materialized")
+
+
+@dataclass
+class _Partition:
+    """A host partition while the importer fills it: nodes by id, the ids given to it (not pulled in), and why
+    (ordered sets as dicts: op types without a Tessera layer, other reasons, reasons given for its Q/DQ)."""
+
+    name: str
+    nodes: dict = field(default_factory=dict)
+    own: set = field(default_factory=set)
+    unmapped: dict = field(default_factory=dict)
+    reasons: dict = field(default_factory=dict)
+    carrier_reasons: dict = field(default_factory=dict)
+
+
+_NO_LAYER = "has no Tessera layer"
+
 
 class _Importer:
     """One pass over the nodes in topological order, emitting layers and absorbing the Q/DQ around them."""
 
     def __init__(self, model):
         graph = model.graph
+        self.model = model
         self.graph = graph
         # One list of node objects: protobuf hands out a new wrapper on every iteration, so ids only stay
         # meaningful for the objects held here.
@@ -233,12 +320,17 @@ class _Importer:
                 self.float_inputs.add(vi.name)
             elif elem in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
                 self.quantized_inputs.add(vi.name)
-            else:
-                raise ModelError(f"graph input {vi.name!r} has element type "
-                                 f"{onnx.TensorProto.DataType.Name(elem)}; supported: float, int8, uint8")
+            # other accepted types (int32, int64, bool: indices, shapes) only ever feed host partitions
         self.layers = []
         self.absorbed = set()   # ids of nodes folded into an earlier layer
         self.qdq_groups = []    # (layer name, op type, activation inputs, output, why not fused or None)
+
+        # Host partitions: what onnxruntime runs (see _to_host).
+        self.initializer_names = {init.name for init in graph.initializer}
+        self.producer = {name: node for node in self.nodes for name in node.output if name}
+        self.order = {id(node): i for i, node in enumerate(self.nodes)}
+        self.materialized = {vi.name for vi in graph.input if vi.name not in self.consts}  # tensors a run holds
+        self.host_tensors = {}  # tensor a host partition computes -> its _Partition
 
     # -- entry point -----------------------------------------------------------------------------------
 
@@ -246,13 +338,19 @@ class _Importer:
         for node in self.nodes:
             if id(node) in self.absorbed or node.op_type == "Constant":
                 continue
-            self._import(node)
+            state = self._state()
+            try:
+                self._import(node)
+            except _NotTessera as error:
+                self._restore(state)    # a half-imported pattern leaves nothing behind
+                self._to_host(node, error.detail)
+        self.layers = [self._host_partition(layer) if isinstance(layer, _Partition) else layer
+                       for layer in self.layers]
         outputs = []
         produced = {name for layer in self.layers for name in layer.outputs}
         for vi in self.graph.output:
-            if vi.name not in produced and vi.name not in self.quantized_inputs | self.float_inputs:
-                raise ModelError(f"graph output {vi.name!r} is not computed by any supported pattern; supported: "
-                                 f"{SUPPORTED}")
+            if vi.name not in produced and vi.name not in self.materialized:
+                raise ModelError(f"graph output {vi.name!r} is not computed by any node")
             outputs.append(GraphIO(vi.name, self._shape(vi.name), self._dtype(vi.name)))
         inputs = [GraphIO(name, self._shape(name), self._dtype(name))
                   for name in (vi.name for vi in self.graph.input) if name not in self.consts]
@@ -282,13 +380,85 @@ class _Importer:
             if op in ("Relu", "Clip") and (data in self.float_inputs or data in self.prequant):
                 return self._float_clip(node)
             return self._qdq_group(node)
-        raise self._error(node, "is not supported")
+        raise self._error(node, _NO_LAYER, supported=False)
+
+    # -- host partitions -------------------------------------------------------------------------------
+
+    def _state(self):
+        return {name: copy(getattr(self, name)) for name in _IMPORT_STATE}
+
+    def _restore(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def _to_host(self, node, reason):
+        """Give ``node`` to onnxruntime: add it to a host partition with every node it needs that no run holds
+        (the DequantizeLinear of its inputs, Constants), so the partition reads only integer tensors Tessera's
+        layers hold, graph inputs and initializers."""
+        partition = self._partition_for(node)
+        partition.own.add(id(node))
+        if reason == _NO_LAYER:
+            partition.unmapped.setdefault(node.op_type)
+        else:   # the Q/DQ that carry a partition's tensors in and out matter only when they are all it has
+            carrier = node.op_type in HostPartition.CARRIERS
+            (partition.carrier_reasons if carrier else partition.reasons).setdefault(reason)
+        pending = [node]
+        while pending:
+            needed = pending.pop()
+            if id(needed) in partition.nodes:
+                continue
+            partition.nodes[id(needed)] = needed
+            for name in _reads(needed):
+                if name not in self.materialized and name not in self.initializer_names:
+                    if name not in self.producer:
+                        raise ModelError(f"{_label(needed, self.order[id(needed)])} reads {name!r}, which nothing "
+                                         f"defines")
+                    pending.append(self.producer[name])
+        for name in node.output:
+            if name:
+                self.host_tensors[name] = partition
+                self.materialized.add(name)
+        if node.op_type == "QuantizeLinear" and (node.domain or "") == "":
+            self.quantized_by[node.output[0]] = node
+            try:    # a per-tensor Q: Tessera's layers may read its output, with these parameters
+                self.params[node.output[0]] = self._quant_params(
+                    node, node.input[1], node.input[2] if len(node.input) > 2 else "", "output")
+            except ModelError:
+                pass    # per axis: only onnxruntime reads it
+
+    def _partition_for(self, node):
+        """The partition ``node`` joins: the last layer if that is a partition (everything a run holds by then is
+        ready for it), the partition whose float output a QuantizeLinear quantizes, else a new one."""
+        if self.layers and isinstance(self.layers[-1], _Partition):
+            return self.layers[-1]
+        if node.op_type == "QuantizeLinear" and node.input[0] in self.host_tensors:
+            return self.host_tensors[node.input[0]]
+        partition = _Partition(name=self.names[id(node)])
+        self.layers.append(partition)
+        return partition
+
+    def _host_partition(self, partition):
+        """The finished :class:`HostPartition`: its nodes in model order, the tensors it reads from the run and
+        the ones anything outside it reads."""
+        nodes = sorted(partition.nodes.values(), key=lambda n: self.order[id(n)])
+        inside = {name for n in nodes for name in n.output if name}
+        reads = list(dict.fromkeys(name for n in nodes for name in _reads(n)))
+        inputs = [name for name in reads if name not in inside and name not in self.initializer_names]
+        own_outputs = [name for n in nodes if id(n) in partition.own for name in n.output if name]
+        outputs = [name for name in own_outputs if name in self.graph_outputs
+                   or any(id(user) not in partition.nodes for user in self.consumers[name])]
+        initializers = [init for init in self.graph.initializer if init.name in set(reads)]
+        reasons = ([f"no Tessera layer for {', '.join(partition.unmapped)}"] if partition.unmapped else []) + \
+            list(partition.reasons)
+        reason = "; ".join(reasons or partition.carrier_reasons)
+        return HostPartition(name=partition.name, inputs=inputs, outputs=outputs, nodes=nodes,
+                             initializers=initializers, opsets=tuple(self.model.opset_import), reason=reason)
 
     # -- errors and constants --------------------------------------------------------------------------
 
     def _error(self, node, message, supported=True):
         label = f"node {self.names[id(node)]!r} ({node.op_type})"
-        return ModelError(f"{label} {message}" + (f"; supported: {SUPPORTED}" if supported else ""))
+        return _NotTessera(f"{label} {message}" + (f"; supported: {SUPPORTED}" if supported else ""), message)
 
     def _const(self, node, name, what):
         if not name:
@@ -315,8 +485,9 @@ class _Importer:
 
     def _activation(self, node, name, params=None):
         """The QuantParams of quantized tensor ``name``, checked against what ``node`` states (if given)."""
-        if name in self.quantized_inputs and name not in self.params and params is not None:
-            self.params[name] = params  # a quantized graph input takes the parameters its readers state
+        if (name in self.quantized_inputs or name in self.host_tensors) and name not in self.params \
+                and params is not None:
+            self.params[name] = params  # a quantized graph input or host output takes what its readers state
         if name not in self.params:
             raise self._error(node, f"reads {name!r}, which is not a quantized activation")
         if params is not None and params != self.params[name]:
@@ -340,7 +511,7 @@ class _Importer:
             self.weights[node.output[0]] = _QConst(values, scale, zero_point, axis % max(values.ndim, 1))
             return
         params = self._quant_params(node, scale_name, zp_name, "input")
-        if data not in self.params and data not in self.quantized_inputs:
+        if data not in self.params and data not in self.quantized_inputs and data not in self.host_tensors:
             raise self._error(node, f"dequantizes {data!r}, which is neither an initializer nor a quantized "
                                     f"activation")
         self._activation(node, data, params)
@@ -474,6 +645,7 @@ class _Importer:
 
     def _emit(self, layer):
         self.layers.append(layer)
+        self.materialized.update(layer.outputs)
         if hasattr(layer, "y_params"):
             self.params[layer.outputs[0]] = layer.y_params
         elif isinstance(layer, (MaxPool, Flatten, Reshape)):
@@ -669,6 +841,9 @@ class _Importer:
             for name in layer.inputs:
                 if name not in shapes:
                     shapes[name] = self._shape(name)
+            if isinstance(layer, HostPartition):
+                shapes.update((name, self._shape(name)) for name in layer.outputs)
+                continue
             in_shapes = [shapes[name] for name in layer.inputs]
             computed = None
             if all(s is not None for s in in_shapes):

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tessera.sw_driver import golden, layers
 from tessera.sw_driver.host_exec import inexact_layers, run_graph, run_layer
 from tessera.sw_driver.onnx_import import ModelError, load_model
+from tessera.verif import onnx_multi
 from tessera.verif.onnx_models import (
     IR_VERSION,
     OPSET,
@@ -37,6 +38,7 @@ from tessera.verif.onnx_multi import (
     depthwise_separable,
     fan_out,
     input_relu,
+    mixed_head,
     pooling_net,
     qdq_add,
     relu_branch,
@@ -490,29 +492,114 @@ def _quantized_conv(tmp_path, quant_format=QuantFormat.QOperator):
                           activation_type=QuantType.QUInt8)
 
 
-class TestErrors:
+def _same_as_onnxruntime(model, feeds):
+    """Import ``model``, run it on the host (Tessera's layers on the golden model, the rest on onnxruntime) and
+    require onnxruntime's outputs for the whole model bit for bit. Returns the imported graph."""
+    graph = load_model(model)
+    expected = run_onnxruntime(model, feeds)
+    actual = run_graph(graph, feeds)
+    for io, y in zip(graph.outputs, expected, strict=True):
+        assert actual[io.name].dtype == y.dtype and actual[io.name].shape == y.shape
+        np.testing.assert_array_equal(actual[io.name], y, err_msg=f"output {io.name!r}")
+    return graph
+
+
+def _partitions(graph):
+    return [layer for layer in graph.layers if isinstance(layer, layers.HostPartition)]
+
+
+class TestHostPartitions:
+    """Nodes Tessera has no layer for run on onnxruntime, on subgraphs cut from the model, exchanging integer
+    tensors with Tessera's layers: the whole model equals onnxruntime bit for bit."""
+
     @pytest.mark.parametrize("quant_format, op_type", [(QuantFormat.QOperator, "QLinearSoftmax"),
                                                        (QuantFormat.QDQ, "Softmax")])
     def test_softmax_on_quantized_data(self, tmp_path, quant_format, op_type):
         rng = np.random.default_rng(40001)
         quantized = quantize_model(softmax_head(rng), tmp_path, rng, quant_format=quant_format, per_channel=False,
                                    activation_type=QuantType.QUInt8)
-        with pytest.raises(ModelError, match=f"node 'softmax\\w*' \\({op_type}\\) is not supported; supported: "
-                                             f".*QLinearConv"):
-            load_model(quantized)
+        graph = _same_as_onnxruntime(quantized, random_inputs(rng, softmax_head(np.random.default_rng(0)), 2.0))
+        (softmax,) = _partitions(graph)
+        assert softmax.kind == op_type and softmax.reason == f"no Tessera layer for {op_type}"
+        assert [layer.kind for layer in graph.layers if layer.kind == "Conv"] == ["Conv"]   # Tessera keeps the conv
+        # integer tensors in and out: the quantized conv output, and a quantized tensor or the float graph output
+        assert all(graph.tensors.get(name) is not None for name in softmax.inputs)
 
-    def test_lstm(self):
+    @pytest.mark.parametrize("quant_format", FORMATS, ids=lambda f: f.name)
+    @pytest.mark.parametrize("activation, weight", [(QuantType.QUInt8, QuantType.QInt8),
+                                                    (QuantType.QInt8, QuantType.QInt8),
+                                                    (QuantType.QUInt8, QuantType.QUInt8)], ids=["u8s8", "s8s8", "u8u8"])
+    def test_concat_resize_sigmoid_softmax(self, tmp_path, quant_format, activation, weight):
+        for seed in range(3):
+            rng = np.random.default_rng(40010 + seed)
+            model = mixed_head(rng)
+            quantized = quantize_model(model, tmp_path, rng, quant_format=quant_format, per_channel=True,
+                                       activation_type=activation, weight_type=weight)
+            graph = _same_as_onnxruntime(quantized, random_inputs(rng, model, 1.5))
+            ops = {op for layer in _partitions(graph) for op in layer.ops}
+            assert {"Sigmoid", "Softmax"} <= {op.removeprefix("QLinear") for op in ops}
+            assert any(layer.kind == "GlobalAveragePool" for layer in graph.layers)
+
+    def test_lstm_on_float_data(self):
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, 2])
-        weights = [numpy_helper.from_array(np.zeros(shape, np.float32), name)
+        rng = np.random.default_rng(40003)
+        weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
                    for name, shape in (("W", (1, 8, 3)), ("R", (1, 8, 2)))]
         lstm = helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="encoder", hidden_size=2)
         model = helper.make_model(helper.make_graph([lstm], "lstm", [x], [y], initializer=weights),
                                   opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = IR_VERSION
-        with pytest.raises(ModelError, match="node 'encoder' \\(LSTM\\) is not supported"):
+        graph = _same_as_onnxruntime(model, {"x": rng.normal(size=(5, 1, 3)).astype(np.float32)})
+        (encoder,) = graph.layers
+        assert encoder.kind == "LSTM" and encoder.name == "encoder" and encoder.inputs == ("x",)
+
+    def test_float_matmul_on_float_data(self):
+        model = matmul_model(np.random.default_rng(40002), m=2, k=3, n=4)
+        graph = _same_as_onnxruntime(model, random_inputs(np.random.default_rng(1), model))
+        assert [layer.kind for layer in graph.layers] == ["MatMul"]
+
+    def test_unquantized_output_of_a_qdq_conv(self, tmp_path):
+        """A QDQ Conv whose output is not quantized: onnxruntime runs DQ -> Conv in float, so does the host."""
+        model = _quantized_conv(tmp_path, QuantFormat.QDQ)
+        (conv,) = [n for n in model.graph.node if n.op_type == "Conv"]
+        for node in [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                     and n.input[0] in (conv.output[0], "y_QuantizeLinear_Output")]:
+            model.graph.node.remove(node)
+        conv.output[0] = "y"
+        graph = _same_as_onnxruntime(model, random_inputs(np.random.default_rng(2), model))
+        (partition,) = _partitions(graph)
+        assert partition.kind == "Conv" and "not quantized by exactly one QuantizeLinear" in partition.reason
+        assert {n.op_type for n in partition.nodes} == {"Conv", "DequantizeLinear"}   # the DQs come along
+
+    def test_branch_point_feeds_device_and_host(self, tmp_path):
+        """A tensor read by a Tessera layer and by onnxruntime: both get it, and each partition's subgraph reads
+        only what a run holds."""
+        rng = np.random.default_rng(40004)
+        b = onnx_multi._Builder(rng)
+        t = b.conv("x", "conv", 3, 4, 3, pad=1)
+        model = b.model((1, 3, 6, 6), [b.node("Sigmoid", [t], "sigmoid"), b.node("Relu", [t], "relu")])
+        quantized = quantize_model(model, tmp_path, rng, quant_format=QuantFormat.QDQ, per_channel=False,
+                                   activation_type=QuantType.QUInt8)
+        graph = _same_as_onnxruntime(quantized, random_inputs(rng, model))
+        held = {io.name for io in graph.inputs} | {name for layer in graph.layers for name in layer.outputs}
+        for partition in _partitions(graph):
+            assert set(partition.inputs) <= held
+
+    @pytest.mark.parametrize("elem", [TensorProto.FLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.INT4,
+                                      TensorProto.DOUBLE])
+    def test_types_outside_the_quantized_world_are_refused_by_name(self, elem):
+        name = TensorProto.DataType.Name(elem)
+        x = helper.make_tensor_value_info("x", elem, [2])
+        y = helper.make_tensor_value_info("y", elem, [2])
+        model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                                  opset_imports=[helper.make_opsetid("", 21)])
+        with pytest.raises(ModelError, match=f"graph input 'x' has element type {name}; Tessera accepts FLOAT, "
+                                             f"INT8, UINT8, INT32, INT64, BOOL tensors"):
             load_model(model)
 
+
+class TestErrors:
     def test_truncated_file(self, tmp_path):
         data = _quantized_conv(tmp_path).SerializeToString()
         path = tmp_path / "truncated.onnx"
@@ -544,20 +631,3 @@ class TestErrors:
         with pytest.raises(ModelError, match="node 'broken' \\(QLinearConv\\)"):
             load_model(model)
 
-    def test_unquantized_output_of_a_qdq_conv(self, tmp_path):
-        model = _quantized_conv(tmp_path, QuantFormat.QDQ)
-        (conv,) = [n for n in model.graph.node if n.op_type == "Conv"]
-        for node in [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                     and n.input[0] in (conv.output[0], "y_QuantizeLinear_Output")]:
-            model.graph.node.remove(node)
-        conv.output[0] = "y"
-        name = conv.name or f"Conv_{list(model.graph.node).index(conv)}"
-        with pytest.raises(ModelError, match=f"node '{name}' \\(Conv\\) has output 'y' that is not quantized by "
-                                             f"exactly one QuantizeLinear"):
-            load_model(model)
-
-    def test_float_op_on_float_data(self, tmp_path):
-        model = matmul_model(np.random.default_rng(40002), m=2, k=3, n=4)
-        with pytest.raises(ModelError, match="node 'MatMul_0' \\(MatMul\\) reads 'x', which is a float graph "
-                                             "input"):
-            load_model(model)

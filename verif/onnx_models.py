@@ -128,8 +128,8 @@ class RandomCalibration(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def quantize_model(model, path, rng, *, quant_format, per_channel, activation_type):
-    """Quantize ``model`` statically with onnxruntime (int8 weights) and return the quantized model.
+def quantize_model(model, path, rng, *, quant_format, per_channel, activation_type, weight_type=QuantType.QInt8):
+    """Quantize ``model`` statically with onnxruntime and return the quantized model.
 
     Parameters
     ----------
@@ -141,13 +141,13 @@ def quantize_model(model, path, rng, *, quant_format, per_channel, activation_ty
         ``QuantFormat.QOperator`` (QLinearConv, ...) or ``QuantFormat.QDQ`` (Q/DQ pairs around float ops).
     per_channel : bool
         Per-output-channel weight scales.
-    activation_type : QuantType
-        ``QuantType.QUInt8`` or ``QuantType.QInt8``.
+    activation_type, weight_type : QuantType
+        ``QuantType.QUInt8`` or ``QuantType.QInt8`` (weights int8 unless told).
     """
     float_path, quant_path = path / "float.onnx", path / "quant.onnx"
     onnx.save(model, float_path)
     quantize_static(float_path, quant_path, RandomCalibration(rng, model), quant_format=quant_format,
-                    per_channel=per_channel, activation_type=activation_type, weight_type=QuantType.QInt8)
+                    per_channel=per_channel, activation_type=activation_type, weight_type=weight_type)
     return onnx.load(quant_path)
 
 

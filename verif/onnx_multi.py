@@ -172,6 +172,22 @@ def softmax_head(rng):
     return b.model((1, 3, 4, 4), ["softmax"])
 
 
+def mixed_head(rng, *, channels=3, size=8, classes=5):
+    """Two convs -> Concat -> Resize (nearest, x2) -> conv (stride 2) -> Sigmoid -> GlobalAveragePool -> Flatten ->
+    Gemm -> Softmax: a float model with the ops Tessera leaves to onnxruntime (Concat, Resize, Sigmoid,
+    Softmax) between the ones the device runs."""
+    b = _Builder(rng)
+    left = b.node("Relu", [b.conv("x", "conv_a", channels, 4, 3, pad=1)], "relu_a")
+    right = b.conv("x", "conv_b", channels, 4, 1)
+    t = b.node("Concat", [left, right], "concat", axis=1)
+    b.initializers.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "resize.scales"))
+    t = b.node("Resize", [t, "", "resize.scales"], "resize", mode="nearest")
+    t = b.node("Sigmoid", [b.conv(t, "conv_c", 8, 6, 3, stride=2, pad=1)], "sigmoid")
+    t = b.node("Flatten", [b.node("GlobalAveragePool", [t], "gap")], "flatten")
+    t = b.node("Gemm", [t, b.weight("fc.W", (classes, 6), 6), b.weight("fc.B", (classes,), 4.0)], "fc", transB=1)
+    return b.model((1, channels, size, size), [b.node("Softmax", [t], "softmax", axis=1)])
+
+
 def qdq_add(a_params, b_params, y_params, shape):
     """A hand-made int8 QDQ ``y = Add(a, b)`` with the given ``(scale, zero_point)`` for ``a``, ``b`` and ``y``
     (float inputs ``a`` and ``b``, float output ``y``), for when calibration would not pick the parameters."""
@@ -194,5 +210,5 @@ def qdq_add(a_params, b_params, y_params, shape):
     return model
 
 
-__all__ = ["depthwise_separable", "fan_out", "input_relu", "pooling_net", "qdq_add", "relu_branch", "residual_block",
-           "sequential_cnn", "shared_fc", "softmax_head"]
+__all__ = ["depthwise_separable", "fan_out", "input_relu", "mixed_head", "pooling_net", "qdq_add", "relu_branch",
+           "residual_block", "sequential_cnn", "shared_fc", "softmax_head"]
