@@ -13,11 +13,6 @@ from onnx import helper
 
 __all__ = ["run_partition"]
 
-#: The IR version of the subgraphs: the oldest that every opset onnxruntime 1.20+ runs can be written in
-#: (a newer ``onnx`` writes IR versions onnxruntime may not read yet).
-_IR_VERSION = 8
-
-
 def run_partition(layer, tensors):
     """``{output name: ndarray}`` of ``layer`` given ``tensors`` (which hold at least its inputs)."""
     feeds = {name: np.asarray(tensors[name]) for name in layer.inputs}
@@ -35,7 +30,7 @@ def _session(layer, signature):
     outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in layer.outputs]  # onnxruntime infers them
     graph = helper.make_graph(list(layer.nodes), f"tessera_host_{layer.name}", inputs, outputs,
                               initializer=list(layer.initializers))
-    model = helper.make_model(graph, opset_imports=list(layer.opsets), ir_version=_IR_VERSION)
+    model = helper.make_model(graph, opset_imports=list(layer.opsets), ir_version=layer.ir_version)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

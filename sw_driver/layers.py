@@ -438,6 +438,8 @@ class HostPartition(Layer):
         The constants the nodes read.
     opsets : tuple of onnx.OperatorSetIdProto
         The model's opset imports.
+    ir_version : int
+        The model's IR version (what onnxruntime read the whole model in).
     reason : str
         Why the partition's first node is not a Tessera layer (one short line for the run table).
     """
@@ -445,6 +447,7 @@ class HostPartition(Layer):
     nodes: tuple
     initializers: tuple
     opsets: tuple
+    ir_version: int
     reason: str
 
     #: Op types that only carry quantization in and out of the partition; the table names the others.

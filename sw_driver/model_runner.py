@@ -2,8 +2,9 @@
 
 Device layers today: fully connected / MatMul / Gemm and GlobalAveragePool (a GEMM with a column of ones) on
 the PE array of every dataflow; Conv (grouped and depthwise included), whose sliding-window addressing
-reads each input activation from the link once; MaxPool and Add on the vector unit. Weights must be int8
-with zero point 0, and onnxruntime must compute the layer with its integer (or QLinearAdd) kernel.
+reads each input activation from the link once; MaxPool and Add on the vector unit. Weights may be int8 or
+uint8 with any zero point (see ``weight_parts``), and onnxruntime must compute the layer with its integer (or
+QLinearAdd) kernel.
 Tessera's other layers run on the host with the golden model, with onnxruntime's semantics; host partitions
 (nodes Tessera has no layer for) run on onnxruntime itself. The report says where each layer ran and why.
 """
@@ -19,7 +20,7 @@ from tessera.sw_driver.host_exec import run_layer
 from tessera.sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, HostPartition, MaxPool
 from tessera.sw_driver.vector_compiler import add_params_for
 
-__all__ = ["LayerReport", "run_graph_on", "device_placement"]
+__all__ = ["LayerReport", "run_graph_on", "device_placement", "weight_parts"]
 
 
 @dataclasses.dataclass
@@ -55,8 +56,6 @@ def device_placement(graph, layer, cfg):
     elif not isinstance(layer, Gemm):
         return False, (f"{layer.kind} runs on the host (the device runs Gemm/MatMul, Conv, MaxPool, "
                        f"GlobalAveragePool and Add)")
-    if np.any(layer.w_zp != 0):
-        return False, "weights with a non-zero zero point (the device folds only the input zero point)"
     return True, ""
 
 
@@ -133,23 +132,58 @@ def _group_mask(layer, shape):
     return out_group[:, None] == in_group[None, :]
 
 
+def weight_parts(w_q, w_zp, output_axis):
+    """``w_q - w_zp`` (the weights the layer really multiplies by) as int8 arrays whose sum it is, exactly.
+
+    The array multiplies int8 by int8 and folds only the input zero point into the bias. Weights with a zero
+    point, or uint8 weights, differ from it by up to 255 either way, so they are split: the first part is
+    ``w_q - w_zp`` clipped to int8, each further one what is left. The layer then reads its input once per part
+    (``sum x (a + b) == sum x a + sum x b``), only along the input channels or rows where a part is not zero:
+    int8 weights with zero point 0 are one part, as they are; weights whose differences all fit in int8, too.
+    """
+    shape = [1] * w_q.ndim
+    shape[output_axis] = -1
+    rest = w_q.astype(np.int16) - np.asarray(w_zp, np.int16).reshape(shape if np.ndim(w_zp) else ())
+    parts = []
+    while not parts or rest.any():
+        parts.append(np.clip(rest, -128, 127).astype(np.int8))
+        rest = rest - parts[-1]
+    return parts
+
+
+def _extra_reads(parts, axis, dense=lambda part: part):
+    """``(weights, reads)``: the parts stacked along ``axis`` (the reduction axis) after the first, keeping only the
+    indices where a part is not zero, and those indices, for the input to be read again."""
+    stacked, reads = [dense(parts[0])], []
+    for part in map(dense, parts[1:]):
+        used = np.flatnonzero(np.any(part != 0, axis=tuple(a for a in range(part.ndim) if a != axis)))
+        stacked.append(np.take(part, used, axis=axis))
+        reads.append(used)
+    return np.concatenate(stacked, axis=axis), np.concatenate(reads) if reads else np.zeros(0, int)
+
+
 def _device_conv(device, graph, layer, x):
     """A Conv layer on the device, the whole batch in one program."""
     x_zp, scale, y_zp = _device_params(layer)
-    w = dense_group_weights(layer.w_q, layer.group)
+    w, again = _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=0), axis=1,
+                            dense=lambda part: dense_group_weights(part, layer.group))
     bias = golden.fold_input_zero_point(layer.bias, x_zp, w, output_axis=0)
-    # useful MACs only: the zeros between groups are not the layer's
-    y, run = device.conv(_to_int8(x), w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),
-                         pad_value=x_zp, counted=_group_mask(layer, w.shape[:2]))
+    x = _to_int8(x)
+    own = _group_mask(layer, (w.shape[0], x.shape[1]))
+    # the zeros between groups are not the layer's MACs; the extra reads of split weights are (the array does them)
+    counted = np.concatenate([own, own[:, again]], axis=1)
+    y, run = device.conv(np.concatenate([x, x[:, again]], axis=1), w, bias, scale, y_zp,
+                         strides=tuple(layer.strides), pads=tuple(layer.pads), pad_value=x_zp, counted=counted)
     return _from_int8(y, layer.y_params.dtype), run
 
 
 def _device_gemm(device, graph, layer, x):
     """A Gemm layer on the device, every leading dimension flattened into rows."""
     x_zp, scale, y_zp = _device_params(layer)
-    bias = golden.fold_input_zero_point(layer.bias, x_zp, layer.w_q)
-    rows = np.ascontiguousarray(_to_int8(x).reshape(-1, x.shape[-1]))
-    y, run = device.gemm(rows, layer.w_q, bias, scale, y_zp)
+    w, again = _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=1), axis=0)
+    bias = golden.fold_input_zero_point(layer.bias, x_zp, w)
+    rows = _to_int8(x).reshape(-1, x.shape[-1])
+    y, run = device.gemm(np.ascontiguousarray(np.concatenate([rows, rows[:, again]], axis=1)), w, bias, scale, y_zp)
     return _from_int8(y, layer.y_params.dtype).reshape(*x.shape[:-1], y.shape[-1]), run
 
 

@@ -9,7 +9,7 @@
   ``QuantizeLinear``, the groups onnxruntime fuses: DQ -> Conv | MatMul | Gemm | Add | AveragePool |
   GlobalAveragePool | MaxPool | Flatten | Reshape -> Q, with a Relu or Clip allowed between the op and its Q.
 
-Per-tensor and per-output-channel int8 weights, uint8 and int8 activations.
+Per-tensor and per-output-channel int8 or uint8 weights with any zero point, uint8 and int8 activations.
 
 Everything else runs on onnxruntime
 -----------------------------------
@@ -103,6 +103,7 @@ QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
                  "QLinearGlobalAveragePool", "MaxPool", "Flatten", "Reshape")
 SUPPORTED = ("QOperator ops QuantizeLinear, DequantizeLinear, " + ", ".join(QOPERATOR_OPS)
              + "; QDQ groups DequantizeLinear -> " + " | ".join(QDQ_OPS) + " -> QuantizeLinear")
+_WEIGHT_TYPES = (np.int8, np.uint8)
 _TENSOR_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
                  onnx.TensorProto.UINT8: np.uint8}
 
@@ -452,7 +453,8 @@ class _Importer:
             list(partition.reasons)
         reason = "; ".join(reasons or partition.carrier_reasons)
         return HostPartition(name=partition.name, inputs=inputs, outputs=outputs, nodes=nodes,
-                             initializers=initializers, opsets=tuple(self.model.opset_import), reason=reason)
+                             initializers=initializers, opsets=tuple(self.model.opset_import),
+                             ir_version=self.model.ir_version, reason=reason)
 
     # -- errors and constants --------------------------------------------------------------------------
 
@@ -652,16 +654,18 @@ class _Importer:
             self.params[layer.outputs[0]] = self.params[layer.inputs[0]]
 
     def _weight(self, node, name, what, axis):
-        """A constant int8 weight ``(values, scale, zero_point)``, per-channel only along ``axis``."""
+        """A constant int8 or uint8 weight ``(values, scale, zero_point)``, per-channel only along ``axis``."""
         if name not in self.weights:
-            raise self._error(node, f"needs its {what} {name!r} to be a DequantizeLinear of an int8 initializer")
+            raise self._error(node, f"needs its {what} {name!r} to be a DequantizeLinear of an int8 or uint8 "
+                                    f"initializer")
         w = self.weights[name]
-        if w.values.dtype != np.int8:
-            raise self._error(node, f"has {what} of type {w.values.dtype}; supported: int8 weights", supported=False)
+        if w.values.dtype.type not in _WEIGHT_TYPES:
+            raise self._error(node, f"has {what} of type {w.values.dtype}; supported: int8 and uint8 weights",
+                              supported=False)
         if w.scale.size > 1 and w.axis != axis % w.values.ndim:
             raise self._error(node, f"quantizes its {what} per channel along axis {w.axis}; supported: axis "
                                     f"{axis % w.values.ndim} (output channels)", supported=False)
-        return w.values, w.scale.astype(np.float32), w.zero_point.astype(np.int8)
+        return w.values, w.scale.astype(np.float32), w.zero_point.astype(w.values.dtype)
 
     def _bias(self, node, name, channels, qdq):
         """Bias as int32 in accumulator units: onnxruntime's QDQ fusions take the int32 initializer behind the
@@ -754,13 +758,13 @@ class _Importer:
         x_params = self._activation(node, x, self._qoperand(node, 0))
         y_params = self._quant_params(node, node.input[6], node.input[7], "output")
         w_q = np.asarray(self._const(node, node.input[3], "weight"))
-        if w_q.dtype != np.int8:
-            raise self._error(node, f"has weights of type {w_q.dtype}; supported: int8", supported=False)
+        if w_q.dtype.type not in _WEIGHT_TYPES:
+            raise self._error(node, f"has weights of type {w_q.dtype}; supported: int8, uint8", supported=False)
         w_scale = np.asarray(self._const(node, node.input[4], "weight scale"), np.float32)
         w_zp = np.asarray(self._const(node, node.input[5], "weight zero point"))
         bias = self._bias(node, node.input[8] if len(node.input) > 8 else "", w_q.shape[0], qdq=False)
         self._emit(Conv(name=self.names[id(node)], inputs=(x,), outputs=(node.output[0],), w_q=w_q,
-                        w_scale=w_scale, w_zp=w_zp.astype(np.int8), bias=bias, x_params=x_params,
+                        w_scale=w_scale, w_zp=w_zp.astype(w_q.dtype), bias=bias, x_params=x_params,
                         y_params=y_params, **self._conv_attrs(node, w_q.shape)))
 
     def _qlinear_matmul(self, node):
@@ -783,15 +787,16 @@ class _Importer:
             raise self._error(node, f"multiplies by {node.input[b_index]!r}, which is not a constant; supported: "
                                     f"constant (K, N) weights", supported=False)
         w_q = np.asarray(self.consts[node.input[b_index]])
-        if w_q.dtype != np.int8 or w_q.ndim != 2:
-            raise self._error(node, f"has weights {w_q.dtype} {w_q.shape}; supported: int8 (K, N)", supported=False)
+        if w_q.dtype.type not in _WEIGHT_TYPES or w_q.ndim != 2:
+            raise self._error(node, f"has weights {w_q.dtype} {w_q.shape}; supported: int8 or uint8 (K, N)",
+                              supported=False)
         w_q = w_q.T if trans_b else w_q
         w_scale = np.asarray(self._const(node, node.input[b_index + 1], "weight scale"), np.float32)
         w_zp = np.asarray(self._const(node, node.input[b_index + 2], "weight zero point"))
         bias = self._bias(node, bias_name, w_q.shape[1], qdq=False)
         self._emit(Gemm(name=self.names[id(node)], inputs=(x,), outputs=(node.output[0],), w_q=w_q,
                         w_scale=w_scale.reshape(-1) if w_scale.size > 1 else w_scale.reshape(()),
-                        w_zp=(w_zp.reshape(-1) if w_zp.size > 1 else w_zp.reshape(())).astype(np.int8),
+                        w_zp=(w_zp.reshape(-1) if w_zp.size > 1 else w_zp.reshape(())).astype(w_q.dtype),
                         bias=bias, x_params=x_params, y_params=y_params))
 
     def _qlinear_add(self, node):

@@ -4,6 +4,7 @@ import json
 import zlib
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -14,10 +15,11 @@ from tessera.verif.onnx_models import (
     conv_model,
     gemm_model,
     matmul_model,
+    qlinear_model,
     quantize_model,
     random_inputs,
 )
-from tessera.verif.onnx_multi import depthwise_separable, pooling_net, residual_block, sequential_cnn
+from tessera.verif.onnx_multi import depthwise_separable, mixed_head, pooling_net, residual_block, sequential_cnn
 
 pytestmark = pytest.mark.rtl
 
@@ -146,6 +148,69 @@ def test_convs_on_output_stationary_device_bit_exact(tmp_path, net):
     np.testing.assert_array_equal(y, _onnxruntime(model, x))
     convs = [layer for layer in report["layers"] if layer["op"] == "Conv"]
     assert convs and all(layer["target"] == "device" for layer in convs)
+
+
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
+@pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
+def test_uint8_weights_run_on_device_bit_exact(tmp_path, quant_format, dataflow):
+    """U8U8, as ``quantize_static(activation_type=QUInt8, weight_type=QUInt8)`` writes it: the convs and the GEMM
+    run on the device (--strict), and the output is onnxruntime's."""
+    rng = np.random.default_rng(zlib.crc32(f"u8u8{quant_format}{dataflow}".encode()))
+    float_model = sequential_cnn(rng)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
+                           activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+    assert any(init.data_type == onnx.TensorProto.UINT8 and len(init.dims) >= 2 for init in model.graph.initializer)
+    x = random_inputs(rng, float_model, 1.5)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow, "--strict")
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    compute = [layer for layer in report["layers"] if layer["op"] in ("Conv", "Gemm")]
+    assert len(compute) == 3 and all(layer["target"] == "device" for layer in compute)
+
+
+@pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
+@pytest.mark.parametrize("op", ["conv", "matmul"])
+def test_weights_far_from_their_zero_point_split_exactly(tmp_path, dataflow, op):
+    """uint8 weights over their whole range with zero point 0 (differences up to 255, three int8 parts) and with a
+    random zero point per channel: the device reads the input once more per part where a part is not zero."""
+    rng = np.random.default_rng(zlib.crc32(f"split{dataflow}{op}".encode()))
+    for per_channel in (False, True):
+        shape = (5, 3, 3, 3) if op == "conv" else (12, 6)
+        w = rng.integers(0, 256, shape).astype(np.uint8)
+        w[..., 0] = 255     # at least one 255 - 0: three parts
+        channels = shape[0] if op == "conv" else shape[1]
+        w_zp = rng.integers(0, 256, channels).astype(np.uint8) if per_channel else np.uint8(0)
+        w_scale = rng.uniform(0.005, 0.02, channels).astype(np.float32) if per_channel else np.float32(0.01)
+        x_shape = (2, 3, 6, 5) if op == "conv" else (7, 12)
+        model = qlinear_model(rng, w, w_zp, w_scale, x_shape)
+        x = rng.integers(0, 256, x_shape).astype(np.uint8)
+        status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow, "--strict")
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(model, x))
+        (layer,) = [layer for layer in report["layers"] if layer["target"] == "device"]
+        own = int(np.prod(w.shape)) * (2 * 6 * 5 if op == "conv" else 7)    # MACs of the layer itself
+        assert layer["macs"] > own      # the extra reads of the split weights are the array's work too
+        assert np.unique(y).size > 10   # the output scale spreads the results: not all saturated
+
+
+def test_mixed_model_runs_its_compute_layers_on_device(tmp_path, capsys):
+    """Softmax, Concat, Resize and Sigmoid on onnxruntime, every conv and the GEMM on the device, the whole model
+    equal to onnxruntime; the table says once why each host partition ran there."""
+    rng = np.random.default_rng(77)
+    float_model = mixed_head(rng)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QDQ, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--strict")
+    out = capsys.readouterr().out
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    targets = {layer["op"]: layer["target"] for layer in report["layers"]}
+    assert targets["Conv"] == targets["Gemm"] == targets["GlobalAveragePool"] == "device"
+    assert targets["Concat+Resize"] == targets["Sigmoid"] == targets["Softmax"] == "host"
+    for op in ("Concat, Resize", "Sigmoid", "Softmax"):
+        assert out.count(f"onnxruntime runs it: no Tessera layer for {op}\n") == 1
+    assert report["check"]["onnxruntime_mismatches"] == 0
 
 
 def test_bad_target_and_missing_model_are_clear_errors(tmp_path, capsys):

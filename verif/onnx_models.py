@@ -151,6 +151,36 @@ def quantize_model(model, path, rng, *, quant_format, per_channel, activation_ty
     return onnx.load(quant_path)
 
 
+def qlinear_model(rng, w, w_zp, w_scale, x_shape, *, pads=(1, 1, 1, 1)):
+    """A hand-made QLinearConv (4-D ``w``) or QLinearMatMul (2-D ``w``, (K, N)) on a uint8 input ``x`` with the
+    given weights and weight zero point, for weights no quantizer would write (e.g. uint8 over their whole range
+    with zero point 0). Input and output scales and zero points, and the conv's bias, are drawn from ``rng``, for
+    inputs drawn uniformly over uint8."""
+    conv = w.ndim == 4
+    out_channels, reduction = (w.shape[0], w[0].size) if conv else (w.shape[1], w.shape[0])
+    x_scale = np.float32(rng.uniform(0.01, 0.03))
+    # For uniform uint8 inputs centred on x_zp, a sum has a standard deviation of about sqrt(K) * 74 * 150 steps
+    # (74: a uniform byte's; 150: of a weight around a zero point anywhere in [0, 255]). The output scale puts
+    # that at 30 to 60 output steps, so the outputs spread over uint8 rather than saturate.
+    y_scale = np.float32(x_scale * np.max(w_scale) * np.sqrt(reduction) * 74 * 150 / rng.uniform(30, 60))
+    constants = {"x_scale": x_scale, "x_zp": np.uint8(rng.integers(118, 139)), "w": w, "w_scale": w_scale,
+                 "w_zp": w_zp, "y_scale": y_scale, "y_zp": np.uint8(rng.integers(100, 156))}
+    names = ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"]
+    if conv:
+        constants["bias"] = rng.integers(-2000, 2000, out_channels).astype(np.int32)
+        node = helper.make_node("QLinearConv", [*names, "bias"], ["y"], name="qconv", pads=list(pads))
+    else:
+        node = helper.make_node("QLinearMatMul", names, ["y"], name="qmatmul")
+    graph = helper.make_graph([node], "tessera_qlinear", [helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                                                        list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [None] * len(x_shape))],
+                              initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
 __all__ = ["QuantFormat", "QuantType", "add_model", "avgpool_model", "conv_model", "conv_output_size",
            "gemm_model", "global_avgpool_model", "input_shapes", "matmul_model", "maxpool_model",
-           "quantize_model", "random_inputs"]
+           "qlinear_model", "quantize_model", "random_inputs"]
