@@ -8,8 +8,8 @@ further down; 0 counts as 1). Each pass:
 
 1. **filter load**: ``p * q * KW`` weight words from ``w_base + pass * p * q * KW``, filter by filter; lane
    ``r`` of word ``(i * q + n // KW) * KW + n % KW`` is PE row ``r``'s entry of filter ``i`` (its set's
-   channel ``n // KW``, filter column ``n % KW``), while the ifmap loader already delivers the first step's
-   input columns;
+   channel ``n // KW``, filter column ``n % KW``; :func:`~tessera.hw.layouts.rs_filter_word`), while the ifmap
+   loader already delivers the first step's input columns;
 2. **steps**, one per output column ``ox``: every PE does ``p * q * KW`` MACs, for each of its channels and
    filter columns one per filter (so an ifmap value is read once for ``p`` MACs), while the ifmap loader reads
    the input columns of the next step (``KW`` columns for the first, ``stride`` after that) of each of the
@@ -17,20 +17,22 @@ further down; 0 counts as 1). Each pass:
    last MAC of the step its column sums go into accumulator row ``i * out_w + ox`` (added to the earlier
    passes').
 
-So the command's ``m`` result rows are ``p * out_w`` (the controller checks it): row ``i * out_w + ox`` holds
-output column ``ox`` of filter ``i``, lane ``j`` output row ``out_y + j``; parameter word ``p_base + i`` holds
-filter ``i``'s bias and scale in every lane (the drain steps to the next word every ``out_w`` rows). Input
-rows and columns outside the feature map (padding, or rows below the last output row) read ``pad_value``.
+So the command's ``m`` result rows are ``p * out_w`` (the controller checks it): row ``i * out_w + ox``
+(:func:`~tessera.hw.layouts.rs_result_row`) holds output column ``ox`` of filter ``i``, lane ``j`` output row
+``out_y + j``; parameter word ``p_base + i`` holds filter ``i``'s bias and scale in every lane (the drain steps
+to the next word every ``out_w`` rows). Input rows and columns outside the feature map (padding, or rows below
+the last output row) read ``pad_value``.
 """
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data
 
 from .array_rs import RowStationaryArray
-from .layouts import MAX_KERNEL, command_layout
+from .layouts import command_layout, rs_filter_entries
 from .rs_filter_loader import FilterLoader
 from .rs_ifmap_loader import COORD, IfmapLoader
 from .rs_mac_sequencer import MacSequencer
+from .rs_pass_unit import filter_entries_shape
 from .tiles import ComputeUnit, tile_layout
 
 __all__ = ["RowStationaryCompute"]
@@ -99,9 +101,10 @@ class RowStationaryCompute(ComputeUnit):
         return m
 
     def _passes(self, m, cmd, running, filters, ifmap, macs, pass_written):
-        """Steps through a command's passes, filter-row chunks fastest, then channel blocks, and starts each
-        pass's filter load, ifmap load and MACs. Returns whether the current pass is the command's first (there
-        are no earlier sums to add to) and whether it is its last."""
+        """Steps through a command's passes, filter-row chunks fastest, then channel blocks (the order its weights
+        are stored in, :func:`~tessera.hw.layouts.rs_filter_word`), and starts each pass's filter load, ifmap load
+        and MACs. Returns whether the current pass is the command's first (there are no earlier sums to add to)
+        and whether it is its last."""
         g = self.conv_geometry
         accepted = self.cmd.valid & self.cmd.ready
         block = Signal.like(cmd.k)           # channel block of the current pass
@@ -174,9 +177,9 @@ class RowStationaryCompute(ComputeUnit):
         """The data paths: buffers to loaders to the array, and the MACs' pace to the ifmap loader."""
         cfg = self.cfg
         g = self.conv_geometry
-        pass_entries = Signal(range(cfg.rows * MAX_KERNEL + 1))    # scratchpad entries of a filter in a pass
+        pass_entries = Signal(filter_entries_shape(cfg))    # scratchpad entries of a filter in a pass
         m.d.comb += [
-            pass_entries.eq(array.channels_per_pe * g.kernel_w),
+            pass_entries.eq(rs_filter_entries(array.channels_per_pe, g.kernel_w)),
             filters.w_base.eq(cmd.w_base), filters.filters.eq(cmd.filters), filters.entries.eq(pass_entries),
             self.weight_addr.eq(filters.weight_addr), filters.weight_data.eq(self.weight_data),
             array.w_write.eq(filters.w_write), array.w_addr.eq(filters.w_addr), array.w_word.eq(filters.w_word),

@@ -15,6 +15,22 @@ and the models that read them.
 
 Either way a command produces ``m`` output rows of ``cols`` channels, requantised with the bias and scales
 of parameter word ``p_base`` and the output zero point ``y_zp``.
+
+Convolution commands (``conv``) read a feature map stored pixel by pixel in raster order, ``channel_blocks``
+words per pixel (:func:`fmap_word`); the vector unit's pooling reads its buffer the same way.
+
+Row-stationary (``rs``) commands are all convolutions (a GEMM runs as a 1x1 one) of ``filters`` filters
+(:mod:`tessera.hw.compute_rs`). With ``q`` channels per PE for the geometry's ``kernel_h`` (``KH``, the filter
+rows of one chunk; :func:`~tessera.hw.array_rs.rs_mapping`):
+
+* weights (:func:`rs_filter_word`): pass by pass (channel block ``b`` of ``rows`` input channels, then
+  filter-row chunk ``c``, chunks fastest), within a pass filter by filter, ``q * KW`` words a filter (its
+  scratchpad entries in that pass, in order: :func:`rs_filter_entries`). Lane ``t*KH + y`` of filter ``i``'s
+  word ``n*KW + x`` in pass ``(b, c)`` holds its weight for input channel ``b*rows + t*q + n``, filter row
+  ``c*KH + y`` and column ``x`` (PE row ``t*KH + y`` is filter row ``y`` of PE set ``t``).
+* parameters: word ``p_base + i`` holds filter ``i``'s bias and scale in every lane.
+* results: accumulator row ``i * out_w + ox`` (:func:`rs_result_row`) holds output column ``ox`` of filter
+  ``i``, lane ``j`` output row ``out_y + j``.
 """
 
 from amaranth.hdl import signed, unsigned
@@ -22,7 +38,8 @@ from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
 __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_CONV_SIDE", "MAX_KERNEL", "MAX_STRIDE",
-           "MAX_PAD", "KERNEL_BITS", "STRIDE_BITS", "PAD_BITS", "act_word", "weight_word", "act_load_layout",
+           "MAX_PAD", "KERNEL_BITS", "STRIDE_BITS", "PAD_BITS", "act_word", "weight_word", "fmap_word",
+           "rs_filter_entries", "rs_filter_word", "rs_result_row", "act_load_layout",
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout"]
 
@@ -53,6 +70,42 @@ def weight_word(cfg, step, row):
     """Offset from ``w_base`` of the weight word that a GEMM command reads at ``step`` (ws: a fold, for PE row
     ``row``; os: a reduction step). Takes ints or NumPy index arrays alike."""
     return step * cfg.rows + row if cfg.dataflow == "ws" else step
+
+
+def fmap_word(in_w, channel_blocks, y, x, block):
+    """Offset from the map's base of the word that holds channel block ``block`` of pixel (``y``, ``x``) of a
+    feature map ``in_w`` pixels wide, ``channel_blocks`` words a pixel (:func:`conv_geometry_layout`). Takes
+    ints, NumPy index arrays or Amaranth values alike."""
+    return (y * in_w + x) * channel_blocks + block
+
+
+def rs_filter_entries(channels_per_pe, kernel_w):
+    """Filter scratchpad entries of one filter in one row-stationary pass, which are also its weight words in
+    that pass: each PE's channels times the kernel width."""
+    return channels_per_pe * kernel_w
+
+
+def rs_filter_word(cfg, kernel_h, kernel_w, channels_per_pe, chunks, filters, f, channel, filter_row, column):
+    """Where a row-stationary command keeps weight (``channel``, ``filter_row``, ``column``) of its filter ``f``
+    (0 to ``filters - 1``): ``(word, lane)``, the word's offset from ``w_base`` and its lane.
+
+    ``kernel_h`` and ``kernel_w`` are the geometry's (``kernel_h`` the rows of one filter-row chunk),
+    ``channels_per_pe`` is ``rs_mapping(cfg.rows, kernel_h)[1]`` and ``chunks`` the command's chunk count
+    (its ``out_x``); ``channel`` counts the layer's input channels and ``filter_row`` the whole filter's rows.
+    Takes ints or NumPy index arrays alike.
+    """
+    block, lane_channel = divmod(channel, cfg.rows)
+    pe_set, pe_channel = divmod(lane_channel, channels_per_pe)
+    chunk, row = divmod(filter_row, kernel_h)
+    pass_ = block * chunks + chunk           # chunks fastest, the order hw.compute_rs runs the passes in
+    entry = pe_channel * kernel_w + column   # the filter's scratchpad entry in the pass
+    return (pass_ * filters + f) * rs_filter_entries(channels_per_pe, kernel_w) + entry, pe_set * kernel_h + row
+
+
+def rs_result_row(out_w, f, column):
+    """Accumulator row (within its half) of output column ``column`` of a row-stationary command's filter ``f``.
+    Takes ints, NumPy index arrays or Amaranth values alike."""
+    return f * out_w + column
 
 
 #: Largest input or output feature map side a convolution command can address.

@@ -1,27 +1,25 @@
 """Row-stationary filter loader: a pass's filters from the weight buffer into the PEs' filter scratchpads."""
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.wiring import In, Out
 
-from .layouts import MAX_KERNEL, OPERAND, command_layout
+from .layouts import OPERAND, command_layout
+from .rs_pass_unit import PassUnit, filter_entries_shape, filter_spad_depth
 
 __all__ = ["FilterLoader"]
 
 
-class FilterLoader(wiring.Component):
+class FilterLoader(PassUnit):
     """Loads the ``filters`` filters of a pass one after the other, ``entries`` weight words each, packed
-    densely into the filter scratchpads of a :class:`~tessera.hw.array_rs.RowStationaryArray` (see
-    :mod:`tessera.hw.compute_rs` for the word order). A command's passes read consecutive runs of words.
-
-    Parameters
-    ----------
-    cfg : AcceleratorConfig
+    densely into the filter scratchpads of a :class:`~tessera.hw.array_rs.RowStationaryArray`: scratchpad entry
+    ``e`` takes word ``w_base + pass * filters * entries + e`` (:func:`~tessera.hw.layouts.rs_filter_word`). A
+    command's passes read consecutive runs of words.
 
     Attributes
     ----------
-    start : In(1)
-        Pulse: load the filters of a pass.
+    ``cfg`` and ``start`` (load the filters of a pass) as for :class:`~tessera.hw.rs_pass_unit.PassUnit`, and:
+
     first : In(1)
         With ``start``: the pass is its command's first, whose filters start at ``w_base``.
     w_base, filters, entries : In
@@ -38,18 +36,17 @@ class FilterLoader(wiring.Component):
     """
 
     def __init__(self, cfg):
-        self.cfg = cfg
         command = command_layout(cfg)
-        super().__init__({
-            "start": In(1), "first": In(1),
+        super().__init__(cfg, {
+            "first": In(1),
             "w_base": In(command["w_base"].shape),
             "filters": In(command["filters"].shape),
-            "entries": In(range(cfg.rows * MAX_KERNEL + 1)),
+            "entries": In(filter_entries_shape(cfg)),
             "weight_addr": Out(command["w_base"].shape),
             "weight_data": In(data.ArrayLayout(OPERAND, cfg.weight_lanes)),
             "weight_read": Out(1),
             "w_write": Out(1),
-            "w_addr": Out(range(cfg.rs_filters * cfg.rows * MAX_KERNEL)),
+            "w_addr": Out(range(filter_spad_depth(cfg))),
             "w_word": Out(data.ArrayLayout(OPERAND, cfg.rows)),
             "done": Out(1),
         })
@@ -58,7 +55,7 @@ class FilterLoader(wiring.Component):
         cfg = self.cfg
         m = Module()
         preloading = Signal()
-        w_entry = Signal(range(cfg.rows * MAX_KERNEL + 1))   # entry of the filter being loaded
+        w_entry = Signal(filter_entries_shape(cfg))         # entry of the filter being loaded
         w_filter = Signal(range(max(cfg.rs_filters, 2)))
         w_offset = Signal.like(self.w_base)
         fill = Signal.like(self.w_addr)                     # entries loaded so far this pass

@@ -1,11 +1,12 @@
 """Row-stationary ifmap loader: the input columns of each step into the PEs' ifmap scratchpads."""
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.wiring import In, Out
 
 from .array_rs import SPAD_COLUMNS
 from .layouts import MAX_KERNEL, MAX_STRIDE, OPERAND, command_layout, conv_geometry_layout
+from .rs_pass_unit import PassUnit
 
 __all__ = ["IfmapLoader", "COORD"]
 
@@ -13,19 +14,15 @@ __all__ = ["IfmapLoader", "COORD"]
 COORD = signed(14)
 
 
-class IfmapLoader(wiring.Component):
+class IfmapLoader(PassUnit):
     """Delivers, step by step, the input columns a pass's MACs read: ``KW`` columns for the first step and
     ``stride`` more for each later one, of each of the band's ``(cols - 1) * stride + KH`` input rows, at
     most one step ahead of the MACs. Input rows and columns outside the feature map deliver ``pad_value``.
 
-    Parameters
-    ----------
-    cfg : AcceleratorConfig
-
     Attributes
     ----------
-    start : In(1)
-        Pulse: start a pass at its first step.
+    ``cfg`` and ``start`` as for :class:`~tessera.hw.rs_pass_unit.PassUnit`, and:
+
     active : In(1)
         A pass is under way (from ``start`` until its last accumulator write).
     conv_geometry : In(conv_geometry_layout())
@@ -45,10 +42,9 @@ class IfmapLoader(wiring.Component):
     """
 
     def __init__(self, cfg):
-        self.cfg = cfg
         command = command_layout(cfg)
-        super().__init__({
-            "start": In(1), "active": In(1),
+        super().__init__(cfg, {
+            "active": In(1),
             "conv_geometry": In(conv_geometry_layout()),
             "x_base": In(command["x_base"].shape),
             "block": In(command["k"].shape),
@@ -83,6 +79,7 @@ class IfmapLoader(wiring.Component):
         m.d.comb += [y.eq(self.y_base + load_row), x.eq(load_x0 + load_col)]
         outside = (y < 0) | (y >= g.in_h) | (x < 0) | (x >= g.in_w)
         m.d.comb += [
+            # x_base + layouts.fmap_word(in_w, channel_blocks, y, x, block)
             self.act_addr.eq(self.x_base + (y * g.in_w + x) * g.channel_blocks + self.block),
             self.act_read.eq(loading & ~outside),
         ]

@@ -1,30 +1,26 @@
 """Row-stationary MAC sequencer: the MACs of each step of a pass, in lock step in every PE."""
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .array_rs import SPAD_COLUMNS
 from .layouts import MAX_KERNEL, command_layout, conv_geometry_layout
 from .rs_ifmap_loader import COORD
+from .rs_pass_unit import PassUnit, filter_entries_shape, filter_spad_depth
 
 __all__ = ["MacSequencer"]
 
 
-class MacSequencer(wiring.Component):
+class MacSequencer(PassUnit):
     """Runs the ``filters * channels * KW`` MACs of each step (output column) of a pass in every PE of a
     :class:`~tessera.hw.array_rs.RowStationaryArray`. The filter is the innermost loop, so the ifmap entry of
     a (channel, column) is read once and reused for every filter; a step's last ``filters`` MACs each finish
     one filter's column sums.
 
-    Parameters
-    ----------
-    cfg : AcceleratorConfig
-
     Attributes
     ----------
-    start : In(1)
-        Pulse: start a pass at its first step.
+    ``cfg`` and ``start`` as for :class:`~tessera.hw.rs_pass_unit.PassUnit`, and:
+
     enable : In(1)
         The pass's filters are in the scratchpads: the MACs may run.
     conv_geometry : In(conv_geometry_layout())
@@ -40,19 +36,19 @@ class MacSequencer(wiring.Component):
     filter_done : Out(1)
         This cycle's MAC is a filter's last of the step: the column sums hold its outputs the next cycle.
     result_row : Out
-        The accumulator row (within the half) of those outputs: ``filter * out_w + step``.
+        The accumulator row (within the half) of those outputs:
+        ``rs_result_row(out_w, filter, step)`` (:func:`~tessera.hw.layouts.rs_result_row`).
     """
 
     def __init__(self, cfg):
-        self.cfg = cfg
         command = command_layout(cfg)
-        depth = cfg.rs_filters * cfg.rows * MAX_KERNEL
-        super().__init__({
-            "start": In(1), "enable": In(1),
+        depth = filter_spad_depth(cfg)
+        super().__init__(cfg, {
+            "enable": In(1),
             "conv_geometry": In(conv_geometry_layout()),
             "filters": In(command["filters"].shape),
             "channels": In(range(cfg.rows + 1)),
-            "entries": In(range(cfg.rows * MAX_KERNEL + 1)),
+            "entries": In(filter_entries_shape(cfg)),
             "loaded": In(command["m"].shape),
             "mac_step": Out(command["m"].shape),
             "mac": Out(1), "first": Out(1),
@@ -69,9 +65,11 @@ class MacSequencer(wiring.Component):
         m = Module()
         g = self.conv_geometry
         steps = g.out_w                      # one per output column
+        # the entry mac_weight = filter_base + mac_entry holds the pass's weight word of that offset
+        # (layouts.rs_filter_word); filter_base and filter_row are running sums, not products
         mac_entry = Signal(range(cfg.rows * MAX_KERNEL))     # channel * KW + column within a filter
         filter_base = Signal.like(self.mac_weight)          # mac_filter * entries
-        filter_row = Signal.like(self.mac_step)             # mac_filter * out_w: the filter's result rows
+        filter_row = Signal.like(self.mac_step)             # rs_result_row(out_w, mac_filter, 0)
         mac_column = Signal(range(MAX_KERNEL))
         mac_x0 = Signal(COORD)
         macs_on = self.mac

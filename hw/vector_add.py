@@ -1,63 +1,35 @@
 """Quantized add for the vector unit: two runs of words, one :class:`~tessera.hw.qadd.QAddLane` per lane."""
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
-from .isa import LINK_WIDTH
-from .layouts import vec_command_layout, vec_load_layout
+from .layouts import vec_command_layout
 from .qadd import QAddLane, add_params_layout
+from .vector_operation import VectorOperation
 
 __all__ = ["VectorAdd"]
 
 
-class VectorAdd(wiring.Component):
+class VectorAdd(VectorOperation):
     """The ``ADD`` command of :class:`~tessera.hw.vector.VectorUnit`: onnxruntime's QLinearAdd of ``count`` words
     at ``a_base`` and as many at ``b_base``, bit-exact. Each result word reads a's word, then b's: a's is kept
     while b's arrives, then both enter the lanes.
 
-    Parameters
-    ----------
-    cfg : AcceleratorConfig
-
     Attributes
     ----------
+    The ports of :class:`~tessera.hw.vector_operation.VectorOperation` (``started``: a word of b is read), and:
+
     params : In(add_params_layout())
         Holds still while a command runs.
-    start : In(1)
-        Pulse: a command is accepted.
     a_base, b_base, count : In
         The running command's operands and word count.
-    run, room : In(1)
-        The command runs; the output queue has room for one more result word: read the next word of a.
-    read_addr, read_data : Out, In
-        The vector buffer's read port (one cycle latency).
-    reading : Out(1)
-        A word is read this cycle.
-    started : Out(1)
-        A word of b is read this cycle: one more result word is on its way.
-    done : Out(1)
-        The command's last word is read this cycle.
-    result, result_valid : Out
-        A result word.
     """
 
     def __init__(self, cfg):
-        self.cfg = cfg
         command = vec_command_layout(cfg)
-        super().__init__({
-            "params": In(add_params_layout()),
-            "start": In(1),
+        super().__init__(cfg, {"params": In(add_params_layout())}, {
             "a_base": In(command["a_base"].shape), "b_base": In(command["b_base"].shape),
             "count": In(command["count"].shape),
-            "run": In(1), "room": In(1),
-            "read_addr": Out(command["a_base"].shape),
-            "read_data": In(vec_load_layout(cfg)["data"].shape),
-            "reading": Out(1),
-            "started": Out(1),
-            "done": Out(1),
-            "result": Out(LINK_WIDTH),
-            "result_valid": Out(1),
         })
 
     def elaborate(self, platform):

@@ -1,18 +1,17 @@
 """Max pooling for the vector unit: a window's taps read tap by tap and folded into a running max."""
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
-from .isa import LINK_WIDTH
-from .layouts import MAX_CONV_SIDE, conv_geometry_layout, vec_command_layout, vec_load_layout
+from .layouts import MAX_CONV_SIDE, conv_geometry_layout, vec_command_layout
+from .vector_operation import VectorOperation
 
 __all__ = ["MaxPool"]
 
 _COORD = signed(12)
 
 
-class MaxPool(wiring.Component):
+class MaxPool(VectorOperation):
     """The ``POOL`` command of :class:`~tessera.hw.vector.VectorUnit`: for each of ``count`` output pixels
     (raster order from ``out_y``, ``out_x``) and each of its channel blocks, reads the window's taps one per
     cycle and emits their lane-wise max. Taps in the padding are not read and never win (onnxruntime's rule).
@@ -20,48 +19,23 @@ class MaxPool(wiring.Component):
     A tap is read in the cycle the counters name it (stage A); the next cycle (stage B) its word, or the
     padding, is folded into the running max.
 
-    Parameters
-    ----------
-    cfg : AcceleratorConfig
-
     Attributes
     ----------
+    The ports of :class:`~tessera.hw.vector_operation.VectorOperation` (a read is a tap, ``started`` a window's
+    last tap, a result word a window's max), and:
+
     geometry : In(conv_geometry_layout())
-    start : In(1)
-        Pulse: a command is accepted; its first output pixel is (``out_y``, ``out_x``).
     out_y, out_x : In
+        With ``start``: the command's first output pixel.
     a_base, count : In
         The running command's feature map and output pixel count.
-    run, room : In(1)
-        The command runs; the output queue has room for one more result word: read the next tap.
-    read_addr, read_data : Out, In
-        The vector buffer's read port (one cycle latency).
-    reading : Out(1)
-        A tap is read this cycle.
-    started : Out(1)
-        A window's last tap is read this cycle: one more result word is on its way.
-    done : Out(1)
-        The command's last tap is read this cycle.
-    result, result_valid : Out
-        A window's max.
     """
 
     def __init__(self, cfg):
-        self.cfg = cfg
         command = vec_command_layout(cfg)
-        super().__init__({
-            "geometry": In(conv_geometry_layout()),
-            "start": In(1),
+        super().__init__(cfg, {"geometry": In(conv_geometry_layout())}, {
             "out_y": In(command["out_y"].shape), "out_x": In(command["out_x"].shape),
             "a_base": In(command["a_base"].shape), "count": In(command["count"].shape),
-            "run": In(1), "room": In(1),
-            "read_addr": Out(command["a_base"].shape),
-            "read_data": In(vec_load_layout(cfg)["data"].shape),
-            "reading": Out(1),
-            "started": Out(1),
-            "done": Out(1),
-            "result": Out(LINK_WIDTH),
-            "result_valid": Out(1),
         })
 
     def elaborate(self, platform):
@@ -77,7 +51,7 @@ class MaxPool(wiring.Component):
         row_words = Signal(24)
         m.d.comb += row_words.eq(g.in_w * g.channel_blocks)
         inside = (iy >= 0) & (iy < g.in_h) & (ix >= 0) & (ix < g.in_w)
-        pool_addr = Signal(24)
+        pool_addr = Signal(24)       # layouts.fmap_word(in_w, channel_blocks, iy, ix, a_cb), row stride precomputed
         m.d.comb += [
             pool_addr.eq(self.a_base + iy * row_words + ix * g.channel_blocks + a_cb),
             self.read_addr.eq(pool_addr),

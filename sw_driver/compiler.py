@@ -16,8 +16,20 @@ import numpy as np
 
 from tessera.gen.packing import pack
 from tessera.hw.array_rs import rs_mapping
+from tessera.hw.controller_queues import COMMAND_QUEUE
 from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, result_row_words, words_per_buffer_word
-from tessera.hw.layouts import MAX_KERNEL, MAX_PAD, MAX_STRIDE, act_word, fold_header_layout, weight_word
+from tessera.hw.layouts import (
+    MAX_KERNEL,
+    MAX_PAD,
+    MAX_STRIDE,
+    act_word,
+    fmap_word,
+    fold_header_layout,
+    rs_filter_entries,
+    rs_filter_word,
+    rs_result_row,
+    weight_word,
+)
 from tessera.sw_driver.isa_encode import instruction, load
 
 __all__ = ["Program", "compile_gemm", "compile_conv", "conv_output_shape", "dense_group_weights", "check_gemm_operands",
@@ -164,8 +176,9 @@ def _block_order(blocks, tiles):
     return [(b, t) for b in range(blocks) for t in range(tiles)]
 
 
-#: Commands the controller can queue ahead of the core (its command FIFO plus the one the core holds).
-_RUN_AHEAD = 5
+#: Commands the controller can queue ahead of the core: its command FIFO, plus the one the core holds (the core
+#: takes a command from the FIFO when it starts it, which frees that FIFO entry).
+_RUN_AHEAD = COMMAND_QUEUE + 1
 
 
 def _estimate_cycles(steps):
@@ -409,6 +422,17 @@ def _sparse_weight_tile(layer, t, stored, kw, blocks):
     return words.reshape(-1, C)
 
 
+def _fmap_words(fmap, rows):
+    """A feature map (H, W, channel_blocks * rows) as activation words, in the layout of
+    :func:`tessera.hw.layouts.fmap_word`."""
+    in_h, in_w, channels = fmap.shape
+    blocks = channels // rows
+    y, x, block = np.meshgrid(np.arange(in_h), np.arange(in_w), np.arange(blocks), indexing="ij")
+    words = np.zeros((in_h * in_w * blocks, rows), np.int8)
+    words[fmap_word(in_w, blocks, y, x, block)] = fmap.reshape(in_h, in_w, blocks, rows)
+    return words
+
+
 def conv_limits_violation(kernel, strides, pads):
     """Why no dataflow's conv commands (nor the vector unit's pooling) can take this kernel, stride and padding,
     or None if they can."""
@@ -522,7 +546,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                 stream.words.append(setup(first_row, last_row, oy0))
             pixels = (oy1 - oy0) * out_w
             block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
-            band = fmaps[image, first_row:last_row].reshape(-1, R)
+            band = _fmap_words(fmaps[image, first_row:last_row], R)
 
             def words_needed(p_end, oy0=oy0, first_row=first_row, last_row=last_row):
                 # the words of the input rows that the band's output pixels up to p_end (exclusive) read
@@ -608,7 +632,8 @@ class _RowStationaryConv(Program):
             y[:, f] = value[0]
         for (image, oy0, filters), block in zip(self.placements, results, strict=True):
             rows = min(cols, self.out_h - oy0)
-            columns = np.asarray(block)[:len(filters) * self.out_w, :rows].reshape(len(filters), self.out_w, rows)
+            f, ox = np.meshgrid(np.arange(len(filters)), np.arange(self.out_w), indexing="ij")
+            columns = np.asarray(block)[rs_result_row(self.out_w, f, ox), :rows]     # (filters, out_w, rows)
             y[image, list(filters), oy0:oy0 + rows] = columns.transpose(0, 2, 1)
         return y.transpose(0, 2, 3, 1).reshape(self.m, self.n)[:self.keep_rows]
 
@@ -633,24 +658,9 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     # a filter taller than the array folds into chunks of at most `rows` filter rows, each a pass of its own
     chunks = math.ceil(kh / min(R, MAX_KERNEL))
     height = math.ceil(kh / chunks)
-    sets, q = rs_mapping(R, height)
+    _, q = rs_mapping(R, height)
     blocks = math.ceil(channels / R)
-    pass_words = q * kw
-    # weights of filter f: pass (b, chunk), word (cc * kw + col), lane t * height + i holds
-    # w[f, b*R + t*q + cc, chunk*height + i, col]
-    tiles = np.zeros((out_channels, blocks * chunks * pass_words, R), np.int8)
-    for b in range(blocks):
-        for chunk in range(chunks):
-            base = (b * chunks + chunk) * pass_words
-            for t in range(sets):
-                for cc in range(q):
-                    c = b * R + t * q + cc
-                    if t * q + cc >= R or c >= channels:
-                        continue
-                    for i in range(height):
-                        if chunk * height + i < kh:
-                            for col in range(kw):
-                                tiles[:, base + cc * kw + col, t * height + i] = w[:, c, chunk * height + i, col]
+    filter_words = blocks * chunks * rs_filter_entries(q, kw)    # a filter's weight words over all its passes
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
     # whole images in the two halves of the activation buffer under one setup; larger maps in bands of `cols`
@@ -663,16 +673,19 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
                           f"half the activation buffer holds {cfg.act_depth // 2}")
     zero = ~np.any(w.reshape(out_channels, -1) != 0, axis=1) if skip_zero_tiles else np.zeros(out_channels, bool)
     run_filters = np.flatnonzero(~zero)
-    groups = _filter_groups(cfg, run_filters, out_w, len(tiles[0]))
+    groups = _filter_groups(cfg, run_filters, out_w, filter_words)
     p = max(map(len, groups), default=1)
     acts = _SlotPool(cfg, "act", cfg.act_depth // 2, 2)
-    weights = _SlotPool(cfg, "weight", p * len(tiles[0]))
+    weights = _SlotPool(cfg, "weight", p * filter_words)
     params = _SlotPool(cfg, "param", p)
 
     def group_weights(group):
-        # pass by pass, the group's filters one after another (the order the compute unit loads them in)
-        passes = tiles[group].reshape(len(group), blocks * chunks, pass_words, R)
-        return passes.transpose(1, 0, 2, 3).reshape(-1, R)
+        # the weight words of a command computing the group's filters (hw.layouts.rs_filter_word)
+        f, c, y, x = np.meshgrid(*map(np.arange, (len(group), channels, kh, kw)), indexing="ij")
+        word, lane = rs_filter_word(cfg, height, kw, q, chunks, len(group), f, c, y, x)
+        words = np.zeros((len(group) * filter_words, R), np.int8)
+        words[word, lane] = w[group]
+        return words
 
     def setup(rows, pad_top):
         return instruction(cfg, Opcode.CONV_SETUP, in_h=rows, in_w=in_w, out_w=out_w, channel_blocks=blocks,
@@ -683,18 +696,18 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     outputs, placements = [], []
     for image in range(images if len(run_filters) else 0):
         if whole:
-            act_slot = stream.place(acts, BufferId.ACT, image, fmaps[image].reshape(-1, R))
+            act_slot = stream.place(acts, BufferId.ACT, image, _fmap_words(fmaps[image], R))
         for oy0 in range(0, out_h, C):
             band_y = 0 if whole else oy0     # commands count output rows from the stored rows' band
             if not whole:
                 first_row = max(0, oy0 * stride_y - pad_t)
                 last_row = min(in_h, (oy0 + C - 1) * stride_y - pad_t + kh)
-                band = fmaps[image, first_row:last_row].reshape(-1, R)
+                band = _fmap_words(fmaps[image, first_row:last_row], R)
                 act_slot = stream.place(acts, BufferId.ACT, (image, oy0), band)
                 stream.words.append(setup(last_row - first_row, max(0, pad_t - oy0 * stride_y)))
             for g, group in enumerate(groups):
                 w_slot = stream.place(weights, BufferId.WEIGHT, g, group_weights(group))
-                # parameter word i: filter i's bias and scale in every lane
+                # parameter word i: filter i's bias and scale in every lane (hw.layouts)
                 p_slot = stream.place(params, BufferId.PARAM, g, (np.repeat(bias[group, None], C, axis=1),
                                                                   np.repeat(scale[group, None], C, axis=1)))
                 stream.command(instruction(cfg, Opcode.GEMM, m=len(group) * out_w, k=blocks, filters=len(group),

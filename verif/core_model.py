@@ -11,11 +11,11 @@ import dataclasses
 import numpy as np
 
 from tessera.hw.isa import BufferId, Opcode
-from tessera.hw.layouts import act_word, weight_word
+from tessera.hw.layouts import act_word, fmap_word, weight_word
 from tessera.sw_driver import golden
 from tessera.sw_driver.isa_encode import disassemble
 
-__all__ = ["Buffers", "Pass", "execute_command", "core_passes", "run_passes", "run_program"]
+__all__ = ["Buffers", "Pass", "execute_command", "core_passes", "run_passes", "replay_program", "run_program"]
 
 
 @dataclasses.dataclass
@@ -36,7 +36,8 @@ class Buffers:
 
     @classmethod
     def empty(cls, cfg):
-        return cls(np.zeros((cfg.act_depth, cfg.rows), np.int8), np.zeros((cfg.weight_depth, cfg.cols), np.int8),
+        return cls(np.zeros((cfg.act_depth, cfg.rows), np.int8),
+                   np.zeros((cfg.weight_depth, cfg.weight_lanes), np.int8),
                    np.zeros((cfg.param_depth, cfg.cols), np.int32), np.zeros((cfg.param_depth, cfg.cols), np.uint32))
 
 
@@ -53,7 +54,7 @@ def _conv_activations(cfg, buffers, cmd, g):
             kh, kw = divmod(tap, g["kernel_w"])
             iy, ix = oy * g["stride"] + kh - g["pad_top"], ox * g["stride"] + kw - g["pad_left"]
             if 0 <= iy < g["in_h"] and 0 <= ix < g["in_w"]:
-                row.append(buffers.act[(cmd["x_base"] + (iy * g["in_w"] + ix) * blocks + cb) % len(buffers.act)])
+                row.append(buffers.act[(cmd["x_base"] + fmap_word(g["in_w"], blocks, iy, ix, cb)) % len(buffers.act)])
             else:
                 row.append(np.full(R, g["pad_value"], np.int8))
         rows.append(np.concatenate(row))
@@ -129,10 +130,11 @@ def run_passes(cfg, passes):
     return results
 
 
-def run_program(cfg, words):
-    """Execute a well-formed instruction stream (no error handling); return each command's result rows."""
+def replay_program(cfg, words):
+    """Replay the loads of a well-formed instruction stream; at each compute command yield ``(command, geometry,
+    buffers)``: its fields, the last CONV_SETUP's and the buffers as the command reads them (the same object
+    throughout, updated by the loads after it)."""
     buffers = Buffers.empty(cfg)
-    results = []
     geometry = None
     for opcode, ops, payload in disassemble(cfg, words):
         if opcode == Opcode.CONV_SETUP:
@@ -145,5 +147,9 @@ def run_program(cfg, words):
                 else:
                     (buffers.act if buffer == BufferId.ACT else buffers.weight)[addr] = value
         elif opcode == Opcode.GEMM:
-            results.append(execute_command(cfg, buffers, ops, geometry))
-    return results
+            yield ops, geometry, buffers
+
+
+def run_program(cfg, words):
+    """Execute a well-formed instruction stream (no error handling); return each command's result rows."""
+    return [execute_command(cfg, buffers, ops, geometry) for ops, geometry, buffers in replay_program(cfg, words)]

@@ -12,6 +12,7 @@ import numpy as np
 
 from tessera.hw.array_rs import rs_mapping
 from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, Opcode, result_row_words
+from tessera.hw.layouts import rs_filter_entries
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm
 from tessera.sw_driver.isa_encode import disassemble, instruction, parse_packets
@@ -96,7 +97,7 @@ def rs_expected_counters(cfg, words):
         used = sets * kh * cfg.cols                       # PEs of whole sets
         chunks = max(1, operands["out_x"])
         passes = operands["k"] * chunks
-        entries = q * kw                                  # filter entries per filter and pass
+        entries = rs_filter_entries(q, kw)                # filter entries per filter and pass
         columns = kw + (steps - 1) * stride               # input columns a pass delivers
         counts["array_cycles"] += passes * steps * p * entries
         counts["weight_reads"] += passes * p * entries
