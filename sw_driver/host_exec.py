@@ -31,11 +31,13 @@ from .layers import (
     AveragePool,
     Clip,
     Conv,
+    ConvInteger,
     Dequantize,
     Flatten,
     Gemm,
     GlobalAveragePool,
     HostPartition,
+    MatMulInteger,
     MaxPool,
     Quantize,
     QuantParams,
@@ -169,6 +171,17 @@ def _(layer: Gemm, x, *, float_path):
     xp, yp = layer.x_params, layer.y_params
     return golden.qlinear_matmul(x, xp.scale, xp.zero_point, layer.w_q, layer.w_scale, layer.w_zp, yp.scale,
                                  yp.zero_point, layer.bias, yp.dtype)
+
+
+@_compute.register
+def _(layer: ConvInteger, x, x_zp=None, *, float_path):
+    return golden.conv2d_int(x, layer.x_zp if x_zp is None else x_zp, layer.w_q, layer.w_zp, strides=layer.strides,
+                             pads=layer.pads, dilations=layer.dilations, group=layer.group)
+
+
+@_compute.register
+def _(layer: MatMulInteger, x, x_zp=None, *, float_path):
+    return golden.matmul_int(x, layer.x_zp if x_zp is None else x_zp, layer.w_q, layer.w_zp)
 
 
 @_compute.register

@@ -11,14 +11,38 @@ import numpy as np
 import onnx
 from onnx import helper
 
-__all__ = ["run_partition"]
+__all__ = ["OnnxRuntimeError", "onnxruntime_reason", "prepare_partition", "run_partition"]
+
+
+class OnnxRuntimeError(RuntimeError):
+    """onnxruntime refused or failed a host partition; the message names the partition and says onnxruntime's why."""
 
 def run_partition(layer, tensors):
     """``{output name: ndarray}`` of ``layer`` given ``tensors`` (which hold at least its inputs)."""
     feeds = {name: np.asarray(tensors[name]) for name in layer.inputs}
-    signature = tuple((name, feeds[name].dtype.str, feeds[name].ndim) for name in layer.inputs)
-    session = _session(layer, signature)
-    return dict(zip(layer.outputs, session.run(list(layer.outputs), feeds), strict=True))
+    session = prepare_partition(layer, {name: (a.dtype, a.ndim) for name, a in feeds.items()})
+    try:
+        return dict(zip(layer.outputs, session.run(list(layer.outputs), feeds), strict=True))
+    except Exception as error:  # noqa: BLE001 - onnxruntime's exception types are not public
+        raise OnnxRuntimeError(f"onnxruntime cannot run host partition {layer.name!r} ({layer.kind}): "
+                               f"{onnxruntime_reason(error)}") from error
+
+
+def prepare_partition(layer, types):
+    """The onnxruntime session for ``layer`` given ``{input name: (dtype, ndim)}``: made once, so that a partition
+    onnxruntime refuses is found before a run starts."""
+    signature = tuple((name, np.dtype(types[name][0]).str, types[name][1]) for name in layer.inputs)
+    try:
+        return _session(layer, signature)
+    except Exception as error:  # noqa: BLE001 - as above
+        raise OnnxRuntimeError(f"onnxruntime refuses host partition {layer.name!r} ({layer.kind}): "
+                               f"{onnxruntime_reason(error)}") from error
+
+
+def onnxruntime_reason(error):
+    """onnxruntime's own reason, without its source location."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split("Status Message: ")[-1].split(" : ", 1)[-1] if "Status Message: " in text else text
 
 
 @lru_cache(maxsize=64)
@@ -32,5 +56,5 @@ def _session(layer, signature):
                               initializer=list(layer.initializers))
     model = helper.make_model(graph, opset_imports=list(layer.opsets), ir_version=layer.ir_version)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4      # a failure reaches the user as OnnxRuntimeError's one line, not the log too
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "Add", "AveragePool", "Clip", "Conv", "Dequantize", "Flatten", "Gemm", "GlobalAveragePool", "GraphIO",
-    "HostPartition", "Layer", "MaxPool", "QuantParams", "Quantize", "QuantizedGraph", "Reshape",
+    "Add", "AveragePool", "Clip", "Conv", "ConvInteger", "Dequantize", "Flatten", "Gemm", "GlobalAveragePool",
+    "GraphIO", "HostPartition", "Layer", "MatMulInteger", "MaxPool", "QuantParams", "Quantize", "QuantizedGraph",
+    "Reshape",
 ]
 
 
@@ -419,6 +420,50 @@ class Dequantize(Layer):
     """DequantizeLinear to a float graph output. Attributes: ``x_params``."""
 
     x_params: QuantParams
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class _Integer(Layer):
+    """An integer product with an int32 output (ConvInteger, MatMulInteger): what ``quantize_dynamic`` writes,
+    before the runtime scales it in float. Attributes: ``w_q`` (int8 or uint8), ``w_zp`` (shape () or one per
+    output channel), ``x_zp`` (the input's zero point, an int; or, when the layer has a second input, that
+    tensor's value at run time, as DynamicQuantizeLinear computes it)."""
+
+    w_q: np.ndarray
+    w_zp: np.ndarray
+    x_zp: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "w_q", _frozen_array(self.w_q, np.asarray(self.w_q).dtype))
+        zp = np.asarray(self.w_zp)
+        object.__setattr__(self, "w_zp", _frozen_array(zp.reshape(()) if zp.size == 1 else zp.reshape(-1), zp.dtype))
+        object.__setattr__(self, "x_zp", int(self.x_zp))
+
+    def output_shape(self, *input_shapes):
+        return None     # onnx shape inference has it
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ConvInteger(_Integer):
+    """ONNX ConvInteger: ``w_q`` (O, C / group, KH, KW); ``strides``, ``pads``, ``dilations``, ``group`` as in
+    :class:`Conv`."""
+
+    strides: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    dilations: tuple = (1, 1)
+    group: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("strides", "pads", "dilations"):
+            object.__setattr__(self, name, _ints(getattr(self, name)))
+        object.__setattr__(self, "group", int(self.group))
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MatMulInteger(_Integer):
+    """ONNX MatMulInteger with constant (K, N) weights ``w_q``."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

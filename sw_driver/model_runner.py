@@ -17,7 +17,16 @@ from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import TilingError, conv_limits_violation, dense_group_weights
 from tessera.sw_driver.energy import layer_energy
 from tessera.sw_driver.host_exec import run_layer
-from tessera.sw_driver.layers import Add, Conv, Gemm, GlobalAveragePool, HostPartition, MaxPool
+from tessera.sw_driver.layers import (
+    Add,
+    Conv,
+    ConvInteger,
+    Gemm,
+    GlobalAveragePool,
+    HostPartition,
+    MatMulInteger,
+    MaxPool,
+)
 from tessera.sw_driver.vector_compiler import add_params_for
 
 __all__ = ["LayerReport", "run_graph_on", "device_placement", "weight_parts"]
@@ -41,6 +50,8 @@ def device_placement(graph, layer, cfg):
     """``(True, "")`` if ``layer`` can run on the device of ``cfg``, else ``(False, why)``."""
     if isinstance(layer, HostPartition):
         return False, f"onnxruntime runs it: {layer.reason}"
+    if isinstance(layer, (ConvInteger, MatMulInteger)):
+        return False, "an int32 output (the device returns requantized int8 only)"
     if graph.onnxruntime_path(layer.name) == "float":
         return False, "onnxruntime computes this layer in float; the host reproduces it"
     if isinstance(layer, (MaxPool, Add)):

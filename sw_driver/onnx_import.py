@@ -81,12 +81,14 @@ from .layers import (
     AveragePool,
     Clip,
     Conv,
+    ConvInteger,
     Dequantize,
     Flatten,
     Gemm,
     GlobalAveragePool,
     GraphIO,
     HostPartition,
+    MatMulInteger,
     MaxPool,
     Quantize,
     QuantizedGraph,
@@ -371,6 +373,8 @@ class _Importer:
                      "QLinearAveragePool": self._qlinear_pool, "QLinearGlobalAveragePool": self._qlinear_pool}
         if op in qoperator and domain == (MS_DOMAIN if op not in ("QLinearConv", "QLinearMatMul") else ""):
             return qoperator[op](node)
+        if domain in ("", "ai.onnx") and op in ("ConvInteger", "MatMulInteger"):
+            return self._integer(node)
         if domain in ("", "ai.onnx") and op in QDQ_OPS:
             data = node.input[0]
             if data in self.params:  # QOperator leaves shape ops and MaxPool on the quantized tensor itself
@@ -799,6 +803,29 @@ class _Importer:
                         w_zp=(w_zp.reshape(-1) if w_zp.size > 1 else w_zp.reshape(())).astype(w_q.dtype),
                         bias=bias, x_params=x_params, y_params=y_params))
 
+    def _integer(self, node):
+        """ConvInteger or MatMulInteger with constant weights, on a tensor a run holds: an int32 output."""
+        names = list(node.input) + [""] * 4
+        x, x_zp_name = names[0], names[2]
+        # the input zero point may be a constant or, after DynamicQuantizeLinear, a tensor computed at run time
+        runtime_zp = bool(x_zp_name) and x_zp_name not in self.consts
+        for name in (x, x_zp_name) if runtime_zp else (x,):
+            if name not in self.materialized:
+                raise self._error(node, f"reads {name!r}, which no Tessera layer holds", supported=False)
+        w_q = np.asarray(self._const(node, names[1], "weight"))
+        x_zp = np.zeros((), np.uint8) if runtime_zp or not x_zp_name else np.asarray(self.consts[x_zp_name])
+        w_zp = np.asarray(self._const(node, names[3], "weight zero point")) if names[3] else np.zeros((), w_q.dtype)
+        if x_zp.size != 1:
+            raise self._error(node, f"has an input zero point per row (shape {x_zp.shape}); supported: one",
+                              supported=False)
+        common = {"name": self.names[id(node)], "inputs": (x, x_zp_name) if runtime_zp else (x,),
+                  "outputs": (node.output[0],), "w_q": w_q, "w_zp": w_zp, "x_zp": int(x_zp.reshape(()))}
+        if node.op_type == "MatMulInteger":
+            if w_q.ndim != 2:
+                raise self._error(node, f"has weights of shape {w_q.shape}; supported: (K, N)", supported=False)
+            return self._emit(MatMulInteger(**common))
+        return self._emit(ConvInteger(**common, **self._conv_attrs(node, w_q.shape)))
+
     def _qlinear_add(self, node):
         a, b = node.input[0], node.input[3]
         for name in (a, b):
@@ -851,7 +878,7 @@ class _Importer:
                 continue
             in_shapes = [shapes[name] for name in layer.inputs]
             computed = None
-            if all(s is not None for s in in_shapes):
+            if all(s is not None for s in in_shapes) and layer.output_shape(*in_shapes) is not None:
                 try:
                     computed = tuple(layer.output_shape(*in_shapes))
                 except (ValueError, TypeError, IndexError) as error:

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from tessera.gen.cache import cache_dir
-from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
+from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
 from tessera.hw.isa import COUNTERS, Opcode
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
 from tessera.sw_driver.isa_encode import DeviceError, instruction, parse_packets
@@ -120,7 +120,7 @@ def open_sim_device(cfg, *, announce=None, **kwargs):
         say(f"building the simulator for {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}; first time for "
             f"this configuration)")
 
-    verilog = write_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL)
+    verilog = cached_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL)
     return Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL, announce=building), **kwargs)
 
 

@@ -343,3 +343,22 @@ class TestCommandLine:
             assert (folder / name).read_text() == expected[name], name
             assert str(folder / name) in printed
         assert f'- "{verilog.name}"' in (folder / "tessera.core").read_text()
+
+
+def test_cached_verilog_is_generated_once_per_rtl_source(tmp_path, monkeypatch):
+    """A run that reuses a simulator does not elaborate the design again; a change to the RTL sources (the
+    stamp beside the Verilog) does."""
+    from tessera.gen import verilog
+    cfg = AcceleratorConfig(rows=2, cols=2, act_depth=16, weight_depth=16, acc_depth=16, param_depth=4)
+    path = verilog.cached_verilog(cfg, tmp_path, top=DEVICE_TOPLEVEL)
+    text = path.read_text()
+    assert "module tessera_accel" in text
+
+    def no_elaboration(*args, **kwargs):
+        raise AssertionError("elaborated again")
+
+    monkeypatch.setattr(verilog, "generate_verilog", no_elaboration)
+    assert verilog.cached_verilog(cfg, tmp_path, top=DEVICE_TOPLEVEL).read_text() == text
+    path.with_suffix(".source").write_text("sources of another RTL")
+    with pytest.raises(AssertionError, match="elaborated again"):
+        verilog.cached_verilog(cfg, tmp_path, top=DEVICE_TOPLEVEL)

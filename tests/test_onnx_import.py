@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import quantize_dynamic
 
 from tessera.sw_driver import golden, layers
 from tessera.sw_driver.host_exec import inexact_layers, run_graph, run_layer
@@ -585,6 +586,25 @@ class TestHostPartitions:
         held = {io.name for io in graph.inputs} | {name for layer in graph.layers for name in layer.outputs}
         for partition in _partitions(graph):
             assert set(partition.inputs) <= held
+
+    @pytest.mark.parametrize("weight", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
+    @pytest.mark.parametrize("op", ["gemm", "conv"])
+    def test_dynamic_quantization(self, tmp_path, op, weight):
+        """``quantize_dynamic``'s MatMulInteger / ConvInteger are Tessera layers (int32 outputs, the golden model's
+        integer products, with the input zero point DynamicQuantizeLinear computes at run time); the float code
+        around them is onnxruntime's."""
+        rng = np.random.default_rng(40005)
+        model = (gemm_model(rng, m=5, k=16, n=7, trans_b=False) if op == "gemm" else
+                 conv_model(rng, batch=2, in_channels=3, out_channels=4, size=(6, 5), kernel=3, stride=1,
+                            pads=(1, 1, 1, 1)))
+        onnx.save(model, tmp_path / "float.onnx")
+        quantize_dynamic(tmp_path / "float.onnx", tmp_path / "dynamic.onnx", weight_type=weight,
+                         op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+        for seed in range(3):
+            graph = _same_as_onnxruntime(onnx.load(tmp_path / "dynamic.onnx"),
+                                         random_inputs(np.random.default_rng(seed), model, 2.0))
+        integer = [layer for layer in graph.layers if layer.kind in ("MatMulInteger", "ConvInteger")]
+        assert len(integer) == 1 and len(integer[0].inputs) == 2    # the run-time zero point is its second input
 
     @pytest.mark.parametrize("elem", [TensorProto.FLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.INT4,
                                       TensorProto.DOUBLE])
