@@ -193,23 +193,26 @@ def test_weights_far_from_their_zero_point_split_exactly(tmp_path, dataflow, op)
         assert np.unique(y).size > 10   # the output scale spreads the results: not all saturated
 
 
-def test_mixed_model_runs_its_compute_layers_on_device(tmp_path, capsys):
+@pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
+def test_mixed_model_runs_its_compute_layers_on_device(tmp_path, capsys, quant_format):
     """Softmax, Concat, Resize and Sigmoid on onnxruntime, every conv and the GEMM on the device, the whole model
     equal to onnxruntime; the table says once why each host partition ran there."""
     rng = np.random.default_rng(77)
     float_model = mixed_head(rng)
-    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QDQ, per_channel=True,
+    model = quantize_model(float_model, tmp_path, rng, quant_format=quant_format, per_channel=True,
                            activation_type=QuantType.QUInt8)
     x = random_inputs(rng, float_model)["x"]
     status, y, report = _run(tmp_path, model, x, "--strict")
     out = capsys.readouterr().out
     assert status == 0
     np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    # QOperator names the quantized ones QLinearConcat, QLinearSigmoid, QLinearSoftmax
+    q = "QLinear" if quant_format == QuantFormat.QOperator else ""
     targets = {layer["op"]: layer["target"] for layer in report["layers"]}
     assert targets["Conv"] == targets["Gemm"] == targets["GlobalAveragePool"] == "device"
-    assert targets["Concat+Resize"] == targets["Sigmoid"] == targets["Softmax"] == "host"
-    for op in ("Concat, Resize", "Sigmoid", "Softmax"):
-        assert out.count(f"onnxruntime runs it: no Tessera layer for {op}\n") == 1
+    assert targets[f"{q}Concat+Resize"] == targets[f"{q}Sigmoid"] == targets[f"{q}Softmax"] == "host"
+    for ops in (f"{q}Concat, Resize", f"{q}Sigmoid", f"{q}Softmax"):
+        assert out.count(f"onnxruntime runs it: no Tessera layer for {ops}\n") == 1
     assert report["check"]["onnxruntime_mismatches"] == 0
 
 
