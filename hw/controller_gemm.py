@@ -11,7 +11,7 @@ from amaranth.hdl import Mux, Signal, Value
 
 from .array_rs import rs_mapping
 from .isa import ErrorCode
-from .layouts import MAX_KERNEL
+from .layouts import MAX_KERNEL, rs_filter_entries
 from .pipeline import timing_registers
 
 __all__ = ["gemm_error"]
@@ -99,7 +99,7 @@ def _row_stationary(m, cfg, command, geometry):
             with m.Case(kh):
                 m.d.comb += channels_per_pe.eq(rs_mapping(cfg.rows, kh)[1])
     # the geometry is set by CONV_SETUP, long before the GEMM that reads it: its product is registered
-    per_filter = _registered(m, "per_filter", geometry.kernel_w * channels_per_pe)
+    per_filter = _registered(m, "per_filter", rs_filter_entries(channels_per_pe, geometry.kernel_w))
     chunks = Mux(command.out_x == 0, 1, command.out_x)
     # left out where they would compare with a constant (the lint gate): any kernel fits an array of MAX_KERNEL
     # rows or more, and a filters field whose largest value is rs_filters cannot hold too many

@@ -5,7 +5,15 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
-from tessera.gen.config import CONFIG_SUFFIXES, DATAFLOWS, MAX_ARRAY_DIM, AcceleratorConfig, ConfigError, config_format
+from tessera.gen.config import (
+    CONFIG_SUFFIXES,
+    DATAFLOWS,
+    MAX_ARRAY_DIM,
+    AcceleratorConfig,
+    ConfigError,
+    ConfigTypeError,
+    config_format,
+)
 from tessera.sw_driver.demo import PRUNE_BY, QUANT_FORMATS, check_batch, check_images, check_prune
 
 __all__ = ["main", "config_from_args", "add_config_arguments", "COMMAND_PLUGINS", "checked_argument",
@@ -415,7 +423,8 @@ def main(argv=None):
     try:
         status = handlers[args.command](args)
     except ConfigError as error:
-        print(f"tessera: configuration error: {error}", file=sys.stderr)
+        kind = "type error" if isinstance(error, ConfigTypeError) else "error"
+        print(f"tessera: configuration {kind}: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, with its kind
         from tessera.gen.lint import LintError

@@ -5,6 +5,7 @@ activations Tessera's layers computed, or the model's own inputs), its initializ
 onnxruntime session per partition and input signature is built the first time it runs and kept.
 """
 
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -39,10 +40,18 @@ def prepare_partition(layer, types):
                                f"{onnxruntime_reason(error)}") from error
 
 
+#: onnxruntime's error prefix (``[ONNXRuntimeError] : 1 : FAIL : ``) and the C++ source location and function it
+#: names (``/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...)``): internals, not the reason.
+_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE = re.compile(r"/onnxruntime_src/\S+:\d+\s+(?:virtual\s+)?(?:[\w:<>*&]+\s+)?[\w:~<>]+\([^()]*\)\s*(?:const\s*)?")
+
+
 def onnxruntime_reason(error):
-    """onnxruntime's own reason, without its source location."""
+    """onnxruntime's own reason in one line, without its error prefix and source location."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split("Status Message: ")[-1].split(" : ", 1)[-1] if "Status Message: " in text else text
+    if "Status Message: " in text:
+        text = text.split("Status Message: ")[-1]
+    return " ".join(_SOURCE.sub(" ", _PREFIX.sub("", text)).split())
 
 
 @lru_cache(maxsize=64)

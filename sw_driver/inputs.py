@@ -103,7 +103,8 @@ def read_inputs(path, specs):
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"input file {path} does not exist")
+        raise InputError(f"input file {path} does not exist; accepted: a .npy file, or an .npz with one array per "
+                         f"input")
     if path.is_dir():
         raise InputError(f"input {path} is a folder; accepted: a .npy file, or an .npz with one array per input")
     with path.open("rb") as f:
