@@ -135,7 +135,8 @@ class TestBadInputs:
 
     def test_missing_files(self, tmp_path, capsys, models):
         assert main(["run", str(models["gemm"][0]), "--input", str(tmp_path / "none.npy")]) == 1
-        assert _error_line(capsys) == f"tessera: InputError: input file {tmp_path / 'none.npy'} does not exist"
+        assert _error_line(capsys) == (f"tessera: InputError: input file {tmp_path / 'none.npy'} does not exist; "
+                                       f"accepted: a .npy file, or an .npz with one array per input")
         np.save(tmp_path / "x.npy", models["gemm"][1])
         assert main(["run", str(tmp_path / "none.onnx"), "--input", str(tmp_path / "x.npy")]) == 1
         assert "model file" in _error_line(capsys)
