@@ -82,10 +82,10 @@ def run_graph(graph, inputs):
     tensors = {}
     for name, io in expected.items():
         value = np.asarray(inputs[name])
-        if io.quantized and value.dtype != io.dtype:
-            raise ValueError(f"input {name!r} must be {io.dtype}, got {value.dtype}")
-        if not io.quantized:
+        if io.dtype == np.float32:
             value = value.astype(np.float32, copy=False)
+        elif value.dtype != io.dtype:
+            raise ValueError(f"input {name!r} must be {io.dtype}, got {value.dtype}")
         if len(value.shape) != len(io.shape) or any(
                 want is not None and want != got for want, got in zip(io.shape, value.shape, strict=True)):
             raise ValueError(f"input {name!r} must have shape {io.shape} (None: any), got {value.shape}")

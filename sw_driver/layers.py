@@ -77,8 +77,8 @@ class GraphIO:
 
     @property
     def quantized(self):
-        """True for an int8/uint8 tensor, False for float32."""
-        return self.dtype != np.float32
+        """True for an int8/uint8 tensor (False for float32, and for the int32/int64/bool a host partition takes)."""
+        return self.dtype in (np.int8, np.uint8)
 
 
 def _ints(values):

@@ -107,7 +107,8 @@ SUPPORTED = ("QOperator ops QuantizeLinear, DequantizeLinear, " + ", ".join(QOPE
              + "; QDQ groups DequantizeLinear -> " + " | ".join(QDQ_OPS) + " -> QuantizeLinear")
 _WEIGHT_TYPES = (np.int8, np.uint8)
 _TENSOR_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
-                 onnx.TensorProto.UINT8: np.uint8}
+                 onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT32: np.int32,
+                 onnx.TensorProto.INT64: np.int64, onnx.TensorProto.BOOL: np.bool_}
 
 
 class ModelError(ValueError):

@@ -555,6 +555,18 @@ class TestHostPartitions:
         (encoder,) = graph.layers
         assert encoder.kind == "LSTM" and encoder.name == "encoder" and encoder.inputs == ("x",)
 
+    def test_integer_graph_input(self):
+        """An int64 graph input (token ids) feeds onnxruntime as int64, not cast to float."""
+        table = numpy_helper.from_array(np.random.default_rng(40006).normal(size=(10, 4)).astype(np.float32), "W")
+        gather = helper.make_node("Gather", ["W", "ids"], ["y"], name="embed")
+        model = helper.make_model(helper.make_graph(
+            [gather], "embedding", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], initializer=[table]),
+            opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = IR_VERSION
+        graph = _same_as_onnxruntime(model, {"ids": np.array([1, 3, 9, 3], np.int64)})
+        assert graph.inputs[0].dtype == np.int64 and not graph.inputs[0].quantized
+
     def test_float_matmul_on_float_data(self):
         model = matmul_model(np.random.default_rng(40002), m=2, k=3, n=4)
         graph = _same_as_onnxruntime(model, random_inputs(np.random.default_rng(1), model))
