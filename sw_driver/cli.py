@@ -103,6 +103,31 @@ def add_config_arguments(parser, title="accelerator configuration"):
     return group
 
 
+def add_carbon_arguments(parser):
+    """``--carbon-intensity`` and ``--pue``: what turns the device's energy into carbon (see :mod:`.carbon`)."""
+    from tessera.sw_driver.carbon import DEFAULT_INTENSITY, DEFAULT_PUE
+
+    def at_least(low, what):
+        def check(value):
+            if not value >= low:
+                raise ValueError(f"{value} is out of range; accepted: {what}")
+        return check
+
+    group = parser.add_argument_group("carbon (energy per inference as kWh and gCO2e per million inferences)")
+    group.add_argument("--carbon-intensity", type=checked_argument(number_argument, at_least(0, "0 or more gCO2e/kWh")),
+                       default=DEFAULT_INTENSITY, metavar="G",
+                       help=f"grid carbon intensity, gCO2e/kWh (default {DEFAULT_INTENSITY:g}: world average 2023, "
+                            f"Ember)")
+    group.add_argument("--pue", type=checked_argument(number_argument, at_least(1, "1 or more")), default=DEFAULT_PUE,
+                       help=f"power usage effectiveness of the site (default {DEFAULT_PUE:g}: average data centre "
+                            f"2023, Uptime Institute; 1 for a board on a desk)")
+
+
+def carbon_from_args(args):
+    from tessera.sw_driver.carbon import CarbonAssumptions
+    return CarbonAssumptions(args.carbon_intensity, args.pue)
+
+
 def config_from_args(args):
     """The configuration a command line names: the file (or the defaults), then single overrides."""
     cfg = AcceleratorConfig.from_file(args.config) if args.config else AcceleratorConfig()
@@ -138,7 +163,8 @@ def _cmd_demo(args):
     if args.report:
         check_output_path(args.report, "--report")
     return run_demo(cfg, batch=args.batch, images=args.images, quant_format=args.format, prune=args.prune,
-                    prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report)
+                    prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report,
+                    carbon=carbon_from_args(args))
 
 
 def _cmd_run(args):
@@ -146,6 +172,7 @@ def _cmd_run(args):
 
     import numpy as np
 
+    from tessera.sw_driver.carbon import per_million, summary_line
     from tessera.sw_driver.inputs import (
         InputError,
         PlacementError,
@@ -218,6 +245,13 @@ def _cmd_run(args):
         "energy_pj": {k: sum(r.energy_pj[k] for r in device_layers)
                       for k in ("link", "buffers", "rf", "mac", "total")},
     }
+    # the first input's first dimension counts the inferences of the run (a batch of images, say)
+    first = np.asarray(inputs[graph.inputs[0].name])
+    inferences = max(1, first.shape[0] if first.ndim > 1 else 1)
+    carbon = per_million(totals["energy_pj"]["total"] / inferences, carbon_from_args(args))
+    totals["inferences"] = inferences
+    if device_layers:
+        print(f"energy on the device: {summary_line(carbon)}")
     if args.report:
         layers = [{
             "name": r.name, "op": r.op, "target": r.target, "reason": r.reason, "macs": r.macs,
@@ -226,7 +260,7 @@ def _cmd_run(args):
             "energy_pj": r.energy_pj,
         } for r in reports]
         report = {"config": cfg.to_dict(), "config_hash": cfg.hash, "model": str(args.model),
-                  "target": args.target, "layers": layers, "totals": totals, "check": check}
+                  "target": args.target, "layers": layers, "totals": totals, "carbon": carbon, "check": check}
         with open(args.report, "w") as f:
             json.dump(report, f, indent=2)
         print(f"report: {args.report}")
@@ -385,6 +419,7 @@ def _build_parser():
     demo.add_argument("--no-skip", action="store_true",
                       help="run all-zero weight tiles anyway (to measure what skipping them saves)")
     demo.add_argument("--report", help="write the JSON report here")
+    add_carbon_arguments(demo)
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")
     run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static)")
@@ -396,6 +431,7 @@ def _build_parser():
                      help="sim (the RTL under Verilator), host (golden model only) or serial:PORT (a board "
                           "programmed by tessera deploy)")
     run.add_argument("--report", help="write the JSON report here (its folder must exist)")
+    add_carbon_arguments(run)
     run.add_argument("--check", action="store_true",
                      help="also run the golden model and onnxruntime and compare; exit status 1 if either differs")
     run.add_argument("--strict", action="store_true",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera.sw_driver.carbon import CarbonAssumptions, per_million, summary_line
 from tessera.sw_driver.energy import layer_energy
 
 __all__ = ["QUANT_FORMATS", "PRUNE_BY", "check_batch", "check_images", "check_prune", "count_test_images", "run_demo"]
@@ -140,7 +141,7 @@ def prune_model(float_path, out_path, fraction, block=None):
 
 
 def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0, prune_by="tile", skip_zero_tiles=True,
-             build_root="build", report=None):
+             build_root="build", report=None, carbon=None):
     """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all); print the tables;
     return 0 if the accelerator's int8 answers equal onnxruntime's for every image.
 
@@ -221,10 +222,13 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     print(f"{'int8 (Tessera RTL, simulated)':36} {np.mean(accel_pred == y_test):9.2%}")
     print(f"int8 outputs equal to onnxruntime's, image by image: {len(x_test) - differing} of {len(x_test)}")
     print()
-    _print_layers(cfg, list(layers.values()))
+    energy_pj = _print_layers(cfg, list(layers.values()))
+    footprint = per_million(energy_pj / len(x_test), carbon or CarbonAssumptions())
+    print(f"energy per image: {summary_line(footprint)}")
     print(f"\nwall time {time.perf_counter() - wall:.1f} s (simulation {sim_seconds:.1f} s)")
     if report:
-        _write_report(report, cfg, list(layers.values()), float_pred, int8_pred, accel_pred, y_test, differing)
+        _write_report(report, cfg, list(layers.values()), float_pred, int8_pred, accel_pred, y_test, differing,
+                      footprint)
         print(f"report: {report}")
     return 0 if differing == 0 else 1
 
@@ -262,9 +266,10 @@ def _print_layers(cfg, layers):
               "utilisation counts the MACs run")
     if array_macs:
         print(f"zero-gated MACs: {gated:,} of {array_macs:,} PE-cycles with an operand ({gated / array_macs:.1%})")
+    return totals["total"]
 
 
-def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, differing):
+def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, differing, carbon):
     import json
     rows = []
     for layer in layers:
@@ -279,4 +284,5 @@ def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, 
     summary = {"accuracy": {name: float(np.mean(pred == labels)) for name, pred in
                             (("float", float_pred), ("onnxruntime_int8", int8_pred), ("accelerator", accel_pred))},
                "images": int(len(labels)), "images_differing_from_onnxruntime": differing}
-    Path(path).write_text(json.dumps({"config": cfg.to_dict(), "layers": rows, "totals": summary}, indent=2))
+    Path(path).write_text(json.dumps({"config": cfg.to_dict(), "layers": rows, "totals": summary, "carbon": carbon},
+                                     indent=2))

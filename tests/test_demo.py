@@ -29,3 +29,10 @@ def test_demo_agrees_with_onnxruntime(tmp_path, capsys, quant_format):
     # every compute layer of the model ran on the device, with its cycles counted by the hardware
     assert {"Conv", "Add", "MaxPool", "GlobalAveragePool", "Gemm"} <= on_device
     assert all(layer["cycles"] > 0 for layer in summary["layers"] if layer["target"] == "device")
+    # energy per image from the counters, as electricity and carbon per million images (defaults with sources)
+    energy = sum(layer["energy_pj"]["total"] for layer in summary["layers"] if layer["target"] == "device")
+    carbon = summary["carbon"]
+    assert carbon["energy_uj_per_inference"] * 1e6 == pytest.approx(energy / 20)
+    assert carbon["gco2e_per_million"] == pytest.approx(carbon["kwh_per_million"] * 480.0)
+    assert "Ember" in carbon["sources"]["intensity"] and "Uptime" in carbon["sources"]["pue"]
+    assert f"energy per image: per inference {energy / 20 / 1e6:.3f} uJ" in out

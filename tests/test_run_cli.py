@@ -58,6 +58,10 @@ def test_fully_connected_runs_on_device_bit_exact(tmp_path, quant_format, activa
     assert gemm[0]["counters"]["link_bytes_in"] > 21 * 10  # at least the weights went over the link
     assert report["check"]["golden_mismatches"] == report["check"]["onnxruntime_mismatches"] == 0
     assert report["totals"]["energy_pj"]["total"] > 0
+    # the input's 9 rows are 9 inferences: energy per inference, and per million as kWh and gCO2e
+    assert report["totals"]["inferences"] == 9
+    per_inference = report["totals"]["energy_pj"]["total"] / 9
+    assert report["carbon"]["energy_uj_per_inference"] * 1e6 == pytest.approx(per_inference)
 
 
 def test_matmul_and_host_layers_are_reported(tmp_path):
