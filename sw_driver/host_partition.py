@@ -63,7 +63,8 @@ def _session(layer, signature):
     outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in layer.outputs]  # onnxruntime infers them
     graph = helper.make_graph(list(layer.nodes), f"tessera_host_{layer.name}", inputs, outputs,
                               initializer=list(layer.initializers))
-    model = helper.make_model(graph, opset_imports=list(layer.opsets), ir_version=layer.ir_version)
+    model = helper.make_model(graph, opset_imports=list(layer.opsets), ir_version=layer.ir_version,
+                              functions=list(layer.functions))
     options = ort.SessionOptions()
     options.log_severity_level = 4      # a failure reaches the user as OnnxRuntimeError's one line, not the log too
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

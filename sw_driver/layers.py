@@ -485,6 +485,8 @@ class HostPartition(Layer):
         The model's opset imports.
     ir_version : int
         The model's IR version (what onnxruntime read the whole model in).
+    functions : tuple of onnx.FunctionProto
+        The model's local functions, which its nodes may call.
     reason : str
         Why the partition's first node is not a Tessera layer (one short line for the run table).
     """
@@ -494,13 +496,14 @@ class HostPartition(Layer):
     opsets: tuple
     ir_version: int
     reason: str
+    functions: tuple = ()
 
     #: Op types that only carry quantization in and out of the partition; the table names the others.
     CARRIERS = ("QuantizeLinear", "DequantizeLinear", "Constant")
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("nodes", "initializers", "opsets"):
+        for name in ("nodes", "initializers", "opsets", "functions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property

@@ -459,7 +459,7 @@ class _Importer:
         reason = "; ".join(reasons or partition.carrier_reasons)
         return HostPartition(name=partition.name, inputs=inputs, outputs=outputs, nodes=nodes,
                              initializers=initializers, opsets=tuple(self.model.opset_import),
-                             ir_version=self.model.ir_version, reason=reason)
+                             ir_version=self.model.ir_version, functions=tuple(self.model.functions), reason=reason)
 
     # -- errors and constants --------------------------------------------------------------------------
 

@@ -567,6 +567,19 @@ class TestHostPartitions:
         graph = _same_as_onnxruntime(model, {"ids": np.array([1, 3, 9, 3], np.int64)})
         assert graph.inputs[0].dtype == np.int64 and not graph.inputs[0].quantized
 
+    def test_model_local_function(self):
+        """A node calling one of the model's own functions: its partition carries the function along."""
+        twice = helper.make_function("custom", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                                     [helper.make_opsetid("", OPSET)])
+        model = helper.make_model(helper.make_graph(
+            [helper.make_node("Twice", ["x"], ["y"], domain="custom", name="twice")], "function",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])]),
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("custom", 1)], functions=[twice])
+        model.ir_version = IR_VERSION
+        graph = _same_as_onnxruntime(model, {"x": np.array([1.5, -2.0, 0.25], np.float32)})
+        assert graph.layers[0].kind == "Twice"
+
     def test_float_matmul_on_float_data(self):
         model = matmul_model(np.random.default_rng(40002), m=2, k=3, n=4)
         graph = _same_as_onnxruntime(model, random_inputs(np.random.default_rng(1), model))
