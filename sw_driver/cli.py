@@ -465,13 +465,14 @@ def main(argv=None):
     except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line, with its kind
         from tessera.gen.lint import LintError
         from tessera.sw_driver.compiler import TilingError
+        from tessera.sw_driver.host_exec import HostLayerError
         from tessera.sw_driver.host_partition import OnnxRuntimeError
         from tessera.sw_driver.inputs import InputError, PlacementError
         from tessera.sw_driver.isa_encode import DeviceError
         from tessera.sw_driver.onnx_import import ModelError
         from tessera.sw_driver.transport import LinkError
         if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, InputError,
-                              PlacementError, OnnxRuntimeError, OSError)):
+                              PlacementError, OnnxRuntimeError, HostLayerError, OSError)):
             print(f"tessera: {type(error).__name__}: {error}", file=sys.stderr)
             return 1
         raise

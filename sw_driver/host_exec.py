@@ -44,7 +44,12 @@ from .layers import (
     Reshape,
 )
 
-__all__ = ["inexact_layers", "run_graph", "run_layer"]
+__all__ = ["HostLayerError", "inexact_layers", "run_graph", "run_layer"]
+
+
+class HostLayerError(RuntimeError):
+    """A layer the golden model cannot compute on these inputs (e.g. its int32 accumulator would overflow, where
+    onnxruntime would wrap around silently); the message names the layer."""
 
 _FLOAT_EXACT = (Add, MaxPool, Flatten, Reshape, Clip)
 
@@ -124,9 +129,16 @@ def run_layer(layer, tensors, *, path="integer"):
     if isinstance(layer, HostPartition):
         return run_partition(layer, tensors)
     args = [tensors[name] for name in layer.inputs]
-    if path == "uint8" and any(isinstance(getattr(layer, f, None), QuantParams) for f in _PARAM_FIELDS):
-        return {layer.outputs[0]: _on_uint8(layer, args)}
-    return {layer.outputs[0]: _compute(layer, *args, float_path=path == "float")}
+    try:
+        # Saturation is what quantization does with values beyond its range, and a degenerate scale gives what
+        # onnxruntime gives (--check compares): not worth a warning on the user's terminal.
+        with np.errstate(all="ignore"):
+            if path == "uint8" and any(isinstance(getattr(layer, f, None), QuantParams) for f in _PARAM_FIELDS):
+                return {layer.outputs[0]: _on_uint8(layer, args)}
+            return {layer.outputs[0]: _compute(layer, *args, float_path=path == "float")}
+    except ValueError as error:     # the golden model refuses what it cannot compute exactly (an int32 overflow)
+        raise HostLayerError(f"layer {layer.name!r} ({layer.kind}) cannot be computed on the host: {error}") \
+            from error
 
 
 def _on_uint8(layer, args):

@@ -51,7 +51,7 @@ def onnxruntime_reason(error):
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "Status Message: " in text:
         text = text.split("Status Message: ")[-1]
-    return " ".join(_SOURCE.sub(" ", _PREFIX.sub("", text)).split())
+    return re.sub(r"failed:(?=\S)", "failed: ", " ".join(_SOURCE.sub(" ", _PREFIX.sub("", text)).split()))
 
 
 @lru_cache(maxsize=64)

@@ -125,6 +125,19 @@ class _NotTessera(ModelError):
         self.detail = detail
 
 
+class _Rehearsal(Exception):
+    """Some of Tessera's layers fail on zeros: ``failed`` is ``{node name: why}``, for the importer's next round."""
+
+    def __init__(self, failed):
+        super().__init__(failed)
+        self.failed = failed
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if isinstance(error, (KeyError, IndexError, ZeroDivisionError)) else text
+
+
 #: Element types a model's tensors may have: the quantized world Tessera computes in, and the int64/bool of shapes
 #: and indices that host partitions pass along.
 ACCEPTED_TYPES = ("FLOAT", "INT8", "UINT8", "INT32", "INT64", "BOOL")
@@ -165,7 +178,13 @@ def load_model(model):
     _check(proto)
     proto = onnx.shape_inference.infer_shapes(proto)
     _check_types(proto)
-    return _Importer(proto).build()
+    forced = {}
+    for _ in range(len(proto.graph.node) + 1):     # each round sends at least one more node to onnxruntime
+        try:
+            return _Importer(proto, forced).build()
+        except _Rehearsal as rehearsal:
+            forced.update(rehearsal.failed)
+    raise AssertionError("unreachable: every node is onnxruntime's by now")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -187,7 +206,7 @@ def _read(model):
 
 
 def _label(node, index):
-    return f"node {node.name or f'{node.op_type}_{index}'!r} ({node.op_type})"
+    return f"node {_text(node.name) or f'{_text(node.op_type)}_{index}'!r} ({_text(node.op_type)})"
 
 
 def _check(model):
@@ -202,6 +221,8 @@ def _check(model):
         defined.update(node.output)
     try:
         onnx.checker.check_model(model)
+    except UnicodeDecodeError as error:
+        raise ModelError(f"model has text that is not UTF-8 (damaged?): {error}") from error
     except onnx.checker.ValidationError as error:
         context = onnx.checker.C.CheckerContext()
         context.ir_version = model.ir_version
@@ -234,6 +255,9 @@ def _check_types(model):
     """Refuse, naming it, a tensor type outside ``ACCEPTED_TYPES`` (float8, int4, float16 scales, ...)."""
     for what, name, elem in _typed_tensors(model):
         type_name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+        if elem == onnx.TensorProto.UNDEFINED and what == "graph input":
+            raise ModelError(f"graph input {name!r} has no element type; Tessera accepts {', '.join(ACCEPTED_TYPES)} "
+                             f"tensors")
         if elem != onnx.TensorProto.UNDEFINED and type_name not in ACCEPTED_TYPES:
             raise ModelError(f"{what} {name!r} has element type {type_name}; Tessera accepts "
                              f"{', '.join(ACCEPTED_TYPES)} tensors")
@@ -254,6 +278,11 @@ def _reads(node):
 
 def _attrs(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _text(value):
+    """A name as text, whatever bytes a damaged model holds (protobuf hands undecodable strings over as bytes)."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def _as_text(value):
@@ -287,14 +316,17 @@ _NO_LAYER = "has no Tessera layer"
 class _Importer:
     """One pass over the nodes in topological order, emitting layers and absorbing the Q/DQ around them."""
 
-    def __init__(self, model):
+    def __init__(self, model, forced=None):
         graph = model.graph
         self.model = model
+        self.forced = forced or {}  # node name -> why it goes to onnxruntime whatever its op
+        self.origin = {}            # layer name -> the node it was imported from
+        self.node = None            # the node being imported
         self.graph = graph
         # One list of node objects: protobuf hands out a new wrapper on every iteration, so ids only stay
         # meaningful for the objects held here.
         self.nodes = list(graph.node)
-        self.names = {id(node): node.name or f"{node.op_type}_{i}" for i, node in enumerate(self.nodes)}
+        self.names = {id(node): _text(node.name) or f"{_text(node.op_type)}_{i}" for i, node in enumerate(self.nodes)}
         self.consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
         for node in self.nodes:
             if node.op_type == "Constant" and "value" in _attrs(node):
@@ -342,12 +374,22 @@ class _Importer:
         for node in self.nodes:
             if id(node) in self.absorbed or node.op_type == "Constant":
                 continue
-            state = self._state()
+            name = self.names[id(node)]
+            if name in self.forced:     # Tessera's layer for it failed its rehearsal (load_model)
+                self._to_host(node, self.forced[name])
+                continue
+            state, self.node = self._state(), node
             try:
                 self._import(node)
             except _NotTessera as error:
                 self._restore(state)    # a half-imported pattern leaves nothing behind
                 self._to_host(node, error.detail)
+            except ModelError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as error:
+                # attributes or constants Tessera's layers do not take (onnxruntime decides what they mean)
+                self._restore(state)
+                self._to_host(node, f"Tessera cannot take it: {_one_line(error)}")
         self.layers = [self._host_partition(layer) if isinstance(layer, _Partition) else layer
                        for layer in self.layers]
         outputs = []
@@ -359,9 +401,39 @@ class _Importer:
         inputs = [GraphIO(name, self._shape(name), self._dtype(name))
                   for name in (vi.name for vi in self.graph.input) if name not in self.consts]
         floats, uint8 = self._onnxruntime_paths()
-        return QuantizedGraph(inputs=tuple(inputs), outputs=tuple(outputs), layers=tuple(self.layers),
-                              tensors=dict(self.params), shapes=self._shapes(), float_in_onnxruntime=floats,
-                              uint8_in_onnxruntime=uint8)
+        shapes = self._shapes()
+        failed = self._rehearse(shapes, floats, uint8)
+        if failed:
+            raise _Rehearsal(failed)
+        try:
+            return QuantizedGraph(inputs=tuple(inputs), outputs=tuple(outputs), layers=tuple(self.layers),
+                                  tensors=dict(self.params), shapes=shapes, float_in_onnxruntime=floats,
+                                  uint8_in_onnxruntime=uint8)
+        except ValueError as error:
+            raise ModelError(f"the model's quantization does not hold together: {error}") from error
+
+    def _rehearse(self, shapes, floats, uint8):
+        """``{node name: why}`` for the Tessera layers the host cannot compute on zeros of their inputs' shapes
+        (a zero scale, a group that does not divide, a broadcast the integer kernels do not take, ...): their
+        nodes go to onnxruntime, which decides what such a model means."""
+        from .host_exec import HostLayerError, run_layer
+
+        failed = {}
+        for layer in self.layers:
+            in_shapes = [shapes.get(name) for name in layer.inputs]
+            if isinstance(layer, HostPartition) or any(s is None or None in s for s in in_shapes):
+                continue
+            path = "float" if layer.name in floats else "uint8" if layer.name in uint8 else "integer"
+            try:
+                # a quantized tensor's type is its parameters' (a QDQ op's float output name can hold the
+                # quantized values of a layer that a clamp follows)
+                zeros = {name: np.zeros(shape, self.params[name].dtype if name in self.params else self._dtype(name))
+                         for name, shape in zip(layer.inputs, in_shapes, strict=True)}
+                with np.errstate(all="ignore"):
+                    run_layer(layer, zeros, path=path)
+            except (HostLayerError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as error:
+                failed[self.origin[layer.name]] = f"Tessera cannot compute it: {_one_line(error.__cause__ or error)}"
+        return failed
 
     def _import(self, node):
         op, domain = node.op_type, node.domain or ""
@@ -653,6 +725,7 @@ class _Importer:
     def _emit(self, layer):
         self.layers.append(layer)
         self.materialized.update(layer.outputs)
+        self.origin[layer.name] = self.names[id(self.node)]
         if hasattr(layer, "y_params"):
             self.params[layer.outputs[0]] = layer.y_params
         elif isinstance(layer, (MaxPool, Flatten, Reshape)):
@@ -672,13 +745,15 @@ class _Importer:
                                     f"{axis % w.values.ndim} (output channels)", supported=False)
         return w.values, w.scale.astype(np.float32), w.zero_point.astype(w.values.dtype)
 
-    def _bias(self, node, name, channels, qdq):
+    def _bias(self, node, name, channels, qdq, x_scale=None, w_scale=None):
         """Bias as int32 in accumulator units: onnxruntime's QDQ fusions take the int32 initializer behind the
-        bias's DequantizeLinear as it is (they do not check its scale against ``x_scale * w_scale``)."""
+        bias's DequantizeLinear as it is (the quantizer rounds its scale, ``x_scale * w_scale``, in float64, so it
+        can differ from the float32 product in the last bit)."""
         if not name:
             return np.zeros(channels, np.int32)
         if qdq and name in self.weights:
             values = self.weights[name].values
+            self._check_bias_quantization(node, name, x_scale, w_scale)
         elif not qdq and name in self.consts:  # QOperator: the int32 initializer itself
             values = self.consts[name]
         else:
@@ -687,6 +762,17 @@ class _Importer:
             raise self._error(node, f"has bias {name!r} of {values.dtype} {values.shape}; supported: int32 "
                                     f"({channels},)", supported=False)
         return values
+
+    def _check_bias_quantization(self, node, name, x_scale, w_scale):
+        """A QDQ bias Tessera adds as it is: zero point 0 and scale ``x_scale * w_scale`` (to rounding); any other
+        is onnxruntime's to interpret."""
+        bias = self.weights[name]
+        expected = np.float64(x_scale) * np.asarray(w_scale, np.float64)
+        scale = np.asarray(bias.scale, np.float64)
+        if np.any(bias.zero_point != 0) or scale.size not in (1, expected.size) or \
+                not np.allclose(scale.reshape(-1), expected.reshape(-1), rtol=1e-6, atol=0):
+            raise self._error(node, f"has a bias {name!r} not quantized as x_scale * w_scale with zero point 0",
+                              supported=False)
 
     def _conv_attrs(self, node, w_shape):
         attrs = _attrs(node)
@@ -701,7 +787,8 @@ class _Importer:
 
     def _conv(self, node, x, x_params, y_params, output):
         w_q, w_scale, w_zp = self._weight(node, node.input[1], "weight", 0)
-        bias = self._bias(node, node.input[2] if len(node.input) > 2 else "", w_q.shape[0], qdq=True)
+        bias = self._bias(node, node.input[2] if len(node.input) > 2 else "", w_q.shape[0], qdq=True,
+                          x_scale=x_params.scale, w_scale=w_scale)
         return Conv(name=self.names[id(node)], inputs=(x,), outputs=(output,), w_q=w_q, w_scale=w_scale,
                     w_zp=w_zp, bias=bias, x_params=x_params, y_params=y_params,
                     **self._conv_attrs(node, w_q.shape))
@@ -717,7 +804,8 @@ class _Importer:
         if w_q.ndim != 2:
             raise self._error(node, f"has weights of shape {w_q.shape}; supported: (K, N)", supported=False)
         w_q = w_q.T if trans_b else w_q
-        bias = self._bias(node, node.input[2] if len(node.input) > 2 else "", w_q.shape[1], qdq=True)
+        bias = self._bias(node, node.input[2] if len(node.input) > 2 else "", w_q.shape[1], qdq=True,
+                          x_scale=x_params.scale, w_scale=w_scale)
         return Gemm(name=self.names[id(node)], inputs=(x,), outputs=(output,), w_q=w_q, w_scale=w_scale,
                     w_zp=w_zp, bias=bias, x_params=x_params, y_params=y_params)
 
@@ -879,17 +967,19 @@ class _Importer:
                 continue
             in_shapes = [shapes[name] for name in layer.inputs]
             computed = None
-            if all(s is not None for s in in_shapes) and layer.output_shape(*in_shapes) is not None:
+            if all(s is not None for s in in_shapes):
                 try:
-                    computed = tuple(layer.output_shape(*in_shapes))
-                except (ValueError, TypeError, IndexError) as error:
-                    raise ModelError(f"layer {layer.name!r} ({layer.kind}) does not fit its input shapes "
-                                     f"{in_shapes}: {error}") from error
+                    out = layer.output_shape(*in_shapes)
+                    computed = None if out is None else tuple(out)
+                except (ValueError, TypeError, IndexError, ZeroDivisionError) as error:
+                    # onnxruntime decides what such a node means (it mostly refuses it)
+                    raise _Rehearsal({self.origin[layer.name]: f"Tessera cannot take its input shapes {in_shapes}: "
+                                                               f"{_one_line(error)}"}) from error
             inferred = self._shape(layer.outputs[0])
             if computed is not None and inferred is not None and any(
                     a is not None and b is not None and a != b for a, b in zip(computed, inferred, strict=False)):
-                raise ModelError(f"layer {layer.name!r} ({layer.kind}): output shape {computed} disagrees with "
-                                 f"onnx shape inference {inferred}")
+                raise _Rehearsal({self.origin[layer.name]: f"Tessera's output shape {computed} is not onnx's "
+                                                           f"{inferred}"})
             shapes[layer.outputs[0]] = computed if computed is not None and None not in computed else \
                 inferred if inferred is not None else computed
         return shapes

@@ -1,0 +1,86 @@
+"""Importer fuzzing, a fixed-seed sample (``make soak-fuzz`` runs it for a time budget): every mutated model and
+input runs and matches onnxruntime, or is refused in one line; never a traceback, a hang or a crash."""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+
+from tessera.verif.onnx_fuzz import (
+    SEED_MODELS,
+    fuzz,
+    make_case,
+    run_case,
+    seed_model,
+)
+
+#: The host sample: 4 chunks (so two workers share it) of 20 cases.
+HOST_CHUNKS, HOST_CHUNK = 4, 20
+SIM_SEEDS = range(9000, 9012)
+
+
+def _check(result):
+    """Fail on any failure, naming its seed (``python -m tessera.verif.onnx_fuzz --seed S --count 1`` reruns it)."""
+    if result.failures:
+        pytest.fail("\n".join([result.summary(), *map(str, result.failures)]), pytrace=False)
+
+
+@pytest.mark.parametrize("chunk", range(HOST_CHUNKS))
+def test_mutated_models_run_or_are_refused_in_one_line_on_the_host(chunk):
+    seeds = range(chunk * HOST_CHUNK, (chunk + 1) * HOST_CHUNK)
+    result = fuzz(seeds.start, len(seeds), "host")
+    assert result.cases == len(seeds)
+    _check(result)
+
+
+@pytest.mark.rtl
+def test_mutated_models_run_or_are_refused_in_one_line_on_the_simulator():
+    result = fuzz(SIM_SEEDS.start, len(SIM_SEEDS), "sim")
+    _check(result)
+    assert result.ran, f"no case ran, so the device path went untried: {result.summary()}"
+
+
+def test_a_case_is_its_seed():
+    """A failure's seed reruns it: the same seed gives the same model, input and mutations."""
+    first, again = make_case(123, "mixed"), make_case(123, "mixed")
+    assert first.model == again.model and first.mutations == again.mutations and first.target == again.target
+    assert first.feeds.keys() == again.feeds.keys()
+    assert all(np.array_equal(first.feeds[k], again.feeds[k], equal_nan=True) for k in first.feeds)
+    assert make_case(123, "sim").model == first.model
+
+
+def test_cases_are_made_for_any_seed():
+    """Making a case (the mutators) never fails, whatever the seed draws."""
+    for seed in range(400):
+        assert make_case(seed, "mixed").target in ("host", "sim")
+
+
+def test_every_seed_model_is_sound():
+    """The mutations start from models onnx.checker passes, in both formats and activation types."""
+    for key in SEED_MODELS:
+        onnx.checker.check_model(seed_model(key))
+    assert {key.split("/")[1] for key in SEED_MODELS if "/" in key} == {"qop", "qdq"}
+
+
+def test_the_runner_sees_a_traceback_a_hang_and_a_refusal(tmp_path, monkeypatch):
+    """The classifier itself: an exception out of ``main`` and a run past its time limit are failures; a bad model
+    refused in one line is not."""
+    case = make_case(5, "host")
+    truncated = dataclasses.replace(case, model=case.model[:40], mutations=("truncated",))
+    assert run_case(truncated, tmp_path / "refused") == ("refused", None)
+
+    import tessera.sw_driver.cli as cli
+
+    def broken(argv):
+        raise KeyError("boom")
+    monkeypatch.setattr(cli, "main", broken)
+    outcome, failure = run_case(case, tmp_path / "traceback")
+    assert outcome == "failed" and failure.kind == "traceback" and "KeyError" in failure.detail
+
+    def stuck(argv):
+        import time
+        time.sleep(60)
+    monkeypatch.setattr(cli, "main", stuck)
+    outcome, failure = run_case(case, tmp_path / "hang", timeout=1)
+    assert outcome == "failed" and failure.kind == "hang"
