@@ -431,7 +431,8 @@ class _Importer:
                          for name, shape in zip(layer.inputs, in_shapes, strict=True)}
                 with np.errstate(all="ignore"):
                     run_layer(layer, zeros, path=path)
-            except (HostLayerError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as error:
+            except (HostLayerError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError,
+                    MemoryError) as error:
                 failed[self.origin[layer.name]] = f"Tessera cannot compute it: {_one_line(error.__cause__ or error)}"
         return failed
 
@@ -782,8 +783,24 @@ class _Importer:
         if len(w_shape) != 4:
             raise self._error(node, f"has weights of shape {w_shape}; supported: 2-D convolutions (OIHW)",
                               supported=False)
-        return {"strides": attrs.get("strides", (1, 1)), "pads": attrs.get("pads", (0, 0, 0, 0)),
-                "dilations": attrs.get("dilations", (1, 1)), "group": attrs.get("group", 1)}
+        return self._geometry(node, {"strides": attrs.get("strides", (1, 1)), "pads": attrs.get("pads", (0, 0, 0, 0)),
+                                     "dilations": attrs.get("dilations", (1, 1)), "group": attrs.get("group", 1)})
+
+    def _geometry(self, node, window):
+        """``window`` as it is, if its fields are what a 2-D conv or pool takes: 2 kernel sides, strides and
+        dilations from 1, 4 pads from 0, all below 2**16 (a larger one is a damaged model, not a layer)."""
+        arity = {"kernel": 2, "strides": 2, "dilations": 2, "pads": 4}
+        for field_name, count in arity.items():
+            values = window.get(field_name)
+            lowest = 0 if field_name == "pads" else 1
+            if values is not None and (not isinstance(values, (list, tuple)) or len(values) != count or not all(
+                    isinstance(v, int) and lowest <= v < 2 ** 16 for v in values)):
+                raise self._error(node, f"has {field_name} {values!r}; supported: {count} integers from {lowest} "
+                                        f"below 65536", supported=False)
+        group = window.get("group", 1)
+        if not isinstance(group, int) or group < 1:
+            raise self._error(node, f"has group {group!r}; supported: an integer from 1", supported=False)
+        return window
 
     def _conv(self, node, x, x_params, y_params, output):
         w_q, w_scale, w_zp = self._weight(node, node.input[1], "weight", 0)
@@ -821,7 +838,8 @@ class _Importer:
         kernel = attrs.get("kernel_shape", ())
         if len(kernel) != 2:
             raise self._error(node, f"has kernel_shape {kernel}; supported: 2-D pools", supported=False)
-        window = {"kernel": kernel, "strides": attrs.get("strides", (1, 1)), "pads": attrs.get("pads", (0, 0, 0, 0))}
+        window = self._geometry(node, {"kernel": kernel, "strides": attrs.get("strides", (1, 1)),
+                                       "pads": attrs.get("pads", (0, 0, 0, 0))})
         if pool:
             window["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
         return window
