@@ -11,7 +11,7 @@ JOBS   ?= 2
 CONFIG_ARGS := $(if $(CONFIG),--config $(CONFIG)) $(if $(ROWS),--rows $(ROWS)) $(if $(COLS),--cols $(COLS)) \
                $(if $(DATAFLOW),--dataflow $(DATAFLOW))
 
-.PHONY: install verilog lint test test-fast demo bench clean bitstream deploy
+.PHONY: install verilog lint test test-fast demo bench clean bitstream deploy soak-fuzz sweep
 
 install: $(STAMP)
 
@@ -43,6 +43,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tessera.verif.bench_suite $(BENCH_ARGS)
 
+# Importer fuzzing for FUZZ_SECONDS: mutated quantized models and inputs through `tessera run`, one case in ten on the
+# 4x4 simulator; prints ran / refused / failed and each failure's seed with the command that reruns it. Each soak
+# starts from a new FUZZ_SEED unless given one; `make test` runs a fixed-seed sample (tests/test_onnx_fuzz.py).
+FUZZ_SECONDS ?= 600
+FUZZ_SEED    ?= $(shell date +%s)
+
+soak-fuzz: $(STAMP)
+	$(BIN)/python -m tessera.verif.onnx_fuzz --target mixed --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
+
 BOARD ?= ulx3s
 
 bitstream: $(STAMP)
@@ -50,6 +59,12 @@ bitstream: $(STAMP)
 
 deploy: $(STAMP)
 	$(BIN)/tessera deploy --board $(BOARD) $(CONFIG_ARGS)
+
+# Design-space exploration of the digits CNN on a local Ray instance (docs/sweep.md); SPACE=file.toml for another.
+SPACE ?= fpga/spaces/digits.toml
+
+sweep: $(STAMP)
+	$(BIN)/tessera sweep --demo --space $(SPACE) --cpus $(JOBS) -o build/sweep
 
 clean:
 	rm -rf build

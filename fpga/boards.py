@@ -55,10 +55,23 @@ class Board:
         plan = plan_ecp5_pll if self.family == "ecp5" else plan_ice40_pll
         step = self.baud / 1e6
         for multiple in range(int(mhz / step), 3, -1):
-            candidate = plan(self.oscillator_mhz, multiple * step)
+            try:
+                candidate = plan(self.oscillator_mhz, multiple * step)
+            except RuntimeError:    # icepll: outside the PLL's output range
+                continue
             if abs(candidate.output_mhz / (multiple * step) - 1) < 0.005:
                 return candidate
         raise ValueError(f"no PLL setting of the {self.name} gives a multiple of {step:g} MHz up to {mhz:g} MHz")
+
+    def lowest_clock_mhz(self):
+        """The slowest core clock :meth:`plan_pll` can set (the PLL's output range starts well above zero)."""
+        step = self.baud / 1e6
+        for multiple in range(4, 400):
+            try:
+                return self.plan_pll(multiple * step).output_mhz
+            except ValueError:
+                continue
+        raise ValueError(f"no PLL setting of the {self.name} gives a core clock up to {400 * step:g} MHz")
 
 
 # Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.

@@ -1,4 +1,7 @@
-"""``tessera bitstream`` and ``tessera deploy``: build a board's bitstream; program the board and run on it."""
+"""``tessera bitstream`` and ``tessera deploy``: build a board's bitstream; program the board and run on it.
+
+``tessera sweep`` (design-space exploration, `tessera.fpga.sweep`) is registered from here too.
+"""
 
 import os
 import sys
@@ -56,17 +59,29 @@ def register(subparsers):
                                                   "the serial link")
     add_common(deploy)
     deploy.add_argument("--port", help="serial port (default: the first FTDI port found)")
-    return {"bitstream": _cmd_bitstream, "deploy": _cmd_deploy}
+    from .sweep import register as register_sweep
+    return {"bitstream": _cmd_bitstream, "deploy": _cmd_deploy, **register_sweep(subparsers)}
 
 
 def _board_and_config(args):
+    """The board and configuration a command names, checked against each other before any build starts."""
     from tessera.gen.config import AcceleratorConfig
+    from tessera.sw_driver.cli import UsageError
 
     from .boards import BOARDS, board_config
     board = BOARDS[args.board]
     base = AcceleratorConfig.from_file(args.config) if args.config else None
     cfg = board_config(board, base, rows=args.rows, cols=args.cols, dataflow=args.dataflow,
                        clock_mhz=args.clock_mhz)
+    try:
+        board.plan_pll(cfg.clock_mhz)
+    except ValueError as error:
+        raise UsageError(f"--clock-mhz {cfg.clock_mhz:g}: {error}; accepted on the {board.name}: "
+                         f"{board.lowest_clock_mhz():g} MHz or more") from error
+    lut_rows = getattr(args, "lut_multiplier_rows", None)
+    if lut_rows is not None and lut_rows > cfg.rows:
+        raise UsageError(f"--lut-multiplier-rows {lut_rows} is out of range for a {cfg.rows}-row array; accepted: "
+                         f"0 to {cfg.rows}")
     return board, cfg
 
 

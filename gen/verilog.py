@@ -12,7 +12,8 @@ from amaranth.back import verilog
 from tessera.hw.accelerator import Accelerator
 from tessera.hw.core import GemmCore
 
-__all__ = ["TOPLEVEL", "DEVICE_TOPLEVEL", "cached_verilog", "generate_verilog", "write_verilog", "build_dir"]
+__all__ = ["TOPLEVEL", "DEVICE_TOPLEVEL", "cached_verilog", "generate_verilog", "rtl_fingerprint", "write_verilog",
+           "build_dir"]
 
 #: Name of the generated compute core module (array, buffers, requantiser), as cocotb sees it.
 TOPLEVEL = "tessera_core"
@@ -58,17 +59,17 @@ def cached_verilog(cfg, root, top=TOPLEVEL):
     not spend them)."""
     folder = build_dir(cfg, root)
     path, stamp = folder / f"{top}.v", folder / f"{top}.source"
-    if path.exists() and stamp.exists() and stamp.read_text() == _rtl_fingerprint():
+    if path.exists() and stamp.exists() and stamp.read_text() == rtl_fingerprint():
         return path
     path = write_verilog(cfg, root, top)
     partial = stamp.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(_rtl_fingerprint())
+    partial.write_text(rtl_fingerprint())
     os.replace(partial, stamp)
     return path
 
 
 @cache
-def _rtl_fingerprint():
+def rtl_fingerprint():
     """A digest of what the Verilog follows from besides the configuration: the RTL's sources, this module, and
     the versions of Amaranth and its Yosys."""
     digest = hashlib.sha256()

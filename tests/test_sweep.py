@@ -1,0 +1,161 @@
+"""``tessera sweep``: a 2-point grid on a local Ray instance (simulation, synthesis, outputs, the cache), and the
+points that cannot be measured, recorded with their reason."""
+
+import csv
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from tessera.fpga.space import SpaceError, parse_space
+from tessera.fpga.sweep_report import dominates, pareto_front
+from tessera.fpga.synth import over_capacity, resources_from_stat
+from tessera.sw_driver.cli import main
+from tessera.verif.onnx_models import QuantFormat, QuantType, gemm_model, quantize_model, random_inputs
+
+# Tiny arrays with the smallest buffers they accept: the simulator builds and Yosys runs take seconds, not minutes.
+_TINY_BASE = """
+[base]
+act_depth = 16
+weight_depth = 16
+acc_depth = 16
+param_depth = 4
+vec_depth = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def gemm(tmp_path_factory):
+    """A quantized fully connected layer (2x8 by 8x5) and its input."""
+    folder = tmp_path_factory.mktemp("gemm")
+    rng = np.random.default_rng(3)
+    float_model = gemm_model(rng, m=2, k=8, n=5, trans_b=True)
+    model = quantize_model(float_model, folder, rng, quant_format=QuantFormat.QOperator, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    onnx.save(model, folder / "q.onnx")
+    np.save(folder / "x.npy", random_inputs(rng, float_model)["x"])
+    return folder / "q.onnx", folder / "x.npy"
+
+
+def _sweep(gemm, space, out, *extra):
+    model, x = gemm
+    return main(["sweep", str(model), "--inputs", str(x), "--space", str(space), "-o", str(out), *extra])
+
+
+@pytest.mark.rtl
+def test_two_point_grid_on_ray_then_from_the_cache(gemm, tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text('board = "ulx3s-12f"\n' + _TINY_BASE + "[space]\nrows = [2]\ncols = [2, 4]\n")
+    out = tmp_path / "out"
+    assert _sweep(gemm, space, out, "--cpus", "2") == 0
+
+    points = json.loads((out / "points.json").read_text())["points"]
+    assert [p["values"]["cols"] for p in points] == [2, 4]
+    for p in points:
+        assert p["status"] == "ok", p.get("reason")
+        assert p["bit_exact"] is True
+        assert p["cycles"] > 0 and p["energy_uj"] > 0 and p["latency_us"] > 0
+        assert set(p["energy_pj_by_level"]) == {"link", "buffers", "rf", "mac"}
+        assert p["board"] == "ulx3s-12f" and p["device"] == "LFE5U-12F"
+        assert p["lut"] > 0 and p["ff"] > 0 and p["dsp"] > 0 and "bram" in p
+        assert p["cached"] is False
+    with open(out / "points.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["key"] for r in rows] == [p["key"] for p in points]
+    assert all(r["status"] == "ok" and int(r["cycles"]) > 0 and int(r["lut"]) > 0 for r in rows)
+
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["objectives"] == ["latency_us", "energy_uj", "lut"]
+    front = [p for p in points if p["key"] in pareto["front"]]
+    assert front
+    for f in front:
+        assert not any(dominates(p, f, pareto["objectives"]) for p in points)
+    assert set(pareto["winners"]) == set(pareto["objectives"])
+    for picture in ("pareto.png", "resources.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    cached = {path: path.stat().st_mtime_ns for path in (out / "cache").glob("*.json")}
+    assert len(cached) == 2
+    assert _sweep(gemm, space, out, "--cpus", "2") == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["computed"] == 0 and summary["cached"] == 2
+    again = json.loads((out / "points.json").read_text())["points"]
+    assert all(p["cached"] for p in again)
+    assert [p["cycles"] for p in again] == [p["cycles"] for p in points]
+    assert {path: path.stat().st_mtime_ns for path in (out / "cache").glob("*.json")} == cached
+
+
+@pytest.mark.rtl
+def test_optuna_search_through_ray_tune(gemm, tmp_path):
+    # the same two tiny arrays as above (their simulators are built once, in the build cache), no synthesis
+    space = tmp_path / "space.toml"
+    space.write_text(_TINY_BASE + "[space]\nrows = [2]\ncols = [2, 4]\n")
+    out = tmp_path / "out"
+    assert _sweep(gemm, space, out, "--cpus", "2", "--search", "optuna", "--budget", "2", "--seed", "1") == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["search"] == "optuna" and summary["computed"] == summary["points"] >= 1
+    points = json.loads((out / "points.json").read_text())["points"]
+    assert all(p["status"] == "ok" and p["bit_exact"] and p["cycles"] > 0 for p in points)
+    assert json.loads((out / "pareto.json").read_text())["objectives"] == ["latency_us", "energy_uj"]
+    assert _sweep(gemm, space, out, "--cpus", "2", "--search", "optuna", "--budget", "2", "--seed", "1") == 0
+    assert json.loads((out / "sweep.json").read_text())["computed"] == 0
+
+
+def test_invalid_points_are_recorded_with_their_reason(gemm, tmp_path):
+    # acc_depth 2 is below two output tiles of 2 rows; requant_lanes = 2 does not divide cols = 3
+    space = tmp_path / "space.toml"
+    space.write_text("[base]\nrequant_lanes = 2\n[space]\nrows = [2]\ncols = [3]\nacc_depth = [2, 16]\n")
+    out = tmp_path / "out"
+    assert _sweep(gemm, space, out, "--serial") == 0
+    points = json.loads((out / "points.json").read_text())["points"]
+    assert [p["status"] for p in points] == ["failed", "failed"]
+    assert points[0]["reason"].startswith("invalid configuration: acc_depth: 2 is out of range")
+    assert points[1]["reason"].startswith("invalid configuration: requant_lanes: 2 does not divide cols=3")
+    with open(out / "points.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["reason"] for r in rows] == [p["reason"] for p in points]
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["front"] == [] and pareto["winners"] == {}
+    assert (out / "pareto.png").exists() and (out / "resources.png").exists()
+
+
+def test_a_point_over_the_board_does_not_fit():
+    # Yosys's statistics of a real synth_ecp5 run of a 2x2 device (tessera.fpga.synth), trimmed to the cells
+    stat = {"design": {"num_cells_by_type": {"$scopeinfo": 62, "CCU2C": 968, "DCCA": 1, "DP16KD": 8, "EHXPLLL": 1,
+                                             "L6MUX21": 2, "LUT4": 4139, "MULT18X18D": 22, "PFUMX": 863,
+                                             "TRELLIS_DPR16X4": 91, "TRELLIS_FF": 5278, "TRELLIS_IO": 3}}}
+    resources = resources_from_stat(json.dumps(stat), "ecp5")
+    assert resources["LUT"] == 4139 + 2 * 968 + 4 * 91
+    assert (resources["FF"], resources["DSP"], resources["BRAM"]) == (5278, 22, 8)
+    assert "$scopeinfo" not in resources["cells"]
+    assert over_capacity(resources, "LFE5U-25F") == []
+    assert over_capacity({**resources, "DSP": 40}, "LFE5U-25F") == ["DSP: needs 40, the LFE5U-25F has 28"]
+
+
+def test_space_ranges_and_errors():
+    space = parse_space({"space": {"rows": {"from": 2, "to": 8, "times": 2}, "cols": {"from": 2, "to": 6, "step": 2},
+                                   "dataflow": ["ws", "ws", "os"]}})
+    assert space.fields == {"rows": [2, 4, 8], "cols": [2, 4, 6], "dataflow": ["ws", "os"]}
+    assert len(space.grid()) == 18 and space.grid()[0] == {"rows": 2, "cols": 2, "dataflow": "ws"}
+    with pytest.raises(SpaceError, match="'row' is not a configuration field"):
+        parse_space({"space": {"row": [2]}})
+    with pytest.raises(SpaceError, match="board 'nexys'"):
+        parse_space({"board": "nexys", "space": {"rows": [2]}})
+
+
+def test_front_keeps_only_undominated_points():
+    points = [{"status": "ok", "latency_us": 1.0, "energy_uj": 3.0}, {"status": "ok", "latency_us": 2.0,
+                                                                     "energy_uj": 2.0},
+              {"status": "ok", "latency_us": 2.5, "energy_uj": 2.5}, {"status": "failed"}]
+    assert pareto_front(points) == points[:2]
+
+
+def test_without_ray_the_command_says_what_to_install(gemm, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)      # import ray raises ImportError
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\nrows = [2]\n")
+    assert _sweep(gemm, space, tmp_path / "out") == 1
+    message = capsys.readouterr().err.strip()
+    assert message == "tessera: tessera sweep needs Ray and Optuna: pip install 'tessera[sweep]'"
