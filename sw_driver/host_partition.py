@@ -20,19 +20,31 @@ class OnnxRuntimeError(RuntimeError):
 
 def run_partition(layer, tensors):
     """``{output name: ndarray}`` of ``layer`` given ``tensors`` (which hold at least its inputs)."""
-    feeds = {name: np.asarray(tensors[name]) for name in layer.inputs}
+    feeds = {_subgraph_name(layer, name): np.asarray(tensors[name]) for name in layer.inputs}
+    for name in layer.uint8_inputs:     # values + 128: see HostPartition.uint8_inputs
+        key = _subgraph_name(layer, name)
+        feeds[key] = (feeds[key].astype(np.int16) + 128).astype(np.uint8)
     session = prepare_partition(layer, {name: (a.dtype, a.ndim) for name, a in feeds.items()})
     try:
-        return dict(zip(layer.outputs, session.run(list(layer.outputs), feeds), strict=True))
+        results = session.run([_subgraph_name(layer, name) for name in layer.outputs], feeds)
     except Exception as error:  # noqa: BLE001 - onnxruntime's exception types are not public
         raise OnnxRuntimeError(f"onnxruntime cannot run host partition {layer.name!r} ({layer.kind}): "
                                f"{onnxruntime_reason(error)}") from error
+    return {name: (y.astype(np.int16) - 128).astype(np.int8) if name in layer.uint8_outputs else y
+            for name, y in zip(layer.outputs, results, strict=True)}
+
+
+def _subgraph_name(layer, tensor):
+    """The name ``tensor`` has in the subgraph: its uint8 copy's where onnxruntime runs it as uint8."""
+    shifted = tensor in layer.uint8_inputs or tensor in layer.uint8_outputs
+    return tensor + layer.UINT8_SUFFIX if shifted else tensor
 
 
 def prepare_partition(layer, types):
-    """The onnxruntime session for ``layer`` given ``{input name: (dtype, ndim)}``: made once, so that a partition
-    onnxruntime refuses is found before a run starts."""
-    signature = tuple((name, np.dtype(types[name][0]).str, types[name][1]) for name in layer.inputs)
+    """The onnxruntime session for ``layer`` given ``{subgraph input name: (dtype, ndim)}``: made once, so that a
+    partition onnxruntime refuses is found before a run starts."""
+    names = [_subgraph_name(layer, name) for name in layer.inputs]
+    signature = tuple((name, np.dtype(types[name][0]).str, types[name][1]) for name in names)
     try:
         return _session(layer, signature)
     except Exception as error:  # noqa: BLE001 - as above
@@ -60,7 +72,8 @@ def _session(layer, signature):
 
     inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [None] * ndim)
               for name, dtype, ndim in signature]
-    outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in layer.outputs]  # onnxruntime infers them
+    outputs = [helper.make_value_info(_subgraph_name(layer, name), onnx.TypeProto())   # onnxruntime infers them
+               for name in layer.outputs]
     graph = helper.make_graph(list(layer.nodes), f"tessera_host_{layer.name}", inputs, outputs,
                               initializer=list(layer.initializers))
     model = helper.make_model(graph, opset_imports=list(layer.opsets), ir_version=layer.ir_version,

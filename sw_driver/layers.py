@@ -487,6 +487,10 @@ class HostPartition(Layer):
         The model's IR version (what onnxruntime read the whole model in).
     functions : tuple of onnx.FunctionProto
         The model's local functions, which its nodes may call.
+    uint8_inputs, uint8_outputs : tuple of str
+        int8 tensors onnxruntime runs as uint8 in the whole model: the subgraph reads (writes) them as uint8
+        copies named ``tensor + UINT8_SUFFIX`` (values and zero points + 128), so that it fuses as the whole
+        model does.
     reason : str
         Why the partition's first node is not a Tessera layer (one short line for the run table).
     """
@@ -497,13 +501,17 @@ class HostPartition(Layer):
     ir_version: int
     reason: str
     functions: tuple = ()
+    uint8_inputs: tuple = ()
+    uint8_outputs: tuple = ()
 
     #: Op types that only carry quantization in and out of the partition; the table names the others.
     CARRIERS = ("QuantizeLinear", "DequantizeLinear", "Constant")
+    #: Suffix of the uint8 copy of a tensor in the subgraph (see ``uint8_inputs``).
+    UINT8_SUFFIX = "/tessera_uint8"
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("nodes", "initializers", "opsets", "functions"):
+        for name in ("nodes", "initializers", "opsets", "functions", "uint8_inputs", "uint8_outputs"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property

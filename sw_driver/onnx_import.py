@@ -530,9 +530,47 @@ class _Importer:
         reasons = ([f"no Tessera layer for {', '.join(partition.unmapped)}"] if partition.unmapped else []) + \
             list(partition.reasons)
         reason = "; ".join(reasons or partition.carrier_reasons)
+        # onnxruntime runs these int8 tensors as uint8 in the whole model (its Q -> DQ rewrite): so must the
+        # subgraph, or it fuses its QDQ groups differently at the boundary (a float op for an integer kernel)
+        uint8_inputs = [t for t in inputs if self._uint8_in_onnxruntime(t)]
+        uint8_outputs = [t for t in outputs if self._uint8_in_onnxruntime(t)
+                         and self.producer[t].op_type == "QuantizeLinear"]
+        nodes, shifted_zero_points = self._on_uint8(nodes, uint8_inputs, uint8_outputs)
         return HostPartition(name=partition.name, inputs=inputs, outputs=outputs, nodes=nodes,
-                             initializers=initializers, opsets=tuple(self.model.opset_import),
-                             ir_version=self.model.ir_version, functions=tuple(self.model.functions), reason=reason)
+                             initializers=initializers + shifted_zero_points, opsets=tuple(self.model.opset_import),
+                             ir_version=self.model.ir_version, functions=tuple(self.model.functions), reason=reason,
+                             uint8_inputs=uint8_inputs, uint8_outputs=uint8_outputs)
+
+    def _uint8_in_onnxruntime(self, tensor):
+        params = self.params.get(tensor)
+        return params is not None and params.dtype == np.int8 and self._runtime_type(tensor) == "uint8"
+
+    def _on_uint8(self, nodes, uint8_inputs, uint8_outputs):
+        """``nodes`` with the DequantizeLinear of each of ``uint8_inputs`` and the QuantizeLinear of each of
+        ``uint8_outputs`` on uint8 copies (zero points + 128, as onnxruntime's rewrite does), and the new zero
+        points as initializers."""
+        shifted, zero_points = [], []
+        for node in nodes:
+            tensor = node.input[0] if node.op_type == "DequantizeLinear" else node.output[0]
+            if (node.op_type, tensor) not in {("DequantizeLinear", t) for t in uint8_inputs} | \
+                    {("QuantizeLinear", t) for t in uint8_outputs}:
+                shifted.append(node)
+                continue
+            copy_ = onnx.NodeProto()
+            copy_.CopyFrom(node)
+            zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+            zero_point = np.asarray(self.consts[zp_name]) if zp_name else np.zeros((), np.int8)
+            name = f"{tensor}{HostPartition.UINT8_SUFFIX}/zero_point/{len(zero_points)}"
+            zero_points.append(numpy_helper.from_array((zero_point.astype(np.int16) + 128).astype(np.uint8), name))
+            while len(copy_.input) < 3:
+                copy_.input.append("")
+            copy_.input[2] = name
+            if node.op_type == "DequantizeLinear":
+                copy_.input[0] = tensor + HostPartition.UINT8_SUFFIX
+            else:
+                copy_.output[0] = tensor + HostPartition.UINT8_SUFFIX
+            shifted.append(copy_)
+        return shifted, zero_points
 
     # -- errors and constants --------------------------------------------------------------------------
 

@@ -34,6 +34,18 @@ def test_mutated_models_run_or_are_refused_in_one_line_on_the_host(chunk):
     _check(result)
 
 
+#: Seeds of soak failures, fixed: pads of 2**31 (a 384 GiB allocation), a weight DequantizeLinear without its axis
+#: and an int32-minimum bias on an int8 model (a host partition that fused otherwise than the whole model).
+REGRESSIONS = (777662, 777860, 888060, 888382, 889496)
+
+
+@pytest.mark.parametrize("seed", REGRESSIONS)
+def test_soak_failures_stay_fixed(seed):
+    result = fuzz(seed, 1, "host")
+    assert result.cases == 1
+    _check(result)
+
+
 @pytest.mark.rtl
 def test_mutated_models_run_or_are_refused_in_one_line_on_the_simulator():
     result = fuzz(SIM_SEEDS.start, len(SIM_SEEDS), "sim")
