@@ -142,7 +142,7 @@ class TestCommandLine:
         path = tmp_path / "c.toml"
         path.write_text('rows = "8"\n')
         assert main(["verilog", "--config", str(path), "--out", str(tmp_path)]) == 2
-        assert capsys.readouterr().err == "tessera: configuration error: rows: must be an integer, not str '8'\n"
+        assert capsys.readouterr().err == "tessera: configuration type error: rows: must be an integer, not str '8'\n"
 
     def test_bad_override_exits_with_message(self, tmp_path, capsys):
         assert main(["verilog", "--rows", "0", "--out", str(tmp_path)]) == 2

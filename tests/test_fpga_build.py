@@ -338,6 +338,9 @@ def test_interrupting_tessera_stops_the_tools(tmp_path, signal_name):
     stuck.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
     stuck.chmod(0o755)
     script = (
+        # a shell without job control starts background jobs with SIGINT ignored, and children inherit that (Python
+        # then installs no KeyboardInterrupt handler): the user's Ctrl-C is what is being tested
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import warnings; warnings.simplefilter('ignore')\n"
         "import tessera.fpga.build as build\n"
         "from tessera.fpga.boards import BOARDS, board_config\n"
