@@ -137,8 +137,8 @@ def run_layer(layer, tensors, *, path="integer"):
                 return {layer.outputs[0]: _on_uint8(layer, args)}
             return {layer.outputs[0]: _compute(layer, *args, float_path=path == "float")}
     except ValueError as error:     # the golden model refuses what it cannot compute exactly (an int32 overflow)
-        raise HostLayerError(f"layer {layer.name!r} ({layer.kind}) cannot be computed on the host: {error}") \
-            from error
+        why = " ".join(str(error).split())     # one line, whatever arrays the reason prints
+        raise HostLayerError(f"layer {layer.name!r} ({layer.kind}) cannot be computed on the host: {why}") from error
 
 
 def _on_uint8(layer, args):

@@ -524,8 +524,10 @@ class _Importer:
         reads = list(dict.fromkeys(name for n in nodes for name in _reads(n)))
         inputs = [name for name in reads if name not in inside and name not in self.initializer_names]
         own_outputs = [name for n in nodes if id(n) in partition.own for name in n.output if name]
+        # read outside: by a graph output, or by a node the partition does not own (a DequantizeLinear it only
+        # copies is still imported on its own: a Tessera layer may read its input through it)
         outputs = [name for name in own_outputs if name in self.graph_outputs
-                   or any(id(user) not in partition.nodes for user in self.consumers[name])]
+                   or any(id(user) not in partition.own for user in self.consumers[name])]
         initializers = [init for init in self.graph.initializer if init.name in set(reads)]
         reasons = ([f"no Tessera layer for {', '.join(partition.unmapped)}"] if partition.unmapped else []) + \
             list(partition.reasons)
@@ -552,7 +554,8 @@ class _Importer:
         shifted, zero_points = [], []
         for node in nodes:
             tensor = node.input[0] if node.op_type == "DequantizeLinear" else node.output[0]
-            if (node.op_type, tensor) not in {("DequantizeLinear", t) for t in uint8_inputs} | \
+            # the DequantizeLinear of an output too, where the partition reads it again itself
+            if (node.op_type, tensor) not in {("DequantizeLinear", t) for t in (*uint8_inputs, *uint8_outputs)} | \
                     {("QuantizeLinear", t) for t in uint8_outputs}:
                 shifted.append(node)
                 continue
@@ -782,7 +785,15 @@ class _Importer:
         if w.scale.size > 1 and w.axis != axis % w.values.ndim:
             raise self._error(node, f"quantizes its {what} per channel along axis {w.axis}; supported: axis "
                                     f"{axis % w.values.ndim} (output channels)", supported=False)
-        return w.values, w.scale.astype(np.float32), w.zero_point.astype(w.values.dtype)
+        return w.values, self._weight_scale(node, w.scale), w.zero_point.astype(w.values.dtype)
+
+    def _weight_scale(self, node, scale):
+        """A weight scale the integer kernels take: finite and positive in float32 (else onnxruntime decides)."""
+        scale = np.asarray(scale, np.float32)
+        bad = scale.reshape(-1)[~(np.isfinite(scale.reshape(-1)) & (scale.reshape(-1) > 0))]
+        if bad.size:
+            raise self._error(node, f"has a weight scale of {bad[0]}; supported: finite and positive", supported=False)
+        return scale
 
     def _bias(self, node, name, channels, qdq, x_scale=None, w_scale=None):
         """Bias as int32 in accumulator units: onnxruntime's QDQ fusions take the int32 initializer behind the
@@ -909,7 +920,7 @@ class _Importer:
         w_q = np.asarray(self._const(node, node.input[3], "weight"))
         if w_q.dtype.type not in _WEIGHT_TYPES:
             raise self._error(node, f"has weights of type {w_q.dtype}; supported: int8, uint8", supported=False)
-        w_scale = np.asarray(self._const(node, node.input[4], "weight scale"), np.float32)
+        w_scale = self._weight_scale(node, self._const(node, node.input[4], "weight scale"))
         w_zp = np.asarray(self._const(node, node.input[5], "weight zero point"))
         bias = self._bias(node, node.input[8] if len(node.input) > 8 else "", w_q.shape[0], qdq=False)
         self._emit(Conv(name=self.names[id(node)], inputs=(x,), outputs=(node.output[0],), w_q=w_q,
@@ -940,7 +951,7 @@ class _Importer:
             raise self._error(node, f"has weights {w_q.dtype} {w_q.shape}; supported: int8 or uint8 (K, N)",
                               supported=False)
         w_q = w_q.T if trans_b else w_q
-        w_scale = np.asarray(self._const(node, node.input[b_index + 1], "weight scale"), np.float32)
+        w_scale = self._weight_scale(node, self._const(node, node.input[b_index + 1], "weight scale"))
         w_zp = np.asarray(self._const(node, node.input[b_index + 2], "weight zero point"))
         bias = self._bias(node, bias_name, w_q.shape[1], qdq=False)
         self._emit(Gemm(name=self.names[id(node)], inputs=(x,), outputs=(node.output[0],), w_q=w_q,
