@@ -234,6 +234,8 @@ def _cmd_run(args):
             raise PlacementError(_fallback_message(fallbacks, "ran"))
         _warn_if_nothing_on_device(reports)
     check = _check(graph, inputs, outputs, reference) if args.check else None
+    if reference is not None and not args.check:
+        _warn_if_not_onnxruntimes(outputs, reference)
 
     device_layers = [r for r in reports if r.target == "device"]
     totals = {
@@ -293,6 +295,18 @@ def _fallback_message(fallbacks, verb):
     layers = sum(len(names) for names in fallbacks.values())
     return (f"--strict: {layers} compute layer{'s' if layers > 1 else ''} {verb} on the host: "
             + "; ".join(f"{', '.join(names)}: {why}" for why, names in fallbacks.items()))
+
+
+def _warn_if_not_onnxruntimes(outputs, reference):
+    """A model with host partitions was run whole on onnxruntime first (the reference): say if the outputs differ.
+
+    They can: onnxruntime's optimizer may rewrite across the boundary of a partition (e.g. fold a requantisation
+    that straddles it), which a subgraph cannot follow. Not silent, then."""
+    size = sum(int(y.size) for y in outputs.values())
+    differing = sum(_differing(reference[name], y) for name, y in outputs.items())
+    if differing:
+        print(f"tessera: warning: {differing} of {size} outputs differ from onnxruntime's run of the whole model "
+              f"(--check says more)", file=sys.stderr)
 
 
 def _warn_if_nothing_on_device(reports):

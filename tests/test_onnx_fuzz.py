@@ -97,3 +97,15 @@ def test_the_runner_sees_a_traceback_a_hang_and_a_refusal(tmp_path, monkeypatch)
     monkeypatch.setattr(cli, "main", stuck)
     outcome, failure = run_case(case, tmp_path / "hang", timeout=1)
     assert outcome == "failed" and failure.kind == "hang"
+
+
+def test_a_rewrite_across_a_host_partition_is_not_silent(tmp_path, capsys):
+    """Seed 1241284 turns a QDQ GlobalAveragePool into an Identity between two requantisations: onnxruntime's
+    optimizer then folds across the host partition's boundary, which the subgraph cannot follow. The outputs
+    differ, and the run says so on stderr rather than passing silently."""
+    from tessera.sw_driver.cli import main
+    from tessera.verif.onnx_fuzz import make_case
+    argv = make_case(1241284, "host").write(tmp_path)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "outputs differ from onnxruntime's run of the whole model" in err
