@@ -594,7 +594,9 @@ class Case:
         model.write_bytes(self.model)
         if self.layout == "npz":
             x = folder / "x.npz"
-            np.savez(x, **self.feeds)
+            # a damaged model can name its inputs in bytes that are not text: savez takes str keys only
+            np.savez(x, **{k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v
+                           for k, v in self.feeds.items()})
         else:
             x = folder / "x.npy"
             np.save(x, next(iter(self.feeds.values())) if self.feeds else np.zeros((1,), np.float32))
