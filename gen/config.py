@@ -10,6 +10,8 @@ import json
 import tomllib
 from pathlib import Path
 
+from tessera.hw.pe_multipliers import MULTIPLIERS
+
 __all__ = ["AcceleratorConfig", "CONFIG_SUFFIXES", "ConfigError", "ConfigTypeError", "DATAFLOWS", "MAX_ARRAY_DIM",
            "config_format"]
 
@@ -78,6 +80,10 @@ class AcceleratorConfig:
         Lanes of the requantiser, a divisor of ``cols``; 0 (the default) for one per column. With fewer, an
         output row takes ``cols / requant_lanes`` cycles to requantise (one row per reduction is what the
         array produces), and the lanes' logic and DSP blocks go to the PE array instead (FPGA builds).
+    multiplier : str
+        The int8 x int8 product every PE computes: ``"exact"``, or one of the approximate designs of
+        :data:`tessera.hw.pe_multipliers.MULTIPLIERS` (less logic and energy for a known error; the golden model
+        then uses the same design, so the device is still checked bit for bit against it).
     single_port_buffers : bool
         Give the activation and weight buffers one port each, shared by loads and compute reads (a read wins the
         cycle; the load waits for one without), so that they fit single-port RAMs: the iCE40UP5K's SPRAM.
@@ -99,6 +105,7 @@ class AcceleratorConfig:
     rs_filters: int = 4
     requant_lanes: int = 0
     single_port_buffers: bool = False
+    multiplier: str = "exact"
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, MAX_ARRAY_DIM)
@@ -109,6 +116,12 @@ class AcceleratorConfig:
         if self.dataflow not in DATAFLOWS:
             raise ConfigError(f"dataflow: {self.dataflow!r} is not supported; accepted: "
                               + ", ".join(f"{k!r} ({v})" for k, v in DATAFLOWS.items()))
+        if not isinstance(self.multiplier, str):
+            raise ConfigTypeError(f"multiplier: must be a string, not {_typed(self.multiplier)}; accepted: "
+                                  + ", ".join(map(repr, MULTIPLIERS)))
+        if self.multiplier not in MULTIPLIERS:
+            raise ConfigError(f"multiplier: {self.multiplier!r} is not a design; accepted: "
+                              + ", ".join(f"{k!r} ({v.description})" for k, v in MULTIPLIERS.items()))
         _check_type("operand_width", self.operand_width, int)
         _check_type("acc_width", self.acc_width, int)
         if self.operand_width != 8:

@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
 from .pe import OutputStationaryPE
+from .pe_multipliers import MULTIPLIERS
 from .pipeline import delayed
 
 __all__ = ["OutputStationaryArray"]
@@ -34,8 +35,9 @@ class OutputStationaryArray(wiring.Component):
         pairs counted twice.
     """
 
-    def __init__(self, *, rows, cols):
+    def __init__(self, *, rows, cols, multiplier=MULTIPLIERS["exact"]):
         self.rows, self.cols = rows, cols
+        self.multiplier = multiplier
         #: cycles from the last step at the inputs until the whole tile is captured and readable
         self.capture_latency = rows + cols - 1
         super().__init__({
@@ -51,7 +53,7 @@ class OutputStationaryArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        grid = [[OutputStationaryPE() for _ in range(self.cols)] for _ in range(self.rows)]
+        grid = [[OutputStationaryPE(multiplier=self.multiplier) for _ in range(self.cols)] for _ in range(self.rows)]
         for r, row in enumerate(grid):
             x = delayed(m, self.x_in[r], r, name=f"x_skew_{r}")
             valid, first, last = (delayed(m, tag, r, name=f"{name}_skew_{r}") for tag, name in

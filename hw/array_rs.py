@@ -27,6 +27,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, MAX_KERNEL, MAX_STRIDE, OPERAND
+from .pe import gated_product
+from .pe_multipliers import MULTIPLIERS
 
 __all__ = ["RowStationaryArray", "SPAD_COLUMNS", "rs_mapping"]
 
@@ -50,8 +52,8 @@ class _RowStationaryPE(wiring.Component):
     is that filter's finished sum, which the column adds up.
     """
 
-    def __init__(self, channels, filters):
-        self.channels, self.filters = channels, filters
+    def __init__(self, channels, filters, multiplier):
+        self.channels, self.filters, self.multiplier = channels, filters, multiplier
         depth = filters * channels * MAX_KERNEL
         super().__init__({
             "w_write": In(1), "w_addr": In(range(depth)), "w_value": In(OPERAND),
@@ -99,8 +101,7 @@ class _RowStationaryPE(wiring.Component):
             psums, current = [], self.psum
         zero = (w == 0) | (x == 0)
         total = Signal(ACC)
-        # the multiplier is gated when either operand is zero (Eyeriss's zero gating)
-        m.d.comb += total.eq(Mux(self.first, 0, current) + Mux(zero, 0, w * x))
+        m.d.comb += total.eq(Mux(self.first, 0, current) + gated_product(x, w, self.multiplier))
         with m.If(self.mac):
             m.d.sync += self.psum.eq(total)
             for i, psum in enumerate(psums):   # one write enable per partial sum, no indexed write
@@ -145,8 +146,8 @@ class RowStationaryArray(wiring.Component):
         Event counts this cycle: MACs gated by a zero operand; scratchpad entries written.
     """
 
-    def __init__(self, *, rows, cols, filters=1):
-        self.rows, self.cols, self.filters = rows, cols, filters
+    def __init__(self, *, rows, cols, filters=1, multiplier=MULTIPLIERS["exact"]):
+        self.rows, self.cols, self.filters, self.multiplier = rows, cols, filters, multiplier
         self.channels = rows   # at most one set: a PE then holds every channel of the word
         side = (cols - 1) * MAX_STRIDE + MAX_KERNEL
         depth = filters * self.channels * MAX_KERNEL
@@ -182,7 +183,7 @@ class RowStationaryArray(wiring.Component):
                         m.d.comb += [filter_row[r].eq(r % kh), lane_base[r].eq((r // kh) * q),
                                      row_used[r].eq(r < sets * kh)]
 
-        grid = [[_RowStationaryPE(q_max, self.filters) for _ in range(cols)] for _ in range(rows)]
+        grid = [[_RowStationaryPE(q_max, self.filters, self.multiplier) for _ in range(cols)] for _ in range(rows)]
         gated_bits, write_bits = [], []
         for r, row in enumerate(grid):
             # this row's channels of the delivered word: lanes lane_base .. lane_base + q - 1, zero past the end

@@ -7,13 +7,14 @@ from amaranth.lib.wiring import In, Out
 from .layouts import ACC, OPERAND
 from .multiplier import PRODUCT_LATENCY, lut_multiplier_row
 from .pe import WeightStationaryPE, psum_width
+from .pe_multipliers import MULTIPLIERS
 from .pipeline import delayed
 
 __all__ = ["WeightStationaryArray"]
 
 
 class WeightStationaryArray(wiring.Component):
-    """``rows x cols`` weight-stationary array with its input skew and output de-skew.
+    """``rows x cols`` weight-stationary array with its input skew and output de-skew, of ``multiplier`` PEs.
 
     Row ``r`` of the PE grid holds input channel ``r`` of the weight tile, column ``c`` output channel ``c``.
     An activation vector enters unskewed on ``x_in``; row ``r`` is delayed ``r`` cycles so that partial sums
@@ -38,8 +39,9 @@ class WeightStationaryArray(wiring.Component):
         zeros of each weight row, so no per-PE counter is needed.
     """
 
-    def __init__(self, *, rows, cols):
+    def __init__(self, *, rows, cols, multiplier=MULTIPLIERS["exact"]):
         self.rows, self.cols = rows, cols
+        self.multiplier = multiplier
         self.latency = rows + cols - 1 + PRODUCT_LATENCY   # skew, each PE's pipelined multiply, de-skew
         super().__init__({
             "x_in": In(data.ArrayLayout(OPERAND, rows)),
@@ -57,8 +59,9 @@ class WeightStationaryArray(wiring.Component):
         m = Module()
         # Row r's partial sums hold at most r + 1 products: 16 bits in row 0, 20 after 16 rows, instead of 32
         # everywhere (adders, their registers and the de-skew are the array's logic beside the multipliers).
-        grid = [[WeightStationaryPE(lut_multiplier=lut_multiplier_row(platform, r, self.rows),
-                                    psum_width=psum_width(r + 1))
+        grid = [[WeightStationaryPE(multiplier=self.multiplier,
+                                    lut_multiplier=lut_multiplier_row(platform, r, self.rows),
+                                    psum_width=psum_width(r + 1, self.multiplier))
                  for _ in range(self.cols)] for r in range(self.rows)]
         for r, row in enumerate(grid):
             x = delayed(m, self.x_in[r], r, name=f"x_skew_{r}")

@@ -5,6 +5,7 @@ from amaranth.lib import data
 
 from .array_os import OutputStationaryArray
 from .gather import ConvGather
+from .pe_multipliers import multiplier
 from .pipeline import delayed
 from .tiles import ComputeUnit
 
@@ -29,7 +30,8 @@ class OutputStationaryCompute(ComputeUnit):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.array = array = OutputStationaryArray(rows=cfg.rows, cols=cfg.cols)
+        m.submodules.array = array = OutputStationaryArray(rows=cfg.rows, cols=cfg.cols,
+                                                                        multiplier=multiplier(cfg.multiplier))
         tracker = self._tile_tracker(m)
 
         # -- issuer ----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from amaranth.lib import data
 
 from .array_rs import RowStationaryArray
 from .layouts import command_layout, rs_filter_entries
+from .pe_multipliers import multiplier
 from .rs_filter_loader import FilterLoader
 from .rs_ifmap_loader import COORD, IfmapLoader
 from .rs_mac_sequencer import MacSequencer
@@ -64,7 +65,8 @@ class RowStationaryCompute(ComputeUnit):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.array = array = RowStationaryArray(rows=cfg.rows, cols=cfg.cols, filters=cfg.rs_filters)
+        m.submodules.array = array = RowStationaryArray(rows=cfg.rows, cols=cfg.cols, filters=cfg.rs_filters,
+                                                                     multiplier=multiplier(cfg.multiplier))
         tracker = self._tile_tracker(m)
         m.submodules.filter_loader = filters = FilterLoader(cfg)
         m.submodules.ifmap_loader = ifmap = IfmapLoader(cfg)

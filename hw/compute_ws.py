@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 
 from .activation_issuer import ActivationIssuer
 from .array_ws import WeightStationaryArray
+from .pe_multipliers import multiplier
 from .pipeline import delayed, timing_registers
 from .tiles import ComputeUnit
 from .weight_loader import WeightLoader
@@ -30,7 +31,8 @@ class WeightStationaryCompute(ComputeUnit):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.array = array = WeightStationaryArray(rows=cfg.rows, cols=cfg.cols)
+        m.submodules.array = array = WeightStationaryArray(rows=cfg.rows, cols=cfg.cols,
+                                                                       multiplier=multiplier(cfg.multiplier))
         tracker = self._tile_tracker(m)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.issuer = issuer = ActivationIssuer(cfg)

@@ -6,20 +6,22 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import ACC, OPERAND
 from .multiplier import registered_product
+from .pe_multipliers import MULTIPLIERS
 
-__all__ = ["WeightStationaryPE", "OutputStationaryPE", "psum_width"]
-
-
-def psum_width(products):
-    """Bits of a signed sum of ``products`` int8 x int8 products (each in [-128 * 127, 128 * 128]), at most the
-    accumulator's 32: a weight-stationary column's partial sum after its first ``products`` rows."""
-    return min(ACC.width, (products * 128 * 128).bit_length() + 1)
+__all__ = ["WeightStationaryPE", "OutputStationaryPE", "gated_product", "psum_width"]
 
 
-def _gated_product(x, w):
-    """``x * w``, with the multiplier gated off when either operand is zero (Eyeriss's zero gating: the
-    arrays count these MACs as ``macs_gated`` and the energy model credits them)."""
-    return Mux((x == 0) | (w == 0), 0, x * w)
+def psum_width(products, multiplier=MULTIPLIERS["exact"]):
+    """Bits of a signed sum of ``products`` products of ``multiplier`` (each of magnitude at most its
+    ``magnitude_bound``), at most the accumulator's 32: a weight-stationary column's partial sum after its first
+    ``products`` rows."""
+    return min(ACC.width, (products * multiplier.magnitude_bound).bit_length() + 1)
+
+
+def gated_product(x, w, multiplier):
+    """``multiplier``'s product of ``x`` and ``w``, gated off when either operand is zero (Eyeriss's zero gating:
+    the arrays count these MACs as ``macs_gated`` and the energy model credits them)."""
+    return Mux((x == 0) | (w == 0), 0, multiplier.product(x, w))
 
 
 def _gated_operands(x, w):
@@ -51,6 +53,8 @@ class WeightStationaryPE(wiring.Component):
 
     Parameters
     ----------
+    multiplier : Multiplier
+        The product the PE computes (`tessera.hw.pe_multipliers`); an approximate one is always logic.
     lut_multiplier : bool
         Multiply in logic rather than in a DSP block (for arrays with more PEs than the FPGA has blocks).
     psum_width : int
@@ -58,7 +62,8 @@ class WeightStationaryPE(wiring.Component):
         `psum_width`), so the adder and its register are no wider than the values they can hold.
     """
 
-    def __init__(self, *, lut_multiplier=False, psum_width=ACC.width):
+    def __init__(self, *, multiplier=MULTIPLIERS["exact"], lut_multiplier=False, psum_width=ACC.width):
+        self.multiplier = multiplier
         self.lut_multiplier = lut_multiplier
         super().__init__({
             "x_in": In(OPERAND),
@@ -81,13 +86,26 @@ class WeightStationaryPE(wiring.Component):
         # The operands and the product are registered (PRODUCT_LATENCY cycles for the whole array), so the
         # multiplier is a path of its own, inside a DSP block on an FPGA: what lets the array clock high.
         x, w = _gated_operands(self.x_in, Mux(self.bank_in, weight[1], weight[0]))
-        product = registered_product(m, x, w, name="multiplier", platform=None if self.lut_multiplier else platform)
+        if self.multiplier.exact:
+            product = registered_product(m, x, w, name="multiplier",
+                                         platform=None if self.lut_multiplier else platform)
+        else:
+            product = _registered_approximate_product(m, x, w, self.multiplier)
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),
             self.psum_out.eq(self.psum_in + product),
         ]
         return m
+
+
+def _registered_approximate_product(m, x, w, multiplier):
+    """``multiplier``'s product with the operands and the result registered, as the exact pipelined product
+    (`~tessera.hw.multiplier.PRODUCT_LATENCY` cycles), in logic."""
+    operands = Signal(OPERAND, name="multiplier_x"), Signal(OPERAND, name="multiplier_w")
+    product = Signal(signed(16), name="multiplier_product")
+    m.d.sync += [operands[0].eq(x), operands[1].eq(w), product.eq(multiplier.product(*operands))]
+    return product
 
 
 class OutputStationaryPE(wiring.Component):
@@ -104,6 +122,11 @@ class OutputStationaryPE(wiring.Component):
         Weight from above; passed on, registered, through ``w_out``.
     result : Out
         The captured sum of the last completed tile.
+
+    Parameters
+    ----------
+    multiplier : Multiplier
+        The product the PE computes (`tessera.hw.pe_multipliers`).
     """
 
     x_in: In(OPERAND)
@@ -118,11 +141,15 @@ class OutputStationaryPE(wiring.Component):
     w_out: Out(OPERAND)
     result: Out(ACC)
 
+    def __init__(self, *, multiplier=MULTIPLIERS["exact"]):
+        self.multiplier = multiplier
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
         acc = Signal(ACC)
         total = Signal(ACC)
-        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + _gated_product(self.x_in, self.w_in))
+        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + gated_product(self.x_in, self.w_in, self.multiplier))
         with m.If(self.valid_in):
             m.d.sync += acc.eq(total)
             with m.If(self.last_in):

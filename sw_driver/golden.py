@@ -23,8 +23,10 @@ Conventions
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tessera.sw_driver.products import approximate_matmul
+
 __all__ = [
-    "QRANGE", "avgpool", "conv2d_int", "dequantize", "fold_input_zero_point", "gemm_hw", "global_avgpool",
+    "QRANGE", "avgpool", "conv2d_int", "conv_hw", "dequantize", "fold_input_zero_point", "gemm_hw", "global_avgpool",
     "matmul_int", "maxpool", "qlinear_add", "qlinear_conv", "qlinear_matmul", "qrange", "quantize",
     "requant_scale", "requantize", "to_signed_activation", "to_unsigned_activation",
 ]
@@ -597,10 +599,11 @@ def to_unsigned_activation(x_i8, zp):
     return (x.astype(np.int16) + 128).astype(np.uint8), int(zp.reshape(())) + 128
 
 
-def gemm_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp):
+def gemm_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp, multiplier="exact"):
     """What the accelerator core computes: ``requantize(x @ w + bias, scale[n], y_zp)`` to int8.
 
     No input zero point (it is folded into the bias, see ``fold_input_zero_point``), no weight zero point.
+    The products are ``multiplier``'s (a configuration's PE multiplier, `tessera.sw_driver.products`).
 
     Parameters
     ----------
@@ -610,9 +613,30 @@ def gemm_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp):
     scale_f32 : float or ndarray (N,) of float32
         Per-column requantisation multiplier (``requant_scale``).
     y_zp : int in [-128, 127]
+    multiplier : str
+        A name in `tessera.hw.pe_multipliers.MULTIPLIERS`.
     """
     x = _quantized(x_i8, "x_i8", (np.int8,))
     w = _quantized(w_i8, "w_i8", (np.int8,))
-    acc = matmul_int(x, 0, w, 0).astype(np.int64)
+    if multiplier == "exact":
+        acc = matmul_int(x, 0, w, 0).astype(np.int64)
+    else:
+        if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise ValueError(f"gemm_hw needs x_i8 (..., K) and w_i8 (K, N), got {x.shape} and {w.shape}")
+        acc = _check_int32(approximate_matmul(x, w, multiplier), f"gemm_hw(x_i8 {x.shape}, w_i8 {w.shape})")
     acc = _check_int32(acc + _int32_bias(bias_i32, acc.shape[-1], "bias_i32"), "gemm_hw bias add")
     return requantize(acc, scale_f32, y_zp, np.int8, axis=-1)
+
+
+def conv_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0,
+            multiplier="exact"):
+    """What the accelerator computes for a convolution of int8 NCHW ``x_i8`` by dense OIHW ``w_i8``: every
+    window (padded with ``pad_value``, the input zero point) times the weights with ``multiplier``'s products,
+    plus ``bias_i32``, requantised by ``scale_f32`` to ``y_zp``; ``(N, O, OH, OW)`` int8."""
+    x = _quantized(x_i8, "x_i8", (np.int8,))
+    w = _quantized(w_i8, "w_i8", (np.int8,))
+    windows = _windows(x, w.shape[2:], _pair(strides, "strides"), _pads(pads), (1, 1), pad_value)
+    batch, _, out_h, out_w = windows.shape[:4]
+    patches = windows.transpose(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, -1)
+    y = gemm_hw(patches, w.reshape(w.shape[0], -1).T, bias_i32, scale_f32, y_zp, multiplier)
+    return y.reshape(batch, out_h, out_w, -1).transpose(0, 3, 1, 2)

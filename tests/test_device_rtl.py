@@ -35,11 +35,20 @@ CONFIGS = [
     # one-lane requantiser (each output row in three beats)
     AcceleratorConfig(rows=2, cols=3, dataflow="rs", act_depth=256, weight_depth=512, acc_depth=96, param_depth=5,
                       link_timeout=64, rs_filters=3, requant_lanes=1),
+    # approximate PE multipliers (hw.pe_multipliers), one per dataflow: checked against the golden model with the
+    # same design, so a wrong product anywhere in an array shows as a mismatch
+    AcceleratorConfig(rows=2, cols=3, dataflow="ws", act_depth=64, weight_depth=48, acc_depth=32, param_depth=3,
+                      link_timeout=64, multiplier="drum4"),
+    AcceleratorConfig(rows=3, cols=2, dataflow="os", act_depth=64, weight_depth=48, acc_depth=12, param_depth=2,
+                      link_timeout=64, multiplier="truncated8"),
+    AcceleratorConfig(rows=3, cols=4, dataflow="rs", act_depth=512, weight_depth=256, acc_depth=64, param_depth=8,
+                      link_timeout=64, multiplier="mitchell"),
 ]
 
 
 def _config_id(cfg):
-    return f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + ("-sp" if cfg.single_port_buffers else "")
+    return (f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + ("-sp" if cfg.single_port_buffers else "")
+            + ("" if cfg.multiplier == "exact" else f"-{cfg.multiplier}"))
 
 
 def _build(cfg):

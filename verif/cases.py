@@ -28,13 +28,14 @@ def random_gemm(rng, m, k, n):
 
 
 
-def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_tiles=None):
+def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_tiles=None, multiplier="exact"):
     """Random int8 conv operands (one image) with the input zero point folded into the bias.
 
     ``zero_tiles`` = (rows, cols, fraction) zeroes about that fraction of the weight tiles of a rows x cols
     array (per filter tap: a block of rows input channels by cols output channels), as a pruned model has.
     Returns ``(operands, attrs, expected)``: ``compile_conv(cfg, *operands, **attrs)`` must produce
-    ``expected`` (O, out_h, out_w), which the golden model computes with the zero point unfolded.
+    ``expected`` (O, out_h, out_w), which the golden model computes with the zero point unfolded (with the
+    device's arithmetic, ``golden.conv_hw``, for an approximate ``multiplier``).
     """
     x = rng.integers(-128, 128, (channels, size, size), dtype=np.int8)
     w = rng.integers(-128, 128, (out_channels, channels, kernel, kernel), dtype=np.int8)
@@ -47,9 +48,13 @@ def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_
     scale = (rng.uniform(0.5, 2, out_channels) / (64 * np.sqrt(channels * kernel * kernel))).astype(np.float32)
     y_zp = int(rng.integers(-128, 128))
     pads = (pad, pad, pad, pad)
-    acc = golden.conv2d_int(x[None], x_zp, w, 0, strides=(stride, stride), pads=pads)[0] + bias[:, None, None]
-    expected = golden.requantize(acc, scale, y_zp, axis=0)
     folded = golden.fold_input_zero_point(bias, x_zp, w, output_axis=0)
+    if multiplier == "exact":
+        acc = golden.conv2d_int(x[None], x_zp, w, 0, strides=(stride, stride), pads=pads)[0] + bias[:, None, None]
+        expected = golden.requantize(acc, scale, y_zp, axis=0)
+    else:
+        expected = golden.conv_hw(x[None], w, folded, scale, y_zp, strides=(stride, stride), pads=pads,
+                                  pad_value=x_zp, multiplier=multiplier)[0]
     return (x, w, folded, scale, y_zp), {"strides": (stride, stride), "pads": pads, "pad_value": x_zp}, expected
 
 

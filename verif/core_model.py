@@ -77,7 +77,7 @@ def execute_command(cfg, buffers, cmd, geometry=None):
         x = buffers.act[x_base + act_word(cfg, m, np.arange(k), 0)].T[:m]
         w = buffers.weight[w_base + weight_word(cfg, np.arange(k), 0)]
     p = cmd["p_base"]
-    return golden.gemm_hw(x, w, buffers.bias[p], buffers.scale[p].view(np.float32), cmd["y_zp"])
+    return golden.gemm_hw(x, w, buffers.bias[p], buffers.scale[p].view(np.float32), cmd["y_zp"], cfg.multiplier)
 
 
 def _load_beats(cfg, ops, payload):

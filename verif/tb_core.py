@@ -91,7 +91,7 @@ async def gemm_random(dut):
         program = compile_gemm(cfg, x, w, bias, scale, y_zp)
         passes = core_passes(cfg, program.words)
         y = program.assemble(await tb.run(passes), cfg.cols)
-        expected = golden.gemm_hw(x, w, bias, scale, y_zp)
+        expected = golden.gemm_hw(x, w, bias, scale, y_zp, cfg.multiplier)
         assert np.array_equal(y, expected), f"GEMM {m}x{k}x{n}: " + _report_mismatch(y, expected)
         dut._log.info("GEMM %dx%dx%d on %s %dx%d: %d passes, bit-exact", m, k, n, cfg.dataflow, cfg.rows,
                       cfg.cols, len(passes))

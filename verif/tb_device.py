@@ -66,7 +66,7 @@ class DeviceTestbench:
         packets = parse_packets(cfg, await self.exchange(words, reply_words))
         assert not packets.errors, f"device reported errors: {packets.errors}"
         y = program.assemble(packets.results, cfg.cols)
-        expected = golden.gemm_hw(x, w, bias, scale, y_zp)
+        expected = golden.gemm_hw(x, w, bias, scale, y_zp, cfg.multiplier)
         bad = np.argwhere(y != expected)
         if len(bad):
             wrong = sorted({i for i, (m0, n0, rows) in enumerate(program.outputs)
@@ -154,7 +154,7 @@ async def device_conv(dut):
     await tb.reset()
     rs_expected = collections.Counter()
     for shape in job["convs"]:
-        operands, attrs, expected = random_conv(rng, **shape)
+        operands, attrs, expected = random_conv(rng, **shape, multiplier=cfg.multiplier)
         program = compile_conv(cfg, *operands, **attrs)
         words = np.concatenate([program.words, instruction(cfg, Opcode.READ_COUNTERS)])
         reply_words = sum(1 + rows * tb.words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
