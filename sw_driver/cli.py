@@ -14,6 +14,7 @@ from tessera.gen.config import (
     ConfigTypeError,
     config_format,
 )
+from tessera.hw.pe_multipliers import MULTIPLIERS
 from tessera.sw_driver.demo import PRUNE_BY, QUANT_FORMATS, check_batch, check_images, check_prune
 
 __all__ = ["main", "config_from_args", "add_config_arguments", "COMMAND_PLUGINS", "checked_argument",
@@ -100,6 +101,9 @@ def add_config_arguments(parser, title="accelerator configuration"):
     group.add_argument("--cols", type=_array_side, help=f"PE array columns (1-{MAX_ARRAY_DIM})")
     group.add_argument("--dataflow", type=_one_of(tuple(DATAFLOWS), "a dataflow"),
                        help="one of: " + ", ".join(DATAFLOWS))
+    group.add_argument("--multiplier", type=_one_of(tuple(MULTIPLIERS), "a PE multiplier"), metavar="NAME",
+                       help="the PE multiplier: " + ", ".join(MULTIPLIERS) + " (default exact; tessera multipliers "
+                            "lists their error and cost)")
     return group
 
 
@@ -131,7 +135,7 @@ def carbon_from_args(args):
 def config_from_args(args):
     """The configuration a command line names: the file (or the defaults), then single overrides."""
     cfg = AcceleratorConfig.from_file(args.config) if args.config else AcceleratorConfig()
-    return cfg.replace(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
+    return cfg.replace(rows=args.rows, cols=args.cols, dataflow=args.dataflow, multiplier=args.multiplier)
 
 
 def _cmd_verilog(args):
@@ -192,6 +196,9 @@ def _cmd_run(args):
     if args.strict and not on_device:
         raise UsageError("--strict asks that every compute layer run on the device; --target host runs none "
                          "there (accepted with --strict: sim, serial:PORT)")
+    if not on_device and cfg.multiplier != "exact":
+        raise UsageError(f"--target host computes onnxruntime's arithmetic, not the {cfg.multiplier!r} multiplier's; "
+                         f"accepted with an approximate multiplier: --target sim or serial:PORT")
     for option, path in (("--output", args.output), ("--report", args.report)):
         if path:
             check_output_path(path, option)
@@ -233,7 +240,7 @@ def _cmd_run(args):
         if args.strict and fallbacks:   # placed on the device beforehand, yet it fell back: still not silent
             raise PlacementError(_fallback_message(fallbacks, "ran"))
         _warn_if_nothing_on_device(reports)
-    check = _check(graph, inputs, outputs, reference) if args.check else None
+    check = _check(graph, inputs, outputs, reference, cfg) if args.check else None
     if reference is not None and not args.check:
         _warn_if_not_onnxruntimes(outputs, reference)
 
@@ -266,7 +273,8 @@ def _cmd_run(args):
         with open(args.report, "w") as f:
             json.dump(report, f, indent=2)
         print(f"report: {args.report}")
-    if check and (check["golden_mismatches"] or check["onnxruntime_mismatches"]):
+    # an approximate multiplier differs from onnxruntime by design: then only the golden model must agree
+    if check and (check["golden_mismatches"] or (check["onnxruntime_mismatches"] and cfg.multiplier == "exact")):
         return 1
     return 0
 
@@ -324,21 +332,26 @@ def _warn_if_nothing_on_device(reports):
     print(f"tessera: warning: {what}", file=sys.stderr)
 
 
-def _check(graph, inputs, outputs, runtime):
-    """Compare a run's outputs with the golden model and with onnxruntime's (``runtime``); print one line; return
-    the report's "check" block."""
+def _check(graph, inputs, outputs, runtime, cfg):
+    """Compare a run's outputs with the golden model (of ``cfg``'s multiplier) and with onnxruntime's
+    (``runtime``); print one line; return the report's "check" block."""
+    from tessera.sw_driver.device_model import device_model_outputs
     from tessera.sw_driver.host_exec import inexact_layers, run_graph
-    golden = run_graph(graph, inputs)
+    approximate = cfg.multiplier != "exact"
+    golden = device_model_outputs(graph, inputs, cfg) if approximate else run_graph(graph, inputs)
     size = sum(int(y.size) for y in outputs.values())
     golden_mismatches = sum(_differing(golden[name], y) for name, y in outputs.items())
     runtime_mismatches = sum(_differing(runtime[name], y) for name, y in outputs.items())
     inexact = inexact_layers(graph)
     why = (f" (onnxruntime computes {len(inexact)} layer{'s' if len(inexact) > 1 else ''} in float, which the host "
            f"does not reproduce bit for bit: see the report)") if runtime_mismatches and inexact else ""
-    print(f"check: golden model: {golden_mismatches} of {size} outputs differ; onnxruntime: {runtime_mismatches} of "
+    if approximate:
+        why = f" (expected: the {cfg.multiplier} multiplier approximates every product)" if runtime_mismatches else ""
+    model = f"golden model with the {cfg.multiplier} multiplier" if approximate else "golden model"
+    print(f"check: {model}: {golden_mismatches} of {size} outputs differ; onnxruntime: {runtime_mismatches} of "
           f"{size} outputs differ{why}")
     return {"golden_mismatches": golden_mismatches, "onnxruntime_mismatches": runtime_mismatches, "outputs": size,
-            "layers_where_onnxruntime_runs_float": inexact}
+            "multiplier": cfg.multiplier, "layers_where_onnxruntime_runs_float": inexact}
 
 
 def _onnxruntime_outputs(model, inputs):

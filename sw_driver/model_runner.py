@@ -57,6 +57,9 @@ def device_placement(graph, layer, cfg):
     if isinstance(layer, (MaxPool, Add)):
         return _vector_placement(graph, layer, cfg)
     if isinstance(layer, GlobalAveragePool):
+        if cfg.multiplier != "exact":
+            return False, (f"the array takes the mean as a product by ones, which the {cfg.multiplier} multiplier "
+                           f"does not keep exact")
         return True, ""    # its scale depends on the image size: checked when it runs
     if isinstance(layer, Conv):
         if tuple(layer.dilations) != (1, 1):

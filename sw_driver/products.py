@@ -5,13 +5,14 @@ golden model's matrix products (:func:`approximate_matmul`) sum these instead of
 built with an approximate multiplier is still checked bit for bit, against its own model.
 """
 
+import dataclasses
 import functools
 
 import numpy as np
 
 from tessera.hw.pe_multipliers import MULTIPLIERS, multiplier
 
-__all__ = ["approximate_matmul", "product_table", "products"]
+__all__ = ["ErrorMetrics", "approximate_matmul", "error_metrics", "product_table", "products"]
 
 _OPERANDS = np.arange(-128, 128, dtype=np.int64)
 # Rows of the lookup product per block: bounds the (rows, K, N) gather to about 32 MB of int32.
@@ -31,6 +32,36 @@ def product_table(name):
     table = products(name, _OPERANDS[:, None], _OPERANDS[None, :]).astype(np.int32)
     table.flags.writeable = False
     return table
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorMetrics:
+    """A design's error against the exact product over all 65,536 operand pairs (uniform operands).
+
+    ``mae_percent`` and ``wce_percent`` are the mean and worst absolute error as a percentage of the output
+    range 2**16 (EvoApproxLib's normalisation, so its published figures compare directly); ``mred_percent`` the
+    mean of ``|error| / |exact|`` over non-zero exact products; ``error_rate`` the fraction of pairs with any
+    error; ``mean_bias`` the mean signed error, in units of the product.
+    """
+    mae_percent: float
+    wce_percent: float
+    mred_percent: float
+    error_rate: float
+    mean_bias: float
+
+
+@functools.cache
+def error_metrics(name):
+    """:class:`ErrorMetrics` of the design ``name``."""
+    exact = product_table("exact").astype(np.int64)
+    error = product_table(name).astype(np.int64) - exact
+    nonzero = exact != 0
+    return ErrorMetrics(
+        mae_percent=float(np.abs(error).mean() / 2 ** 16 * 100),
+        wce_percent=float(np.abs(error).max() / 2 ** 16 * 100),
+        mred_percent=float((np.abs(error[nonzero]) / np.abs(exact[nonzero])).mean() * 100),
+        error_rate=float((error != 0).mean()),
+        mean_bias=float(error.mean()))
 
 
 def approximate_matmul(a, b, name):

@@ -36,3 +36,22 @@ def test_demo_agrees_with_onnxruntime(tmp_path, capsys, quant_format):
     assert carbon["gco2e_per_million"] == pytest.approx(carbon["kwh_per_million"] * 480.0)
     assert "Ember" in carbon["sources"]["intensity"] and "Uptime" in carbon["sources"]["pue"]
     assert f"energy per image: per inference {energy / 20 / 1e6:.3f} uJ" in out
+
+
+def test_demo_with_an_approximate_multiplier_equals_its_golden_model(tmp_path, capsys):
+    """The accelerator with drum4 PEs answers as the golden model with drum4 products, image by image, and not as
+    onnxruntime; the multiply's energy falls by the design's ratio."""
+    cfg = AcceleratorConfig(rows=4, cols=4, act_depth=512, weight_depth=512, acc_depth=64, param_depth=16,
+                            vec_depth=512, multiplier="drum4")
+    report = tmp_path / "demo.json"
+    status = run_demo(cfg, batch=10, images=10, build_root=tmp_path, report=report)
+    out, _ = capsys.readouterr()
+    assert status == 0, out
+    assert "equal to the golden model with the drum4 multiplier, image by image: 10 of 10" in out
+    assert "int8, drum4 products (Tessera RTL, simulated)" in out
+    totals = json.loads(report.read_text())["totals"]
+    assert totals["multiplier"] == "drum4" and totals["images_differing_from_golden_model"] == 0
+    assert totals["images_differing_from_onnxruntime"] > 0
+    summary = json.loads(report.read_text())
+    gap = [layer for layer in summary["layers"] if layer["op"] == "GlobalAveragePool"]
+    assert gap[0]["target"] == "host" and "drum4" in gap[0]["reason"]

@@ -220,6 +220,42 @@ def test_mixed_model_runs_its_compute_layers_on_device(tmp_path, capsys, quant_f
     assert report["check"]["onnxruntime_mismatches"] == 0
 
 
+@pytest.mark.parametrize("dataflow, multiplier", [("ws", "mitchell"), ("rs", "truncated8")])
+def test_approximate_multiplier_is_checked_against_its_own_golden_model(tmp_path, capsys, dataflow, multiplier):
+    """--check with an approximate multiplier: the device equals the golden model with that multiplier (exit 0),
+    and differs from onnxruntime, which is said, not failed."""
+    rng = np.random.default_rng(21)
+    float_model = sequential_cnn(rng)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow, "--multiplier", multiplier)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert report["config"]["multiplier"] == multiplier and report["check"]["multiplier"] == multiplier
+    assert report["check"]["golden_mismatches"] == 0 and report["check"]["onnxruntime_mismatches"] > 0
+    assert f"golden model with the {multiplier} multiplier: 0 of" in out
+    assert not np.array_equal(y, _onnxruntime(model, x))
+    assert any(layer["target"] == "device" and layer["op"] == "Conv" for layer in report["layers"])
+
+
+def test_approximate_multiplier_on_the_host_target_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(22)
+    float_model = gemm_model(rng, m=2, k=3, n=4, trans_b=False)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=False,
+                           activation_type=QuantType.QUInt8)
+    (tmp_path / "q.onnx").write_bytes(model.SerializeToString())
+    np.save(tmp_path / "x.npy", random_inputs(rng, float_model)["x"])
+    status = main(["run", str(tmp_path / "q.onnx"), "--input", str(tmp_path / "x.npy"), "--target", "host",
+                   "--multiplier", "drum6"])
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "'drum6'" in err and "accepted with an approximate multiplier: --target sim" in err
+    assert main(["run", str(tmp_path / "q.onnx"), "--input", str(tmp_path / "x.npy"), "--multiplier", "booth"]) == 2
+    err = capsys.readouterr().err
+    assert "'booth' is not a PE multiplier; accepted: exact, truncated4" in err
+
+
 def test_bad_target_and_missing_model_are_clear_errors(tmp_path, capsys):
     x_path = tmp_path / "x.npy"
     np.save(x_path, np.zeros((1, 4), np.float32))
