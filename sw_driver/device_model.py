@@ -28,16 +28,20 @@ class DeviceModel(Device):
     def __init__(self, cfg):
         super().__init__(cfg, transport=None)
 
+    def multiplier(self):
+        """The multiplier of the next array layer (the configuration's; a study may vary it layer by layer)."""
+        return self.cfg.multiplier
+
     def gemm(self, x, w, bias, scale, y_zp):
         program = compile_gemm(self.cfg, x, w, bias, scale, y_zp)
-        return golden.gemm_hw(x, w, bias, scale, y_zp, self.cfg.multiplier), self._run(program)
+        return golden.gemm_hw(x, w, bias, scale, y_zp, self.multiplier()), self._run(program)
 
     def conv(self, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0, **attrs):
         program = compile_conv(self.cfg, x, w, bias, scale, y_zp, strides=strides, pads=pads, pad_value=pad_value,
                                skip_zero_tiles=self.skip_zero_tiles, **attrs)
         batch = x if x.ndim == 4 else x[None]
         y = golden.conv_hw(batch, w, bias, scale, y_zp, strides=strides, pads=pads, pad_value=pad_value,
-                           multiplier=self.cfg.multiplier)
+                           multiplier=self.multiplier())
         return (y if x.ndim == 4 else y[0]), self._run(program)
 
     def maxpool(self, *args, **kwargs):

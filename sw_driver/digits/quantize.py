@@ -36,7 +36,8 @@ def _choice(name, value, choices):
     return value
 
 
-def quantize_digits(float_path, out_path, *, quant_format="QOperator", per_channel=False, activation_type="uint8"):
+def quantize_digits(float_path, out_path, *, quant_format="QOperator", per_channel=False, activation_type="uint8",
+                    symmetric_activations=False):
     """Quantize the float digits model statically (int8 weights) and write it to ``out_path``.
 
     Activation ranges are the MinMax of the first ``CALIBRATION_IMAGES`` images of the training split, so the
@@ -52,6 +53,8 @@ def quantize_digits(float_path, out_path, *, quant_format="QOperator", per_chann
         One weight scale per output channel instead of one per tensor.
     activation_type : {"uint8", "int8"} or onnxruntime.quantization.QuantType
         Type of the quantized activations.
+    symmetric_activations : bool
+        Centre the activations' ranges on zero (onnxruntime's ``ActivationSymmetric``; with int8, zero point 0).
 
     Returns
     -------
@@ -70,5 +73,6 @@ def quantize_digits(float_path, out_path, *, quant_format="QOperator", per_chann
         quant_pre_process(float_path, inferred_path, skip_symbolic_shape=True)
         quantize_static(inferred_path, out_path, DigitsCalibration(x_train[:CALIBRATION_IMAGES]),
                         quant_format=quant_format, per_channel=per_channel, activation_type=activation_type,
-                        weight_type=QuantType.QInt8)
+                        weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": bool(symmetric_activations)})
     return out_path
