@@ -138,7 +138,7 @@ def _plot(rows, path):
     axes.scatter(energy, [row["accuracy uint8 (RTL)"] for row in rows])
     for row, e in zip(rows, energy, strict=True):
         axes.annotate(row["multiplier"], (e, row["accuracy uint8 (RTL)"]), fontsize=8)
-    axes.set_xlabel("energy per image of the Conv and Gemm layers, uJ (counters of the 8x8 WS RTL)")
+    axes.set_xlabel("Conv + Gemm energy per image, uJ (RTL counters, 8x8 WS)")
     axes.set_ylabel("test accuracy (uint8 activations)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
