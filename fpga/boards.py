@@ -6,7 +6,8 @@ and the `~tessera.fpga.top.LinkedDevice` (link + accelerator).
 
 import dataclasses
 
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module
+from amaranth.lib import io
 
 from tessera.gen.config import AcceleratorConfig
 
@@ -125,12 +126,16 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
+        m.domains.sync = ClockDomain("sync")     # clocked and reset by the PLL
+        oscillator = platform.request(self.board.oscillator, dir="-")
         if self.board.family == "ecp5":
-            m.submodules.pll = ECP5PLL(self.pll_plan, platform.request(self.board.oscillator).i)
+            m.submodules.oscillator = clock_in = io.Buffer("i", oscillator)
+            m.submodules.pll = ECP5PLL(self.pll_plan, clock_in.i)
         else:
-            port = platform.request(self.board.oscillator, dir="-")
-            m.submodules.pll = ICE40PLL(self.pll_plan, port.io)
-        uart = platform.request("uart", 0)
+            m.submodules.pll = ICE40PLL(self.pll_plan, oscillator.io)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
         m.submodules.device = device = LinkedDevice(self.cfg, self.link)
-        m.d.comb += [device.uart_rx.eq(uart.rx.i), uart.tx.o.eq(device.uart_tx)]
+        m.d.comb += [device.uart_rx.eq(rx.i), tx.o.eq(device.uart_tx)]
         return m

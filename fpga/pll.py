@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
 __all__ = ["PLLPlan", "plan_ecp5_pll", "plan_ice40_pll", "ECP5PLL", "ICE40PLL"]
@@ -95,6 +95,6 @@ class ICE40PLL(Elaboratable):
 
 
 def _sync_domain(m, clk_out, locked):
-    m.domains.sync = ClockDomain("sync")
+    # drives the "sync" domain that the top defines (Amaranth 0.6 wants a domain defined above its users)
     m.d.comb += ClockSignal("sync").eq(clk_out)
     m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")

@@ -119,10 +119,12 @@ def demo_workload(images, folder):
     from tessera.sw_driver.inputs import model_inputs
 
     quantized = quantize_digits(FLOAT_MODEL, Path(folder) / "digits_cnn_int8.onnx")
-    x_test = load_digits_split()[2][:images]
+    _, _, x_test, y_test = load_digits_split()
+    x_test, y_test = x_test[:images], y_test[:images]
     name = model_inputs(quantized)[0].name
     model = Path(quantized).read_bytes()
-    return Workload("digits CNN", model, {name: x_test}, len(x_test), _onnxruntime_outputs(model, {name: x_test}))
+    return Workload("digits CNN", model, {name: x_test}, len(x_test), _onnxruntime_outputs(model, {name: x_test}),
+                    labels=y_test)
 
 
 def model_workload(model, inputs=None, *, seed=0):
@@ -177,7 +179,9 @@ def run_sweep(space, workload, measure, out, *, address=None, cpus=None, search=
 
     # workers inherit the build cache, so simulators built once are shared by the points and by later sweeps
     env = {k: os.environ[k] for k in ("TESSERA_CACHE",) if os.environ.get(k)}
-    init = dict(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    # "local": a Ray instance of the sweep's own, even where a cluster started by `ray start` runs (join that one
+    # with --address auto)
+    init = dict(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                 runtime_env={"env_vars": env} if env else None)
     if address is None:
         init["num_cpus"] = cpus or os.cpu_count()

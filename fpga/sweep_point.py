@@ -42,6 +42,7 @@ class Workload:
     inputs: dict
     images: int
     onnxruntime: dict | None = None
+    labels: np.ndarray | None = None     # the true classes, when known: each point then records its accuracy
 
     @functools.cached_property
     def digest(self):
@@ -135,6 +136,7 @@ def _graph(model):
 
 
 def _simulate(cfg, workload, point):
+    from tessera.sw_driver.device_model import device_model_outputs
     from tessera.sw_driver.host_exec import run_graph
     from tessera.sw_driver.inputs import is_compute
     from tessera.sw_driver.model_runner import run_graph_on
@@ -147,8 +149,15 @@ def _simulate(cfg, workload, point):
         outputs, reports = run_graph_on(graph, workload.inputs, device)
     point["simulator_seconds"] = round(build_done - started, 2)
     point["simulation_seconds"] = round(time.monotonic() - build_done, 2)
-    golden = run_graph(graph, workload.inputs)
+    # the golden model of this device: onnxruntime's arithmetic, or the approximate multiplier's products
+    golden = (run_graph(graph, workload.inputs) if cfg.multiplier == "exact"
+              else device_model_outputs(graph, workload.inputs, cfg))
     point["bit_exact"] = all(np.array_equal(outputs[name], golden[name]) for name in golden)
+    if workload.labels is not None:
+        # what an approximate multiplier (or any field that changes the answers) costs, as a sweep objective
+        first = outputs[graph.outputs[0].name]
+        point["accuracy"] = float(np.mean(np.argmax(first.reshape(len(workload.labels), -1), axis=1)
+                                          == workload.labels))
     if getattr(workload, "onnxruntime", None):
         # informative only: the golden model is the reference (it reproduces onnxruntime's integer kernels, and
         # layers onnxruntime computes in float may round differently: host_exec.inexact_layers)

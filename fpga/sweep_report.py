@@ -8,11 +8,13 @@ from .sweep_point import ENERGY_LEVELS
 
 __all__ = ["OBJECTIVES", "dominates", "pareto_front", "winners", "write_outputs"]
 
-#: What the front minimises: latency per inference, energy per inference and LUTs (when synthesised).
+#: What the front trades: latency per inference, energy per inference and LUTs (when synthesised), all minimised,
+#: and the test accuracy (when the workload has labels, as ``--demo`` has), maximised.
 OBJECTIVES = {"latency_us": "latency per inference (us)", "energy_uj": "energy per inference (uJ)",
-              "lut": "LUTs (Yosys)"}
+              "lut": "LUTs (Yosys)", "accuracy": "test accuracy"}
+_MAXIMISED = {"accuracy"}
 _CSV_FIRST = ("key", "label", "status", "reason", "hash", "cached", "bit_exact", "matches_onnxruntime", "cycles",
-              "cycles_per_inference", "latency_us", "energy_uj", "utilization", "lut", "ff", "dsp", "bram", "spram",
+              "cycles_per_inference", "latency_us", "energy_uj", "accuracy", "utilization", "lut", "ff", "dsp", "bram", "spram",
               "board", "seconds")
 
 
@@ -24,7 +26,11 @@ def objectives(points):
 
 def dominates(a, b, names):
     """``a`` is no worse than ``b`` in every objective and better in one."""
-    return all(a[n] <= b[n] for n in names) and any(a[n] < b[n] for n in names)
+    return all(_cost(a, n) <= _cost(b, n) for n in names) and any(_cost(a, n) < _cost(b, n) for n in names)
+
+
+def _cost(point, name):
+    return -point[name] if name in _MAXIMISED else point[name]
 
 
 def pareto_front(points, names=None):
@@ -37,7 +43,8 @@ def pareto_front(points, names=None):
 def winners(points, names=None):
     """``{objective: point}``: the best measured point for each objective alone."""
     ok = [p for p in points if p["status"] == "ok"]
-    return {name: min(ok, key=lambda p, name=name: p[name]) for name in (names or objectives(points))} if ok else {}
+    return {name: min(ok, key=lambda p, name=name: _cost(p, name)) for name in (names or objectives(points))} \
+        if ok else {}
 
 
 def label(point, varied=None):

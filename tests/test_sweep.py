@@ -159,3 +159,104 @@ def test_without_ray_the_command_says_what_to_install(gemm, tmp_path, monkeypatc
     assert _sweep(gemm, space, tmp_path / "out") == 1
     message = capsys.readouterr().err.strip()
     assert message == "tessera: tessera sweep needs Ray and Optuna: pip install 'tessera[sweep]'"
+
+
+@pytest.fixture
+def ray_cluster(tmp_path, monkeypatch):
+    """A Ray cluster of its own (``ray start --head --block``, one CPU), as a user's would be; its address.
+
+    Ray 2.59 and later start a cluster with token authentication; a client joins it with the same mode and
+    token (here a token file of the test's own, for the head and for the sweep alike)."""
+    import os
+    import secrets
+    import signal
+    import socket
+    import subprocess
+    import time
+    from pathlib import Path
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    with socket.socket() as probe:      # a free port for the head's GCS
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)     # --block: the head takes its raylet and workers with it
+        head.wait(timeout=60)
+
+
+@pytest.mark.rtl
+def test_sweep_joins_an_existing_cluster_with_address(gemm, tmp_path, ray_cluster):
+    space = tmp_path / "space.toml"
+    space.write_text(_TINY_BASE + "[space]\nrows = [2]\ncols = [2]\n")
+    out = tmp_path / "out"
+    assert _sweep(gemm, space, out, "--address", ray_cluster) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    # the cluster's one CPU, not this machine's count: the sweep ran on the cluster it joined
+    assert summary["cpus"] == 1 and summary["computed"] == 1 and summary["ok"] == 1
+    (point,) = json.loads((out / "points.json").read_text())["points"]
+    assert point["status"] == "ok" and point["bit_exact"] is True and point["cycles"] > 0
+
+
+@pytest.mark.rtl
+def test_a_multiplier_sweep_checks_each_point_against_its_own_golden_model(tmp_path):
+    """``multiplier`` as a sweep field over the digits CNN: each point bit-exact against the golden model of its
+    multiplier, with its test accuracy recorded and on the front as a maximised objective."""
+    space = tmp_path / "space.toml"
+    space.write_text("[base]\nrows = 4\ncols = 4\nact_depth = 512\nweight_depth = 512\nacc_depth = 64\n"
+                     "param_depth = 16\nvec_depth = 512\n[space]\nmultiplier = [\"exact\", \"drum4\"]\n")
+    out = tmp_path / "out"
+    assert main(["sweep", "--demo", "--images", "12", "--space", str(space), "-o", str(out), "--serial"]) == 0
+    points = json.loads((out / "points.json").read_text())["points"]
+    assert [p["values"]["multiplier"] for p in points] == ["exact", "drum4"]
+    assert all(p["status"] == "ok" and p["bit_exact"] is True for p in points)
+    exact, drum4 = points
+    assert exact["matches_onnxruntime"] is True and drum4["matches_onnxruntime"] is False
+    assert 0 <= drum4["accuracy"] <= 1 and exact["accuracy"] >= 0.8
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["objectives"] == ["latency_us", "energy_uj", "accuracy"]
+    assert pareto["winners"]["accuracy"]["value"] == max(p["accuracy"] for p in points)
+
+
+def test_place_and_route_on_request_records_fmax_or_the_reason(gemm, tmp_path, monkeypatch):
+    """--place-and-route hands each point that fits to the bitstream build and records its timing; a build that
+    fails is a point that does not fit, with the reason. (Synthesis and the build are stubbed: a real build takes
+    minutes, see docs/sweep.md for a measured run; test_two_point_grid_on_ray_then_from_the_cache synthesises.)"""
+    from tessera.fpga import build, synth
+    built = []
+    monkeypatch.setattr(synth, "synth_resources", lambda board, cfg, folder, time_limit_s: {
+        "resources": {"LUT": 7440, "FF": 5006, "DSP": 8, "BRAM": 2, "cells": {}}, "device": "LFE5U-12F",
+        "seconds": 0.1, "lut_multiplier_rows": 0, "fits": True, "over": [],
+        "available": {"LUT": 24288, "FF": 24288, "DSP": 28, "BRAM": 56}})
+
+    def fake_build(board, cfg, *, root, progress):
+        built.append((board.name, cfg.rows, cfg.cols))
+        if cfg.cols == 4:
+            raise build.BuildError("nextpnr: failed to route 3 nets")
+        return {"fmax_mhz": {"core_clk": 99.2}, "clock_mhz": 95.8, "timing_met": True,
+                "utilisation": {"LUT": {"used": 8146, "available": 24288, "percent": 33.5}}}
+    monkeypatch.setattr(build, "build_bitstream", fake_build)
+    space = tmp_path / "space.toml"
+    space.write_text('board = "ulx3s-12f"\n' + _TINY_BASE + "[space]\nrows = [2]\ncols = [2, 4]\n")
+    out = tmp_path / "out"
+    assert _sweep(gemm, space, out, "--serial", "--place-and-route") == 0
+    assert built == [("ulx3s-12f", 2, 2), ("ulx3s-12f", 2, 4)]
+    routed, failed = json.loads((out / "points.json").read_text())["points"]
+    assert routed["status"] == "ok" and routed["fmax_mhz"] == {"core_clk": 99.2} and routed["timing_met"] is True
+    assert failed["status"] == "does not fit"
+    assert failed["reason"] == "place and route: nextpnr: failed to route 3 nets"
