@@ -161,9 +161,14 @@ def _cmd_lint(args):
 
 
 def _cmd_demo(args):
-    from tessera.sw_driver.demo import run_demo
+    from tessera.sw_driver.demo import check_prune_by, run_demo
     from tessera.sw_driver.inputs import check_output_path
     cfg = config_from_args(args)
+    if args.prune:
+        try:
+            check_prune_by(args.prune_by, cfg)
+        except ValueError as error:
+            raise UsageError(f"--prune-by: {error}") from None
     if args.report:
         check_output_path(args.report, "--report")
     return run_demo(cfg, batch=args.batch, images=args.images, quant_format=args.format, prune=args.prune,
@@ -441,8 +446,8 @@ def _build_parser():
                            "classifier by gradual magnitude pruning with fine-tuning first (default 0)")
     demo.add_argument("--prune-by", default="tile", type=_one_of(PRUNE_BY, "a pruning granularity"),
                       metavar="|".join(PRUNE_BY),
-                      help="prune whole rows x cols weight tiles, which the compiler skips (default), or single "
-                           "weights")
+                      help="prune whole rows x cols weight tiles, which the compiler skips (default), single "
+                           "weights, or tiles shared out by each layer's energy per weight (ws only; docs/pruning.md)")
     demo.add_argument("--no-skip", action="store_true",
                       help="run all-zero weight tiles anyway (to measure what skipping them saves)")
     demo.add_argument("--report", help="write the JSON report here")

@@ -18,13 +18,16 @@ import numpy as np
 from tessera.sw_driver.carbon import CarbonAssumptions, per_million, summary_line
 from tessera.sw_driver.energy import layer_energy
 
-__all__ = ["QUANT_FORMATS", "PRUNE_BY", "check_batch", "check_images", "check_prune", "count_test_images", "run_demo"]
+__all__ = ["QUANT_FORMATS", "PRUNE_BY", "check_batch", "check_images", "check_prune", "check_prune_by",
+           "count_test_images", "pruned_model", "run_demo"]
 
 FLOAT_MODEL = Path(__file__).resolve().parent / "digits" / "digits_cnn.onnx"
 #: Quantization formats of onnxruntime's ``quantize_static`` the demo can ask for.
 QUANT_FORMATS = ("QOperator", "QDQ")
-#: What ``prune`` zeroes: whole rows x cols weight tiles or single weights.
-PRUNE_BY = ("tile", "weight")
+#: What ``prune`` zeroes: whole rows x cols weight tiles or single weights, every inner layer alike; or tiles
+#: by energy, each layer's share of them by its energy per weight on the device
+#: (:mod:`tessera.sw_driver.digits.energy_prune`).
+PRUNE_BY = ("tile", "weight", "energy")
 _ENERGY_KEYS = ("link", "buffers", "rf", "mac", "total")
 
 
@@ -59,6 +62,16 @@ def check_prune(fraction):
         raise ValueError(f"must be a number, not {type(fraction).__name__} {fraction!r}")
     if not 0 <= fraction < 1:     # NaN fails this too
         raise ValueError(f"{fraction} is out of range; accepted: a fraction from 0 up to, not including, 1")
+
+
+def check_prune_by(prune_by, cfg):
+    """``prune_by`` is one of :data:`PRUNE_BY`; ``"energy"`` needs a ws ``cfg`` (its estimate counts ws programs)."""
+    if prune_by not in PRUNE_BY:
+        raise ValueError(f"{prune_by!r} is not a pruning method; accepted: {', '.join(PRUNE_BY)}")
+    if prune_by == "energy" and cfg.dataflow != "ws":
+        raise ValueError(f"'energy' needs a ws device (its energy estimate counts ws programs), and this one is "
+                         f"{cfg.dataflow!r}; accepted with {cfg.dataflow}: "
+                         + ", ".join(p for p in PRUNE_BY if p != "energy"))
 
 
 def _check_integer(value):
@@ -127,7 +140,7 @@ def _onnxruntime_outputs(path, images):
 def prune_model(float_path, out_path, fraction, block=None):
     """The digits model with ``fraction`` of the weights (or ``block`` tiles) of its inner layers zeroed by
     gradual magnitude pruning and the rest fine-tuned (``tessera.sw_driver.digits.train.prune``), written to
-    ``out_path``."""
+    ``out_path``. ``fraction`` is one number, or ``{weight name: fraction}`` per layer."""
     import onnx
 
     from tessera.sw_driver.digits.data import load_digits_split
@@ -140,6 +153,31 @@ def prune_model(float_path, out_path, fraction, block=None):
     return Path(out_path)
 
 
+def pruned_model(cfg, fraction, prune_by, out_dir, *, batch):
+    """The digits model pruned for a device of ``cfg`` (see :data:`PRUNE_BY`), written to ``out_dir``; its path.
+
+    ``"energy"`` prints its plan first: each layer's fraction and its energy per weight, estimated from the
+    compiled programs of ``batch`` images (:func:`tessera.sw_driver.digits.energy_prune.energy_plan`).
+    """
+    try:
+        check_prune_by(prune_by, cfg)
+    except ValueError as error:
+        raise ValueError(f"prune_by: {error}") from None
+    name = f"digits_cnn_pruned{round(fraction * 100)}"
+    if prune_by == "energy":
+        import onnx
+
+        from tessera.sw_driver.digits.energy_prune import energy_plan
+        from tessera.sw_driver.digits.export import params_from_onnx
+        plan = energy_plan(cfg, params_from_onnx(onnx.load(str(FLOAT_MODEL))), fraction, batch=batch)
+        print(plan.summary())
+        return prune_model(FLOAT_MODEL, Path(out_dir) / f"{name}_energy{cfg.rows}x{cfg.cols}.onnx", plan.fractions,
+                           (cfg.rows, cfg.cols))
+    block = (cfg.rows, cfg.cols) if prune_by == "tile" else None
+    name += f"_tiles{cfg.rows}x{cfg.cols}" if block else ""
+    return prune_model(FLOAT_MODEL, Path(out_dir) / f"{name}.onnx", fraction, block)
+
+
 def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0, prune_by="tile", skip_zero_tiles=True,
              build_root="build", report=None, carbon=None):
     """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all); print the tables;
@@ -148,7 +186,8 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
 
     ``prune`` zeroes that fraction of each inner layer's weights by magnitude first: single weights
     (``prune_by="weight"``) or the array's rows x cols weight tiles (``"tile"``), which the compiler then
-    skips unless ``skip_zero_tiles`` is off.
+    skips unless ``skip_zero_tiles`` is off; ``"energy"`` zeroes as many weights in tiles, more of them in the
+    layers that cost more energy per weight (:func:`pruned_model`).
     """
     for name, check, value in (("batch", check_batch, batch), ("prune", check_prune, prune),
                                ("images", check_images, images if images is not None else count_test_images())):
@@ -176,9 +215,7 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     x_test, y_test = x_test[:images], y_test[:images]
     float_model = FLOAT_MODEL
     if prune:
-        block = (cfg.rows, cfg.cols) if prune_by == "tile" else None
-        name = f"digits_cnn_pruned{round(prune * 100)}" + (f"_tiles{cfg.rows}x{cfg.cols}" if block else "")
-        float_model = prune_model(FLOAT_MODEL, out / f"{name}.onnx", prune, block)
+        float_model = pruned_model(cfg, prune, prune_by, out, batch=min(batch, len(x_test)))
     quantized = quantize_digits(float_model, out / f"{float_model.stem}_int8_{quant_format.lower()}.onnx",
                                 quant_format=quant_format)
     print(f"Tessera demo: the digits CNN ({float_model.name}), quantized by onnxruntime ({quant_format}, "

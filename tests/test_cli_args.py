@@ -42,7 +42,7 @@ class TestDemoArguments:
         ("--prune", "-0.1", "-0.1 is out of range; accepted: a fraction from 0 up to, not including, 1"),
         ("--prune", "nan", "nan is out of range; accepted: a fraction from 0 up to, not including, 1"),
         ("--format", "QInt8", "'QInt8' is not a quantization format; accepted: QOperator, QDQ"),
-        ("--prune-by", "row", "'row' is not a pruning granularity; accepted: tile, weight"),
+        ("--prune-by", "row", "'row' is not a pruning granularity; accepted: tile, weight, energy"),
     ])
     def test_bad_value_is_one_line_with_what_is_accepted(self, capsys, option, value, accepted):
         line = _usage_error(capsys, ["demo", option, value])

@@ -6,6 +6,7 @@ its sums by thread, so another thread count rounds differently and lands on slig
 """
 
 import argparse
+import numbers
 import time
 from pathlib import Path
 
@@ -51,19 +52,21 @@ def accuracy(params, images, labels):
 def magnitude_masks(params, fraction, block=None):
     """Per layer, 1 for the weights kept and 0 for the ``fraction`` smallest by absolute value (biases stay).
 
+    ``fraction`` is one number for every layer or ``{weight name: fraction}`` (the layers it names only).
     With ``block`` = (rows, cols), whole tiles go instead: per filter tap, ``rows`` input channels by ``cols``
     output channels (the weight tile a PE array of that shape holds, which the compiler can skip), ranked by
     their mean absolute weight.
     """
     masks = {}
     for name, value in params.items():
-        if not name.endswith(".weight"):
+        if not name.endswith(".weight") or (isinstance(fraction, dict) and name not in fraction):
             continue
+        layer_fraction = fraction[name] if isinstance(fraction, dict) else fraction
         if block is None:
-            threshold = np.quantile(np.abs(value), fraction)
+            threshold = np.quantile(np.abs(value), layer_fraction)
             masks[name] = (np.abs(value) > threshold).astype(np.float32)
         else:
-            masks[name] = _tile_mask(value, fraction, *block)
+            masks[name] = _tile_mask(value, layer_fraction, *block)
     return masks
 
 
@@ -90,11 +93,22 @@ def prune(params, x_train, y_train, fraction, *, block=None, steps=3, epochs=10,
           seed=SEED, dense=DENSE_LAYERS, log=None):
     """Gradual magnitude pruning with fine-tuning: in ``steps`` equal steps up to ``fraction``, zero the
     smallest weights (or ``block`` tiles, see :func:`magnitude_masks`) of every layer but ``dense``, then
-    train the rest for ``epochs`` with the pruned weights held at zero. Returns new parameters."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"prune fraction {fraction} is out of range; accepted: 0 <= fraction < 1")
+    train the rest for ``epochs`` with the pruned weights held at zero. Returns new parameters.
+
+    ``fraction`` is one number for every layer, or ``{weight name: fraction}``, each layer's own target
+    (``energy_prune`` allocates them); each step goes the same share of the way to every target.
+    """
+    targets = fraction if isinstance(fraction, dict) else {name: fraction for name in params
+                                                           if name.endswith(".weight")}
+    for name, target in targets.items():
+        if name not in params or not name.endswith(".weight"):
+            raise ValueError(f"prune fraction for {name!r}: not a weight of the model; accepted: "
+                             + ", ".join(n for n in params if n.endswith(".weight")))
+        if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0.0 <= target < 1.0:
+            raise ValueError(f"prune fraction {target} is out of range; accepted: 0 <= fraction < 1")
     for step in range(1, steps + 1):
-        masks = {name: mask for name, mask in magnitude_masks(params, fraction * step / steps, block).items()
+        masks = {name: mask for name, mask in magnitude_masks(
+                     params, {name: target * step / steps for name, target in targets.items()}, block).items()
                  if name not in dense}
         start = {name: value * masks.get(name, 1.0) for name, value in params.items()}
         params, _ = train(x_train, y_train, epochs=epochs, learning_rate=learning_rate, seed=seed, log=log,
