@@ -44,3 +44,14 @@ def test_a_coarse_multiplier_costs_accuracy_that_exact_end_layers_win_back(digit
     approximate = accuracy(graph, x, labels, cfg)
     assert approximate < exact
     assert approximate <= accuracy(graph, x, labels, cfg, first_last_exact=True) <= exact
+
+
+def test_energy_accuracy_study_refuses_an_unknown_design_and_plots_one_line_per_multiplier(tmp_path, capsys):
+    from tessera.verif import energy_accuracy
+    with pytest.raises(SystemExit):
+        energy_accuracy.main(["--out", str(tmp_path), "--multipliers", "exact,booth"])
+    assert "--multipliers: booth not a design; accepted: exact, truncated4" in capsys.readouterr().err
+    rows = [{"multiplier": m, "fraction": f, "accuracy": 0.9 - f / 10, "energy_uj": 2.5 - f - (m != "exact") / 50,
+             "mac_uj": 0.07} for m in ("exact", "mitchell") for f in (0.0, 0.5)]
+    energy_accuracy._plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
