@@ -72,7 +72,7 @@ def _board_and_config(args):
     board = BOARDS[args.board]
     base = AcceleratorConfig.from_file(args.config) if args.config else None
     cfg = board_config(board, base, rows=args.rows, cols=args.cols, dataflow=args.dataflow,
-                       clock_mhz=args.clock_mhz)
+                       multiplier=args.multiplier, clock_mhz=args.clock_mhz)
     try:
         board.plan_pll(cfg.clock_mhz)
     except ValueError as error:

@@ -135,7 +135,7 @@ class TestCommandLine:
     def test_json_configuration_file(self, tmp_path):
         path = tmp_path / "c.json"
         path.write_text(AcceleratorConfig(rows=2, cols=2, dataflow="rs").to_json())
-        args = argparse.Namespace(config=str(path), rows=None, cols=3, dataflow=None)
+        args = argparse.Namespace(config=str(path), rows=None, cols=3, dataflow=None, multiplier=None)
         assert config_from_args(args) == AcceleratorConfig(rows=2, cols=3, dataflow="rs")
 
     def test_wrong_type_in_the_file_exits_with_message(self, tmp_path, capsys):

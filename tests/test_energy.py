@@ -156,7 +156,7 @@ class TestBreakdown:
 
     def test_no_estimate_for_an_unknown_dataflow_pattern(self):
         rs_like = type("Cfg", (), {"dataflow": "rs", "pes": 16, "rows": 4, "cols": 4, "act_depth": 256,
-                                   "weight_depth": 256, "acc_depth": 64, "param_depth": 4, "vec_depth": 0})()
+                                   "weight_depth": 256, "acc_depth": 64, "param_depth": 4, "vec_depth": 0, "multiplier": "exact"})()
         assert energy_breakdown(rs_like, COUNTERS)["inter_pe"] == 0.0
 
     def test_eyeriss_units(self):
@@ -198,3 +198,16 @@ class TestReports:
                               [("name", "layer", ""), ("n", "MACs", lambda v: f"{v:,}"), ("u", "util", ".0%")])
         assert text.splitlines() == ["| layer | MACs | util |", "|---|---:|---:|", "| x | 1,234 | 50% |",
                                      "| y | 5 |  |"]
+
+
+def test_an_approximate_multiplier_scales_the_multiply_and_its_gating_credit():
+    from tessera.sw_driver.energy import multiplier_energy_ratio
+    approximate = CFG.replace(multiplier="mitchell")
+    ratio = multiplier_energy_ratio("mitchell")
+    assert 0.4 < ratio < 0.55       # EvoApproxLib's power at mitchell's MAE of 0.23 %: 0.47
+    exact, cheaper = energy_breakdown(CFG, COUNTERS), energy_breakdown(approximate, COUNTERS)
+    multiply = energy.DEFAULT_COSTS["gated_mac_saving"]
+    issued = COUNTERS["array_cycles"] * CFG.pes
+    assert exact["mac"] - cheaper["mac"] == pytest.approx(issued * multiply * (1 - ratio))
+    assert cheaper["mac_gated_credit"] == pytest.approx(exact["mac_gated_credit"] * ratio)
+    assert cheaper["link"] == exact["link"] and cheaper["rf"] == exact["rf"]

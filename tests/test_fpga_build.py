@@ -406,3 +406,16 @@ def test_board_commands_take_json_configurations(tmp_path, capsys, monkeypatch):
     config.write_text(json.dumps({"rows": 4, "cols": 4, "dataflow": "os"}))
     assert main(["bitstream", "--board", "ulx3s", "--config", str(config)]) == 0
     assert (seen["cfg"].rows, seen["cfg"].cols, seen["cfg"].dataflow) == (4, 4, "os")
+
+
+def test_bitstream_builds_the_multiplier_the_command_names(monkeypatch):
+    from tessera.fpga import build
+    from tessera.sw_driver.cli import main
+    built = []
+
+    def fake_build(board, cfg, **options):
+        built.append(cfg)
+        raise build.BuildError("stopped by the test")
+    monkeypatch.setattr(build, "build_bitstream", fake_build)
+    assert main(["bitstream", "--board", "ulx3s-12f", "--rows", "2", "--cols", "2", "--multiplier", "drum4"]) == 1
+    assert [cfg.multiplier for cfg in built] == ["drum4"]
