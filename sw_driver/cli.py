@@ -102,8 +102,8 @@ def add_config_arguments(parser, title="accelerator configuration"):
     group.add_argument("--dataflow", type=_one_of(tuple(DATAFLOWS), "a dataflow"),
                        help="one of: " + ", ".join(DATAFLOWS))
     group.add_argument("--multiplier", type=_one_of(tuple(MULTIPLIERS), "a PE multiplier"), metavar="NAME",
-                       help="the PE multiplier: " + ", ".join(MULTIPLIERS) + " (default exact; tessera multipliers "
-                            "lists their error and cost)")
+                       help="the PE multiplier: " + ", ".join(MULTIPLIERS) + " (default exact; their error and "
+                            "energy: docs/multipliers.md)")
     return group
 
 
