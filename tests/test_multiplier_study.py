@@ -9,7 +9,7 @@ from tessera.sw_driver.demo import FLOAT_MODEL
 from tessera.sw_driver.digits.data import load_digits_split
 from tessera.sw_driver.digits.quantize import quantize_digits
 from tessera.sw_driver.onnx_import import load_model
-from tessera.verif.multiplier_study import _FirstAndLastExact, accuracy
+from tessera.verif.multiplier_study import FirstAndLastExact, accuracy
 
 IMAGES = 40
 
@@ -33,7 +33,7 @@ def test_exact_device_model_has_onnxruntimes_accuracy(digits):
 
 def test_first_and_last_array_layers_are_exact(digits):
     _, graph, x, _ = digits
-    model = _FirstAndLastExact(AcceleratorConfig(multiplier="drum4"), layers=4)
+    model = FirstAndLastExact(AcceleratorConfig(multiplier="drum4"), layers=4)
     assert [model.multiplier() for _ in range(8)] == ["exact", "drum4", "drum4", "exact"] * 2
 
 

@@ -25,10 +25,10 @@ from tessera.hw.pe_multipliers import MULTIPLIERS
 from tessera.sw_driver.device_model import DeviceModel
 from tessera.sw_driver.model_runner import run_graph_on
 
-__all__ = ["accuracy", "main"]
+__all__ = ["FirstAndLastExact", "accuracy", "main"]
 
 
-class _FirstAndLastExact(DeviceModel):
+class FirstAndLastExact(DeviceModel):
     """The device model with exact products in its first and last array layers (of ``layers``)."""
 
     def __init__(self, cfg, layers):
@@ -51,7 +51,7 @@ def _array_layers(graph, cfg, x):
 
 def accuracy(graph, x, labels, cfg, *, first_last_exact=False):
     """Test accuracy of a device of ``cfg`` (its golden model) on images ``x``."""
-    model = _FirstAndLastExact(cfg, _array_layers(graph, cfg, x)) if first_last_exact else DeviceModel(cfg)
+    model = FirstAndLastExact(cfg, _array_layers(graph, cfg, x)) if first_last_exact else DeviceModel(cfg)
     outputs, _ = run_graph_on(graph, {graph.inputs[0].name: x}, model)
     return float(np.mean(np.argmax(outputs[graph.outputs[0].name], axis=1) == labels))
 
