@@ -165,6 +165,20 @@ def _onnxruntime_outputs(model, inputs):
         return None
 
 
+def _check_reachable(address):
+    """Fail in seconds on a cluster address nothing listens at: Ray itself retries it for minutes."""
+    import socket
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except ValueError:
+        raise ConnectionError(f"--address {address}: not HOST:PORT; accepted: the address `ray start --head` "
+                              "printed (e.g. 10.0.0.5:6379), 'auto', or none") from None
+    except OSError as error:
+        raise ConnectionError(f"--address {address}: no Ray cluster answers there ({error.strerror or error}); "
+                              "accepted: the address `ray start --head` printed, 'auto', or none") from None
+
+
 def run_sweep(space, workload, measure, out, *, address=None, cpus=None, search="grid", budget=None, seed=0,
               progress=True, serial=False):
     """Run the sweep on Ray (``serial``: in this process, one point after another) and write its outputs into
@@ -185,7 +199,14 @@ def run_sweep(space, workload, measure, out, *, address=None, cpus=None, search=
                 runtime_env={"env_vars": env} if env else None)
     if address is None:
         init["num_cpus"] = cpus or os.cpu_count()
-    ray.init(**init)
+    if address not in (None, "auto", "local"):
+        _check_reachable(address)
+    try:
+        ray.init(**init)
+    except ConnectionError as error:    # Ray's own message hides why (its cause): name both, and what would work
+        raise ConnectionError(f"--address {address}: cannot join that Ray cluster ({error.__cause__ or error}); "
+                              "accepted: the address `ray start --head` printed, with that cluster's "
+                              "RAY_AUTH_TOKEN, or no --address for a Ray instance of the sweep's own") from error
     try:
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if search == "grid":
