@@ -11,7 +11,7 @@ JOBS   ?= 2
 CONFIG_ARGS := $(if $(CONFIG),--config $(CONFIG)) $(if $(ROWS),--rows $(ROWS)) $(if $(COLS),--cols $(COLS)) \
                $(if $(DATAFLOW),--dataflow $(DATAFLOW))
 
-.PHONY: install verilog lint test test-fast demo bench clean bitstream deploy soak-fuzz sweep
+.PHONY: install verilog lint test test-fast formal demo bench clean bitstream deploy soak-fuzz sweep
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -n $(JOBS) -m "not rtl"
 
+# Formal properties (docs/formal.md) with SymbiYosys and Yices from PyPI, at full depth: a table of each property's
+# mode, depth, result and time; FORMAL_ARGS="-k NAME" for some. `make test` runs a quick subset (tests/test_formal.py).
+formal: $(STAMP)
+	$(BIN)/python -m tessera.verif.formal -j $(JOBS) $(FORMAL_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/tessera demo $(CONFIG_ARGS)
 
@@ -51,6 +56,25 @@ FUZZ_SEED    ?= $(shell date +%s)
 
 soak-fuzz: $(STAMP)
 	$(BIN)/python -m tessera.verif.onnx_fuzz --target mixed --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
+
+# The device soak for MINUTES: random layers and damaged programs on random configurations of the simulated device
+# (every dataflow), with random stalls, against the golden model; prints each failure's seed, configuration and the
+# command that reruns it (docs/soak.md). Then the importer fuzzer for FUZZ_SECONDS, as soak-fuzz. Link endurance:
+# MEGABYTES of layer traffic through the simulated board per fault rate in RATES (flip, drop and duplicate per byte,
+# both ways), with the throughput against the line rate.
+MINUTES   ?= 20
+SOAK_SEED ?= $(shell date +%s)
+MEGABYTES ?= 10
+RATES     ?= 0,1e-5,1e-4,1e-3
+
+.PHONY: soak link-endurance
+
+soak: $(STAMP)
+	$(BIN)/python -m tessera.verif.soak --minutes $(MINUTES) --seed $(SOAK_SEED)
+	$(BIN)/python -m tessera.verif.onnx_fuzz --target mixed --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
+
+link-endurance: $(STAMP)
+	$(BIN)/python -m tessera.verif.link_endurance --megabytes $(MEGABYTES) --rates $(RATES)
 
 BOARD ?= ulx3s
 

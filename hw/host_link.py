@@ -73,7 +73,8 @@ class ResultPacketiser(wiring.Component):
 
 
 class PacketArbiter(wiring.Component):
-    """Merges packet streams onto ``host_out`` without interleaving packets (lower index wins ties).
+    """Merges packet streams onto ``host_out`` without interleaving packets (lower index wins ties). A source holds
+    ``host_out`` from the first word it offers, so an offered word stays until it is taken.
 
     Attributes
     ----------
@@ -105,7 +106,9 @@ class PacketArbiter(wiring.Component):
                     self.host_out.payload.eq(source.payload.data),
                     source.ready.eq(self.host_out.ready),
                 ]
-                with m.If(source.valid & self.host_out.ready):
-                    # hold the link until the packet's last word has gone
-                    m.d.sync += owner.eq(Mux(source.payload.last, 0, index + 1))
+                with m.If(source.valid):
+                    # hold the link from the first word offered (not taken) until the packet's last word has gone:
+                    # a word on host_out must stay there until it is taken, even if a source of lower index
+                    # becomes valid meanwhile (the stream rules; the formal handshake property found this)
+                    m.d.sync += owner.eq(Mux(self.host_out.ready & source.payload.last, 0, index + 1))
         return m

@@ -53,9 +53,13 @@ def _addr(depth):
 
 
 def max_command_k(cfg):
-    """Largest ``k`` field of a command: folds (ws) or reduction steps (os)."""
+    """Largest ``k`` field of a command: folds (ws), reduction steps (os) or channel blocks (rs).
+
+    An os step reads one weight word, and one activation word only outside a conv (a conv gathers its taps from the
+    stored feature map), so the weight buffer bounds ``k``; the range check bounds a GEMM's by the activations too.
+    """
     if cfg.dataflow == "os":
-        return min(cfg.act_depth, cfg.weight_depth)
+        return cfg.weight_depth
     return cfg.weight_depth // cfg.rows
 
 

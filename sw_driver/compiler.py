@@ -529,21 +529,20 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
     macs_skipped = pixel_count * _skipped_weights(layer, counted, stored, sparse, folds, blocks)
 
-    def setup(first_row, last_row, oy0):
+    def setup(first_row, last_row, pad_top):
         # The band of input rows these output rows read, stored from its slot's first word; the geometry's
-        # pad_top is counted from the band's first row (the taps above it are padding only in the first band).
+        # pad_top is counted from the band's first row (see _band_rows).
         return instruction(cfg, Opcode.CONV_SETUP, in_h=last_row - first_row, in_w=in_w, out_w=out_w,
                            channel_blocks=blocks, kernel_h=kh, kernel_w=kw, stride=stride_y,
-                           pad_top=max(0, pad_t - oy0 * stride_y), pad_left=pad_l, pad_value=int(pad_value))
+                           pad_top=pad_top, pad_left=pad_l, pad_value=int(pad_value))
 
     if shared_setup:
-        stream.words.append(setup(0, in_h, 0))
+        stream.words.append(setup(0, in_h, pad_t))
     for image in range(images if run_tiles else 0):
         for oy0, oy1 in bands:
-            first_row = max(0, oy0 * stride_y - pad_t)
-            last_row = min(in_h, (oy1 - 1) * stride_y - pad_t + kh)
+            first_row, last_row, band_out_y, band_pad_top = _band_rows(oy0, oy1, stride_y, pad_t, kh, in_h)
             if not shared_setup:
-                stream.words.append(setup(first_row, last_row, oy0))
+                stream.words.append(setup(first_row, last_row, band_pad_top))
             pixels = (oy1 - oy0) * out_w
             block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
             band = _fmap_words(fmaps[image, first_row:last_row], R)
@@ -560,7 +559,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
             # where the commands see the map: the band's own rows (out_y counted from the band) or, in the
             # ring, the whole map shifted so that its row first_row lands at the slot (addresses wrap)
             x_base = (act_slot * acts.slot_words - (first_row * row_words if ring else 0)) % cfg.act_depth
-            band_y = oy0 if ring else 0
+            band_y = oy0 if ring else band_out_y
             for t in run_tiles:
                 tile = (_sparse_weight_tile(layer, t, stored[t], kw, blocks) if sparse[t]
                         else layer._weight_tile(t))
@@ -598,7 +597,8 @@ def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):
         raise TilingError(f"K={k} needs {math.ceil(k / cfg.rows)} activation words per row of the GEMM, times "
                           f"cols={cfg.cols}; half the activation buffer holds {cfg.act_depth // 2}")
     # narrow enough that a command's filters (rs_filters of them, each width result rows) fit an accumulator half
-    width = min(cfg.acc_half_depth // min(cfg.rs_filters, w.shape[1]), -(-m // cfg.cols), fit)
+    # (at least one column: with an accumulator half shorter than rs_filters, commands take fewer filters)
+    width = min(max(1, cfg.acc_half_depth // min(cfg.rs_filters, w.shape[1])), -(-m // cfg.cols), fit)
     per_image = cfg.cols * width
     images = -(-m // per_image)
     pixels = np.zeros((images * per_image, k), np.int8)
@@ -698,13 +698,12 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
         if whole:
             act_slot = stream.place(acts, BufferId.ACT, image, _fmap_words(fmaps[image], R))
         for oy0 in range(0, out_h, C):
-            band_y = 0 if whole else oy0     # commands count output rows from the stored rows' band
+            out_y = oy0                      # commands count output rows from the stored rows' band
             if not whole:
-                first_row = max(0, oy0 * stride_y - pad_t)
-                last_row = min(in_h, (oy0 + C - 1) * stride_y - pad_t + kh)
+                first_row, last_row, out_y, pad_top = _band_rows(oy0, oy0 + C, stride_y, pad_t, kh, in_h)
                 band = _fmap_words(fmaps[image, first_row:last_row], R)
                 act_slot = stream.place(acts, BufferId.ACT, (image, oy0), band)
-                stream.words.append(setup(last_row - first_row, max(0, pad_t - oy0 * stride_y)))
+                stream.words.append(setup(last_row - first_row, pad_top))
             for g, group in enumerate(groups):
                 w_slot = stream.place(weights, BufferId.WEIGHT, g, group_weights(group))
                 # parameter word i: filter i's bias and scale in every lane (hw.layouts)
@@ -713,7 +712,7 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
                 stream.command(instruction(cfg, Opcode.GEMM, m=len(group) * out_w, k=blocks, filters=len(group),
                                            x_base=act_slot * acts.slot_words, w_base=w_slot * weights.slot_words,
                                            p_base=p_slot * params.slot_words, y_zp=int(y_zp), conv=1,
-                                           out_y=oy0 - band_y, out_x=chunks),
+                                           out_y=out_y, out_x=chunks),
                                (weights, w_slot), (params, p_slot), (acts, act_slot))
                 outputs.append((0, 0, len(group) * out_w))
                 placements.append((image, oy0, tuple(int(f) for f in group)))
@@ -725,6 +724,24 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     constants = _constant_outputs(bias, scale, y_zp)
     program.constants = [(int(f), constants[f:f + 1]) for f in np.flatnonzero(zero)]
     return program
+
+
+def _band_rows(oy0, oy1, stride, pad_top, kh, in_h):
+    """The input rows that output rows ``oy0 .. oy1 - 1`` read, as ``(first_row, last_row, out_y, band_pad_top)``:
+    the band stores rows ``first_row .. last_row - 1``, its CONV_SETUP has ``band_pad_top``, and its first output
+    row is command row ``out_y`` (the window of command row ``r`` starts at stored row ``r * stride -
+    band_pad_top``).
+
+    A band whose windows lie wholly in the padding (pads as large as the kernel, which ONNX allows) still stores
+    one real row, as a geometry of no rows is refused, and reaches its padding through ``out_y`` and
+    ``band_pad_top``.
+    """
+    start = oy0 * stride - pad_top          # the first input row the band reads; negative in the top padding
+    first_row = min(max(0, start), in_h - 1)
+    last_row = max(first_row + 1, min(in_h, (oy1 - 1) * stride - pad_top + kh))
+    offset = start - first_row              # where that row lies from the first stored one
+    out_y = max(0, -(-offset // stride))
+    return first_row, last_row, out_y, out_y * stride - offset
 
 
 def _filter_groups(cfg, filters, out_w, filter_words):

@@ -18,6 +18,9 @@ Frame format (both directions; multi-byte fields little-endian)
 - ``ACK`` / ``NAK``: ``seq`` is the next offset the sender of the ACK expects; ``arg`` is the offset up to which
   the peer may send (its receive window: a device has a finite buffer; the host advertises ``seq + 0x8000``).
   A ``NAK`` also asks the peer to resend from ``seq``; a receiver sends at most one NAK per gap.
+- A ``DATA`` frame without payload is a window probe: the device answers every DATA frame with an ACK (or a NAK),
+  and only those carry its window, so a host whose window has closed sends one after a silence to learn that the
+  device has made room (without it, an ACK that closed the window would be the last word the host ever heard).
 - ``RESET`` (host to device only): reset the accelerator and both directions of the link; answered by
   ``ACK(0, window)``.
 - ``crc`` is CRC-32 (ISO-HDLC, the one of Ethernet and zlib) over ``kind`` up to the end of the payload.
@@ -155,6 +158,8 @@ class LinkStats:
     duplicate_frames, out_of_order_frames : int
         Good DATA frames from the device that were not the next ones expected.
     naks_sent, naks_received, timeouts : int
+    window_probes : int
+        Empty DATA frames sent after a silence with the device's window closed, to learn its new window.
     bytes_written, bytes_read : int
     """
 
@@ -167,6 +172,7 @@ class LinkStats:
     naks_sent: int = 0
     naks_received: int = 0
     timeouts: int = 0
+    window_probes: int = 0
     bytes_written: int = 0
     bytes_read: int = 0
 
@@ -331,9 +337,14 @@ class LinkEngine:
         self.stats.timeouts += 1
         if self._sent > self._acked:
             self._go_back()
-        # The device may be waiting for an ACK we sent and it lost; a NAK gets it to resend, or just re-acks.
+        # The device may be waiting for an ACK we sent and it lost; a NAK gets it to resend what we lack.
         self._write(encode_frame(FrameKind.NAK, self._expected, self._expected + _HOST_WINDOW))
         self.stats.naks_sent += 1
+        if self._limit <= self._sent < self._out_base + len(self._out):
+            # Words wait for a window that closed. The device opens it as its accelerator takes words but says so
+            # only in answer to a DATA frame: ask with an empty one (else both ends wait for ever).
+            self._write(encode_frame(FrameKind.DATA, self._sent, 0))
+            self.stats.window_probes += 1
 
     def _nak(self):
         if not self._nak_sent:

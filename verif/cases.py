@@ -2,9 +2,11 @@
 
 import numpy as np
 
+from tessera.hw.isa import INSTRUCTION_WORDS, Opcode
 from tessera.sw_driver import golden
+from tessera.sw_driver.isa_encode import instruction
 
-__all__ = ["random_gemm", "random_conv", "ExpectErrors"]
+__all__ = ["random_gemm", "random_conv", "random_instruction_stream", "ExpectErrors"]
 
 
 def random_gemm(rng, m, k, n):
@@ -25,7 +27,6 @@ def random_gemm(rng, m, k, n):
     scale = (64.0 / typical * 2.0 ** octaves).astype(np.float32)
     y_zp = int(rng.choice([-128, 127, int(rng.integers(-128, 128))]))
     return x, w, bias, scale, y_zp
-
 
 
 def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_tiles=None, multiplier="exact"):
@@ -56,6 +57,34 @@ def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_
         expected = golden.conv_hw(x[None], w, folded, scale, y_zp, strides=(stride, stride), pads=pads,
                                   pad_value=x_zp, multiplier=multiplier)[0]
     return (x, w, folded, scale, y_zp), {"strides": (stride, stride), "pads": pads, "pad_value": x_zp}, expected
+
+
+def random_instruction_stream(cfg, rng, count):
+    """``count`` mostly well-formed instructions with random operands (``rng`` a `random.Random`), some garbage
+    words and truncations: link words for the robustness tests (the device must answer and recover)."""
+    words = []
+    for _ in range(count):
+        choice = rng.random()
+        if choice < 0.1:
+            words += [rng.getrandbits(32) for _ in range(rng.randint(1, 6))]   # garbage, possibly mid-way
+            continue
+        opcode = rng.choice(list(Opcode) + [0x7F, 0xFF])
+        instr = [rng.getrandbits(32) for _ in range(INSTRUCTION_WORDS)]
+        instr[0] = (instr[0] & ~0xFF) | int(opcode)
+        if opcode == Opcode.LOAD:
+            # keep most loads short so the stream is not all data
+            instr[0] = (instr[0] & ~(0xFFFF << 18)) | (rng.randint(0, 8) << 18)
+        if opcode == Opcode.WAIT:
+            instr[0] &= 0xFF  # small pending counts, so some waits really wait
+            instr[0] |= rng.randint(0, 3) << 8
+        if opcode == Opcode.POOL:
+            # few pixels: a random geometry may pool 7x7 taps of 255 channel blocks per pixel, and 65535
+            # such pixels would run for most of a billion cycles (long, not hung)
+            instr = [int(w) for w in instruction(cfg, Opcode.POOL, x_base=rng.getrandbits(16), m=rng.randint(0, 16),
+                                                 out_y=rng.getrandbits(10), out_x=rng.getrandbits(10))]
+        words += instr
+        words += [rng.getrandbits(32) for _ in range(rng.randint(0, 20) if opcode == Opcode.LOAD else 0)]
+    return words
 
 
 class ExpectErrors:

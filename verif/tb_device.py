@@ -16,7 +16,7 @@ from tessera.hw.layouts import rs_filter_entries
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm
 from tessera.sw_driver.isa_encode import disassemble, instruction, parse_packets
-from tessera.verif.cases import random_conv, random_gemm
+from tessera.verif.cases import random_conv, random_gemm, random_instruction_stream
 from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
 from tessera.verif.tb_common import clock_and_reset, read_job
 
@@ -183,33 +183,6 @@ async def device_bench(dut):
                    "program_words": len(program.words), "counters": counters}, f)
 
 
-def _random_instruction_stream(cfg, rng, count):
-    """Mostly well-formed instructions with random operands, some garbage words and truncations."""
-    words = []
-    for _ in range(count):
-        choice = rng.random()
-        if choice < 0.1:
-            words += [rng.getrandbits(32) for _ in range(rng.randint(1, 6))]   # garbage, possibly mid-way
-            continue
-        opcode = rng.choice(list(Opcode) + [0x7F, 0xFF])
-        instr = [rng.getrandbits(32) for _ in range(INSTRUCTION_WORDS)]
-        instr[0] = (instr[0] & ~0xFF) | int(opcode)
-        if opcode == Opcode.LOAD:
-            # keep most loads short so the stream is not all data
-            instr[0] = (instr[0] & ~(0xFFFF << 18)) | (rng.randint(0, 8) << 18)
-        if opcode == Opcode.WAIT:
-            instr[0] &= 0xFF  # small pending counts, so some waits really wait
-            instr[0] |= rng.randint(0, 3) << 8
-        if opcode == Opcode.POOL:
-            # few pixels: a random geometry may pool 7x7 taps of 255 channel blocks per pixel, and 65535
-            # such pixels would run for most of a billion cycles (long, not hung)
-            instr = [int(w) for w in instruction(cfg, Opcode.POOL, x_base=rng.getrandbits(16), m=rng.randint(0, 16),
-                                                 out_y=rng.getrandbits(10), out_x=rng.getrandbits(10))]
-        words += instr
-        words += [rng.getrandbits(32) for _ in range(rng.randint(0, 20) if opcode == Opcode.LOAD else 0)]
-    return words
-
-
 @cocotb.test()
 async def device_fuzz(dut):
     """Random instruction streams never hang the device: it keeps answering, its packets parse, and a correct
@@ -221,7 +194,7 @@ async def device_fuzz(dut):
     errors = 0
     for round_ in range(job["fuzz"]):
         first = len(tb.host_out.received)
-        tb.host_in.send(_random_instruction_stream(cfg, rng, 30))
+        tb.host_in.send(random_instruction_stream(cfg, rng, 30))
         # Every word must be accepted and the device must fall silent: a truncated tail times out.
         # (a random rs command may run up to ~400k cycles: weight_depth bounds its passes, not its steps)
         await tb.quiesce(cfg.link_timeout + 200, max_cycles=3_000_000 if cfg.dataflow == "rs" else 400_000)
