@@ -11,7 +11,7 @@ JOBS   ?= 2
 CONFIG_ARGS := $(if $(CONFIG),--config $(CONFIG)) $(if $(ROWS),--rows $(ROWS)) $(if $(COLS),--cols $(COLS)) \
                $(if $(DATAFLOW),--dataflow $(DATAFLOW))
 
-.PHONY: install verilog lint test test-fast formal demo bench clean bitstream deploy soak-fuzz sweep
+.PHONY: install verilog lint test test-fast formal demo bench clean bitstream deploy soak-fuzz sweep multipliers
 
 install: $(STAMP)
 
@@ -83,6 +83,12 @@ bitstream: $(STAMP)
 
 deploy: $(STAMP)
 	$(BIN)/tessera deploy --board $(BOARD) $(CONFIG_ARGS)
+
+# The PE multiplier designs: error, ECP5 cost (Yosys), energy; then the largest array each fits on BOARD
+# (docs/multipliers.md). Synthesis results are cached: the first run takes tens of minutes, later ones seconds.
+multipliers: $(STAMP)
+	$(BIN)/tessera multipliers
+	$(BIN)/tessera multipliers --array-size $(BOARD)
 
 # Design-space exploration of the digits CNN on a local Ray instance (docs/sweep.md); SPACE=file.toml for another.
 SPACE ?= fpga/spaces/digits.toml

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from tessera.hw.buffer import SinglePortBuffer
 from tessera.hw.multiplier import LOGIC_SUFFIX
+from tessera.hw.pe_multipliers import MULTIPLIERS
 
 from .boards import BoardTop
 from .floorplan import dsp_blocks, dsp_sites, floorplan_script, lut_rows_to_fit
 
 __all__ = ["BuildError", "build_bitstream", "bitstream_folder", "tool_env", "peak_gops", "board_lut_rows", "run_tools",
-           "failure_message",
-           "time_out_message"]
+           "failure_message", "lut_multiplier_script", "logic_multiply_script",
+           "terminate_raises", "time_out_message"]
 
 #: nextpnr's cell types, by the resource names the report uses.
 RESOURCES = {
@@ -148,21 +149,37 @@ def board_lut_rows(board, cfg, lut_requant, progress):
 
 
 def lut_multiplier_script(cfg, rows, requant=False):
-    """Yosys commands that turn the multipliers of the PEs in the last ``rows`` rows (and, with ``requant``, the
-    requantiser's) into plain logic before ``synth_ecp5`` infers DSP blocks, so they multiply in LUTs (the
-    elaboration leaves these to Yosys: see `tessera.hw.multiplier.lut_multiplier_row`)."""
+    """Yosys commands that turn the multipliers of the PEs in the last ``rows`` rows (every PE's, when ``cfg``'s
+    multiplier is approximate; and, with ``requant``, the requantiser's) into plain logic before ``synth_ecp5``
+    infers DSP blocks, so they multiply in LUTs (the elaboration leaves these to Yosys: see
+    `tessera.hw.multiplier.lut_multiplier_row`)."""
     if not 0 <= rows <= cfg.rows:
         raise ValueError(f"lut_multiplier_rows: {rows} is out of range; accepted: 0 to rows={cfg.rows}")
-    selection = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)]
+    if MULTIPLIERS[cfg.multiplier].exact:
+        selection, approximate = [f"*.array.pe_{r}_*/t:$mul" for r in range(cfg.rows - rows, cfg.rows)], []
+    else:
+        # an approximate product is logic in every PE, whatever the rows: DRUM's narrow k x k multiply would
+        # otherwise take a DSP block of its own
+        selection, approximate = [], ["*.array.pe_*/t:$mul"]
     selection += ["*.requant/t:$mul"] if requant else []
     # address arithmetic (sliding windows, the controller's checks) never needs a DSP block, nor do the narrow
     # multiplies that hw.multiplier leaves to logic
     selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul", f"*{LOGIC_SUFFIX}/t:$mul"]
+    return logic_multiply_script(selection, approximate)
+
+
+def logic_multiply_script(booth, generic=()):
+    """Yosys commands that map the ``$mul`` cells of the selections ``booth`` (radix-4 Booth) and ``generic``
+    (Yosys's shift-and-add map) to logic, to run before ``synth_ecp5`` would give them DSP blocks."""
     # radix-4 Booth multipliers: fewer LUTs and a shallower adder tree than Yosys's generic shift-and-add map
     # (the pass skips modules that still hold processes, hence `proc` first); the generic map then takes the
-    # multiplies too narrow for Booth (under 4x4 bits), which synth_ecp5 would otherwise give a DSP block
-    cells = " ".join(selection)
-    return f"proc; booth {cells}; techmap -map +/techmap.v {cells}" if selection else ""
+    # multiplies too narrow for Booth (under 4x4 bits), which synth_ecp5 would otherwise give a DSP block. The
+    # approximate designs' unsigned k x k multiplies go to the generic map alone: Booth measured more LUTs for
+    # drum6 and no fewer for drum4 (docs/multipliers.md).
+    steps = [f"booth {' '.join(booth)}"] if booth else []
+    if booth or generic:
+        steps.append(f"techmap -map +/techmap.v {' '.join([*booth, *generic])}")
+    return "; ".join(["proc", *steps]) if steps else ""
 
 
 def single_port_ram_script(cfg):
@@ -236,7 +253,7 @@ def run_tools(command, folder, log_path, time_limit_s):
         proc = subprocess.Popen(command, cwd=folder, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            with _terminate_raises():
+            with terminate_raises():
                 return proc.wait(timeout=time_limit_s)
         except subprocess.TimeoutExpired:
             return None
@@ -247,9 +264,10 @@ def run_tools(command, folder, log_path, time_limit_s):
 
 
 @contextlib.contextmanager
-def _terminate_raises():
+def terminate_raises():
     """Turn a SIGTERM into an exception while the tools run, so that the caller's cleanup stops them (Python's
-    default for SIGTERM ends the process at once, leaving the tools' process group running)."""
+    default for SIGTERM ends the process at once, leaving the tools' process group running). A no-op outside the
+    main thread, where Python cannot set signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -1,6 +1,7 @@
 """``tessera bitstream`` and ``tessera deploy``: build a board's bitstream; program the board and run on it.
 
-``tessera sweep`` (design-space exploration, `tessera.fpga.sweep`) is registered from here too.
+``tessera sweep`` (design-space exploration, `tessera.fpga.sweep`) and ``tessera multipliers`` (the PE multiplier
+designs' cost, `tessera.fpga.multiplier_cost`) are registered from here too.
 """
 
 import os
@@ -59,8 +60,10 @@ def register(subparsers):
                                                   "the serial link")
     add_common(deploy)
     deploy.add_argument("--port", help="serial port (default: the first FTDI port found)")
+    from .multiplier_cost import register as register_multipliers
     from .sweep import register as register_sweep
-    return {"bitstream": _cmd_bitstream, "deploy": _cmd_deploy, **register_sweep(subparsers)}
+    return {"bitstream": _cmd_bitstream, "deploy": _cmd_deploy, **register_sweep(subparsers),
+            **register_multipliers(subparsers)}
 
 
 def _board_and_config(args):

@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from tessera.hw.pe_multipliers import MULTIPLIERS
+
 __all__ = ["dsp_sites", "dsp_blocks", "lut_rows_to_fit", "ws_floorplan", "floorplan_script"]
 
 # A DSP tile (MIB_DSP0 in the tile grid) holds four MULT18X18D sites, at these column offsets.
@@ -39,16 +41,23 @@ def dsp_sites(device):
     return [[f"X{x}/Y{row}/{bel}" for x, bel in sorted(rows[row])] for row in sorted(rows)]
 
 
+def _dsp_pe_rows(cfg, lut_multiplier_rows):
+    """The PE rows that multiply in DSP blocks: none when the PEs' product is approximate (always logic)."""
+    return cfg.rows - lut_multiplier_rows if MULTIPLIERS[cfg.multiplier].exact else 0
+
+
 def dsp_blocks(cfg, *, lut_multiplier_rows=0, lut_requant=False):
-    """MULT18X18D blocks a weight-stationary ``cfg`` takes: one per PE outside the LUT rows, two per requantiser
-    lane (their significands' top bits multiply in logic: see `tessera.hw.multiplier.registered_product`)."""
-    return (cfg.rows - lut_multiplier_rows) * cfg.cols + (0 if lut_requant else 2 * cfg.requant_width)
+    """MULT18X18D blocks a weight-stationary ``cfg`` takes: one per exact PE outside the LUT rows, two per
+    requantiser lane (their significands' top bits multiply in logic: see
+    `tessera.hw.multiplier.registered_product`)."""
+    return _dsp_pe_rows(cfg, lut_multiplier_rows) * cfg.cols + (0 if lut_requant else 2 * cfg.requant_width)
 
 
 def lut_rows_to_fit(cfg, device, *, lut_requant=False):
     """The fewest PE rows (the last ones) that must multiply in LUTs for a weight-stationary ``cfg``'s DSP blocks
-    to fit ``device``; 0 for the other dataflows (their multiplies are left to Yosys)."""
-    if cfg.dataflow != "ws":
+    to fit ``device``; 0 for the other dataflows (their multiplies are left to Yosys) and for approximate PEs
+    (which take no DSP block)."""
+    if cfg.dataflow != "ws" or not MULTIPLIERS[cfg.multiplier].exact:
         return 0
     over = dsp_blocks(cfg, lut_requant=lut_requant) - sum(map(len, dsp_sites(device)))
     return min(cfg.rows, -(-max(0, over) // cfg.cols))
@@ -63,7 +72,7 @@ def ws_floorplan(cfg, device, *, lut_multiplier_rows=0, lut_requant=False):
         return {}
     serpentine = [site for i, row in enumerate(dsp_sites(device)) for site in (row if i % 2 == 0 else row[::-1])]
     blocks = [f"*.array.pe_{r}_{c}/t:MULT18X18D" for c in range(cfg.cols)
-              for r in range(cfg.rows - lut_multiplier_rows)]
+              for r in range(_dsp_pe_rows(cfg, lut_multiplier_rows))]
     if not lut_requant:
         blocks += [f"*.requant/lane{lane}_{part}_low" for lane in range(cfg.requant_width)
                    for part in ("low", "high")]

