@@ -131,6 +131,7 @@ class ActivationIssuer(wiring.Component):
             self.start.payload.m.eq(next_fold.m),
             self.start.payload.p_base.eq(next_fold.p_base),
             self.start.payload.y_zp.eq(next_fold.y_zp),
+            self.start.payload.raw.eq(next_fold.raw),
         ]
         return take
 

@@ -59,6 +59,7 @@ class OutputStationaryCompute(ComputeUnit):
             tracker.start.payload.m.eq(self.cmd.payload.m),
             tracker.start.payload.p_base.eq(self.cmd.payload.p_base),
             tracker.start.payload.y_zp.eq(self.cmd.payload.y_zp),
+            tracker.start.payload.raw.eq(self.cmd.payload.raw),
             self.cmd.ready.eq(can_take & tracker.start.ready),
         ]
         with m.If(issue):

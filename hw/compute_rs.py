@@ -83,6 +83,7 @@ class RowStationaryCompute(ComputeUnit):
             tracker.start.payload.m.eq(self.cmd.payload.m),
             tracker.start.payload.p_base.eq(self.cmd.payload.p_base),
             tracker.start.payload.y_zp.eq(self.cmd.payload.y_zp),
+            tracker.start.payload.raw.eq(self.cmd.payload.raw),
             tracker.start.payload.rows_per_param.eq(g.out_w),
             self.cmd.ready.eq(~running & tracker.start.ready),
         ]

@@ -1,10 +1,10 @@
 """The queues between the controller and the units it commands, and the count of commands in flight."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import command_layout, vec_command_layout
+from .layouts import command_layout, result_rows_shape, vec_command_layout
 
 __all__ = ["CommandQueues", "COMMAND_QUEUE"]
 
@@ -30,7 +30,7 @@ class CommandQueues(wiring.Component):
     cmd : Out(stream of command_layout(cfg))
         To the compute core.
     result_rows : Out(stream of row counts)
-        Rows of each compute command, in order, for the result packetiser.
+        Result rows of each compute command (`result_rows_shape`), in order, for the result packetiser.
     vec_cmd : Out(stream of vec_command_layout(cfg))
         To the vector unit.
     completed : In(32)
@@ -48,7 +48,7 @@ class CommandQueues(wiring.Component):
             "gemm": In(stream.Signature(command)),
             "vector": In(stream.Signature(vec_command_layout(cfg))),
             "cmd": Out(stream.Signature(command)),
-            "result_rows": Out(stream.Signature(command["m"].shape)),
+            "result_rows": Out(stream.Signature(result_rows_shape(cfg))),
             "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
             "completed": In(32),
             "outstanding": Out(8),
@@ -62,7 +62,7 @@ class CommandQueues(wiring.Component):
         m = Module()
         m.submodules.commands = commands = fifo.SyncFIFOBuffered(width=len(self.gemm.payload.as_value()),
                                                                  depth=COMMAND_QUEUE)
-        m.submodules.row_counts = row_counts = fifo.SyncFIFOBuffered(width=len(self.gemm.payload.m),
+        m.submodules.row_counts = row_counts = fifo.SyncFIFOBuffered(width=len(self.result_rows.payload),
                                                                      depth=_RESULT_QUEUE)
         m.submodules.vec_commands = vec_commands = fifo.SyncFIFOBuffered(
             width=len(self.vector.payload.as_value()), depth=_VEC_QUEUE)
@@ -72,7 +72,8 @@ class CommandQueues(wiring.Component):
         m.d.comb += [
             self.gemm.ready.eq(commands.w_rdy & row_counts.w_rdy),
             commands.w_en.eq(gemm_issued), commands.w_data.eq(self.gemm.payload.as_value()),
-            row_counts.w_en.eq(gemm_issued), row_counts.w_data.eq(self.gemm.payload.m),
+            row_counts.w_en.eq(gemm_issued),
+            row_counts.w_data.eq(Mux(self.gemm.payload.raw, self.gemm.payload.m << 2, self.gemm.payload.m)),
         ]
         wiring.connect(m, commands.r_stream, wiring.flipped(self.cmd))
         wiring.connect(m, row_counts.r_stream, wiring.flipped(self.result_rows))

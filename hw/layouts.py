@@ -148,6 +148,9 @@ def command_layout(cfg):
         # row-stationary only: the filters (output channels) the command computes, 1 to cfg.rs_filters; its
         # ``m`` result rows are each filter's output columns in turn (see hw.compute_rs)
         "filters": unsigned(ceil_log2(cfg.rs_filters + 1)),
+        # the rows go out as the accumulators' int32 values (no bias, no requantisation), each row as four rows
+        # of bytes, least significant first: for integer products with an int32 output (MatMulInteger)
+        "raw": 1,
     })
 
 
@@ -195,6 +198,11 @@ def param_word_layout(cfg):
 
 def param_load_layout(cfg):
     return data.StructLayout({"addr": _addr(cfg.param_depth), "data": param_word_layout(cfg)})
+
+
+def result_rows_shape(cfg):
+    """A command's count of result rows: ``m``, or ``4 * m`` for a ``raw`` command (four byte rows per row)."""
+    return unsigned(ceil_log2(4 * cfg.acc_half_depth + 1))
 
 
 def result_layout(cfg):

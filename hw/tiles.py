@@ -12,12 +12,14 @@ __all__ = ["tile_layout", "acc_addr_width", "TileTracker", "ComputeUnit"]
 
 
 def tile_layout(command):
-    """What the drain needs of a tile: its accumulator half, row count and requantisation parameters."""
+    """What the drain needs of a tile: its accumulator half, row count and requantisation parameters (or
+    ``raw``: none, the accumulators' values go out as they are)."""
     return data.StructLayout({
         "half": 1,
         "m": command["m"].shape,
         "p_base": command["p_base"].shape,
         "y_zp": command["y_zp"].shape,
+        "raw": 1,
     })
 
 

@@ -9,6 +9,7 @@ from waiting on the link after the first tiles.
 """
 
 import collections
+import copy
 import dataclasses
 import math
 
@@ -30,11 +31,10 @@ from tessera.hw.layouts import (
     rs_result_row,
     weight_word,
 )
-from tessera.sw_driver.isa_encode import instruction, load
+from tessera.sw_driver.isa_encode import disassemble, instruction, load
 
-__all__ = ["Program", "compile_gemm", "compile_conv", "conv_output_shape", "dense_group_weights", "check_gemm_operands",
-           "conv_limits_violation",
-           "TilingError"]
+__all__ = ["Program", "compile_gemm", "compile_conv", "raw_results", "conv_output_shape", "dense_group_weights",
+           "check_gemm_operands", "conv_limits_violation", "TilingError"]
 
 
 _MAX_PRODUCT = 128 * 128  # |int8 x int8| at most, reached by -128 x -128
@@ -78,26 +78,65 @@ class Program:
     macs: int
     macs_skipped: int = 0     # MACs of all-zero weight tiles the program does not run
     constants: list = dataclasses.field(default_factory=list)   # (n0, int8 row) of output tiles not run
+    raw: bool = False        # the results are the int32 accumulators (see raw_results)
 
     @property
     def commands(self):
         return len(self.outputs)
 
+    @property
+    def dtype(self):
+        """The outputs' element type: int8, or int32 for a raw program."""
+        return np.int32 if self.raw else np.int8
+
     def reply_words(self, cfg):
         """Words of the RESULT packets the device sends back for this program."""
-        return sum(1 + rows * result_row_words(cfg) for _, _, rows in self.outputs)
+        rows_out = 4 if self.raw else 1      # a raw row comes as four rows of its bytes
+        return sum(1 + rows * rows_out * result_row_words(cfg) for _, _, rows in self.outputs)
+
+    def result_rows(self, results):
+        """The result packets' rows as the program's outputs: a raw program's byte rows joined into int32."""
+        if not self.raw:
+            return results
+        return [_joined_bytes(np.asarray(block)) for block in results]
 
     def assemble(self, results, cols):
         """Place per-command result rows into the ``m x n`` output."""
         if len(results) != len(self.outputs):
             raise ValueError(f"expected results of {len(self.outputs)} commands, got {len(results)}")
-        y = np.zeros((self.m, self.n), dtype=np.int8)
+        results = self.result_rows(results)
+        y = np.zeros((self.m, self.n), dtype=self.dtype)
         for n0, row in self.constants:
             y[:, n0:n0 + len(row)] = row
         for (m0, n0, rows), block in zip(self.outputs, results, strict=True):
             width = min(cols, self.n - n0)
             y[m0:m0 + rows, n0:n0 + width] = np.asarray(block)[:rows, :width]
         return y
+
+
+def _joined_bytes(block):
+    """Rows of int8 bytes, four per int32 row (least significant first), as the int32 rows."""
+    if len(block) % 4:
+        raise ValueError(f"a raw result of {len(block)} rows is not whole int32 rows (four byte rows each)")
+    planes = np.ascontiguousarray(block).view(np.uint8).astype(np.uint32).reshape(-1, 4, block.shape[1])
+    words = planes[:, 0] | planes[:, 1] << 8 | planes[:, 2] << 16 | planes[:, 3] << 24
+    return words.astype(np.uint32).view(np.int32)
+
+
+def raw_results(cfg, program):
+    """``program`` with every compute command's ``raw`` bit set: its outputs are the accumulators' int32 values
+    (``x @ w`` with the configuration's products, no bias, no requantisation), for integer layers with an int32
+    output (MatMulInteger, ConvInteger). An output tile the program skips (all-zero weights) is 0."""
+    words = np.array(program.words, dtype=np.uint32, copy=True)
+    at = 0
+    for opcode, operands, data in disassemble(cfg, words):
+        if opcode == Opcode.GEMM:
+            words[at:at + INSTRUCTION_WORDS] = instruction(cfg, Opcode.GEMM, **{**operands, "raw": 1})
+        at += INSTRUCTION_WORDS + len(data)
+    raw = copy.copy(program)
+    raw.words, raw.raw = words, True
+    raw.constants = [(where, np.zeros(np.shape(row), np.int32)) for where, row in program.constants]
+    return raw
 
 
 class _SlotPool:
@@ -627,10 +666,10 @@ class _RowStationaryConv(Program):
         if len(results) != len(self.placements):
             raise ValueError(f"expected results of {len(self.placements)} commands, got {len(results)}")
         images = self.m // (self.out_h * self.out_w)
-        y = np.zeros((images, self.n, self.out_h, self.out_w), np.int8)
+        y = np.zeros((images, self.n, self.out_h, self.out_w), self.dtype)
         for f, value in self.constants:
             y[:, f] = value[0]
-        for (image, oy0, filters), block in zip(self.placements, results, strict=True):
+        for (image, oy0, filters), block in zip(self.placements, self.result_rows(results), strict=True):
             rows = min(cols, self.out_h - oy0)
             f, ox = np.meshgrid(np.arange(len(filters)), np.arange(self.out_w), indexing="ij")
             columns = np.asarray(block)[rs_result_row(self.out_w, f, ox), :rows]     # (filters, out_w, rows)

@@ -10,9 +10,9 @@ import numpy as np
 
 from tessera.hw.isa import COUNTERS
 from tessera.sw_driver import golden
-from tessera.sw_driver.compiler import compile_conv, compile_gemm
+from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
 from tessera.sw_driver.model_runner import run_graph_on
-from tessera.sw_driver.runtime import Device, LayerRun
+from tessera.sw_driver.runtime import Device, LayerRun, ignored_requant
 
 __all__ = ["DeviceModel", "device_model_outputs"]
 
@@ -43,6 +43,18 @@ class DeviceModel(Device):
         y = golden.conv_hw(batch, w, bias, scale, y_zp, strides=strides, pads=pads, pad_value=pad_value,
                            multiplier=self.multiplier())
         return (y if x.ndim == 4 else y[0]), self._run(program)
+
+    def gemm_acc(self, x, w):
+        program = raw_results(self.cfg, compile_gemm(self.cfg, x, w, *ignored_requant(w.shape[1])))
+        return golden.gemm_acc_hw(x, w, self.multiplier()), self._run(program)
+
+    def conv_acc(self, x, w, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0, **attrs):
+        program = compile_conv(self.cfg, x, w, *ignored_requant(w.shape[0]), strides=strides, pads=pads,
+                               pad_value=pad_value, skip_zero_tiles=self.skip_zero_tiles, **attrs)
+        batch = x if x.ndim == 4 else x[None]
+        y = golden.conv_acc_hw(batch, w, strides=strides, pads=pads, pad_value=pad_value,
+                               multiplier=self.multiplier())
+        return (y if x.ndim == 4 else y[0]), self._run(raw_results(self.cfg, program))
 
     def maxpool(self, *args, **kwargs):
         raise ValueError(self.DECLINED)

@@ -26,7 +26,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tessera.sw_driver.products import approximate_matmul
 
 __all__ = [
-    "QRANGE", "avgpool", "conv2d_int", "conv_hw", "dequantize", "fold_input_zero_point", "gemm_hw", "global_avgpool",
+    "QRANGE", "avgpool", "conv2d_int", "conv_acc_hw", "conv_hw", "dequantize", "fold_input_zero_point", "gemm_acc_hw",
+    "gemm_hw", "global_avgpool",
     "matmul_int", "maxpool", "qlinear_add", "qlinear_conv", "qlinear_matmul", "qrange", "quantize",
     "requant_scale", "requantize", "to_signed_activation", "to_unsigned_activation",
 ]
@@ -599,11 +600,25 @@ def to_unsigned_activation(x_i8, zp):
     return (x.astype(np.int16) + 128).astype(np.uint8), int(zp.reshape(())) + 128
 
 
+def gemm_acc_hw(x_i8, w_i8, multiplier="exact"):
+    """What the accelerator's accumulators hold for ``x_i8 @ w_i8``: int32 ``(M, N)`` from ``multiplier``'s
+    products (a configuration's PE multiplier, `tessera.sw_driver.products`); a ``raw`` command returns it."""
+    x = _quantized(x_i8, "x_i8", (np.int8,))
+    w = _quantized(w_i8, "w_i8", (np.int8,))
+    if multiplier == "exact":
+        acc = matmul_int(x, 0, w, 0).astype(np.int64)
+    else:
+        if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise ValueError(f"gemm_hw needs x_i8 (..., K) and w_i8 (K, N), got {x.shape} and {w.shape}")
+        acc = approximate_matmul(x, w, multiplier)
+    return _check_int32(acc, f"gemm_hw(x_i8 {x.shape}, w_i8 {w.shape})").astype(np.int32)
+
+
 def gemm_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp, multiplier="exact"):
     """What the accelerator core computes: ``requantize(x @ w + bias, scale[n], y_zp)`` to int8.
 
     No input zero point (it is folded into the bias, see ``fold_input_zero_point``), no weight zero point.
-    The products are ``multiplier``'s (a configuration's PE multiplier, `tessera.sw_driver.products`).
+    The products are ``multiplier``'s (`gemm_acc_hw`).
 
     Parameters
     ----------
@@ -616,16 +631,27 @@ def gemm_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp, multiplier="exact"):
     multiplier : str
         A name in `tessera.hw.pe_multipliers.MULTIPLIERS`.
     """
-    x = _quantized(x_i8, "x_i8", (np.int8,))
-    w = _quantized(w_i8, "w_i8", (np.int8,))
-    if multiplier == "exact":
-        acc = matmul_int(x, 0, w, 0).astype(np.int64)
-    else:
-        if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
-            raise ValueError(f"gemm_hw needs x_i8 (..., K) and w_i8 (K, N), got {x.shape} and {w.shape}")
-        acc = _check_int32(approximate_matmul(x, w, multiplier), f"gemm_hw(x_i8 {x.shape}, w_i8 {w.shape})")
+    acc = gemm_acc_hw(x_i8, w_i8, multiplier).astype(np.int64)
     acc = _check_int32(acc + _int32_bias(bias_i32, acc.shape[-1], "bias_i32"), "gemm_hw bias add")
     return requantize(acc, scale_f32, y_zp, np.int8, axis=-1)
+
+
+def _conv_patches(x_i8, w_i8, strides, pads, pad_value):
+    """The windows of int8 NCHW ``x_i8`` as rows ``(N * OH * OW, C * KH * KW)``, ``w_i8`` as ``(C * KH * KW, O)``,
+    and the output's ``(N, OH, OW)``."""
+    x = _quantized(x_i8, "x_i8", (np.int8,))
+    w = _quantized(w_i8, "w_i8", (np.int8,))
+    windows = _windows(x, w.shape[2:], _pair(strides, "strides"), _pads(pads), (1, 1), pad_value)
+    batch, _, out_h, out_w = windows.shape[:4]
+    patches = windows.transpose(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, -1)
+    return patches, w.reshape(w.shape[0], -1).T, (batch, out_h, out_w)
+
+
+def conv_acc_hw(x_i8, w_i8, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0, multiplier="exact"):
+    """The accumulators of a convolution (as `conv_hw`, before bias and requantisation): int32
+    ``(N, O, OH, OW)``."""
+    patches, w, (batch, out_h, out_w) = _conv_patches(x_i8, w_i8, strides, pads, pad_value)
+    return gemm_acc_hw(patches, w, multiplier).reshape(batch, out_h, out_w, -1).transpose(0, 3, 1, 2)
 
 
 def conv_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp, *, strides=(1, 1), pads=(0, 0, 0, 0), pad_value=0,
@@ -633,10 +659,6 @@ def conv_hw(x_i8, w_i8, bias_i32, scale_f32, y_zp, *, strides=(1, 1), pads=(0, 0
     """What the accelerator computes for a convolution of int8 NCHW ``x_i8`` by dense OIHW ``w_i8``: every
     window (padded with ``pad_value``, the input zero point) times the weights with ``multiplier``'s products,
     plus ``bias_i32``, requantised by ``scale_f32`` to ``y_zp``; ``(N, O, OH, OW)`` int8."""
-    x = _quantized(x_i8, "x_i8", (np.int8,))
-    w = _quantized(w_i8, "w_i8", (np.int8,))
-    windows = _windows(x, w.shape[2:], _pair(strides, "strides"), _pads(pads), (1, 1), pad_value)
-    batch, _, out_h, out_w = windows.shape[:4]
-    patches = windows.transpose(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, -1)
-    y = gemm_hw(patches, w.reshape(w.shape[0], -1).T, bias_i32, scale_f32, y_zp, multiplier)
+    patches, w, (batch, out_h, out_w) = _conv_patches(x_i8, w_i8, strides, pads, pad_value)
+    y = gemm_hw(patches, w, bias_i32, scale_f32, y_zp, multiplier)
     return y.reshape(batch, out_h, out_w, -1).transpose(0, 3, 1, 2)

@@ -50,8 +50,6 @@ def device_placement(graph, layer, cfg):
     """``(True, "")`` if ``layer`` can run on the device of ``cfg``, else ``(False, why)``."""
     if isinstance(layer, HostPartition):
         return False, f"onnxruntime runs it: {layer.reason}"
-    if isinstance(layer, (ConvInteger, MatMulInteger)):
-        return False, "an int32 output (the device returns requantized int8 only)"
     if graph.onnxruntime_path(layer.name) == "float":
         return False, "onnxruntime computes this layer in float; the host reproduces it"
     if isinstance(layer, (MaxPool, Add)):
@@ -61,15 +59,17 @@ def device_placement(graph, layer, cfg):
             return False, (f"the array takes the mean as a product by ones, which the {cfg.multiplier} multiplier "
                            f"does not keep exact")
         return True, ""    # its scale depends on the image size: checked when it runs
-    if isinstance(layer, Conv):
+    if isinstance(layer, (Conv, ConvInteger)):
+        if layer.w_q.ndim != 4:
+            return False, f"a {layer.w_q.ndim - 2}-D convolution (the device runs 2-D ones)"
         if tuple(layer.dilations) != (1, 1):
             return False, f"dilations {layer.dilations} (the device supports 1)"
         violation = conv_limits_violation(layer.w_q.shape[2:], layer.strides, layer.pads)
         if violation:
             return False, violation
-    elif not isinstance(layer, Gemm):
-        return False, (f"{layer.kind} runs on the host (the device runs Gemm/MatMul, Conv, MaxPool, "
-                       f"GlobalAveragePool and Add)")
+    elif not isinstance(layer, (Gemm, MatMulInteger)):
+        return False, (f"{layer.kind} runs on the host (the device runs Gemm/MatMul, Conv, MatMulInteger, "
+                       f"ConvInteger, MaxPool, GlobalAveragePool and Add)")
     return True, ""
 
 
@@ -201,8 +201,51 @@ def _device_gemm(device, graph, layer, x):
     return _from_int8(y, layer.y_params.dtype).reshape(*x.shape[:-1], y.shape[-1]), run
 
 
+def _integer_operands(layer, x, x_zp, output_axis):
+    """The int8 input, the stacked int8 weight parts with the input indices read again, and the int32 term that
+    takes the input zero point out (``-x_zp * sum(w)``, as `fold_input_zero_point`), of an integer layer."""
+    zp = np.asarray(layer.x_zp if x_zp is None else x_zp)
+    if zp.size != 1:
+        raise ValueError(f"an input zero point of shape {list(zp.shape)} (the device takes one per tensor)")
+    zp = int(zp.reshape(()))
+    zp = zp - 128 if x.dtype == np.uint8 else zp       # the zero point moves with x - 128 (see _to_int8)
+    dense = (lambda part: part) if output_axis == 1 else (lambda part: dense_group_weights(part, layer.group))
+    w, again = _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=output_axis), axis=1 - output_axis,
+                            dense=dense)
+    return _to_int8(x), w, again, zp, golden.fold_input_zero_point(None, zp, w, output_axis=output_axis)
+
+
+def _int32_output(acc, zero_point_term, channel_axis):
+    """The accumulators plus the zero-point term, as the layer's int32 output (refused if it overflows int32)."""
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+    y = acc.astype(np.int64) + zero_point_term.astype(np.int64).reshape(shape)
+    if y.min(initial=0) < -2**31 or y.max(initial=0) > 2**31 - 1:
+        raise ValueError("its int32 output overflows once the input zero point is taken out")
+    return y.astype(np.int32)
+
+
+def _device_conv_integer(device, graph, layer, x, x_zp=None):
+    """A ConvInteger on the device: the accumulators (raw results), then the input zero point's term."""
+    x, w, again, zp, term = _integer_operands(layer, x, x_zp, output_axis=0)
+    own = _group_mask(layer, (w.shape[0], x.shape[1]))
+    acc, run = device.conv_acc(np.concatenate([x, x[:, again]], axis=1), w, strides=tuple(layer.strides),
+                               pads=tuple(layer.pads), pad_value=zp,
+                               counted=np.concatenate([own, own[:, again]], axis=1))
+    return _int32_output(acc, term, channel_axis=-3), run
+
+
+def _device_matmul_integer(device, graph, layer, x, x_zp=None):
+    """A MatMulInteger on the device, every leading dimension flattened into rows."""
+    x8, w, again, _, term = _integer_operands(layer, x, x_zp, output_axis=1)
+    rows = x8.reshape(-1, x.shape[-1])
+    acc, run = device.gemm_acc(np.ascontiguousarray(np.concatenate([rows, rows[:, again]], axis=1)), w)
+    return _int32_output(acc, term, channel_axis=-1).reshape(*x.shape[:-1], w.shape[1]), run
+
+
 _DEVICE_RUNNERS = {Conv: _device_conv, Gemm: _device_gemm, MaxPool: _device_maxpool, Add: _device_add,
-                   GlobalAveragePool: _device_global_avgpool}
+                   GlobalAveragePool: _device_global_avgpool, ConvInteger: _device_conv_integer,
+                   MatMulInteger: _device_matmul_integer}
 
 
 def run_graph_on(graph, inputs, device=None, progress=None):

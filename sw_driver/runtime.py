@@ -8,12 +8,17 @@ import numpy as np
 from tessera.gen.cache import cache_dir
 from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
 from tessera.hw.isa import COUNTERS, Opcode
-from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape
+from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape, raw_results
 from tessera.sw_driver.isa_encode import DeviceError, instruction, parse_packets
 from tessera.sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
 from tessera.sw_driver.vector_compiler import compile_add, compile_maxpool
 
-__all__ = ["Device", "LayerRun", "open_sim_device"]
+__all__ = ["Device", "LayerRun", "ignored_requant", "open_sim_device"]
+
+
+def ignored_requant(channels):
+    """Bias, scale and output zero point for a raw program: the device ignores them (see raw_results)."""
+    return np.zeros(channels, np.int32), np.ones(channels, np.float32), 0
 
 
 @dataclasses.dataclass
@@ -63,6 +68,11 @@ class Device:
         """``requantize(x @ w + bias, scale, y_zp)`` on the device; returns ``(y int8, LayerRun)``."""
         return self.run(compile_gemm(self.cfg, x, w, bias, scale, y_zp))
 
+    def gemm_acc(self, x, w):
+        """``x @ w`` (int8 operands) as the accumulators hold it, int32, with no bias nor requantisation (the
+        commands' ``raw`` results); returns ``(acc int32, LayerRun)``."""
+        return self.run(raw_results(self.cfg, compile_gemm(self.cfg, x, w, *ignored_requant(w.shape[1]))))
+
     def maxpool(self, x, kernel, strides=(1, 1), pads=(0, 0, 0, 0)):
         """Max pooling of int8 (N, C, H, W) on the vector unit; returns ``(y int8, LayerRun)``."""
         return self.run(compile_maxpool(self.cfg, x, kernel, strides, pads))
@@ -75,7 +85,16 @@ class Device:
         """A convolution of one image (C, H, W) or a batch (N, C, H, W) on the device (see ``compile_conv``);
         returns ``(y int8 (O, out_h, out_w) or (N, O, out_h, out_w), LayerRun)``."""
         program = compile_conv(self.cfg, x, w, bias, scale, y_zp, skip_zero_tiles=self.skip_zero_tiles, **attrs)
-        y, run = self.run(program)
+        return self._conv_output(x, w, attrs, *self.run(program))
+
+    def conv_acc(self, x, w, **attrs):
+        """A convolution's accumulators (as ``conv``, with no bias nor requantisation): int32 ``(O, out_h, out_w)``
+        or ``(N, O, out_h, out_w)``, and the LayerRun."""
+        program = raw_results(self.cfg, compile_conv(self.cfg, x, w, *ignored_requant(w.shape[0]),
+                                                     skip_zero_tiles=self.skip_zero_tiles, **attrs))
+        return self._conv_output(x, w, attrs, *self.run(program))
+
+    def _conv_output(self, x, w, attrs, y, run):
         stride, pads = attrs.get("strides", (1, 1))[0], attrs.get("pads", (0, 0, 0, 0))
         out_h, out_w = conv_output_shape(x.shape[-2], x.shape[-1], w.shape[2], w.shape[3], stride, pads)
         y = y.reshape(-1, out_h, out_w, w.shape[0]).transpose(0, 3, 1, 2)

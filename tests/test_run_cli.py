@@ -197,6 +197,31 @@ def test_weights_far_from_their_zero_point_split_exactly(tmp_path, dataflow, op)
         assert np.unique(y).size > 10   # the output scale spreads the results: not all saturated
 
 
+@pytest.mark.parametrize("weight", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
+@pytest.mark.parametrize("op", ["gemm", "conv"])
+@pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
+def test_dynamic_quantization_runs_its_integer_layers_on_device(tmp_path, op, weight, dataflow):
+    """``quantize_dynamic``'s MatMulInteger / ConvInteger on the device: raw commands return the int32
+    accumulators, the zero point DynamicQuantizeLinear computes at run time comes off on the host, and the float
+    code around them is onnxruntime's; the whole output equals onnxruntime's."""
+    from onnxruntime.quantization import quantize_dynamic
+    rng = np.random.default_rng(zlib.crc32(f"dynamic{op}{weight}{dataflow}".encode()))
+    float_model = (gemm_model(rng, m=7, k=19, n=6, trans_b=False) if op == "gemm" else
+                   conv_model(rng, batch=2, in_channels=3, out_channels=5, size=(7, 6), kernel=3, stride=1,
+                              pads=(1, 1, 1, 1)))
+    onnx.save(float_model, tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "dynamic.onnx", weight_type=weight,
+                     op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+    model = onnx.load(tmp_path / "dynamic.onnx")
+    x = random_inputs(rng, float_model, 2.0)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow)
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    (integer,) = [layer for layer in report["layers"] if layer["op"] in ("MatMulInteger", "ConvInteger")]
+    assert integer["target"] == "device" and integer["macs"] > 0 and integer["cycles"] > 0
+    assert report["check"]["golden_mismatches"] == report["check"]["onnxruntime_mismatches"] == 0
+
+
 @pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
 def test_mixed_model_runs_its_compute_layers_on_device(tmp_path, capsys, quant_format):
     """Softmax, Concat, Resize and Sigmoid on onnxruntime, every conv and the GEMM on the device, the whole model

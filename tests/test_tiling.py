@@ -150,3 +150,56 @@ class TestConvCompiler:
         assert setups > 1  # the map does not fit: several bands
         y = program.assemble(run_program(cfg, program.words), cfg.cols)
         np.testing.assert_array_equal(y.T.reshape(expected.shape), expected)
+
+
+class TestRawResults:
+    """Raw programs (MatMulInteger, ConvInteger): the same commands with their ``raw`` bit set, each result row as
+    four rows of its int32 bytes (the device's side is tests/test_device_rtl.py)."""
+
+    CFG = AcceleratorConfig(rows=4, cols=4, act_depth=64, weight_depth=64, acc_depth=16, param_depth=4)
+
+    def test_only_the_commands_change_and_each_asks_for_four_times_the_rows(self):
+        from tessera.sw_driver.compiler import raw_results
+        from tessera.sw_driver.isa_encode import disassemble
+        x, w, bias, scale, y_zp = _operands(np.random.default_rng(1), 9, 10, 6)
+        program = compile_gemm(self.CFG, x, w, bias, scale, y_zp)
+        raw = raw_results(self.CFG, program)
+        plain, flagged = list(disassemble(self.CFG, program.words)), list(disassemble(self.CFG, raw.words))
+        assert [op for op, _, _ in plain] == [op for op, _, _ in flagged]
+        for (op, operands, data), (_, raw_operands, raw_data) in zip(plain, flagged, strict=True):
+            np.testing.assert_array_equal(data, raw_data)
+            assert raw_operands == ({**operands, "raw": 1} if op.name == "GEMM" else operands)
+        assert raw.raw and not program.raw and raw.dtype == np.int32
+        header_words = len(program.outputs)
+        assert raw.reply_words(self.CFG) - header_words == 4 * (program.reply_words(self.CFG) - header_words)
+
+    def test_byte_rows_assemble_into_the_int32_accumulators(self):
+        """The device's answer, made by hand from the golden accumulators: four byte rows per row, least significant
+        first; an output tile the program skips (all-zero weights) is 0 (no bias in a raw result)."""
+        from tessera.sw_driver.compiler import raw_results
+        rng = np.random.default_rng(2)
+        x = rng.integers(-128, 128, (1, 6, 3, 3), dtype=np.int8)
+        w = rng.integers(-128, 128, (10, 6, 1, 1), dtype=np.int8)
+        w[4:8] = 0          # the second column tile of output channels: not run
+        bias, scale = rng.integers(-999, 999, 10, dtype=np.int32), np.full(10, 1e-3, np.float32)
+        raw = raw_results(self.CFG, compile_conv(self.CFG, x, w, bias, scale, 5))
+        acc = golden.conv_acc_hw(x, w).transpose(0, 2, 3, 1).reshape(-1, 10)     # (pixels, channels)
+        results = []
+        for m0, n0, rows in raw.outputs:
+            block = np.zeros((rows, self.CFG.cols), np.int32)
+            width = min(self.CFG.cols, acc.shape[1] - n0)
+            block[:, :width] = acc[m0:m0 + rows, n0:n0 + width]
+            results.append(block.view(np.int8).reshape(rows, self.CFG.cols, 4).transpose(0, 2, 1)
+                           .reshape(4 * rows, self.CFG.cols))
+        y = raw.assemble(results, self.CFG.cols)
+        assert y.dtype == np.int32 and [n0 for n0, _ in raw.constants] == [4]
+        np.testing.assert_array_equal(y, acc)
+        with pytest.raises(ValueError, match="a raw result of 3 rows is not whole int32 rows"):
+            raw.assemble([np.zeros((3, 4), np.int8)] * len(raw.outputs), self.CFG.cols)
+
+    def test_golden_accumulators_are_the_requantiser_s_input(self):
+        x, w, bias, scale, y_zp = _operands(np.random.default_rng(3), 5, 9, 3)
+        acc = golden.gemm_acc_hw(x, w)
+        np.testing.assert_array_equal(acc, x.astype(np.int64) @ w.astype(np.int64))
+        requantised = golden.requantize(acc + bias, scale, y_zp)
+        np.testing.assert_array_equal(requantised, golden.gemm_hw(x, w, bias, scale, y_zp))

@@ -14,7 +14,7 @@ from tessera.hw.array_rs import rs_mapping
 from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, Opcode, result_row_words
 from tessera.hw.layouts import rs_filter_entries
 from tessera.sw_driver import golden
-from tessera.sw_driver.compiler import compile_conv, compile_gemm
+from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
 from tessera.sw_driver.isa_encode import disassemble, instruction, parse_packets
 from tessera.verif.cases import random_conv, random_gemm, random_instruction_stream
 from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
@@ -57,16 +57,18 @@ class DeviceTestbench:
             return state["quiet"] >= quiet_cycles
         await self.engine.run_until(settled, max_cycles=max_cycles, what="quiesce")
 
-    async def run_gemm(self, x, w, bias, scale, y_zp):
-        """Compile, run, check bit-exact; return (program, counters)."""
+    async def run_gemm(self, x, w, bias, scale, y_zp, raw=False):
+        """Compile, run, check bit-exact; return (program, counters). ``raw``: the commands return their int32
+        accumulators (`raw_results`), checked against the golden model's."""
         cfg = self.cfg
         program = compile_gemm(cfg, x, w, bias, scale, y_zp)
+        program = raw_results(cfg, program) if raw else program
         words = np.concatenate([program.words, instruction(cfg, Opcode.READ_COUNTERS)])
-        reply_words = sum(1 + rows * self.words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
-        packets = parse_packets(cfg, await self.exchange(words, reply_words))
+        packets = parse_packets(cfg, await self.exchange(words, program.reply_words(cfg) + 1 + len(COUNTERS)))
         assert not packets.errors, f"device reported errors: {packets.errors}"
         y = program.assemble(packets.results, cfg.cols)
-        expected = golden.gemm_hw(x, w, bias, scale, y_zp, cfg.multiplier)
+        expected = (golden.gemm_acc_hw(x, w, cfg.multiplier) if raw else
+                    golden.gemm_hw(x, w, bias, scale, y_zp, cfg.multiplier))
         bad = np.argwhere(y != expected)
         if len(bad):
             wrong = sorted({i for i, (m0, n0, rows) in enumerate(program.outputs)
@@ -126,8 +128,9 @@ async def device_gemm(dut):
     await tb.reset()
     sent = commands = array_cycles = act_reads = 0
     rs_expected = collections.Counter()
-    for m, k, n in job["problems"]:
-        program, counters = await tb.run_gemm(*random_gemm(rng, m, k, n))
+    for index, (m, k, n) in enumerate(job["problems"]):
+        # every other problem returns its int32 accumulators instead (raw commands: MatMulInteger)
+        program, counters = await tb.run_gemm(*random_gemm(rng, m, k, n), raw=index % 2 == 1)
         sent += len(program.words) + INSTRUCTION_WORDS
         commands += len(program.outputs)
         folds = -(-k // cfg.rows)
@@ -153,11 +156,14 @@ async def device_conv(dut):
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
     rs_expected = collections.Counter()
-    for shape in job["convs"]:
+    for index, shape in enumerate(job["convs"]):
         operands, attrs, expected = random_conv(rng, **shape, multiplier=cfg.multiplier)
         program = compile_conv(cfg, *operands, **attrs)
+        if index % 2:   # every other conv returns its int32 accumulators (raw commands: ConvInteger)
+            program = raw_results(cfg, program)
+            expected = golden.conv_acc_hw(operands[0][None], operands[1], **attrs, multiplier=cfg.multiplier)[0]
         words = np.concatenate([program.words, instruction(cfg, Opcode.READ_COUNTERS)])
-        reply_words = sum(1 + rows * tb.words_per_row for _, _, rows in program.outputs) + 1 + len(COUNTERS)
+        reply_words = program.reply_words(cfg) + 1 + len(COUNTERS)
         packets = parse_packets(cfg, await tb.exchange(words, reply_words, what=f"conv {shape}"))
         assert not packets.errors, f"device reported errors: {packets.errors}"
         y = program.assemble(packets.results, cfg.cols).T.reshape(expected.shape)

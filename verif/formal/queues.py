@@ -8,7 +8,7 @@ covers them all: the solver may pick each. :class:`CommandQueuesSpec` applies it
 """
 
 from amaranth.asserts import AnySeq
-from amaranth.hdl import Assert, Cover, Signal
+from amaranth.hdl import Assert, Cover, Mux, Signal
 
 from tessera.hw.controller_queues import CommandQueues
 
@@ -68,7 +68,7 @@ def queue_contract(m, name, *, write, read, capacity, level=None, order=True):
 
 class CommandQueuesSpec(FormalSpec):
     """The controller's three queues (:class:`~tessera.hw.controller_queues.CommandQueues`): compute commands, their
-    row counts (written together with the command) and vector commands, under any producer and consumer.
+    result row counts (written together with the command) and vector commands, under any producer and consumer.
 
     Parameters
     ----------
@@ -93,9 +93,11 @@ class CommandQueuesSpec(FormalSpec):
 
         gemm, vector = queues.gemm, queues.vector
         gemm_beat = gemm.valid & gemm.ready
+        # a command's result rows: m, or four byte rows per row for a raw command
+        result_rows = Mux(gemm.payload.raw, gemm.payload.m << 2, gemm.payload.m)
         vector_beat = vector.valid & vector.ready
         for name, write, read in (("commands", (gemm_beat, gemm.payload.as_value()), queues.cmd),
-                                  ("row_counts", (gemm_beat, gemm.payload.m), queues.result_rows),
+                                  ("row_counts", (gemm_beat, result_rows), queues.result_rows),
                                   ("vec_commands", (vector_beat, vector.payload.as_value()), queues.vec_cmd)):
             fifo = body.find_subfragment(name).origins[0]
             out = read.payload.as_value() if hasattr(read.payload, "as_value") else read.payload
