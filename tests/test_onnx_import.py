@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import quantize_dynamic
 
 from tessera.sw_driver import golden, layers
 from tessera.sw_driver.host_exec import inexact_layers, run_graph, run_layer
@@ -32,6 +31,7 @@ from tessera.verif.onnx_models import (
     global_avgpool_model,
     matmul_model,
     maxpool_model,
+    quantize_dynamic_model,
     quantize_model,
     random_inputs,
 )
@@ -622,12 +622,9 @@ class TestHostPartitions:
         model = (gemm_model(rng, m=5, k=16, n=7, trans_b=False) if op == "gemm" else
                  conv_model(rng, batch=2, in_channels=3, out_channels=4, size=(6, 5), kernel=3, stride=1,
                             pads=(1, 1, 1, 1)))
-        onnx.save(model, tmp_path / "float.onnx")
-        quantize_dynamic(tmp_path / "float.onnx", tmp_path / "dynamic.onnx", weight_type=weight,
-                         op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+        dynamic = quantize_dynamic_model(model, tmp_path, weight_type=weight)
         for seed in range(3):
-            graph = _same_as_onnxruntime(onnx.load(tmp_path / "dynamic.onnx"),
-                                         random_inputs(np.random.default_rng(seed), model, 2.0))
+            graph = _same_as_onnxruntime(dynamic, random_inputs(np.random.default_rng(seed), model, 2.0))
         integer = [layer for layer in graph.layers if layer.kind in ("MatMulInteger", "ConvInteger")]
         assert len(integer) == 1 and len(integer[0].inputs) == 2    # the run-time zero point is its second input
 

@@ -16,6 +16,7 @@ from tessera.verif.onnx_models import (
     gemm_model,
     matmul_model,
     qlinear_model,
+    quantize_dynamic_model,
     quantize_model,
     random_inputs,
 )
@@ -204,15 +205,11 @@ def test_dynamic_quantization_runs_its_integer_layers_on_device(tmp_path, op, we
     """``quantize_dynamic``'s MatMulInteger / ConvInteger on the device: raw commands return the int32
     accumulators, the zero point DynamicQuantizeLinear computes at run time comes off on the host, and the float
     code around them is onnxruntime's; the whole output equals onnxruntime's."""
-    from onnxruntime.quantization import quantize_dynamic
     rng = np.random.default_rng(zlib.crc32(f"dynamic{op}{weight}{dataflow}".encode()))
     float_model = (gemm_model(rng, m=7, k=19, n=6, trans_b=False) if op == "gemm" else
                    conv_model(rng, batch=2, in_channels=3, out_channels=5, size=(7, 6), kernel=3, stride=1,
                               pads=(1, 1, 1, 1)))
-    onnx.save(float_model, tmp_path / "float.onnx")
-    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "dynamic.onnx", weight_type=weight,
-                     op_types_to_quantize=["MatMul", "Gemm", "Conv"])
-    model = onnx.load(tmp_path / "dynamic.onnx")
+    model = quantize_dynamic_model(float_model, tmp_path, weight_type=weight)
     x = random_inputs(rng, float_model, 2.0)["x"]
     status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow)
     assert status == 0

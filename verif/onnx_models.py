@@ -8,7 +8,13 @@ quantizer over it, calibrated on random data, so tests see exactly the graphs a 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 OPSET = 17
 # onnx 1.23 stamps IR version 14 by default, which onnxruntime 1.31 refuses (it reads up to 13); 10 is what
@@ -148,6 +154,16 @@ def quantize_model(model, path, rng, *, quant_format, per_channel, activation_ty
     onnx.save(model, float_path)
     quantize_static(float_path, quant_path, RandomCalibration(rng, model), quant_format=quant_format,
                     per_channel=per_channel, activation_type=activation_type, weight_type=weight_type)
+    return onnx.load(quant_path)
+
+
+def quantize_dynamic_model(model, path, *, weight_type):
+    """Quantize ``model``'s MatMul, Gemm and Conv dynamically with onnxruntime (``quantize_dynamic``: MatMulInteger /
+    ConvInteger with the input's zero point computed at run time) and return the quantized model; ``path`` as in
+    `quantize_model`."""
+    float_path, quant_path = path / "float.onnx", path / "dynamic.onnx"
+    onnx.save(model, float_path)
+    quantize_dynamic(float_path, quant_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gemm", "Conv"])
     return onnx.load(quant_path)
 
 
