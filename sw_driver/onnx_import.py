@@ -232,6 +232,9 @@ def _check(model):
                 onnx.checker.check_node(node, context)
             except onnx.checker.ValidationError as node_error:
                 raise ModelError(f"{_label(node, index)} fails onnx.checker: {node_error}") from error
+            except UnicodeDecodeError as text_error:    # the checker's message quotes the damaged text
+                raise ModelError(f"{_label(node, index)} has text that is not UTF-8 (damaged?): "
+                                 f"{text_error}") from error
         raise ModelError(f"model fails onnx.checker (every node passes on its own, so the graph's inputs, "
                          f"outputs or metadata): {error}") from error
 
