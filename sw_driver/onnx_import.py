@@ -176,7 +176,7 @@ def load_model(model):
     """
     proto = _read(model)
     _check(proto)
-    proto = onnx.shape_inference.infer_shapes(proto)
+    proto = onnx.shape_inference.infer_shapes(_without_dead_nodes(proto))
     _check_types(proto)
     forced = {}
     for _ in range(len(proto.graph.node) + 1):     # each round sends at least one more node to onnxruntime
@@ -203,6 +203,27 @@ def _read(model):
         return onnx.load_model_from_string(data)
     except (DecodeError, RuntimeWarning, ValueError) as error:
         raise ModelError(f"{source} is not a readable ONNX model (truncated or corrupt?): {error}") from error
+
+
+def _without_dead_nodes(model):
+    """``model`` without the nodes whose outputs nothing reads (no node, no graph output), as onnxruntime drops them
+    when it loads a model: a dead reader of a tensor would otherwise change how Tessera cuts and fuses the graph
+    (a Q -> DQ group whose output seems to feed two nodes), and so its answer, but not onnxruntime's."""
+    graph = model.graph
+    nodes = list(graph.node)
+    while True:
+        read = {name for node in nodes for name in node.input} | {output.name for output in graph.output}
+        live = [node for node in nodes if any(name in read for name in node.output if name)]
+        if len(live) == len(nodes):
+            break
+        nodes = live
+    if len(nodes) == len(graph.node):
+        return model
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    del pruned.graph.node[:]
+    pruned.graph.node.extend(nodes)
+    return pruned
 
 
 def _label(node, index):
@@ -565,6 +586,9 @@ class _Importer:
             copy_ = onnx.NodeProto()
             copy_.CopyFrom(node)
             zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+            if zp_name and zp_name not in self.consts:
+                raise ModelError(f"node {_text(node.name)!r} ({node.op_type}): its zero point {_text(zp_name)!r} is "
+                                 f"not a constant; accepted: an initializer (or Constant) of the tensor's type")
             zero_point = np.asarray(self.consts[zp_name]) if zp_name else np.zeros((), np.int8)
             name = f"{tensor}{HostPartition.UINT8_SUFFIX}/zero_point/{len(zero_points)}"
             zero_points.append(numpy_helper.from_array((zero_point.astype(np.int16) + 128).astype(np.uint8), name))
