@@ -501,7 +501,7 @@ class _Importer:
         partition = self._partition_for(node)
         partition.own.add(id(node))
         if reason == _NO_LAYER:
-            partition.unmapped.setdefault(node.op_type)
+            partition.unmapped.setdefault(_text(node.op_type))
         else:   # the Q/DQ that carry a partition's tensors in and out matter only when they are all it has
             carrier = node.op_type in HostPartition.CARRIERS
             (partition.carrier_reasons if carrier else partition.reasons).setdefault(reason)
