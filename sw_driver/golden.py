@@ -529,8 +529,12 @@ def qlinear_add(a_q, a_scale, a_zp, b_q, b_scale, b_zp, y_scale, y_zp):
     a_zp, b_zp, y_zp = (_zero_point(zp, a.dtype, name).reshape(()).astype(np.float32)
                         for zp, name in ((a_zp, "a_zp"), (b_zp, "b_zp"), (y_zp, "y_zp")))
     fixed = y_zp - fma_f32(ra, a_zp, rb * b_zp)
-    y = fma_f32(a.astype(np.float32), ra, fma_f32(b.astype(np.float32), rb, fixed))
-    return _saturate(np.rint(y).astype(np.float64), a.dtype)
+    y = np.rint(fma_f32(a.astype(np.float32), ra, fma_f32(b.astype(np.float32), rb, fixed)).astype(np.float64))
+    # MLAS converts with _mm256_cvtps_epi32 before it saturates: a value outside int32 (or NaN: huge scales) becomes
+    # the "integer indefinite", INT32_MIN, and so the lowest value of the type, whatever its sign
+    with np.errstate(invalid="ignore"):
+        y = np.where((y >= INT32_RANGE[0]) & (y <= INT32_RANGE[1]), y, INT32_RANGE[0])
+    return _saturate(y, a.dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------

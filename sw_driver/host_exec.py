@@ -142,16 +142,18 @@ def run_layer(layer, tensors, *, path="integer"):
 
 
 def _on_uint8(layer, args):
-    """Run an int8 layer on uint8 copies (values and zero points + 128), as onnxruntime's rewrite does."""
+    """Run a layer with int8 tensors on uint8 copies of them (values and zero points + 128), as onnxruntime's rewrite
+    does; its uint8 tensors stay as they are."""
     def shifted(params):
-        if params.dtype != np.int8:
-            raise ValueError(f"layer {layer.name!r}: the uint8 path needs int8 tensors, got {params}")
-        return QuantParams(params.scale, params.zero_point + 128, np.uint8)
+        return QuantParams(params.scale, params.zero_point + 128, np.uint8) if params.dtype == np.int8 else params
 
     changes = {f: shifted(getattr(layer, f)) for f in _PARAM_FIELDS if isinstance(getattr(layer, f, None), QuantParams)}
-    unsigned = [(np.asarray(a).astype(np.int16) + 128).astype(np.uint8) for a in args]
+    unsigned = [(np.asarray(a).astype(np.int16) + 128).astype(np.uint8) if np.asarray(a).dtype == np.int8 else a
+                for a in args]
     result = _compute(dataclasses.replace(layer, **changes), *unsigned, float_path=False)
-    return (result.astype(np.int16) - 128).astype(np.int8)
+    output = getattr(layer, "y_params", None)
+    return (result.astype(np.int16) - 128).astype(np.int8) if output is not None and output.dtype == np.int8 \
+        else result
 
 
 @singledispatch

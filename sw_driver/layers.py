@@ -565,8 +565,8 @@ class QuantizedGraph:
         an integer kernel (see :mod:`~tessera.sw_driver.onnx_import`). :mod:`~tessera.sw_driver.host_exec`
         reproduces the float ones it can bit for bit and lists the rest with ``inexact_layers``.
     uint8_in_onnxruntime : frozenset
-        Names of int8 layers onnxruntime computes on uint8 copies of their tensors (on x86 it rewrites int8 QDQ
-        pairs to uint8 before fusing). Exact for the integer kernels, but the float-internal QLinearAdd and
+        Names of layers with int8 tensors that onnxruntime computes on uint8 copies of them (on x86 it rewrites
+        int8 QDQ pairs to uint8 before fusing). Exact for the integer kernels, but the float-internal QLinearAdd and
         QLinearAveragePool round differently once every zero point moves by 128.
     """
 

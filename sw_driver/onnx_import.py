@@ -1118,7 +1118,8 @@ class _Importer:
                 floats[name] = f"{why_int8 or 'its input and output quantization differ'}; float is exact here"
             elif len(set(types.values())) > 1:  # Add, AveragePool, GlobalAveragePool
                 floats[name] = f"{why_int8}; QLinear{op} needs its inputs and output of one type"
-            elif self.params[output].dtype == np.int8 and out_type == "uint8":
+            elif out_type == "uint8" and any(self.params[t].dtype == np.int8 for t in tensors):
+                # every tensor uint8 in onnxruntime (the checks above), some of them int8 in the model: rewritten
                 uint8.add(name)
         return floats, frozenset(uint8)
 

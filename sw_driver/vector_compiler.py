@@ -151,11 +151,14 @@ def compile_maxpool(cfg, x, kernel, strides, pads):
 
 def add_params_for(a_params, b_params, y_params, *, on_uint8=False):
     """VEC_SETUP fields for a quantized add with these QuantParams; ``on_uint8`` when onnxruntime runs int8
-    tensors through its uint8 kernel (values and zero points + 128). ValueError if not exact on the device."""
-    shift = 128 if on_uint8 else 0
+    tensors through its uint8 kernel (values and zero points + 128; uint8 tensors as they are). ValueError if not
+    exact on the device."""
+    def zero_point(params):
+        return int(params.zero_point) + (128 if on_uint8 and params.dtype == np.int8 else 0)
+
     dtype = np.uint8 if on_uint8 or y_params.dtype == np.uint8 else np.int8
-    return qadd_params(a_params.scale, int(a_params.zero_point) + shift, b_params.scale,
-                       int(b_params.zero_point) + shift, y_params.scale, int(y_params.zero_point) + shift, dtype)
+    return qadd_params(a_params.scale, zero_point(a_params), b_params.scale, zero_point(b_params), y_params.scale,
+                       zero_point(y_params), dtype)
 
 
 def compile_add(cfg, a, b, params):
