@@ -96,6 +96,9 @@ FIELD_DESCRIPTIONS = {
     (Opcode.GEMM, "filters"): "rs only: filters the command computes, 1 to the configuration's rs_filters; its "
                               "`m` rows are each filter's `out_w` output columns in turn, requantised with "
                               "parameter words `p_base` onward (ws, os: ignored)",
+    (Opcode.GEMM, "raw"): "1: no requantisation; the RESULT packet carries the accumulators' int32 values (no bias), "
+                          "each output row as four rows of bytes, least significant first (`4 m` rows; `p_base` and "
+                          "`y_zp` ignored)",
     (Opcode.CONV_SETUP, "in_h"): "input feature map height, 1 to {max_side}",
     (Opcode.CONV_SETUP, "in_w"): "input feature map width, 1 to {max_side}",
     (Opcode.CONV_SETUP, "out_w"): "output feature map width, 1 to {max_side}",

@@ -4,6 +4,7 @@ points that cannot be measured, recorded with their reason."""
 import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -203,10 +204,17 @@ def ray_cluster(tmp_path, monkeypatch):
 
 @pytest.mark.rtl
 def test_sweep_joins_an_existing_cluster_with_address(gemm, tmp_path, ray_cluster):
+    """The sweep runs as a user's would, in a process of its own: Ray keeps the first auth token a process loads, and
+    a pytest worker may have run a local Ray instance (with a token of its own) before."""
+    import subprocess
     space = tmp_path / "space.toml"
     space.write_text(_TINY_BASE + "[space]\nrows = [2]\ncols = [2]\n")
     out = tmp_path / "out"
-    assert _sweep(gemm, space, out, "--address", ray_cluster) == 0
+    model, x = gemm
+    tessera = Path(sys.executable).with_name("tessera")
+    done = subprocess.run([str(tessera), "sweep", str(model), "--inputs", str(x), "--space", str(space), "-o",
+                           str(out), "--address", ray_cluster], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "sweep.json").read_text())
     # the cluster's one CPU, not this machine's count: the sweep ran on the cluster it joined
     assert summary["cpus"] == 1 and summary["computed"] == 1 and summary["ok"] == 1
