@@ -198,10 +198,12 @@ def test_weights_far_from_their_zero_point_split_exactly(tmp_path, dataflow, op)
         assert np.unique(y).size > 10   # the output scale spreads the results: not all saturated
 
 
-@pytest.mark.parametrize("weight", [QuantType.QInt8, QuantType.QUInt8], ids=["s8", "u8"])
-@pytest.mark.parametrize("op", ["gemm", "conv"])
-@pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
-def test_dynamic_quantization_runs_its_integer_layers_on_device(tmp_path, op, weight, dataflow):
+# each dataflow with both ops, and each op with both weight types (int8, and uint8 split into int8 parts)
+@pytest.mark.parametrize("dataflow, op, weight", [
+    ("ws", "gemm", QuantType.QUInt8), ("ws", "conv", QuantType.QInt8), ("os", "gemm", QuantType.QInt8),
+    ("os", "conv", QuantType.QUInt8), ("rs", "gemm", QuantType.QUInt8), ("rs", "conv", QuantType.QInt8)],
+    ids=["ws-gemm-u8", "ws-conv-s8", "os-gemm-s8", "os-conv-u8", "rs-gemm-u8", "rs-conv-s8"])
+def test_dynamic_quantization_runs_its_integer_layers_on_device(tmp_path, dataflow, op, weight):
     """``quantize_dynamic``'s MatMulInteger / ConvInteger on the device: raw commands return the int32
     accumulators, the zero point DynamicQuantizeLinear computes at run time comes off on the host, and the float
     code around them is onnxruntime's; the whole output equals onnxruntime's."""
