@@ -613,7 +613,7 @@ def gemm_acc_hw(x_i8, w_i8, multiplier="exact"):
         acc = matmul_int(x, 0, w, 0).astype(np.int64)
     else:
         if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
-            raise ValueError(f"gemm_hw needs x_i8 (..., K) and w_i8 (K, N), got {x.shape} and {w.shape}")
+            raise ValueError(f"gemm_acc_hw needs x_i8 (..., K) and w_i8 (K, N), got {x.shape} and {w.shape}")
         acc = approximate_matmul(x, w, multiplier)
     return _check_int32(acc, f"gemm_hw(x_i8 {x.shape}, w_i8 {w.shape})").astype(np.int32)
 

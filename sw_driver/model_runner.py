@@ -176,43 +176,57 @@ def _extra_reads(parts, axis, dense=lambda part: part):
     return np.concatenate(stacked, axis=axis), np.concatenate(reads) if reads else np.zeros(0, int)
 
 
+def _conv_weights(layer):
+    """A conv's dense int8 weight parts, stacked along the input channels, and the channels read again."""
+    return _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=0), axis=1,
+                        dense=lambda part: dense_group_weights(part, layer.group))
+
+
+def _gemm_weights(layer):
+    """A GEMM's int8 weight parts, stacked along K, and the input columns read again."""
+    return _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=1), axis=0)
+
+
+def _conv_input(layer, x, w, again):
+    """The int8 input with its channels read again, and which MACs are the layer's: the zeros between groups are
+    not; the extra reads of split weights are (the array does them)."""
+    own = _group_mask(layer, (w.shape[0], x.shape[1]))
+    return np.concatenate([x, x[:, again]], axis=1), np.concatenate([own, own[:, again]], axis=1)
+
+
+def _gemm_rows(x, again):
+    """The int8 input as rows (every leading dimension flattened), with its columns read again."""
+    rows = x.reshape(-1, x.shape[-1])
+    return np.ascontiguousarray(np.concatenate([rows, rows[:, again]], axis=1))
+
+
 def _device_conv(device, graph, layer, x):
     """A Conv layer on the device, the whole batch in one program."""
     x_zp, scale, y_zp = _device_params(layer)
-    w, again = _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=0), axis=1,
-                            dense=lambda part: dense_group_weights(part, layer.group))
+    w, again = _conv_weights(layer)
     bias = golden.fold_input_zero_point(layer.bias, x_zp, w, output_axis=0)
-    x = _to_int8(x)
-    own = _group_mask(layer, (w.shape[0], x.shape[1]))
-    # the zeros between groups are not the layer's MACs; the extra reads of split weights are (the array does them)
-    counted = np.concatenate([own, own[:, again]], axis=1)
-    y, run = device.conv(np.concatenate([x, x[:, again]], axis=1), w, bias, scale, y_zp,
-                         strides=tuple(layer.strides), pads=tuple(layer.pads), pad_value=x_zp, counted=counted)
+    x, counted = _conv_input(layer, _to_int8(x), w, again)
+    y, run = device.conv(x, w, bias, scale, y_zp, strides=tuple(layer.strides), pads=tuple(layer.pads),
+                         pad_value=x_zp, counted=counted)
     return _from_int8(y, layer.y_params.dtype), run
 
 
 def _device_gemm(device, graph, layer, x):
     """A Gemm layer on the device, every leading dimension flattened into rows."""
     x_zp, scale, y_zp = _device_params(layer)
-    w, again = _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=1), axis=0)
+    w, again = _gemm_weights(layer)
     bias = golden.fold_input_zero_point(layer.bias, x_zp, w)
-    rows = _to_int8(x).reshape(-1, x.shape[-1])
-    y, run = device.gemm(np.ascontiguousarray(np.concatenate([rows, rows[:, again]], axis=1)), w, bias, scale, y_zp)
+    y, run = device.gemm(_gemm_rows(_to_int8(x), again), w, bias, scale, y_zp)
     return _from_int8(y, layer.y_params.dtype).reshape(*x.shape[:-1], y.shape[-1]), run
 
 
-def _integer_operands(layer, x, x_zp, output_axis):
-    """The int8 input, the stacked int8 weight parts with the input indices read again, and the int32 term that
-    takes the input zero point out (``-x_zp * sum(w)``, as `fold_input_zero_point`), of an integer layer."""
+def _integer_zero_point(layer, x, x_zp):
+    """An integer layer's input zero point in the int8 domain (the layer's, or its run-time second input)."""
     zp = np.asarray(layer.x_zp if x_zp is None else x_zp)
     if zp.size != 1:
         raise ValueError(f"an input zero point of shape {list(zp.shape)} (the device takes one per tensor)")
     zp = int(zp.reshape(()))
-    zp = zp - 128 if x.dtype == np.uint8 else zp       # the zero point moves with x - 128 (see _to_int8)
-    dense = (lambda part: part) if output_axis == 1 else (lambda part: dense_group_weights(part, layer.group))
-    w, again = _extra_reads(weight_parts(layer.w_q, layer.w_zp, output_axis=output_axis), axis=1 - output_axis,
-                            dense=dense)
-    return _to_int8(x), w, again, zp, golden.fold_input_zero_point(None, zp, w, output_axis=output_axis)
+    return zp - 128 if x.dtype == np.uint8 else zp       # the zero point moves with x - 128 (see _to_int8)
 
 
 def _int32_output(acc, zero_point_term, channel_axis):
@@ -226,20 +240,23 @@ def _int32_output(acc, zero_point_term, channel_axis):
 
 
 def _device_conv_integer(device, graph, layer, x, x_zp=None):
-    """A ConvInteger on the device: the accumulators (raw results), then the input zero point's term."""
-    x, w, again, zp, term = _integer_operands(layer, x, x_zp, output_axis=0)
-    own = _group_mask(layer, (w.shape[0], x.shape[1]))
-    acc, run = device.conv_acc(np.concatenate([x, x[:, again]], axis=1), w, strides=tuple(layer.strides),
-                               pads=tuple(layer.pads), pad_value=zp,
-                               counted=np.concatenate([own, own[:, again]], axis=1))
+    """A ConvInteger on the device: the accumulators (raw results), then the input zero point's term
+    (``-x_zp * sum(w)``, as `fold_input_zero_point` folds it into a Conv's bias)."""
+    zp = _integer_zero_point(layer, x, x_zp)
+    w, again = _conv_weights(layer)
+    x8, counted = _conv_input(layer, _to_int8(x), w, again)
+    acc, run = device.conv_acc(x8, w, strides=tuple(layer.strides), pads=tuple(layer.pads), pad_value=zp,
+                               counted=counted)
+    term = golden.fold_input_zero_point(None, zp, w, output_axis=0)
     return _int32_output(acc, term, channel_axis=-3), run
 
 
 def _device_matmul_integer(device, graph, layer, x, x_zp=None):
     """A MatMulInteger on the device, every leading dimension flattened into rows."""
-    x8, w, again, _, term = _integer_operands(layer, x, x_zp, output_axis=1)
-    rows = x8.reshape(-1, x.shape[-1])
-    acc, run = device.gemm_acc(np.ascontiguousarray(np.concatenate([rows, rows[:, again]], axis=1)), w)
+    zp = _integer_zero_point(layer, x, x_zp)
+    w, again = _gemm_weights(layer)
+    acc, run = device.gemm_acc(_gemm_rows(_to_int8(x), again), w)
+    term = golden.fold_input_zero_point(None, zp, w, output_axis=1)
     return _int32_output(acc, term, channel_axis=-1).reshape(*x.shape[:-1], w.shape[1]), run
 
 

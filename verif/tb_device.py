@@ -11,7 +11,7 @@ import cocotb
 import numpy as np
 
 from tessera.hw.array_rs import rs_mapping
-from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, Opcode, result_row_words
+from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, Opcode
 from tessera.hw.layouts import rs_filter_entries
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
@@ -29,7 +29,6 @@ class DeviceTestbench:
         self.host_in = StreamSource(dut, "host_in", rng, stall=stall)
         self.host_out = StreamSink(dut, "host_out", rng, backpressure=backpressure)
         self.engine = StreamEngine(dut.clk, [self.host_in, self.host_out])
-        self.words_per_row = result_row_words(cfg)
 
     async def reset(self):
         await clock_and_reset(self.dut)
