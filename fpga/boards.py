@@ -83,16 +83,17 @@ class Board:
 # (fpga/floorplan.py); without both, nextpnr's router stalled. See docs/fpga.md for the measured fmax and what else
 # was tried.
 _ULX3S_DEFAULTS = dict(rows=20, cols=16, requant_lanes=4, clock_mhz=81.0, act_depth=1024, weight_depth=1024,
-                       acc_depth=256, param_depth=32, vec_depth=0)
+                       acc_depth=256, param_depth=32, vec_depth=0, program_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
-                   param_depth=32)
+                   param_depth=32, program_depth=0)
 # The UP5K's 5,280 logic cells hold a 1x1 array without counters or the vector unit; iCE40 builds leave out the
 # timing-only registers (hw.pipeline.timing_registers). Its activation and weight buffers are single-port, in two
 # of the four SPRAMs (hw.buffer). Deeper buffers cost logic cells in their address arithmetic (the sliding
 # window's above all), not RAM: 16 words each fit; with 32 (98-99% of the cells) nextpnr's placer had not finished
 # after 12 minutes; 1,024 need 112% (measured; see docs/fpga.md).
 _ICEBREAKER_DEFAULTS = dict(rows=1, cols=1, clock_mhz=24.0, act_depth=16, weight_depth=16, acc_depth=16,
-                            param_depth=1, counters=False, vec_depth=0, single_port_buffers=True)
+                            param_depth=1, counters=False, vec_depth=0,
+                            single_port_buffers=True, program_depth=0)
 
 BOARDS = {b.name: b for b in [
     Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _ULX3S_DEFAULTS),

@@ -22,6 +22,7 @@ from tessera.gen.config import DATAFLOWS
 from tessera.gen.lint import LINT_WAIVERS
 from tessera.gen.verilog import DEVICE_TOPLEVEL, build_dir
 from tessera.hw import layouts
+from tessera.hw.controller_program import program_load_layout
 from tessera.hw.isa import (
     COUNTERS,
     ERROR_DESCRIPTIONS,
@@ -68,6 +69,9 @@ OPCODE_DESCRIPTIONS = {
     Opcode.POOL_SETUP: "once the vector unit is idle, set the geometry of later POOLs",
     Opcode.POOL: "max-pool `m` output pixels of the feature map at `x_base` of the vector buffer; answered by "
                  "one VECTOR packet",
+    Opcode.RUN: "execute the `words` program memory words from `base` as if the link had sent them (instructions and "
+                "their data, LOADs included); the link's words wait until the program's last is taken. A stored "
+                "model runs as: LOAD its input, RUN",
     Opcode.ADD: "quantized add (onnxruntime's QLinearAdd, bit-exact) of `words` vector words at `a_base` and "
                 "`b_base`; answered by one VECTOR packet",
 }
@@ -78,6 +82,8 @@ FIELD_DESCRIPTIONS = {
     (Opcode.LOAD, "buffer"): "target buffer, a BufferId",
     (Opcode.LOAD, "addr"): "first buffer word written",
     (Opcode.LOAD, "words"): "buffer words that follow, each sent as the link words given under LOAD data",
+    (Opcode.RUN, "base"): "first program memory word of the program",
+    (Opcode.RUN, "words"): "program memory words of the program, 1 to the program memory's depth less `base`",
     (Opcode.GEMM, "m"): "output rows, 1 to {max_m} (one accumulator half)",
     (Opcode.GEMM, "k"): "1 to {max_k}: folds of `rows` input channels (ws) or reduction steps (os)",
     (Opcode.GEMM, "x_base"): "first activation buffer word the command reads",
@@ -144,6 +150,8 @@ BUFFER_DESCRIPTIONS = {
     BufferId.PARAM: "requantisation parameters of `cols` output channels: int32 bias, then float32 scale "
                     "(IEEE-754 bit pattern)",
     BufferId.VEC: "the vector unit's feature maps and add operands; a word is four int8 values",
+    BufferId.PROGRAM: "the program memory (configuration field program_depth): a word is one link word of a program "
+                   "that RUN executes; a LOAD from inside a program may not write it",
 }
 
 PACKET_DESCRIPTIONS = {
@@ -164,7 +172,8 @@ _OPERAND_DOCS = {Opcode.GEMM: command_layout, Opcode.CONV_SETUP: conv_geometry_l
 
 # What each LOAD target holds, as the loader's layouts define it.
 _LOAD_LAYOUTS = {BufferId.ACT: act_load_layout, BufferId.WEIGHT: weight_load_layout,
-                 BufferId.PARAM: param_load_layout, BufferId.VEC: vec_load_layout}
+                 BufferId.PARAM: param_load_layout, BufferId.VEC: vec_load_layout,
+                 BufferId.PROGRAM: program_load_layout}
 
 
 class ArtefactError(ValueError):

@@ -10,6 +10,8 @@ import json
 import tomllib
 from pathlib import Path
 
+from tessera.hw.isa import INSTRUCTION_WORDS, LINK_WIDTH
+from tessera.hw.layouts import command_layout
 from tessera.hw.pe_multipliers import MULTIPLIERS
 
 __all__ = ["AcceleratorConfig", "CONFIG_SUFFIXES", "ConfigError", "ConfigTypeError", "DATAFLOWS", "MAX_ARRAY_DIM",
@@ -65,6 +67,10 @@ class AcceleratorConfig:
     vec_depth : int
         Depth of the vector unit's buffer in 32-bit words (max pooling and element-wise add); 0 builds
         the device without a vector unit (those layers then run on the host).
+    program_depth : int
+        Depth of the program memory in 32-bit link words: instructions and their data that the device keeps and
+        runs on a RUN instruction, so that a resident model's program is not sent again per inference; 0 builds
+        the device without one.
     counters : bool
         Build the performance counters.
     clock_mhz : float
@@ -99,6 +105,7 @@ class AcceleratorConfig:
     acc_depth: int = 1024
     param_depth: int = 256
     vec_depth: int = 4096
+    program_depth: int = 1024
     counters: bool = True
     clock_mhz: float = 100.0
     link_timeout: int = 1 << 16
@@ -142,6 +149,8 @@ class AcceleratorConfig:
         _check_int("param_depth", self.param_depth, 1, _MAX_DEPTH)
         if self.vec_depth != 0:
             _check_int("vec_depth", self.vec_depth, 16, _MAX_DEPTH, why="0 for no vector unit")
+        if self.program_depth != 0:
+            _check_int("program_depth", self.program_depth, 16, _MAX_DEPTH, why="0 for no program memory")
         for flag in ("counters", "single_port_buffers"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigTypeError(f"{flag}: must be true or false, not {_typed(getattr(self, flag))}")
@@ -156,6 +165,16 @@ class AcceleratorConfig:
             divisors = ", ".join(str(d) for d in range(1, self.cols + 1) if self.cols % d == 0)
             raise ConfigError(f"requant_lanes: {self.requant_lanes} does not divide cols={self.cols}; accepted: "
                               f"0 (one lane per column) or one of {divisors}")
+        self._check_instruction_fits()
+
+    def _check_instruction_fits(self):
+        # the GEMM instruction's fields grow with the buffers they address; all of them must fit one instruction
+        width = INSTRUCTION_WORDS * LINK_WIDTH - 8
+        size = command_layout(self).size
+        if size > width:
+            raise ConfigError(f"act_depth, weight_depth, acc_depth, param_depth: a GEMM instruction addressing "
+                              f"these buffers needs {size} operand bits, an instruction has {width}; accepted: "
+                              f"smaller depths (each halving saves a bit)")
 
     # -- derived quantities --------------------------------------------------------------------------------
 

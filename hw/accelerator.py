@@ -9,7 +9,9 @@ from .core import GemmCore
 from .counters import PerfCounters
 from .host_link import PacketArbiter, ResultPacketiser
 from .isa import COUNTERS, LINK_WIDTH
+from .layouts import result_rows_shape
 from .vector import VectorUnit
+from .writeback import ResultRouter
 
 __all__ = ["Accelerator"]
 
@@ -38,7 +40,8 @@ class Accelerator(wiring.Component):
         m = Module()
         m.submodules.controller = controller = Controller(cfg)
         m.submodules.core = core = GemmCore(cfg)
-        m.submodules.packetiser = packetiser = ResultPacketiser(cfg, controller.result_rows.payload.shape())
+        m.submodules.router = router = ResultRouter(cfg)
+        m.submodules.packetiser = packetiser = ResultPacketiser(cfg, result_rows_shape(cfg))
         has_vector = cfg.vec_depth > 0
         m.submodules.arbiter = arbiter = PacketArbiter(3 if has_vector else 2)
 
@@ -46,8 +49,12 @@ class Accelerator(wiring.Component):
         for name in ("act_load", "weight_load", "param_load", "cmd"):
             wiring.connect(m, getattr(controller, name), getattr(core, name))
         m.d.comb += core.conv_geometry.eq(controller.conv_geometry)
-        wiring.connect(m, controller.result_rows, packetiser.rows)
-        wiring.connect(m, core.result, packetiser.result)
+        # each command's rows go to the host, or stay on chip in the activation buffer
+        wiring.connect(m, controller.result_rows, router.descriptors)
+        wiring.connect(m, core.result, router.result)
+        wiring.connect(m, router.packet_rows, packetiser.rows)
+        wiring.connect(m, router.packet_result, packetiser.result)
+        wiring.connect(m, router.act_store, core.act_store)
         # Results first: they free accumulator halves, and the core's progress depends on them.
         wiring.connect(m, packetiser.packet, arbiter.sources[0])
         wiring.connect(m, controller.packet, arbiter.sources[1])
@@ -67,7 +74,8 @@ class Accelerator(wiring.Component):
             m.d.comb += controller.vec_idle.eq(1)
 
         completed = Signal(32)
-        m.d.sync += completed.eq(completed + core.events.completed + vec_completed)
+        # a compute command is complete once its last row has gone, to the host or into the activation buffer
+        m.d.sync += completed.eq(completed + router.completed + vec_completed)
         m.d.comb += [controller.completed.eq(completed), controller.core_idle.eq(core.idle)]
 
         if cfg.counters:
@@ -83,9 +91,9 @@ class Accelerator(wiring.Component):
                 inc.stall_input_cycles.eq(controller.starved),
                 inc.stall_output_cycles.eq(self.host_out.valid & ~self.host_out.ready),
                 inc.array_cycles.eq(events.array),
-                inc.commands.eq(events.completed + vec_completed),
+                inc.commands.eq(router.completed + vec_completed),
                 inc.act_reads.eq(events.act_read),
-                inc.act_writes.eq(core.act_load.valid & core.act_load.ready),
+                inc.act_writes.eq(events.act_write),
                 inc.weight_reads.eq(events.weight_read),
                 inc.weight_writes.eq(core.weight_load.valid & core.weight_load.ready),
                 inc.acc_reads.eq(events.acc_read),
@@ -101,6 +109,7 @@ class Accelerator(wiring.Component):
                 inc.vec_cycles.eq(vec_busy),
                 inc.vec_reads.eq(vec_reads),
                 inc.vec_writes.eq(vec_writes),
+                inc.program_reads.eq(controller.program_read),
                 counters.clear.eq(controller.clear_counters),
                 controller.counters.eq(counters.values),
             ]

@@ -22,8 +22,8 @@ class SinglePortBuffer(wiring.Component):
 
     Attributes
     ----------
-    load : In(stream of {addr, data})
-        Buffer writes.
+    load : In(stream of {addr, data} or {addr, data, mask})
+        Buffer writes (of the lanes ``mask`` marks, where the layout has one).
     read_addr : In(unsigned); read_en : In(1); read_data : Out(shape)
         Compute reads, one cycle of latency.
     """
@@ -46,13 +46,16 @@ class SinglePortBuffer(wiring.Component):
         attrs = {"ram_style": "huge"} if fpga_family(platform) == "ice40" else {}
         memory = Memory(shape=self._shape, depth=self.depth, init=[], attrs=attrs)
         m.submodules[self.MEMORY_NAME] = memory
-        write, read = memory.write_port(), memory.read_port()
+        # a load with a mask writes only the lanes it marks (stored result rows, hw.writeback)
+        masked = "mask" in dict(self.load.payload.shape().members)
+        write, read = memory.write_port(granularity=1 if masked else None), memory.read_port()
         addr = Signal.like(write.addr)
         m.d.comb += [
             addr.eq(Mux(self.read_en, self.read_addr, self.load.payload.addr)),
             write.addr.eq(addr), read.addr.eq(addr),
             read.en.eq(self.read_en), self.read_data.eq(read.data),
             self.load.ready.eq(~self.read_en),
-            write.en.eq(self.load.valid & ~self.read_en), write.data.eq(self.load.payload.data),
+            write.en.eq(Mux(self.load.valid & ~self.read_en, self.load.payload.mask if masked else 1, 0)),
+            write.data.eq(self.load.payload.data),
         ]
         return m

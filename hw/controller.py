@@ -1,14 +1,15 @@
 """The controller: decodes the host's instruction stream into buffer loads and compute commands.
 
 Its state machine sequences blocks that each do one part of the work: :mod:`.controller_fetch` gathers
-instructions from link words, :mod:`.controller_decode` judges them, :mod:`.controller_load` carries out LOADs,
-:mod:`.controller_gemm` checks GEMMs, :mod:`.controller_queues` holds the issued commands, and
-:mod:`.controller_packets` sends COUNTERS and ERROR packets (with :mod:`.controller_timeout` watching the link).
+instructions from link words (the host's, or a running program's from :mod:`.controller_program`),
+:mod:`.controller_decode` judges them, :mod:`.controller_load` carries out LOADs, :mod:`.controller_gemm` checks
+GEMMs, :mod:`.controller_queues` holds the issued commands, and :mod:`.controller_packets` sends COUNTERS and ERROR
+packets (with :mod:`.controller_timeout` watching the link).
 """
 
 from typing import NamedTuple
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,6 +18,7 @@ from .controller_fetch import InstructionFetch
 from .controller_gemm import gemm_error
 from .controller_load import LoadAssembler
 from .controller_packets import StatusPacketiser, link_beat_layout
+from .controller_program import ProgramMemory
 from .controller_queues import CommandQueues
 from .controller_timeout import LinkTimeout
 from .isa import COUNTERS, LINK_WIDTH, ErrorCode, Opcode
@@ -25,7 +27,8 @@ from .layouts import (
     command_layout,
     conv_geometry_layout,
     param_load_layout,
-    result_rows_shape,
+    result_descriptor_layout,
+    store_setup_layout,
     vec_command_layout,
     vec_load_layout,
     weight_load_layout,
@@ -44,9 +47,13 @@ class _Blocks(NamedTuple):
     load: LoadAssembler
     queues: CommandQueues
     packets: StatusPacketiser
+    program: ProgramMemory | None   # absent without program memory (cfg.program_depth == 0)
+    source: stream.Interface   # the words the controller takes: the link's, or a running program's
+    running: Signal      # a program is running: its words, not the link's, are the source
     error: Signal        # why the instruction is rejected: what the ERROR packet reports
     idle: Signal         # nothing queued or running anywhere: what READ_COUNTERS and the setups wait for
     gemm_error: Signal   # what the GEMM state finds wrong with a GEMM
+    store_setup: data.View   # what STORE_SETUP set: where store GEMMs issued from now on write their rows
 
 
 class Controller(wiring.Component):
@@ -56,7 +63,8 @@ class Controller(wiring.Component):
     next tile overlap compute of the current one; ``WAIT`` orders a load after the commands that still read
     the words it overwrites (the compiler places them). Anything malformed is reported as an ERROR packet and
     skipped: a bad LOAD still consumes its data words, a stalled instruction times out, so the device always
-    returns to fetching instructions.
+    returns to fetching instructions. A RUN takes the words of a stored program instead of the link's until its
+    last; the link's words wait meanwhile.
 
     Attributes
     ----------
@@ -67,8 +75,9 @@ class Controller(wiring.Component):
         To the vector unit (never valid without one: ``cfg.vec_depth == 0``).
     conv_geometry, pool_geometry, add_params : Out
         Set by CONV_SETUP, POOL_SETUP and VEC_SETUP once the unit that reads them is idle.
-    result_rows : Out(stream of row counts)
-        Rows of each dispatched command, in order, for the result packetiser.
+    result_rows : Out(stream of result_descriptor_layout(cfg))
+        What becomes of each dispatched command's rows (how many; sent, or stored where), in order, for the
+        result path.
     packet : Out(stream of link_beat_layout)
         COUNTERS and ERROR packets.
     completed : In(32)
@@ -78,6 +87,8 @@ class Controller(wiring.Component):
     clear_counters : Out(1)
     starved : Out(1)
         The core is idle while the controller is still receiving instructions or data: time the link costs.
+    program_read : Out(1)
+        A program memory word is read this cycle.
     """
 
     def __init__(self, cfg):
@@ -94,7 +105,7 @@ class Controller(wiring.Component):
             "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
             "pool_geometry": Out(conv_geometry_layout()),
             "add_params": Out(add_params_layout()),
-            "result_rows": Out(stream.Signature(result_rows_shape(cfg))),
+            "result_rows": Out(stream.Signature(result_descriptor_layout(cfg))),
             "packet": Out(stream.Signature(link_beat_layout())),
             "completed": In(32),
             "core_idle": In(1),
@@ -102,6 +113,7 @@ class Controller(wiring.Component):
             "counters": In(data.ArrayLayout(unsigned(32), len(COUNTERS))),
             "clear_counters": Out(1),
             "starved": Out(1),
+            "program_read": Out(1),
         })
 
     def elaborate(self, platform):
@@ -126,17 +138,23 @@ class Controller(wiring.Component):
         m.submodules.packets = packets = StatusPacketiser()
         instruction = fetch.instruction
         gemm = operands(instruction, Opcode.GEMM, cfg)
+        store_setup = Signal(store_setup_layout())
         error = Signal(8)
         idle = Signal()
+        program, source, running = self._source(m, instruction)
 
-        m.d.comb += [fetch.words.payload.eq(self.host_in.payload), load.words.payload.eq(self.host_in.payload),
+        m.d.comb += [fetch.words.payload.eq(source.payload), load.words.payload.eq(source.payload),
                      timeout.restart.eq(self.host_in.valid & self.host_in.ready),
                      decoder.instruction.eq(instruction), decoder.pool_geometry.eq(self.pool_geometry),
+                     decoder.in_program.eq(running), load.in_program.eq(running),
                      load.request.eq(operands(instruction, Opcode.LOAD, cfg))]
         for name in load.ports.values():
-            wiring.connect(m, getattr(load, name), wiring.flipped(getattr(self, name)))
+            if name == "prog_load":
+                wiring.connect(m, load.prog_load, program.load)
+            else:
+                wiring.connect(m, getattr(load, name), wiring.flipped(getattr(self, name)))
 
-        m.d.comb += [queues.gemm.payload.eq(gemm),
+        m.d.comb += [queues.gemm.payload.eq(gemm), queues.store_setup.eq(store_setup),
                      queues.vector.payload.eq(decoder.vec_command),
                      queues.completed.eq(self.completed), queues.core_idle.eq(self.core_idle),
                      queues.vec_idle.eq(self.vec_idle), idle.eq(queues.core_done & queues.vec_done)]
@@ -147,21 +165,51 @@ class Controller(wiring.Component):
                      packets.opcode.eq(instruction.opcode)]
         wiring.connect(m, packets.packet, wiring.flipped(self.packet))
 
-        checks = gemm_error(m, cfg, gemm, self.conv_geometry, platform)
-        return _Blocks(fetch, timeout, decoder, load, queues, packets, error, idle, checks)
+        checks = gemm_error(m, cfg, gemm, self.conv_geometry, store_setup, platform)
+        return _Blocks(fetch, timeout, decoder, load, queues, packets, program, source, running, error, idle, checks,
+                       store_setup)
+
+    def _source(self, m, instruction):
+        """The stream of words the controller takes: the link's, or while a program runs, the program memory's.
+        Returns the program memory (None without one), that stream and the running flag."""
+        source = stream.Signature(unsigned(LINK_WIDTH)).create()
+        if self.cfg.program_depth == 0:
+            m.d.comb += [source.valid.eq(self.host_in.valid), source.payload.eq(self.host_in.payload),
+                         self.host_in.ready.eq(source.ready)]
+            return None, source, Signal()
+        m.submodules.program = program = ProgramMemory(self.cfg)
+        running = program.running
+        words = program.words_out
+        m.d.comb += [
+            program.request.eq(operands(instruction, Opcode.RUN, self.cfg)),
+            source.valid.eq(Mux(running, words.valid, self.host_in.valid)),
+            source.payload.eq(Mux(running, words.payload, self.host_in.payload)),
+            self.host_in.ready.eq(source.ready & ~running), words.ready.eq(source.ready & running),
+            self.program_read.eq(program.read),
+        ]
+        return program, source, running
 
     def _fetch_and_decode(self, m, blocks, platform):
         """FETCH gathers an instruction; DECODE rejects it or picks the state that carries it out."""
         fetch, timeout, decoder, load, error = blocks.fetch, blocks.timeout, blocks.decoder, blocks.load, blocks.error
+        source, running = blocks.source, blocks.running
         with m.State("FETCH"):
-            m.d.comb += [fetch.words.valid.eq(self.host_in.valid), self.host_in.ready.eq(fetch.words.ready),
-                         timeout.waiting.eq(fetch.partial), self.starved.eq(blocks.idle)]
+            m.d.comb += [fetch.words.valid.eq(source.valid), source.ready.eq(fetch.words.ready),
+                         timeout.waiting.eq(fetch.partial & ~running), self.starved.eq(blocks.idle & ~running)]
             with m.If(timeout.expired):
                 m.d.comb += fetch.abandon.eq(1)
                 m.d.sync += error.eq(ErrorCode.TRUNCATED)
                 m.next = "ERROR"
             with m.Elif(fetch.complete):
                 m.next = "DECODE"
+            if blocks.program is not None:
+                # the program's last word is taken: back to the link, unless it ended mid-instruction
+                with m.If(blocks.program.exhausted):
+                    m.d.comb += blocks.program.stop.eq(1)
+                    with m.If(fetch.partial):
+                        m.d.comb += fetch.abandon.eq(1)
+                        m.d.sync += error.eq(ErrorCode.BAD_PROGRAM)
+                        m.next = "ERROR"
 
         with m.State("DECODE"):
             m.d.comb += decoder.take.eq(1)
@@ -195,16 +243,30 @@ class Controller(wiring.Component):
                         m.next = "POOL_SETUP"
                     with m.Case(Opcode.VEC_SETUP):
                         m.next = "VEC_SETUP"
+                    with m.Case(Opcode.STORE_SETUP):   # taken at once: each command carries its own copy
+                        m.d.sync += blocks.store_setup.eq(operands(fetch.instruction, Opcode.STORE_SETUP, self.cfg))
+                        m.next = "FETCH"
+                    with m.Case(Opcode.RUN):   # (only with program memory: the decoder rejects it otherwise)
+                        if blocks.program is not None:
+                            m.d.comb += blocks.program.start.eq(1)
+                        m.next = "FETCH"
 
     def _load(self, m, blocks):
         """LOAD passes the link's words to the load assembler until the last is written."""
         load, timeout, error = blocks.load, blocks.timeout, blocks.error
+        source, running = blocks.source, blocks.running
         with m.State("LOAD"):
-            m.d.comb += [load.words.valid.eq(self.host_in.valid), self.host_in.ready.eq(load.words.ready),
-                         timeout.waiting.eq(load.silent), self.starved.eq(load.receiving & blocks.idle)]
+            m.d.comb += [load.words.valid.eq(source.valid), source.ready.eq(load.words.ready),
+                         timeout.waiting.eq(load.silent & ~running),
+                         self.starved.eq(load.receiving & blocks.idle & ~running)]
             with m.If(timeout.expired):
                 m.d.comb += load.abort.eq(1)
                 m.d.sync += error.eq(ErrorCode.TRUNCATED)
+            if blocks.program is not None:
+                # a program that ends before the LOAD's data does
+                with m.If(blocks.program.exhausted & load.receiving):
+                    m.d.comb += [load.abort.eq(1), blocks.program.stop.eq(1)]
+                    m.d.sync += error.eq(ErrorCode.BAD_PROGRAM)
             with m.If(load.done):
                 m.next = "LOAD_DONE"
 

@@ -27,6 +27,8 @@ class Decoder(wiring.Component):
     instruction : In(instruction_layout(cfg))
     pool_geometry : In(conv_geometry_layout())
         The geometry POOL_SETUP set: zero before the first.
+    in_program : In(1)
+        The instruction comes from a running program (a RUN there is rejected: programs do not nest).
     error : Out(8)
         Why the instruction is rejected: an ErrorCode, 0 if it is not (or is a LOAD or GEMM).
     take : In(1)
@@ -41,6 +43,7 @@ class Decoder(wiring.Component):
         super().__init__({
             "instruction": In(instruction_layout(cfg)),
             "pool_geometry": In(conv_geometry_layout()),
+            "in_program": In(1),
             "error": Out(8),
             "take": In(1),
             "vec_command": Out(vec_command_layout(cfg)),
@@ -53,6 +56,8 @@ class Decoder(wiring.Component):
         setup = operands(self.instruction, Opcode.CONV_SETUP, cfg)
         pool = operands(self.instruction, Opcode.POOL, cfg)
         add = operands(self.instruction, Opcode.ADD, cfg)
+        run = operands(self.instruction, Opcode.RUN, cfg)
+        store = operands(self.instruction, Opcode.STORE_SETUP, cfg)
         no_vector = int(cfg.vec_depth == 0)
         empty_geometry = ((setup.in_h == 0) | (setup.in_w == 0) | (setup.out_w == 0) | (setup.stride == 0)
                           | (setup.channel_blocks == 0) | (setup.kernel_h == 0) | (setup.kernel_w == 0))
@@ -83,6 +88,15 @@ class Decoder(wiring.Component):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif((add.a_base + add.words > cfg.vec_depth) | (add.b_base + add.words > cfg.vec_depth)):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+            with m.Case(Opcode.STORE_SETUP):
+                with m.If((store.lanes == 0) | (store.lanes > cfg.cols) | (store.lane >= cfg.rows)):
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
+            with m.Case(Opcode.RUN):
+                if cfg.program_depth == 0:
+                    m.d.comb += self.error.eq(ErrorCode.BAD_PROGRAM)
+                else:
+                    with m.If(self.in_program | (run.words == 0) | (run.base + run.words > cfg.program_depth)):
+                        m.d.comb += self.error.eq(ErrorCode.BAD_PROGRAM)
             with m.Default():
                 m.d.comb += self.error.eq(ErrorCode.ILLEGAL_OPCODE)
 

@@ -11,7 +11,7 @@ from amaranth.hdl import Mux, Signal, Value
 
 from .array_rs import rs_mapping
 from .isa import ErrorCode
-from .layouts import MAX_KERNEL, rs_filter_entries
+from .layouts import MAX_KERNEL, rs_filter_entries, store_words
 from .pipeline import timing_registers
 
 __all__ = ["gemm_error"]
@@ -26,7 +26,7 @@ class _Reads(NamedTuple):
     params_out_of_range: Value | int = 0   # a command reads one parameter word (rs: one per filter)
 
 
-def gemm_error(m, cfg, command, geometry, platform):
+def gemm_error(m, cfg, command, geometry, store_setup, platform):
     """Add the checks of a GEMM to ``m``; return its ErrorCode (0: the core may run it).
 
     Parameters
@@ -38,6 +38,8 @@ def gemm_error(m, cfg, command, geometry, platform):
         The GEMM's operands, steady from DECODE on.
     geometry : View of conv_geometry_layout()
         The convolution geometry CONV_SETUP set: zero before the first.
+    store_setup : View of store_setup_layout()
+        Where STORE_SETUP said stored rows go: zero before the first.
     platform
         The result is valid one cycle after DECODE on an iCE40, two cycles after it everywhere else.
     """
@@ -49,12 +51,18 @@ def gemm_error(m, cfg, command, geometry, platform):
     # a conv command before any CONV_SETUP would run on an all-zero geometry
     no_geometry = command.conv & (geometry.kernel_h == 0)
 
+    # a stored command's rows: the last starts `stride` words on per row and covers `store_words` words
+    store_end = _registered(m, "store_end", command.s_base + (command.m - 1) * store_setup.stride
+                            + store_words(cfg.rows, store_setup.lane, store_setup.lanes))
+    bad_store = command.store & (command.raw | (store_setup.lanes == 0) | int(cfg.dataflow == "rs"))
+
     error = Signal(8)
-    with m.If((command.m == 0) | (command.k == 0) | too_many_rows | reads.unsupported | no_geometry):
+    with m.If((command.m == 0) | (command.k == 0) | too_many_rows | reads.unsupported | no_geometry | bad_store):
         m.d.comb += error.eq(ErrorCode.BAD_SHAPE)
     with m.Elif((command.x_base + reads.act_words > cfg.act_depth)
                 | (command.w_base + reads.weight_words > cfg.weight_depth)
-                | (command.p_base >= cfg.param_depth) | reads.params_out_of_range):
+                | (command.p_base >= cfg.param_depth) | reads.params_out_of_range
+                | (command.store & (store_end > cfg.act_depth))):
         m.d.comb += error.eq(ErrorCode.OUT_OF_RANGE)
     # registered too, so it is valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction through
     # the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz. Not on an iCE40

@@ -1,9 +1,10 @@
 """LOAD: buffer words assembled from the host's link words and written where the instruction says."""
 
-from amaranth.hdl import Cat, Module, Signal, unsigned
+from amaranth.hdl import Cat, Module, Shape, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .controller_program import program_load_layout
 from .isa import LINK_WIDTH, BufferId, ErrorCode, Opcode, operands_layout, words_per_buffer_word
 from .layouts import act_load_layout, param_load_layout, vec_load_layout, weight_load_layout
 
@@ -15,6 +16,7 @@ _BUFFERS = {
     BufferId.WEIGHT: ("weight_load", weight_load_layout, "weight_depth"),
     BufferId.PARAM: ("param_load", param_load_layout, "param_depth"),
     BufferId.VEC: ("vec_load", vec_load_layout, "vec_depth"),
+    BufferId.PROGRAM: ("prog_load", program_load_layout, "program_depth"),
 }
 
 
@@ -28,6 +30,8 @@ class LoadAssembler(wiring.Component):
     ----------
     request : In(operands_layout(cfg, Opcode.LOAD))
         The LOAD being decoded.
+    in_program : In(1)
+        The LOAD comes from a running program, which must not write the program memory.
     error : Out(8)
         Why ``request`` is rejected: an ErrorCode, 0 if it is not.
     start : In(1)
@@ -43,16 +47,17 @@ class LoadAssembler(wiring.Component):
         Every word received and every buffer word written.
     act_load, weight_load, param_load : Out(stream)
         Buffer writes: ``{addr, data}``.
-    vec_load : Out(stream)
-        The vector unit's buffer (absent without one: ``cfg.vec_depth == 0``).
+    vec_load, prog_load : Out(stream)
+        The vector unit's buffer and the program memory (each absent when its depth is 0).
     """
 
     def __init__(self, cfg):
         self.cfg = cfg
         #: buffer id: the port that writes it, for each buffer this device has
-        self.ports = {b: port for b, (port, _, _) in _BUFFERS.items() if b != BufferId.VEC or cfg.vec_depth > 0}
+        self.ports = {b: port for b, (port, _, depth) in _BUFFERS.items() if getattr(cfg, depth) > 0}
         super().__init__({
             "request": In(operands_layout(cfg, Opcode.LOAD)),
+            "in_program": In(1),
             "error": Out(8),
             "start": In(1),
             "words": In(stream.Signature(unsigned(LINK_WIDTH))),
@@ -72,18 +77,21 @@ class LoadAssembler(wiring.Component):
         beats_needed = Signal(range(max_beats + 1))
         remaining = Signal(17)
         addr = Signal(16)
-        buffer = Signal(2)
+        buffer = Signal.like(self.request.buffer)
         discard = Signal()
         write_pending = Signal()
-        target_ready = Signal()
+        # (a buffer id without a port never has a write pending: its words are discarded; ready regardless, so
+        # that no state, reachable or not, waits on it)
+        target_ready = Signal(init=1)
         request_beats = self._check_request(m, beats)
 
         for b, port in self.ports.items():
             target = getattr(self, port)
             # The assembled word sits in the top `beats[b]` link words of the shift register.
             low = (max_beats - beats[b]) * LINK_WIDTH
+            data_bits = Shape.cast(_BUFFERS[b][1](self.cfg)["data"].shape).width
             m.d.comb += [target.payload.addr.eq(addr),
-                         target.payload.data.eq(assembly[low:low + target.payload.data.shape().size]),
+                         target.payload.data.eq(assembly[low:low + data_bits]),
                          target.valid.eq(write_pending & (buffer == b))]
             with m.If(buffer == b):
                 m.d.comb += target_ready.eq(target.ready)
@@ -123,6 +131,9 @@ class LoadAssembler(wiring.Component):
                     m.d.comb += request_beats.eq(beats[b])
                     with m.If(request.addr + request.words > getattr(self.cfg, _BUFFERS[b][2])):
                         m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+                    if b == BufferId.PROGRAM:
+                        with m.If(self.in_program):   # (this one wins: the statement comes later)
+                            m.d.comb += self.error.eq(ErrorCode.BAD_PROGRAM)
             with m.Default():
                 m.d.comb += [request_beats.eq(1), self.error.eq(ErrorCode.BAD_BUFFER)]
         return request_beats

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import command_layout, result_rows_shape, vec_command_layout
+from .layouts import command_layout, result_descriptor_layout, store_setup_layout, vec_command_layout
 
 __all__ = ["CommandQueues", "COMMAND_QUEUE"]
 
@@ -29,8 +29,10 @@ class CommandQueues(wiring.Component):
         A command of the vector unit.
     cmd : Out(stream of command_layout(cfg))
         To the compute core.
-    result_rows : Out(stream of row counts)
-        Result rows of each compute command (`result_rows_shape`), in order, for the result packetiser.
+    store_setup : In(store_setup_layout())
+        Where a store command issued now writes its rows (each command's descriptor keeps a copy).
+    result_rows : Out(stream of result_descriptor_layout(cfg))
+        Each compute command's result rows and where they go, in order, for the result path.
     vec_cmd : Out(stream of vec_command_layout(cfg))
         To the vector unit.
     completed : In(32)
@@ -43,12 +45,14 @@ class CommandQueues(wiring.Component):
     """
 
     def __init__(self, cfg):
+        self.cfg = cfg
         command = command_layout(cfg)
         super().__init__({
             "gemm": In(stream.Signature(command)),
             "vector": In(stream.Signature(vec_command_layout(cfg))),
             "cmd": Out(stream.Signature(command)),
-            "result_rows": Out(stream.Signature(result_rows_shape(cfg))),
+            "store_setup": In(store_setup_layout()),
+            "result_rows": Out(stream.Signature(result_descriptor_layout(cfg))),
             "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
             "completed": In(32),
             "outstanding": Out(8),
@@ -62,8 +66,8 @@ class CommandQueues(wiring.Component):
         m = Module()
         m.submodules.commands = commands = fifo.SyncFIFOBuffered(width=len(self.gemm.payload.as_value()),
                                                                  depth=COMMAND_QUEUE)
-        m.submodules.row_counts = row_counts = fifo.SyncFIFOBuffered(width=len(self.result_rows.payload),
-                                                                     depth=_RESULT_QUEUE)
+        m.submodules.row_counts = row_counts = fifo.SyncFIFOBuffered(
+            width=len(self.result_rows.payload.as_value()), depth=_RESULT_QUEUE)
         m.submodules.vec_commands = vec_commands = fifo.SyncFIFOBuffered(
             width=len(self.vector.payload.as_value()), depth=_VEC_QUEUE)
 
@@ -73,7 +77,15 @@ class CommandQueues(wiring.Component):
             self.gemm.ready.eq(commands.w_rdy & row_counts.w_rdy),
             commands.w_en.eq(gemm_issued), commands.w_data.eq(self.gemm.payload.as_value()),
             row_counts.w_en.eq(gemm_issued),
-            row_counts.w_data.eq(Mux(self.gemm.payload.raw, self.gemm.payload.m << 2, self.gemm.payload.m)),
+        ]
+        descriptor = Signal(result_descriptor_layout(self.cfg))
+        command = self.gemm.payload
+        m.d.comb += [
+            descriptor.rows.eq(Mux(command.raw, command.m << 2, command.m)),
+            descriptor.store.eq(command.store), descriptor.base.eq(command.s_base),
+            descriptor.lane.eq(self.store_setup.lane), descriptor.lanes.eq(self.store_setup.lanes),
+            descriptor.stride.eq(self.store_setup.stride),
+            row_counts.w_data.eq(descriptor),
         ]
         wiring.connect(m, commands.r_stream, wiring.flipped(self.cmd))
         wiring.connect(m, row_counts.r_stream, wiring.flipped(self.result_rows))

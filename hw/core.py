@@ -1,6 +1,6 @@
 """The compute core: buffers, PE array, accumulator, requantiser, behind stream interfaces."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -15,6 +15,7 @@ from .layouts import (
     ACC,
     OPERAND,
     act_load_layout,
+    act_write_layout,
     command_layout,
     conv_geometry_layout,
     param_load_layout,
@@ -34,7 +35,7 @@ def _depth(words):
 def core_events_layout(cfg):
     """Event strobes of :class:`GemmCore` (``acc_read`` counts up to two reads in one cycle, ``macs_gated``
     the PEs whose multiply a zero operand gated)."""
-    return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "weight_read": 1, "acc_read": 2,
+    return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "act_write": 1, "weight_read": 1, "acc_read": 2,
                               "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1,
                               **{event: range(limit + 1) for event, limit in pe_event_limits(cfg).items()}})
 
@@ -56,7 +57,11 @@ class GemmCore(wiring.Component):
     ----------
     act_load, weight_load, param_load : In(stream)
         Buffer writes: ``{addr, data}``; always ready, except with ``single_port_buffers``, where the activation
-        and weight loads wait in the cycles compute reads their buffer (:class:`~tessera.hw.buffer.SinglePortBuffer`).
+        and weight loads wait in the cycles compute reads their buffer (:class:`~tessera.hw.buffer.SinglePortBuffer`),
+        and an activation load waits for stored result rows.
+    act_store : In(stream of act_write_layout(cfg))
+        Stored result rows' writes (:class:`~tessera.hw.writeback.ResultRouter`): the lanes of ``mask`` only.
+        They go before loads (the array's output waits for them).
     cmd : In(stream of command_layout)
         Compute commands.
     conv_geometry : In(conv_geometry_layout())
@@ -75,6 +80,7 @@ class GemmCore(wiring.Component):
         self.cfg = cfg
         super().__init__({
             "act_load": In(stream.Signature(act_load_layout(cfg))),
+            "act_store": In(stream.Signature(act_write_layout(cfg))),
             "weight_load": In(stream.Signature(weight_load_layout(cfg))),
             "param_load": In(stream.Signature(param_load_layout(cfg))),
             "cmd": In(stream.Signature(command_layout(cfg))),
@@ -100,10 +106,16 @@ class GemmCore(wiring.Component):
         m.submodules.acc_buffer = acc_buffer = Memory(
             shape=data.ArrayLayout(ACC, cfg.cols), depth=_depth(cfg.acc_depth), init=[])
 
-        # Each load writes its own port and is always ready, except into a single-port buffer (below).
+        # Each load writes its own port and is always ready, except into a single-port buffer (below), and the
+        # activation buffer's, which stored rows share
+        act_write = self._act_writes(m)
         loads = [(self.param_load, param_buffer)]
         if not single_port:
-            loads = [(self.act_load, act_buffer), (self.weight_load, weight_buffer)] + loads
+            loads = [(self.weight_load, weight_buffer)] + loads
+            port = act_buffer.write_port(granularity=1)
+            m.d.comb += [act_write.ready.eq(1), port.addr.eq(act_write.payload.addr),
+                         port.data.eq(act_write.payload.data),
+                         port.en.eq(Mux(act_write.valid, act_write.payload.mask, 0))]
         for load, buffer in loads:
             port = buffer.write_port()
             m.d.comb += [
@@ -122,10 +134,10 @@ class GemmCore(wiring.Component):
         operand_reads = []
         if single_port:
             # one port each: a compute read takes the cycle, a load waits for the next free one
-            for name, load, depth in (("act", self.act_load, cfg.act_depth),
+            for name, load, depth in (("act", act_write, cfg.act_depth),
                                       ("weight", self.weight_load, cfg.weight_depth)):
                 m.submodules[f"{name}_buffer"] = buffer = SinglePortBuffer(load.payload.shape(), _depth(depth))
-                wiring.connect(m, wiring.flipped(load), buffer.load)
+                wiring.connect(m, load if name == "act" else wiring.flipped(load), buffer.load)
                 m.d.comb += [buffer.read_addr.eq(getattr(compute, f"{name}_addr")),
                              buffer.read_en.eq(getattr(compute, f"{name}_read")),
                              getattr(compute, f"{name}_data").eq(buffer.read_data)]
@@ -156,6 +168,7 @@ class GemmCore(wiring.Component):
             self.events.busy.eq(~self.idle),
             self.events.array.eq(compute.issued),
             self.events.act_read.eq(compute.act_read),
+            self.events.act_write.eq(act_write.valid & act_write.ready),
             self.events.macs_gated.eq(compute.macs_gated),
             self.events.rf_reads.eq(compute.rf_reads),
             self.events.rf_writes.eq(compute.rf_writes),
@@ -172,3 +185,16 @@ class GemmCore(wiring.Component):
         with m.If(compute.issued):
             m.d.sync += self.perf_issued.eq(self.perf_issued + 1)
         return m
+
+    def _act_writes(self, m):
+        """The activation buffer's writes: stored rows first, then LOADs (all lanes). Returns their stream."""
+        writes = stream.Signature(act_write_layout(self.cfg)).create()
+        store, load = self.act_store, self.act_load
+        with m.If(store.valid):
+            m.d.comb += writes.payload.eq(store.payload)
+        with m.Else():
+            m.d.comb += [writes.payload.addr.eq(load.payload.addr), writes.payload.data.eq(load.payload.data),
+                         writes.payload.mask.eq(-1)]
+        m.d.comb += [writes.valid.eq(store.valid | load.valid), store.ready.eq(writes.ready),
+                     load.ready.eq(writes.ready & ~store.valid)]
+        return writes

@@ -12,7 +12,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-from .layouts import MAX_CONV_SIDE, MAX_KERNEL, command_layout, conv_geometry_layout
+from .layouts import MAX_CONV_SIDE, MAX_KERNEL, command_layout, conv_geometry_layout, store_setup_layout
 from .qadd import add_params_layout
 
 __all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "ERROR_DESCRIPTIONS", "COUNTERS", "INSTRUCTION_WORDS",
@@ -39,6 +39,8 @@ class Opcode(enum.IntEnum):
     POOL_SETUP = 0x08       # once the vector unit is idle, set the geometry of later POOLs
     POOL = 0x09             # max-pool `m` output pixels of the feature map at `x_base` of the vector buffer
     ADD = 0x0A              # quantized add of `words` vector words at `a_base` and `b_base`
+    RUN = 0x0B              # execute the `words` program memory words at `base` as if they came from the link
+    STORE_SETUP = 0x0C      # set where later `store` GEMMs write their rows in the activation buffer
 
 
 class BufferId(enum.IntEnum):
@@ -47,6 +49,7 @@ class BufferId(enum.IntEnum):
     WEIGHT = 1
     PARAM = 2
     VEC = 3
+    PROGRAM = 4   # the program memory: link words, one per buffer word, that RUN executes
 
 
 class PacketKind(enum.IntEnum):
@@ -65,6 +68,7 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_RANGE = 3
     BAD_SHAPE = 4
     TRUNCATED = 5
+    BAD_PROGRAM = 6
 
 
 #: What each error code means: the one statement of the rules the controller enforces, which the generated ISA
@@ -72,15 +76,21 @@ class ErrorCode(enum.IntEnum):
 ERROR_DESCRIPTIONS = {
     ErrorCode.ILLEGAL_OPCODE: "the opcode byte names no instruction",
     ErrorCode.BAD_BUFFER: "LOAD names no buffer",
-    ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth",
+    ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth (a store GEMM: its rows' words "
+                            "in the activation buffer too)",
     ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
                          "its folds times rows, an rs GEMM that is not a conv, has a filter chunk taller than "
                          f"the array or more than {MAX_KERNEL} chunks, filters of 0 or more than rs_filters, or m "
                          "other than filters times out_w, a sparse GEMM that is not a ws conv on an array of 2 or more "
-                         "columns, a conv GEMM or a POOL before any CONV_SETUP or POOL_SETUP, a CONV_SETUP or "
-                         "POOL_SETUP with a zero size, a POOL or ADD of nothing, or a vector instruction on a device "
-                         "without a vector unit",
+                         "columns, a store GEMM that is raw, on an rs array or before any STORE_SETUP, a STORE_SETUP "
+                         "of 0 lanes, of more lanes than columns or from a lane beyond the rows, a conv GEMM or a "
+                         "POOL before any CONV_SETUP or POOL_SETUP, a CONV_SETUP or POOL_SETUP with a zero size, a "
+                         "POOL or ADD of nothing, or a vector instruction on a device without a vector unit",
     ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
+    ErrorCode.BAD_PROGRAM: "RUN on a device without program memory, of 0 words, beyond the program memory or from "
+                           "inside a program; a LOAD into the program memory from inside a program; a program that "
+                           "ends in the middle of an instruction or of a LOAD's data (the device then reads the "
+                           "link again)",
 }
 
 
@@ -109,6 +119,7 @@ COUNTERS = [
     ("vec_cycles", "cycles in which the vector unit had work"),
     ("vec_reads", "vector buffer words read"),
     ("vec_writes", "vector buffer words written"),
+    ("program_reads", "program memory words read (instructions and data a RUN executes)"),
 ]
 
 
@@ -116,7 +127,7 @@ def operands_layout(cfg, opcode):
     """Operand fields of ``opcode`` for configuration ``cfg`` (they follow the opcode byte)."""
     opcode = Opcode(opcode)
     if opcode == Opcode.LOAD:
-        return data.StructLayout({"buffer": unsigned(2), "addr": unsigned(16), "words": unsigned(16)})
+        return data.StructLayout({"buffer": unsigned(3), "addr": unsigned(16), "words": unsigned(16)})
     if opcode == Opcode.GEMM:
         return command_layout(cfg)
     if opcode in (Opcode.CONV_SETUP, Opcode.POOL_SETUP):
@@ -128,6 +139,10 @@ def operands_layout(cfg, opcode):
         return data.StructLayout({"x_base": unsigned(16), "m": unsigned(16), "out_y": side, "out_x": side})
     if opcode == Opcode.ADD:
         return data.StructLayout({"a_base": unsigned(16), "b_base": unsigned(16), "words": unsigned(16)})
+    if opcode == Opcode.STORE_SETUP:
+        return store_setup_layout()
+    if opcode == Opcode.RUN:
+        return data.StructLayout({"base": unsigned(16), "words": unsigned(16)})
     if opcode == Opcode.WAIT:
         # Relative, so that a program means the same whatever ran before it.
         return data.StructLayout({"pending": unsigned(32)})
@@ -165,12 +180,12 @@ def result_row_words(cfg):
 
 def words_per_buffer_word(cfg, buffer):
     """Link words that carry one word of ``buffer`` (operand vectors are packed 4 int8 per word; a parameter
-    word is each channel's int32 bias, then each channel's float32 scale)."""
+    word is each channel's int32 bias, then each channel's float32 scale; a program word is one link word)."""
     buffer = BufferId(buffer)
     if buffer == BufferId.ACT:
         return words_for_lanes(cfg.rows)
     if buffer == BufferId.WEIGHT:
         return words_for_lanes(cfg.weight_lanes)
-    if buffer == BufferId.VEC:
+    if buffer in (BufferId.VEC, BufferId.PROGRAM):
         return 1
     return 2 * cfg.cols

@@ -41,7 +41,8 @@ __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_
            "MAX_PAD", "KERNEL_BITS", "STRIDE_BITS", "PAD_BITS", "act_word", "weight_word", "fmap_word",
            "rs_filter_entries", "rs_filter_word", "rs_result_row", "act_load_layout",
            "weight_load_layout", "param_load_layout",
-           "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout"]
+           "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout", "store_setup_layout",
+           "store_words", "result_descriptor_layout", "act_write_layout"]
 
 OPERAND = signed(8)
 ACC = signed(32)
@@ -151,7 +152,40 @@ def command_layout(cfg):
         # the rows go out as the accumulators' int32 values (no bias, no requantisation), each row as four rows
         # of bytes, least significant first: for integer products with an int32 output (MatMulInteger)
         "raw": 1,
+        # the rows are written into the activation buffer from word ``s_base`` (as STORE_SETUP lays them out), not
+        # sent to the host: a layer's output stays on chip for the next layer to read
+        "store": 1,
+        "s_base": _addr(cfg.act_depth),
     })
+
+
+def store_setup_layout():
+    """Where a ``store`` command's rows go (set by STORE_SETUP): row ``i`` of the command starts at lane ``lane``
+    of activation word ``s_base + i * stride`` and runs on over the following words' lanes; only its first
+    ``lanes`` lanes are written (the output channels that exist), so a row may end, or start, inside a word
+    whose other lanes hold other channels (:func:`store_words`)."""
+    return data.StructLayout({"lane": unsigned(8), "lanes": unsigned(8), "stride": unsigned(16)})
+
+
+def store_words(rows, lane, lanes):
+    """Activation words one stored result row touches: its ``lanes`` lanes from lane ``lane`` of the first, in
+    words of ``rows`` lanes. Takes ints or Amaranth values alike."""
+    return (lane + lanes + rows - 1) // rows
+
+
+def result_descriptor_layout(cfg):
+    """What the result path needs of each compute command, in command order: its result row count
+    (:func:`result_rows_shape`), and whether and where the rows are stored on chip (``store``; the other fields
+    as :func:`store_setup_layout` and ``s_base``)."""
+    return data.StructLayout({"rows": result_rows_shape(cfg), "store": 1, "base": _addr(cfg.act_depth),
+                              **dict(store_setup_layout().members)})
+
+
+def act_write_layout(cfg):
+    """One write of the activation buffer: a word, its address and which of its ``rows`` lanes to write (a LOAD
+    writes them all; a stored result row the lanes it covers)."""
+    return data.StructLayout({"addr": _addr(cfg.act_depth), "data": data.ArrayLayout(OPERAND, cfg.rows),
+                              "mask": unsigned(cfg.rows)})
 
 
 def fold_header_layout():

@@ -215,7 +215,7 @@ def buffer_geometry(cfg):
     absent). These are the counters' ``<buffer>_reads`` / ``<buffer>_writes`` prefixes."""
     geometry = {"act": (cfg.rows * 8, cfg.act_depth), "weight": (cfg.cols * 8, cfg.weight_depth),
                 "acc": (cfg.cols * 32, cfg.acc_depth), "param": (cfg.cols * 64, cfg.param_depth),
-                "vec": (32, cfg.vec_depth)}
+                "vec": (32, cfg.vec_depth), "program": (32, cfg.program_depth)}
     return {name: (bits, depth * bits // 8) for name, (bits, depth) in geometry.items() if depth}
 
 

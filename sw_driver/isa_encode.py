@@ -24,7 +24,7 @@ from tessera.hw.isa import (
     words_per_buffer_word,
 )
 
-__all__ = ["instruction", "load", "disassemble", "Packets", "DeviceError", "parse_packets"]
+__all__ = ["instruction", "load", "stored_program", "disassemble", "Packets", "DeviceError", "parse_packets"]
 
 
 class DeviceError(RuntimeError):
@@ -52,11 +52,14 @@ def _vector_words(vectors):
 def load(cfg, buffer, addr, payload):
     """A LOAD instruction and its data words.
 
-    ``payload`` is an int8 array of shape (words, lanes) for ACT and WEIGHT, and a pair (bias int32
-    (words, cols), scale float32 (words, cols)) for PARAM.
+    ``payload`` is an int8 array of shape (words, lanes) for ACT and WEIGHT, a pair (bias int32
+    (words, cols), scale float32 (words, cols)) for PARAM, and link words (uint32) for PROGRAM.
     """
     buffer = BufferId(buffer)
-    if buffer == BufferId.PARAM:
+    if buffer == BufferId.PROGRAM:
+        words = np.asarray(payload, dtype=np.uint32).reshape(-1)
+        count = len(words)
+    elif buffer == BufferId.PARAM:
         bias, scale = payload
         bias = np.ascontiguousarray(bias, dtype=np.int32)
         scale = np.ascontiguousarray(scale, dtype=np.float32)
@@ -66,6 +69,17 @@ def load(cfg, buffer, addr, payload):
         words = _vector_words(payload)
         count = len(payload)
     return np.concatenate([instruction(cfg, Opcode.LOAD, buffer=int(buffer), addr=addr, words=count), words])
+
+
+def stored_program(cfg, words, base=0):
+    """``words`` (a program's link words) kept in the program memory at ``base``: ``(store, run)``, the link words
+    that store it once and the RUN that executes it each time after."""
+    words = np.asarray(words, dtype=np.uint32)
+    if not 0 < len(words) <= cfg.program_depth - base:
+        raise ValueError(f"a program of {len(words)} words does not fit the program memory at {base} "
+                         f"(program_depth={cfg.program_depth}); accepted: 1 to {max(0, cfg.program_depth - base)} "
+                         f"words")
+    return load(cfg, BufferId.PROGRAM, base, words), instruction(cfg, Opcode.RUN, base=base, words=len(words))
 
 
 def disassemble(cfg, words):

@@ -1,5 +1,6 @@
 """The whole device under Verilator (cocotb): compiled programs over the host link, and a fuzz test."""
 
+import dataclasses
 import json
 import random
 import zlib
@@ -105,3 +106,55 @@ def test_conv_with_sliding_window_matches_golden(cfg, stall):
            "convs": convs}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_conv",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"conv_{stall}")
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[4]], ids=_config_id)
+@pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
+def test_resident_programs_run_again_from_program_memory(cfg, stall):
+    rng = random.Random(_seed(cfg, "program", stall))
+    layers = [[rng.randint(1, 12), rng.randint(1, 10), rng.randint(1, 8)] for _ in range(2)]
+    layers += [{"channels": rng.randint(1, 2), "out_channels": rng.randint(1, 5), "size": rng.randint(3, 6),
+                "kernel": 2, "stride": 1, "pad": rng.randint(0, 1)}]
+    job = {"config": cfg.to_dict(), "seed": _seed(cfg, "program", stall), "stall": stall, "backpressure": stall,
+           "layers": layers}
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_program",
+               env={"TESSERA_TB": json.dumps(job)}, results_name=f"program_{stall}")
+
+
+#: Resident models on arrays of both dataflows that store (ws, os), square and not (rows dividing cols, cols
+#: dividing rows, neither: a stored row then starts and ends mid-word), one with single-port buffers
+RESIDENT_CONFIGS = [
+    *(dataclasses.replace(cfg, act_depth=512, weight_depth=512, param_depth=16)
+      for cfg in (CONFIGS[0], CONFIGS[1], CONFIGS[3])),
+    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=512, weight_depth=512, acc_depth=64, param_depth=16,
+                      link_timeout=64),
+    AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=512, weight_depth=512, acc_depth=32, param_depth=16,
+                      link_timeout=64),
+]
+
+
+def _random_cnn(rng, convs):
+    """An input shape and ``convs`` conv layers of random kernels, strides and padding that fit it, then a 1x1 one."""
+    channels, size = rng.randint(1, 5), rng.randint(5, 8)
+    shape, layers = [channels, size, size], []
+    for _ in range(convs):
+        kernel, pad = rng.choice([1, 2, 3]), rng.randint(0, 1)
+        stride = rng.randint(1, 2) if size + 2 * pad - kernel >= 2 else 1
+        layers.append({"out_channels": rng.randint(1, 7), "kernel": kernel, "stride": stride, "pad": pad})
+        size = (size + 2 * pad - kernel) // stride + 1
+    return shape, layers + [{"out_channels": rng.randint(2, 9), "kernel": 1}]
+
+
+@pytest.mark.parametrize("cfg", RESIDENT_CONFIGS, ids=_config_id)
+@pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
+def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
+    rng = random.Random(_seed(cfg, "resident", stall))
+    # a small CNN, then a fully connected chain (1x1 convs over a 1x1 map)
+    shape, layers = _random_cnn(rng, 2)
+    chains = [{"input": shape, "layers": layers},
+              {"input": [rng.randint(4, 12), 1, 1],
+               "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}]
+    job = {"config": cfg.to_dict(), "seed": _seed(cfg, "resident", stall), "stall": stall, "backpressure": stall,
+           "chains": chains, "inferences": 2}
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_resident",
+               env={"TESSERA_TB": json.dumps(job)}, results_name=f"resident_{stall}")

@@ -137,10 +137,11 @@ class TestBreakdown:
     def test_every_buffer_is_a_level(self):
         levels = energy_breakdown(CFG, COUNTERS)
         assert [k for k in levels if k.startswith("buffer.")] == \
-            ["buffer.act", "buffer.weight", "buffer.acc", "buffer.param", "buffer.vec"]
+            ["buffer.act", "buffer.weight", "buffer.acc", "buffer.param", "buffer.vec", "buffer.program"]
         no_vec = AcceleratorConfig(rows=4, cols=4, act_depth=256, weight_depth=256, acc_depth=64, param_depth=4,
-                                   vec_depth=0)
+                                   vec_depth=0, program_depth=0)
         assert "buffer.vec" not in energy_breakdown(no_vec, COUNTERS)
+        assert "buffer.program" not in energy_breakdown(no_vec, COUNTERS)
 
     def test_gated_macs_earn_a_credit(self):
         plain = energy_breakdown(CFG, COUNTERS)
@@ -156,7 +157,7 @@ class TestBreakdown:
 
     def test_no_estimate_for_an_unknown_dataflow_pattern(self):
         rs_like = type("Cfg", (), {"dataflow": "rs", "pes": 16, "rows": 4, "cols": 4, "act_depth": 256,
-                                   "weight_depth": 256, "acc_depth": 64, "param_depth": 4, "vec_depth": 0,
+                                   "weight_depth": 256, "acc_depth": 64, "param_depth": 4, "vec_depth": 0, "program_depth": 0,
                                    "multiplier": "exact"})()
         assert energy_breakdown(rs_like, COUNTERS)["inter_pe"] == 0.0
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tessera.hw.isa import INSTRUCTION_WORDS, Opcode
+from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode
 from tessera.sw_driver import golden
 from tessera.sw_driver.isa_encode import instruction
 
@@ -71,9 +71,21 @@ def random_instruction_stream(cfg, rng, count):
         opcode = rng.choice(list(Opcode) + [0x7F, 0xFF])
         instr = [rng.getrandbits(32) for _ in range(INSTRUCTION_WORDS)]
         instr[0] = (instr[0] & ~0xFF) | int(opcode)
+        data = []
         if opcode == Opcode.LOAD:
-            # keep most loads short so the stream is not all data
-            instr[0] = (instr[0] & ~(0xFFFF << 18)) | (rng.randint(0, 8) << 18)
+            # short loads, so that the stream is not all data, into any buffer id (5 to 7 name none); a program
+            # stored in the program memory is itself such a stream (random words there could pool for hours)
+            buffer, count = rng.randrange(8), rng.randint(0, 8)
+            addr = rng.randrange(cfg.program_depth + 8) if buffer == BufferId.PROGRAM else rng.getrandbits(16)
+            instr = [int(w) for w in instruction(cfg, Opcode.LOAD, buffer=buffer, addr=addr, words=count)]
+            data = (random_instruction_stream(cfg, rng, 3) if buffer == BufferId.PROGRAM and count else [])[:count]
+            data += [rng.getrandbits(32) for _ in range(count - len(data))]
+            if rng.random() < 0.1:
+                data = data[:rng.randint(0, count)]   # truncated: the next instruction's words complete it
+        if opcode == Opcode.RUN:
+            # mostly within the program memory (what earlier loads stored, or the NOPs it starts with)
+            instr = [int(w) for w in instruction(cfg, Opcode.RUN, base=rng.randrange(cfg.program_depth + 4),
+                                                 words=rng.randint(0, 40))]
         if opcode == Opcode.WAIT:
             instr[0] &= 0xFF  # small pending counts, so some waits really wait
             instr[0] |= rng.randint(0, 3) << 8
@@ -82,8 +94,7 @@ def random_instruction_stream(cfg, rng, count):
             # such pixels would run for most of a billion cycles (long, not hung)
             instr = [int(w) for w in instruction(cfg, Opcode.POOL, x_base=rng.getrandbits(16), m=rng.randint(0, 16),
                                                  out_y=rng.getrandbits(10), out_x=rng.getrandbits(10))]
-        words += instr
-        words += [rng.getrandbits(32) for _ in range(rng.randint(0, 20) if opcode == Opcode.LOAD else 0)]
+        words += instr + data
     return words
 
 
@@ -103,3 +114,32 @@ class ExpectErrors:
 
     def assemble(self, results, cols):
         return None
+
+
+def random_chain(rng, in_shape, specs, multiplier="exact"):
+    """A random chain of conv layers for a resident model: ``specs`` of ``{"out_channels", "kernel", "stride",
+    "pad"}`` each (kernel an int or (KH, KW); a 1x1 kernel over a 1x1 map is a fully connected layer). Each
+    layer's input zero point is the output zero point of the layer before (folded into its bias, read as
+    padding), as a quantized model chains them. Returns ``(x, layers, expected)``: the int8 input (C, H, W),
+    :class:`~tessera.sw_driver.resident.DeviceLayer` s and the golden model's output of the last layer."""
+    from tessera.sw_driver.resident import DeviceLayer
+    x = rng.integers(-128, 128, in_shape, dtype=np.int8)
+    x_zp = int(rng.integers(-128, 128))
+    layers, y = [], x
+    for spec in specs:
+        kh, kw = (spec["kernel"],) * 2 if isinstance(spec["kernel"], int) else spec["kernel"]
+        channels = y.shape[0]
+        w = rng.integers(-128, 128, (spec["out_channels"], channels, kh, kw), dtype=np.int8)
+        bias = rng.integers(-2**14, 2**14, spec["out_channels"], dtype=np.int32)
+        # about a quarter of the outputs' range from a typical sum, so the next layer sees varied values
+        scale = (rng.uniform(0.5, 2, spec["out_channels"]) / (16 * np.sqrt(channels * kh * kw * 64 * 64))
+                 * 64).astype(np.float32)
+        y_zp = int(rng.integers(-64, 64))
+        stride, pad = spec.get("stride", 1), spec.get("pad", 0)
+        layer = DeviceLayer(w=w, bias=golden.fold_input_zero_point(bias, x_zp, w, output_axis=0), scale=scale,
+                            y_zp=y_zp, strides=(stride, stride), pads=(pad,) * 4, pad_value=x_zp)
+        y = golden.conv_hw(y[None], w, layer.bias, scale, y_zp, strides=layer.strides, pads=layer.pads,
+                           pad_value=x_zp, multiplier=multiplier)[0]
+        layers.append(layer)
+        x_zp = y_zp
+    return x, layers, y

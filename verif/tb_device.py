@@ -1,6 +1,7 @@
 """cocotb testbench of the whole device (``tessera_accel``): programs from the compiler over the host link.
 
-Jobs come in ``TESSERA_TB`` as JSON, like :mod:`tessera.verif.tb_core`'s, plus ``"fuzz": N`` for the robustness test.
+Jobs come in ``TESSERA_TB`` as JSON, like :mod:`tessera.verif.tb_core`'s, plus ``"fuzz": N`` for the robustness test
+and ``"layers"`` (GEMM ``[m, k, n]`` or conv shapes) for resident programs.
 """
 
 import collections
@@ -11,12 +12,13 @@ import cocotb
 import numpy as np
 
 from tessera.hw.array_rs import rs_mapping
-from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, Opcode
-from tessera.hw.layouts import rs_filter_entries
+from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, BufferId, ErrorCode, Opcode
+from tessera.hw.layouts import rs_filter_entries, store_words
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
-from tessera.sw_driver.isa_encode import disassemble, instruction, parse_packets
-from tessera.verif.cases import random_conv, random_gemm, random_instruction_stream
+from tessera.sw_driver.isa_encode import disassemble, instruction, load, parse_packets, stored_program
+from tessera.sw_driver.resident import compile_resident
+from tessera.verif.cases import random_chain, random_conv, random_gemm, random_instruction_stream
 from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
 from tessera.verif.tb_common import clock_and_reset, read_job
 
@@ -209,3 +211,110 @@ async def device_fuzz(dut):
         await tb.run_gemm(*random_gemm(np.random.default_rng(round_), 5, 7, 6))
     assert errors > 0, "the random streams provoked no ERROR packet: the fuzzer is not reaching the checks"
     dut._log.info("fuzz: %d rounds, %d ERROR packets, device recovered every time", job["fuzz"], errors)
+
+
+@cocotb.test()
+async def device_program(dut):
+    """Resident programs: a compiled layer stored once in the program memory and RUN again and again, bit-exact,
+    with only the RUN crossing the link; then programs the device must refuse (BAD_PROGRAM), after which it still
+    computes."""
+    job, cfg = read_job()
+    rng = np.random.default_rng(job["seed"])
+    tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
+    await tb.reset()
+    for index, shape in enumerate(job["layers"]):
+        if "kernel" in shape:
+            operands, attrs, expected = random_conv(rng, **shape, multiplier=cfg.multiplier)
+            program = compile_conv(cfg, *operands, **attrs)
+        else:
+            operands, attrs = random_gemm(rng, *shape), {}
+            expected = golden.gemm_hw(*operands, cfg.multiplier)
+            program = compile_gemm(cfg, *operands)
+        base = index % 3   # not only at 0
+        store, run = stored_program(cfg, program.words, base)
+        await tb.exchange(store, 0, what=f"storing {shape}")
+        # a layer's whole program, weights and activations included, from the program memory: twice, untouched
+        for _ in range(2):
+            words = np.concatenate([instruction(cfg, Opcode.CLEAR_COUNTERS), run,
+                                    instruction(cfg, Opcode.READ_COUNTERS)])
+            packets = parse_packets(cfg, await tb.exchange(words, program.reply_words(cfg) + 1 + len(COUNTERS),
+                                                           what=f"running {shape}"))
+            assert not packets.errors, f"{shape}: device reported errors: {packets.errors}"
+            y = program.assemble(packets.results, cfg.cols)
+            y = y if "kernel" not in shape else y.T.reshape(expected.shape)
+            bad = np.argwhere(y != expected)
+            assert not len(bad), f"{shape}: {len(bad)} of {y.size} outputs differ, first at {bad[0]}"
+            counters = packets.counters[0]
+            assert counters["link_words_in"] == 2 * INSTRUCTION_WORDS, counters   # the RUN and READ_COUNTERS
+            assert counters["program_reads"] == len(program.words), counters
+            assert counters["commands"] == len(program.outputs), counters
+        dut._log.info("%s: %d program words, run twice from program memory, bit-exact", shape, len(program.words))
+
+    # refused, one ERROR each, and the device goes on: a RUN of nothing, beyond the memory, a nested RUN, a
+    # program ending mid-instruction, one ending mid-LOAD, a program that writes the program memory
+    nop = instruction(cfg, Opcode.NOP)
+    ahead = cfg.program_depth - 2 * INSTRUCTION_WORDS   # where the bad programs are stored
+    bad_programs = [
+        [instruction(cfg, Opcode.RUN, base=0, words=0)],
+        [instruction(cfg, Opcode.RUN, base=cfg.program_depth - 1, words=2)],
+        [*stored_program(cfg, instruction(cfg, Opcode.RUN, base=0, words=1), ahead)],
+        [*stored_program(cfg, np.concatenate([nop, nop[:2]]), ahead)],
+        [*stored_program(cfg, instruction(cfg, Opcode.LOAD, buffer=0, addr=0, words=1), ahead)],
+        [*stored_program(cfg, load(cfg, BufferId.PROGRAM, 0, np.zeros(1, np.uint32)), ahead)],
+    ]
+    for words in bad_programs:
+        words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
+        packets = parse_packets(cfg, await tb.exchange(words, 2 + 1 + len(COUNTERS), what="a bad program"))
+        assert [code for code, _ in packets.errors] == [ErrorCode.BAD_PROGRAM], packets.errors
+    await tb.run_gemm(*random_gemm(rng, 5, 7, 6))
+
+
+@cocotb.test()
+async def device_resident(dut):
+    """Resident models: chains of layers whose feature maps stay in the activation buffer (store commands), with
+    the weights, parameters and program loaded once; several inferences each send only their input and a RUN,
+    and each equals the golden model's chain bit for bit."""
+    job, cfg = read_job()
+    rng = np.random.default_rng(job["seed"])
+    tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
+    await tb.reset()
+    for chain in job["chains"]:
+        x, layers, expected = random_chain(rng, chain["input"], chain["layers"], cfg.multiplier)
+        model = compile_resident(cfg, layers, x.shape)
+        await tb.exchange(model.load_words, 0, what="loading a resident model")
+        for inference in range(job["inferences"]):
+            if inference:   # a new input through the same resident model
+                x = rng.integers(-128, 128, x.shape, dtype=np.int8)
+                expected = _chain_golden(x, layers, cfg.multiplier)
+            words = np.concatenate([instruction(cfg, Opcode.CLEAR_COUNTERS), model.inference_words(x),
+                                    instruction(cfg, Opcode.READ_COUNTERS)])
+            packets = parse_packets(cfg, await tb.exchange(words, model.reply_words() + 1 + len(COUNTERS),
+                                                           what=f"inference {inference} of {chain}"))
+            assert not packets.errors, f"{chain}: device reported errors: {packets.errors}"
+            y = model.assemble(packets.results)
+            bad = np.argwhere(y != expected)
+            assert not len(bad), f"{chain}: {len(bad)} of {y.size} outputs differ, first at {bad[0]}"
+            counters = packets.counters[0]
+            # over the link: the input's LOAD, the RUN and READ_COUNTERS in; the last layer's results out
+            assert counters["link_words_in"] == len(model.inference_words(x)) + INSTRUCTION_WORDS, counters
+            assert counters["link_words_out"] == model.reply_words(), counters
+            assert counters["act_writes"] == _resident_act_writes(cfg, model), counters
+            assert counters["program_reads"] == model.plan["program_words"], counters
+        dut._log.info("resident chain %s: %d inferences bit-exact; plan %s", chain, job["inferences"], model.plan)
+
+
+def _chain_golden(x, layers, multiplier):
+    for layer in layers:
+        x = golden.conv_hw(x[None], layer.w, layer.bias, layer.scale, layer.y_zp, strides=layer.strides,
+                           pads=layer.pads, pad_value=layer.pad_value, multiplier=multiplier)[0]
+    return x
+
+
+def _resident_act_writes(cfg, model):
+    """Activation words one inference writes: the input's, and each stored row's words (hw.writeback)."""
+    tensors = model.plan["tensors"]
+    words = tensors[0]["act_words"][1] - tensors[0]["act_words"][0]
+    for out_channels, out_h, out_w in (t["shape"] for t in tensors[1:]):
+        words += sum(out_h * out_w * store_words(cfg.rows, first % cfg.rows, min(cfg.cols, out_channels - first))
+                     for first in range(0, out_channels, cfg.cols))
+    return words

@@ -1,9 +1,9 @@
 """Every formal property of the RTL: its block, mode and depth, at full depth (``make formal``) and in a quick form
 (``make test``, tests/test_formal.py). Each property has a cover check beside its proof, so that it is not vacuous.
 
-The blocks are built for :data:`FORMAL_CONFIG`, a 2x2 weight-stationary array with small buffers and a link
-time-out of 16 cycles: the properties are about control, which the array's size does not change, and small
-buffers keep the solver's state small.
+The blocks are built for :data:`FORMAL_CONFIG`, a 2x2 weight-stationary array with small buffers (a program
+memory of 16 words) and a link time-out of 16 cycles: the properties are about control, which the array's size
+does not change, and small buffers keep the solver's state small.
 """
 
 import dataclasses
@@ -33,7 +33,7 @@ __all__ = ["FORMAL_CONFIG", "Check", "CHECKS", "select"]
 
 #: The configuration the properties are checked on.
 FORMAL_CONFIG = AcceleratorConfig(rows=2, cols=2, act_depth=4, weight_depth=4, acc_depth=4, param_depth=2,
-                                  vec_depth=16, link_timeout=16)
+                                  vec_depth=16, program_depth=16, link_timeout=16)
 #: Cycles a unit or the host's sink may stall in a row, in the liveness property.
 PATIENCE = 1
 #: How close to its bound the liveness property's tightness cover gets.
@@ -123,7 +123,7 @@ def _checks():
         Check("liveness.controller.quick", "hw.controller.Controller",
               lambda: ControllerLivenessSpec(cfg, patience=PATIENCE), "bmc", 16, 16),
         Check("liveness.controller.cover", "hw.controller.Controller",
-              lambda: ControllerLivenessSpec(cfg, patience=PATIENCE), "cover", 30, 30),
+              lambda: ControllerLivenessSpec(cfg, patience=PATIENCE), "cover", 32, 32),
         Check("liveness.controller.tight", "hw.controller.Controller",
               lambda: ControllerLivenessSpec(cfg, patience=PATIENCE, slack=LIVENESS_SLACK), "cover", 40, None),
         Check("link.receiver.commits", "fpga.link.LinkReceiver", lambda: LinkReceiverSpec("commits"), "bmc",

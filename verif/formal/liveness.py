@@ -8,11 +8,13 @@ of it: it takes a command when fewer than :data:`CORE_SLOTS` are in flight, fini
 wires them.
 
 The property: the controller is *waiting* while it is anywhere but FETCH with no partial instruction (idle), and
-it neither takes a host word nor sends a packet word; ``waiting`` counts such cycles in a row and never exceeds
-:func:`bound`. So every instruction but a LOAD completes, or is reported as an ERROR, within the bound of its last
-word (a COUNTERS packet's words each within the bound of the one before); a LOAD takes each of its words within the
-bound; a host that goes quiet mid-instruction gets an ERROR packet within the bound; and the controller never
-deadlocks with the core, which would hold ``waiting`` rising for ever.
+it neither takes a host word or a running program's word nor sends a packet word; ``waiting`` counts such cycles
+in a row and never exceeds :func:`bound`. (A RUN's words are taken as the host's would be, so a program's
+instructions each complete within the bound too, and its end hands the link back.) So every instruction but a
+LOAD completes, or is reported as an ERROR, within the bound of its last word (a COUNTERS packet's words each
+within the bound of the one before); a LOAD takes each of its words within the bound; a host that goes quiet
+mid-instruction gets an ERROR packet within the bound; and the controller never deadlocks with the core, which
+would hold ``waiting`` rising for ever.
 """
 
 from amaranth.asserts import AnySeq
@@ -46,13 +48,18 @@ def bound(cfg, patience):
 
 def controller_invariants(m, body):
     """Facts of the controller's reachable states, asserted: a state its FSM encodes, a partial instruction only in
-    FETCH, a LOAD's words only in LOAD. ``body`` is the controller's fragment (:func:`.spec.open_block`)."""
+    FETCH, a LOAD's words only in LOAD, a running program's reads within it. ``body`` is the controller's fragment
+    (:func:`.spec.open_block`)."""
     fsm = body.find_generated("fsm")
     fetch = body.find_subfragment("fetch").origins[0]
     load = body.find_subfragment("load").origins[0]
     m.d.comb += Assert(fsm.state < len(fsm.encoding), "the FSM is in a state it encodes")
     m.d.comb += Assert(fsm.ongoing("FETCH") | ~fetch.partial, "a partial instruction outside FETCH")
     m.d.comb += Assert(fsm.ongoing("LOAD") | load.done, "a LOAD's words outside LOAD")
+    program = body.find_subfragment("program").origins[0] if body.origins[0].cfg.program_depth else None
+    if program is not None:
+        m.d.comb += Assert(program.running | ~program.fetched, "a program word held with no program running")
+        m.d.comb += Assert(~program.running | (program.pc <= program.end), "a program read past its end")
 
 
 class ControllerLivenessSpec(FormalSpec):
@@ -98,9 +105,13 @@ class ControllerLivenessSpec(FormalSpec):
 
         host_word = controller.host_in.valid & controller.host_in.ready
         packet_word = controller.packet.valid & controller.packet.ready
+        program_word = 0
+        if cfg.program_depth:
+            words = body.find_subfragment("program").origins[0].words_out
+            program_word = words.valid & words.ready
         idle = fsm.ongoing("FETCH") & ~fetch.partial
         waiting = Signal(range(self.limit + 2))
-        with m.If(idle | host_word | packet_word):
+        with m.If(idle | host_word | packet_word | program_word):
             m.d.sync += waiting.eq(0)
         with m.Elif(waiting <= self.limit):
             m.d.sync += waiting.eq(waiting + 1)
