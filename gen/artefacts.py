@@ -69,6 +69,8 @@ OPCODE_DESCRIPTIONS = {
     Opcode.POOL_SETUP: "once the vector unit is idle, set the geometry of later POOLs",
     Opcode.POOL: "max-pool `m` output pixels of the feature map at `x_base` of the vector buffer; answered by "
                  "one VECTOR packet",
+    Opcode.STORE_SETUP: "set where the rows of `store` GEMMs issued from now on go in the activation buffer (each "
+                        "command keeps the setting it was issued with, so no wait)",
     Opcode.RUN: "execute the `words` program memory words from `base` as if the link had sent them (instructions and "
                 "their data, LOADs included); the link's words wait until the program's last is taken. A stored "
                 "model runs as: LOAD its input, RUN",
@@ -82,6 +84,14 @@ FIELD_DESCRIPTIONS = {
     (Opcode.LOAD, "buffer"): "target buffer, a BufferId",
     (Opcode.LOAD, "addr"): "first buffer word written",
     (Opcode.LOAD, "words"): "buffer words that follow, each sent as the link words given under LOAD data",
+    (Opcode.STORE_SETUP, "lane"): "lane of its first word at which a stored row starts, below `rows`",
+    (Opcode.STORE_SETUP, "lanes"): "lanes of a row to store, 1 to `cols` (its output channels that exist); the "
+                                   "row runs on over the next words' lanes, the others are left as they are",
+    (Opcode.STORE_SETUP, "stride"): "activation words from one stored row's first word to the next's (a feature "
+                                    "map's channel blocks per pixel)",
+    (Opcode.GEMM, "store"): "1: the rows are written into the activation buffer as STORE_SETUP says, from word "
+                            "`s_base`, for later commands to read; no RESULT packet. Not with `raw`, nor on rs arrays",
+    (Opcode.GEMM, "s_base"): "store commands: the activation word where the first row starts",
     (Opcode.RUN, "base"): "first program memory word of the program",
     (Opcode.RUN, "words"): "program memory words of the program, 1 to the program memory's depth less `base`",
     (Opcode.GEMM, "m"): "output rows, 1 to {max_m} (one accumulator half)",

@@ -1,6 +1,7 @@
 """The ``tessera`` command line."""
 
 import argparse
+import hashlib
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -173,7 +174,7 @@ def _cmd_demo(args):
         check_output_path(args.report, "--report")
     return run_demo(cfg, batch=args.batch, images=args.images, quant_format=args.format, prune=args.prune,
                     prune_by=args.prune_by, skip_zero_tiles=not args.no_skip, report=args.report,
-                    carbon=carbon_from_args(args))
+                    carbon=carbon_from_args(args), per_layer=args.per_layer)
 
 
 def _cmd_run(args):
@@ -187,11 +188,11 @@ def _cmd_run(args):
         PlacementError,
         check_output_path,
         host_fallbacks,
-        model_inputs,
         planned_placement,
         read_inputs,
     )
     from tessera.sw_driver.layers import HostPartition
+    from tessera.sw_driver.model_compiler import run_model
     from tessera.sw_driver.model_runner import run_graph_on
     from tessera.sw_driver.onnx_import import load_model
 
@@ -209,13 +210,23 @@ def _cmd_run(args):
             check_output_path(path, option)
     if not Path(args.model).is_file():
         raise InputError(f"model file {args.model} {'is a folder' if Path(args.model).is_dir() else 'does not exist'}"
-                         f"; accepted: a quantized .onnx model")
-    graph = load_model(args.model)
-    inputs = read_inputs(args.input, model_inputs(args.model))
+                         f"; accepted: a quantized .onnx model, or a .tsr image from tessera compile")
+    if args.per_layer and not on_device:
+        raise UsageError("--per-layer chooses how the device runs the model; --target host runs none of it there "
+                         "(accepted with --per-layer: sim, serial:PORT)")
+    if _is_image(args.model) and (args.per_layer or not on_device):
+        raise UsageError(f"{args.model} is a compiled image: it runs resident on a device (accepted: --target sim "
+                         f"or serial:PORT without --per-layer, or the .onnx model it came from)")
+    model_path, specs = _model_and_inputs(args.model)
+    inputs = read_inputs(args.input, specs)
+    first = np.asarray(next(iter(inputs.values())))
+    batch = first.shape[0] if first.ndim > 1 else 1     # the inputs a resident run takes at once
+    image = _image_for_run(args, cfg, model_path, batch) if on_device and not args.per_layer else None
+    graph = image.graph if image is not None else load_model(model_path)
     # Host partitions are onnxruntime's: where the model has any, a model or input onnxruntime cannot run is refused
     # here, before any simulation (and --check compares with these outputs).
     needs_onnxruntime = args.check or any(isinstance(layer, HostPartition) for layer in graph.layers)
-    reference = _onnxruntime_outputs(args.model, inputs) if needs_onnxruntime else None
+    reference = _onnxruntime_outputs(model_path, inputs) if needs_onnxruntime else None
     if args.strict:
         fallbacks = host_fallbacks(planned_placement(graph, inputs, cfg))
         if fallbacks:
@@ -229,8 +240,12 @@ def _cmd_run(args):
         device = open_sim_device(cfg)
     else:
         device = _open_serial(cfg, args.target.removeprefix("serial:"))
+    one_time = None
     try:
-        outputs, reports = run_graph_on(graph, inputs, device)
+        if image is not None:
+            outputs, reports, one_time = run_model(graph, inputs, device, image.segments)
+        else:
+            outputs, reports = run_graph_on(graph, inputs, device)
     finally:
         if device is not None:
             device.close()
@@ -264,6 +279,9 @@ def _cmd_run(args):
     inferences = max(1, first.shape[0] if first.ndim > 1 else 1)
     carbon = per_million(totals["energy_pj"]["total"] / inferences, carbon_from_args(args))
     totals["inferences"] = inferences
+    per_inference, one_time = _per_inference(cfg, totals, device_layers, one_time)
+    if image is not None:
+        _print_residency(image, per_inference, one_time)
     if device_layers:
         print(f"energy on the device: {summary_line(carbon)}")
     if args.report:
@@ -274,13 +292,112 @@ def _cmd_run(args):
             "energy_pj": r.energy_pj,
         } for r in reports]
         report = {"config": cfg.to_dict(), "config_hash": cfg.hash, "model": str(args.model),
-                  "target": args.target, "layers": layers, "totals": totals, "carbon": carbon, "check": check}
+                  "target": args.target, "mode": "resident" if image is not None else "per-layer",
+                  "segments": _segments_report(image), "layers": layers, "per_inference": per_inference,
+                  "one_time": one_time, "totals": totals, "carbon": carbon, "check": check}
         with open(args.report, "w") as f:
             json.dump(report, f, indent=2)
         print(f"report: {args.report}")
     # an approximate multiplier differs from onnxruntime by design: then only the golden model must agree
     if check and (check["golden_mismatches"] or (check["onnxruntime_mismatches"] and cfg.multiplier == "exact")):
         return 1
+    return 0
+
+
+def _model_and_inputs(path):
+    """The ONNX model a run reads (a .tsr image's own, extracted into the cache) and its graph inputs."""
+    from tessera.gen.cache import cache_dir
+    from tessera.sw_driver.inputs import model_inputs
+    from tessera.sw_driver.model_image import image_model
+
+    if _is_image(path):
+        model_bytes = image_model(path)
+        path = cache_dir("images") / f"{hashlib.sha256(model_bytes).hexdigest()[:16]}.onnx"
+        path.write_bytes(model_bytes)
+    return Path(path), model_inputs(path)
+
+
+def _image_for_run(args, cfg, model_path, batch):
+    """The ModelImage ``tessera run`` keeps resident: a .tsr image given (on its own configuration only), or the
+    ONNX model compiled for runs of ``batch`` inputs, once per model, configuration and batch (cached)."""
+    from tessera.gen.cache import cache_dir
+    from tessera.sw_driver.model_image import compile_image, read_image, write_image
+
+    if _is_image(args.model):
+        return read_image(args.model, cfg)
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
+    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}.tsr"
+    if cached.is_file():
+        return read_image(cached, cfg)
+    image = compile_image(model_path, cfg, batch)
+    write_image(image, cached)
+    return image
+
+
+def _is_image(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"PK"      # a zip archive (an ONNX model is a protobuf)
+
+
+def _per_inference(cfg, totals, device_layers, one_time):
+    """The report's ``per_inference`` (the run's device figures over its inferences, latency at the
+    configuration's clock) and ``one_time`` (what loading the resident segments took) sections."""
+    from tessera.sw_driver.energy import layer_energy
+
+    n = totals["inferences"]
+    cycles = totals["cycles"] / n
+    macs = sum(r.macs - r.macs_skipped for r in device_layers) / n
+    per_inference = {"cycles": cycles, "latency_us": cycles / cfg.clock_mhz,
+                     "utilization": macs / (cfg.pes * cycles) if cycles else 0.0,
+                     "link_bytes_in": totals["link_bytes_in"] / n, "link_bytes_out": totals["link_bytes_out"] / n,
+                     "energy_pj": {k: v / n for k, v in totals["energy_pj"].items()}}
+    if one_time is None:
+        return per_inference, {"link_bytes_in": 0, "cycles": 0, "energy_pj": {}}
+    return per_inference, {"link_bytes_in": 4 * one_time.counters["link_words_in"], "cycles": one_time.cycles,
+                           "energy_pj": layer_energy(cfg, one_time.counters)}
+
+
+def _print_residency(image, per_inference, one_time):
+    resident = [s for s in image.segments if s.model is not None]
+    print(f"resident: {image.resident_layers()} layers in {len(resident)} segments; one-time load "
+          f"{one_time['link_bytes_in']:,} link bytes, {one_time['cycles']:,} cycles")
+    for segment in image.segments:
+        if segment.model is None:
+            print(f"  not resident: {segment.layers[0]}..{segment.layers[-1]}: {segment.reason}")
+    print(f"per inference: {per_inference['cycles']:,.0f} cycles ({per_inference['latency_us']:,.1f} us), link "
+          f"{per_inference['link_bytes_in']:,.0f} B in, {per_inference['link_bytes_out']:,.0f} B out")
+
+
+def _segments_report(image):
+    if image is None:
+        return []
+    return [{"layers": s.layers, "resident": s.model is not None, "reason": s.reason,
+             **({"plan": s.model.plan} if s.model is not None else {})} for s in image.segments]
+
+
+def _cmd_compile(args):
+    from tessera.sw_driver.inputs import InputError, check_output_path
+    from tessera.sw_driver.model_image import compile_image, write_image
+
+    cfg = config_from_args(args)
+    check_output_path(args.output, "-o")
+    if not Path(args.model).is_file():
+        raise InputError(f"model file {args.model} {'is a folder' if Path(args.model).is_dir() else 'does not exist'}"
+                         f"; accepted: a quantized .onnx model")
+    image = compile_image(args.model, cfg, args.batch)
+    write_image(image, args.output)
+    layers = len(image.graph.layers)
+    print(f"{args.output}: {args.model} for {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): "
+          f"{image.resident_layers()} of {layers} layers resident")
+    for segment in image.segments:
+        span = f"{segment.layers[0]}..{segment.layers[-1]}" if len(segment.layers) > 1 else segment.layers[0]
+        if segment.model is None:
+            print(f"  {span}: not resident: {segment.reason}")
+            continue
+        plan = segment.model.plan
+        act = max(t["act_words"][1] for t in plan["tensors"])
+        print(f"  {span}: {len(segment.layers)} layers; weight words {plan['weight_words']}, parameter words "
+              f"{plan['param_words']}, program words {plan['program_words']}, activation words {act}")
     return 0
 
 
@@ -325,7 +442,7 @@ def _warn_if_not_onnxruntimes(outputs, reference):
 def _warn_if_nothing_on_device(reports):
     from tessera.sw_driver.inputs import is_compute
     compute = [r for r in reports if is_compute(r.op)]
-    if any(r.target == "device" for r in compute):
+    if any(r.target == "device" for r in compute) or any(r.op == "resident" for r in reports):
         return
     if not compute:
         what = "the model has no compute layer (Conv, Gemm, MatMul) for the device"
@@ -450,11 +567,15 @@ def _build_parser():
                            "weights, or tiles shared out by each layer's energy per weight (ws only; docs/pruning.md)")
     demo.add_argument("--no-skip", action="store_true",
                       help="run all-zero weight tiles anyway (to measure what skipping them saves)")
+    demo.add_argument("--per-layer", action="store_true",
+                      help="run each device layer as its own program, its weights and activations sent over the link "
+                           "per batch (the default keeps runs of Conv and Gemm layers resident on the device)")
     demo.add_argument("--report", help="write the JSON report here")
     add_carbon_arguments(demo)
 
     run = commands.add_parser("run", help="run a quantized ONNX model on the accelerator (or the host)")
-    run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static)")
+    run.add_argument("model", help="quantized ONNX model (QDQ or QOperator, from onnxruntime's quantize_static), or "
+                                   "a .tsr image from tessera compile")
     run.add_argument("--input", required=True,
                      help="input tensor, .npy; or .npz with one array per graph input, named as the input is")
     run.add_argument("--output", help="where to write the outputs: .npz, one array per graph output, named as the "
@@ -469,15 +590,29 @@ def _build_parser():
     run.add_argument("--strict", action="store_true",
                      help="fail, before running anything, if a compute layer (Conv, Gemm/MatMul) would run on the "
                           "host")
+    run.add_argument("--per-layer", action="store_true",
+                     help="run each device layer as its own program, its weights and activations sent over the link "
+                          "each time (the default keeps runs of Conv and Gemm layers resident on the device)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="write each reason a layer ran on the host in full (default: cut to one line)")
     add_config_arguments(run)
+
+    compile_ = commands.add_parser("compile", help="compile a quantized ONNX model into a deployable image (.tsr) "
+                                                   "for a configuration: its resident segments' weights, parameters "
+                                                   "and programs, with a static memory plan")
+    compile_.add_argument("model", help="quantized ONNX model (QDQ or QOperator)")
+    compile_.add_argument("-o", "--output", required=True, help="the image to write (.tsr; its folder must exist)")
+    compile_.add_argument("--batch", type=checked_argument(integer_argument, check_batch), default=1,
+                          help="inputs a run of each resident segment computes, at most (fewer where its feature "
+                               "maps would not fit; default 1)")
+    add_config_arguments(compile_)
     return parser, commands
 
 
 def main(argv=None):
     parser, commands = _build_parser()
-    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run}
+    handlers = {"verilog": _cmd_verilog, "lint": _cmd_lint, "demo": _cmd_demo, "run": _cmd_run,
+                "compile": _cmd_compile}
     for plugin in importlib.metadata.entry_points(group=COMMAND_PLUGINS):
         handlers.update(plugin.load()(commands))
 
@@ -501,10 +636,11 @@ def main(argv=None):
         from tessera.sw_driver.host_partition import OnnxRuntimeError
         from tessera.sw_driver.inputs import InputError, PlacementError
         from tessera.sw_driver.isa_encode import DeviceError
+        from tessera.sw_driver.model_image import ImageError
         from tessera.sw_driver.onnx_import import ModelError
         from tessera.sw_driver.transport import LinkError
         if isinstance(error, (LintError, TilingError, ModelError, DeviceError, LinkError, UsageError, InputError,
-                              PlacementError, OnnxRuntimeError, HostLayerError, OSError)):
+                              PlacementError, OnnxRuntimeError, HostLayerError, ImageError, OSError)):
             print(f"tessera: {type(error).__name__}: {error}", file=sys.stderr)
             return 1
         raise

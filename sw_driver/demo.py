@@ -179,7 +179,7 @@ def pruned_model(cfg, fraction, prune_by, out_dir, *, batch):
 
 
 def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0, prune_by="tile", skip_zero_tiles=True,
-             build_root="build", report=None, carbon=None):
+             build_root="build", report=None, carbon=None, per_layer=False):
     """Run the demo on a device of ``cfg`` (on the first ``images`` test digits, or all); print the tables;
     return 0 if the accelerator's int8 answers equal onnxruntime's for every image (with an approximate
     ``cfg.multiplier``: equal to the golden model of that device, image by image).
@@ -188,6 +188,10 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
     (``prune_by="weight"``) or the array's rows x cols weight tiles (``"tile"``), which the compiler then
     skips unless ``skip_zero_tiles`` is off; ``"energy"`` zeroes as many weights in tiles, more of them in the
     layers that cost more energy per weight (:func:`pruned_model`).
+
+    The model's runs of Conv and Gemm layers stay resident on the device (loaded once, before the first image:
+    :mod:`tessera.sw_driver.model_compiler`) unless ``per_layer``, which sends every layer's weights and
+    activations per batch, as the device ran models before.
     """
     for name, check, value in (("batch", check_batch, batch), ("prune", check_prune, prune),
                                ("images", check_images, images if images is not None else count_test_images())):
@@ -204,7 +208,7 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
         check_output_path(report, "report")     # before the minutes of simulation, not after
     from tessera.sw_driver.digits.data import load_digits_split
     from tessera.sw_driver.digits.quantize import quantize_digits
-    from tessera.sw_driver.model_runner import run_graph_on
+    from tessera.sw_driver.model_compiler import compile_model, load_segments, run_model
     from tessera.sw_driver.onnx_import import load_model
     from tessera.sw_driver.runtime import open_sim_device
 
@@ -231,18 +235,21 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
           f"Verilator in {time.perf_counter() - started:.1f} s")
     layers = {}
     accelerator = []
+    segments = [] if per_layer else compile_model(graph, cfg, batch)
     progress = _Progress(len(x_test), "running on the simulated RTL")
     sim_started = time.perf_counter()
     try:
+        one_time = load_segments(device, segments)
         for first in range(0, len(x_test), batch):
             images_in_batch = x_test[first:first + batch]
 
             def seen(layer, layer_report):
-                totals = layers.setdefault(layer.name, _LayerTotals(layer.name, layer.kind, layer_report.target,
-                                                                    layer_report.reason))
+                totals = layers.setdefault(layer_report.name, _LayerTotals(layer_report.name, layer_report.op,
+                                                                           layer_report.target, layer_report.reason))
                 totals.add(layer_report)
                 progress.update(note=f"{layer.name[:28]}")
-            outputs, _ = run_graph_on(graph, {graph.inputs[0].name: images_in_batch}, device, progress=seen)
+            outputs, _, _ = run_model(graph, {graph.inputs[0].name: images_in_batch}, device, segments,
+                                      progress=seen, load=False)
             accelerator.append(outputs[graph.outputs[0].name])
             progress.update(len(images_in_batch))
     finally:
@@ -272,13 +279,20 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
         print(f"int8 outputs equal to onnxruntime's, image by image: {len(x_test) - differing} of {len(x_test)}")
     print()
     energy_pj = _print_layers(cfg, list(layers.values()))
+    per_image, one_time = _per_image(cfg, list(layers.values()), len(x_test), one_time)
+    print(f"per image: {per_image['cycles']:,.0f} cycles ({per_image['latency_us']:,.1f} us at {cfg.clock_mhz:g} "
+          f"MHz), link {per_image['link_bytes_in']:,.1f} B in, {per_image['link_bytes_out']:,.1f} B out "
+          f"({'per layer' if per_layer else 'resident'}); one-time load {one_time['link_bytes_in']:,} B, "
+          f"{one_time['cycles']:,} cycles")
     footprint = per_million(energy_pj / len(x_test), carbon or CarbonAssumptions())
     print(f"energy per image: {summary_line(footprint)}")
     print(f"\nwall time {time.perf_counter() - wall:.1f} s (simulation {sim_seconds:.1f} s)")
     if report:
         _write_report(report, cfg, list(layers.values()), float_pred, int8_pred, accel_pred, y_test,
                       {"golden_model" if approximate else "onnxruntime": differing,
-                       "onnxruntime": from_onnxruntime}, footprint)
+                       "onnxruntime": from_onnxruntime}, footprint,
+                      {"mode": "per-layer" if per_layer else "resident", "per_inference": per_image,
+                       "one_time": one_time})
         print(f"report: {report}")
     return 0 if differing == 0 else 1
 
@@ -319,7 +333,23 @@ def _print_layers(cfg, layers):
     return totals["total"]
 
 
-def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, differing, carbon):
+def _per_image(cfg, layers, images, one_time):
+    """The device's figures per image over the run (latency at the configuration's clock), and the one-time load's."""
+    device = [layer for layer in layers if layer.target == "device"]
+    cycles = sum(layer.cycles for layer in device) / images
+    macs = sum(layer.macs - layer.macs_skipped for layer in device) / images
+    energy = {key: sum(layer_energy(cfg, layer.counters)[key] for layer in device) / images for key in _ENERGY_KEYS}
+    per_image = {"cycles": cycles, "latency_us": cycles / cfg.clock_mhz,
+                 "utilization": macs / (cfg.pes * cycles) if cycles else 0.0,
+                 "link_bytes_in": sum(4 * layer.counters["link_words_in"] for layer in device) / images,
+                 "link_bytes_out": sum(4 * layer.counters["link_words_out"] for layer in device) / images,
+                 "energy_pj": energy}
+    load = {"link_bytes_in": 4 * one_time.counters["link_words_in"], "cycles": one_time.cycles,
+            "energy_pj": layer_energy(cfg, one_time.counters)}
+    return per_image, load
+
+
+def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, differing, carbon, residency):
     import json
     rows = []
     for layer in layers:
@@ -336,5 +366,5 @@ def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, 
                "images": int(len(labels)), "images_differing_from_onnxruntime": differing["onnxruntime"],
                "images_differing_from_golden_model": differing.get("golden_model", differing["onnxruntime"]),
                "multiplier": cfg.multiplier}
-    Path(path).write_text(json.dumps({"config": cfg.to_dict(), "layers": rows, "totals": summary, "carbon": carbon},
-                                     indent=2))
+    Path(path).write_text(json.dumps({"config": cfg.to_dict(), "layers": rows, "totals": summary, "carbon": carbon,
+                                      **residency}, indent=2))

@@ -29,7 +29,7 @@ from tessera.sw_driver.layers import (
 )
 from tessera.sw_driver.vector_compiler import add_params_for
 
-__all__ = ["LayerReport", "run_graph_on", "device_placement", "weight_parts"]
+__all__ = ["LayerReport", "run_graph_on", "run_layer_on", "device_placement", "weight_parts"]
 
 
 @dataclasses.dataclass
@@ -273,27 +273,31 @@ def run_graph_on(graph, inputs, device=None, progress=None):
     tensors = {name: np.asarray(value) for name, value in inputs.items()}
     reports = []
     for layer in graph.layers:
-        if device is not None:
-            on_device, reason = device_placement(graph, layer, device.cfg)
-        else:
-            on_device, reason = False, (f"onnxruntime runs it: {layer.reason}" if isinstance(layer, HostPartition)
-                                        else "host run")
-        if on_device:
-            try:
-                y, run = _DEVICE_RUNNERS[type(layer)](device, graph, layer, *(tensors[i] for i in layer.inputs))
-            except TilingError as error:
-                on_device, reason = False, f"does not tile onto this configuration: {error}"
-            except ValueError as error:     # parameters the device cannot reproduce exactly
-                on_device, reason = False, str(error)
-        if on_device:
-            tensors[layer.outputs[0]] = y
-            reports.append(LayerReport(layer.name, layer.kind, "device", macs=run.macs, cycles=run.cycles,
-                                       macs_skipped=run.macs_skipped,
-                                       utilization=run.utilization, counters=run.counters,
-                                       energy_pj=layer_energy(device.cfg, run.counters)))
-        else:
-            tensors.update(run_layer(layer, tensors, path=graph.onnxruntime_path(layer.name)))
-            reports.append(LayerReport(layer.name, layer.kind, "host", reason=reason))
+        reports.append(run_layer_on(graph, layer, tensors, device))
         if progress:
             progress(layer, reports[-1])
     return {io.name: tensors[io.name] for io in graph.outputs}, reports
+
+
+def run_layer_on(graph, layer, tensors, device=None):
+    """Run one layer of ``graph`` on ``device`` where it can run there, else on the host; its inputs are in
+    ``tensors``, where its outputs go. Returns its :class:`LayerReport`."""
+    if device is not None:
+        on_device, reason = device_placement(graph, layer, device.cfg)
+    else:
+        on_device, reason = False, (f"onnxruntime runs it: {layer.reason}" if isinstance(layer, HostPartition)
+                                    else "host run")
+    if on_device:
+        try:
+            y, run = _DEVICE_RUNNERS[type(layer)](device, graph, layer, *(tensors[i] for i in layer.inputs))
+        except TilingError as error:
+            on_device, reason = False, f"does not tile onto this configuration: {error}"
+        except ValueError as error:     # parameters the device cannot reproduce exactly
+            on_device, reason = False, str(error)
+    if on_device:
+        tensors[layer.outputs[0]] = y
+        return LayerReport(layer.name, layer.kind, "device", macs=run.macs, cycles=run.cycles,
+                           macs_skipped=run.macs_skipped, utilization=run.utilization, counters=run.counters,
+                           energy_pj=layer_energy(device.cfg, run.counters))
+    tensors.update(run_layer(layer, tensors, path=graph.onnxruntime_path(layer.name)))
+    return LayerReport(layer.name, layer.kind, "host", reason=reason)

@@ -102,20 +102,45 @@ class Device:
 
     def run(self, program):
         """Run a compiled :class:`~tessera.sw_driver.compiler.Program`; returns ``(assembled output, LayerRun)``."""
-        words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), program.words,
+        packets, run = self._exchange(program.words, program.reply_words(self.cfg), macs=program.macs,
+                                      results=program.commands)
+        run.macs_skipped = program.macs_skipped
+        return program.assemble(packets.results, self.cfg.cols), run
+
+    def load_resident(self, models):
+        """Load resident models (:class:`~tessera.sw_driver.resident.ResidentModel`): their weights, parameters
+        and programs, once. Returns the counters of the load (a LayerRun of no MACs)."""
+        words = [model.load_words for model in models]
+        return self._exchange(np.concatenate(words) if words else np.zeros(0, np.uint32), 0)[1]
+
+    def infer(self, model, images):
+        """Run a loaded resident model on int8 ``images`` (N, C, H, W): runs of ``model.batch`` images back to back,
+        each sending its inputs and a RUN; only the last layer's rows come back. Returns ``(y int8 (N, O, out_h,
+        out_w), LayerRun)``, the counters over all the runs (a last run of fewer images computes ``model.batch``
+        all the same)."""
+        images = np.asarray(images)
+        runs = [images[i:i + model.batch] for i in range(0, len(images), model.batch)]
+        words = np.concatenate([model.inference_words(run) for run in runs])
+        packets, run = self._exchange(words, len(runs) * model.reply_words(), macs=len(runs) * model.macs,
+                                      results=len(runs) * model.commands)
+        results = packets.results
+        y = [model.assemble(results[i * model.commands:(i + 1) * model.commands])[:len(inputs)]
+             for i, inputs in enumerate(runs)]
+        return np.concatenate(y), run
+
+    def _exchange(self, words, reply_words, *, macs=0, results=0):
+        """Send ``words`` between CLEAR_COUNTERS and READ_COUNTERS; returns the parsed packets and the LayerRun."""
+        words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), words,
                                 instruction(self.cfg, Opcode.READ_COUNTERS)])
-        expected = program.reply_words(self.cfg) + 1 + len(COUNTERS)
         self.transport.send(words)
-        reply = self.transport.receive(expected, timeout_cycles=self.timeout_cycles)
+        reply = self.transport.receive(reply_words + 1 + len(COUNTERS), timeout_cycles=self.timeout_cycles)
         packets = parse_packets(self.cfg, reply)
         if packets.errors:
             raise DeviceError(f"the device rejected instructions: {packets.errors}")
-        if len(packets.counters) != 1 or len(packets.results) != program.commands:
-            raise DeviceError(f"expected {program.commands} result packets and one COUNTERS packet, got "
+        if len(packets.counters) != 1 or len(packets.results) != results:
+            raise DeviceError(f"expected {results} result packets and one COUNTERS packet, got "
                               f"{len(packets.results)} and {len(packets.counters)}")
-        y = program.assemble(packets.results, self.cfg.cols)
-        return y, LayerRun(macs=program.macs, counters=packets.counters[0], pes=self.cfg.pes,
-                           macs_skipped=program.macs_skipped)
+        return packets, LayerRun(macs=macs, counters=packets.counters[0], pes=self.cfg.pes)
 
     def close(self):
         self.transport.close()

@@ -155,6 +155,6 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
               {"input": [rng.randint(4, 12), 1, 1],
                "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}]
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "resident", stall), "stall": stall, "backpressure": stall,
-           "chains": chains, "inferences": 2}
+           "chains": chains, "inferences": 2, "batch": 2}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_resident",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"resident_{stall}")

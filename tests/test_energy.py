@@ -157,8 +157,8 @@ class TestBreakdown:
 
     def test_no_estimate_for_an_unknown_dataflow_pattern(self):
         rs_like = type("Cfg", (), {"dataflow": "rs", "pes": 16, "rows": 4, "cols": 4, "act_depth": 256,
-                                   "weight_depth": 256, "acc_depth": 64, "param_depth": 4, "vec_depth": 0, "program_depth": 0,
-                                   "multiplier": "exact"})()
+                                   "weight_depth": 256, "acc_depth": 64, "param_depth": 4, "vec_depth": 0,
+                                   "program_depth": 0, "multiplier": "exact"})()
         assert energy_breakdown(rs_like, COUNTERS)["inter_pe"] == 0.0
 
     def test_eyeriss_units(self):

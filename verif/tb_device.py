@@ -280,25 +280,26 @@ async def device_resident(dut):
     await tb.reset()
     for chain in job["chains"]:
         x, layers, expected = random_chain(rng, chain["input"], chain["layers"], cfg.multiplier)
-        model = compile_resident(cfg, layers, x.shape)
+        model = compile_resident(cfg, layers, x.shape, batch=job["batch"])
         await tb.exchange(model.load_words, 0, what="loading a resident model")
         for inference in range(job["inferences"]):
-            if inference:   # a new input through the same resident model
-                x = rng.integers(-128, 128, x.shape, dtype=np.int8)
-                expected = _chain_golden(x, layers, cfg.multiplier)
+            if inference:   # new inputs, a batch of them, through the same resident model
+                x = rng.integers(-128, 128, (job["batch"], *x.shape[-3:]), dtype=np.int8)
+            x = x.reshape(-1, *x.shape[-3:])
+            expected = np.stack([_chain_golden(image, layers, cfg.multiplier) for image in x])
             words = np.concatenate([instruction(cfg, Opcode.CLEAR_COUNTERS), model.inference_words(x),
                                     instruction(cfg, Opcode.READ_COUNTERS)])
             packets = parse_packets(cfg, await tb.exchange(words, model.reply_words() + 1 + len(COUNTERS),
                                                            what=f"inference {inference} of {chain}"))
             assert not packets.errors, f"{chain}: device reported errors: {packets.errors}"
-            y = model.assemble(packets.results)
+            y = model.assemble(packets.results)[:len(x)]
             bad = np.argwhere(y != expected)
             assert not len(bad), f"{chain}: {len(bad)} of {y.size} outputs differ, first at {bad[0]}"
             counters = packets.counters[0]
             # over the link: the input's LOAD, the RUN and READ_COUNTERS in; the last layer's results out
             assert counters["link_words_in"] == len(model.inference_words(x)) + INSTRUCTION_WORDS, counters
             assert counters["link_words_out"] == model.reply_words(), counters
-            assert counters["act_writes"] == _resident_act_writes(cfg, model), counters
+            assert counters["act_writes"] == _resident_act_writes(cfg, model, len(x)), counters
             assert counters["program_reads"] == model.plan["program_words"], counters
         dut._log.info("resident chain %s: %d inferences bit-exact; plan %s", chain, job["inferences"], model.plan)
 
@@ -310,11 +311,15 @@ def _chain_golden(x, layers, multiplier):
     return x
 
 
-def _resident_act_writes(cfg, model):
-    """Activation words one inference writes: the input's, and each stored row's words (hw.writeback)."""
+def _resident_act_writes(cfg, model, images):
+    """Activation words one run writes: the ``images`` inputs', and each stored row's words (hw.writeback) for
+    every image of the model's batch."""
     tensors = model.plan["tensors"]
-    words = tensors[0]["act_words"][1] - tensors[0]["act_words"][0]
+    channels, in_h, in_w = tensors[0]["shape"]
+    # (a fully connected chain's images are the pixels of one map: its plan is of that map)
+    words = images * (1 if model.images_as_pixels else in_h * in_w) * -(-channels // cfg.rows)
     for out_channels, out_h, out_w in (t["shape"] for t in tensors[1:]):
-        words += sum(out_h * out_w * store_words(cfg.rows, first % cfg.rows, min(cfg.cols, out_channels - first))
-                     for first in range(0, out_channels, cfg.cols))
+        words += model.plan["batch"] * sum(out_h * out_w * store_words(cfg.rows, first % cfg.rows,
+                                                               min(cfg.cols, out_channels - first))
+                                   for first in range(0, out_channels, cfg.cols))
     return words
