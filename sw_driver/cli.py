@@ -188,6 +188,7 @@ def _cmd_run(args):
         PlacementError,
         check_output_path,
         host_fallbacks,
+        model_inputs,
         planned_placement,
         read_inputs,
     )
@@ -217,12 +218,12 @@ def _cmd_run(args):
     if _is_image(args.model) and (args.per_layer or not on_device):
         raise UsageError(f"{args.model} is a compiled image: it runs resident on a device (accepted: --target sim "
                          f"or serial:PORT without --per-layer, or the .onnx model it came from)")
-    model_path, specs = _model_and_inputs(args.model)
-    inputs = read_inputs(args.input, specs)
+    model_path = _onnx_model(args.model)
+    graph = load_model(model_path)
+    inputs = read_inputs(args.input, model_inputs(model_path))
     first = np.asarray(next(iter(inputs.values())))
     batch = first.shape[0] if first.ndim > 1 else 1     # the inputs a resident run takes at once
     image = _image_for_run(args, cfg, model_path, batch) if on_device and not args.per_layer else None
-    graph = image.graph if image is not None else load_model(model_path)
     # Host partitions are onnxruntime's: where the model has any, a model or input onnxruntime cannot run is refused
     # here, before any simulation (and --check compares with these outputs).
     needs_onnxruntime = args.check or any(isinstance(layer, HostPartition) for layer in graph.layers)
@@ -286,7 +287,8 @@ def _cmd_run(args):
         print(f"energy on the device: {summary_line(carbon)}")
     if args.report:
         layers = [{
-            "name": r.name, "op": r.op, "target": r.target, "reason": r.reason, "macs": r.macs,
+            "name": r.name, "op": r.op, "target": r.target, "reason": r.reason, "resident": r.resident,
+            "macs": r.macs,
             "macs_skipped": r.macs_skipped, "cycles": r.cycles, "utilization": r.utilization,
             "counters": _report_counters(r.counters) if r.counters else {},
             "energy_pj": r.energy_pj,
@@ -304,17 +306,17 @@ def _cmd_run(args):
     return 0
 
 
-def _model_and_inputs(path):
-    """The ONNX model a run reads (a .tsr image's own, extracted into the cache) and its graph inputs."""
+def _onnx_model(path):
+    """The ONNX model a run reads: ``path``, or a .tsr image's own model, extracted into the cache."""
     from tessera.gen.cache import cache_dir
-    from tessera.sw_driver.inputs import model_inputs
     from tessera.sw_driver.model_image import image_model
 
-    if _is_image(path):
-        model_bytes = image_model(path)
-        path = cache_dir("images") / f"{hashlib.sha256(model_bytes).hexdigest()[:16]}.onnx"
-        path.write_bytes(model_bytes)
-    return Path(path), model_inputs(path)
+    if not _is_image(path):
+        return Path(path)
+    model_bytes = image_model(path)
+    path = cache_dir("images") / f"{hashlib.sha256(model_bytes).hexdigest()[:16]}.onnx"
+    path.write_bytes(model_bytes)
+    return path
 
 
 def _image_for_run(args, cfg, model_path, batch):
@@ -442,7 +444,7 @@ def _warn_if_not_onnxruntimes(outputs, reference):
 def _warn_if_nothing_on_device(reports):
     from tessera.sw_driver.inputs import is_compute
     compute = [r for r in reports if is_compute(r.op)]
-    if any(r.target == "device" for r in compute) or any(r.op == "resident" for r in reports):
+    if any(r.target == "device" for r in compute) or any(r.resident for r in reports):
         return
     if not compute:
         what = "the model has no compute layer (Conv, Gemm, MatMul) for the device"

@@ -86,6 +86,7 @@ class _LayerTotals:
     op: str
     target: str
     reason: str = ""
+    resident: bool = False
     macs: int = 0
     macs_skipped: int = 0
     cycles: int = 0
@@ -244,8 +245,8 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
             images_in_batch = x_test[first:first + batch]
 
             def seen(layer, layer_report):
-                totals = layers.setdefault(layer_report.name, _LayerTotals(layer_report.name, layer_report.op,
-                                                                           layer_report.target, layer_report.reason))
+                r = layer_report
+                totals = layers.setdefault(r.name, _LayerTotals(r.name, r.op, r.target, r.reason, r.resident))
                 totals.add(layer_report)
                 progress.update(note=f"{layer.name[:28]}")
             outputs, _, _ = run_model(graph, {graph.inputs[0].name: images_in_batch}, device, segments,
@@ -344,6 +345,8 @@ def _per_image(cfg, layers, images, one_time):
                  "link_bytes_in": sum(4 * layer.counters["link_words_in"] for layer in device) / images,
                  "link_bytes_out": sum(4 * layer.counters["link_words_out"] for layer in device) / images,
                  "energy_pj": energy}
+    if one_time is None:     # nothing resident
+        return per_image, {"link_bytes_in": 0, "cycles": 0, "energy_pj": {}}
     load = {"link_bytes_in": 4 * one_time.counters["link_words_in"], "cycles": one_time.cycles,
             "energy_pj": layer_energy(cfg, one_time.counters)}
     return per_image, load
@@ -354,6 +357,7 @@ def _write_report(path, cfg, layers, float_pred, int8_pred, accel_pred, labels, 
     rows = []
     for layer in layers:
         row = {"name": layer.name, "op": layer.op, "target": layer.target, "reason": layer.reason,
+               "resident": layer.resident,
                "macs": layer.macs, "macs_skipped": layer.macs_skipped, "cycles": layer.cycles}
         if layer.target == "device":
             row["utilization"] = ((layer.macs - layer.macs_skipped) / (cfg.pes * layer.cycles) if layer.cycles

@@ -85,7 +85,7 @@ def _chainable(graph, layer, cfg):
         return False
     placed, _ = device_placement(graph, layer, cfg)
     shape = _as_map(_image_shape(graph, layer.inputs[0]))
-    if not placed or shape is None:
+    if not placed or shape is None or _image_shape(graph, layer.outputs[0]) is None:
         return False
     return isinstance(layer, Conv) or shape[1:] == (1, 1)
 
@@ -132,11 +132,17 @@ def find_segments(graph, cfg):
 
 
 def compile_model(graph, cfg, batch=1):
-    """Find the graph's resident segments and compile each for ``cfg``, one after another in the device's
-    memories, each for runs of up to ``batch`` images (halved until its feature maps and program fit). A segment
-    that does not fit even for one image is left out, with the reason (its layers then run one by one)."""
+    """Find the graph's resident segments and compile each for ``cfg``, each for runs of up to ``batch`` images
+    (halved until its feature maps and program fit). A segment that does not fit even for one image is left out,
+    with the reason (its layers then run one by one).
+
+    The segments' weights and parameters are stacked at the top of their buffers, one segment below the other in
+    graph order, so that every segment stays loaded and the layers run one by one, whose programs fill those
+    buffers from the bottom, rarely reach them (where one does, the device loads the segment again:
+    ``Device.infer``). Their programs stack from the bottom of the program memory."""
     segments = find_segments(graph, cfg)
-    bases = {"weight": 0, "param": 0, "program": 0}
+    program_base = 0
+    top = {"weight": cfg.weight_depth, "param": cfg.param_depth}
     for segment in segments:
         layers = [graph.layer(name) for name in segment.layers]
         device_layers = [_device_layer(layer) for layer in layers if isinstance(layer, (Conv, Gemm))]
@@ -144,25 +150,36 @@ def compile_model(graph, cfg, batch=1):
         if why:
             segment.reason = why
             continue
+        in_shape = _as_map(_image_shape(graph, segment.input))
         for size in _halvings(batch):
             try:
-                segment.model = compile_resident(cfg, device_layers, _as_map(_image_shape(graph, segment.input)),
-                                                 bases=dict(bases), batch=size)
+                # sized where it would start at the bottom, then placed below the segments before it
+                sized = compile_resident(cfg, device_layers, in_shape, batch=size)
+                plan = sized.plan
+                bases = {"weight": top["weight"] - plan["weight_words"], "param": top["param"] - plan["param_words"],
+                         "program": program_base}
+                for buffer in ("weight", "param"):
+                    if bases[buffer] < 0:
+                        raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']} "
+                                          f"of them) do not fit {buffer}_depth={getattr(cfg, buffer + '_depth')}; "
+                                          f"{top[buffer]} are left")
+                segment.model = compile_resident(cfg, device_layers, in_shape, bases=bases, batch=size)
                 break
             except TilingError as error:
                 segment.reason = f"does not stay resident on this configuration: {error}"
         if segment.model is None:
             continue
         segment.reason = ""
-        plan = segment.model.plan
-        bases = {"weight": bases["weight"] + plan["weight_words"], "param": bases["param"] + plan["param_words"],
-                 "program": bases["program"] + plan["program_words"]}
+        top = {"weight": bases["weight"], "param": bases["param"]}
+        program_base += segment.model.plan["program_words"]
     return segments
 
 
 def load_segments(device, segments):
-    """Load the compiled segments onto ``device``, once; returns the LayerRun of the load (its counters)."""
-    return device.load_resident([segment.model for segment in segments if segment.model is not None])
+    """Load the compiled segments onto ``device``, once; returns the LayerRun of the load (its counters), or None
+    if no segment compiled."""
+    models = [segment.model for segment in segments if segment.model is not None]
+    return device.load_resident(models) if models else None
 
 
 def _halvings(batch):
@@ -208,6 +225,18 @@ def _run_segment(graph, segment, tensors, device):
     out_dtype = graph.tensors[segment.output].dtype
     tensors[segment.output] = _from_int8(y, out_dtype).reshape(len(x), *_image_shape(graph, segment.output))
     name = segment.layers[0] if len(segment.layers) == 1 else f"{segment.layers[0]}..{segment.layers[-1]}"
-    return LayerReport(name, "resident", "device", reason=f"{len(segment.layers)} layers resident on chip",
-                       macs=run.macs, cycles=run.cycles, utilization=run.utilization, counters=run.counters,
-                       energy_pj=layer_energy(device.cfg, run.counters))
+    return LayerReport(name, _kinds(graph, segment), "device", macs=run.macs, cycles=run.cycles,
+                       utilization=run.utilization, counters=run.counters,
+                       energy_pj=layer_energy(device.cfg, run.counters), resident=True)
+
+
+def _kinds(graph, segment):
+    """A segment's compute layers' kinds, repeats counted: "Conv", "Conv+Gemm", "Gemm x10"."""
+    kinds = [layer.kind for layer in map(graph.layer, segment.layers) if isinstance(layer, (Conv, Gemm))]
+    runs = [[kinds[0], 1]]
+    for kind in kinds[1:]:
+        if kind == runs[-1][0]:
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+    return "+".join(kind if count == 1 else f"{kind} x{count}" for kind, count in runs)

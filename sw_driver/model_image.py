@@ -94,17 +94,18 @@ def image_model(path):
 
 
 def _open(path):
-    """``(archive, header)`` of the image at ``path``, its format and version checked."""
+    """``(arrays, header)`` of the image at ``path``, its format and version checked."""
     try:
-        archive = np.load(path, allow_pickle=False)
-        header = json.loads(bytes(archive["header"]).decode())
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        header = json.loads(bytes(arrays["header"]).decode())
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as error:
         raise ImageError(f"{path} is not a Tessera model image ({type(error).__name__}: {error}); accepted: a .tsr "
                          f"file written by tessera compile") from None
     if header.get("format") != IMAGE_FORMAT or header.get("version") != IMAGE_VERSION:
         raise ImageError(f"{path}: format {header.get('format')!r} version {header.get('version')!r}; accepted: "
                          f"{IMAGE_FORMAT!r} version {IMAGE_VERSION}")
-    return archive, header
+    return arrays, header
 
 
 def read_image(path, cfg):

@@ -44,6 +44,7 @@ class LayerReport:
     utilization: float = 0.0
     counters: dict = dataclasses.field(default_factory=dict)
     energy_pj: dict = dataclasses.field(default_factory=dict)
+    resident: bool = False   # a resident segment's row: ``name`` spans its layers, ``op`` their kinds
 
 
 def device_placement(graph, layer, cfg):

@@ -7,9 +7,9 @@ import numpy as np
 
 from tessera.gen.cache import cache_dir
 from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
-from tessera.hw.isa import COUNTERS, Opcode
+from tessera.hw.isa import COUNTERS, BufferId, Opcode
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape, raw_results
-from tessera.sw_driver.isa_encode import DeviceError, instruction, parse_packets
+from tessera.sw_driver.isa_encode import DeviceError, disassemble, instruction, parse_packets
 from tessera.sw_driver.transport import DEFAULT_TIMEOUT_CYCLES, SimTransport
 from tessera.sw_driver.vector_compiler import compile_add, compile_maxpool
 
@@ -63,6 +63,9 @@ class Device:
         self.transport = transport
         self.timeout_cycles = timeout_cycles
         self.skip_zero_tiles = skip_zero_tiles      # see compile_conv
+        # resident models loaded, by id: their weight and parameter words, and whether a program has written
+        # over any of them since (then they are loaded again before their next run)
+        self._resident = {}
 
     def gemm(self, x, w, bias, scale, y_zp):
         """``requantize(x @ w + bias, scale, y_zp)`` on the device; returns ``(y int8, LayerRun)``."""
@@ -102,6 +105,7 @@ class Device:
 
     def run(self, program):
         """Run a compiled :class:`~tessera.sw_driver.compiler.Program`; returns ``(assembled output, LayerRun)``."""
+        self._note_writes(program.words)
         packets, run = self._exchange(program.words, program.reply_words(self.cfg), macs=program.macs,
                                       results=program.commands)
         run.macs_skipped = program.macs_skipped
@@ -109,7 +113,12 @@ class Device:
 
     def load_resident(self, models):
         """Load resident models (:class:`~tessera.sw_driver.resident.ResidentModel`): their weights, parameters
-        and programs, once. Returns the counters of the load (a LayerRun of no MACs)."""
+        and programs, once. Returns the counters of the load (a LayerRun of no MACs).
+
+        The layers run one by one in between (``run``) share the weight and parameter buffers: a model whose
+        words one of them overwrites is loaded again before its next run, and that run's counters include it."""
+        for model in models:
+            self._resident[id(model)] = [_footprint(model), False]
         words = [model.load_words for model in models]
         return self._exchange(np.concatenate(words) if words else np.zeros(0, np.uint32), 0)[1]
 
@@ -120,13 +129,30 @@ class Device:
         all the same)."""
         images = np.asarray(images)
         runs = [images[i:i + model.batch] for i in range(0, len(images), model.batch)]
-        words = np.concatenate([model.inference_words(run) for run in runs])
+        words = [model.inference_words(run) for run in runs]
+        footprint, overwritten = self._resident.setdefault(id(model), [_footprint(model), True])
+        if overwritten:
+            words.insert(0, model.load_words)
+            self._resident[id(model)][1] = False
+        words = np.concatenate(words)
         packets, run = self._exchange(words, len(runs) * model.reply_words(), macs=len(runs) * model.macs,
                                       results=len(runs) * model.commands)
         results = packets.results
         y = [model.assemble(results[i * model.commands:(i + 1) * model.commands])[:len(inputs)]
              for i, inputs in enumerate(runs)]
         return np.concatenate(y), run
+
+    def _note_writes(self, words):
+        """Mark the resident models whose weight or parameter words the LOADs of ``words`` overwrite."""
+        if not self._resident:
+            return
+        for opcode, operands, _ in disassemble(self.cfg, words):
+            if opcode != Opcode.LOAD:
+                continue
+            written = (operands["buffer"], operands["addr"], operands["addr"] + operands["words"])
+            for entry in self._resident.values():
+                if any(_overlap(written, region) for region in entry[0]):
+                    entry[1] = True
 
     def _exchange(self, words, reply_words, *, macs=0, results=0):
         """Send ``words`` between CLEAR_COUNTERS and READ_COUNTERS; returns the parsed packets and the LayerRun."""
@@ -150,6 +176,17 @@ class Device:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _footprint(model):
+    """The (buffer, first word, end) regions a resident model keeps its weights and parameters in."""
+    plan = model.plan
+    return [(BufferId.WEIGHT, plan["bases"]["weight"], plan["bases"]["weight"] + plan["weight_words"]),
+            (BufferId.PARAM, plan["bases"]["param"], plan["bases"]["param"] + plan["param_words"])]
+
+
+def _overlap(a, b):
+    return a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
 
 
 def open_sim_device(cfg, *, announce=None, **kwargs):

@@ -256,7 +256,7 @@ class TestPlacement:
         """Without --strict the run goes on, but stderr says the device did none of the work, and the table why."""
         _device_where_nothing_tiles(monkeypatch, "one weight tile needs 8 words; weight_depth is 4")
         np.save(tmp_path / "x.npy", models["gemm"][1])
-        assert main(["run", str(models["gemm"][0]), "--input", str(tmp_path / "x.npy"), *_4x4]) == 0
+        assert main(["run", str(models["gemm"][0]), "--input", str(tmp_path / "x.npy"), *_4x4, "--per-layer"]) == 0
         out, err = capsys.readouterr()
         assert err == ("tessera: warning: the model's one compute layer, 'QGemm_1' (Gemm), ran on the host; the "
                        "table says why\n")
@@ -270,7 +270,8 @@ class TestPlacement:
         why = "a reason that goes on " + "and on " * 30 + "to the end"
         _device_where_nothing_tiles(monkeypatch, why)
         np.save(tmp_path / "x.npy", models["gemm"][1])
-        argv = ["run", str(models["gemm"][0]), "--input", str(tmp_path / "x.npy"), *_4x4]
+        # (layer by layer: the fake device runs no resident segments)
+        argv = ["run", str(models["gemm"][0]), "--input", str(tmp_path / "x.npy"), *_4x4, "--per-layer"]
         assert main(argv) == 0
         (note,) = [line for line in capsys.readouterr().out.splitlines() if "a reason that goes on" in line]
         assert len(note) <= 110 and note.endswith("... (-v)")

@@ -24,7 +24,9 @@ from tessera.verif.onnx_multi import depthwise_separable, mixed_head, pooling_ne
 
 pytestmark = pytest.mark.rtl
 
-_CONFIG = ["--rows", "4", "--cols", "4"]
+# these tests check each layer's own report: they run every device layer as its own program (tests/test_resident.py
+# runs models resident)
+_CONFIG = ["--rows", "4", "--cols", "4", "--per-layer"]
 
 
 def _onnxruntime(model, x):

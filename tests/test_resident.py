@@ -1,0 +1,234 @@
+"""Resident models (tessera.sw_driver.resident, model_compiler, model_image): the static memory plan, what fits and
+what is refused, images and their configuration check, and whole models run resident on the simulated RTL, bit for
+bit against onnxruntime."""
+
+import json
+import zlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver.cli import main
+from tessera.sw_driver.compiler import TilingError
+from tessera.sw_driver.model_compiler import compile_model
+from tessera.sw_driver.model_image import ImageError, compile_image, read_image, write_image
+from tessera.sw_driver.onnx_import import load_model
+from tessera.sw_driver.resident import compile_resident, plan_memory
+from tessera.verif.cases import random_chain
+from tessera.verif.mlperf_tiny import quantized
+from tessera.verif.onnx_models import QuantFormat, QuantType, qlinear_model, quantize_model, random_inputs
+from tessera.verif.onnx_multi import depthwise_separable, pooling_net, residual_block, sequential_cnn
+
+_NETS = {"sequential": sequential_cnn, "residual": lambda rng: residual_block(rng, tail=True),
+         "pooling": pooling_net, "depthwise": depthwise_separable}
+
+
+class TestMemoryPlan:
+    def test_tensors_live_at_once_never_share_words(self):
+        rng = np.random.default_rng(3)
+        for _ in range(200):
+            count = int(rng.integers(1, 9))
+            sizes = [int(s) for s in rng.integers(1, 50, count)]
+            firsts = rng.integers(0, 6, count)
+            lifetimes = [(int(f), int(f + rng.integers(0, 4))) for f in firsts]
+            offsets = plan_memory(sizes, lifetimes, 10_000)
+            for i in range(count):
+                assert offsets[i] >= 0
+                for j in range(i):
+                    overlap_in_time = lifetimes[i][0] <= lifetimes[j][1] and lifetimes[j][0] <= lifetimes[i][1]
+                    overlap_in_words = offsets[i] < offsets[j] + sizes[j] and offsets[j] < offsets[i] + sizes[i]
+                    assert not (overlap_in_time and overlap_in_words), (sizes, lifetimes, offsets)
+
+    def test_freed_words_are_reused(self):
+        # a chain: each map lives while written and read, so three maps need the room of two
+        offsets = plan_memory([100, 100, 100], [(0, 0), (0, 1), (1, 2)], 200)
+        assert sorted(offsets) == [0, 0, 100]
+
+    def test_too_little_room_is_refused_with_what_it_needs(self):
+        with pytest.raises(TilingError, match=r"need 200 activation words; act_depth is 150 \(accepted: act_depth "
+                                              r">= 200"):
+            plan_memory([100, 100], [(0, 1), (1, 1)], 150)
+
+
+class TestCompileResident:
+    CFG = AcceleratorConfig(rows=4, cols=4, act_depth=256, weight_depth=256, acc_depth=64, param_depth=16,
+                            program_depth=256)
+
+    def _chain(self, specs, shape=(3, 6, 6)):
+        return random_chain(np.random.default_rng(1), shape, specs)[1]
+
+    def test_a_chain_stores_every_map_but_the_last(self):
+        layers = self._chain([{"out_channels": 5, "kernel": 3, "pad": 1}, {"out_channels": 3, "kernel": 1}])
+        model = compile_resident(self.CFG, layers, (3, 6, 6))
+        assert [t["shape"] for t in model.plan["tensors"]] == [[3, 6, 6], [5, 6, 6]]
+        assert model.out_shape == (3, 6, 6)
+        # the last layer's rows are the only ones that leave: 36 pixels, one output tile, in blocks of rows
+        assert sum(rows for _, _, _, rows in model.outputs) == 36
+
+    @pytest.mark.parametrize("what, cfg, match", [
+        ("weights", dict(weight_depth=64), r"weight words \(at least \d+\) do not fit weight_depth=64"),
+        ("program", dict(program_depth=16), r"program words \(at least \d+\) do not fit program_depth=16"),
+        ("maps", dict(act_depth=32), r"activation words; act_depth is 32"),
+    ])
+    def test_what_does_not_fit_is_named(self, what, cfg, match):
+        layers = self._chain([{"out_channels": 8, "kernel": 3, "pad": 1}, {"out_channels": 8, "kernel": 3}])
+        with pytest.raises(TilingError, match=match):
+            compile_resident(AcceleratorConfig(**{**self.CFG.to_dict(), **cfg}), layers, (3, 6, 6))
+
+    def test_row_stationary_results_are_not_stored(self):
+        layers = self._chain([{"out_channels": 2, "kernel": 1}])
+        cfg = AcceleratorConfig(**{**self.CFG.to_dict(), "dataflow": "rs"})
+        with pytest.raises(TilingError, match="row-stationary"):
+            compile_resident(cfg, layers, (3, 6, 6))
+
+    def test_batches_halve_until_the_maps_fit(self, tmp_path):
+        graph = load_model(_quantized(tmp_path, "sequential"))
+        cfg = AcceleratorConfig(rows=4, cols=4, act_depth=512)
+        segments = compile_model(graph, cfg, batch=64)
+        convs = [s for s in segments if s.model is not None and s.model.in_shape[1:] != (1, 1)]
+        assert convs and all(1 <= s.model.batch < 64 for s in convs)
+        assert all(max(t["act_words"][1] for t in s.model.plan["tensors"]) <= 512 for s in convs)
+
+
+def _quantized(tmp_path, net, *, activation=QuantType.QUInt8, quant_format=QuantFormat.QOperator):
+    rng = np.random.default_rng(zlib.crc32(net.encode()))
+    model = quantize_model(_NETS[net](rng), tmp_path, rng, quant_format=quant_format, per_channel=True,
+                           activation_type=activation)
+    path = tmp_path / f"{net}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+class TestSegments:
+    def test_a_fully_connected_model_is_one_segment(self, tmp_path):
+        graph = load_model(quantized("ad_autoencoder", tmp_path, width=0.125))
+        cfg = AcceleratorConfig(weight_depth=8192)
+        (segment,) = compile_model(graph, cfg)
+        assert len(segment.layers) == 10 and segment.model is not None
+        assert segment.model.images_as_pixels is False     # batch 1
+
+    def test_a_tensor_read_twice_ends_its_segment(self, tmp_path):
+        # the residual block's stem feeds a conv and the Add: the stem's map must leave the device for the host's
+        # Add, so the stem is a segment of its own
+        graph = load_model(_quantized(tmp_path, "residual"))
+        segments = compile_model(graph, AcceleratorConfig(rows=4, cols=4))
+        stem = [s for s in segments if any("stem" in name for name in s.layers)]
+        assert stem and len(stem[0].layers) == 1
+
+    def test_weights_far_from_their_zero_point_stay_per_layer_with_the_reason(self):
+        # uint8 weights 0 to 255 with zero point 0: the array splits them into parts, each reading the input again
+        rng = np.random.default_rng(6)
+        w = rng.integers(0, 256, (5, 3, 3, 3)).astype(np.uint8)
+        w[..., 0] = 255
+        graph = load_model(qlinear_model(rng, w, np.uint8(0), np.float32(0.01), (2, 3, 6, 5)))
+        segments = compile_model(graph, AcceleratorConfig(rows=4, cols=4))
+        assert segments and all(s.model is None and "zero point" in s.reason for s in segments)
+
+
+class TestImages:
+    CFG = AcceleratorConfig(rows=4, cols=4)
+
+    def test_an_image_reads_back_as_written(self, tmp_path):
+        image = compile_image(_quantized(tmp_path, "sequential"), self.CFG, batch=4)
+        write_image(image, tmp_path / "m.tsr")
+        back = read_image(tmp_path / "m.tsr", self.CFG)
+        assert back.model_bytes == image.model_bytes
+        for ours, theirs in zip(image.segments, back.segments, strict=True):
+            assert ours.layers == theirs.layers and (ours.model is None) == (theirs.model is None)
+            if ours.model is not None:
+                np.testing.assert_array_equal(ours.model.load_words, theirs.model.load_words)
+                np.testing.assert_array_equal(ours.model.run_words, theirs.model.run_words)
+                assert ours.model.outputs == theirs.model.outputs and ours.model.batch == theirs.model.batch
+
+    def test_another_configuration_is_refused_naming_what_differs(self, tmp_path):
+        write_image(compile_image(_quantized(tmp_path, "sequential"), self.CFG), tmp_path / "m.tsr")
+        other = AcceleratorConfig(rows=4, cols=4, weight_depth=2048)
+        with pytest.raises(ImageError, match=r"compiled for configuration \w+, this device is \w+ \(weight_depth: "
+                                             r"image 4096, device 2048\)"):
+            read_image(tmp_path / "m.tsr", other)
+
+    def test_a_file_that_is_not_an_image_is_refused(self, tmp_path):
+        (tmp_path / "x.tsr").write_bytes(b"PK\x03\x04 not really a zip")
+        with pytest.raises(ImageError, match="is not a Tessera model image"):
+            read_image(tmp_path / "x.tsr", self.CFG)
+
+
+def _onnxruntime(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _run(tmp_path, model_path, x, *extra):
+    x_path, y_path, report = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "r.json"
+    np.save(x_path, x)
+    status = main(["run", str(model_path), "--input", str(x_path), "--output", str(y_path), "--report",
+                   str(report), "--check", *extra])
+    return status, np.load(y_path), json.loads(report.read_text())
+
+
+@pytest.mark.rtl
+class TestResidentRuns:
+    @pytest.mark.parametrize("net", sorted(_NETS))
+    @pytest.mark.parametrize("dataflow", ["ws", "os"])
+    def test_small_models_run_resident_bit_exact(self, tmp_path, net, dataflow):
+        path = _quantized(tmp_path, net, activation=QuantType.QInt8 if dataflow == "os" else QuantType.QUInt8)
+        x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
+        status, y, report = _run(tmp_path, path, x, "--rows", "4", "--cols", "4", "--dataflow", dataflow)
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        assert report["mode"] == "resident" and any(s["resident"] for s in report["segments"])
+        resident = [layer for layer in report["layers"] if layer["resident"]]
+        assert resident and all(layer["target"] == "device" and layer["cycles"] > 0 for layer in resident)
+        # the weights crossed the link once, before the inferences: not in the inference's bytes
+        weight_bytes = sum(s["plan"]["weight_words"] for s in report["segments"] if s["resident"]) * 4
+        assert report["one_time"]["link_bytes_in"] >= weight_bytes > 0
+        assert report["per_inference"]["cycles"] > 0 and report["per_inference"]["latency_us"] > 0
+
+    def test_a_row_stationary_device_runs_the_model_per_layer_and_says_why(self, tmp_path):
+        path = _quantized(tmp_path, "sequential")
+        x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
+        status, y, report = _run(tmp_path, path, x, "--rows", "4", "--cols", "4", "--dataflow", "rs")
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        assert report["segments"] and not any(s["resident"] for s in report["segments"])
+        assert all("row-stationary" in s["reason"] for s in report["segments"])
+
+    def test_a_compiled_image_runs_and_another_configuration_is_refused(self, tmp_path, capsys):
+        path = _quantized(tmp_path, "sequential")
+        image = tmp_path / "seq.tsr"
+        assert main(["compile", str(path), "-o", str(image), "--rows", "4", "--cols", "4"]) == 0
+        assert "layers resident" in capsys.readouterr().out
+        x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
+        status, y, report = _run(tmp_path, image, x, "--rows", "4", "--cols", "4")
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        capsys.readouterr()
+        status = main(["run", str(image), "--input", str(tmp_path / "x.npy"), "--rows", "8", "--cols", "8"])
+        err = capsys.readouterr().err.strip()
+        assert status == 1 and err.count("\n") == 0
+        assert "ImageError" in err and "rows: image 4, device 8" in err
+        assert main(["run", str(image), "--input", str(tmp_path / "x.npy"), "--per-layer"]) == 1
+        assert "is a compiled image" in capsys.readouterr().err
+
+    def test_a_fully_connected_model_sends_only_its_input_per_inference(self, tmp_path):
+        path = quantized("ad_autoencoder", tmp_path, width=0.125)
+        config = tmp_path / "cfg.toml"
+        config.write_text("weight_depth = 8192\n")
+        x = np.random.default_rng(4).normal(0, 1, (1, 640)).astype(np.float32)
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        (segment,) = report["segments"]
+        assert segment["resident"] and len(segment["layers"]) == 10
+        # in: the 640 input bytes, their LOAD, the RUNs and the counters' read; out: the 640 outputs and the
+        # RESULT packets' headers
+        per_inference = report["per_inference"]
+        assert 640 < per_inference["link_bytes_in"] <= 640 + 64
+        assert 640 < per_inference["link_bytes_out"] <= 1.5 * 640 + 32
+
+
+def load_model_proto(path):
+    import onnx
+    return onnx.load(str(path))
