@@ -84,9 +84,11 @@ class ProgramMemory(wiring.Component):
             m.d.sync += fetched.eq(pc != end)
             with m.If(pc != end):
                 m.d.sync += pc.eq(pc + 1)
-        with m.If(self.start):
+        # a run starts only when none is, and stops only with no word offered (the controller asks for neither
+        # otherwise; the guards keep the stream's rules whatever it asks)
+        with m.If(self.start & ~self.running):
             m.d.sync += [self.running.eq(1), fetched.eq(0), pc.eq(self.request.base),
                          end.eq(self.request.base + self.request.words)]
-        with m.Elif(self.stop):
-            m.d.sync += [self.running.eq(0), fetched.eq(0)]
+        with m.Elif(self.stop & ~fetched):
+            m.d.sync += [self.running.eq(0), fetched.eq(0)]   # (the read begun this cycle is dropped)
         return m

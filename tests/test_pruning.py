@@ -161,8 +161,9 @@ def test_energy_pruned_demo_agrees_with_onnxruntime_and_costs_less(tmp_path, cap
     monkeypatch.setattr(train, "prune", short_prune)
     reports = {fraction: tmp_path / f"pruned{fraction}.json" for fraction in (0.0, 0.5)}
     for fraction, report in reports.items():
+        # layer by layer: the estimate below is of the per-layer programs (weights sent with each batch)
         status = run_demo(cfg, batch=images, images=images, prune=fraction, prune_by="energy", build_root=tmp_path,
-                          report=report)
+                          report=report, per_layer=True)
         out = capsys.readouterr().out
         assert status == 0 and f"equal to onnxruntime's, image by image: {images} of {images}" in out, out
     plan = energy_plan(cfg, params_from_onnx(onnx.load(str(MODEL_PATH))), 0.5, batch=images)

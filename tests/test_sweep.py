@@ -24,6 +24,8 @@ weight_depth = 16
 acc_depth = 16
 param_depth = 4
 vec_depth = 0
+# no program memory: with one, YoWASP's ABC dies mapping this design for the 12F (exit 1, no message)
+program_depth = 0
 """
 
 

@@ -216,8 +216,8 @@ async def device_fuzz(dut):
 @cocotb.test()
 async def device_program(dut):
     """Resident programs: a compiled layer stored once in the program memory and RUN again and again, bit-exact,
-    with only the RUN crossing the link; then programs the device must refuse (BAD_PROGRAM), after which it still
-    computes."""
+    with only the RUN crossing the link; then programs and stores the device must refuse (one ERROR each), after
+    which it still computes."""
     job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
@@ -266,6 +266,23 @@ async def device_program(dut):
         words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
         packets = parse_packets(cfg, await tb.exchange(words, 2 + 1 + len(COUNTERS), what="a bad program"))
         assert [code for code, _ in packets.errors] == [ErrorCode.BAD_PROGRAM], packets.errors
+
+    # stores the device must refuse: before any STORE_SETUP, a setup of no lanes, past the activation buffer, of
+    # raw rows (and any store on a row-stationary array)
+    def gemm(**fields):
+        return instruction(cfg, Opcode.GEMM, m=2, k=1, x_base=0, w_base=0, p_base=0, **fields)
+    rs = cfg.dataflow == "rs"
+    bad_stores = [
+        ([gemm(store=1, s_base=0)], ErrorCode.BAD_SHAPE),
+        ([instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=0, stride=1)], ErrorCode.BAD_SHAPE),
+        ([instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=cfg.cols, stride=1),
+          gemm(store=1, s_base=cfg.act_depth - 1)], ErrorCode.BAD_SHAPE if rs else ErrorCode.OUT_OF_RANGE),
+        ([gemm(store=1, s_base=0, raw=1)], ErrorCode.BAD_SHAPE),
+    ]
+    for words, code in bad_stores:
+        words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
+        packets = parse_packets(cfg, await tb.exchange(words, 2 + 1 + len(COUNTERS), what="a bad store"))
+        assert [c for c, _ in packets.errors] == [code], (code, packets.errors)
     await tb.run_gemm(*random_gemm(rng, 5, 7, 6))
 
 

@@ -15,6 +15,7 @@ from tessera.fpga.link import LinkTransmitter
 from tessera.gen.config import AcceleratorConfig
 from tessera.hw.accelerator import Accelerator
 from tessera.hw.controller import Controller
+from tessera.hw.controller_program import ProgramMemory
 from tessera.hw.controller_queues import CommandQueues
 from tessera.hw.core import GemmCore
 from tessera.hw.drain import Drain
@@ -22,10 +23,11 @@ from tessera.hw.host_link import PacketArbiter, ResultPacketiser
 from tessera.hw.layouts import command_layout
 from tessera.hw.tiles import tile_layout
 from tessera.hw.vector import VectorUnit
+from tessera.hw.writeback import ResultRouter
 
 from .handshake import HandshakeSpec
 from .link_crc import LinkReceiverSpec
-from .liveness import ControllerLivenessSpec, controller_invariants
+from .liveness import ControllerLivenessSpec, controller_invariants, program_memory_invariants
 from .queues import CommandQueuesSpec
 from .spec import bits
 
@@ -108,6 +110,10 @@ def _checks():
                     cover=12, cover_quick=12),
         *_handshake("result_packetiser", "hw.host_link.ResultPacketiser", lambda: ResultPacketiser(cfg, rows),
                     cover=12, cover_quick=12),
+        *_handshake("result_router", "hw.writeback.ResultRouter", lambda: ResultRouter(cfg), cover=12,
+                    cover_quick=12),
+        *_handshake("program_memory", "hw.controller_program.ProgramMemory", lambda: ProgramMemory(cfg), cover=12,
+                    cover_quick=12, invariants=program_memory_invariants),
         *_handshake("packet_arbiter", "hw.host_link.PacketArbiter", lambda: PacketArbiter(3), cover=12,
                     cover_quick=12),
         *_handshake("link_transmitter", "fpga.link.LinkTransmitter",

@@ -26,7 +26,7 @@ from tessera.hw.controller_queues import COMMAND_QUEUE
 from .handshake import assert_stream, assume_stream
 from .spec import FormalSpec, fair, free, open_block
 
-__all__ = ["CORE_SLOTS", "ControllerLivenessSpec", "bound", "controller_invariants"]
+__all__ = ["CORE_SLOTS", "ControllerLivenessSpec", "bound", "controller_invariants", "program_memory_invariants"]
 
 #: Commands the modelled core holds at once (the real one: one accumulating, one draining).
 CORE_SLOTS = 2
@@ -56,10 +56,16 @@ def controller_invariants(m, body):
     m.d.comb += Assert(fsm.state < len(fsm.encoding), "the FSM is in a state it encodes")
     m.d.comb += Assert(fsm.ongoing("FETCH") | ~fetch.partial, "a partial instruction outside FETCH")
     m.d.comb += Assert(fsm.ongoing("LOAD") | load.done, "a LOAD's words outside LOAD")
-    program = body.find_subfragment("program").origins[0] if body.origins[0].cfg.program_depth else None
-    if program is not None:
-        m.d.comb += Assert(program.running | ~program.fetched, "a program word held with no program running")
-        m.d.comb += Assert(~program.running | (program.pc <= program.end), "a program read past its end")
+    if body.origins[0].cfg.program_depth:
+        program_memory_invariants(m, body.find_subfragment("program"))
+
+
+def program_memory_invariants(m, body):
+    """Facts of a :class:`~tessera.hw.controller_program.ProgramMemory`'s reachable states, asserted: a word is
+    held only in a run, and a run reads within its program. ``body`` is its fragment."""
+    program = body.origins[0]
+    m.d.comb += Assert(program.running | ~program.fetched, "a program word held with no program running")
+    m.d.comb += Assert(~program.running | (program.pc <= program.end), "a program read past its end")
 
 
 class ControllerLivenessSpec(FormalSpec):

@@ -11,6 +11,7 @@ from amaranth.asserts import AnySeq
 from amaranth.hdl import Assert, Cover, Mux, Signal
 
 from tessera.hw.controller_queues import CommandQueues
+from tessera.hw.layouts import result_descriptor_layout
 
 from .handshake import assert_stream, assume_stream
 from .spec import FormalSpec, free, open_block
@@ -68,7 +69,7 @@ def queue_contract(m, name, *, write, read, capacity, level=None, order=True):
 
 class CommandQueuesSpec(FormalSpec):
     """The controller's three queues (:class:`~tessera.hw.controller_queues.CommandQueues`): compute commands, their
-    result row counts (written together with the command) and vector commands, under any producer and consumer.
+    result descriptors (written together with the command) and vector commands, under any producer and consumer.
 
     Parameters
     ----------
@@ -88,13 +89,20 @@ class CommandQueuesSpec(FormalSpec):
             assume_stream(m, getattr(queues, name), name)
         for name in ("cmd", "result_rows", "vec_cmd"):
             assert_stream(m, getattr(queues, name), name)
-        for name in ("completed", "core_idle", "vec_idle"):
+        for name in ("completed", "core_idle", "vec_idle", "store_setup"):
             free(m, getattr(queues, name))
 
         gemm, vector = queues.gemm, queues.vector
         gemm_beat = gemm.valid & gemm.ready
-        # a command's result rows: m, or four byte rows per row for a raw command
-        result_rows = Mux(gemm.payload.raw, gemm.payload.m << 2, gemm.payload.m)
+        # a command's result descriptor: its rows (m, or four byte rows per row for a raw command), and whether and
+        # where they are stored, as STORE_SETUP said when it was issued
+        descriptor = Signal(result_descriptor_layout(self.cfg))
+        setup = queues.store_setup
+        m.d.comb += [descriptor.rows.eq(Mux(gemm.payload.raw, gemm.payload.m << 2, gemm.payload.m)),
+                     descriptor.store.eq(gemm.payload.store), descriptor.base.eq(gemm.payload.s_base),
+                     descriptor.lane.eq(setup.lane), descriptor.lanes.eq(setup.lanes),
+                     descriptor.stride.eq(setup.stride)]
+        result_rows = descriptor.as_value()
         vector_beat = vector.valid & vector.ready
         for name, write, read in (("commands", (gemm_beat, gemm.payload.as_value()), queues.cmd),
                                   ("row_counts", (gemm_beat, result_rows), queues.result_rows),

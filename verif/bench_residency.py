@@ -1,0 +1,139 @@
+"""``make bench`` (part): the four MLPerf Tiny models, layer by layer and resident, on one simulated device.
+
+Usage: ``python -m tessera.verif.bench_residency [--models a,b] [--width W] [--out build/bench]``
+
+Each model (:mod:`tessera.verif.mlperf_tiny`, seeded random weights, quantized by onnxruntime) runs one inference
+twice on the same simulated RTL: ``per-layer`` (every device layer its own program: weights and activations over the
+link each time) and ``resident`` (runs of Conv and Gemm layers compiled once into the device's memories; only inputs
+and results cross the link; :mod:`tessera.sw_driver.model_compiler`). Both outputs must equal onnxruntime's bit for
+bit (a mismatch stops the bench). The rows give, per inference, the device's cycles and latency at the configuration's
+clock, link bytes in and out beside the model's own input and output bytes, and energy by level
+(:mod:`tessera.sw_driver.energy`); the resident rows add the one-time load and which layers stayed resident.
+Writes ``residency.json`` and ``residency.md`` under ``--out``.
+
+The device is a 16x16 weight-stationary array with buffers sized for the models (:data:`BENCH_CONFIG`).
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from tessera.gen.config import AcceleratorConfig
+from tessera.sw_driver.energy import layer_energy
+from tessera.sw_driver.model_compiler import compile_model, run_model
+from tessera.sw_driver.model_runner import run_graph_on
+from tessera.sw_driver.onnx_import import load_model
+from tessera.sw_driver.reports import markdown_table, write_json, write_markdown
+from tessera.sw_driver.runtime import open_sim_device
+from tessera.verif.mlperf_tiny import MODELS, quantized
+
+__all__ = ["BENCH_CONFIG", "run_model_both_ways", "main"]
+
+#: A 16x16 WS array whose buffers hold the models' weights and maps where the array can keep them (the depthwise
+#: layers of MobileNet expand into dense block-diagonal weights, which do not all fit: those run layer by layer).
+BENCH_CONFIG = AcceleratorConfig(rows=16, cols=16, act_depth=16384, weight_depth=65536, acc_depth=1024,
+                                 param_depth=1024, vec_depth=16384, program_depth=65536)
+
+_LEVELS = ("link", "buffers", "rf", "mac", "total")
+
+
+class BenchError(RuntimeError):
+    """A model's output differs from onnxruntime's."""
+
+
+def _device_rows(reports):
+    return [r for r in reports if r.target == "device"]
+
+
+def _figures(cfg, reports, io_bytes):
+    device = _device_rows(reports)
+    cycles = sum(r.cycles for r in device)
+    counters = {}
+    for r in device:
+        for key, value in r.counters.items():
+            counters[key] = counters.get(key, 0) + value
+    energy = {key: sum(layer_energy(cfg, r.counters)[key] for r in device) for key in _LEVELS}
+    return {"cycles": cycles, "latency_us": cycles / cfg.clock_mhz,
+            "link_bytes_in": 4 * counters.get("link_words_in", 0),
+            "link_bytes_out": 4 * counters.get("link_words_out", 0), "io_bytes": io_bytes,
+            "energy_pj": energy}
+
+
+def run_model_both_ways(name, cfg, folder, *, width=1.0, seed=0):
+    """One inference of MLPerf Tiny model ``name`` per-layer and resident on the simulated device of ``cfg``:
+    ``[per-layer row, resident row]``."""
+    path = quantized(name, folder / name, seed=seed, width=width)
+    graph = load_model(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    x = np.random.default_rng(seed).normal(0, 1, spec.shape).astype(np.float32)
+    reference = session.run(None, {spec.name: x})[0]
+    inputs = {spec.name: x}
+    io_bytes = int(np.prod(spec.shape)) + int(reference.size)     # one byte per quantized value each way
+    rows = []
+    with open_sim_device(cfg) as device:
+        outputs, reports = run_graph_on(graph, inputs, device)
+        _check(name, "per-layer", outputs[graph.outputs[0].name], reference)
+        rows.append({"model": name, "mode": "per-layer", **_figures(cfg, reports, io_bytes)})
+        segments = compile_model(graph, cfg)
+        outputs, reports, one_time = run_model(graph, inputs, device, segments)
+        _check(name, "resident", outputs[graph.outputs[0].name], reference)
+        resident = sum(len(s.layers) for s in segments if s.model is not None)
+        compute = sum(1 for layer in graph.layers if layer.kind in ("Conv", "Gemm"))
+        not_resident = [f"{s.layers[0]}: {s.reason}" for s in segments if s.model is None]
+        rows.append({"model": name, "mode": "resident", **_figures(cfg, reports, io_bytes),
+                     "one_time_bytes": 4 * one_time.counters["link_words_in"] if one_time else 0,
+                     "resident_layers": f"{resident} of {compute}", "not_resident": not_resident})
+    return rows
+
+
+def _check(name, mode, y, reference):
+    if not np.array_equal(y, reference):
+        raise BenchError(f"{name} ({mode}): {int(np.count_nonzero(y != reference))} of {y.size} outputs differ "
+                         f"from onnxruntime's")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help=f"default: {','.join(MODELS)}")
+    parser.add_argument("--width", type=float, default=1.0, help="channel width factor (1.0: the reference models)")
+    parser.add_argument("--out", default="build/bench", help="output folder (default build/bench)")
+    args = parser.parse_args(argv)
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; accepted: {', '.join(MODELS)}")
+    cfg = BENCH_CONFIG
+    print(f"MLPerf Tiny, one inference each, per layer and resident, on {cfg.dataflow} {cfg.rows}x{cfg.cols} "
+          f"(config {cfg.hash}, {cfg.clock_mhz:g} MHz), simulated RTL; every output equal to onnxruntime's")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            started = time.perf_counter()
+            rows += run_model_both_ways(name, cfg, Path(folder), width=args.width)
+            print(f"  {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    table = markdown_table([{**row, "energy_uj": row["energy_pj"]["total"] / 1e6,
+                             "link_share": row["energy_pj"]["link"] / row["energy_pj"]["total"]} for row in rows],
+                           [("model", "model", ""), ("mode", "mode", ""), ("cycles", "cycles", ",d"),
+                            ("latency_us", "latency us", ",.1f"), ("link_bytes_in", "link B in", ",d"),
+                            ("link_bytes_out", "link B out", ",d"), ("io_bytes", "input+output B", ",d"),
+                            ("energy_uj", "energy uJ", ".2f"), ("link_share", "link share", ".0%")])
+    print(table)
+    for row in rows:
+        if row["mode"] == "resident":
+            print(f"{row['model']}: resident layers {row['resident_layers']}; one-time load "
+                  f"{row['one_time_bytes']:,} B" + "".join(f"\n  per layer: {why}" for why in row["not_resident"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "residency.json", {"config": cfg.to_dict(), "rows": rows})
+    write_markdown(out / "residency.md", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
