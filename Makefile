@@ -44,9 +44,11 @@ demo: $(STAMP)
 	$(BIN)/tessera demo $(CONFIG_ARGS)
 
 # The layer suite on 8x8 and 16x16 arrays of every dataflow beside SCALE-Sim (its own venv under build/), with the
-# bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset.
+# bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset. Then the four MLPerf Tiny models,
+# layer by layer and resident, on a 16x16 array (verif/bench_residency.py).
 bench: $(STAMP)
 	$(BIN)/python -m tessera.verif.bench_suite $(BENCH_ARGS)
+	$(BIN)/python -m tessera.verif.bench_residency
 
 # Importer fuzzing for FUZZ_SECONDS: mutated quantized models and inputs through `tessera run`, one case in ten on the
 # 4x4 simulator; prints ran / refused / failed and each failure's seed with the command that reruns it. Each soak

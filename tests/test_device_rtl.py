@@ -121,11 +121,11 @@ def test_resident_programs_run_again_from_program_memory(cfg, stall):
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"program_{stall}")
 
 
-#: Resident models on arrays of both dataflows that store (ws, os), square and not (rows dividing cols, cols
-#: dividing rows, neither: a stored row then starts and ends mid-word), one with single-port buffers
+#: Resident models on arrays of both dataflows that store (ws, os), with rows dividing cols, cols dividing rows and
+#: neither (a stored row then starts and ends mid-word), one with single-port buffers (tests/test_resident.py runs
+#: whole models on 4x4 ws and os arrays)
 RESIDENT_CONFIGS = [
-    *(dataclasses.replace(cfg, act_depth=512, weight_depth=512, param_depth=16)
-      for cfg in (CONFIGS[0], CONFIGS[1], CONFIGS[3])),
+    dataclasses.replace(CONFIGS[3], act_depth=512, weight_depth=512, param_depth=16),
     AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=512, weight_depth=512, acc_depth=64, param_depth=16,
                       link_timeout=64),
     AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=512, weight_depth=512, acc_depth=32, param_depth=16,

@@ -232,3 +232,16 @@ class TestResidentRuns:
 def load_model_proto(path):
     import onnx
     return onnx.load(str(path))
+
+
+@pytest.mark.rtl
+def test_the_residency_bench_compares_both_ways_bit_exact(tmp_path):
+    from tessera.verif.bench_residency import run_model_both_ways
+    per_layer, resident = run_model_both_ways("ad_autoencoder", AcceleratorConfig(weight_depth=8192), tmp_path,
+                                              width=0.125)
+    assert (per_layer["mode"], resident["mode"]) == ("per-layer", "resident")
+    assert resident["resident_layers"] == "10 of 10" and not resident["not_resident"]
+    # layer by layer the weights cross the link each inference; resident, only once before
+    assert per_layer["link_bytes_in"] > resident["one_time_bytes"] > resident["link_bytes_in"]
+    assert resident["cycles"] < per_layer["cycles"]
+    assert resident["energy_pj"]["link"] < per_layer["energy_pj"]["link"]
