@@ -76,7 +76,7 @@ def _device_layer(layer):
         return ("its weights have a zero point or are uint8: the layer reads its input twice, which it does not do "
                 "from on-chip storage")
     return DeviceLayer(w=w, bias=bias, scale=scale, y_zp=int(y_zp), strides=strides, pads=pads,
-                       pad_value=int(x_zp))
+                       pad_value=int(x_zp), macs_per_pixel=int(np.prod(layer.w_q.shape)))
 
 
 def _chainable(graph, layer, cfg):
@@ -133,45 +133,87 @@ def find_segments(graph, cfg):
 
 def compile_model(graph, cfg, batch=1):
     """Find the graph's resident segments and compile each for ``cfg``, each for runs of up to ``batch`` images
-    (halved until its feature maps and program fit). A segment that does not fit even for one image is left out,
-    with the reason (its layers then run one by one).
+    (halved until its feature maps and program fit). A segment that does not fit is cut after the longest run of
+    its layers that does; a layer that does not fit even alone, for one image, is left out with the reason (it then
+    runs one by one).
 
     The segments' weights and parameters are stacked at the top of their buffers, one segment below the other in
     graph order, so that every segment stays loaded and the layers run one by one, whose programs fill those
     buffers from the bottom, rarely reach them (where one does, the device loads the segment again:
     ``Device.infer``). Their programs stack from the bottom of the program memory."""
-    segments = find_segments(graph, cfg)
-    program_base = 0
-    top = {"weight": cfg.weight_depth, "param": cfg.param_depth}
-    for segment in segments:
+    placed = _Placement(cfg)
+    compiled = []
+    for segment in find_segments(graph, cfg):
         layers = [graph.layer(name) for name in segment.layers]
         device_layers = [_device_layer(layer) for layer in layers if isinstance(layer, (Conv, Gemm))]
         why = next((d for d in device_layers if isinstance(d, str)), None)
         if why:
-            segment.reason = why
+            compiled.append(dataclasses.replace(segment, reason=why))
             continue
-        in_shape = _as_map(_image_shape(graph, segment.input))
+        compiled += _fitting_segments(graph, cfg, layers, device_layers, segment.input, placed, batch)
+    return compiled
+
+
+class _Placement:
+    """Where the next segment goes: below the weights and parameters of those before it, after their programs."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.top = {"weight": cfg.weight_depth, "param": cfg.param_depth}
+        self.program = 0
+
+    def compile(self, device_layers, in_shape, batch):
+        """The layers compiled at the next place, for the largest batch (halving) that fits; TilingError if none."""
+        cfg, error = self.cfg, None
         for size in _halvings(batch):
             try:
                 # sized where it would start at the bottom, then placed below the segments before it
-                sized = compile_resident(cfg, device_layers, in_shape, batch=size)
-                plan = sized.plan
-                bases = {"weight": top["weight"] - plan["weight_words"], "param": top["param"] - plan["param_words"],
-                         "program": program_base}
+                plan = compile_resident(cfg, device_layers, in_shape, batch=size).plan
+                bases = {"weight": self.top["weight"] - plan["weight_words"],
+                         "param": self.top["param"] - plan["param_words"], "program": self.program}
                 for buffer in ("weight", "param"):
                     if bases[buffer] < 0:
-                        raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']} "
-                                          f"of them) do not fit {buffer}_depth={getattr(cfg, buffer + '_depth')}; "
-                                          f"{top[buffer]} are left")
-                segment.model = compile_resident(cfg, device_layers, in_shape, bases=bases, batch=size)
-                break
+                        raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']}"
+                                          f" of them) do not fit {buffer}_depth={getattr(cfg, buffer + '_depth')}; "
+                                          f"{self.top[buffer]} are left")
+                return compile_resident(cfg, device_layers, in_shape, bases=bases, batch=size)
+            except TilingError as err:
+                error = err
+        raise error
+
+    def take(self, model):
+        bases = model.plan["bases"]
+        self.top = {"weight": bases["weight"], "param": bases["param"]}
+        self.program += model.plan["program_words"]
+
+
+def _fitting_segments(graph, cfg, layers, device_layers, input_name, placed, batch):
+    """A found segment's layers as segments that fit: the whole, or the longest runs that do, one after another."""
+    segments = []
+    while layers:
+        compute = [i for i, layer in enumerate(layers) if isinstance(layer, (Conv, Gemm))]
+        in_shape = _as_map(_image_shape(graph, input_name))
+        # the longest run of its first n compute layers that fits (fewer layers never need more room)
+        low, high, best, reason = 1, len(compute), None, ""
+        while low <= high:
+            n = (low + high) // 2
+            try:
+                model = placed.compile(device_layers[:n], in_shape, batch)
+                best, low = (n, model), n + 1
             except TilingError as error:
-                segment.reason = f"does not stay resident on this configuration: {error}"
-        if segment.model is None:
-            continue
-        segment.reason = ""
-        top = {"weight": bases["weight"], "param": bases["param"]}
-        program_base += segment.model.plan["program_words"]
+                reason, high = f"does not stay resident on this configuration: {error}", n - 1
+        end = compute[best[0] - 1] + 1 if best else compute[0] + 1
+        names = [layer.name for layer in layers[:end]]
+        output = layers[end - 1].outputs[0]
+        if best:
+            placed.take(best[1])
+            segments.append(Segment(names, input_name, output, best[1]))
+        else:
+            segments.append(Segment(names, input_name, output, reason=reason))
+        used = best[0] if best else 1
+        layers, device_layers, input_name = layers[end:], device_layers[used:], output
+        if layers and not any(isinstance(layer, (Conv, Gemm)) for layer in layers):
+            break     # (a trailing reshape runs on the host, as outside a segment)
     return segments
 
 

@@ -23,6 +23,8 @@ from tessera.sw_driver.compiler import (
     TilingError,
     _fmap_words,
     _GemmTiles,
+    _sparse_weight_tile,
+    _weight_tile_plan,
     check_gemm_operands,
     conv_limits_violation,
     conv_output_shape,
@@ -44,6 +46,11 @@ class DeviceLayer:
     strides: tuple = (1, 1)
     pads: tuple = (0, 0, 0, 0)
     pad_value: int = 0
+    macs_per_pixel: int = None   # the layer's own MACs per output pixel (a grouped conv's, not its dense zeros')
+
+    @property
+    def own_macs_per_pixel(self):
+        return self.macs_per_pixel if self.macs_per_pixel is not None else int(np.prod(self.w.shape))
 
     @property
     def kernel(self):
@@ -189,9 +196,12 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
         check_gemm_operands(np.zeros((1, folds * R), np.int8), gemm_w, layer.bias, layer.scale, layer.y_zp)
         gemm = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), gemm_w, np.asarray(layer.bias),
                           np.asarray(layer.scale), conv=True)
-        _check_fits("weight", weight_base + gemm.n_tiles * gemm.weight_words, cfg.weight_depth)
+        stored, sparse, tile_words = _weight_tiles(cfg, gemm, folds)
+        _check_fits("weight", weight_base + sum(tile_words), cfg.weight_depth)
         _check_fits("param", param_base + gemm.n_tiles, cfg.param_depth)
-        weights += [gemm._weight_tile(t) for t in range(gemm.n_tiles)]
+        weights += [_sparse_weight_tile(gemm, t, stored[t], kw, blocks[index]) if sparse[t] else gemm._weight_tile(t)
+                    for t in range(gemm.n_tiles)]
+        tile_bases = weight_base + np.cumsum([0] + tile_words[:-1])
         params.append((gemm.bias.reshape(gemm.n_tiles, C), gemm.scale.reshape(gemm.n_tiles, C)))
         last = index == len(layers) - 1
         setup = instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks[index],
@@ -202,8 +212,8 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
         k_field = folds if cfg.dataflow == "ws" else folds * R
 
         def commands(images, index=index, gemm=gemm, last=last, out_channels=out_channels, out_w=out_w,
-                     pixels=pixels, block_rows=block_rows, k_field=k_field, weight_base=weight_base,
-                     param_base=param_base, y_zp=int(layer.y_zp)):
+                     pixels=pixels, block_rows=block_rows, k_field=k_field, tile_bases=tile_bases, stored=stored,
+                     sparse=sparse, param_base=param_base, y_zp=int(layer.y_zp)):
             # the layer's commands for `images`, output tile by output tile
             words = []
             for t in range(gemm.n_tiles):
@@ -215,16 +225,16 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
                     rows = min(block_rows, pixels - p0)
                     store = {} if last else {"store": 1, "s_base": offsets[index + 1] + image * map_words[index + 1]
                                              + p0 * blocks[index + 1] + first // R}
-                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k_field,
+                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=len(stored[t]) if sparse[t] else k_field,
                                              x_base=offsets[index] + image * map_words[index],
-                                             w_base=weight_base + t * gemm.weight_words, p_base=param_base + t,
-                                             y_zp=y_zp, conv=1, out_y=p0 // out_w, out_x=p0 % out_w, **store))
+                                             w_base=int(tile_bases[t]), p_base=param_base + t, y_zp=y_zp, conv=1,
+                                             out_y=p0 // out_w, out_x=p0 % out_w, sparse=int(sparse[t]), **store))
                     if last:
                         outputs.append((image, p0, first, rows))
             return words
 
         per_layer.append((setup, commands))
-        weight_base += gemm.n_tiles * gemm.weight_words
+        weight_base += sum(tile_words)
         param_base += gemm.n_tiles
 
     # The first layer runs image by image, each image a program section of its own that the host RUNs right after
@@ -249,7 +259,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     scale = np.concatenate([s for _, s in params])
     load_words = [store_program, load(cfg, BufferId.WEIGHT, bases["weight"], np.concatenate(weights)),
                   load(cfg, BufferId.PARAM, bases["param"], (bias, scale))]
-    macs = batch * sum(int(np.prod(shapes[i + 1])) * int(np.prod(layer.w.shape[1:])) for i, layer in enumerate(layers))
+    macs = batch * sum(int(np.prod(shapes[i + 1][1:])) * layer.own_macs_per_pixel for i, layer in enumerate(layers))
     plan = {"batch": batch, "tensors": [{"shape": list(shape), "act_words": [offset, offset + batch * words]}
                                         for shape, offset, words in zip(shapes, offsets, map_words, strict=False)],
             "weight_words": weight_base - bases["weight"], "param_words": param_base - bases["param"],
@@ -257,6 +267,19 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     return ResidentModel(cfg=cfg, batch=batch, in_shape=tuple(in_shape), out_shape=shapes[-1],
                          load_words=np.concatenate(load_words), run_words=np.concatenate(runs), input_base=offsets[0],
                          outputs=outputs, macs=macs, plan=plan)
+
+
+def _weight_tiles(cfg, gemm, folds):
+    """Per output tile of a layer: the folds its commands run, whether they are ``sparse`` (ws: only the folds
+    whose weights are not all zero are stored, each behind its header), and its weight words. A tile with no such
+    fold still runs, on one zero fold: its outputs (the requantised bias) are stored for the next layer."""
+    stored, sparse, words = _weight_tile_plan(gemm, folds, skip=True)
+    for t, kept in enumerate(stored):
+        if not len(kept):
+            stored[t] = np.zeros(1, int)
+            sparse[t] = cfg.dataflow == "ws" and cfg.cols >= 2 and folds > 1
+            words[t] = cfg.rows + 1 if sparse[t] else gemm.weight_words
+    return stored, sparse, [int(w) for w in words]
 
 
 def _fully_connected(layers, in_shape):

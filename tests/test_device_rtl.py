@@ -133,14 +133,16 @@ RESIDENT_CONFIGS = [
 ]
 
 
-def _random_cnn(rng, convs):
-    """An input shape and ``convs`` conv layers of random kernels, strides and padding that fit it, then a 1x1 one."""
+def _random_cnn(rng, convs, cfg):
+    """An input shape and ``convs`` conv layers of random kernels, strides and padding that fit it, then a 1x1 one;
+    some of the weight tiles of ``cfg``'s array all zero (pruned: ws stores only the others, sparse commands)."""
     channels, size = rng.randint(1, 5), rng.randint(5, 8)
     shape, layers = [channels, size, size], []
     for _ in range(convs):
         kernel, pad = rng.choice([1, 2, 3]), rng.randint(0, 1)
         stride = rng.randint(1, 2) if size + 2 * pad - kernel >= 2 else 1
-        layers.append({"out_channels": rng.randint(1, 7), "kernel": kernel, "stride": stride, "pad": pad})
+        layers.append({"out_channels": rng.randint(1, 7), "kernel": kernel, "stride": stride, "pad": pad,
+                       "zero_tiles": [cfg.rows, cfg.cols, rng.choice([0.0, 0.5, 1.0])]})
         size = (size + 2 * pad - kernel) // stride + 1
     return shape, layers + [{"out_channels": rng.randint(2, 9), "kernel": 1}]
 
@@ -150,7 +152,7 @@ def _random_cnn(rng, convs):
 def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
     rng = random.Random(_seed(cfg, "resident", stall))
     # a small CNN, then a fully connected chain (1x1 convs over a 1x1 map)
-    shape, layers = _random_cnn(rng, 2)
+    shape, layers = _random_cnn(rng, 2, cfg)
     chains = [{"input": shape, "layers": layers},
               {"input": [rng.randint(4, 12), 1, 1],
                "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}]

@@ -118,7 +118,8 @@ class ExpectErrors:
 
 def random_chain(rng, in_shape, specs, multiplier="exact"):
     """A random chain of conv layers for a resident model: ``specs`` of ``{"out_channels", "kernel", "stride",
-    "pad"}`` each (kernel an int or (KH, KW); a 1x1 kernel over a 1x1 map is a fully connected layer). Each
+    "pad"}`` each (kernel an int or (KH, KW); a 1x1 kernel over a 1x1 map is a fully connected layer), and
+    optionally ``"zero_tiles": [rows, cols, fraction]`` as :func:`random_conv` takes it (pruned weights). Each
     layer's input zero point is the output zero point of the layer before (folded into its bias, read as
     padding), as a quantized model chains them. Returns ``(x, layers, expected)``: the int8 input (C, H, W),
     :class:`~tessera.sw_driver.resident.DeviceLayer` s and the golden model's output of the last layer."""
@@ -130,6 +131,10 @@ def random_chain(rng, in_shape, specs, multiplier="exact"):
         kh, kw = (spec["kernel"],) * 2 if isinstance(spec["kernel"], int) else spec["kernel"]
         channels = y.shape[0]
         w = rng.integers(-128, 128, (spec["out_channels"], channels, kh, kw), dtype=np.int8)
+        if spec.get("zero_tiles"):
+            rows, cols, fraction = spec["zero_tiles"]
+            keep = rng.random((-(-len(w) // cols), -(-channels // rows), kh, kw)) >= fraction
+            w *= np.repeat(np.repeat(keep, cols, axis=0), rows, axis=1)[:len(w), :channels].astype(np.int8)
         bias = rng.integers(-2**14, 2**14, spec["out_channels"], dtype=np.int32)
         # about a quarter of the outputs' range from a typical sum, so the next layer sees varied values
         scale = (rng.uniform(0.5, 2, spec["out_channels"]) / (16 * np.sqrt(channels * kh * kw * 64 * 64))
