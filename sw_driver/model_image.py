@@ -28,8 +28,8 @@ from tessera.sw_driver.model_compiler import Segment, compile_model
 from tessera.sw_driver.onnx_import import load_model
 from tessera.sw_driver.resident import ResidentModel
 
-__all__ = ["IMAGE_FORMAT", "IMAGE_VERSION", "ImageError", "ModelImage", "compile_image", "image_model", "read_image",
-           "write_image"]
+__all__ = ["IMAGE_FORMAT", "IMAGE_VERSION", "ImageError", "ModelImage", "compile_image", "compiler_digest",
+           "image_model", "read_image", "write_image"]
 
 IMAGE_FORMAT = "tessera-model-image"
 IMAGE_VERSION = 1
@@ -54,6 +54,17 @@ class ModelImage:
 
     def resident_layers(self):
         return sum(len(s.layers) for s in self.segments if s.model is not None)
+
+
+def compiler_digest():
+    """A digest of the code that decides what an image holds (the compilers, the encoding, the layouts): a cached
+    image made by other code is not reused."""
+    from tessera.hw import isa, layouts
+    from tessera.sw_driver import compiler, isa_encode, model_compiler, resident
+    digest = hashlib.sha256()
+    for module in (isa, layouts, compiler, isa_encode, model_compiler, resident):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def compile_image(model_path, cfg, batch=1):

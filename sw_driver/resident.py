@@ -186,6 +186,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
 
     bases = {"weight": 0, "param": 0, "program": 0, **(bases or {})}
     weights, params, per_layer = [], [], []
+    array_cycles = [0]    # (a list: the commands() closures add to it) vectors or steps into the array, per run
     weight_base, param_base = bases["weight"], bases["param"]
     outputs = []
     for index, layer in enumerate(layers):
@@ -225,7 +226,9 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
                     rows = min(block_rows, pixels - p0)
                     store = {} if last else {"store": 1, "s_base": offsets[index + 1] + image * map_words[index + 1]
                                              + p0 * blocks[index + 1] + first // R}
-                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=len(stored[t]) if sparse[t] else k_field,
+                    k = len(stored[t]) if sparse[t] else k_field
+                    array_cycles[0] += rows * k if cfg.dataflow == "ws" else k
+                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k,
                                              x_base=offsets[index] + image * map_words[index],
                                              w_base=int(tile_bases[t]), p_base=param_base + t, y_zp=y_zp, conv=1,
                                              out_y=p0 // out_w, out_x=p0 % out_w, sparse=int(sparse[t]), **store))
@@ -263,7 +266,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     plan = {"batch": batch, "tensors": [{"shape": list(shape), "act_words": [offset, offset + batch * words]}
                                         for shape, offset, words in zip(shapes, offsets, map_words, strict=False)],
             "weight_words": weight_base - bases["weight"], "param_words": param_base - bases["param"],
-            "program_words": len(program), "bases": bases}
+            "program_words": len(program), "bases": bases, "array_cycles": array_cycles[0]}
     return ResidentModel(cfg=cfg, batch=batch, in_shape=tuple(in_shape), out_shape=shapes[-1],
                          load_words=np.concatenate(load_words), run_words=np.concatenate(runs), input_base=offsets[0],
                          outputs=outputs, macs=macs, plan=plan)

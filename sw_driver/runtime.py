@@ -135,8 +135,10 @@ class Device:
             words.insert(0, model.load_words)
             self._resident[id(model)][1] = False
         words = np.concatenate(words)
+        # a resident model computes its layers before the last in silence: allow the link that long
+        silence = self.timeout_cycles + 4 * model.plan["array_cycles"]
         packets, run = self._exchange(words, len(runs) * model.reply_words(), macs=len(runs) * model.macs,
-                                      results=len(runs) * model.commands)
+                                      results=len(runs) * model.commands, timeout_cycles=silence)
         results = packets.results
         y = [model.assemble(results[i * model.commands:(i + 1) * model.commands])[:len(inputs)]
              for i, inputs in enumerate(runs)]
@@ -154,12 +156,13 @@ class Device:
                 if any(_overlap(written, region) for region in entry[0]):
                     entry[1] = True
 
-    def _exchange(self, words, reply_words, *, macs=0, results=0):
+    def _exchange(self, words, reply_words, *, macs=0, results=0, timeout_cycles=None):
         """Send ``words`` between CLEAR_COUNTERS and READ_COUNTERS; returns the parsed packets and the LayerRun."""
         words = np.concatenate([instruction(self.cfg, Opcode.CLEAR_COUNTERS), words,
                                 instruction(self.cfg, Opcode.READ_COUNTERS)])
         self.transport.send(words)
-        reply = self.transport.receive(reply_words + 1 + len(COUNTERS), timeout_cycles=self.timeout_cycles)
+        reply = self.transport.receive(reply_words + 1 + len(COUNTERS),
+                                       timeout_cycles=timeout_cycles or self.timeout_cycles)
         packets = parse_packets(self.cfg, reply)
         if packets.errors:
             raise DeviceError(f"the device rejected instructions: {packets.errors}")
