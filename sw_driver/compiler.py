@@ -472,6 +472,20 @@ def _fmap_words(fmap, rows):
     return words
 
 
+def conv_as_gemm_weights(w, rows, blocks):
+    """Conv weights (O, C, KH, KW) as the GEMM a conv command runs: fold ``(kh * KW + kw) * blocks + b`` holds
+    the weights of channel block ``b`` at tap (kh, kw), ``rows`` input channels a fold (see hw.layouts)."""
+    out_channels, _, kh, kw = w.shape
+    gemm_w = np.zeros((kh * kw * blocks * rows, out_channels), np.int8)
+    for i in range(kh):
+        for j in range(kw):
+            for b in range(blocks):
+                f = (i * kw + j) * blocks + b
+                part = w[:, b * rows:(b + 1) * rows, i, j].T
+                gemm_w[f * rows:f * rows + len(part)] = part
+    return gemm_w
+
+
 def conv_limits_violation(kernel, strides, pads):
     """Why no dataflow's conv commands (nor the vector unit's pooling) can take this kernel, stride and padding,
     or None if they can."""
@@ -525,13 +539,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     blocks = math.ceil(channels / R)
     folds = kh * kw * blocks
     # The flattened layer is a GEMM of (out_h*out_w) x (folds*R) x O; check operands and overflow through it.
-    w_gemm = np.zeros((folds * R, out_channels), np.int8)
-    for i in range(kh):
-        for j in range(kw):
-            for b in range(blocks):
-                f = (i * kw + j) * blocks + b
-                part = w[:, b * R:(b + 1) * R, i, j].T
-                w_gemm[f * R:f * R + len(part)] = part
+    w_gemm = conv_as_gemm_weights(w, R, blocks)
     check_gemm_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
     layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale),
                        conv=True)

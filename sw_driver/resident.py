@@ -26,6 +26,7 @@ from tessera.sw_driver.compiler import (
     _sparse_weight_tile,
     _weight_tile_plan,
     check_gemm_operands,
+    conv_as_gemm_weights,
     conv_limits_violation,
     conv_output_shape,
 )
@@ -193,7 +194,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
         (_, in_h, in_w), (out_channels, out_h, out_w) = shapes[index], shapes[index + 1]
         kh, kw = layer.kernel
         folds = kh * kw * blocks[index]
-        gemm_w = _conv_as_gemm_weights(layer.w, R, blocks[index])
+        gemm_w = conv_as_gemm_weights(layer.w, R, blocks[index])
         check_gemm_operands(np.zeros((1, folds * R), np.int8), gemm_w, layer.bias, layer.scale, layer.y_zp)
         gemm = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), gemm_w, np.asarray(layer.bias),
                           np.asarray(layer.scale), conv=True)
@@ -289,20 +290,6 @@ def _fully_connected(layers, in_shape):
     """Layers that are fully connected ones: 1x1 convolutions over a 1x1 map."""
     return tuple(in_shape[1:]) == (1, 1) and all(layer.kernel == (1, 1) and tuple(layer.strides) == (1, 1)
                                                  and not any(layer.pads) for layer in layers)
-
-
-def _conv_as_gemm_weights(w, rows, blocks):
-    """Conv weights (O, C, KH, KW) as the GEMM a conv command runs: fold ``(kh * KW + kw) * blocks + b`` holds
-    the weights of channel block ``b`` at tap (kh, kw), ``rows`` input channels a fold (see hw.layouts)."""
-    out_channels, _, kh, kw = w.shape
-    gemm_w = np.zeros((kh * kw * blocks * rows, out_channels), np.int8)
-    for i in range(kh):
-        for j in range(kw):
-            for b in range(blocks):
-                f = (i * kw + j) * blocks + b
-                part = w[:, b * rows:(b + 1) * rows, i, j].T
-                gemm_w[f * rows:f * rows + len(part)] = part
-    return gemm_w
 
 
 def _check_fits(buffer, words, depth):
