@@ -190,6 +190,14 @@ def board():
     transport.close()
 
 
+def _settle(board):
+    """Pump the link until the device has acknowledged every word the host sent."""
+    for _ in range(100):
+        if not board.engine.unacknowledged:
+            break
+        board.engine.pump(0.001)
+
+
 def _run_gemm(board, seed, shape=(32, 32, 8)):
     """Run a random layer; return (bit-exact, host-to-device and device-to-host payload as fractions of the
     line rate)."""
@@ -271,12 +279,10 @@ class TestSimulatedBoard:
         from tessera.sw_driver.isa_encode import load
         board.inject()
         program = load(BOARD_CFG, BufferId.ACT, 0, np.ones((64, BOARD_CFG.rows), dtype=np.int8))
+        _settle(board)      # the acknowledgements of the layers before may still be on their way
         before = board.words_delivered[0]
         board.send(program[:-60])
-        for _ in range(100):        # until the device has them all (acknowledged), not just queued on the host
-            if not board.engine.unacknowledged:
-                break
-            board.engine.pump(0.001)
+        _settle(board)      # until the device has them all (acknowledged), not just queued on the host
         assert board.words_delivered[0] - before == len(program) - 60
         board.reset()
         exact, *_ = _run_gemm(board, seed=15, shape=(4, 4, 2))
