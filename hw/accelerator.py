@@ -54,7 +54,6 @@ class Accelerator(wiring.Component):
         wiring.connect(m, core.result, router.result)
         wiring.connect(m, router.packet_rows, packetiser.rows)
         wiring.connect(m, router.packet_result, packetiser.result)
-        wiring.connect(m, router.act_store, core.act_store)
         # Results first: they free accumulator halves, and the core's progress depends on them.
         wiring.connect(m, packetiser.packet, arbiter.sources[0])
         wiring.connect(m, controller.packet, arbiter.sources[1])
@@ -64,19 +63,24 @@ class Accelerator(wiring.Component):
         if has_vector:
             m.submodules.vector = vector = VectorUnit(cfg)
             wiring.connect(m, controller.vec_load, vector.load)
+            wiring.connect(m, router.vec_store, vector.store_in)
+            self._merge_act_stores(m, router.act_store, vector.act_store, core.act_store)
             wiring.connect(m, controller.vec_cmd, vector.cmd)
             wiring.connect(m, vector.packet, arbiter.sources[2])
             m.d.comb += [vector.geometry.eq(controller.pool_geometry), vector.add_params.eq(controller.add_params),
                          controller.vec_idle.eq(vector.idle)]
             vec_completed, vec_busy, vec_reads = vector.completed, vector.busy, vector.reads
-            vec_writes = vector.load.valid
+            vec_writes = vector.writes
         else:
-            m.d.comb += controller.vec_idle.eq(1)
+            wiring.connect(m, router.act_store, core.act_store)
+            m.d.comb += [controller.vec_idle.eq(1), router.vec_store.ready.eq(1)]
 
-        completed = Signal(32)
-        # a compute command is complete once its last row has gone, to the host or into the activation buffer
-        m.d.sync += completed.eq(completed + router.completed + vec_completed)
-        m.d.comb += [controller.completed.eq(completed), controller.core_idle.eq(core.idle)]
+        completed, vector_completed = Signal(32), Signal(32)
+        # a compute command is complete once its last row (result word) has gone, to the host or into a buffer
+        m.d.sync += [completed.eq(completed + router.completed + vec_completed),
+                     vector_completed.eq(vector_completed + vec_completed)]
+        m.d.comb += [controller.completed.eq(completed), controller.vec_completed.eq(vector_completed),
+                     controller.core_idle.eq(core.idle)]
 
         if cfg.counters:
             widths = {"acc_reads": 2, "commands": 2,
@@ -114,3 +118,12 @@ class Accelerator(wiring.Component):
                 controller.counters.eq(counters.values),
             ]
         return m
+
+    @staticmethod
+    def _merge_act_stores(m, first, second, sink):
+        """Stored writes into the activation buffer: ``first``'s, else ``second``'s. (A stream keeps its write
+        valid until taken, so ``second``'s waits, never lost, while ``first`` cuts in.)"""
+        with m.If(first.valid):
+            wiring.connect(m, first, sink)
+        with m.Else():
+            wiring.connect(m, second, sink)

@@ -21,7 +21,7 @@ from .controller_packets import StatusPacketiser, link_beat_layout
 from .controller_program import ProgramMemory
 from .controller_queues import CommandQueues
 from .controller_timeout import LinkTimeout
-from .isa import COUNTERS, LINK_WIDTH, ErrorCode, Opcode
+from .isa import COUNTERS, LINK_WIDTH, ErrorCode, Opcode, WaitUnit
 from .layouts import (
     act_load_layout,
     command_layout,
@@ -82,6 +82,8 @@ class Controller(wiring.Component):
         COUNTERS and ERROR packets.
     completed : In(32)
         Commands (GEMM, POOL, ADD) completed since reset.
+    vec_completed : In(32)
+        Of them, the vector unit's.
     core_idle, vec_idle : In(1)
     counters : In(ArrayLayout(unsigned(32), len(COUNTERS)))
     clear_counters : Out(1)
@@ -108,6 +110,7 @@ class Controller(wiring.Component):
             "result_rows": Out(stream.Signature(result_descriptor_layout(cfg))),
             "packet": Out(stream.Signature(link_beat_layout())),
             "completed": In(32),
+            "vec_completed": In(32),
             "core_idle": In(1),
             "vec_idle": In(1),
             "counters": In(data.ArrayLayout(unsigned(32), len(COUNTERS))),
@@ -146,6 +149,7 @@ class Controller(wiring.Component):
         m.d.comb += [fetch.words.payload.eq(source.payload), load.words.payload.eq(source.payload),
                      timeout.restart.eq(self.host_in.valid & self.host_in.ready),
                      decoder.instruction.eq(instruction), decoder.pool_geometry.eq(self.pool_geometry),
+                     decoder.store_setup.eq(store_setup),
                      decoder.in_program.eq(running), load.in_program.eq(running),
                      load.request.eq(operands(instruction, Opcode.LOAD, cfg))]
         for name in load.ports.values():
@@ -156,7 +160,8 @@ class Controller(wiring.Component):
 
         m.d.comb += [queues.gemm.payload.eq(gemm), queues.store_setup.eq(store_setup),
                      queues.vector.payload.eq(decoder.vec_command),
-                     queues.completed.eq(self.completed), queues.core_idle.eq(self.core_idle),
+                     queues.completed.eq(self.completed), queues.vec_completed.eq(self.vec_completed),
+                     queues.core_idle.eq(self.core_idle),
                      queues.vec_idle.eq(self.vec_idle), idle.eq(queues.core_done & queues.vec_done)]
         for name in ("cmd", "result_rows", "vec_cmd"):
             wiring.connect(m, getattr(queues, name), wiring.flipped(getattr(self, name)))
@@ -301,7 +306,13 @@ class Controller(wiring.Component):
             # issued - completed never exceeds the commands in flight, so any `pending` terminates; it is
             # a cycle old, which only ever overstates what is in flight (nothing is issued while waiting)
             wait = operands(blocks.fetch.instruction, Opcode.WAIT, self.cfg)
-            with m.If(queues.outstanding <= wait.pending):
+            outstanding = Signal.like(queues.outstanding)
+            with m.Switch(wait.unit):
+                for unit, count in ((WaitUnit.ALL, queues.outstanding), (WaitUnit.ARRAY, queues.outstanding_array),
+                                    (WaitUnit.VECTOR, queues.outstanding_vec)):
+                    with m.Case(unit):
+                        m.d.comb += outstanding.eq(count)
+            with m.If(outstanding <= wait.pending):
                 m.next = "FETCH"
 
     def _setup(self, m, blocks):

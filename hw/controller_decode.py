@@ -1,11 +1,11 @@
 """Decode: the checks an instruction's own fields settle, and the vector unit's command a POOL or ADD describes."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .isa import ErrorCode, Opcode, instruction_layout, operands_layout
-from .layouts import conv_geometry_layout, vec_command_layout
+from .isa import ErrorCode, Opcode, WaitUnit, instruction_layout, operands_layout
+from .layouts import StoreTarget, conv_geometry_layout, store_setup_layout, store_words, vec_command_layout
 
 __all__ = ["Decoder", "operands"]
 
@@ -27,6 +27,8 @@ class Decoder(wiring.Component):
     instruction : In(instruction_layout(cfg))
     pool_geometry : In(conv_geometry_layout())
         The geometry POOL_SETUP set: zero before the first.
+    store_setup : In(store_setup_layout())
+        What STORE_SETUP set: zero before the first (a POOL stored into the activation buffer keeps a copy).
     in_program : In(1)
         The instruction comes from a running program (a RUN there is rejected: programs do not nest).
     error : Out(8)
@@ -43,6 +45,7 @@ class Decoder(wiring.Component):
         super().__init__({
             "instruction": In(instruction_layout(cfg)),
             "pool_geometry": In(conv_geometry_layout()),
+            "store_setup": In(store_setup_layout()),
             "in_program": In(1),
             "error": Out(8),
             "take": In(1),
@@ -64,10 +67,14 @@ class Decoder(wiring.Component):
         # a constant comparison fails the lint gate: compare only where x_base can be out of range
         pool_out_of_range = pool.x_base >= cfg.vec_depth if 0 < cfg.vec_depth < (1 << 16) else 0
 
+        pool_store_error, add_store_error = self._store_errors(m, pool, add)
+
         with m.Switch(opcode):
-            with m.Case(Opcode.NOP, Opcode.LOAD, Opcode.GEMM, Opcode.WAIT, Opcode.READ_COUNTERS,
-                        Opcode.CLEAR_COUNTERS):
+            with m.Case(Opcode.NOP, Opcode.LOAD, Opcode.GEMM, Opcode.READ_COUNTERS, Opcode.CLEAR_COUNTERS):
                 pass   # nothing to judge here
+            with m.Case(Opcode.WAIT):
+                with m.If(operands(self.instruction, Opcode.WAIT, cfg).unit > WaitUnit.VECTOR):
+                    m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
             with m.Case(Opcode.CONV_SETUP):
                 with m.If(empty_geometry):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
@@ -83,13 +90,18 @@ class Decoder(wiring.Component):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif(pool_out_of_range):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+                with m.Else():
+                    m.d.comb += self.error.eq(pool_store_error)
             with m.Case(Opcode.ADD):
                 with m.If(no_vector | (add.words == 0)):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif((add.a_base + add.words > cfg.vec_depth) | (add.b_base + add.words > cfg.vec_depth)):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
+                with m.Else():
+                    m.d.comb += self.error.eq(add_store_error)
             with m.Case(Opcode.STORE_SETUP):
-                with m.If((store.lanes == 0) | (store.lanes > cfg.cols) | (store.lane >= cfg.rows)):
+                # the lanes a GEMM's row or a POOL's pixel may write are judged with the command
+                with m.If((store.lanes == 0) | (store.lane >= max(cfg.rows, 4))):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
             with m.Case(Opcode.RUN):
                 if cfg.program_depth == 0:
@@ -103,8 +115,37 @@ class Decoder(wiring.Component):
         entry = self.vec_command
         with m.If(self.take & (opcode == Opcode.POOL)):
             m.d.sync += [entry.op.eq(0), entry.a_base.eq(pool.x_base), entry.count.eq(pool.m),
-                         entry.out_y.eq(pool.out_y), entry.out_x.eq(pool.out_x)]
+                         entry.out_y.eq(pool.out_y), entry.out_x.eq(pool.out_x), entry.store.eq(pool.store),
+                         entry.d_base.eq(pool.d_base), entry.lane.eq(self.store_setup.lane),
+                         entry.lanes.eq(self.store_setup.lanes), entry.stride.eq(self.store_setup.stride)]
         with m.If(self.take & (opcode == Opcode.ADD)):
             m.d.sync += [entry.op.eq(1), entry.a_base.eq(add.a_base), entry.b_base.eq(add.b_base),
-                         entry.count.eq(add.words)]
+                         entry.count.eq(add.words), entry.store.eq(add.store), entry.d_base.eq(add.d_base)]
         return m
+
+    def _store_errors(self, m, pool, add):
+        """The errors of a POOL's and an ADD's ``store``: a pool stores into the vector buffer one word per result
+        word, or into the activation buffer pixel by pixel as STORE_SETUP lays them out; an add only into the
+        vector buffer (its words are no pixels)."""
+        cfg = self.cfg
+        pool_error, add_error = Signal(8), Signal(8)
+        setup, blocks = self.store_setup, self.pool_geometry.channel_blocks
+        pool_act_end = pool.d_base + (pool.m - 1) * setup.stride + store_words(cfg.rows, setup.lane, setup.lanes)
+        with m.Switch(pool.store):
+            with m.Case(StoreTarget.ACT):
+                with m.If((setup.lanes == 0) | (setup.lane >= cfg.rows) | (((setup.lanes + 3) >> 2) != blocks)):
+                    m.d.comb += pool_error.eq(ErrorCode.BAD_SHAPE)
+                with m.Elif(pool_act_end > cfg.act_depth):
+                    m.d.comb += pool_error.eq(ErrorCode.OUT_OF_RANGE)
+            with m.Case(StoreTarget.VEC):
+                with m.If(pool.d_base + pool.m * blocks > cfg.vec_depth):
+                    m.d.comb += pool_error.eq(ErrorCode.OUT_OF_RANGE)
+            with m.Case(3):
+                m.d.comb += pool_error.eq(ErrorCode.BAD_SHAPE)
+        with m.Switch(add.store):
+            with m.Case(StoreTarget.ACT, 3):
+                m.d.comb += add_error.eq(ErrorCode.BAD_SHAPE)
+            with m.Case(StoreTarget.VEC):
+                with m.If(add.d_base + add.words > cfg.vec_depth):
+                    m.d.comb += add_error.eq(ErrorCode.OUT_OF_RANGE)
+        return pool_error, add_error

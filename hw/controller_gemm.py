@@ -11,7 +11,7 @@ from amaranth.hdl import Mux, Signal, Value
 
 from .array_rs import rs_mapping
 from .isa import ErrorCode
-from .layouts import MAX_KERNEL, rs_filter_entries, store_words
+from .layouts import MAX_KERNEL, StoreTarget, rs_filter_entries, store_words
 from .pipeline import timing_registers
 
 __all__ = ["gemm_error"]
@@ -51,10 +51,16 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
     # a conv command before any CONV_SETUP would run on an all-zero geometry
     no_geometry = command.conv & (geometry.kernel_h == 0)
 
-    # a stored command's rows: the last starts `stride` words on per row and covers `store_words` words
-    store_end = _registered(m, "store_end", command.s_base + (command.m - 1) * store_setup.stride
-                            + store_words(cfg.rows, store_setup.lane, store_setup.lanes))
-    bad_store = command.store & (command.raw | (store_setup.lanes == 0) | int(cfg.dataflow == "rs"))
+    # a stored command's rows: the last starts `stride` words on per row and covers `store_words` words of its
+    # target (rows lanes each in the activation buffer, 4 in the vector buffer)
+    last_row = command.s_base + (command.m - 1) * store_setup.stride
+    to_act, to_vec = command.store == StoreTarget.ACT, command.store == StoreTarget.VEC
+    act_end = _registered(m, "act_store_end", last_row + store_words(cfg.rows, store_setup.lane, store_setup.lanes))
+    vec_end = _registered(m, "vec_store_end", last_row + store_words(4, store_setup.lane, store_setup.lanes))
+    bad_target = ((command.store > StoreTarget.VEC) | (to_act & (store_setup.lane >= cfg.rows))
+                  | (to_vec & ((store_setup.lane >= 4) | int(cfg.vec_depth == 0))))
+    bad_store = (command.store != StoreTarget.HOST) & (command.raw | (store_setup.lanes == 0) | bad_target
+                                                        | (store_setup.lanes > cfg.cols) | int(cfg.dataflow == "rs"))
 
     error = Signal(8)
     with m.If((command.m == 0) | (command.k == 0) | too_many_rows | reads.unsupported | no_geometry | bad_store):
@@ -62,7 +68,7 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
     with m.Elif((command.x_base + reads.act_words > cfg.act_depth)
                 | (command.w_base + reads.weight_words > cfg.weight_depth)
                 | (command.p_base >= cfg.param_depth) | reads.params_out_of_range
-                | (command.store & (store_end > cfg.act_depth))):
+                | (to_act & (act_end > cfg.act_depth)) | (to_vec & (vec_end > cfg.vec_depth))):
         m.d.comb += error.eq(ErrorCode.OUT_OF_RANGE)
     # registered too, so it is valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction through
     # the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz. Not on an iCE40

@@ -37,8 +37,12 @@ class CommandQueues(wiring.Component):
         To the vector unit.
     completed : In(32)
         Commands (GEMM, POOL, ADD) completed since reset.
+    vec_completed : In(32)
+        Of them, the vector unit's (POOL, ADD).
     outstanding : Out(8)
         Commands issued and not completed, a cycle old.
+    outstanding_array, outstanding_vec : Out(8)
+        Of them, the GEMMs and the vector commands.
     core_idle, vec_idle : In(1)
     core_done, vec_done : Out(1)
         Nothing queued for the core (the vector unit) nor running in it.
@@ -55,7 +59,10 @@ class CommandQueues(wiring.Component):
             "result_rows": Out(stream.Signature(result_descriptor_layout(cfg))),
             "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
             "completed": In(32),
+            "vec_completed": In(32),
             "outstanding": Out(8),
+            "outstanding_array": Out(8),
+            "outstanding_vec": Out(8),
             "core_idle": In(1),
             "vec_idle": In(1),
             "core_done": Out(1),
@@ -94,9 +101,14 @@ class CommandQueues(wiring.Component):
         m.d.comb += [self.core_done.eq(~commands.r_rdy & self.core_idle),
                      self.vec_done.eq(~vec_commands.r_rdy & self.vec_idle)]
 
-        issued = Signal(32)
-        with m.If(gemm_issued | (self.vector.valid & self.vector.ready)):
+        issued, vec_issued = Signal(32), Signal(32)
+        vec_issued_now = self.vector.valid & self.vector.ready
+        with m.If(gemm_issued | vec_issued_now):
             m.d.sync += issued.eq(issued + 1)
+        with m.If(vec_issued_now):
+            m.d.sync += vec_issued.eq(vec_issued + 1)
         # fewer commands are in flight than the queues hold, so 8 bits of the difference are exact
-        m.d.sync += self.outstanding.eq(issued - self.completed)
+        outstanding, outstanding_vec = issued - self.completed, vec_issued - self.vec_completed
+        m.d.sync += [self.outstanding.eq(outstanding), self.outstanding_vec.eq(outstanding_vec),
+                     self.outstanding_array.eq(outstanding - outstanding_vec)]
         return m

@@ -12,12 +12,19 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-from .layouts import MAX_CONV_SIDE, MAX_KERNEL, command_layout, conv_geometry_layout, store_setup_layout
+from .layouts import (
+    MAX_CONV_SIDE,
+    MAX_KERNEL,
+    command_layout,
+    conv_geometry_layout,
+    store_addr_shape,
+    store_setup_layout,
+)
 from .qadd import add_params_layout
 
-__all__ = ["Opcode", "BufferId", "PacketKind", "ErrorCode", "ERROR_DESCRIPTIONS", "COUNTERS", "INSTRUCTION_WORDS",
-           "LINK_WIDTH", "instruction_layout", "operands_layout", "packet_header_layout", "words_per_buffer_word",
-           "LANES_PER_WORD", "words_for_lanes", "result_row_words"]
+__all__ = ["Opcode", "WaitUnit", "BufferId", "PacketKind", "ErrorCode", "ERROR_DESCRIPTIONS", "COUNTERS",
+           "INSTRUCTION_WORDS", "LINK_WIDTH", "instruction_layout", "operands_layout", "packet_header_layout",
+           "words_per_buffer_word", "LANES_PER_WORD", "words_for_lanes", "result_row_words"]
 
 #: Width of the host link in bits (both directions).
 LINK_WIDTH = 32
@@ -31,7 +38,7 @@ class Opcode(enum.IntEnum):
     NOP = 0x00
     LOAD = 0x01             # write `words` buffer words from the stream into `buffer` at `addr`
     GEMM = 0x02             # run one compute command of the core (see hw.layouts)
-    WAIT = 0x03             # block until at most `pending` of the commands issued so far are unfinished
+    WAIT = 0x03             # block until at most `pending` of the commands issued so far (to `unit`) are unfinished
     READ_COUNTERS = 0x04    # once idle, send a COUNTERS packet
     CLEAR_COUNTERS = 0x05   # zero every performance counter
     CONV_SETUP = 0x06       # once idle, set the convolution geometry that later conv GEMMs use
@@ -39,8 +46,17 @@ class Opcode(enum.IntEnum):
     POOL_SETUP = 0x08       # once the vector unit is idle, set the geometry of later POOLs
     POOL = 0x09             # max-pool `m` output pixels of the feature map at `x_base` of the vector buffer
     ADD = 0x0A              # quantized add of `words` vector words at `a_base` and `b_base`
+    # (POOL and ADD send their result words to the host, or with `store` write them from word `d_base` on)
     RUN = 0x0B              # execute the `words` program memory words at `base` as if they came from the link
-    STORE_SETUP = 0x0C      # set where later `store` GEMMs write their rows in the activation buffer
+    STORE_SETUP = 0x0C      # set how later `store` GEMMs and POOLs lay out their results in the target buffer
+
+
+class WaitUnit(enum.IntEnum):
+    """Whose commands a ``WAIT`` counts. Each unit completes its commands in order, so waiting on one unit's count
+    waits for one command of it while the other unit goes on."""
+    ALL = 0
+    ARRAY = 1    # GEMM commands (the PE array and the result path)
+    VECTOR = 2   # POOL and ADD commands
 
 
 class BufferId(enum.IntEnum):
@@ -76,16 +92,21 @@ class ErrorCode(enum.IntEnum):
 ERROR_DESCRIPTIONS = {
     ErrorCode.ILLEGAL_OPCODE: "the opcode byte names no instruction",
     ErrorCode.BAD_BUFFER: "LOAD names no buffer",
-    ErrorCode.OUT_OF_RANGE: "a LOAD or GEMM would touch words beyond a buffer's depth (a store GEMM: its rows' words "
-                            "in the activation buffer too)",
+    ErrorCode.OUT_OF_RANGE: "a LOAD, GEMM, POOL or ADD would touch words beyond a buffer's depth (a stored one: its "
+                            "results' words in the target buffer too)",
     ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
                          "its folds times rows, an rs GEMM that is not a conv, has a filter chunk taller than "
                          f"the array or more than {MAX_KERNEL} chunks, filters of 0 or more than rs_filters, or m "
                          "other than filters times out_w, a sparse GEMM that is not a ws conv on an array of 2 or more "
-                         "columns, a store GEMM that is raw, on an rs array or before any STORE_SETUP, a STORE_SETUP "
-                         "of 0 lanes, of more lanes than columns or from a lane beyond the rows, a conv GEMM or a "
+                         "columns, a store GEMM that is raw, on an rs array, before any STORE_SETUP, of more lanes "
+                         "than columns, or from a lane beyond its target's word (rows lanes in the activation buffer, "
+                         "4 in the vector buffer), a store into the vector buffer without a vector unit, a store "
+                         "field of 3, an ADD stored into the activation buffer, a POOL stored there before any "
+                         "STORE_SETUP, from a lane beyond the rows or whose lanes are not its channel blocks' "
+                         "channels, a STORE_SETUP of 0 lanes or from a lane beyond both word widths, a conv GEMM or a "
                          "POOL before any CONV_SETUP or POOL_SETUP, a CONV_SETUP or POOL_SETUP with a zero size, a "
-                         "POOL or ADD of nothing, or a vector instruction on a device without a vector unit",
+                         "POOL or ADD of nothing, a vector instruction on a device without a vector unit, or a WAIT "
+                         "whose unit is 3",
     ErrorCode.TRUNCATED: "an instruction or its data stopped arriving mid-way",
     ErrorCode.BAD_PROGRAM: "RUN on a device without program memory, of 0 words, beyond the program memory or from "
                            "inside a program; a LOAD into the program memory from inside a program; a program that "
@@ -136,16 +157,18 @@ def operands_layout(cfg, opcode):
         return add_params_layout()
     if opcode == Opcode.POOL:
         side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
-        return data.StructLayout({"x_base": unsigned(16), "m": unsigned(16), "out_y": side, "out_x": side})
+        return data.StructLayout({"x_base": unsigned(16), "m": unsigned(16), "out_y": side, "out_x": side,
+                                  "store": unsigned(2), "d_base": store_addr_shape(cfg)})
     if opcode == Opcode.ADD:
-        return data.StructLayout({"a_base": unsigned(16), "b_base": unsigned(16), "words": unsigned(16)})
+        return data.StructLayout({"a_base": unsigned(16), "b_base": unsigned(16), "words": unsigned(16),
+                                  "store": unsigned(2), "d_base": store_addr_shape(cfg)})
     if opcode == Opcode.STORE_SETUP:
         return store_setup_layout()
     if opcode == Opcode.RUN:
         return data.StructLayout({"base": unsigned(16), "words": unsigned(16)})
     if opcode == Opcode.WAIT:
         # Relative, so that a program means the same whatever ran before it.
-        return data.StructLayout({"pending": unsigned(32)})
+        return data.StructLayout({"pending": unsigned(32), "unit": unsigned(2)})
     return data.StructLayout({})
 
 

@@ -33,6 +33,8 @@ rows of one chunk; :func:`~tessera.hw.array_rs.rs_mapping`):
   ``i``, lane ``j`` output row ``out_y + j``.
 """
 
+import enum
+
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
@@ -42,7 +44,7 @@ __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_
            "rs_filter_entries", "rs_filter_word", "rs_result_row", "act_load_layout",
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout", "store_setup_layout",
-           "store_words", "result_descriptor_layout", "act_write_layout"]
+           "store_words", "result_descriptor_layout", "act_write_layout", "StoreTarget", "vec_write_layout"]
 
 OPERAND = signed(8)
 ACC = signed(32)
@@ -152,18 +154,31 @@ def command_layout(cfg):
         # the rows go out as the accumulators' int32 values (no bias, no requantisation), each row as four rows
         # of bytes, least significant first: for integer products with an int32 output (MatMulInteger)
         "raw": 1,
-        # the rows are written into the activation buffer from word ``s_base`` (as STORE_SETUP lays them out), not
-        # sent to the host: a layer's output stays on chip for the next layer to read
-        "store": 1,
-        "s_base": _addr(cfg.act_depth),
+        # the rows are written into the activation or vector buffer from word ``s_base`` (a StoreTarget; as
+        # STORE_SETUP lays them out), not sent to the host: a layer's output stays on chip for the next layer
+        "store": unsigned(2),
+        "s_base": store_addr_shape(cfg),
     })
+
+
+class StoreTarget(enum.IntEnum):
+    """Where a command's results go: the ``store`` field of GEMM, POOL and ADD."""
+    HOST = 0   # RESULT or VECTOR packets
+    ACT = 1    # the activation buffer, where conv and GEMM commands read
+    VEC = 2    # the vector buffer, where POOL and ADD read
+
+
+def store_addr_shape(cfg):
+    """A stored command's first word, in whichever buffer it stores into."""
+    return _addr(max(2, cfg.act_depth, cfg.vec_depth))
 
 
 def store_setup_layout():
     """Where a ``store`` command's rows go (set by STORE_SETUP): row ``i`` of the command starts at lane ``lane``
-    of activation word ``s_base + i * stride`` and runs on over the following words' lanes; only its first
-    ``lanes`` lanes are written (the output channels that exist), so a row may end, or start, inside a word
-    whose other lanes hold other channels (:func:`store_words`)."""
+    of word ``s_base + i * stride`` of the target buffer and runs on over the following words' lanes; only its
+    first ``lanes`` lanes are written (the output channels that exist), so a row may end, or start, inside a word
+    whose other lanes hold other channels (:func:`store_words`). A POOL stored into the activation buffer writes
+    output pixel ``i`` the same way, its ``lanes`` channels four at a time from its result words."""
     return data.StructLayout({"lane": unsigned(8), "lanes": unsigned(8), "stride": unsigned(16)})
 
 
@@ -177,7 +192,7 @@ def result_descriptor_layout(cfg):
     """What the result path needs of each compute command, in command order: its result row count
     (:func:`result_rows_shape`), and whether and where the rows are stored on chip (``store``; the other fields
     as :func:`store_setup_layout` and ``s_base``)."""
-    return data.StructLayout({"rows": result_rows_shape(cfg), "store": 1, "base": _addr(cfg.act_depth),
+    return data.StructLayout({"rows": result_rows_shape(cfg), "store": unsigned(2), "base": store_addr_shape(cfg),
                               **dict(store_setup_layout().members)})
 
 
@@ -249,13 +264,23 @@ def vec_load_layout(cfg):
     return data.StructLayout({"addr": _addr(max(2, cfg.vec_depth)), "data": data.ArrayLayout(OPERAND, 4)})
 
 
+def vec_write_layout(cfg):
+    """One write of the vector buffer: a word, its address and which of its four lanes to write (a LOAD and the
+    vector unit's own results write them all; a GEMM's stored row the lanes it covers)."""
+    return data.StructLayout({"addr": _addr(max(2, cfg.vec_depth)), "data": data.ArrayLayout(OPERAND, 4),
+                              "mask": unsigned(4)})
+
+
 def vec_command_layout(cfg):
     """A command of the vector unit (:mod:`tessera.hw.vector`).
 
     ``op`` 0 (pool): ``count`` output pixels from (``out_y``, ``out_x``) in raster order, over the feature map
-    at ``a_base``. ``op`` 1 (add): ``count`` words of ``a_base`` plus as many of ``b_base``.
+    at ``a_base``. ``op`` 1 (add): ``count`` words of ``a_base`` plus as many of ``b_base``. The result words
+    go where ``store`` says (a StoreTarget): to the host, into the vector buffer from word ``d_base`` on, or
+    (a pool) into the activation buffer as the STORE_SETUP fields lay them out from word ``d_base``.
     """
     addr = _addr(max(2, cfg.vec_depth))
     side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
     return data.StructLayout({"op": 1, "a_base": addr, "b_base": addr, "count": unsigned(16),
-                              "out_y": side, "out_x": side})
+                              "out_y": side, "out_x": side, "store": unsigned(2),
+                              "d_base": store_addr_shape(cfg), **dict(store_setup_layout().members)})

@@ -9,6 +9,11 @@ words per result word), so four lanes match it; nothing here needs the array.
   ``channel_blocks`` words per pixel (the POOL_SETUP geometry, :func:`tessera.hw.layouts.conv_geometry_layout`).
   Taps in the padding are skipped, as onnxruntime never lets padding win a max.
 * ``ADD``: onnxruntime's QLinearAdd on two runs of words, bit-exact (:mod:`tessera.hw.qadd`).
+
+A command whose ``store`` is set writes its result words on chip instead of sending them: into its own buffer
+(word ``j`` at ``d_base + j``), or a pool's into the activation buffer, output pixel by pixel as the STORE_SETUP
+fields lay them out there (:func:`~tessera.hw.layouts.store_setup_layout`), where the next conv reads them. The
+unit also takes the writes of GEMM rows stored into its buffer (``store_in``).
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
@@ -18,7 +23,15 @@ from amaranth.lib.wiring import In, Out
 
 from .controller import link_beat_layout
 from .isa import LINK_WIDTH, PacketKind, packet_header_layout
-from .layouts import conv_geometry_layout, vec_command_layout, vec_load_layout
+from .lane_writer import LaneWriter
+from .layouts import (
+    StoreTarget,
+    act_write_layout,
+    conv_geometry_layout,
+    vec_command_layout,
+    vec_load_layout,
+    vec_write_layout,
+)
 from .qadd import add_params_layout
 from .vector_add import VectorAdd
 from .vector_pool import MaxPool
@@ -44,6 +57,10 @@ class VectorUnit(wiring.Component):
     ----------
     load : In(stream of vec_load_layout)
         Vector buffer writes; always ready.
+    store_in : In(stream of vec_write_layout)
+        Stored GEMM rows' writes into the vector buffer (after the loads').
+    act_store : Out(stream of act_write_layout(cfg))
+        A stored pool's writes into the activation buffer.
     cmd : In(stream of vec_command_layout)
     geometry : In(conv_geometry_layout())
         Pooling geometry; must hold still while pool commands are queued or run.
@@ -52,14 +69,16 @@ class VectorUnit(wiring.Component):
     packet : Out(stream of link_beat_layout)
         One VECTOR packet per command: a header, then the result words.
     idle : Out(1)
-    completed, busy, reads : Out(1)
-        Event strobes for the performance counters.
+    completed, busy, reads, writes : Out(1)
+        Event strobes for the performance counters (``writes``: of the vector buffer).
     """
 
     def __init__(self, cfg):
         self.cfg = cfg
         super().__init__({
             "load": In(stream.Signature(vec_load_layout(cfg))),
+            "store_in": In(stream.Signature(vec_write_layout(cfg))),
+            "act_store": Out(stream.Signature(act_write_layout(cfg))),
             "cmd": In(stream.Signature(vec_command_layout(cfg))),
             "geometry": In(conv_geometry_layout()),
             "add_params": In(add_params_layout()),
@@ -68,6 +87,7 @@ class VectorUnit(wiring.Component):
             "completed": Out(1),
             "busy": Out(1),
             "reads": Out(1),
+            "writes": Out(1),
         })
 
     def elaborate(self, platform):
@@ -75,27 +95,28 @@ class VectorUnit(wiring.Component):
         m = Module()
         m.submodules.buffer = buffer = Memory(shape=data.ArrayLayout(signed(8), LANES),
                                               depth=max(2, cfg.vec_depth), init=[])
-        write = buffer.write_port()
         read = buffer.read_port()
-        m.d.comb += [self.load.ready.eq(1), write.addr.eq(self.load.payload.addr),
-                     write.data.eq(self.load.payload.data), write.en.eq(self.load.valid)]
+        own_writes = stream.Signature(vec_write_layout(cfg)).create()
+        self._buffer_writes(m, buffer.write_port(granularity=1), own_writes)
 
         m.submodules.out = out = fifo.SyncFIFOBuffered(width=link_beat_layout().size, depth=_OUT_QUEUE)
-        m.d.comb += [self.packet.valid.eq(out.r_rdy), self.packet.payload.eq(out.r_data),
-                     out.r_en.eq(self.packet.ready)]
-
         cmd = Signal(vec_command_layout(cfg))
         total = Signal(24)      # result words of the command
         accept = Signal()       # IDLE takes a command
         run = Signal()          # in RUN
+        stored = self._route(m, out, cmd, accept, own_writes)
         pool, add = self._operations(m, read, cmd, accept, run)
         send_header, all_sent = self._emit(m, out, cmd, total, accept, pool, add)
+        sends = cmd.store == StoreTarget.HOST
 
         m.d.comb += [self.completed.eq(0), self.busy.eq(0)]
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.cmd.ready.eq(1), self.idle.eq(~out.r_rdy)]
-                with m.If(self.cmd.valid):
+                # a command that stores waits until the words the one before sent have left the queue: the queue's
+                # words go where the running command says
+                m.d.comb += [self.cmd.ready.eq((self.cmd.payload.store == StoreTarget.HOST) | ~out.r_rdy),
+                             self.idle.eq(~out.r_rdy)]
+                with m.If(self.cmd.valid & self.cmd.ready):
                     m.d.comb += accept.eq(1)
                     m.d.sync += cmd.eq(self.cmd.payload)
                     with m.If(self.cmd.payload.op == VecOp.POOL):
@@ -105,7 +126,9 @@ class VectorUnit(wiring.Component):
                     m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(out.w_rdy):
+                with m.If(~sends):
+                    m.next = "RUN"
+                with m.Elif(out.w_rdy):
                     m.d.comb += send_header.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
@@ -114,10 +137,69 @@ class VectorUnit(wiring.Component):
                     m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(all_sent):
+                # (a stored command is complete once its last word is written)
+                with m.If(all_sent & (sends | (stored == total))):
                     m.d.comb += self.completed.eq(1)
                     m.next = "IDLE"
         return m
+
+    def _buffer_writes(self, m, write, own_writes):
+        """The vector buffer's one write port: LOADs first (always ready), then stored GEMM rows, then the unit's
+        own stored results."""
+        load, store_in = self.load, self.store_in
+        m.d.comb += [load.ready.eq(1), store_in.ready.eq(~load.valid),
+                     own_writes.ready.eq(~load.valid & ~store_in.valid)]
+        with m.If(load.valid):
+            m.d.comb += [write.addr.eq(load.payload.addr), write.data.eq(load.payload.data), write.en.eq(-1)]
+        with m.Elif(store_in.valid):
+            m.d.comb += [write.addr.eq(store_in.payload.addr), write.data.eq(store_in.payload.data),
+                         write.en.eq(store_in.payload.mask)]
+        with m.Elif(own_writes.valid):
+            m.d.comb += [write.addr.eq(own_writes.payload.addr), write.data.eq(own_writes.payload.data),
+                         write.en.eq(-1)]
+        m.d.comb += self.writes.eq(load.valid | store_in.valid | own_writes.valid)
+
+    def _route(self, m, out, cmd, accept, own_writes):
+        """The output queue's words go where the running command's ``store`` says: to the host as a VECTOR
+        packet, into the vector buffer from ``d_base`` on, or a pool's, pixel by pixel into the activation buffer
+        (result word ``j`` is channel block ``j % blocks`` of pixel ``j // blocks``). Returns the count of the
+        command's words written."""
+        cfg = self.cfg
+        m.submodules.act_writer = act_writer = LaneWriter(cfg, LANES, act_write_layout(cfg))
+        wiring.connect(m, act_writer.writes, wiring.flipped(self.act_store))
+        word = data.View(link_beat_layout(), out.r_data).data
+        written = Signal(24)
+        block = Signal(8)           # the next word's channel block
+        pixel_base = Signal.like(cmd.d_base)   # where its pixel starts in the activation buffer
+        lane = Signal(10)           # where its channels start among that pixel's
+        m.d.comb += lane.eq(cmd.lane + block * LANES)
+        m.d.comb += [
+            own_writes.payload.addr.eq(cmd.d_base + written), own_writes.payload.data.eq(word),
+            own_writes.payload.mask.eq(-1),
+            act_writer.rows.payload.row.eq(word), act_writer.rows.payload.addr.eq(pixel_base + lane // cfg.rows),
+            act_writer.rows.payload.lane.eq(lane % cfg.rows),
+            act_writer.rows.payload.lanes.eq(Mux(cmd.lanes - block * LANES < LANES, cmd.lanes - block * LANES,
+                                                 LANES)),
+        ]
+        with m.Switch(cmd.store):
+            with m.Case(StoreTarget.HOST):
+                m.d.comb += [self.packet.valid.eq(out.r_rdy), self.packet.payload.eq(out.r_data),
+                             out.r_en.eq(self.packet.ready)]
+            with m.Case(StoreTarget.VEC):
+                m.d.comb += [own_writes.valid.eq(out.r_rdy), out.r_en.eq(own_writes.ready)]
+                with m.If(own_writes.valid & own_writes.ready):
+                    m.d.sync += written.eq(written + 1)
+            with m.Case(StoreTarget.ACT):
+                m.d.comb += [act_writer.rows.valid.eq(out.r_rdy), out.r_en.eq(act_writer.rows.ready)]
+                with m.If(act_writer.rows.valid & act_writer.rows.ready):
+                    m.d.sync += block.eq(block + 1)
+                    with m.If(block == ((cmd.lanes + LANES - 1) >> 2) - 1):
+                        m.d.sync += [block.eq(0), pixel_base.eq(pixel_base + cmd.stride)]
+                with m.If(act_writer.done):
+                    m.d.sync += written.eq(written + 1)
+        with m.If(accept):
+            m.d.sync += [written.eq(0), block.eq(0), pixel_base.eq(self.cmd.payload.d_base)]
+        return written
 
     def _operations(self, m, read, cmd, accept, run):
         """The pool and the add, each on the buffer's read port while a command of its kind runs."""

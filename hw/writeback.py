@@ -1,11 +1,20 @@
 """The result path's router: each compute command's rows go to the host as a RESULT packet, or into the activation
-buffer, where the next layer reads them (a ``store`` command; :func:`~tessera.hw.layouts.store_setup_layout`)."""
+or vector buffer, where the next layer reads them (a ``store`` command;
+:func:`~tessera.hw.layouts.store_setup_layout`)."""
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import act_write_layout, result_descriptor_layout, result_layout, result_rows_shape, store_words
+from .lane_writer import LaneWriter
+from .layouts import (
+    StoreTarget,
+    act_write_layout,
+    result_descriptor_layout,
+    result_layout,
+    result_rows_shape,
+    vec_write_layout,
+)
 
 __all__ = ["ResultRouter"]
 
@@ -14,8 +23,8 @@ class ResultRouter(wiring.Component):
     """Routes the core's result rows command by command, as each command's descriptor says.
 
     A sent command's row count goes to the packetiser, then its rows. A stored command's row ``i`` becomes the
-    writes of the activation words it covers: lanes ``lane`` onward of word ``base + i * stride``, then the next
-    words' lanes, its first ``lanes`` lanes in all (one word per cycle, the other lanes of each word untouched).
+    writes of the words it covers in its target buffer: lanes ``lane`` onward of word ``base + i * stride``, then
+    the next words' lanes, its first ``lanes`` lanes in all (:class:`~tessera.hw.lane_writer.LaneWriter`).
 
     Attributes
     ----------
@@ -26,6 +35,8 @@ class ResultRouter(wiring.Component):
         To the result packetiser.
     act_store : Out(stream of act_write_layout(cfg))
         Writes of stored rows into the activation buffer.
+    vec_store : Out(stream of vec_write_layout(cfg))
+        Writes of stored rows into the vector buffer (never valid without a vector unit).
     completed : Out(1)
         A command's last row has gone (into a packet, or written).
     """
@@ -38,6 +49,7 @@ class ResultRouter(wiring.Component):
             "packet_rows": Out(stream.Signature(result_rows_shape(cfg))),
             "packet_result": Out(stream.Signature(result_layout(cfg))),
             "act_store": Out(stream.Signature(act_write_layout(cfg))),
+            "vec_store": Out(stream.Signature(vec_write_layout(cfg))),
             "completed": Out(1),
         })
 
@@ -45,14 +57,14 @@ class ResultRouter(wiring.Component):
         m = Module()
         current = Signal.like(self.descriptors.payload)
         rows_left = Signal.like(current.rows)
-        addr = Signal.like(current.base)   # a stored command's next row's first word
+        storing = Signal()
+        stored = self._store(m, current, rows_left, storing)
         with m.FSM():
             with m.State("NEXT"):
                 m.d.comb += self.descriptors.ready.eq(1)
                 with m.If(self.descriptors.valid):
-                    m.d.sync += [current.eq(self.descriptors.payload), rows_left.eq(self.descriptors.payload.rows),
-                                 addr.eq(self.descriptors.payload.base)]
-                    with m.If(self.descriptors.payload.store):
+                    m.d.sync += [current.eq(self.descriptors.payload), rows_left.eq(self.descriptors.payload.rows)]
+                    with m.If(self.descriptors.payload.store != StoreTarget.HOST):
                         m.next = "STORE"
                     with m.Else():
                         m.next = "HEADER"
@@ -68,38 +80,36 @@ class ResultRouter(wiring.Component):
                         m.d.comb += self.completed.eq(1)
                         m.next = "NEXT"
             with m.State("STORE"):
-                with m.If(self._store(m, current, rows_left, addr)):
+                m.d.comb += storing.eq(1)
+                with m.If(stored):
                     m.d.comb += self.completed.eq(1)
                     m.next = "NEXT"
         return m
 
-    def _store(self, m, current, rows_left, addr):
-        """Write the stored command's rows one activation word a cycle; returns the strobe of its last write."""
+    def _store(self, m, current, rows_left, storing):
+        """While ``storing``, pass the stored command's rows to its target's writer; returns the strobe of its
+        last write."""
         cfg = self.cfg
-        rows, cols = cfg.rows, cfg.cols
-        row = Signal.like(self.result.payload)
-        held = Signal()     # `row` holds a row whose words are being written
-        word = Signal(range(store_words(rows, rows - 1, cols) + 1))
-        words = store_words(rows, current.lane, current.lanes)
-        # element e of the row is lane (e + lane) % rows of word (e + lane) // rows: the row, behind `rows` empty
-        # lanes, shifted right by whole lanes so that word `word`'s lanes land at lane 0
-        shift = (word * rows + rows - current.lane).as_unsigned()   # (never negative: lane < rows)
-        padded = Cat(Const(0, 8 * rows), row.as_value())
-        present = Cat(Const(0, rows), ((Const(1, cols + 1) << current.lanes) - 1)[:cols])
-        last_word = word == words - 1
-        m.d.comb += [
-            self.result.ready.eq(~held),
-            self.act_store.valid.eq(held),
-            self.act_store.payload.addr.eq(addr + word),
-            self.act_store.payload.data.eq((padded >> (shift * 8))[:8 * rows]),
-            self.act_store.payload.mask.eq((present >> shift)[:rows]),
-        ]
-        with m.If(self.result.valid & self.result.ready):
-            m.d.sync += [row.eq(self.result.payload), held.eq(1), word.eq(0)]
+        writers = {StoreTarget.ACT: (LaneWriter(cfg, cfg.cols, act_write_layout(cfg)), self.act_store)}
+        if cfg.vec_depth:
+            writers[StoreTarget.VEC] = (LaneWriter(cfg, cfg.cols, vec_write_layout(cfg)), self.vec_store)
+        to_pass = Signal.like(rows_left)   # rows not yet passed to the writer
+        addr = Signal.like(current.base)   # the next row's first word
+        with m.If(self.descriptors.valid & self.descriptors.ready):
+            m.d.sync += [to_pass.eq(self.descriptors.payload.rows), addr.eq(self.descriptors.payload.base)]
         finished = Signal()
-        with m.If(self.act_store.valid & self.act_store.ready):
-            m.d.sync += word.eq(word + 1)
-            with m.If(last_word):
-                m.d.sync += [held.eq(0), rows_left.eq(rows_left - 1), addr.eq(addr + current.stride)]
+        for target, (writer, port) in writers.items():
+            m.submodules[f"{target.name.lower()}_writer"] = writer
+            wiring.connect(m, writer.writes, wiring.flipped(port))
+            chosen = current.store == target
+            m.d.comb += [writer.rows.payload.row.eq(self.result.payload), writer.rows.payload.addr.eq(addr),
+                         writer.rows.payload.lane.eq(current.lane), writer.rows.payload.lanes.eq(current.lanes),
+                         writer.rows.valid.eq(storing & chosen & (to_pass != 0) & self.result.valid)]
+            with m.If(storing & chosen & (to_pass != 0)):
+                m.d.comb += self.result.ready.eq(writer.rows.ready)
+            with m.If(chosen & writer.done):
+                m.d.sync += rows_left.eq(rows_left - 1)
                 m.d.comb += finished.eq(rows_left == 1)
+        with m.If(storing & self.result.valid & self.result.ready):
+            m.d.sync += [to_pass.eq(to_pass - 1), addr.eq(addr + current.stride)]
         return finished

@@ -1,10 +1,12 @@
 """Whole-model compilation: the runs of layers a device can keep resident, compiled once, and the rest of the
 graph as the model runner runs it.
 
-A *segment* is a chain of Conv and Gemm layers (Flatten and Reshape between them where they only drop unit
-dimensions) in which each layer reads the one before and nothing else reads the tensors between them: it runs
-as one :class:`~tessera.sw_driver.resident.ResidentModel`, its feature maps in the activation buffer, its weights
-and program loaded once. Each segment has its own part of the weight, parameter and program memories, so every
+A *segment* is a run of consecutive layers the device runs (Conv, Gemm and GlobalAveragePool on the array,
+MaxPool and Add on the vector unit; Flatten and Reshape where they only drop unit dimensions) that reads one
+tensor from outside, begins and ends on the array, and whose tensors other than its output no layer outside
+reads: a residual block, say, whose skip map stays on chip until its Add. It runs as one
+:class:`~tessera.sw_driver.resident.ResidentModel`, its feature maps in the activation and vector buffers, its
+weights and program loaded once. Each segment has its own part of the weight, parameter and program memories, so every
 segment of a model stays loaded at once. The other layers run as :func:`~tessera.sw_driver.model_runner.run_graph_on`
 runs them (one device program each, or the host); the tensors between them and the segments cross the link.
 """
@@ -14,11 +16,12 @@ import dataclasses
 import numpy as np
 
 from tessera.sw_driver import golden
-from tessera.sw_driver.compiler import TilingError
+from tessera.sw_driver.compiler import TilingError, conv_limits_violation
 from tessera.sw_driver.energy import layer_energy
-from tessera.sw_driver.layers import Conv, Flatten, Gemm, Reshape
+from tessera.sw_driver.layers import Add, Conv, Flatten, Gemm, GlobalAveragePool, MaxPool, Reshape
 from tessera.sw_driver.model_runner import (
     LayerReport,
+    _add_params,
     _conv_weights,
     _device_params,
     _from_int8,
@@ -27,7 +30,7 @@ from tessera.sw_driver.model_runner import (
     device_placement,
     run_layer_on,
 )
-from tessera.sw_driver.resident import DeviceLayer, compile_resident
+from tessera.sw_driver.resident import AddStep, DeviceLayer, PoolStep, Step, compile_resident
 
 __all__ = ["Segment", "compile_model", "find_segments", "load_segments", "run_model"]
 
@@ -98,59 +101,146 @@ def _unit_reshape(graph, layer):
     return before is not None and before == after and before[1:] == (1, 1)
 
 
-def find_segments(graph, cfg):
-    """The graph's resident segments, in order (see the module docstring)."""
+def _gap_layer(graph, layer):
+    """A GlobalAveragePool as a :class:`DeviceLayer`: a conv whose one kernel covers the map, of ones on each
+    channel's own input (the integers the model runner's product by a column of ones computes), or why not."""
+    shape = _image_shape(graph, layer.inputs[0])
+    if shape is None or len(shape) != 3:
+        return "its input's shape is not a known (C, H, W) map"
+    channels, h, w = shape
+    violation = conv_limits_violation((h, w), (1, 1), (0, 0, 0, 0))
+    if violation:
+        return f"its {h}x{w} window as one kernel: {violation}"
+    xp, yp = layer.x_params, layer.y_params
+    try:    # onnxruntime refuses scales outside [2**-32, 256); so does the golden model, with the reason
+        golden.global_avgpool(np.zeros((1, 1, h, w), np.int8), xp.scale, xp.zero_point, yp.scale, yp.zero_point)
+    except ValueError as error:
+        return str(error)
+    scale = np.float32(xp.scale) / (np.float32(yp.scale) * np.float32(h * w))   # MLAS's order, as the runner's
+    x_zp = xp.zero_point - 128 if xp.dtype == np.uint8 else xp.zero_point
+    y_zp = yp.zero_point - 128 if yp.dtype == np.uint8 else yp.zero_point
+    ones = np.zeros((channels, channels, h, w), np.int8)
+    ones[np.arange(channels), np.arange(channels)] = 1
+    bias = golden.fold_input_zero_point(np.zeros(channels, np.int32), int(x_zp), ones, output_axis=0)
+    return DeviceLayer(w=ones, bias=bias, scale=np.full(channels, scale, np.float32), y_zp=int(y_zp),
+                       pad_value=int(x_zp), macs_per_pixel=channels * h * w)
+
+
+def _step_op(graph, layer, cfg):
+    """What ``layer`` is in a resident model: a DeviceLayer, PoolStep or AddStep, ``ALIAS`` (a unit reshape),
+    or None (not one the device keeps on chip)."""
+    if _unit_reshape(graph, layer):
+        return ALIAS
+    if _image_shape(graph, layer.outputs[0]) is None or device_placement(graph, layer, cfg) != (True, ""):
+        return None
+    if isinstance(layer, (Conv, Gemm)):
+        return _device_layer(layer) if _chainable(graph, layer, cfg) else None
+    if isinstance(layer, GlobalAveragePool):
+        op = _gap_layer(graph, layer)
+        return op if isinstance(op, DeviceLayer) else None
+    if isinstance(layer, MaxPool):
+        return PoolStep(kernel=tuple(layer.kernel), strides=tuple(layer.strides), pads=tuple(layer.pads))
+    if isinstance(layer, Add):
+        return AddStep(_add_params(graph, layer))
+    return None
+
+
+#: A unit reshape's place in a resident model: it names the tensor before it again.
+ALIAS = "alias"
+
+
+@dataclasses.dataclass
+class _Run:
+    """Consecutive layers that could stay on chip together, the first on the array: their names, ops (or the
+    reason the first cannot be a DeviceLayer), and the ends of their prefixes that could be segments."""
+    input: str
+    layers: list
+    ops: list
+    ends: list
+
+
+def _next_run(graph, cfg, index):
+    """The graph's next run (see :class:`_Run`) from layer ``index`` on, and the index of its first layer; None if
+    there is none. A run grows while the next layer reads only tensors of the run; a prefix can be a segment if it
+    ends on the array and no layer after it reads its other tensors."""
     readers = {}
-    for layer in graph.layers:
+    for at, layer in enumerate(graph.layers):
         for name in layer.inputs:
-            readers[name] = readers.get(name, 0) + 1
+            readers.setdefault(name, []).append(at)
     graph_outputs = {io.name for io in graph.outputs}
-    segments, current, compute = [], None, []
+    for start in range(index, len(graph.layers)):
+        first = graph.layers[start]
+        op = _step_op(graph, first, cfg) if isinstance(first, (Conv, Gemm, GlobalAveragePool)) else None
+        if op is not None:
+            break
+    else:
+        return None
+    run = _Run(first.inputs[0], [first], [op], [])
+    known = {first.inputs[0], first.outputs[0]}
+    while isinstance(op, DeviceLayer) and start + len(run.layers) < len(graph.layers):
+        layer = graph.layers[start + len(run.layers)]
+        step = _step_op(graph, layer, cfg)
+        alias_elsewhere = step is ALIAS and layer.inputs[0] != run.layers[-1].outputs[0]
+        if step is None or alias_elsewhere or not set(layer.inputs) <= known:
+            break
+        run.layers.append(layer)
+        run.ops.append(step)
+        known.add(layer.outputs[0])
+    for end in range(1, len(run.layers) + 1):
+        last = next(op for op in reversed(run.ops[:end]) if op is not ALIAS)
+        inside = set(range(start, start + end))
+        escaping = {name for layer in run.layers[:end] for name in layer.outputs
+                    if name in graph_outputs or set(readers.get(name, [])) - inside}
+        if isinstance(last, DeviceLayer) and escaping <= {run.layers[end - 1].outputs[0]}:
+            run.ends.append(end)
+    return start, run
 
-    def close():
-        if current is not None and compute:
-            segments.append(dataclasses.replace(current, layers=list(current.layers)))
 
-    for layer in graph.layers:
-        joins = (current is not None and layer.inputs[0] == current.output and readers.get(current.output) == 1
-                 and current.output not in graph_outputs)
-        if _chainable(graph, layer, cfg):
-            if not joins:
-                close()
-                current, compute = Segment([], layer.inputs[0], layer.outputs[0]), []
-            current.layers.append(layer.name)
-            current.output = layer.outputs[0]
-            compute.append(layer)
-        elif joins and _unit_reshape(graph, layer):
-            current.layers.append(layer.name)
-            current.output = layer.outputs[0]
+def _steps(run, end):
+    """The first ``end`` layers of a run as resident steps (tensor 0 the run's input)."""
+    tensors, steps = {run.input: 0}, []
+    for layer, op in zip(run.layers[:end], run.ops[:end], strict=True):
+        if op == ALIAS:
+            tensors[layer.outputs[0]] = tensors[layer.inputs[0]]
         else:
-            close()
-            current, compute = None, []
-    close()
+            steps.append(Step(op, tuple(tensors[name] for name in layer.inputs)))
+            tensors[layer.outputs[0]] = len(steps)
+    return steps
+
+
+def find_segments(graph, cfg):
+    """The graph's longest candidate segments, in order, uncompiled (see the module docstring)."""
+    segments, index = [], 0
+    while (found := _next_run(graph, cfg, index)) is not None:
+        start, run = found
+        if run.ends:
+            end = run.ends[-1]
+            segments.append(Segment([layer.name for layer in run.layers[:end]], run.input,
+                                    run.layers[end - 1].outputs[0]))
+        index = start + (run.ends[-1] if run.ends else 1)
     return segments
 
 
 def compile_model(graph, cfg, batch=1):
     """Find the graph's resident segments and compile each for ``cfg``, each for runs of up to ``batch`` images
-    (halved until its feature maps and program fit). A segment that does not fit is cut after the longest run of
-    its layers that does; a layer that does not fit even alone, for one image, is left out with the reason (it then
-    runs one by one).
+    (as many as its feature maps and program fit). A segment that does not fit is cut after the longest prefix
+    that does; a layer that does not fit even alone, for one image, is left out with the reason (it then runs one
+    by one).
 
     The segments' weights and parameters are stacked at the top of their buffers, one segment below the other in
     graph order, so that every segment stays loaded and the layers run one by one, whose programs fill those
     buffers from the bottom, rarely reach them (where one does, the device loads the segment again:
     ``Device.infer``). Their programs stack from the bottom of the program memory."""
     placed = _Placement(cfg)
-    compiled = []
-    for segment in find_segments(graph, cfg):
-        layers = [graph.layer(name) for name in segment.layers]
-        device_layers = [_device_layer(layer) for layer in layers if isinstance(layer, (Conv, Gemm))]
-        why = next((d for d in device_layers if isinstance(d, str)), None)
-        if why:
-            compiled.append(dataclasses.replace(segment, reason=why))
-            continue
-        compiled += _fitting_segments(graph, cfg, layers, device_layers, segment.input, placed, batch)
+    compiled, index = [], 0
+    while (found := _next_run(graph, cfg, index)) is not None:
+        start, run = found
+        if isinstance(run.ops[0], str):    # a conv or Gemm that cannot be a DeviceLayer, and why
+            segment = Segment([run.layers[0].name], run.input, run.layers[0].outputs[0], reason=run.ops[0])
+        else:
+            segment = _fitting_segment(graph, run, placed, batch)
+        compiled.append(segment)
+        index = start + len(segment.layers)
     return compiled
 
 
@@ -162,24 +252,36 @@ class _Placement:
         self.top = {"weight": cfg.weight_depth, "param": cfg.param_depth}
         self.program = 0
 
-    def compile(self, device_layers, in_shape, batch):
-        """The layers compiled at the next place, for the largest batch (halving) that fits; TilingError if none."""
-        cfg, error = self.cfg, None
-        for size in _halvings(batch):
+    def compile(self, steps, in_shape, batch):
+        """The steps compiled at the next place, for the largest batch up to ``batch`` that fits (fewer images
+        never need more room); TilingError, for one image, if none does."""
+        try:
+            return self._compile_at(steps, in_shape, batch)
+        except TilingError as error:
+            failure = error
+        low, high, best = 1, batch - 1, None
+        while low <= high:
+            middle = (low + high) // 2
             try:
-                # sized where it would start at the bottom, then placed below the segments before it
-                plan = compile_resident(cfg, device_layers, in_shape, batch=size).plan
-                bases = {"weight": self.top["weight"] - plan["weight_words"],
-                         "param": self.top["param"] - plan["param_words"], "program": self.program}
-                for buffer in ("weight", "param"):
-                    if bases[buffer] < 0:
-                        raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']}"
-                                          f" of them) do not fit {buffer}_depth={getattr(cfg, buffer + '_depth')}; "
-                                          f"{self.top[buffer]} are left")
-                return compile_resident(cfg, device_layers, in_shape, bases=bases, batch=size)
-            except TilingError as err:
-                error = err
-        raise error
+                best, low = self._compile_at(steps, in_shape, middle), middle + 1
+            except TilingError as error:
+                failure, high = error, middle - 1
+        if best is None:
+            raise failure
+        return best
+
+    def _compile_at(self, steps, in_shape, batch):
+        # sized where it would start at the bottom, then placed below the segments before it
+        cfg = self.cfg
+        plan = compile_resident(cfg, steps, in_shape, batch=batch).plan
+        bases = {"weight": self.top["weight"] - plan["weight_words"], "param": self.top["param"] - plan["param_words"],
+                 "program": self.program}
+        for buffer in ("weight", "param"):
+            if bases[buffer] < 0:
+                raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']} of "
+                                  f"them) do not fit {buffer}_depth={getattr(cfg, buffer + '_depth')}; "
+                                  f"{self.top[buffer]} are left")
+        return compile_resident(cfg, steps, in_shape, bases=bases, batch=batch)
 
     def take(self, model):
         bases = model.plan["bases"]
@@ -187,34 +289,23 @@ class _Placement:
         self.program += model.plan["program_words"]
 
 
-def _fitting_segments(graph, cfg, layers, device_layers, input_name, placed, batch):
-    """A found segment's layers as segments that fit: the whole, or the longest runs that do, one after another."""
-    segments = []
-    while layers:
-        compute = [i for i, layer in enumerate(layers) if isinstance(layer, (Conv, Gemm))]
-        in_shape = _as_map(_image_shape(graph, input_name))
-        # the longest run of its first n compute layers that fits (fewer layers never need more room)
-        low, high, best, reason = 1, len(compute), None, ""
-        while low <= high:
-            n = (low + high) // 2
-            try:
-                model = placed.compile(device_layers[:n], in_shape, batch)
-                best, low = (n, model), n + 1
-            except TilingError as error:
-                reason, high = f"does not stay resident on this configuration: {error}", n - 1
-        end = compute[best[0] - 1] + 1 if best else compute[0] + 1
-        names = [layer.name for layer in layers[:end]]
-        output = layers[end - 1].outputs[0]
-        if best:
-            placed.take(best[1])
-            segments.append(Segment(names, input_name, output, best[1]))
-        else:
-            segments.append(Segment(names, input_name, output, reason=reason))
-        used = best[0] if best else 1
-        layers, device_layers, input_name = layers[end:], device_layers[used:], output
-        if layers and not any(isinstance(layer, (Conv, Gemm)) for layer in layers):
-            break     # (a trailing reshape runs on the host, as outside a segment)
-    return segments
+def _fitting_segment(graph, run, placed, batch):
+    """A run's longest prefix that fits as a segment (fewer layers never need more room), or its first layer with
+    the reason it does not stay resident; the rest of the run is searched again for runs."""
+    in_shape = _as_map(_image_shape(graph, run.input))
+    low, high, best, reason = 0, len(run.ends) - 1, None, ""
+    while low <= high:
+        middle = (low + high) // 2
+        try:
+            best, low = (run.ends[middle], placed.compile(_steps(run, run.ends[middle]), in_shape, batch)), middle + 1
+        except TilingError as error:
+            reason, high = f"does not stay resident on this configuration: {error}", middle - 1
+    end = best[0] if best else 1
+    names, output = [layer.name for layer in run.layers[:end]], run.layers[end - 1].outputs[0]
+    if best:
+        placed.take(best[1])
+        return Segment(names, run.input, output, best[1])
+    return Segment(names, run.input, output, reason=reason)
 
 
 def load_segments(device, segments):
@@ -222,14 +313,6 @@ def load_segments(device, segments):
     if no segment compiled."""
     models = [segment.model for segment in segments if segment.model is not None]
     return device.load_resident(models) if models else None
-
-
-def _halvings(batch):
-    """batch, batch / 2, ... 1."""
-    sizes = [max(1, batch)]
-    while sizes[-1] > 1:
-        sizes.append(sizes[-1] // 2)
-    return sizes
 
 
 def run_model(graph, inputs, device, segments, progress=None, *, load=True):
@@ -274,7 +357,7 @@ def _run_segment(graph, segment, tensors, device):
 
 def _kinds(graph, segment):
     """A segment's compute layers' kinds, repeats counted: "Conv", "Conv+Gemm", "Gemm x10"."""
-    kinds = [layer.kind for layer in map(graph.layer, segment.layers) if isinstance(layer, (Conv, Gemm))]
+    kinds = [layer.kind for layer in map(graph.layer, segment.layers) if not isinstance(layer, (Flatten, Reshape))]
     runs = [[kinds[0], 1]]
     for kind in kinds[1:]:
         if kind == runs[-1][0]:

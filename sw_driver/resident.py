@@ -7,17 +7,21 @@ activation buffer and writes its output there (``store`` commands), in the layou
 (:func:`tessera.hw.layouts.fmap_word`); only the last layer's rows go to the host, as RESULT packets. The
 activation buffer is planned statically over the tensors' lifetimes (:func:`plan_memory`).
 
-A layer here is a :class:`DeviceLayer`: a convolution in the int8 domain, as the model runner hands the device
-(a fully connected layer is a 1x1 convolution over a 1x1 map whose channels are its inputs).
+A model is a list of :class:`Step`: a :class:`DeviceLayer` on the array (a convolution in the int8 domain, as the
+model runner hands the device; a fully connected layer is a 1x1 convolution over a 1x1 map whose channels are its
+inputs), or a :class:`PoolStep` or :class:`AddStep` on the vector unit. A tensor that a vector step reads lives in
+the vector buffer (pixel by pixel, four channels a word); one an array layer reads, in the activation buffer; one
+both read is written into the vector buffer and copied into the activation buffer by a 1x1 pool. A plain list of
+DeviceLayers is a chain, each reading the one before.
 """
 
 import dataclasses
-import itertools
 import math
 
 import numpy as np
 
-from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, result_row_words
+from tessera.hw.isa import INSTRUCTION_WORDS, LANES_PER_WORD, BufferId, Opcode, WaitUnit, result_row_words
+from tessera.hw.layouts import MAX_CONV_SIDE, StoreTarget
 from tessera.sw_driver.compiler import (
     Program,
     TilingError,
@@ -31,8 +35,9 @@ from tessera.sw_driver.compiler import (
     conv_output_shape,
 )
 from tessera.sw_driver.isa_encode import instruction, load, stored_program
+from tessera.sw_driver.resident_schedule import Task, schedule
 
-__all__ = ["DeviceLayer", "ResidentModel", "compile_resident", "plan_memory"]
+__all__ = ["AddStep", "DeviceLayer", "PoolStep", "ResidentModel", "Step", "compile_resident", "plan_memory"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +69,41 @@ class DeviceLayer:
         return self.w.shape[0], out_h, out_w
 
 
-def plan_memory(sizes, lifetimes, depth):
+@dataclasses.dataclass(frozen=True)
+class PoolStep:
+    """Max pooling on the vector unit, as onnxruntime's MaxPool (padding never wins)."""
+    kernel: tuple
+    strides: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+
+    def output_shape(self, in_shape):
+        channels, in_h, in_w = in_shape
+        return (channels, *conv_output_shape(in_h, in_w, *self.kernel, self.strides[0], self.pads))
+
+
+#: The 1x1 pool that copies a map from the vector buffer into the activation buffer.
+COPY = PoolStep(kernel=(1, 1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AddStep:
+    """A quantized add of two maps of one shape on the vector unit; ``params`` are its VEC_SETUP fields
+    (:func:`tessera.sw_driver.vector_compiler.add_params_for`)."""
+    params: dict
+
+    def output_shape(self, in_shape):
+        return in_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of a resident model: ``op`` reads ``inputs`` (0: the model's input; ``i + 1``: step ``i``'s
+    output)."""
+    op: object
+    inputs: tuple
+
+
+def plan_memory(sizes, lifetimes, depth, buffer="act"):
     """Offsets for tensors of ``sizes`` words, each live over ``lifetimes[i] = (first, last)`` steps inclusive,
     in a buffer of ``depth`` words: two tensors share words only if their lifetimes do not overlap. First fit,
     largest tensors first (a tensor freed early leaves its words to the later ones). Raises TilingError if they
@@ -80,8 +119,9 @@ def plan_memory(sizes, lifetimes, depth):
                 break
             at = max(at, end)
         if at + sizes[i] > depth:
-            raise TilingError(f"the feature maps live at once need {at + sizes[i]} activation words; act_depth is "
-                              f"{depth} (accepted: act_depth >= {at + sizes[i]} for this model, or --per-layer)")
+            need = at + sizes[i]
+            raise TilingError(f"the feature maps live at once need {need} {buffer} buffer words; {buffer}_depth is "
+                              f"{depth} (accepted: {buffer}_depth >= {need} for this model, or --per-layer)")
         offsets[i] = at
     return offsets
 
@@ -151,126 +191,347 @@ class ResidentModel:
 
 
 def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
-    """Compile ``layers`` (a chain of :class:`DeviceLayer`, each reading the one before) for an input of
-    ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (ws or os; the row-stationary array's
-    results leave as columns and are not stored yet). ``bases`` (``{"weight", "param", "program"}``, default all
-    0) are the first words of those memories the model may take: other models stay loaded below them. A run
-    computes ``batch`` images, layer by layer (each layer's setup once for all of them).
+    """Compile ``layers`` (a list of :class:`Step`, or a chain of :class:`DeviceLayer` each reading the one before)
+    for an input of ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (ws or os; the row-stationary
+    array's results leave as columns and are not stored yet). ``bases`` (``{"weight", "param", "program"}``,
+    default all 0) are the first words of those memories the model may take: other models stay loaded below them.
+    A run computes ``batch`` images, step by step (each step's setup once for all of them).
 
     Raises TilingError, naming what does not fit, if the weights, parameters, feature maps or program do not
-    fit the configuration's buffers."""
+    fit the configuration's buffers, or a step is not one the device keeps on chip."""
     if cfg.dataflow == "rs":
         raise TilingError("resident models run on ws and os arrays; a row-stationary array's result rows are "
                           "output columns, which it does not store on chip yet (accepted: --per-layer)")
     if not layers:
         raise TilingError("a resident model needs at least one layer")
-    if batch > 1 and _fully_connected(layers, in_shape):
+    if all(isinstance(step, Step) and isinstance(step.op, DeviceLayer) and step.inputs == (index,)
+           for index, step in enumerate(layers)):
+        layers = [step.op for step in layers]    # a chain
+    chain = all(isinstance(layer, DeviceLayer) for layer in layers)
+    if chain and batch > 1 and _fully_connected(layers, in_shape):
         model = compile_resident(cfg, layers, (in_shape[0], 1, batch), bases)
         return dataclasses.replace(model, batch=batch, in_shape=tuple(in_shape), out_shape=(model.out_shape[0], 1, 1),
                                    images_as_pixels=True)
-    R, C = cfg.rows, cfg.cols
-    shapes = [tuple(in_shape)]
-    for index, layer in enumerate(layers):
-        if layer.w.shape[1] != shapes[-1][0]:
-            raise TilingError(f"layer {index} reads {layer.w.shape[1]} channels; the layer before gives "
-                              f"{shapes[-1][0]}")
-        violation = conv_limits_violation(layer.kernel, layer.strides, layer.pads)
-        if violation:
-            raise TilingError(f"layer {index}: {violation}")
-        shapes.append(layer.output_shape(shapes[-1]))
-    blocks = [math.ceil(c / R) for c, _, _ in shapes]
-    map_words = [h * w * b for (_, h, w), b in zip(shapes, blocks, strict=True)]
-    # tensor i (0: the input) is written by layer i - 1 and read by layer i; the last layer's output leaves as
-    # RESULT packets and takes no words
-    offsets = plan_memory([batch * words for words in map_words[:-1]],
-                          [(max(0, i - 1), i) for i in range(len(layers))], cfg.act_depth)
+    steps = [Step(layer, (index,)) for index, layer in enumerate(layers)] if chain else list(layers)
+    return _Compilation(cfg, steps, tuple(in_shape), {"weight": 0, "param": 0, "program": 0, **(bases or {})},
+                        batch).model()
 
-    bases = {"weight": 0, "param": 0, "program": 0, **(bases or {})}
-    weights, params, per_layer = [], [], []
-    array_cycles = [0]    # (a list: the commands() closures add to it) vectors or steps into the array, per run
-    weight_base, param_base = bases["weight"], bases["param"]
-    outputs = []
-    for index, layer in enumerate(layers):
-        (_, in_h, in_w), (out_channels, out_h, out_w) = shapes[index], shapes[index + 1]
+
+class _Compilation:
+    """One resident model's compilation: each tensor's shape and home, the memory plan, then each step's
+    instructions."""
+
+    def __init__(self, cfg, steps, in_shape, bases, batch):
+        self.cfg, self.steps, self.bases, self.batch = cfg, steps, bases, batch
+        self.shapes = self._shapes(in_shape)
+        self._homes()
+        self.ops, self.act_offsets, self.vec_offsets = self._plan()
+        self.weights, self.params, self.outputs = [], [], []
+        self.weight_base, self.param_base = bases["weight"], bases["param"]
+        self.array_cycles = self.vector_cycles = 0
+
+    def _shapes(self, in_shape):
+        """(C, H, W) of every tensor, after checking that each step is one the device keeps on chip."""
+        cfg, shapes = self.cfg, [in_shape]
+        for index, step in enumerate(self.steps):
+            op = step.op
+            if not step.inputs or any(not 0 <= t <= index for t in step.inputs):
+                raise TilingError(f"step {index} reads tensors {list(step.inputs)}; it may read 0 (the input) to "
+                                  f"{index}")
+            shape = shapes[step.inputs[0]]
+            if isinstance(op, DeviceLayer):
+                if op.w.shape[1] != shape[0]:
+                    raise TilingError(f"layer {index} reads {op.w.shape[1]} channels; its input has {shape[0]}")
+                violation = conv_limits_violation(op.kernel, op.strides, op.pads)
+            elif isinstance(op, PoolStep):
+                violation = conv_limits_violation(op.kernel, op.strides, op.pads)
+            elif isinstance(op, AddStep):
+                if len(step.inputs) != 2 or shapes[step.inputs[1]] != shape:
+                    raise TilingError(f"step {index} adds {[shapes[t] for t in step.inputs]}: an add takes two maps "
+                                      f"of one shape")
+                violation = None
+            else:
+                raise TilingError(f"step {index} is a {type(op).__name__}; a resident model takes DeviceLayer, "
+                                  f"PoolStep and AddStep")
+            if violation:
+                raise TilingError(f"layer {index}: {violation}")
+            if not isinstance(op, DeviceLayer) and cfg.vec_depth == 0:
+                raise TilingError(f"step {index} needs the vector unit, and this configuration has none (vec_depth "
+                                  f"= 0)")
+            shapes.append(op.output_shape(shape))
+        if not isinstance(self.steps[-1].op, DeviceLayer):
+            raise TilingError("a resident model ends in a conv or fully connected layer (its result rows leave as "
+                              "RESULT packets)")
+        return shapes
+
+    def _on_array(self, step):
+        return isinstance(self.steps[step].op, DeviceLayer)
+
+    def _homes(self):
+        """Which buffers hold each tensor: the activation buffer if an array layer reads it, the vector buffer if a
+        vector step reads it or an add writes it (both: written into the vector buffer, then copied)."""
+        steps, last = self.steps, len(self.steps)
+        self.readers = [[i for i, step in enumerate(steps) if t in step.inputs] for t in range(last + 1)]
+        self.in_act = [any(map(self._on_array, readers)) for readers in self.readers]
+        self.in_vec = [any(not self._on_array(r) for r in readers) for readers in self.readers]
+        for t in range(1, last):
+            self.in_vec[t] |= isinstance(steps[t - 1].op, AddStep)
+            if not self.readers[t]:
+                raise TilingError(f"no step reads step {t - 1}'s output; only the last step's leaves the model")
+        if self.in_vec[0]:
+            raise TilingError("a vector step reads the model's input: a resident model's input goes into the "
+                              "activation buffer (accepted: a first layer on the array)")
+        self.in_act[0], self.in_act[last], self.in_vec[last] = True, False, False
+        self.copied = [t > 0 and self.in_act[t] and self.in_vec[t] for t in range(last + 1)]
+
+    def act_words(self, t):
+        channels, h, w = self.shapes[t]
+        return h * w * math.ceil(channels / self.cfg.rows)
+
+    def vec_words(self, t):
+        channels, h, w = self.shapes[t]
+        return h * w * math.ceil(channels / LANES_PER_WORD)
+
+    def _plan(self):
+        """The order of the work (each step, and the copy of a tensor both buffers hold right after its step), and
+        every tensor's offset in each buffer that holds it (planned over the work's order)."""
+        ops, at = [], {}
+        for index in range(len(self.steps)):
+            at[index] = len(ops)
+            ops.append(("step", index))
+            if self.copied[index + 1]:
+                ops.append(("copy", index + 1))
+        act, vec = [], []     # (tensor, first op, last op)
+        for t, readers in enumerate(self.readers[:-1]):
+            written = at[t - 1] if t else 0
+            if self.in_act[t]:
+                act.append((t, written + self.copied[t], max(at[r] for r in readers if self._on_array(r))))
+            if self.in_vec[t]:
+                vector_reads = [at[r] for r in readers if not self._on_array(r)]
+                vec.append((t, written, max(vector_reads + [written + self.copied[t]])))
+        offsets = []
+        for buffer, tensors, words in (("act", act, self.act_words), ("vec", vec, self.vec_words)):
+            planned = plan_memory([self.batch * words(t) for t, _, _ in tensors],
+                                  [(first, last) for _, first, last in tensors],
+                                  getattr(self.cfg, f"{buffer}_depth"), buffer)
+            offsets.append({t: offset for (t, _, _), offset in zip(tensors, planned, strict=True)})
+        return ops, *offsets
+
+    def model(self):
+        cfg, batch = self.cfg, self.batch
+        by_op = []       # each op's tasks' indices
+        tasks = []
+        for kind, index in self.ops:
+            made = self._layer(index) if kind == "step" and self._on_array(index) else self._vector(kind, index)
+            by_op.append(list(range(len(tasks), len(tasks) + len(made))))
+            tasks += [dataclasses.replace(task, op=len(by_op) - 1) for task in made]
+        self._dependencies(tasks, by_op)
+        # The first layer runs image by image, each image a program section of its own that the host RUNs right
+        # after that image's LOAD: the next image's LOAD then overlaps this one's compute. The other steps follow
+        # in one section, the array's and the vector unit's work side by side (resident_schedule).
+        sections = schedule(cfg, tasks, by_op[0])
+        program = np.concatenate(sections)
+
+        bases = self.bases
+        _check_fits("program", bases["program"] + len(program), cfg.program_depth)
+        store_program, _ = stored_program(cfg, program, bases["program"])
+        starts = bases["program"] + np.cumsum([0] + [len(section) for section in sections[:-1]])
+        runs = [instruction(cfg, Opcode.RUN, base=int(start), words=len(section))
+                for start, section in zip(starts, sections, strict=True)]
+        bias = np.concatenate([b for b, _ in self.params])
+        scale = np.concatenate([s for _, s in self.params])
+        load_words = [store_program, load(cfg, BufferId.WEIGHT, bases["weight"], np.concatenate(self.weights)),
+                      load(cfg, BufferId.PARAM, bases["param"], (bias, scale))]
+        macs = batch * sum(int(np.prod(self.shapes[i + 1][1:])) * step.op.own_macs_per_pixel
+                           for i, step in enumerate(self.steps) if self._on_array(i))
+
+        def span(offsets, t, words):
+            return list(self._span(offsets, t, words)) if t in offsets else [0, 0]
+
+        plan = {"batch": batch,
+                "tensors": [{"shape": list(shape), "act_words": span(self.act_offsets, t, self.act_words),
+                             "vec_words": span(self.vec_offsets, t, self.vec_words)}
+                            for t, shape in enumerate(self.shapes[:-1])],
+                "weight_words": self.weight_base - bases["weight"], "param_words": self.param_base - bases["param"],
+                "program_words": len(program), "bases": bases, "array_cycles": self.array_cycles,
+                "vector_cycles": self.vector_cycles}
+        return ResidentModel(cfg=cfg, batch=batch, in_shape=self.shapes[0], out_shape=self.shapes[-1],
+                             load_words=np.concatenate(load_words), run_words=np.concatenate(runs),
+                             input_base=self.act_offsets[0], outputs=self.outputs, macs=macs, plan=plan)
+
+    def _destination(self, t):
+        """Where the step writing tensor ``t`` stores it: its StoreTarget, first word (of image 0), lanes per word
+        and words per pixel there."""
+        if self.in_vec[t]:
+            return StoreTarget.VEC, self.vec_offsets[t], LANES_PER_WORD, math.ceil(self.shapes[t][0] / LANES_PER_WORD)
+        return StoreTarget.ACT, self.act_offsets[t], self.cfg.rows, math.ceil(self.shapes[t][0] / self.cfg.rows)
+
+    def _layer(self, index):
+        """An array layer's tasks, image by image (or one for the batch): its weights and parameters placed."""
+        cfg, layer = self.cfg, self.steps[index].op
+        R, C = cfg.rows, cfg.cols
+        (source,), t = self.steps[index].inputs, index + 1
+        (_, in_h, in_w), (out_channels, out_h, out_w) = self.shapes[source], self.shapes[t]
+        blocks = math.ceil(self.shapes[source][0] / R)
         kh, kw = layer.kernel
-        folds = kh * kw * blocks[index]
-        gemm_w = conv_as_gemm_weights(layer.w, R, blocks[index])
+        folds = kh * kw * blocks
+        gemm_w = conv_as_gemm_weights(layer.w, R, blocks)
         check_gemm_operands(np.zeros((1, folds * R), np.int8), gemm_w, layer.bias, layer.scale, layer.y_zp)
         gemm = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), gemm_w, np.asarray(layer.bias),
                           np.asarray(layer.scale), conv=True)
+        # A window over the whole map (a global pool, a fully connected layer) reads each image's map as one pixel
+        # of folds channel blocks; the batch's maps lie one after another, so one command reads them all as the
+        # pixels of a 1 x batch map (its weights, the conv's, stream through the array once for all images).
+        whole_maps = (index > 0 and (in_h, in_w) == (kh, kw) and not any(layer.pads) and folds < 256
+                      and self.batch <= MAX_CONV_SIDE)
+        geometry = dict(in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh, kernel_w=kw,
+                        stride=layer.strides[0], pad_top=layer.pads[0], pad_left=layer.pads[1])
+        if whole_maps:
+            geometry = dict(in_h=1, in_w=self.batch, out_w=self.batch, channel_blocks=folds, kernel_h=1, kernel_w=1,
+                            stride=1, pad_top=0, pad_left=0)
         stored, sparse, tile_words = _weight_tiles(cfg, gemm, folds)
-        _check_fits("weight", weight_base + sum(tile_words), cfg.weight_depth)
-        _check_fits("param", param_base + gemm.n_tiles, cfg.param_depth)
-        weights += [_sparse_weight_tile(gemm, t, stored[t], kw, blocks[index]) if sparse[t] else gemm._weight_tile(t)
-                    for t in range(gemm.n_tiles)]
-        tile_bases = weight_base + np.cumsum([0] + tile_words[:-1])
-        params.append((gemm.bias.reshape(gemm.n_tiles, C), gemm.scale.reshape(gemm.n_tiles, C)))
-        last = index == len(layers) - 1
-        setup = instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks[index],
-                            kernel_h=kh, kernel_w=kw, stride=layer.strides[0], pad_top=layer.pads[0],
-                            pad_left=layer.pads[1], pad_value=int(layer.pad_value))
-        pixels = out_h * out_w
+        _check_fits("weight", self.weight_base + sum(tile_words), cfg.weight_depth)
+        _check_fits("param", self.param_base + gemm.n_tiles, cfg.param_depth)
+        self.weights += [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
+                         if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
+        tile_bases = self.weight_base + np.cumsum([0] + tile_words[:-1])
+        self.params.append((gemm.bias.reshape(gemm.n_tiles, C), gemm.scale.reshape(gemm.n_tiles, C)))
+        param_base = self.param_base
+        self.weight_base += sum(tile_words)
+        self.param_base += gemm.n_tiles
+        last = t == len(self.steps)
+        target, base, lanes_per_word, out_blocks = (None, 0, 1, 1) if last else self._destination(t)
+        setup = instruction(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
+        pixels = self.batch if whole_maps else out_h * out_w
+        out_w = geometry["out_w"]
         block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
         k_field = folds if cfg.dataflow == "ws" else folds * R
+        in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
 
-        def commands(images, index=index, gemm=gemm, last=last, out_channels=out_channels, out_w=out_w,
-                     pixels=pixels, block_rows=block_rows, k_field=k_field, tile_bases=tile_bases, stored=stored,
-                     sparse=sparse, param_base=param_base, y_zp=int(layer.y_zp)):
-            # the layer's commands for `images`, output tile by output tile
-            words = []
-            for t in range(gemm.n_tiles):
-                first = t * C   # the tile's first output channel: where its rows start within a pixel's words
+        def task(image):
+            # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
+            items, cost = [(Opcode.CONV_SETUP, setup)], 0
+            for n in range(gemm.n_tiles):
+                first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:
-                    words.append(instruction(cfg, Opcode.STORE_SETUP, lane=first % R,
-                                             lanes=min(C, out_channels - first), stride=blocks[index + 1]))
-                for image, p0 in itertools.product(images, range(0, pixels, block_rows)):
+                    items.append((Opcode.STORE_SETUP, instruction(cfg, Opcode.STORE_SETUP, lane=first % lanes_per_word,
+                                                                  lanes=min(C, out_channels - first),
+                                                                  stride=out_blocks)))
+                for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
-                    store = {} if last else {"store": 1, "s_base": offsets[index + 1] + image * map_words[index + 1]
-                                             + p0 * blocks[index + 1] + first // R}
-                    k = len(stored[t]) if sparse[t] else k_field
-                    array_cycles[0] += rows * k if cfg.dataflow == "ws" else k
-                    words.append(instruction(cfg, Opcode.GEMM, m=rows, k=k,
-                                             x_base=offsets[index] + image * map_words[index],
-                                             w_base=int(tile_bases[t]), p_base=param_base + t, y_zp=y_zp, conv=1,
-                                             out_y=p0 // out_w, out_x=p0 % out_w, sparse=int(sparse[t]), **store))
+                    store = {} if last else {"store": int(target), "s_base": base + image * out_words
+                                             + p0 * out_blocks + first // lanes_per_word}
+                    k = len(stored[n]) if sparse[n] else k_field
+                    steps = rows * k if cfg.dataflow == "ws" else k
+                    self.array_cycles += steps
+                    cost += steps + R + C
+                    items.append((Opcode.GEMM, instruction(
+                        cfg, Opcode.GEMM, m=rows, k=k, x_base=in_base + image * in_words, w_base=int(tile_bases[n]),
+                        p_base=param_base + n, y_zp=int(layer.y_zp), conv=1, out_y=p0 // out_w, out_x=p0 % out_w,
+                        sparse=int(sparse[n]), **store)))
                     if last:
-                        outputs.append((image, p0, first, rows))
-            return words
+                        self.outputs.append((image, p0, first, rows))
+            return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)
 
-        per_layer.append((setup, commands))
-        weight_base += sum(tile_words)
-        param_base += gemm.n_tiles
+        return [task(0)] if whole_maps else [task(image) for image in range(self.batch)]
 
-    # The first layer runs image by image, each image a program section of its own that the host RUNs right after
-    # that image's LOAD: the next image's LOAD then overlaps this one's compute. The other layers follow in one
-    # section, each after the layer before has stored its maps (WAIT), over every image at once.
-    wait = instruction(cfg, Opcode.WAIT, pending=0)
-    setup, first_layer = per_layer[0]
-    # (the run before may still be reading or writing these feature maps)
-    sections = [[wait, setup, *first_layer([0])]] + [first_layer([image]) for image in range(1, batch)]
-    rest = [word for setup, commands in per_layer[1:] for word in (wait, setup, *commands(range(batch)))]
-    # the next inputs may overwrite these only once every command that reads them is done
-    sections.append(rest + [wait])
-    sections = [np.concatenate(section) for section in sections]
-    program = np.concatenate(sections)
+    def _vector(self, kind, index):
+        """A vector step's (or a copy's) tasks, image by image."""
+        cfg = self.cfg
+        if kind == "copy":
+            op, sources, t = COPY, (index,), index
+            target, base, out_blocks = StoreTarget.ACT, self.act_offsets[t], math.ceil(self.shapes[t][0] / cfg.rows)
+        else:
+            op, sources, t = self.steps[index].op, self.steps[index].inputs, index + 1
+            target, base, _, out_blocks = self._destination(t)
+        channels, in_h, in_w = self.shapes[sources[0]]
+        _, out_h, out_w = op.output_shape(self.shapes[sources[0]])
+        in_words = self.vec_words(sources[0])
+        out_words = out_h * out_w * out_blocks
+        if isinstance(op, AddStep):
+            setup = (Opcode.VEC_SETUP, instruction(cfg, Opcode.VEC_SETUP, **op.params))
+            self.vector_cycles += 2 * self.batch * in_words
+            return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=2 * in_words, items=[setup, (
+                Opcode.ADD, instruction(cfg, Opcode.ADD, a_base=self.vec_offsets[sources[0]] + image * in_words,
+                                        b_base=self.vec_offsets[sources[1]] + image * in_words, words=in_words,
+                                        store=int(target), d_base=base + image * out_words))])
+                    for image in range(self.batch)]
+        if target == StoreTarget.ACT and channels > 255:
+            raise TilingError(f"a pool of {channels} channels into the activation buffer (STORE_SETUP takes up to "
+                              f"255 lanes)")
+        blocks = math.ceil(channels / LANES_PER_WORD)
+        kh, kw = op.kernel
+        setups = [(Opcode.POOL_SETUP, instruction(
+            cfg, Opcode.POOL_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh,
+            kernel_w=kw, stride=op.strides[0], pad_top=op.pads[0], pad_left=op.pads[1], pad_value=0))]
+        if target == StoreTarget.ACT:
+            setups.append((Opcode.STORE_SETUP, instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=channels,
+                                                           stride=out_blocks)))
+        cost = out_h * out_w * blocks * (kh * kw + 1)
+        self.vector_cycles += self.batch * cost
+        return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=cost, items=setups + [(
+            Opcode.POOL, instruction(cfg, Opcode.POOL, x_base=self.vec_offsets[sources[0]] + image * in_words,
+                                     m=out_h * out_w, out_y=0, out_x=0, store=int(target),
+                                     d_base=base + image * out_words))])
+                for image in range(self.batch)]
 
-    _check_fits("program", bases["program"] + len(program), cfg.program_depth)
-    store_program, _ = stored_program(cfg, program, bases["program"])
-    starts = bases["program"] + np.cumsum([0] + [len(section) for section in sections[:-1]])
-    runs = [instruction(cfg, Opcode.RUN, base=int(start), words=len(section))
-            for start, section in zip(starts, sections, strict=True)]
-    bias = np.concatenate([b for b, _ in params])
-    scale = np.concatenate([s for _, s in params])
-    load_words = [store_program, load(cfg, BufferId.WEIGHT, bases["weight"], np.concatenate(weights)),
-                  load(cfg, BufferId.PARAM, bases["param"], (bias, scale))]
-    macs = batch * sum(int(np.prod(shapes[i + 1][1:])) * layer.own_macs_per_pixel for i, layer in enumerate(layers))
-    plan = {"batch": batch, "tensors": [{"shape": list(shape), "act_words": [offset, offset + batch * words]}
-                                        for shape, offset, words in zip(shapes, offsets, map_words, strict=False)],
-            "weight_words": weight_base - bases["weight"], "param_words": param_base - bases["param"],
-            "program_words": len(program), "bases": bases, "array_cycles": array_cycles[0]}
-    return ResidentModel(cfg=cfg, batch=batch, in_shape=tuple(in_shape), out_shape=shapes[-1],
-                         load_words=np.concatenate(load_words), run_words=np.concatenate(runs), input_base=offsets[0],
-                         outputs=outputs, macs=macs, plan=plan)
+    def _dependencies(self, tasks, by_op):
+        """Each task's dependencies: the tasks that write what it reads (for its image, or all of them where either
+        covers the batch), and every task that reads or writes words its op overwrites (an earlier tensor's, by
+        the memory plan)."""
+        op_at = {op: position for position, op in enumerate(self.ops)}
+
+        def producer(t, on_array):
+            # the op that writes tensor t where a reader on the array (or the vector unit) finds it
+            return op_at[("copy", t)] if on_array and self.copied[t] else op_at[("step", t - 1)]
+
+        reads, writes = {}, {}   # op: [(tensor, buffer)]
+        for position, (kind, index) in enumerate(self.ops):
+            if kind == "copy":
+                reads[position], writes[position] = [(index, "vec")], [(index, "act")]
+                continue
+            buffer = "act" if self._on_array(index) else "vec"
+            reads[position] = [(t, buffer) for t in self.steps[index].inputs]
+            t = index + 1
+            writes[position] = [] if t == len(self.steps) else [(t, "vec" if self.in_vec[t] else "act")]
+        regions = [(t, "act") for t in self.act_offsets] + [(t, "vec") for t in self.vec_offsets]
+        users = {}   # (tensor, buffer): the ops that read or write it
+        for position in range(len(self.ops)):
+            for place in reads[position] + writes[position]:
+                users.setdefault(place, []).append(position)
+
+        for position in range(len(self.ops)):
+            for t, buffer in reads[position]:
+                if t == 0:
+                    continue     # the host's LOAD, before the run
+                source = by_op[producer(t, buffer == "act")]
+                for index in by_op[position]:
+                    image = tasks[index].image
+                    tasks[index].deps |= {s for s in source if image is None or tasks[s].image in (None, image)}
+            for place in writes[position]:
+                for index in by_op[position]:
+                    start, end = self._image_span(place, tasks[index].image)
+                    for other in regions:
+                        if other == place or other[1] != place[1]:
+                            continue
+                        for u in users.get(other, []):
+                            if u >= position:
+                                continue
+                            for s in by_op[u]:
+                                o_start, o_end = self._image_span(other, tasks[s].image)
+                                if o_start < end and start < o_end:
+                                    tasks[index].deps.add(s)
+
+    def _image_span(self, place, image):
+        """The words of tensor ``place = (t, buffer)`` that image ``image`` (None: every image) takes."""
+        t, buffer = place
+        offsets, words = (self.act_offsets, self.act_words) if buffer == "act" else (self.vec_offsets, self.vec_words)
+        if image is None:
+            return self._span(offsets, t, words)
+        return offsets[t] + image * words(t), offsets[t] + (image + 1) * words(t)
+
+    def _span(self, offsets, t, words):
+        return offsets[t], offsets[t] + self.batch * words(t)
 
 
 def _weight_tiles(cfg, gemm, folds):

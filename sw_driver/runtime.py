@@ -136,7 +136,7 @@ class Device:
             self._resident[id(model)][1] = False
         words = np.concatenate(words)
         # a resident model computes its layers before the last in silence: allow the link that long
-        silence = self.timeout_cycles + 4 * model.plan["array_cycles"]
+        silence = self.timeout_cycles + 4 * (model.plan["array_cycles"] + model.plan.get("vector_cycles", 0))
         packets, run = self._exchange(words, len(runs) * model.reply_words(), macs=len(runs) * model.macs,
                                       results=len(runs) * model.commands, timeout_cycles=silence)
         results = packets.results

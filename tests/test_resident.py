@@ -47,7 +47,7 @@ class TestMemoryPlan:
         assert sorted(offsets) == [0, 0, 100]
 
     def test_too_little_room_is_refused_with_what_it_needs(self):
-        with pytest.raises(TilingError, match=r"need 200 activation words; act_depth is 150 \(accepted: act_depth "
+        with pytest.raises(TilingError, match=r"need 200 act buffer words; act_depth is 150 \(accepted: act_depth "
                                               r">= 200"):
             plan_memory([100, 100], [(0, 1), (1, 1)], 150)
 
@@ -70,7 +70,7 @@ class TestCompileResident:
     @pytest.mark.parametrize("what, cfg, match", [
         ("weights", dict(weight_depth=64), r"weight words \(at least \d+\) do not fit weight_depth=64"),
         ("program", dict(program_depth=16), r"program words \(at least \d+\) do not fit program_depth=16"),
-        ("maps", dict(act_depth=32), r"activation words; act_depth is 32"),
+        ("maps", dict(act_depth=32), r"act buffer words; act_depth is 32"),
     ])
     def test_what_does_not_fit_is_named(self, what, cfg, match):
         layers = self._chain([{"out_channels": 8, "kernel": 3, "pad": 1}, {"out_channels": 8, "kernel": 3}])

@@ -103,11 +103,12 @@ class ControllerLivenessSpec(FormalSpec):
         free(m, controller.counters)
         core_completed = self._unit(m, controller.cmd, "core", CORE_SLOTS, controller.core_idle)
         vec_completed = self._unit(m, controller.vec_cmd, "vector", 1, controller.vec_idle)
-        completed = Signal(32)
-        m.d.sync += completed.eq(completed + core_completed + vec_completed)
-        m.d.comb += controller.completed.eq(completed)
+        completed, vector_completed = Signal(32), Signal(32)
+        m.d.sync += [completed.eq(completed + core_completed + vec_completed),
+                     vector_completed.eq(vector_completed + vec_completed)]
+        m.d.comb += [controller.completed.eq(completed), controller.vec_completed.eq(vector_completed)]
 
-        self._invariants(m, body, fsm, fetch, completed)
+        self._invariants(m, body, fsm, fetch, completed, vector_completed)
 
         host_word = controller.host_in.valid & controller.host_in.ready
         packet_word = controller.packet.valid & controller.packet.ready
@@ -132,7 +133,7 @@ class ControllerLivenessSpec(FormalSpec):
         if self.slack is not None:
             m.d.comb += Cover(waiting == self.limit - self.slack, "the controller waits nearly the bound")
 
-    def _invariants(self, m, body, fsm, fetch, completed):
+    def _invariants(self, m, body, fsm, fetch, completed, vector_completed):
         """Facts of every reachable state, asserted (so proved too) so that k-induction need not start from
         states that reset never leads to: a state the FSM encodes, and the controller's count of commands in flight
         equal to the commands in its queues and in the units."""
@@ -148,6 +149,16 @@ class ControllerLivenessSpec(FormalSpec):
         last = Signal(32)
         m.d.sync += last.eq(difference)
         m.d.comb += Assert(queues.origins[0].outstanding == last[:8], "outstanding is not those in flight")
+        # and the vector unit's share of them (a WAIT may count only its commands)
+        vec_issued = Signal(32)
+        m.d.sync += vec_issued.eq(vec_issued + beats[1])
+        vec_in_flight = queues.find_subfragment("vec_commands").origins[0].level + self._running["vector"]
+        vec_difference = (vec_issued - vector_completed)[:32]
+        m.d.comb += Assert(vec_difference == vec_in_flight, "vector commands issued less completed are not those "
+                                                            "in flight")
+        vec_last = Signal(32)
+        m.d.sync += vec_last.eq(vec_difference)
+        m.d.comb += Assert(queues.origins[0].outstanding_vec == vec_last[:8], "outstanding_vec is not those in flight")
 
     def _unit(self, m, cmd, name, slots, idle):
         """A unit that takes commands from ``cmd`` while it has fewer than ``slots`` in flight and finishes the

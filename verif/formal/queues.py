@@ -89,7 +89,7 @@ class CommandQueuesSpec(FormalSpec):
             assume_stream(m, getattr(queues, name), name)
         for name in ("cmd", "result_rows", "vec_cmd"):
             assert_stream(m, getattr(queues, name), name)
-        for name in ("completed", "core_idle", "vec_idle", "store_setup"):
+        for name in ("completed", "vec_completed", "core_idle", "vec_idle", "store_setup"):
             free(m, getattr(queues, name))
 
         gemm, vector = queues.gemm, queues.vector

@@ -1,0 +1,76 @@
+"""Writing rows of int8 lanes into a buffer whose words hold another number of lanes, from any lane: how stored
+results reach the activation and vector buffers (:func:`~tessera.hw.layouts.store_setup_layout`)."""
+
+from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .layouts import store_addr_shape, store_words
+
+__all__ = ["LaneWriter", "lane_row_layout"]
+
+
+def lane_row_layout(cfg, row_lanes):
+    """A row to write: ``row_lanes`` int8, its first ``lanes`` of them from lane ``lane`` of word ``addr`` on."""
+    return data.StructLayout({"row": data.ArrayLayout(signed(8), row_lanes), "addr": store_addr_shape(cfg),
+                              "lane": unsigned(8), "lanes": unsigned(8)})
+
+
+class LaneWriter(wiring.Component):
+    """Turns rows of ``row_lanes`` int8 into the word writes of a buffer whose words hold ``word_lanes`` lanes,
+    one word a cycle: a row's element ``e`` goes to lane ``(lane + e) % word_lanes`` of word
+    ``addr + (lane + e) // word_lanes``; the other lanes of each word are left alone (clear in ``mask``).
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+    row_lanes : int
+    write_layout : Layout with ``addr``, ``data`` (an array of int8) and ``mask``
+        The buffer's write (``act_write_layout`` or ``vec_write_layout``).
+
+    Attributes
+    ----------
+    rows : In(stream of lane_row_layout(cfg, row_lanes))
+        Taken in the cycle the last word of the row before is written, so rows of one word go at one a cycle.
+    writes : Out(stream of write_layout)
+    done : Out(1)
+        A row's last word is written this cycle.
+    """
+
+    def __init__(self, cfg, row_lanes, write_layout):
+        self.row_lanes = row_lanes
+        self.word_lanes = write_layout["data"].shape.length
+        super().__init__({
+            "rows": In(stream.Signature(lane_row_layout(cfg, row_lanes))),
+            "writes": Out(stream.Signature(write_layout)),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes_in, lanes_out = self.row_lanes, self.word_lanes
+        row = Signal.like(self.rows.payload)
+        held = Signal()     # `row` holds a row whose words are being written
+        word = Signal(range(store_words(lanes_out, lanes_out - 1, lanes_in) + 1))
+        # element e is lane (e + lane) % lanes_out of word (e + lane) // lanes_out: the row, behind `lanes_out`
+        # empty lanes, shifted right by whole lanes so that word `word`'s lanes land at lane 0
+        shift = (word * lanes_out + lanes_out - row.lane).as_unsigned()    # (never negative: lane < lanes_out)
+        padded = Cat(Const(0, 8 * lanes_out), row.row.as_value())
+        present = Cat(Const(0, lanes_out), ((Const(1, lanes_in + 1) << row.lanes) - 1)[:lanes_in])
+        last_word = word == store_words(lanes_out, row.lane, row.lanes) - 1
+        finishing = self.writes.valid & self.writes.ready & last_word
+        m.d.comb += [
+            self.writes.valid.eq(held),
+            self.writes.payload.addr.eq(row.addr + word),
+            self.writes.payload.data.eq((padded >> (shift * 8))[:8 * lanes_out]),
+            self.writes.payload.mask.eq((present >> shift)[:lanes_out]),
+            self.rows.ready.eq(~held | finishing),
+            self.done.eq(finishing),
+        ]
+        with m.If(finishing):
+            m.d.sync += held.eq(0)
+        with m.Elif(self.writes.valid & self.writes.ready):
+            m.d.sync += word.eq(word + 1)
+        with m.If(self.rows.valid & self.rows.ready):
+            m.d.sync += [row.eq(self.rows.payload), held.eq(1), word.eq(0)]
+        return m
