@@ -1,6 +1,6 @@
 """LOAD: buffer words assembled from the host's link words and written where the instruction says."""
 
-from amaranth.hdl import Cat, Module, Shape, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -25,6 +25,10 @@ class LoadAssembler(wiring.Component):
 
     A LOAD beyond its buffer's depth, or to a buffer that does not exist, still receives its words (the host
     sends them all the same) and drops them, one link word per buffer word for an unknown buffer.
+
+    A packed LOAD (``lanes`` set; the activation buffer) takes its words' first ``lanes`` lanes from the link's
+    bytes, one word after another, and writes the other lanes zero: a map of few channels crosses the link
+    without the padding of its words.
 
     Attributes
     ----------
@@ -84,6 +88,7 @@ class LoadAssembler(wiring.Component):
         # that no state, reachable or not, waits on it)
         target_ready = Signal(init=1)
         request_beats = self._check_request(m, beats)
+        packed, packed_write, taking = self._packed(m, write_pending, discard, remaining)
 
         for b, port in self.ports.items():
             target = getattr(self, port)
@@ -93,13 +98,18 @@ class LoadAssembler(wiring.Component):
             m.d.comb += [target.payload.addr.eq(addr),
                          target.payload.data.eq(assembly[low:low + data_bits]),
                          target.valid.eq(write_pending & (buffer == b))]
+            if b == BufferId.ACT:
+                with m.If(packed):
+                    m.d.comb += target.payload.data.eq(packed_write)
             with m.If(buffer == b):
                 m.d.comb += target_ready.eq(target.ready)
 
         accepted = self.words.valid & self.words.ready
         # The next word may arrive while the assembled one is written: the write leaves this cycle.
-        m.d.comb += [self.receiving.eq(remaining != 0), self.done.eq((remaining == 0) & ~write_pending),
-                     self.words.ready.eq(self.receiving & (~write_pending | target_ready))]
+        m.d.comb += [self.receiving.eq(Mux(packed, taking, remaining != 0)),
+                     self.done.eq((remaining == 0) & ~write_pending & ~taking),
+                     self.words.ready.eq(Mux(packed, self._packed_ready,
+                                             self.receiving & (~write_pending | target_ready)))]
         # Only the host's silence counts: a word waiting for a single-port buffer that compute is reading
         # (hw.buffer) waits at most until the running fold ends. (Other buffers are always ready, so there no
         # word waits; their netlist stays as it was, which the ULX3S routes.)
@@ -113,13 +123,47 @@ class LoadAssembler(wiring.Component):
                          beat.eq(0), beats_needed.eq(request_beats), discard.eq(self.error != 0)]
         with m.Elif(self.abort):
             m.d.sync += remaining.eq(0)
-        with m.Elif(accepted):
+        with m.Elif(accepted & ~packed):
             m.d.sync += assembly.eq(Cat(assembly[LINK_WIDTH:], self.words.payload))
             with m.If(beat == beats_needed - 1):
                 m.d.sync += [beat.eq(0), remaining.eq(remaining - 1), write_pending.eq(~discard)]
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)
         return m
+
+    def _packed(self, m, write_pending, discard, remaining):
+        """A packed LOAD's byte queue: link words in, each buffer word's ``lanes`` bytes out. Returns whether the
+        LOAD is packed, the word to write and whether link words are still to come; sets ``_packed_ready``."""
+        cfg, request = self.cfg, self.request
+        rows = cfg.rows
+        packed = Signal()
+        lanes = Signal.like(request.lanes)
+        held = Signal(8 * (rows + 4))        # bytes received and not yet written, the next word's first
+        held_bytes = Signal(range(rows + 5))
+        link_left = Signal(25)               # link words still to come
+        word = Signal(8 * rows)
+        self._packed_ready = Signal()
+        accepted = self.words.valid & self.words.ready
+        # a rejected LOAD takes its link words and drops them; a taken one while the next word lacks bytes
+        m.d.comb += self._packed_ready.eq((link_left != 0) & (discard | (held_bytes < lanes)))
+        emit = packed & ~discard & (remaining != 0) & (held_bytes >= lanes) & ~write_pending
+        lane_mask = Signal(8 * rows)
+        m.d.comb += lane_mask.eq((Const(1, 8 * rows + 1) << (lanes * 8)) - 1)
+        with m.If(self.start):
+            m.d.sync += [packed.eq(request.lanes != 0), lanes.eq(request.lanes), held_bytes.eq(0), held.eq(0),
+                         link_left.eq((request.words * request.lanes + 3) >> 2)]
+        with m.Elif(self.abort):
+            m.d.sync += link_left.eq(0)
+        with m.Elif(packed & accepted):
+            m.d.sync += link_left.eq(link_left - 1)
+            with m.If(~discard):
+                m.d.sync += [held.eq(held | (self.words.payload << (held_bytes * 8))), held_bytes.eq(held_bytes + 4)]
+        with m.Elif(emit):
+            m.d.sync += [word.eq(held[:8 * rows] & lane_mask), held.eq(held >> (lanes * 8)),
+                         held_bytes.eq(held_bytes - lanes), remaining.eq(remaining - 1), write_pending.eq(1)]
+        with m.If(packed & discard & (link_left == 0)):
+            m.d.sync += remaining.eq(0)
+        return packed, word, packed & (link_left != 0)
 
     def _check_request(self, m, beats):
         # drives `error`; returns the link words per buffer word of the buffer the request names
@@ -136,4 +180,7 @@ class LoadAssembler(wiring.Component):
                             m.d.comb += self.error.eq(ErrorCode.BAD_PROGRAM)
             with m.Default():
                 m.d.comb += [request_beats.eq(1), self.error.eq(ErrorCode.BAD_BUFFER)]
+        # packed lanes: into the activation buffer only, no more than its words hold
+        with m.If((request.lanes != 0) & ((request.buffer != BufferId.ACT) | (request.lanes > self.cfg.rows))):
+            m.d.comb += self.error.eq(ErrorCode.BAD_BUFFER)
         return request_beats

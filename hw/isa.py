@@ -24,7 +24,7 @@ from .qadd import add_params_layout
 
 __all__ = ["Opcode", "WaitUnit", "BufferId", "PacketKind", "ErrorCode", "ERROR_DESCRIPTIONS", "COUNTERS",
            "INSTRUCTION_WORDS", "LINK_WIDTH", "instruction_layout", "operands_layout", "packet_header_layout",
-           "words_per_buffer_word", "LANES_PER_WORD", "words_for_lanes", "result_row_words"]
+           "words_per_buffer_word", "load_link_words", "LANES_PER_WORD", "words_for_lanes", "result_row_words"]
 
 #: Width of the host link in bits (both directions).
 LINK_WIDTH = 32
@@ -36,7 +36,7 @@ _OPCODE_BITS = 8
 class Opcode(enum.IntEnum):
     """What an instruction does. Values are the encoding; 0 is a no-op so that zero padding is harmless."""
     NOP = 0x00
-    LOAD = 0x01             # write `words` buffer words from the stream into `buffer` at `addr`
+    LOAD = 0x01             # write `words` buffer words from the stream into `buffer` at `addr` (`lanes`: packed)
     GEMM = 0x02             # run one compute command of the core (see hw.layouts)
     WAIT = 0x03             # block until at most `pending` of the commands issued so far (to `unit`) are unfinished
     READ_COUNTERS = 0x04    # once idle, send a COUNTERS packet
@@ -91,7 +91,8 @@ class ErrorCode(enum.IntEnum):
 #: document and C header render.
 ERROR_DESCRIPTIONS = {
     ErrorCode.ILLEGAL_OPCODE: "the opcode byte names no instruction",
-    ErrorCode.BAD_BUFFER: "LOAD names no buffer",
+    ErrorCode.BAD_BUFFER: "LOAD names no buffer, or packs lanes into a buffer other than the activation buffer or "
+                          "more lanes than it has rows",
     ErrorCode.OUT_OF_RANGE: "a LOAD, GEMM, POOL or ADD would touch words beyond a buffer's depth (a stored one: its "
                             "results' words in the target buffer too)",
     ErrorCode.BAD_SHAPE: "GEMM with m or k of 0, m larger than one output tile, an os conv GEMM whose k is not "
@@ -148,7 +149,10 @@ def operands_layout(cfg, opcode):
     """Operand fields of ``opcode`` for configuration ``cfg`` (they follow the opcode byte)."""
     opcode = Opcode(opcode)
     if opcode == Opcode.LOAD:
-        return data.StructLayout({"buffer": unsigned(3), "addr": unsigned(16), "words": unsigned(16)})
+        # lanes 0: whole buffer words; 1 to rows (the activation buffer only): each word's first `lanes` lanes,
+        # packed back to back four to a link word (load_link_words), its other lanes zero
+        return data.StructLayout({"buffer": unsigned(3), "addr": unsigned(16), "words": unsigned(16),
+                                  "lanes": unsigned(8)})
     if opcode == Opcode.GEMM:
         return command_layout(cfg)
     if opcode in (Opcode.CONV_SETUP, Opcode.POOL_SETUP):
@@ -199,6 +203,13 @@ def words_for_lanes(lanes):
 def result_row_words(cfg):
     """Link words of one row of a RESULT packet: ``cols`` int8 channels."""
     return words_for_lanes(cfg.cols)
+
+
+def load_link_words(cfg, buffer, words, lanes=0):
+    """Link words of the data of a LOAD of ``words`` buffer words (``lanes`` as the LOAD's field)."""
+    if lanes:
+        return -(-words * lanes // LANES_PER_WORD)
+    return words * words_per_buffer_word(cfg, buffer)
 
 
 def words_per_buffer_word(cfg, buffer):

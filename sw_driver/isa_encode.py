@@ -18,10 +18,10 @@ from tessera.hw.isa import (
     Opcode,
     PacketKind,
     instruction_layout,
+    load_link_words,
     operands_layout,
     packet_header_layout,
     result_row_words,
-    words_per_buffer_word,
 )
 
 __all__ = ["instruction", "load", "stored_program", "disassemble", "Packets", "DeviceError", "parse_packets"]
@@ -49,13 +49,19 @@ def _vector_words(vectors):
     return vectors.view(np.uint32).astype(np.uint32).reshape(-1)
 
 
-def load(cfg, buffer, addr, payload):
+def load(cfg, buffer, addr, payload, lanes=0):
     """A LOAD instruction and its data words.
 
     ``payload`` is an int8 array of shape (words, lanes) for ACT and WEIGHT, a pair (bias int32
-    (words, cols), scale float32 (words, cols)) for PARAM, and link words (uint32) for PROGRAM.
+    (words, cols), scale float32 (words, cols)) for PARAM, and link words (uint32) for PROGRAM. ``lanes`` (ACT
+    only) packs each word's first ``lanes`` lanes back to back, four to a link word (the others load as zero).
     """
     buffer = BufferId(buffer)
+    if lanes:
+        vectors = np.ascontiguousarray(np.asarray(payload, dtype=np.int8)[:, :lanes]).reshape(-1)
+        data = np.pad(vectors, (0, -len(vectors) % LANES_PER_WORD)).view(np.uint32).astype(np.uint32)
+        return np.concatenate([instruction(cfg, Opcode.LOAD, buffer=int(buffer), addr=addr, words=len(payload),
+                                           lanes=lanes), data])
     if buffer == BufferId.PROGRAM:
         words = np.asarray(payload, dtype=np.uint32).reshape(-1)
         count = len(words)
@@ -95,7 +101,7 @@ def disassemble(cfg, words):
         operands = unpack(operands_layout(cfg, opcode), instr["operands"])
         count = 0
         if opcode == Opcode.LOAD:
-            count = operands["words"] * words_per_buffer_word(cfg, operands["buffer"])
+            count = load_link_words(cfg, operands["buffer"], operands["words"], operands["lanes"])
         yield opcode, operands, words[i:i + count]
         i += count
 

@@ -166,7 +166,10 @@ class ResidentModel:
         fmap = np.zeros((len(x), *x.shape[2:], math.ceil(channels / rows) * rows), np.int8)
         fmap[..., :channels] = x.transpose(0, 2, 3, 1)
         words = [_fmap_words(image, rows) for image in fmap]
-        return [load(self.cfg, BufferId.ACT, self.input_base + i * len(w), w) for i, w in enumerate(words)]
+        # a map of fewer channels than a word's lanes crosses the link packed, without its words' padding
+        lanes = channels if channels < rows else 0
+        return [load(self.cfg, BufferId.ACT, self.input_base + i * len(w), w, lanes=lanes)
+                for i, w in enumerate(words)]
 
     def inference_words(self, x):
         """Link words of one run: each image's LOAD and the RUN of its program section, then the RUN of the rest
