@@ -32,6 +32,7 @@ from tessera.hw.isa import (
     ErrorCode,
     Opcode,
     PacketKind,
+    WaitUnit,
     instruction_layout,
     operands_layout,
     packet_header_layout,
@@ -39,6 +40,7 @@ from tessera.hw.isa import (
 )
 from tessera.hw.layouts import (
     MAX_CONV_SIDE,
+    StoreTarget,
     act_load_layout,
     command_layout,
     conv_geometry_layout,
@@ -84,14 +86,29 @@ FIELD_DESCRIPTIONS = {
     (Opcode.LOAD, "buffer"): "target buffer, a BufferId",
     (Opcode.LOAD, "addr"): "first buffer word written",
     (Opcode.LOAD, "words"): "buffer words that follow, each sent as the link words given under LOAD data",
-    (Opcode.STORE_SETUP, "lane"): "lane of its first word at which a stored row starts, below `rows`",
-    (Opcode.STORE_SETUP, "lanes"): "lanes of a row to store, 1 to `cols` (its output channels that exist); the "
-                                   "row runs on over the next words' lanes, the others are left as they are",
-    (Opcode.STORE_SETUP, "stride"): "activation words from one stored row's first word to the next's (a feature "
-                                    "map's channel blocks per pixel)",
-    (Opcode.GEMM, "store"): "1: the rows are written into the activation buffer as STORE_SETUP says, from word "
-                            "`s_base`, for later commands to read; no RESULT packet. Not with `raw`, nor on rs arrays",
-    (Opcode.GEMM, "s_base"): "store commands: the activation word where the first row starts",
+    (Opcode.LOAD, "lanes"): "0: whole buffer words. 1 to `rows` (ACT only): each word's first `lanes` int8 lanes, "
+                            "packed back to back four to a link word (ceil(words * lanes / 4) link words), its other "
+                            "lanes zero",
+    (Opcode.STORE_SETUP, "lane"): "lane of its first word at which a stored row starts: below `rows` in the "
+                                  "activation buffer, below 4 in the vector buffer",
+    (Opcode.STORE_SETUP, "lanes"): "lanes of a GEMM row to store, 1 to `cols` (its output channels that exist), or "
+                                   "a stored POOL's channels; the row runs on over the next words' lanes, the others "
+                                   "are left as they are",
+    (Opcode.STORE_SETUP, "stride"): "words from one stored row's first word to the next's (a feature map's channel "
+                                    "blocks per pixel)",
+    (Opcode.GEMM, "store"): "a StoreTarget: 0 the rows go to the host; 1 (ACT) or 2 (VEC) they are written into that "
+                            "buffer as STORE_SETUP says, from word `s_base`, for later commands to read; no RESULT "
+                            "packet. Not with `raw`, nor on rs arrays",
+    (Opcode.GEMM, "s_base"): "store commands: the word of the target buffer where the first row starts",
+    (Opcode.POOL, "store"): "a StoreTarget: 0 a VECTOR packet; 2 (VEC) result word j is written to vector word "
+                            "`d_base + j`; 1 (ACT) output pixel i's channels are written as a stored GEMM row i, "
+                            "from activation word `d_base` (STORE_SETUP's `lanes`: the channels)",
+    (Opcode.POOL, "d_base"): "stored pools: the first word written",
+    (Opcode.ADD, "store"): "a StoreTarget: 0 a VECTOR packet; 2 (VEC) result word j is written to vector word "
+                           "`d_base + j` (ACT is refused)",
+    (Opcode.ADD, "d_base"): "stored adds: the first vector word written",
+    (Opcode.WAIT, "unit"): "a WaitUnit: 0 counts every command, 1 only GEMMs, 2 only POOLs and ADDs (each unit "
+                           "finishes its commands in order)",
     (Opcode.RUN, "base"): "first program memory word of the program",
     (Opcode.RUN, "words"): "program memory words of the program, 1 to the program memory's depth less `base`",
     (Opcode.GEMM, "m"): "output rows, 1 to {max_m} (one accumulator half)",
@@ -150,8 +167,8 @@ FIELD_DESCRIPTIONS = {
                                      "low 32 bits",
     (Opcode.VEC_SETUP, "fixed_hi"): "the constant term: high bits, signed",
     (Opcode.VEC_SETUP, "uint8"): "1: operands and result are uint8 (held on the device as x - 128)",
-    (Opcode.WAIT, "pending"): "commands that may still be unfinished; relative, so that a program means the same "
-                              "whatever ran before it",
+    (Opcode.WAIT, "pending"): "commands (of `unit`) that may still be unfinished; relative, so that a program "
+                              "means the same whatever ran before it",
 }
 
 BUFFER_DESCRIPTIONS = {
@@ -163,6 +180,15 @@ BUFFER_DESCRIPTIONS = {
     BufferId.PROGRAM: "the program memory (configuration field program_depth): a word is one link word of a program "
                    "that RUN executes; a LOAD from inside a program may not write it",
 }
+
+#: The enumerations some instruction fields take: (C prefix, the enum, what each value means).
+FIELD_ENUMS = [
+    ("STORE", StoreTarget, {StoreTarget.HOST: "results go to the host (RESULT or VECTOR packets)",
+                            StoreTarget.ACT: "results are written into the activation buffer",
+                            StoreTarget.VEC: "results are written into the vector buffer"}),
+    ("WAIT", WaitUnit, {WaitUnit.ALL: "WAIT counts every command", WaitUnit.ARRAY: "WAIT counts GEMMs only",
+                        WaitUnit.VECTOR: "WAIT counts POOLs and ADDs only"}),
+]
 
 PACKET_DESCRIPTIONS = {
     PacketKind.RESULT: "the output rows of one GEMM command, `cols` int8 per row, rows padded to whole words",
@@ -294,6 +320,9 @@ def _context(cfg, verilog_name, top):
                                  HEADER_FIELD_DESCRIPTIONS[name], where=f"packet header.{name}")
                           for name, field in packet_header_layout()],
         "packet_kinds": [{"name": k.name, "value": int(k), "description": PACKET_DESCRIPTIONS[k]} for k in PacketKind],
+        "field_enums": [{"prefix": prefix, "name": enum.__name__, "doc": inspect.cleandoc(enum.__doc__),
+                         "members": [{"name": v.name, "value": int(v), "description": text[v]} for v in enum]}
+                        for prefix, enum, text in FIELD_ENUMS],
         "error_doc": inspect.cleandoc(ErrorCode.__doc__),
         "errors": [{"name": e.name, "value": int(e), "description": ERROR_DESCRIPTIONS[e]} for e in ErrorCode],
         "counters": [{"index": i, "name": name, "description": text, "c_name": f"TESSERA_COUNTER_{name.upper()}"}

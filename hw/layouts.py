@@ -44,7 +44,8 @@ __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_
            "rs_filter_entries", "rs_filter_word", "rs_result_row", "act_load_layout",
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout", "store_setup_layout",
-           "store_words", "result_descriptor_layout", "act_write_layout", "StoreTarget", "vec_write_layout"]
+           "store_words", "result_descriptor_layout", "act_write_layout", "StoreTarget", "vec_write_layout",
+           "store_addr_shape"]
 
 OPERAND = signed(8)
 ACC = signed(32)

@@ -16,9 +16,9 @@ import dataclasses
 import numpy as np
 
 from tessera.sw_driver import golden
-from tessera.sw_driver.compiler import TilingError, conv_limits_violation
+from tessera.sw_driver.compiler import TilingError
 from tessera.sw_driver.energy import layer_energy
-from tessera.sw_driver.layers import Add, Conv, Flatten, Gemm, GlobalAveragePool, MaxPool, Reshape
+from tessera.sw_driver.layers import Add, AveragePool, Conv, Flatten, Gemm, GlobalAveragePool, MaxPool, Reshape
 from tessera.sw_driver.model_runner import (
     LayerReport,
     _add_params,
@@ -102,15 +102,13 @@ def _unit_reshape(graph, layer):
 
 
 def _gap_layer(graph, layer):
-    """A GlobalAveragePool as a :class:`DeviceLayer`: a conv whose one kernel covers the map, of ones on each
+    """A GlobalAveragePool (or an AveragePool of one window over the whole map: onnxruntime computes it as one) as
+    a :class:`DeviceLayer`: a conv whose one kernel covers the map, of ones on each
     channel's own input (the integers the model runner's product by a column of ones computes), or why not."""
     shape = _image_shape(graph, layer.inputs[0])
     if shape is None or len(shape) != 3:
         return "its input's shape is not a known (C, H, W) map"
     channels, h, w = shape
-    violation = conv_limits_violation((h, w), (1, 1), (0, 0, 0, 0))
-    if violation:
-        return f"its {h}x{w} window as one kernel: {violation}"
     xp, yp = layer.x_params, layer.y_params
     try:    # onnxruntime refuses scales outside [2**-32, 256); so does the golden model, with the reason
         golden.global_avgpool(np.zeros((1, 1, h, w), np.int8), xp.scale, xp.zero_point, yp.scale, yp.zero_point)
@@ -123,7 +121,7 @@ def _gap_layer(graph, layer):
     ones[np.arange(channels), np.arange(channels)] = 1
     bias = golden.fold_input_zero_point(np.zeros(channels, np.int32), int(x_zp), ones, output_axis=0)
     return DeviceLayer(w=ones, bias=bias, scale=np.full(channels, scale, np.float32), y_zp=int(y_zp),
-                       pad_value=int(x_zp), macs_per_pixel=channels * h * w)
+                       pad_value=int(x_zp), macs_per_pixel=channels * h * w, channelwise=True)
 
 
 def _step_op(graph, layer, cfg):
@@ -131,6 +129,12 @@ def _step_op(graph, layer, cfg):
     or None (not one the device keeps on chip)."""
     if _unit_reshape(graph, layer):
         return ALIAS
+    if isinstance(layer, AveragePool):   # one window over the whole unpadded map is a global average pool
+        whole = (_image_shape(graph, layer.inputs[0]) or (0,))[1:] == tuple(layer.kernel) and not any(layer.pads)
+        if not whole or graph.onnxruntime_path(layer.name) == "float" or cfg.multiplier != "exact":
+            return None
+        op = _gap_layer(graph, layer)
+        return op if isinstance(op, DeviceLayer) else None
     if _image_shape(graph, layer.outputs[0]) is None or device_placement(graph, layer, cfg) != (True, ""):
         return None
     if isinstance(layer, (Conv, Gemm)):
@@ -170,7 +174,7 @@ def _next_run(graph, cfg, index):
     graph_outputs = {io.name for io in graph.outputs}
     for start in range(index, len(graph.layers)):
         first = graph.layers[start]
-        op = _step_op(graph, first, cfg) if isinstance(first, (Conv, Gemm, GlobalAveragePool)) else None
+        op = _step_op(graph, first, cfg) if isinstance(first, (Conv, Gemm, GlobalAveragePool, AveragePool)) else None
         if op is not None:
             break
     else:
@@ -253,8 +257,9 @@ class _Placement:
         self.program = 0
 
     def compile(self, steps, in_shape, batch):
-        """The steps compiled at the next place, for the largest batch up to ``batch`` that fits (fewer images
-        never need more room); TilingError, for one image, if none does."""
+        """The steps compiled at the next place for runs of up to ``batch`` images: of the run sizes that fit
+        (fewer images never need more room), the largest that wastes fewest images on ``batch`` (a run computes
+        all its images); TilingError, for one image, if none fits."""
         try:
             return self._compile_at(steps, in_shape, batch)
         except TilingError as error:
@@ -268,7 +273,9 @@ class _Placement:
                 failure, high = error, middle - 1
         if best is None:
             raise failure
-        return best
+        fits = best.batch
+        size = min(range(1, fits + 1), key=lambda size: (-(-batch // size) * size, -size))
+        return best if size == fits else self._compile_at(steps, in_shape, size)
 
     def _compile_at(self, steps, in_shape, batch):
         # sized where it would start at the bottom, then placed below the segments before it

@@ -53,6 +53,9 @@ class DeviceLayer:
     pads: tuple = (0, 0, 0, 0)
     pad_value: int = 0
     macs_per_pixel: int = None   # the layer's own MACs per output pixel (a grouped conv's, not its dense zeros')
+    # each output channel sums only its own input channel, with weight 1 (a global average pool): on an array as
+    # wide as it is tall, the map it reads may lie channel block by channel block (_Compilation.block_major)
+    channelwise: bool = False
 
     @property
     def own_macs_per_pixel(self):
@@ -228,6 +231,7 @@ class _Compilation:
         self.cfg, self.steps, self.bases, self.batch = cfg, steps, bases, batch
         self.shapes = self._shapes(in_shape)
         self._homes()
+        self.block_major = self._block_major()
         self.ops, self.act_offsets, self.vec_offsets = self._plan()
         self.weights, self.params, self.outputs = [], [], []
         self.weight_base, self.param_base = bases["weight"], bases["param"]
@@ -245,7 +249,9 @@ class _Compilation:
             if isinstance(op, DeviceLayer):
                 if op.w.shape[1] != shape[0]:
                     raise TilingError(f"layer {index} reads {op.w.shape[1]} channels; its input has {shape[0]}")
-                violation = conv_limits_violation(op.kernel, op.strides, op.pads)
+                # (a window over the whole map reads it as one pixel: any size of it)
+                whole = self._whole_map(index, op, shape)
+                violation = None if whole else conv_limits_violation(op.kernel, op.strides, op.pads)
             elif isinstance(op, PoolStep):
                 violation = conv_limits_violation(op.kernel, op.strides, op.pads)
             elif isinstance(op, AddStep):
@@ -266,6 +272,32 @@ class _Compilation:
             raise TilingError("a resident model ends in a conv or fully connected layer (its result rows leave as "
                               "RESULT packets)")
         return shapes
+
+    def _block_major(self):
+        """The maps that lie channel block by channel block, image by image, pixel by pixel ([block][image][pixel],
+        one word each) rather than pixel by pixel: each read only by a channelwise layer over the whole map (a
+        global pool) on an array as wide as it is tall, and written by the array. Each of that layer's output
+        tiles then reads only its own channel block: its commands step through the map's pixels, not all its
+        words."""
+        chosen = set()
+        if self.cfg.rows != self.cfg.cols:
+            return chosen
+        for t in range(1, len(self.steps)):
+            readers = self.readers[t]
+            if (len(readers) == 1 and self._on_array(t - 1) and not self.in_vec[t]
+                    and getattr(self.steps[readers[0]].op, "channelwise", False)
+                    and self._whole_map(readers[0], self.steps[readers[0]].op, self.shapes[t])):
+                chosen.add(t)
+        return chosen
+
+    def _whole_map(self, index, layer, in_shape):
+        """Whether array layer ``index`` reads the batch's maps as the pixels of one map: its window covers its
+        whole unpadded input, which is not the model's (the first layer runs image by image), and each map's words
+        are at most 255 channel blocks (CONV_SETUP's field)."""
+        channels, in_h, in_w = in_shape
+        folds = in_h * in_w * math.ceil(channels / self.cfg.rows)
+        return (index > 0 and (in_h, in_w) == tuple(layer.kernel) and not any(layer.pads) and folds < 256
+                and self.batch <= MAX_CONV_SIDE)
 
     def _on_array(self, step):
         return isinstance(self.steps[step].op, DeviceLayer)
@@ -312,13 +344,33 @@ class _Compilation:
             if self.in_vec[t]:
                 vector_reads = [at[r] for r in readers if not self._on_array(r)]
                 vec.append((t, written, max(vector_reads + [written + self.copied[t]])))
+        vec, in_place = self._adds_in_place(vec, at)
         offsets = []
         for buffer, tensors, words in (("act", act, self.act_words), ("vec", vec, self.vec_words)):
             planned = plan_memory([self.batch * words(t) for t, _, _ in tensors],
                                   [(first, last) for _, first, last in tensors],
                                   getattr(self.cfg, f"{buffer}_depth"), buffer)
             offsets.append({t: offset for (t, _, _), offset in zip(tensors, planned, strict=True)})
+        for t, operand in in_place.items():
+            offsets[1][t] = offsets[1][operand]
         return ops, *offsets
+
+    def _adds_in_place(self, vec, at):
+        """An add writes its result over an operand that no later step reads (it reads each word before it writes
+        it): the two share words, the operand's lifetime extended over the result's. Returns the vector buffer's
+        tensors so merged, and ``{result: operand}``."""
+        lifetimes = {t: (first, last) for t, first, last in vec}
+        in_place = {}
+        for index, step in enumerate(self.steps[:-1]):
+            t = index + 1
+            if not isinstance(step.op, AddStep):
+                continue
+            operand = next((s for s in step.inputs if s in lifetimes and lifetimes[s][1] == at[index]
+                            and s not in in_place.values()), None)
+            if operand is not None:
+                in_place[t] = operand
+                lifetimes[operand] = (lifetimes[operand][0], lifetimes.pop(t)[1])
+        return [(t, first, last) for t, (first, last) in lifetimes.items()], in_place
 
     def model(self):
         cfg, batch = self.cfg, self.batch
@@ -379,14 +431,19 @@ class _Compilation:
         kh, kw = layer.kernel
         folds = kh * kw * blocks
         gemm_w = conv_as_gemm_weights(layer.w, R, blocks)
+        by_block = source in self.block_major
+        if by_block:     # each tile's folds are its own block's pixels: lane l of every fold sums into channel l
+            folds = in_h * in_w
+            gemm_w = np.zeros((folds * R, out_channels), np.int8)
+            gemm_w[(np.arange(folds)[:, None] * R + np.arange(out_channels) % C).reshape(-1),
+                   np.tile(np.arange(out_channels), folds)] = 1
         check_gemm_operands(np.zeros((1, folds * R), np.int8), gemm_w, layer.bias, layer.scale, layer.y_zp)
         gemm = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), gemm_w, np.asarray(layer.bias),
                           np.asarray(layer.scale), conv=True)
         # A window over the whole map (a global pool, a fully connected layer) reads each image's map as one pixel
         # of folds channel blocks; the batch's maps lie one after another, so one command reads them all as the
         # pixels of a 1 x batch map (its weights, the conv's, stream through the array once for all images).
-        whole_maps = (index > 0 and (in_h, in_w) == (kh, kw) and not any(layer.pads) and folds < 256
-                      and self.batch <= MAX_CONV_SIDE)
+        whole_maps = self._whole_map(index, layer, self.shapes[source])
         geometry = dict(in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh, kernel_w=kw,
                         stride=layer.strides[0], pad_top=layer.pads[0], pad_left=layer.pads[1])
         if whole_maps:
@@ -410,6 +467,7 @@ class _Compilation:
         block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
         k_field = folds if cfg.dataflow == "ws" else folds * R
         in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
+        stored_by_block = t in self.block_major
 
         def task(image):
             # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
@@ -417,19 +475,23 @@ class _Compilation:
             for n in range(gemm.n_tiles):
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:
-                    items.append((Opcode.STORE_SETUP, instruction(cfg, Opcode.STORE_SETUP, lane=first % lanes_per_word,
-                                                                  lanes=min(C, out_channels - first),
-                                                                  stride=out_blocks)))
+                    items.append((Opcode.STORE_SETUP, instruction(
+                        cfg, Opcode.STORE_SETUP, lane=first % lanes_per_word, lanes=min(C, out_channels - first),
+                        stride=1 if stored_by_block else out_blocks)))
                 for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
-                    store = {} if last else {"store": int(target), "s_base": base + image * out_words
-                                             + p0 * out_blocks + first // lanes_per_word}
+                    if stored_by_block:     # [block][image][pixel]: this tile is block n
+                        s_base = base + (n * self.batch + image) * pixels + p0
+                    else:
+                        s_base = base + image * out_words + p0 * out_blocks + first // lanes_per_word
+                    store = {} if last else {"store": int(target), "s_base": s_base}
+                    x_base = in_base + (n * self.batch * in_h * in_w if by_block else image * in_words)
                     k = len(stored[n]) if sparse[n] else k_field
                     steps = rows * k if cfg.dataflow == "ws" else k
                     self.array_cycles += steps
                     cost += steps + R + C
                     items.append((Opcode.GEMM, instruction(
-                        cfg, Opcode.GEMM, m=rows, k=k, x_base=in_base + image * in_words, w_base=int(tile_bases[n]),
+                        cfg, Opcode.GEMM, m=rows, k=k, x_base=x_base, w_base=int(tile_bases[n]),
                         p_base=param_base + n, y_zp=int(layer.y_zp), conv=1, out_y=p0 // out_w, out_x=p0 % out_w,
                         sparse=int(sparse[n]), **store)))
                     if last:
@@ -529,7 +591,7 @@ class _Compilation:
         """The words of tensor ``place = (t, buffer)`` that image ``image`` (None: every image) takes."""
         t, buffer = place
         offsets, words = (self.act_offsets, self.act_words) if buffer == "act" else (self.vec_offsets, self.vec_words)
-        if image is None:
+        if image is None or (buffer == "act" and t in self.block_major):
             return self._span(offsets, t, words)
         return offsets[t] + image * words(t), offsets[t] + (image + 1) * words(t)
 

@@ -153,9 +153,15 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
     rng = random.Random(_seed(cfg, "resident", stall))
     # a small CNN, then a fully connected chain (1x1 convs over a 1x1 map)
     shape, layers = _random_cnn(rng, 2, cfg)
+    # and a residual block with a max pool: maps on chip in both units' buffers, copied between them, with a
+    # window over the whole map and a fully connected layer after it
+    kernel = rng.randint(1, 3)
+    pool = [kernel, rng.randint(1, kernel) + 1, rng.randint(0, kernel - 1)]
+    graph = {"input": [rng.randint(1, 5), rng.randint(5, 9), rng.randint(5, 9)],
+             "graph": {"channels": rng.randint(1, 7), "pool": pool, "head": True}}
     chains = [{"input": shape, "layers": layers},
               {"input": [rng.randint(4, 12), 1, 1],
-               "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}]
+               "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}, graph]
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "resident", stall), "stall": stall, "backpressure": stall,
            "chains": chains, "inferences": 2, "batch": 2}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_resident",

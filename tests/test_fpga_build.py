@@ -122,6 +122,7 @@ class TestDspBlocks:
         in_logic = [text for text in modules if text.split("\n")[0].endswith("_in_logic")]
         assert len(in_logic) == 4 and all(text.count("cell $mul") == 1 for text in in_logic)
 
+    @pytest.mark.xdist_group("ulx3s_rtlil")   # one worker elaborates the default top once for both
     def test_ulx3s_default_fits_the_dsp_blocks(self):
         """A block per PE outside the LUT rows the build chooses, two per requantiser lane (their top significand
         bits in logic), within the ECP5-85F's 156."""
@@ -135,6 +136,7 @@ class TestDspBlocks:
     def test_logic_submodules_are_always_mapped_to_luts(self):
         assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
 
+    @pytest.mark.xdist_group("ulx3s_rtlil")   # one worker elaborates the default top once for both
     def test_floorplan_pins_every_block_of_the_default_to_a_site_of_its_own(self, tmp_path):
         """The floorplan's Yosys selections name the blocks the RTL really has: run on the default ULX3S top, they
         give every MULT18X18D a BEL, and no two the same."""

@@ -109,11 +109,20 @@ class TestSegments:
         assert len(segment.layers) == 10 and segment.model is not None
         assert segment.model.images_as_pixels is False     # batch 1
 
-    def test_a_tensor_read_twice_ends_its_segment(self, tmp_path):
-        # the residual block's stem feeds a conv and the Add: the stem's map must leave the device for the host's
-        # Add, so the stem is a segment of its own
+    def test_a_residual_block_stays_on_chip_until_its_add(self, tmp_path):
+        # the stem's map feeds a conv and the Add: it stays in the vector buffer (and a copy in the activation
+        # buffer) until the Add, all one segment
         graph = load_model(_quantized(tmp_path, "residual"))
-        segments = compile_model(graph, AcceleratorConfig(rows=4, cols=4))
+        (segment,) = compile_model(graph, AcceleratorConfig(rows=4, cols=4))
+        assert [graph.layer(name).kind for name in segment.layers] == ["Conv", "Conv", "Conv", "Add", "Conv"]
+        stem = segment.model.plan["tensors"][1]
+        assert stem["act_words"][1] > 0 and stem["vec_words"][1] > 0
+
+    def test_a_tensor_read_outside_ends_its_segment(self, tmp_path):
+        # without a vector unit the Add runs on the host: the stem's map must leave the device for it, so the stem
+        # is a segment of its own
+        graph = load_model(_quantized(tmp_path, "residual"))
+        segments = compile_model(graph, AcceleratorConfig(rows=4, cols=4, vec_depth=0))
         stem = [s for s in segments if any("stem" in name for name in s.layers)]
         assert stem and len(stem[0].layers) == 1
 

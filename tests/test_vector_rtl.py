@@ -1,6 +1,7 @@
 """The vector unit on the whole simulated device: max pooling and quantized add against the golden model, on
 random shapes and layers, with and without random stalls on both link directions; and its error paths."""
 
+import functools
 import zlib
 
 import numpy as np
@@ -8,11 +9,12 @@ import pytest
 
 from tessera.gen.config import AcceleratorConfig
 from tessera.hw.isa import BufferId, Opcode
+from tessera.hw.layouts import StoreTarget
 from tessera.sw_driver import golden
 from tessera.sw_driver.isa_encode import DeviceError, instruction, load
 from tessera.sw_driver.layers import QuantParams
 from tessera.sw_driver.runtime import open_sim_device
-from tessera.sw_driver.vector_compiler import add_params_for
+from tessera.sw_driver.vector_compiler import VectorProgram, add_params_for
 from tessera.verif.cases import ExpectErrors
 
 pytestmark = pytest.mark.rtl
@@ -98,6 +100,60 @@ def test_bad_vector_instructions_are_reported_and_skipped(device):
     with pytest.raises(DeviceError, match="BAD_SHAPE.*OUT_OF_RANGE.*BAD_SHAPE"):
         device.run(ExpectErrors(3))
     # and the device goes on working
+    x = np.arange(-64, 64, dtype=np.int8).reshape(1, 2, 8, 8)
+    y, _ = device.maxpool(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(y, golden.maxpool(x, (2, 2), (2, 2), (0, 0, 0, 0)))
+
+
+def _pixel_words(fmap):
+    """(C, H, W) int8 as vector words: pixel by pixel, four channels a word."""
+    channels, h, w = fmap.shape
+    padded = np.zeros((h, w, -(-channels // 4) * 4), np.int8)
+    padded[..., :channels] = fmap.transpose(1, 2, 0)
+    return padded.reshape(-1, 4)
+
+
+def test_a_pool_stored_in_the_vector_buffer_is_pooled_again(device):
+    # a POOL with store=VEC writes its result words from d_base on, where a second POOL reads them
+    cfg, rng = device.cfg, _rng(device, "stored pool")
+    x = rng.integers(-128, 128, (int(rng.integers(1, 9)), 6, 6), dtype=np.int8)
+    blocks, stored_at = -(-len(x) // 4), 100
+
+    def setup(size, kernel):
+        return instruction(cfg, Opcode.POOL_SETUP, in_h=size, in_w=size, out_w=size // kernel,
+                           channel_blocks=blocks, kernel_h=kernel, kernel_w=kernel, stride=kernel)
+    words = np.concatenate([
+        load(cfg, BufferId.VEC, 0, _pixel_words(x)),
+        setup(6, 2), instruction(cfg, Opcode.POOL, x_base=0, m=9, store=StoreTarget.VEC, d_base=stored_at),
+        setup(3, 1), instruction(cfg, Opcode.POOL, x_base=stored_at, m=9),
+    ])
+    program = VectorProgram(words, [9 * blocks], lambda results: np.asarray(results[0], np.int8))
+    y, run = device.run(program)
+    want = _pixel_words(golden.maxpool(x[None], (2, 2), (2, 2), (0, 0, 0, 0))[0]).reshape(-1)
+    np.testing.assert_array_equal(y, want)
+    # one VECTOR packet (the stored pool sends none); the buffer took the loaded words and the stored ones
+    assert run.counters["commands"] == 2 and run.counters["vec_writes"] == 36 * blocks + 9 * blocks
+    assert run.counters["link_words_out"] == 1 + 9 * blocks
+
+
+def test_bad_vector_stores_are_reported_and_skipped(device):
+    cfg = device.cfg
+    add = functools.partial(instruction, cfg, Opcode.ADD, a_base=0, b_base=4, words=2)
+    bad = np.concatenate([
+        add(store=StoreTarget.ACT, d_base=0),                                   # an add's words are no pixels
+        add(store=3, d_base=0),                                                 # no such target
+        add(store=StoreTarget.VEC, d_base=cfg.vec_depth - 1),                   # past the vector buffer
+        instruction(cfg, Opcode.POOL_SETUP, in_h=2, in_w=2, out_w=1, channel_blocks=2, kernel_h=2, kernel_w=2,
+                    stride=2),
+        instruction(cfg, Opcode.POOL, x_base=0, m=1, store=StoreTarget.VEC, d_base=cfg.vec_depth - 1),  # past it
+        instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=4, stride=1),
+        instruction(cfg, Opcode.POOL, x_base=0, m=1, store=StoreTarget.ACT, d_base=0),   # 4 lanes, 2 blocks
+        instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=8, stride=2),
+        instruction(cfg, Opcode.POOL, x_base=0, m=2, store=StoreTarget.ACT, d_base=cfg.act_depth - 1),  # past it
+    ])
+    device.transport.send(bad)
+    with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_SHAPE.*OUT_OF_RANGE.*OUT_OF_RANGE.*BAD_SHAPE.*OUT_OF_RANGE"):
+        device.run(ExpectErrors(6))
     x = np.arange(-64, 64, dtype=np.int8).reshape(1, 2, 8, 8)
     y, _ = device.maxpool(x, (2, 2), (2, 2))
     np.testing.assert_array_equal(y, golden.maxpool(x, (2, 2), (2, 2), (0, 0, 0, 0)))

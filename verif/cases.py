@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode
+from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, load_link_words
+from tessera.hw.layouts import store_addr_shape
 from tessera.sw_driver import golden
 from tessera.sw_driver.isa_encode import instruction
 
@@ -77,9 +78,13 @@ def random_instruction_stream(cfg, rng, count):
             # stored in the program memory is itself such a stream (random words there could pool for hours)
             buffer, count = rng.randrange(8), rng.randint(0, 8)
             addr = rng.randrange(cfg.program_depth + 8) if buffer == BufferId.PROGRAM else rng.getrandbits(16)
-            instr = [int(w) for w in instruction(cfg, Opcode.LOAD, buffer=buffer, addr=addr, words=count)]
+            # some packed (lanes: into the activation buffer up to its rows; elsewhere, or more, refused)
+            lanes = rng.choice([0, 0, 0, rng.randint(1, cfg.rows + 2)])
+            instr = [int(w) for w in instruction(cfg, Opcode.LOAD, buffer=buffer, addr=addr, words=count,
+                                                 lanes=lanes)]
+            link_words = load_link_words(cfg, BufferId.ACT, count, lanes) if lanes else count
             data = (random_instruction_stream(cfg, rng, 3) if buffer == BufferId.PROGRAM and count else [])[:count]
-            data += [rng.getrandbits(32) for _ in range(count - len(data))]
+            data += [rng.getrandbits(32) for _ in range(link_words - len(data))]
             if rng.random() < 0.1:
                 data = data[:rng.randint(0, count)]   # truncated: the next instruction's words complete it
         if opcode == Opcode.RUN:
@@ -92,8 +97,11 @@ def random_instruction_stream(cfg, rng, count):
         if opcode == Opcode.POOL:
             # few pixels: a random geometry may pool 7x7 taps of 255 channel blocks per pixel, and 65535
             # such pixels would run for most of a billion cycles (long, not hung)
+            # (stored into either buffer, or sent)
             instr = [int(w) for w in instruction(cfg, Opcode.POOL, x_base=rng.getrandbits(16), m=rng.randint(0, 16),
-                                                 out_y=rng.getrandbits(10), out_x=rng.getrandbits(10))]
+                                                 out_y=rng.getrandbits(10), out_x=rng.getrandbits(10),
+                                                 store=rng.randrange(4),
+                                                 d_base=rng.getrandbits(store_addr_shape(cfg).width))]
         words += instr + data
     return words
 
@@ -148,3 +156,66 @@ def random_chain(rng, in_shape, specs, multiplier="exact"):
         layers.append(layer)
         x_zp = y_zp
     return x, layers, y
+
+
+def random_graph(rng, in_shape, spec, multiplier="exact"):
+    """A random resident model that keeps the vector unit busy too: a stem conv, a residual block (two convs and
+    the Add of their output and the stem's, so the stem's map is read by both units), a max pool, a conv, then
+    optionally a window over the whole map (a global pool's shape) and a fully connected layer. ``spec``:
+    ``{"channels", "pool": [kernel, stride, pad], "head": bool}``. Returns ``(x, steps, golden_of)``: an int8
+    input (C, H, W), the :class:`~tessera.sw_driver.resident.Step` s and the golden model of one image."""
+    from tessera.sw_driver.layers import QuantParams
+    from tessera.sw_driver.resident import AddStep, PoolStep, Step
+    from tessera.sw_driver.vector_compiler import add_params_for
+
+    def conv(source, out_channels, kernel, pad):
+        _, layers, _ = random_chain(rng, shapes[source], [{"out_channels": out_channels, "kernel": kernel,
+                                                           "pad": pad}], multiplier)
+        steps.append(Step(layers[0], (source,)))
+        shapes.append(layers[0].output_shape(shapes[source]))
+
+    steps, shapes = [], [tuple(in_shape)]
+    channels = spec["channels"]
+    conv(0, channels, 3, 1)
+    conv(1, channels, 3, 1)
+    conv(2, channels, 1, 0)
+    while True:    # an add the device reproduces exactly
+        params = [QuantParams(float(np.float32(10 ** rng.uniform(-2, -1))), int(rng.integers(-20, 20)), np.int8)
+                  for _ in range(3)]
+        try:
+            steps.append(Step(AddStep(add_params_for(*params)), (3, 1)))
+            break
+        except ValueError:
+            continue
+    add_params = params
+    shapes.append(shapes[3])
+    kernel, stride, pad = spec["pool"]
+    pool = PoolStep(kernel=(kernel, kernel), strides=(stride, stride), pads=(pad,) * 4)
+    steps.append(Step(pool, (4,)))
+    shapes.append(pool.output_shape(shapes[4]))
+    conv(5, int(rng.integers(1, 2 * channels + 1)), 3, 1)
+    if spec.get("head"):
+        conv(6, int(rng.integers(2, 9)), shapes[6][1:], 0)     # a window over the whole map
+        conv(7, int(rng.integers(2, 11)), 1, 0)                # fully connected
+    x = rng.integers(-128, 128, in_shape, dtype=np.int8)
+    return x, steps, lambda image: graph_golden(image, steps, add_params, multiplier)
+
+
+def graph_golden(x, steps, add_params, multiplier="exact"):
+    """The golden model's output of resident ``steps`` (as :func:`random_graph` makes them) for one image ``x``;
+    ``add_params`` the QuantParams (a, b, y) of its add."""
+    from tessera.sw_driver.resident import AddStep, PoolStep
+    tensors = [x]
+    for step in steps:
+        op, inputs = step.op, [tensors[t] for t in step.inputs]
+        if isinstance(op, AddStep):
+            pa, pb, py = add_params
+            y = golden.qlinear_add(inputs[0], pa.scale, pa.zero_point, inputs[1], pb.scale, pb.zero_point,
+                                   py.scale, py.zero_point)
+        elif isinstance(op, PoolStep):
+            y = golden.maxpool(inputs[0][None], op.kernel, op.strides, op.pads)[0]
+        else:
+            y = golden.conv_hw(inputs[0][None], op.w, op.bias, op.scale, op.y_zp, strides=op.strides,
+                               pads=op.pads, pad_value=op.pad_value, multiplier=multiplier)[0]
+        tensors.append(y)
+    return tensors[-1]

@@ -5,6 +5,7 @@ and ``"layers"`` (GEMM ``[m, k, n]`` or conv shapes) for resident programs.
 """
 
 import collections
+import functools
 import json
 import random
 
@@ -13,12 +14,12 @@ import numpy as np
 
 from tessera.hw.array_rs import rs_mapping
 from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, BufferId, ErrorCode, Opcode
-from tessera.hw.layouts import rs_filter_entries, store_words
+from tessera.hw.layouts import StoreTarget, rs_filter_entries, store_words
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
 from tessera.sw_driver.isa_encode import disassemble, instruction, load, parse_packets, stored_program
 from tessera.sw_driver.resident import compile_resident
-from tessera.verif.cases import random_chain, random_conv, random_gemm, random_instruction_stream
+from tessera.verif.cases import random_chain, random_conv, random_gemm, random_graph, random_instruction_stream
 from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
 from tessera.verif.tb_common import clock_and_reset, read_job
 
@@ -268,7 +269,7 @@ async def device_program(dut):
         assert [code for code, _ in packets.errors] == [ErrorCode.BAD_PROGRAM], packets.errors
 
     # stores the device must refuse: before any STORE_SETUP, a setup of no lanes, past the activation buffer, of
-    # raw rows (and any store on a row-stationary array)
+    # raw rows (and any store on a row-stationary array); and the other new fields' bad values
     def gemm(**fields):
         return instruction(cfg, Opcode.GEMM, m=2, k=1, x_base=0, w_base=0, p_base=0, **fields)
     rs = cfg.dataflow == "rs"
@@ -278,6 +279,20 @@ async def device_program(dut):
         ([instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=cfg.cols, stride=1),
           gemm(store=1, s_base=cfg.act_depth - 1)], ErrorCode.BAD_SHAPE if rs else ErrorCode.OUT_OF_RANGE),
         ([gemm(store=1, s_base=0, raw=1)], ErrorCode.BAD_SHAPE),
+        # a lane beyond both buffers' words; more lanes than a row has; a store field naming no buffer; rows
+        # past the vector buffer
+        ([instruction(cfg, Opcode.STORE_SETUP, lane=max(cfg.rows, 4), lanes=1, stride=1)], ErrorCode.BAD_SHAPE),
+        ([instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=cfg.cols + 1, stride=1),
+          gemm(store=StoreTarget.ACT, s_base=0)], ErrorCode.BAD_SHAPE),
+        ([instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=1, stride=1), gemm(store=3, s_base=0)],
+         ErrorCode.BAD_SHAPE),
+        ([gemm(store=StoreTarget.VEC, s_base=cfg.vec_depth - 1)],
+         ErrorCode.BAD_SHAPE if rs else ErrorCode.OUT_OF_RANGE),
+        # a WAIT on no unit; packed LOADs into the weight buffer, or of more lanes than the activation words hold
+        ([instruction(cfg, Opcode.WAIT, pending=0, unit=3)], ErrorCode.BAD_SHAPE),
+        ([load(cfg, BufferId.WEIGHT, 0, np.zeros((1, cfg.weight_lanes), np.int8), lanes=1)], ErrorCode.BAD_BUFFER),
+        ([load(cfg, BufferId.ACT, 0, np.zeros((2, cfg.rows + 1), np.int8), lanes=cfg.rows + 1)],
+         ErrorCode.BAD_BUFFER),
     ]
     for words, code in bad_stores:
         words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
@@ -296,14 +311,18 @@ async def device_resident(dut):
     tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
     for chain in job["chains"]:
-        x, layers, expected = random_chain(rng, chain["input"], chain["layers"], cfg.multiplier)
+        if "graph" in chain:    # a residual block and a pool: both units, their maps on chip
+            x, layers, golden_of = random_graph(rng, chain["input"], chain["graph"], cfg.multiplier)
+        else:
+            x, layers, _ = random_chain(rng, chain["input"], chain["layers"], cfg.multiplier)
+            golden_of = functools.partial(_chain_golden, layers=layers, multiplier=cfg.multiplier)
         model = compile_resident(cfg, layers, x.shape, batch=job["batch"])
         await tb.exchange(model.load_words, 0, what="loading a resident model")
         for inference in range(job["inferences"]):
             if inference:   # new inputs, a batch of them, through the same resident model
                 x = rng.integers(-128, 128, (job["batch"], *x.shape[-3:]), dtype=np.int8)
             x = x.reshape(-1, *x.shape[-3:])
-            expected = np.stack([_chain_golden(image, layers, cfg.multiplier) for image in x])
+            expected = np.stack([golden_of(image) for image in x])
             words = np.concatenate([instruction(cfg, Opcode.CLEAR_COUNTERS), model.inference_words(x),
                                     instruction(cfg, Opcode.READ_COUNTERS)])
             packets = parse_packets(cfg, await tb.exchange(words, model.reply_words() + 1 + len(COUNTERS),
@@ -316,7 +335,10 @@ async def device_resident(dut):
             # over the link: the input's LOAD, the RUN and READ_COUNTERS in; the last layer's results out
             assert counters["link_words_in"] == len(model.inference_words(x)) + INSTRUCTION_WORDS, counters
             assert counters["link_words_out"] == model.reply_words(), counters
-            assert counters["act_writes"] == _resident_act_writes(cfg, model, len(x)), counters
+            if "graph" not in chain:
+                assert counters["act_writes"] == _resident_act_writes(cfg, model, len(x)), counters
+            else:   # the vector unit's work: each map it reads, written into its buffer once per image
+                assert counters["vec_writes"] > 0 and counters["vec_reads"] > 0, counters
             assert counters["program_reads"] == model.plan["program_words"], counters
         dut._log.info("resident chain %s: %d inferences bit-exact; plan %s", chain, job["inferences"], model.plan)
 
