@@ -36,7 +36,7 @@ def core_events_layout(cfg):
     """Event strobes of :class:`GemmCore` (``acc_read`` counts up to two reads in one cycle, ``macs_gated``
     the PEs whose multiply a zero operand gated)."""
     return data.StructLayout({"busy": 1, "array": 1, "act_read": 1, "act_write": 1, "weight_read": 1, "acc_read": 2,
-                              "acc_write": 1, "param_read": 1, "completed": 1, "stall_output": 1,
+                              "acc_write": 1, "param_read": 1, "stall_output": 1,
                               **{event: range(limit + 1) for event, limit in pe_event_limits(cfg).items()}})
 
 
@@ -177,7 +177,6 @@ class GemmCore(wiring.Component):
             self.events.acc_read.eq(compute.acc_rmw_read + drain.acc_read),
             self.events.acc_write.eq(compute.acc_wr_en),
             self.events.param_read.eq(drain.param_en),
-            self.events.completed.eq(drain.release),
             self.events.stall_output.eq(self.result.valid & ~self.result.ready),
         ]
         with m.If(~self.idle):

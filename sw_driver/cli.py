@@ -398,8 +398,10 @@ def _cmd_compile(args):
             continue
         plan = segment.model.plan
         act = max(t["act_words"][1] for t in plan["tensors"])
-        print(f"  {span}: {len(segment.layers)} layers; weight words {plan['weight_words']}, parameter words "
-              f"{plan['param_words']}, program words {plan['program_words']}, activation words {act}")
+        vec = max(t.get("vec_words", [0, 0])[1] for t in plan["tensors"])
+        print(f"  {span}: {len(segment.layers)} layers, runs of {plan['batch']}; weight words "
+              f"{plan['weight_words']}, parameter words {plan['param_words']}, program words "
+              f"{plan['program_words']}, activation words {act}, vector words {vec}")
     return 0
 
 

@@ -3,7 +3,7 @@ graph as the model runner runs it.
 
 A *segment* is a run of consecutive layers the device runs (Conv, Gemm and GlobalAveragePool on the array,
 MaxPool and Add on the vector unit; Flatten and Reshape where they only drop unit dimensions) that reads one
-tensor from outside, begins and ends on the array, and whose tensors other than its output no layer outside
+tensor from outside, begins on the array, and whose tensors other than its output no layer outside
 reads: a residual block, say, whose skip map stays on chip until its Add. It runs as one
 :class:`~tessera.sw_driver.resident.ResidentModel`, its feature maps in the activation and vector buffers, its
 weights and program loaded once. Each segment has its own part of the weight, parameter and program memories, so every
@@ -166,7 +166,7 @@ class _Run:
 def _next_run(graph, cfg, index):
     """The graph's next run (see :class:`_Run`) from layer ``index`` on, and the index of its first layer; None if
     there is none. A run grows while the next layer reads only tensors of the run; a prefix can be a segment if it
-    ends on the array and no layer after it reads its other tensors."""
+    leaves only its last tensor to the layers after it."""
     readers = {}
     for at, layer in enumerate(graph.layers):
         for name in layer.inputs:
@@ -195,7 +195,7 @@ def _next_run(graph, cfg, index):
         inside = set(range(start, start + end))
         escaping = {name for layer in run.layers[:end] for name in layer.outputs
                     if name in graph_outputs or set(readers.get(name, [])) - inside}
-        if isinstance(last, DeviceLayer) and escaping <= {run.layers[end - 1].outputs[0]}:
+        if not isinstance(last, str) and escaping <= {run.layers[end - 1].outputs[0]}:
             run.ends.append(end)
     return start, run
 

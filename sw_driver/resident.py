@@ -150,6 +150,8 @@ class ResidentModel:
     # fully connected chains: the program computes the batch's images as the pixels of one 1 x batch map (each
     # command then covers many images, as a GEMM's rows do)
     images_as_pixels: bool = False
+    # the last step is on the vector unit: its maps leave as VECTOR packets, ``outputs`` their images in order
+    vector_out: bool = False
 
     @property
     def commands(self):
@@ -182,12 +184,26 @@ class ResidentModel:
         return np.concatenate([*(word for i, run in enumerate(runs[:-1]) for word in (loads[i:i + 1] + [run])),
                                runs[-1]])
 
+    def _vector_words(self):
+        """Words of each VECTOR packet of a model whose last step is on the vector unit: one image's map."""
+        channels, out_h, out_w = self.out_shape
+        return out_h * out_w * math.ceil(channels / LANES_PER_WORD)
+
     def reply_words(self):
+        if self.vector_out:
+            return len(self.outputs) * (1 + self._vector_words())
         return sum(1 + rows * result_row_words(self.cfg) for _, _, _, rows in self.outputs)
 
     def assemble(self, results):
-        """The ``batch`` outputs (batch, O, out_h, out_w) of one run's RESULT packets."""
+        """The ``batch`` outputs (batch, O, out_h, out_w) of one run's RESULT packets (or VECTOR packets, one per
+        image, where the last step is on the vector unit)."""
         out_channels, out_h, out_w = self.out_shape
+        if self.vector_out:
+            y = np.zeros((self.batch, out_channels, out_h, out_w), np.int8)
+            for image, body in zip(self.outputs, results, strict=True):
+                words = np.asarray(body, np.int8).reshape(out_h, out_w, -1)
+                y[image] = words[..., :out_channels].transpose(2, 0, 1)
+            return y
         pixels = out_h * out_w
         outputs = [(image * pixels + p0, n0, rows) for image, p0, n0, rows in self.outputs]
         program = Program(words=np.zeros(0, np.uint32), outputs=outputs, m=self.batch * pixels, n=out_channels,
@@ -231,7 +247,9 @@ class _Compilation:
         self.cfg, self.steps, self.bases, self.batch = cfg, steps, bases, batch
         self.shapes = self._shapes(in_shape)
         self._homes()
-        self.block_major = self._block_major()
+        self.block_major = {self.steps[i].inputs[0] for i in range(len(steps))
+                            if self._on_array(i) and self._reads_by_block(i)}
+        self._check_windows()
         self.ops, self.act_offsets, self.vec_offsets = self._plan()
         self.weights, self.params, self.outputs = [], [], []
         self.weight_base, self.param_base = bases["weight"], bases["param"]
@@ -249,9 +267,7 @@ class _Compilation:
             if isinstance(op, DeviceLayer):
                 if op.w.shape[1] != shape[0]:
                     raise TilingError(f"layer {index} reads {op.w.shape[1]} channels; its input has {shape[0]}")
-                # (a window over the whole map reads it as one pixel: any size of it)
-                whole = self._whole_map(index, op, shape)
-                violation = None if whole else conv_limits_violation(op.kernel, op.strides, op.pads)
+                violation = None     # (its window: once the maps' homes are known, _check_windows)
             elif isinstance(op, PoolStep):
                 violation = conv_limits_violation(op.kernel, op.strides, op.pads)
             elif isinstance(op, AddStep):
@@ -268,36 +284,37 @@ class _Compilation:
                 raise TilingError(f"step {index} needs the vector unit, and this configuration has none (vec_depth "
                                   f"= 0)")
             shapes.append(op.output_shape(shape))
-        if not isinstance(self.steps[-1].op, DeviceLayer):
-            raise TilingError("a resident model ends in a conv or fully connected layer (its result rows leave as "
-                              "RESULT packets)")
         return shapes
 
-    def _block_major(self):
-        """The maps that lie channel block by channel block, image by image, pixel by pixel ([block][image][pixel],
-        one word each) rather than pixel by pixel: each read only by a channelwise layer over the whole map (a
-        global pool) on an array as wide as it is tall, and written by the array. Each of that layer's output
-        tiles then reads only its own channel block: its commands step through the map's pixels, not all its
-        words."""
-        chosen = set()
-        if self.cfg.rows != self.cfg.cols:
-            return chosen
-        for t in range(1, len(self.steps)):
-            readers = self.readers[t]
-            if (len(readers) == 1 and self._on_array(t - 1) and not self.in_vec[t]
-                    and getattr(self.steps[readers[0]].op, "channelwise", False)
-                    and self._whole_map(readers[0], self.steps[readers[0]].op, self.shapes[t])):
-                chosen.add(t)
-        return chosen
+    def _reads_by_block(self, index):
+        """Whether array layer ``index`` reads a map that lies channel block by channel block, image by image, pixel
+        by pixel ([block][image][pixel], one word each) rather than pixel by pixel: it is a channelwise layer (a
+        global pool) on an array as wide as it is tall, and the only reader of a map the array writes. Each of its
+        output tiles then reads only its own channel block: its commands step through the map's pixels, not all
+        its words."""
+        layer, (source,) = self.steps[index].op, self.steps[index].inputs
+        channels, h, w = self.shapes[source]
+        return (self.cfg.rows == self.cfg.cols and layer.channelwise and source > 0 and self._on_array(source - 1)
+                and self.readers[source] == [index] and not self.in_vec[source] and (h, w) == tuple(layer.kernel)
+                and not any(layer.pads))
+
+    def _check_windows(self):
+        """Each array layer's window within the device's limits, unless it covers the whole map (read as one
+        pixel: any size of it)."""
+        for index, step in enumerate(self.steps):
+            if self._on_array(index) and not self._whole_map(index, step.op, self.shapes[step.inputs[0]]):
+                violation = conv_limits_violation(step.op.kernel, step.op.strides, step.op.pads)
+                if violation:
+                    raise TilingError(f"layer {index}: {violation}")
 
     def _whole_map(self, index, layer, in_shape):
         """Whether array layer ``index`` reads the batch's maps as the pixels of one map: its window covers its
         whole unpadded input, which is not the model's (the first layer runs image by image), and each map's words
         are at most 255 channel blocks (CONV_SETUP's field)."""
         channels, in_h, in_w = in_shape
-        folds = in_h * in_w * math.ceil(channels / self.cfg.rows)
-        return (index > 0 and (in_h, in_w) == tuple(layer.kernel) and not any(layer.pads) and folds < 256
-                and self.batch <= MAX_CONV_SIDE)
+        blocks = 1 if self._reads_by_block(index) else math.ceil(channels / self.cfg.rows)
+        return (index > 0 and (in_h, in_w) == tuple(layer.kernel) and not any(layer.pads)
+                and in_h * in_w * blocks < 256 and self.batch <= MAX_CONV_SIDE)
 
     def _on_array(self, step):
         return isinstance(self.steps[step].op, DeviceLayer)
@@ -412,7 +429,8 @@ class _Compilation:
                 "vector_cycles": self.vector_cycles}
         return ResidentModel(cfg=cfg, batch=batch, in_shape=self.shapes[0], out_shape=self.shapes[-1],
                              load_words=np.concatenate(load_words), run_words=np.concatenate(runs),
-                             input_base=self.act_offsets[0], outputs=self.outputs, macs=macs, plan=plan)
+                             input_base=self.act_offsets[0], outputs=self.outputs, macs=macs, plan=plan,
+                             vector_out=not self._on_array(len(self.steps) - 1))
 
     def _destination(self, t):
         """Where the step writing tensor ``t`` stores it: its StoreTarget, first word (of image 0), lanes per word
@@ -506,9 +524,13 @@ class _Compilation:
         if kind == "copy":
             op, sources, t = COPY, (index,), index
             target, base, out_blocks = StoreTarget.ACT, self.act_offsets[t], math.ceil(self.shapes[t][0] / cfg.rows)
+        elif index + 1 == len(self.steps):     # the model's output: VECTOR packets, an image's map each
+            op, sources, t = self.steps[index].op, self.steps[index].inputs, index + 1
+            target, base, out_blocks = StoreTarget.HOST, 0, math.ceil(self.shapes[t][0] / LANES_PER_WORD)
         else:
             op, sources, t = self.steps[index].op, self.steps[index].inputs, index + 1
             target, base, _, out_blocks = self._destination(t)
+        last = kind == "step" and t == len(self.steps)
         channels, in_h, in_w = self.shapes[sources[0]]
         _, out_h, out_w = op.output_shape(self.shapes[sources[0]])
         in_words = self.vec_words(sources[0])
@@ -516,10 +538,11 @@ class _Compilation:
         if isinstance(op, AddStep):
             setup = (Opcode.VEC_SETUP, instruction(cfg, Opcode.VEC_SETUP, **op.params))
             self.vector_cycles += 2 * self.batch * in_words
+            self.outputs += list(range(self.batch)) if last else []
             return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=2 * in_words, items=[setup, (
                 Opcode.ADD, instruction(cfg, Opcode.ADD, a_base=self.vec_offsets[sources[0]] + image * in_words,
                                         b_base=self.vec_offsets[sources[1]] + image * in_words, words=in_words,
-                                        store=int(target), d_base=base + image * out_words))])
+                                        store=int(target), d_base=0 if last else base + image * out_words))])
                     for image in range(self.batch)]
         if target == StoreTarget.ACT and channels > 255:
             raise TilingError(f"a pool of {channels} channels into the activation buffer (STORE_SETUP takes up to "
@@ -534,10 +557,11 @@ class _Compilation:
                                                            stride=out_blocks)))
         cost = out_h * out_w * blocks * (kh * kw + 1)
         self.vector_cycles += self.batch * cost
+        self.outputs += list(range(self.batch)) if last else []
         return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=cost, items=setups + [(
             Opcode.POOL, instruction(cfg, Opcode.POOL, x_base=self.vec_offsets[sources[0]] + image * in_words,
                                      m=out_h * out_w, out_y=0, out_x=0, store=int(target),
-                                     d_base=base + image * out_words))])
+                                     d_base=0 if last else base + image * out_words))])
                 for image in range(self.batch)]
 
     def _dependencies(self, tasks, by_op):

@@ -153,12 +153,12 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
     rng = random.Random(_seed(cfg, "resident", stall))
     # a small CNN, then a fully connected chain (1x1 convs over a 1x1 map)
     shape, layers = _random_cnn(rng, 2, cfg)
-    # and a residual block with a max pool: maps on chip in both units' buffers, copied between them, with a
-    # window over the whole map and a fully connected layer after it
+    # and a residual block with a max pool: maps on chip in both units' buffers, copied between them, ending in
+    # the pool's VECTOR packets or in a window over the whole map and a fully connected layer
     kernel = rng.randint(1, 3)
     pool = [kernel, rng.randint(1, kernel) + 1, rng.randint(0, kernel - 1)]
     graph = {"input": [rng.randint(1, 5), rng.randint(5, 9), rng.randint(5, 9)],
-             "graph": {"channels": rng.randint(1, 7), "pool": pool, "head": True}}
+             "graph": {"channels": rng.randint(1, 7), "pool": pool, "end": rng.choice(["pool", "head"])}}
     chains = [{"input": shape, "layers": layers},
               {"input": [rng.randint(4, 12), 1, 1],
                "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}, graph]

@@ -160,10 +160,12 @@ def random_chain(rng, in_shape, specs, multiplier="exact"):
 
 def random_graph(rng, in_shape, spec, multiplier="exact"):
     """A random resident model that keeps the vector unit busy too: a stem conv, a residual block (two convs and
-    the Add of their output and the stem's, so the stem's map is read by both units), a max pool, a conv, then
-    optionally a window over the whole map (a global pool's shape) and a fully connected layer. ``spec``:
-    ``{"channels", "pool": [kernel, stride, pad], "head": bool}``. Returns ``(x, steps, golden_of)``: an int8
-    input (C, H, W), the :class:`~tessera.sw_driver.resident.Step` s and the golden model of one image."""
+    the Add of their output and the stem's, so the stem's map is read by both units), a max pool, then maybe a
+    conv, then maybe a window over the whole map (a global pool's shape) and a fully connected layer. ``spec``:
+    ``{"channels", "pool": [kernel, stride, pad], "end": "pool" | "conv" | "head"}`` (where the model ends: after
+    the pool, the conv after it, or the whole-map and fully connected layers after that). Returns ``(x, steps,
+    golden_of)``: an int8 input (C, H, W), the :class:`~tessera.sw_driver.resident.Step` s and the golden model of
+    one image."""
     from tessera.sw_driver.layers import QuantParams
     from tessera.sw_driver.resident import AddStep, PoolStep, Step
     from tessera.sw_driver.vector_compiler import add_params_for
@@ -193,8 +195,9 @@ def random_graph(rng, in_shape, spec, multiplier="exact"):
     pool = PoolStep(kernel=(kernel, kernel), strides=(stride, stride), pads=(pad,) * 4)
     steps.append(Step(pool, (4,)))
     shapes.append(pool.output_shape(shapes[4]))
-    conv(5, int(rng.integers(1, 2 * channels + 1)), 3, 1)
-    if spec.get("head"):
+    if spec.get("end") != "pool":     # (else the pool's maps are the model's output, sent as VECTOR packets)
+        conv(5, int(rng.integers(1, 2 * channels + 1)), 3, 1)
+    if spec.get("end") == "head":
         conv(6, int(rng.integers(2, 9)), shapes[6][1:], 0)     # a window over the whole map
         conv(7, int(rng.integers(2, 11)), 1, 0)                # fully connected
     x = rng.integers(-128, 128, in_shape, dtype=np.int8)
