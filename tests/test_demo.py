@@ -12,7 +12,8 @@ pytestmark = pytest.mark.rtl
 
 @pytest.mark.parametrize("quant_format", ["QOperator", "QDQ"])
 def test_demo_agrees_with_onnxruntime(tmp_path, capsys, quant_format):
-    cfg = AcceleratorConfig(rows=4, cols=4, act_depth=512, weight_depth=512, acc_depth=64, param_depth=16,
+    # (weights enough for the whole model: it stays resident, one segment)
+    cfg = AcceleratorConfig(rows=4, cols=4, act_depth=512, weight_depth=4096, acc_depth=64, param_depth=64,
                             vec_depth=512)
     report = tmp_path / "demo.json"
     status = run_demo(cfg, batch=7, images=20, quant_format=quant_format, build_root=tmp_path, report=report)

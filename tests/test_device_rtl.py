@@ -156,7 +156,7 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
     # and a residual block with a max pool: maps on chip in both units' buffers, copied between them, ending in
     # the pool's VECTOR packets or in a window over the whole map and a fully connected layer
     kernel = rng.randint(1, 3)
-    pool = [kernel, rng.randint(1, kernel) + 1, rng.randint(0, kernel - 1)]
+    pool = [kernel, rng.randint(1, min(kernel + 1, 3)), rng.randint(0, kernel - 1)]
     graph = {"input": [rng.randint(1, 5), rng.randint(5, 9), rng.randint(5, 9)],
              "graph": {"channels": rng.randint(1, 7), "pool": pool, "end": rng.choice(["pool", "head"])}}
     chains = [{"input": shape, "layers": layers},
