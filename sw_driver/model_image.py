@@ -7,7 +7,9 @@ An image is a NumPy ``.npz`` archive (a zip file) holding:
     ``config_hash``, the model's ``model_sha256``, and one entry per resident segment: its ``layers``, the tensors
     it reads and writes (``input``, ``output``), why it is not resident (``reason``, if so) and, if it is, its
     ``batch`` (images a run computes), ``images_as_pixels`` (a fully connected chain computing them as the pixels
-    of one map), ``in_shape``, ``out_shape``, ``input_base``, ``outputs`` and memory ``plan``.
+    of one map), ``vector_out`` (its last step is on the vector unit: one VECTOR packet per image), ``in_shape``,
+    ``out_shape``, ``input_base``, ``outputs`` (per RESULT packet its image, first pixel, first channel and rows;
+    per VECTOR packet its image) and memory ``plan`` (each tensor's words in the activation and vector buffers).
 ``model``
     The quantized ONNX model's bytes: the layers outside segments run from it, as ``tessera run`` runs them.
 ``segment<i>_load``, ``segment<i>_run``
@@ -32,7 +34,7 @@ __all__ = ["IMAGE_FORMAT", "IMAGE_VERSION", "ImageError", "ModelImage", "compile
            "image_model", "read_image", "write_image"]
 
 IMAGE_FORMAT = "tessera-model-image"
-IMAGE_VERSION = 1
+IMAGE_VERSION = 2
 
 
 class ImageError(ValueError):
@@ -87,9 +89,9 @@ def write_image(image, path):
                  "reason": segment.reason}
         model = segment.model
         if model is not None:
-            entry.update(batch=model.batch, images_as_pixels=model.images_as_pixels, in_shape=list(model.in_shape),
-                         out_shape=list(model.out_shape),
-                         input_base=model.input_base, outputs=[list(o) for o in model.outputs], macs=model.macs,
+            entry.update(batch=model.batch, images_as_pixels=model.images_as_pixels, vector_out=model.vector_out,
+                         in_shape=list(model.in_shape), out_shape=list(model.out_shape), input_base=model.input_base,
+                         outputs=[o if isinstance(o, int) else list(o) for o in model.outputs], macs=model.macs,
                          plan=model.plan)
             arrays[f"segment{i}_load"] = model.load_words
             arrays[f"segment{i}_run"] = model.run_words
@@ -134,10 +136,12 @@ def read_image(path, cfg):
         if f"segment{i}_load" in archive:
             segment.model = ResidentModel(
                 cfg=cfg, batch=entry["batch"], images_as_pixels=entry["images_as_pixels"],
+                vector_out=entry["vector_out"],
                 in_shape=tuple(entry["in_shape"]),
                 out_shape=tuple(entry["out_shape"]),
                 load_words=archive[f"segment{i}_load"], run_words=archive[f"segment{i}_run"],
-                input_base=entry["input_base"], outputs=[tuple(o) for o in entry["outputs"]], macs=entry["macs"],
+                input_base=entry["input_base"], macs=entry["macs"],
+                outputs=[o if isinstance(o, int) else tuple(o) for o in entry["outputs"]],
                 plan=entry["plan"])
         segments.append(segment)
     return ModelImage(cfg, archive["model"].tobytes(), segments)

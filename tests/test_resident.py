@@ -139,8 +139,11 @@ class TestSegments:
 class TestImages:
     CFG = AcceleratorConfig(rows=4, cols=4)
 
-    def test_an_image_reads_back_as_written(self, tmp_path):
-        image = compile_image(_quantized(tmp_path, "sequential"), self.CFG, batch=4)
+    @pytest.mark.parametrize("model", ["sequential", "resnet8"])
+    def test_an_image_reads_back_as_written(self, tmp_path, model):
+        # (ResNet-8 at a quarter width: its segment ends at its last Add, on the vector unit: VECTOR packets out)
+        path = quantized("ic_resnet8", tmp_path, width=0.25) if model == "resnet8" else _quantized(tmp_path, model)
+        image = compile_image(path, self.CFG, batch=4)
         write_image(image, tmp_path / "m.tsr")
         back = read_image(tmp_path / "m.tsr", self.CFG)
         assert back.model_bytes == image.model_bytes
@@ -150,6 +153,8 @@ class TestImages:
                 np.testing.assert_array_equal(ours.model.load_words, theirs.model.load_words)
                 np.testing.assert_array_equal(ours.model.run_words, theirs.model.run_words)
                 assert ours.model.outputs == theirs.model.outputs and ours.model.batch == theirs.model.batch
+                assert ours.model.vector_out == theirs.model.vector_out
+        assert any(s.model is not None and s.model.vector_out for s in back.segments) == (model == "resnet8")
 
     def test_another_configuration_is_refused_naming_what_differs(self, tmp_path):
         write_image(compile_image(_quantized(tmp_path, "sequential"), self.CFG), tmp_path / "m.tsr")
@@ -194,6 +199,22 @@ class TestResidentRuns:
         weight_bytes = sum(s["plan"]["weight_words"] for s in report["segments"] if s["resident"]) * 4
         assert report["one_time"]["link_bytes_in"] >= weight_bytes > 0
         assert report["per_inference"]["cycles"] > 0 and report["per_inference"]["latency_us"] > 0
+
+    @pytest.mark.parametrize("dataflow", ["ws", "os"])
+    def test_resnet8_runs_resident_to_its_last_add_bit_exact(self, tmp_path, dataflow):
+        # a quarter-width ResNet-8: three residual blocks (two with a strided 1x1 shortcut), one segment up to the
+        # last Add, whose maps leave as VECTOR packets for the host's average pool
+        path = quantized("ic_resnet8", tmp_path, width=0.25)
+        x = np.random.default_rng(3).normal(0, 1, (1, 3, 32, 32)).astype(np.float32)
+        config = tmp_path / "cfg.toml"      # (os commands cover 4 pixels each: a longer program)
+        config.write_text(f'rows = 4\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\n')
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        (segment, *_) = [s for s in report["segments"] if s["resident"]]
+        assert len(segment["layers"]) == 12 and segment["layers"][-1].startswith("QLinearAdd")
+        # in: the image (3 channels packed); out: the last Add's 16 x 8 x 8 map, and the classifier's logits
+        assert report["per_inference"]["link_bytes_in"] < 3 * 32 * 32 + 2 * 1024
 
     def test_a_row_stationary_device_runs_the_model_per_layer_and_says_why(self, tmp_path):
         path = _quantized(tmp_path, "sequential")
