@@ -366,6 +366,9 @@ def _print_residency(image, per_inference, one_time):
     for segment in image.segments:
         if segment.model is None:
             print(f"  not resident: {segment.layers[0]}..{segment.layers[-1]}: {segment.reason}")
+        elif segment.model.plan.get("streamed_layers"):
+            print(f"  {segment.layers[0]}..{segment.layers[-1]}: weights streamed with every run (they do not all "
+                  f"fit): {', '.join(segment.model.plan['streamed_layers'])}")
     print(f"per inference: {per_inference['cycles']:,.0f} cycles ({per_inference['latency_us']:,.1f} us), link "
           f"{per_inference['link_bytes_in']:,.0f} B in, {per_inference['link_bytes_out']:,.0f} B out")
 
@@ -402,6 +405,8 @@ def _cmd_compile(args):
         print(f"  {span}: {len(segment.layers)} layers, runs of {plan['batch']}; weight words "
               f"{plan['weight_words']}, parameter words {plan['param_words']}, program words "
               f"{plan['program_words']}, activation words {act}, vector words {vec}")
+        if plan.get("streamed_layers"):
+            print(f"    weights streamed with every run (they do not all fit): {', '.join(plan['streamed_layers'])}")
     return 0
 
 

@@ -249,12 +249,14 @@ def compile_model(graph, cfg, batch=1):
 
 
 class _Placement:
-    """Where the next segment goes: below the weights and parameters of those before it, after their programs."""
+    """Where the next segment goes: below the weights and parameters of those before it, after their programs,
+    and above the words any of them streams its layers' weights into."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.top = {"weight": cfg.weight_depth, "param": cfg.param_depth}
         self.program = 0
+        self.stream = 0     # the weight buffer's bottom words that streamed layers load
 
     def compile(self, steps, in_shape, batch):
         """The steps compiled at the next place for runs of up to ``batch`` images: of the run sizes that fit
@@ -280,9 +282,10 @@ class _Placement:
     def _compile_at(self, steps, in_shape, batch):
         # sized where it would start at the bottom, then placed below the segments before it
         cfg = self.cfg
-        plan = compile_resident(cfg, steps, in_shape, batch=batch).plan
+        room = {"weight_top": self.top["weight"], "stream_floor": self.stream}
+        plan = compile_resident(cfg, steps, in_shape, batch=batch, bases=room).plan
         bases = {"weight": self.top["weight"] - plan["weight_words"], "param": self.top["param"] - plan["param_words"],
-                 "program": self.program}
+                 "program": self.program, **room}
         for buffer in ("weight", "param"):
             if bases[buffer] < 0:
                 raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']} of "
@@ -294,6 +297,7 @@ class _Placement:
         bases = model.plan["bases"]
         self.top = {"weight": bases["weight"], "param": bases["param"]}
         self.program += model.plan["program_words"]
+        self.stream = max(self.stream, model.plan["stream_words"])
 
 
 def _fitting_segment(graph, run, placed, batch):
@@ -311,6 +315,8 @@ def _fitting_segment(graph, run, placed, batch):
     names, output = [layer.name for layer in run.layers[:end]], run.layers[end - 1].outputs[0]
     if best:
         placed.take(best[1])
+        computing = [layer.name for layer, op in zip(run.layers[:end], run.ops[:end], strict=True) if op is not ALIAS]
+        best[1].plan["streamed_layers"] = [computing[i] for i in best[1].plan["streamed_steps"]]
         return Segment(names, run.input, output, best[1])
     return Segment(names, run.input, output, reason=reason)
 
@@ -357,7 +363,9 @@ def _run_segment(graph, segment, tensors, device):
     out_dtype = graph.tensors[segment.output].dtype
     tensors[segment.output] = _from_int8(y, out_dtype).reshape(len(x), *_image_shape(graph, segment.output))
     name = segment.layers[0] if len(segment.layers) == 1 else f"{segment.layers[0]}..{segment.layers[-1]}"
-    return LayerReport(name, _kinds(graph, segment), "device", macs=run.macs, cycles=run.cycles,
+    streamed = model.plan.get("streamed_layers", [])
+    reason = f"weights streamed with every run (they do not all fit): {', '.join(streamed)}" if streamed else ""
+    return LayerReport(name, _kinds(graph, segment), "device", reason=reason, macs=run.macs, cycles=run.cycles,
                        utilization=run.utilization, counters=run.counters,
                        energy_pj=layer_energy(device.cfg, run.counters), resident=True)
 

@@ -13,7 +13,11 @@ An image is a NumPy ``.npz`` archive (a zip file) holding:
 ``model``
     The quantized ONNX model's bytes: the layers outside segments run from it, as ``tessera run`` runs them.
 ``segment<i>_load``, ``segment<i>_run``
-    uint32 link words: what loads segment ``i`` once (its weights, parameters and program), and its RUN.
+    uint32 link words: what loads segment ``i`` once (its weights, parameters and program), and its RUNs (one per
+    program section).
+``segment<i>_stream<k>``
+    uint32 link words: the LOAD of a streamed layer's weights (those that do not fit resident), sent with every
+    run before program section ``stream_sections[k]`` of the segment's entry.
 
 An image loads only on the configuration it was compiled for (:func:`read_image` refuses any other by name).
 """
@@ -95,6 +99,9 @@ def write_image(image, path):
                          plan=model.plan)
             arrays[f"segment{i}_load"] = model.load_words
             arrays[f"segment{i}_run"] = model.run_words
+            entry["stream_sections"] = [section for section, _ in model.stream_loads]
+            for k, (_, words) in enumerate(model.stream_loads):
+                arrays[f"segment{i}_stream{k}"] = words
         header["segments"].append(entry)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     with open(path, "wb") as f:
@@ -142,6 +149,8 @@ def read_image(path, cfg):
                 load_words=archive[f"segment{i}_load"], run_words=archive[f"segment{i}_run"],
                 input_base=entry["input_base"], macs=entry["macs"],
                 outputs=[o if isinstance(o, int) else tuple(o) for o in entry["outputs"]],
+                stream_loads=[(section, archive[f"segment{i}_stream{k}"])
+                              for k, section in enumerate(entry["stream_sections"])],
                 plan=entry["plan"])
         segments.append(segment)
     return ModelImage(cfg, archive["model"].tobytes(), segments)

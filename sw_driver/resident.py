@@ -17,6 +17,7 @@ DeviceLayers is a chain, each reading the one before.
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -70,6 +71,16 @@ class DeviceLayer:
         _, in_h, in_w = in_shape
         out_h, out_w = conv_output_shape(in_h, in_w, *self.kernel, self.strides[0], self.pads)
         return self.w.shape[0], out_h, out_w
+
+
+class _LayerTiles(NamedTuple):
+    gemm: object
+    folds: int
+    stored: list
+    sparse: list
+    tile_words: list
+    geometry: dict
+    whole_maps: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +163,8 @@ class ResidentModel:
     images_as_pixels: bool = False
     # the last step is on the vector unit: its maps leave as VECTOR packets, ``outputs`` their images in order
     vector_out: bool = False
+    # (program section, LOAD words): the weights of a streamed layer, which the host sends before that section
+    stream_loads: list = dataclasses.field(default_factory=list)
 
     @property
     def commands(self):
@@ -177,12 +190,16 @@ class ResidentModel:
                 for i, w in enumerate(words)]
 
     def inference_words(self, x):
-        """Link words of one run: each image's LOAD and the RUN of its program section, then the RUN of the rest
-        (the sections of images not given run all the same, on whatever their words hold)."""
+        """Link words of one run: each image's LOAD and the RUN of its program section, then the RUNs of the rest,
+        each after the weights of the streamed layer it starts (the sections of images not given run all the same,
+        on whatever their words hold)."""
         loads = self.input_words(x)
+        streamed = {}
+        for section, words in self.stream_loads:
+            streamed.setdefault(section, []).append(words)
         runs = self.run_words.reshape(-1, INSTRUCTION_WORDS)
-        return np.concatenate([*(word for i, run in enumerate(runs[:-1]) for word in (loads[i:i + 1] + [run])),
-                               runs[-1]])
+        return np.concatenate([word for i, run in enumerate(runs)
+                               for word in (*streamed.get(i, []), *loads[i:i + 1], run)])
 
     def _vector_words(self):
         """Words of each VECTOR packet of a model whose last step is on the vector unit: one image's map."""
@@ -217,6 +234,9 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     for an input of ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (ws or os; the row-stationary
     array's results leave as columns and are not stored yet). ``bases`` (``{"weight", "param", "program"}``,
     default all 0) are the first words of those memories the model may take: other models stay loaded below them.
+    ``bases["weight_top"]`` (default weight_depth) and ``bases["stream_floor"]`` (default 0) bound the weight
+    words it may use: where its weights do not fit, the largest layers' are streamed (the host sends them with
+    every run, into the bottom words) and the rest stay resident.
     A run computes ``batch`` images, step by step (each step's setup once for all of them).
 
     Raises TilingError, naming what does not fit, if the weights, parameters, feature maps or program do not
@@ -235,8 +255,9 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
         return dataclasses.replace(model, batch=batch, in_shape=tuple(in_shape), out_shape=(model.out_shape[0], 1, 1),
                                    images_as_pixels=True)
     steps = [Step(layer, (index,)) for index, layer in enumerate(layers)] if chain else list(layers)
-    return _Compilation(cfg, steps, tuple(in_shape), {"weight": 0, "param": 0, "program": 0, **(bases or {})},
-                        batch).model()
+    bases = {"weight": 0, "param": 0, "program": 0, "weight_top": cfg.weight_depth, "stream_floor": 0,
+             **(bases or {})}
+    return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
 
 
 class _Compilation:
@@ -251,8 +272,13 @@ class _Compilation:
                             if self._on_array(i) and self._reads_by_block(i)}
         self._check_windows()
         self.ops, self.act_offsets, self.vec_offsets = self._plan()
+        self._tile_cache, self.stream_loads = {}, {}
+        self.streamed = self._streamed()
+        self.stream_words = max([0] + [sum(self._tiles(i).tile_words) for i in self.streamed])
+        # the resident weights above every stream's words (this model's and the models' loaded before it)
+        self.bases = {**bases, "weight": max(bases["weight"], bases["stream_floor"], self.stream_words)}
         self.weights, self.params, self.outputs = [], [], []
-        self.weight_base, self.param_base = bases["weight"], bases["param"]
+        self.weight_base, self.param_base = self.bases["weight"], bases["param"]
         self.array_cycles = self.vector_cycles = 0
 
     def _shapes(self, in_shape):
@@ -400,8 +426,13 @@ class _Compilation:
         self._dependencies(tasks, by_op)
         # The first layer runs image by image, each image a program section of its own that the host RUNs right
         # after that image's LOAD: the next image's LOAD then overlaps this one's compute. The other steps follow
-        # in one section, the array's and the vector unit's work side by side (resident_schedule).
-        sections = schedule(cfg, tasks, by_op[0])
+        # in one section, the array's and the vector unit's work side by side (resident_schedule), cut where a
+        # streamed layer starts: the host sends its weights before the section that runs it.
+        op_of = {index: position for position, (kind, index) in enumerate(self.ops) if kind == "step"}
+        streamed_ops = sorted(op_of[index] for index in self.streamed)
+        sections, starts = schedule(cfg, tasks, by_op[0], [op for op in streamed_ops if op > 0])
+        step_of = {position: index for index, position in op_of.items()}
+        stream_loads = [(0 if op == 0 else starts[op], self.stream_loads[step_of[op]]) for op in streamed_ops]
         program = np.concatenate(sections)
 
         bases = self.bases
@@ -412,8 +443,9 @@ class _Compilation:
                 for start, section in zip(starts, sections, strict=True)]
         bias = np.concatenate([b for b, _ in self.params])
         scale = np.concatenate([s for _, s in self.params])
-        load_words = [store_program, load(cfg, BufferId.WEIGHT, bases["weight"], np.concatenate(self.weights)),
-                      load(cfg, BufferId.PARAM, bases["param"], (bias, scale))]
+        load_words = [store_program, load(cfg, BufferId.PARAM, bases["param"], (bias, scale))]
+        if self.weights:    # (every layer's weights may be streamed)
+            load_words.append(load(cfg, BufferId.WEIGHT, bases["weight"], np.concatenate(self.weights)))
         macs = batch * sum(int(np.prod(self.shapes[i + 1][1:])) * step.op.own_macs_per_pixel
                            for i, step in enumerate(self.steps) if self._on_array(i))
 
@@ -426,11 +458,12 @@ class _Compilation:
                             for t, shape in enumerate(self.shapes[:-1])],
                 "weight_words": self.weight_base - bases["weight"], "param_words": self.param_base - bases["param"],
                 "program_words": len(program), "bases": bases, "array_cycles": self.array_cycles,
-                "vector_cycles": self.vector_cycles}
+                "vector_cycles": self.vector_cycles, "streamed_steps": sorted(self.streamed),
+                "stream_words": self.stream_words}
         return ResidentModel(cfg=cfg, batch=batch, in_shape=self.shapes[0], out_shape=self.shapes[-1],
                              load_words=np.concatenate(load_words), run_words=np.concatenate(runs),
                              input_base=self.act_offsets[0], outputs=self.outputs, macs=macs, plan=plan,
-                             vector_out=not self._on_array(len(self.steps) - 1))
+                             vector_out=not self._on_array(len(self.steps) - 1), stream_loads=stream_loads)
 
     def _destination(self, t):
         """Where the step writing tensor ``t`` stores it: its StoreTarget, first word (of image 0), lanes per word
@@ -439,18 +472,23 @@ class _Compilation:
             return StoreTarget.VEC, self.vec_offsets[t], LANES_PER_WORD, math.ceil(self.shapes[t][0] / LANES_PER_WORD)
         return StoreTarget.ACT, self.act_offsets[t], self.cfg.rows, math.ceil(self.shapes[t][0] / self.cfg.rows)
 
-    def _layer(self, index):
-        """An array layer's tasks, image by image (or one for the batch): its weights and parameters placed."""
+    def _tiles(self, index):
+        """Array layer ``index``'s GEMM as the array runs it: its tiles, the folds each stores, their words, and
+        the CONV_SETUP geometry its commands read (made once)."""
+        if index not in self._tile_cache:
+            self._tile_cache[index] = self._make_tiles(index)
+        return self._tile_cache[index]
+
+    def _make_tiles(self, index):
         cfg, layer = self.cfg, self.steps[index].op
         R, C = cfg.rows, cfg.cols
         (source,), t = self.steps[index].inputs, index + 1
-        (_, in_h, in_w), (out_channels, out_h, out_w) = self.shapes[source], self.shapes[t]
+        (_, in_h, in_w), (out_channels, _, out_w) = self.shapes[source], self.shapes[t]
         blocks = math.ceil(self.shapes[source][0] / R)
         kh, kw = layer.kernel
         folds = kh * kw * blocks
         gemm_w = conv_as_gemm_weights(layer.w, R, blocks)
-        by_block = source in self.block_major
-        if by_block:     # each tile's folds are its own block's pixels: lane l of every fold sums into channel l
+        if source in self.block_major:   # each tile's folds are its own block's pixels: lane l of each sums into l
             folds = in_h * in_w
             gemm_w = np.zeros((folds * R, out_channels), np.int8)
             gemm_w[(np.arange(folds)[:, None] * R + np.arange(out_channels) % C).reshape(-1),
@@ -468,14 +506,52 @@ class _Compilation:
             geometry = dict(in_h=1, in_w=self.batch, out_w=self.batch, channel_blocks=folds, kernel_h=1, kernel_w=1,
                             stride=1, pad_top=0, pad_left=0)
         stored, sparse, tile_words = _weight_tiles(cfg, gemm, folds)
-        _check_fits("weight", self.weight_base + sum(tile_words), cfg.weight_depth)
+        return _LayerTiles(gemm, folds, stored, sparse, tile_words, geometry, whole_maps)
+
+    def _streamed(self):
+        """The array layers whose weights the host sends with every run, into the weight buffer's bottom words,
+        because the model's weights do not all fit between ``stream_floor`` and ``weight_top`` (``bases``): the
+        largest first, until the others and the largest streamed one fit. TilingError if none does."""
+        words = {i: sum(self._tiles(i).tile_words) for i in range(len(self.steps)) if self._on_array(i)}
+        top, floor = self.bases["weight_top"], self.bases["stream_floor"]
+        streamed = set()
+
+        def room_needed():
+            stream = max([floor] + [words[i] for i in streamed])
+            return stream + sum(w for i, w in words.items() if i not in streamed)
+
+        for index in sorted(words, key=lambda i: -words[i]):
+            if room_needed() <= top:
+                break
+            streamed.add(index)
+        if room_needed() > top:
+            raise TilingError(f"the model's weight words do not fit weight_depth={self.cfg.weight_depth} even "
+                              f"streamed layer by layer: its largest layer has {max(words.values())}, "
+                              f"{top - floor} are free (accepted: a larger weight_depth, or --per-layer)")
+        return streamed
+
+    def _layer(self, index):
+        """An array layer's tasks, image by image (or one for the batch): its weights and parameters placed, in
+        the resident words or (streamed) in the bottom words that the host loads before its section."""
+        cfg, layer = self.cfg, self.steps[index].op
+        R, C = cfg.rows, cfg.cols
+        (source,), t = self.steps[index].inputs, index + 1
+        (_, in_h, in_w), (out_channels, out_h, out_w) = self.shapes[source], self.shapes[t]
+        gemm, folds, stored, sparse, tile_words, geometry, whole_maps = self._tiles(index)
+        by_block = source in self.block_major
         _check_fits("param", self.param_base + gemm.n_tiles, cfg.param_depth)
-        self.weights += [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
-                         if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
-        tile_bases = self.weight_base + np.cumsum([0] + tile_words[:-1])
+        weights = [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
+                   if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
+        if index in self.streamed:
+            tile_bases = np.cumsum([0] + tile_words[:-1])
+            self.stream_loads[index] = load(cfg, BufferId.WEIGHT, 0, np.concatenate(weights))
+        else:
+            _check_fits("weight", self.weight_base + sum(tile_words), cfg.weight_depth)
+            self.weights += weights
+            tile_bases = self.weight_base + np.cumsum([0] + tile_words[:-1])
+            self.weight_base += sum(tile_words)
         self.params.append((gemm.bias.reshape(gemm.n_tiles, C), gemm.scale.reshape(gemm.n_tiles, C)))
         param_base = self.param_base
-        self.weight_base += sum(tile_words)
         self.param_base += gemm.n_tiles
         last = t == len(self.steps)
         target, base, lanes_per_word, out_blocks = (None, 0, 1, 1) if last else self._destination(t)

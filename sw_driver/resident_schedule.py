@@ -46,24 +46,31 @@ class Task:
         return sum(opcode not in SETUPS for opcode, _ in self.items)
 
 
-def schedule(cfg, tasks, first):
+def schedule(cfg, tasks, first, barriers=()):
     """The program sections of ``tasks``: one per task of ``first`` (the first step's, image by image: the host
-    loads each image before RUNning its section), then one with every other task, in a list-schedule order.
-    Each section is an array of link words."""
+    loads each image before RUNning its section), then the other tasks in a list-schedule order, in a new section
+    from each op of ``barriers`` on (the host sends something between, once every earlier op's array commands
+    are done: a streamed layer's weights). Returns the sections, arrays of link words, and the section each
+    barrier op starts."""
     emitter = _Emitter(cfg, tasks)
     # (the run before may still be reading or writing these feature maps)
     sections = [[instruction(cfg, Opcode.WAIT, pending=0)]] + [[] for _ in first[1:]]
     for section, index in zip(sections, first, strict=True):
         section += emitter.emit(index)
     rest = [i for i in range(len(tasks)) if i not in set(first)]
-    words = []
+    barriers, starts, words = sorted(barriers), {}, []
     while rest:
-        index = emitter.next_task(rest)
+        before = [i for i in rest if not barriers or tasks[i].op < barriers[0]]
+        if not before:      # every op before the barrier is in the stream: a new section
+            sections.append(words + [emitter.drain(WaitUnit.ARRAY)])
+            words, starts[barriers.pop(0)] = [], len(sections)
+            continue
+        index = emitter.next_task(before)
         rest.remove(index)
         words += emitter.emit(index)
     # the next inputs may overwrite the maps only once every command that reads them is done
     sections.append(words + [instruction(cfg, Opcode.WAIT, pending=0)])
-    return [np.concatenate(section) for section in sections]
+    return [np.concatenate(section) for section in sections], starts
 
 
 class _Emitter:
@@ -94,6 +101,11 @@ class _Emitter:
             if mine:
                 candidates.append(min(mine, key=key))
         return min(candidates, key=self.start)
+
+    def drain(self, unit):
+        """A WAIT until every command given to ``unit`` is finished."""
+        self.done[unit] = self.issued[unit] - 1
+        return instruction(self.cfg, Opcode.WAIT, unit=int(unit), pending=0)
 
     def emit(self, index):
         """The words of task ``index``: the WAITs its dependencies need, then its setups that change and its

@@ -125,10 +125,10 @@ def test_resident_programs_run_again_from_program_memory(cfg, stall):
 #: neither (a stored row then starts and ends mid-word), one with single-port buffers (tests/test_resident.py runs
 #: whole models on 4x4 ws and os arrays)
 RESIDENT_CONFIGS = [
-    dataclasses.replace(CONFIGS[3], act_depth=512, weight_depth=512, param_depth=16),
-    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=512, weight_depth=512, acc_depth=64, param_depth=16,
+    dataclasses.replace(CONFIGS[3], act_depth=512, weight_depth=2048, param_depth=64),
+    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=512, weight_depth=2048, acc_depth=64, param_depth=64,
                       link_timeout=64),
-    AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=512, weight_depth=512, acc_depth=32, param_depth=16,
+    AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=512, weight_depth=2048, acc_depth=32, param_depth=64,
                       link_timeout=64),
 ]
 

@@ -68,7 +68,8 @@ class TestCompileResident:
         assert sum(rows for _, _, _, rows in model.outputs) == 36
 
     @pytest.mark.parametrize("what, cfg, match", [
-        ("weights", dict(weight_depth=64), r"weight words \(at least \d+\) do not fit weight_depth=64"),
+        ("weights", dict(weight_depth=64), (r"weight words do not fit weight_depth=64 even streamed layer by layer: "
+                                            r"its largest layer has \d+, 64 are free")),
         ("program", dict(program_depth=16), r"program words \(at least \d+\) do not fit program_depth=16"),
         ("maps", dict(act_depth=32), r"act buffer words; act_depth is 32"),
     ])
@@ -215,6 +216,24 @@ class TestResidentRuns:
         assert len(segment["layers"]) == 12 and segment["layers"][-1].startswith("QLinearAdd")
         # in: the image (3 channels packed); out: the last Add's 16 x 8 x 8 map, and the classifier's logits
         assert report["per_inference"]["link_bytes_in"] < 3 * 32 * 32 + 2 * 1024
+
+    def test_weights_that_do_not_fit_are_streamed_and_the_report_says_which(self, tmp_path, capsys):
+        # 256 weight words: the pooling net's tail (conv3, global pool, classifier) keeps its maps on chip, but
+        # conv3's and the pool's weights cross the link with every run, into the buffer's bottom words
+        path = _quantized(tmp_path, "pooling")
+        x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
+        config = tmp_path / "cfg.toml"
+        config.write_text("rows = 4\ncols = 4\nweight_depth = 256\n")
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        streamed = [s for s in report["segments"] if s["resident"] and s["plan"]["streamed_layers"]]
+        assert [s["plan"]["streamed_layers"] for s in streamed] == [["conv3_quant", "gap_quant"]]
+        printed = capsys.readouterr().out
+        assert "weights streamed with every run (they do not all fit): conv3_quant, gap_quant" in printed
+        # the streamed weights are in every inference's link bytes, the others only in the one-time load
+        plan = streamed[0]["plan"]
+        assert report["per_inference"]["link_bytes_in"] > 4 * plan["stream_words"]
 
     def test_a_row_stationary_device_runs_the_model_per_layer_and_says_why(self, tmp_path):
         path = _quantized(tmp_path, "sequential")
