@@ -110,10 +110,10 @@ class LoadAssembler(wiring.Component):
                      self.done.eq((remaining == 0) & ~write_pending & ~taking),
                      self.words.ready.eq(Mux(packed, self._packed_ready,
                                              self.receiving & (~write_pending | target_ready)))]
-        # Only the host's silence counts: a word waiting for a single-port buffer that compute is reading
-        # (hw.buffer) waits at most until the running fold ends. (Other buffers are always ready, so there no
-        # word waits; their netlist stays as it was, which the ULX3S routes.)
-        m.d.comb += self.silent.eq(self.receiving & ~(self.words.valid if self.cfg.single_port_buffers else accepted))
+        # Only the host's silence counts: a word waits while a single-port buffer that compute is reading (hw.buffer)
+        # is busy until the running fold ends, while stored result rows take the activation buffer's write port,
+        # and while a packed LOAD writes the words of the bytes it holds; none of that is the host going silent.
+        m.d.comb += self.silent.eq(self.receiving & ~self.words.valid)
 
         # a write leaving and the next word completing the next buffer word: the statement below wins
         with m.If(write_pending & target_ready):

@@ -125,10 +125,10 @@ def test_resident_programs_run_again_from_program_memory(cfg, stall):
 #: neither (a stored row then starts and ends mid-word), one with single-port buffers (tests/test_resident.py runs
 #: whole models on 4x4 ws and os arrays)
 RESIDENT_CONFIGS = [
-    dataclasses.replace(CONFIGS[3], act_depth=512, weight_depth=2048, param_depth=64),
-    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=512, weight_depth=2048, acc_depth=64, param_depth=64,
+    dataclasses.replace(CONFIGS[3], act_depth=2048, weight_depth=2048, param_depth=64),
+    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=2048, weight_depth=2048, acc_depth=64, param_depth=64,
                       link_timeout=64),
-    AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=512, weight_depth=2048, acc_depth=32, param_depth=64,
+    AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=2048, weight_depth=2048, acc_depth=32, param_depth=64,
                       link_timeout=64),
 ]
 
@@ -161,7 +161,9 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
              "graph": {"channels": rng.randint(1, 7), "pool": pool, "end": rng.choice(["pool", "head"])}}
     chains = [{"input": shape, "layers": layers},
               {"input": [rng.randint(4, 12), 1, 1],
-               "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}, graph]
+               "layers": [{"out_channels": rng.randint(1, 12), "kernel": 1} for _ in range(3)]}, graph,
+              # and with its largest layers' weights streamed, its maps still on chip
+              {**graph, "stream": True}]
     job = {"config": cfg.to_dict(), "seed": _seed(cfg, "resident", stall), "stall": stall, "backpressure": stall,
            "chains": chains, "inferences": 2, "batch": 2}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_resident",

@@ -317,6 +317,10 @@ async def device_resident(dut):
             x, layers, _ = random_chain(rng, chain["input"], chain["layers"], cfg.multiplier)
             golden_of = functools.partial(_chain_golden, layers=layers, multiplier=cfg.multiplier)
         model = compile_resident(cfg, layers, x.shape, batch=job["batch"])
+        if chain.get("stream"):    # a word short of its weights: the largest layers' are sent with every run
+            room = {"weight_top": model.plan["weight_words"] - 1}
+            model = compile_resident(cfg, layers, x.shape, batch=job["batch"], bases=room)
+            assert model.plan["streamed_steps"], model.plan
         await tb.exchange(model.load_words, 0, what="loading a resident model")
         for inference in range(job["inferences"]):
             if inference:   # new inputs, a batch of them, through the same resident model
