@@ -122,30 +122,24 @@ class TestDspBlocks:
         in_logic = [text for text in modules if text.split("\n")[0].endswith("_in_logic")]
         assert len(in_logic) == 4 and all(text.count("cell $mul") == 1 for text in in_logic)
 
-    @pytest.mark.xdist_group("ulx3s_rtlil")   # one worker elaborates the default top once for both
-    def test_ulx3s_default_fits_the_dsp_blocks(self):
-        """A block per PE outside the LUT rows the build chooses, two per requantiser lane (their top significand
-        bits in logic), within the ECP5-85F's 156."""
-        from tessera.fpga.floorplan import dsp_blocks, lut_rows_to_fit
-        cfg = board_config(BOARDS["ulx3s"])
-        lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
-        blocks = self._default_rtlil().count("cell \\MULT18X18D")
-        assert blocks == dsp_blocks(cfg, lut_multiplier_rows=lut_rows) == (cfg.rows - lut_rows) * cfg.cols \
-            + 2 * cfg.requant_width <= 156
-
     def test_logic_submodules_are_always_mapped_to_luts(self):
         assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
 
-    @pytest.mark.xdist_group("ulx3s_rtlil")   # one worker elaborates the default top once for both
-    def test_floorplan_pins_every_block_of_the_default_to_a_site_of_its_own(self, tmp_path):
-        """The floorplan's Yosys selections name the blocks the RTL really has: run on the default ULX3S top, they
-        give every MULT18X18D a BEL, and no two the same."""
+    def test_ulx3s_default_fits_the_dsp_blocks_each_pinned_to_a_site_of_its_own(self, tmp_path):
+        """A block per PE outside the LUT rows the build chooses, two per requantiser lane (their top significand
+        bits in logic), within the ECP5-85F's 156; and the floorplan's Yosys selections name the blocks the RTL
+        really has: run on the default ULX3S top, they give every MULT18X18D a BEL, and no two the same. (One test:
+        elaborating the default top takes a minute.)"""
         import subprocess
 
         from tessera.fpga.build import tool_env
         from tessera.fpga.floorplan import dsp_blocks, floorplan_script, lut_rows_to_fit
         cfg = board_config(BOARDS["ulx3s"])
         lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
+        blocks = self._default_rtlil().count("cell \\MULT18X18D")
+        assert blocks == dsp_blocks(cfg, lut_multiplier_rows=lut_rows) == (cfg.rows - lut_rows) * cfg.cols \
+            + 2 * cfg.requant_width <= 156
+
         (tmp_path / "top.il").write_text(self._default_rtlil())
         placement = floorplan_script(cfg, "LFE5U-85F", lut_multiplier_rows=lut_rows)
         script = f"read_rtlil top.il; {placement}; write_rtlil placed.il"
@@ -153,7 +147,7 @@ class TestDspBlocks:
         # in RTLIL a cell's attributes are the lines just above it
         cells = re.findall(r"((?:\s*attribute .*\n)*)\s*cell \\MULT18X18D ", (tmp_path / "placed.il").read_text())
         sites = [dict(re.findall(r'attribute \\(\w+) "?([^"\n]*)', attributes)).get("BEL") for attributes in cells]
-        assert len(sites) == dsp_blocks(cfg, lut_multiplier_rows=lut_rows)
+        assert len(sites) == blocks
         assert None not in sites and len(set(sites)) == len(sites)
 
 
