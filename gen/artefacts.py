@@ -96,6 +96,10 @@ FIELD_DESCRIPTIONS = {
                                    "are left as they are",
     (Opcode.STORE_SETUP, "stride"): "words from one stored row's first word to the next's (a feature map's channel "
                                     "blocks per pixel)",
+    (Opcode.STORE_SETUP, "lane_stride"): "rs arrays, whose rows are one filter's output column: words from one lane "
+                                         "of a stored row to the next (a map's words per row of pixels); each lane is "
+                                         "written alone, at the filter's lane, and every out_w rows the next filter "
+                                         "takes the next lane",
     (Opcode.GEMM, "store"): "a StoreTarget: 0 the rows go to the host; 1 (ACT) or 2 (VEC) they are written into that "
                             "buffer as STORE_SETUP says, from word `s_base`, for later commands to read; no RESULT "
                             "packet. Not with `raw`, nor on rs arrays",

@@ -159,6 +159,7 @@ class Controller(wiring.Component):
                 wiring.connect(m, getattr(load, name), wiring.flipped(getattr(self, name)))
 
         m.d.comb += [queues.gemm.payload.eq(gemm), queues.store_setup.eq(store_setup),
+                     queues.filter_rows.eq(self.conv_geometry.out_w),
                      queues.vector.payload.eq(decoder.vec_command),
                      queues.completed.eq(self.completed), queues.vec_completed.eq(self.vec_completed),
                      queues.core_idle.eq(self.core_idle),

@@ -52,15 +52,21 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
     no_geometry = command.conv & (geometry.kernel_h == 0)
 
     # a stored command's rows: the last starts `stride` words on per row and covers `store_words` words of its
-    # target (rows lanes each in the activation buffer, 4 in the vector buffer)
-    last_row = command.s_base + (command.m - 1) * store_setup.stride
+    # target (rows lanes each in the activation buffer, 4 in the vector buffer). On rs, the rows are the filters'
+    # output columns, `stride` words apart, each lane a word `lane_stride` on, and the filters step through lanes.
+    if cfg.dataflow == "rs":
+        last_row = (command.s_base + (geometry.out_w - 1) * store_setup.stride
+                    + (store_setup.lanes - 1) * store_setup.lane_stride)
+        row_lanes = command.filters
+    else:
+        last_row, row_lanes = command.s_base + (command.m - 1) * store_setup.stride, store_setup.lanes
     to_act, to_vec = command.store == StoreTarget.ACT, command.store == StoreTarget.VEC
-    act_end = _registered(m, "act_store_end", last_row + store_words(cfg.rows, store_setup.lane, store_setup.lanes))
-    vec_end = _registered(m, "vec_store_end", last_row + store_words(4, store_setup.lane, store_setup.lanes))
+    act_end = _registered(m, "act_store_end", last_row + store_words(cfg.rows, store_setup.lane, row_lanes))
+    vec_end = _registered(m, "vec_store_end", last_row + store_words(4, store_setup.lane, row_lanes))
     bad_target = ((command.store > StoreTarget.VEC) | (to_act & (store_setup.lane >= cfg.rows))
                   | (to_vec & ((store_setup.lane >= 4) | int(cfg.vec_depth == 0))))
     bad_store = (command.store != StoreTarget.HOST) & (command.raw | (store_setup.lanes == 0) | bad_target
-                                                        | (store_setup.lanes > cfg.cols) | int(cfg.dataflow == "rs"))
+                                                        | (store_setup.lanes > cfg.cols))
 
     error = Signal(8)
     with m.If((command.m == 0) | (command.k == 0) | too_many_rows | reads.unsupported | no_geometry | bad_store):

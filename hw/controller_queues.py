@@ -4,7 +4,13 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import command_layout, result_descriptor_layout, store_setup_layout, vec_command_layout
+from .layouts import (
+    command_layout,
+    conv_geometry_layout,
+    result_descriptor_layout,
+    store_setup_layout,
+    vec_command_layout,
+)
 
 __all__ = ["CommandQueues", "COMMAND_QUEUE"]
 
@@ -31,6 +37,8 @@ class CommandQueues(wiring.Component):
         To the compute core.
     store_setup : In(store_setup_layout())
         Where a store command issued now writes its rows (each command's descriptor keeps a copy).
+    filter_rows : In(out_w of conv_geometry_layout())
+        Row-stationary arrays: the rows of each filter of a command issued now (the geometry's ``out_w``).
     result_rows : Out(stream of result_descriptor_layout(cfg))
         Each compute command's result rows and where they go, in order, for the result path.
     vec_cmd : Out(stream of vec_command_layout(cfg))
@@ -56,6 +64,7 @@ class CommandQueues(wiring.Component):
             "vector": In(stream.Signature(vec_command_layout(cfg))),
             "cmd": Out(stream.Signature(command)),
             "store_setup": In(store_setup_layout()),
+            "filter_rows": In(conv_geometry_layout()["out_w"].shape),
             "result_rows": Out(stream.Signature(result_descriptor_layout(cfg))),
             "vec_cmd": Out(stream.Signature(vec_command_layout(cfg))),
             "completed": In(32),
@@ -91,9 +100,11 @@ class CommandQueues(wiring.Component):
             descriptor.rows.eq(Mux(command.raw, command.m << 2, command.m)),
             descriptor.store.eq(command.store), descriptor.base.eq(command.s_base),
             descriptor.lane.eq(self.store_setup.lane), descriptor.lanes.eq(self.store_setup.lanes),
-            descriptor.stride.eq(self.store_setup.stride),
+            descriptor.stride.eq(self.store_setup.stride), descriptor.lane_stride.eq(self.store_setup.lane_stride),
             row_counts.w_data.eq(descriptor),
         ]
+        if self.cfg.dataflow == "rs":
+            m.d.comb += descriptor.filter_rows.eq(self.filter_rows)
         wiring.connect(m, commands.r_stream, wiring.flipped(self.cmd))
         wiring.connect(m, row_counts.r_stream, wiring.flipped(self.result_rows))
         wiring.connect(m, wiring.flipped(self.vector), vec_commands.w_stream)

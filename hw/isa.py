@@ -99,7 +99,7 @@ ERROR_DESCRIPTIONS = {
                          "its folds times rows, an rs GEMM that is not a conv, has a filter chunk taller than "
                          f"the array or more than {MAX_KERNEL} chunks, filters of 0 or more than rs_filters, or m "
                          "other than filters times out_w, a sparse GEMM that is not a ws conv on an array of 2 or more "
-                         "columns, a store GEMM that is raw, on an rs array, before any STORE_SETUP, of more lanes "
+                         "columns, a store GEMM that is raw, before any STORE_SETUP, of more lanes "
                          "than columns, or from a lane beyond its target's word (rows lanes in the activation buffer, "
                          "4 in the vector buffer), a store into the vector buffer without a vector unit, a store "
                          "field of 3, an ADD stored into the activation buffer, a POOL stored there before any "

@@ -1,5 +1,6 @@
-"""Writing rows of int8 lanes into a buffer whose words hold another number of lanes, from any lane: how stored
-results reach the activation and vector buffers (:func:`~tessera.hw.layouts.store_setup_layout`)."""
+"""Writing rows of int8 lanes into a buffer whose words hold another number of lanes, from any lane, or (the
+row-stationary array's rows, which are output columns) one lane of a word per element: how stored results reach
+the activation and vector buffers (:func:`~tessera.hw.layouts.store_setup_layout`)."""
 
 from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -7,13 +8,19 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import store_addr_shape, store_words
 
-__all__ = ["LaneWriter", "lane_row_layout"]
+__all__ = ["ColumnWriter", "LaneWriter", "column_row_layout", "lane_row_layout"]
 
 
 def lane_row_layout(cfg, row_lanes):
     """A row to write: ``row_lanes`` int8, its first ``lanes`` of them from lane ``lane`` of word ``addr`` on."""
     return data.StructLayout({"row": data.ArrayLayout(signed(8), row_lanes), "addr": store_addr_shape(cfg),
                               "lane": unsigned(8), "lanes": unsigned(8)})
+
+
+def column_row_layout(cfg, row_lanes):
+    """A row to write element by element: its first ``lanes`` int8 into lane ``lane`` of words ``addr``,
+    ``addr + lane_stride``, ..."""
+    return data.StructLayout({**dict(lane_row_layout(cfg, row_lanes).members), "lane_stride": unsigned(16)})
 
 
 class LaneWriter(wiring.Component):
@@ -73,4 +80,49 @@ class LaneWriter(wiring.Component):
             m.d.sync += word.eq(word + 1)
         with m.If(self.rows.valid & self.rows.ready):
             m.d.sync += [row.eq(self.rows.payload), held.eq(1), word.eq(0)]
+        return m
+
+
+class ColumnWriter(wiring.Component):
+    """Turns rows of ``row_lanes`` int8 into one-lane word writes, one a cycle: a row's element ``e`` (``e <
+    lanes``) goes to lane ``lane`` of word ``addr + e * lane_stride``, the word's other lanes left alone. A
+    row-stationary array's result row is one channel of a column of output pixels; the next layer reads pixels
+    whose words hold channels, so each element is a word of its own.
+
+    Parameters and attributes as :class:`LaneWriter`, with rows of :func:`column_row_layout`.
+    """
+
+    def __init__(self, cfg, row_lanes, write_layout):
+        self.row_lanes = row_lanes
+        self.word_lanes = write_layout["data"].shape.length
+        super().__init__({
+            "rows": In(stream.Signature(column_row_layout(cfg, row_lanes))),
+            "writes": Out(stream.Signature(write_layout)),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        row = Signal.like(self.rows.payload)
+        held = Signal()     # `row` holds a row whose elements are being written
+        element = Signal(range(self.row_lanes + 1))
+        addr = Signal.like(row.addr)
+        value = row.row[element]
+        last_element = element == row.lanes - 1
+        finishing = self.writes.valid & self.writes.ready & last_element
+        m.d.comb += [
+            self.writes.valid.eq(held),
+            self.writes.payload.addr.eq(addr),
+            # the element in every lane: the mask picks the one written
+            self.writes.payload.data.eq(Cat(*[value] * self.word_lanes)),
+            self.writes.payload.mask.eq(Const(1, self.word_lanes) << row.lane),
+            self.rows.ready.eq(~held | finishing),
+            self.done.eq(finishing),
+        ]
+        with m.If(finishing):
+            m.d.sync += held.eq(0)
+        with m.Elif(self.writes.valid & self.writes.ready):
+            m.d.sync += [element.eq(element + 1), addr.eq(addr + row.lane_stride)]
+        with m.If(self.rows.valid & self.rows.ready):
+            m.d.sync += [row.eq(self.rows.payload), held.eq(1), element.eq(0), addr.eq(self.rows.payload.addr)]
         return m

@@ -179,8 +179,14 @@ def store_setup_layout():
     of word ``s_base + i * stride`` of the target buffer and runs on over the following words' lanes; only its
     first ``lanes`` lanes are written (the output channels that exist), so a row may end, or start, inside a word
     whose other lanes hold other channels (:func:`store_words`). A POOL stored into the activation buffer writes
-    output pixel ``i`` the same way, its ``lanes`` channels four at a time from its result words."""
-    return data.StructLayout({"lane": unsigned(8), "lanes": unsigned(8), "stride": unsigned(16)})
+    output pixel ``i`` the same way, its ``lanes`` channels four at a time from its result words.
+
+    A row-stationary command's rows are output columns (:func:`rs_result_row`), each written lane by lane: row
+    ``f * out_w + ox`` (filter ``f``, output column ``ox``) is the one channel ``lane + f`` of the pixels it
+    covers, so its lane ``j`` (output row ``out_y + j``, ``j < lanes``) goes into lane ``(lane + f) % W`` of word
+    ``s_base + (lane + f) // W + ox * stride + j * lane_stride`` (``W``: the target's lanes per word)."""
+    return data.StructLayout({"lane": unsigned(8), "lanes": unsigned(8), "stride": unsigned(16),
+                              "lane_stride": unsigned(16)})
 
 
 def store_words(rows, lane, lanes):
@@ -193,8 +199,10 @@ def result_descriptor_layout(cfg):
     """What the result path needs of each compute command, in command order: its result row count
     (:func:`result_rows_shape`), and whether and where the rows are stored on chip (``store``; the other fields
     as :func:`store_setup_layout` and ``s_base``)."""
+    # row-stationary: the rows of each filter (the geometry's out_w), after which a stored row's channel steps on
+    filter_rows = {"filter_rows": conv_geometry_layout()["out_w"].shape} if cfg.dataflow == "rs" else {}
     return data.StructLayout({"rows": result_rows_shape(cfg), "store": unsigned(2), "base": store_addr_shape(cfg),
-                              **dict(store_setup_layout().members)})
+                              **dict(store_setup_layout().members), **filter_rows})
 
 
 def act_write_layout(cfg):

@@ -702,12 +702,8 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
         raise TilingError(f"bias and scale need {out_channels} entries; got {bias.shape} and {scale.shape}")
     # overflow and operand checks through the equivalent GEMM
     check_gemm_operands(np.zeros((1, channels * kh * kw), np.int8), w.reshape(out_channels, -1).T, bias, scale, y_zp)
-    # a filter taller than the array folds into chunks of at most `rows` filter rows, each a pass of its own
-    chunks = math.ceil(kh / min(R, MAX_KERNEL))
-    height = math.ceil(kh / chunks)
-    _, q = rs_mapping(R, height)
+    chunks, height, q, filter_words = rs_filter_shape(cfg, kh, kw, channels)
     blocks = math.ceil(channels / R)
-    filter_words = blocks * chunks * rs_filter_entries(q, kw)    # a filter's weight words over all its passes
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
     # whole images in the two halves of the activation buffer under one setup; larger maps in bands of `cols`
@@ -727,12 +723,7 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     params = _SlotPool(cfg, "param", p)
 
     def group_weights(group):
-        # the weight words of a command computing the group's filters (hw.layouts.rs_filter_word)
-        f, c, y, x = np.meshgrid(*map(np.arange, (len(group), channels, kh, kw)), indexing="ij")
-        word, lane = rs_filter_word(cfg, height, kw, q, chunks, len(group), f, c, y, x)
-        words = np.zeros((len(group) * filter_words, R), np.int8)
-        words[word, lane] = w[group]
-        return words
+        return rs_group_weights(cfg, w[group], height, q, chunks, filter_words)
 
     def setup(rows, pad_top):
         return instruction(cfg, Opcode.CONV_SETUP, in_h=rows, in_w=in_w, out_w=out_w, channel_blocks=blocks,
@@ -771,6 +762,26 @@ def _compile_conv_rs(cfg, x, w, bias, scale, y_zp, strides, pads, pad_value, ski
     constants = _constant_outputs(bias, scale, y_zp)
     program.constants = [(int(f), constants[f:f + 1]) for f in np.flatnonzero(zero)]
     return program
+
+
+def rs_filter_shape(cfg, kernel_h, kernel_w, channels):
+    """How a row-stationary array runs filters of ``kernel_h x kernel_w`` over ``channels``: ``(chunks, height,
+    channels_per_pe, filter_words)``. A filter taller than the array folds into ``chunks`` of at most ``height``
+    rows, each a pass of its own; ``filter_words`` are a filter's weight words over all its passes."""
+    chunks = math.ceil(kernel_h / min(cfg.rows, MAX_KERNEL))
+    height = math.ceil(kernel_h / chunks)
+    _, q = rs_mapping(cfg.rows, height)
+    return chunks, height, q, math.ceil(channels / cfg.rows) * chunks * rs_filter_entries(q, kernel_w)
+
+
+def rs_group_weights(cfg, w, height, q, chunks, filter_words):
+    """The weight words of a row-stationary command computing filters ``w`` (F, C, KH, KW), in the layout of
+    :func:`tessera.hw.layouts.rs_filter_word`."""
+    f, c, y, x = np.meshgrid(*map(np.arange, w.shape), indexing="ij")
+    word, lane = rs_filter_word(cfg, height, w.shape[3], q, chunks, len(w), f, c, y, x)
+    words = np.zeros((len(w) * filter_words, cfg.rows), np.int8)
+    words[word, lane] = w
+    return words
 
 
 def _band_rows(oy0, oy1, stride, pad_top, kh, in_h):

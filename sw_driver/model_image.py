@@ -9,7 +9,9 @@ An image is a NumPy ``.npz`` archive (a zip file) holding:
     ``batch`` (images a run computes), ``images_as_pixels`` (a fully connected chain computing them as the pixels
     of one map), ``vector_out`` (its last step is on the vector unit: one VECTOR packet per image), ``in_shape``,
     ``out_shape``, ``input_base``, ``outputs`` (per RESULT packet its image, first pixel, first channel and rows;
-    per VECTOR packet its image) and memory ``plan`` (each tensor's words in the activation and vector buffers).
+    per VECTOR packet its image; on row-stationary arrays its image, first output row, first filter and rows, the
+    filters' ``result_columns`` each, their lanes images where ``images_as_rows``) and memory ``plan`` (each
+    tensor's words in the activation and vector buffers).
 ``model``
     The quantized ONNX model's bytes: the layers outside segments run from it, as ``tessera run`` runs them.
 ``segment<i>_load``, ``segment<i>_run``
@@ -96,7 +98,7 @@ def write_image(image, path):
             entry.update(batch=model.batch, images_as_pixels=model.images_as_pixels, vector_out=model.vector_out,
                          in_shape=list(model.in_shape), out_shape=list(model.out_shape), input_base=model.input_base,
                          outputs=[o if isinstance(o, int) else list(o) for o in model.outputs], macs=model.macs,
-                         plan=model.plan)
+                         plan=model.plan, result_columns=model.result_columns, images_as_rows=model.images_as_rows)
             arrays[f"segment{i}_load"] = model.load_words
             arrays[f"segment{i}_run"] = model.run_words
             entry["stream_sections"] = [section for section, _ in model.stream_loads]
@@ -151,7 +153,8 @@ def read_image(path, cfg):
                 outputs=[o if isinstance(o, int) else tuple(o) for o in entry["outputs"]],
                 stream_loads=[(section, archive[f"segment{i}_stream{k}"])
                               for k, section in enumerate(entry["stream_sections"])],
-                plan=entry["plan"])
+                plan=entry["plan"], result_columns=entry.get("result_columns", 0),
+                images_as_rows=entry.get("images_as_rows", False))
         segments.append(segment)
     return ModelImage(cfg, archive["model"].tobytes(), segments)
 

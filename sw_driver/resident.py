@@ -34,6 +34,8 @@ from tessera.sw_driver.compiler import (
     conv_as_gemm_weights,
     conv_limits_violation,
     conv_output_shape,
+    rs_filter_shape,
+    rs_group_weights,
 )
 from tessera.sw_driver.isa_encode import instruction, load, stored_program
 from tessera.sw_driver.resident_schedule import Task, schedule
@@ -81,6 +83,17 @@ class _LayerTiles(NamedTuple):
     tile_words: list
     geometry: dict
     whole_maps: bool
+
+
+class _RsTiles(NamedTuple):
+    groups: list         # ranges of consecutive filters, a command each
+    weights: list        # each group's weight words
+    tile_words: list
+    geometry: dict
+    chunks: int
+    pass_cycles: int     # a filter's MACs per output column over all passes (the array's steps)
+    whole_maps: bool
+    x_offsets: list      # where each group's command reads the map, from the map's first word
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +178,12 @@ class ResidentModel:
     vector_out: bool = False
     # (program section, LOAD words): the weights of a streamed layer, which the host sends before that section
     stream_loads: list = dataclasses.field(default_factory=list)
+    # row-stationary arrays: the output columns of each filter in the last layer's commands (its geometry's out_w;
+    # the batch's images where it reads them as the pixels of one map)
+    result_columns: int = 0
+    # ... and their lanes are the batch's images, not output rows (a whole-map layer, or a fully connected chain,
+    # reads the images as the pixels of one column, so that each command computes ``cols`` of them at once)
+    images_as_rows: bool = False
 
     @property
     def commands(self):
@@ -179,7 +198,7 @@ class ResidentModel:
             raise ValueError(f"a resident model's input is int8 [1 to {self.batch}, {shape}]; got "
                              f"{x.dtype}{list(x.shape)}")
         channels, rows = x.shape[1], self.cfg.rows
-        if self.images_as_pixels:
+        if self.images_as_pixels:    # (one map, whose pixels lie one after another, in a row or a column alike)
             x = x.reshape(len(x), channels).T.reshape(1, channels, 1, len(x))
         fmap = np.zeros((len(x), *x.shape[2:], math.ceil(channels / rows) * rows), np.int8)
         fmap[..., :channels] = x.transpose(0, 2, 3, 1)
@@ -221,6 +240,8 @@ class ResidentModel:
                 words = np.asarray(body, np.int8).reshape(out_h, out_w, -1)
                 y[image] = words[..., :out_channels].transpose(2, 0, 1)
             return y
+        if self.cfg.dataflow == "rs":
+            return self._assemble_columns(results)
         pixels = out_h * out_w
         outputs = [(image * pixels + p0, n0, rows) for image, p0, n0, rows in self.outputs]
         program = Program(words=np.zeros(0, np.uint32), outputs=outputs, m=self.batch * pixels, n=out_channels,
@@ -229,11 +250,28 @@ class ResidentModel:
         return y.reshape(self.batch, out_h, out_w, out_channels).transpose(0, 3, 1, 2)
 
 
+    def _assemble_columns(self, results):
+        """The outputs of a row-stationary model: each command's rows are its filters' output columns, their lanes
+        the output rows from the command's first (or the batch's images from that one)."""
+        out_channels, out_h, out_w = self.out_shape
+        y = np.zeros((self.batch, out_channels, out_h, out_w), np.int8)
+        for (image, oy0, f0, rows), block in zip(self.outputs, results, strict=True):
+            block = np.asarray(block, np.int8).reshape(rows // self.result_columns, self.result_columns, -1)
+            filters = slice(f0, f0 + len(block))
+            if self.images_as_rows:
+                valid = min(self.cfg.cols, self.batch - oy0)
+                y[oy0:oy0 + valid, filters, 0, 0] = block[:, 0, :valid].T
+            else:
+                valid = min(self.cfg.cols, out_h - oy0)
+                y[image, filters, oy0:oy0 + valid] = block[..., :valid].transpose(0, 2, 1)
+        return y
+
+
 def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     """Compile ``layers`` (a list of :class:`Step`, or a chain of :class:`DeviceLayer` each reading the one before)
-    for an input of ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (ws or os; the row-stationary
-    array's results leave as columns and are not stored yet). ``bases`` (``{"weight", "param", "program"}``,
-    default all 0) are the first words of those memories the model may take: other models stay loaded below them.
+    for an input of ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (any dataflow). ``bases``
+    (``{"weight", "param", "program"}``, default all 0) are the first words of those memories the model may take:
+    other models stay loaded below them.
     ``bases["weight_top"]`` (default weight_depth) and ``bases["stream_floor"]`` (default 0) bound the weight
     words it may use: where its weights do not fit, the largest layers' are streamed (the host sends them with
     every run, into the bottom words) and the rest stay resident.
@@ -241,9 +279,6 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
 
     Raises TilingError, naming what does not fit, if the weights, parameters, feature maps or program do not
     fit the configuration's buffers, or a step is not one the device keeps on chip."""
-    if cfg.dataflow == "rs":
-        raise TilingError("resident models run on ws and os arrays; a row-stationary array's result rows are "
-                          "output columns, which it does not store on chip yet (accepted: --per-layer)")
     if not layers:
         raise TilingError("a resident model needs at least one layer")
     if all(isinstance(step, Step) and isinstance(step.op, DeviceLayer) and step.inputs == (index,)
@@ -251,9 +286,11 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
         layers = [step.op for step in layers]    # a chain
     chain = all(isinstance(layer, DeviceLayer) for layer in layers)
     if chain and batch > 1 and _fully_connected(layers, in_shape):
-        model = compile_resident(cfg, layers, (in_shape[0], 1, batch), bases)
+        # (a row-stationary array computes cols output rows at once: there, the images are a column's pixels)
+        rows_stationary = cfg.dataflow == "rs"
+        model = compile_resident(cfg, layers, (in_shape[0], *((batch, 1) if rows_stationary else (1, batch))), bases)
         return dataclasses.replace(model, batch=batch, in_shape=tuple(in_shape), out_shape=(model.out_shape[0], 1, 1),
-                                   images_as_pixels=True)
+                                   images_as_pixels=True, images_as_rows=rows_stationary)
     steps = [Step(layer, (index,)) for index, layer in enumerate(layers)] if chain else list(layers)
     bases = {"weight": 0, "param": 0, "program": 0, "weight_top": cfg.weight_depth, "stream_floor": 0,
              **(bases or {})}
@@ -280,6 +317,7 @@ class _Compilation:
         self.weights, self.params, self.outputs = [], [], []
         self.weight_base, self.param_base = self.bases["weight"], bases["param"]
         self.array_cycles = self.vector_cycles = 0
+        self.result_columns, self.images_as_rows = 0, False
 
     def _shapes(self, in_shape):
         """(C, H, W) of every tensor, after checking that each step is one the device keeps on chip."""
@@ -315,14 +353,15 @@ class _Compilation:
     def _reads_by_block(self, index):
         """Whether array layer ``index`` reads a map that lies channel block by channel block, image by image, pixel
         by pixel ([block][image][pixel], one word each) rather than pixel by pixel: it is a channelwise layer (a
-        global pool) on an array as wide as it is tall, and the only reader of a map the array writes. Each of its
-        output tiles then reads only its own channel block: its commands step through the map's pixels, not all
-        its words."""
+        global pool) on an array as wide as it is tall (or a row-stationary one), and the only reader of a map the
+        array writes. Each of its output tiles (filter groups) then reads only its own channel block: its commands
+        step through the map's pixels, not all its words."""
         layer, (source,) = self.steps[index].op, self.steps[index].inputs
         channels, h, w = self.shapes[source]
-        return (self.cfg.rows == self.cfg.cols and layer.channelwise and source > 0 and self._on_array(source - 1)
-                and self.readers[source] == [index] and not self.in_vec[source] and (h, w) == tuple(layer.kernel)
-                and not any(layer.pads))
+        # (ws and os: an output tile is cols channels, a block rows of them; rs commands take filters of one block)
+        return ((self.cfg.rows == self.cfg.cols or self.cfg.dataflow == "rs") and layer.channelwise and source > 0
+                and self._on_array(source - 1) and self.readers[source] == [index] and not self.in_vec[source]
+                and (h, w) == tuple(layer.kernel) and not any(layer.pads))
 
     def _check_windows(self):
         """Each array layer's window within the device's limits, unless it covers the whole map (read as one
@@ -420,7 +459,10 @@ class _Compilation:
         by_op = []       # each op's tasks' indices
         tasks = []
         for kind, index in self.ops:
-            made = self._layer(index) if kind == "step" and self._on_array(index) else self._vector(kind, index)
+            if kind == "step" and self._on_array(index):
+                made = self._rs_layer(index) if cfg.dataflow == "rs" else self._layer(index)
+            else:
+                made = self._vector(kind, index)
             by_op.append(list(range(len(tasks), len(tasks) + len(made))))
             tasks += [dataclasses.replace(task, op=len(by_op) - 1) for task in made]
         self._dependencies(tasks, by_op)
@@ -463,7 +505,8 @@ class _Compilation:
         return ResidentModel(cfg=cfg, batch=batch, in_shape=self.shapes[0], out_shape=self.shapes[-1],
                              load_words=np.concatenate(load_words), run_words=np.concatenate(runs),
                              input_base=self.act_offsets[0], outputs=self.outputs, macs=macs, plan=plan,
-                             vector_out=not self._on_array(len(self.steps) - 1), stream_loads=stream_loads)
+                             vector_out=not self._on_array(len(self.steps) - 1), stream_loads=stream_loads,
+                             result_columns=self.result_columns, images_as_rows=self.images_as_rows)
 
     def _destination(self, t):
         """Where the step writing tensor ``t`` stores it: its StoreTarget, first word (of image 0), lanes per word
@@ -480,6 +523,8 @@ class _Compilation:
         return self._tile_cache[index]
 
     def _make_tiles(self, index):
+        if self.cfg.dataflow == "rs":
+            return self._make_rs_tiles(index)
         cfg, layer = self.cfg, self.steps[index].op
         R, C = cfg.rows, cfg.cols
         (source,), t = self.steps[index].inputs, index + 1
@@ -507,6 +552,49 @@ class _Compilation:
                             stride=1, pad_top=0, pad_left=0)
         stored, sparse, tile_words = _weight_tiles(cfg, gemm, folds)
         return _LayerTiles(gemm, folds, stored, sparse, tile_words, geometry, whole_maps)
+
+    def _make_rs_tiles(self, index):
+        """A row-stationary layer's filter groups (one command each, of consecutive filters: every filter runs, so
+        that its outputs are stored), their weight words and its CONV_SETUP geometry."""
+        cfg, layer, R = self.cfg, self.steps[index].op, self.cfg.rows
+        (source,), t = self.steps[index].inputs, index + 1
+        (channels, in_h, in_w), (out_channels, _, out_w) = self.shapes[source], self.shapes[t]
+        w, (kh, kw), stride, pads = layer.w, layer.kernel, layer.strides[0], layer.pads
+        whole_maps = self._whole_map(index, layer, self.shapes[source])
+        by_block, pixels = source in self.block_major, in_h * in_w
+        if by_block:        # filter f sums only its own channel, in block f // rows: the map's block-major words of
+            # that block are its image's pixels, one block each
+            taps = w.reshape(out_channels, channels, in_h * in_w)
+            by_pixel = np.zeros((out_channels, in_h * in_w, R), np.int8)
+            for f in range(out_channels):
+                first = f // R * R
+                by_pixel[f, :, :min(channels, first + R) - first] = taps[f, first:first + R].T
+            w = by_pixel.reshape(out_channels, -1, 1, 1)
+        elif whole_maps:    # each image's map is one pixel of its words' channel blocks
+            w = conv_as_gemm_weights(w, R, math.ceil(channels / R)).T.reshape(out_channels, -1, 1, 1)
+        if whole_maps:      # a 1x1 conv over the batch's maps as the pixels of one column: cols images a command
+            channels, in_h, in_w, out_w, (kh, kw), stride, pads = w.shape[1], self.batch, 1, 1, (1, 1), 1, \
+                (0, 0, 0, 0)
+        check_gemm_operands(np.zeros((1, w[0].size), np.int8), w.reshape(out_channels, -1).T, layer.bias,
+                            layer.scale, layer.y_zp)
+        if out_w > cfg.acc_half_depth:
+            raise TilingError(f"layer {index}: output width {out_w} exceeds an accumulator half ({cfg.acc_half_depth} "
+                              f"rows; accepted: acc_depth >= {2 * out_w})")
+        chunks, height, q, filter_words = rs_filter_shape(cfg, kh, kw, channels)
+        per_group = max(1, min(cfg.rs_filters, cfg.acc_half_depth // out_w))
+        # a group's filters lie in one channel block where a block-major map is read or written
+        block = R if by_block or t in self.block_major else out_channels
+        groups = [range(f0, min(out_channels, f0 + per_group, first + block))
+                  for first in range(0, out_channels, block) for f0 in range(first, min(out_channels, first + block),
+                                                                              per_group)]
+        weights = [rs_group_weights(cfg, w[group.start:group.stop], height, q, chunks, filter_words)
+                   for group in groups]
+        # where each group's command reads the map: a block-major map's block of the group's filters
+        x_offsets = [group.start // R * self.batch * pixels if by_block else 0 for group in groups]
+        geometry = dict(in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=math.ceil(channels / R),
+                        kernel_h=height, kernel_w=kw, stride=stride, pad_top=pads[0], pad_left=pads[1])
+        return _RsTiles(groups, weights, [len(words) for words in weights], geometry, chunks,
+                        chunks * geometry["channel_blocks"] * q * kw, whole_maps, x_offsets)
 
     def _streamed(self):
         """The array layers whose weights the host sends with every run, into the weight buffer's bottom words,
@@ -542,14 +630,7 @@ class _Compilation:
         _check_fits("param", self.param_base + gemm.n_tiles, cfg.param_depth)
         weights = [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
                    if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
-        if index in self.streamed:
-            tile_bases = np.cumsum([0] + tile_words[:-1])
-            self.stream_loads[index] = load(cfg, BufferId.WEIGHT, 0, np.concatenate(weights))
-        else:
-            _check_fits("weight", self.weight_base + sum(tile_words), cfg.weight_depth)
-            self.weights += weights
-            tile_bases = self.weight_base + np.cumsum([0] + tile_words[:-1])
-            self.weight_base += sum(tile_words)
+        tile_bases = self._place_weights(index, weights, tile_words)
         self.params.append((gemm.bias.reshape(gemm.n_tiles, C), gemm.scale.reshape(gemm.n_tiles, C)))
         param_base = self.param_base
         self.param_base += gemm.n_tiles
@@ -590,6 +671,73 @@ class _Compilation:
                         sparse=int(sparse[n]), **store)))
                     if last:
                         self.outputs.append((image, p0, first, rows))
+            return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)
+
+        return [task(0)] if whole_maps else [task(image) for image in range(self.batch)]
+
+    def _place_weights(self, index, weights, tile_words):
+        """The first word of each of array layer ``index``'s weight tiles: resident above the others' or, streamed,
+        in the bottom words that the host loads before its section."""
+        cfg = self.cfg
+        if index in self.streamed:
+            self.stream_loads[index] = load(cfg, BufferId.WEIGHT, 0, np.concatenate(weights))
+            return np.cumsum([0] + tile_words[:-1])
+        _check_fits("weight", self.weight_base + sum(tile_words), cfg.weight_depth)
+        self.weights += weights
+        bases = self.weight_base + np.cumsum([0] + tile_words[:-1])
+        self.weight_base += sum(tile_words)
+        return bases
+
+    def _rs_layer(self, index):
+        """A row-stationary layer's tasks: per image (or one for the batch) and band of ``cols`` output rows, a
+        command per filter group, whose rows (output columns) are stored channel by channel
+        (:func:`tessera.hw.layouts.store_setup_layout`)."""
+        cfg, layer = self.cfg, self.steps[index].op
+        (source,), t = self.steps[index].inputs, index + 1
+        groups, weights, tile_words, geometry, chunks, pass_cycles, whole_maps, x_offsets = self._tiles(index)
+        out_channels = self.shapes[t][0]
+        tile_bases = self._place_weights(index, weights, tile_words)
+        # parameter word f: filter f's bias and scale in every lane
+        _check_fits("param", self.param_base + out_channels, cfg.param_depth)
+        self.params.append((np.repeat(np.asarray(layer.bias)[:, None], cfg.cols, axis=1),
+                            np.repeat(np.asarray(layer.scale)[:, None], cfg.cols, axis=1)))
+        param_base = self.param_base
+        self.param_base += out_channels
+        last = t == len(self.steps)
+        target, base, lanes_per_word, out_blocks = (None, 0, 1, 1) if last else self._destination(t)
+        out_h, out_w = (self.batch, 1) if whole_maps else self.shapes[t][1:]
+        if last:
+            self.result_columns, self.images_as_rows = out_w, whole_maps
+        setup = instruction(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
+        in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), out_h * out_w * out_blocks
+
+        # a block-major map ([block][image][pixel]) is a map of one block per pixel, block after block
+        by_block = t in self.block_major
+        pixel_words = 1 if by_block else out_blocks
+
+        def task(image):
+            items, cost = [(Opcode.CONV_SETUP, setup)], 0
+            for oy0 in range(0, out_h, cfg.cols):
+                for group, w_base, x_offset in zip(groups, tile_bases, x_offsets, strict=True):
+                    store = {}
+                    if not last:
+                        items.append((Opcode.STORE_SETUP, instruction(
+                            cfg, Opcode.STORE_SETUP, lane=group.start % lanes_per_word,
+                            lanes=min(cfg.cols, out_h - oy0), stride=pixel_words, lane_stride=out_w * pixel_words)))
+                        block = group.start // lanes_per_word
+                        first = ((block * self.batch + image) * out_h * out_w if by_block
+                                 else image * out_words + block)
+                        store = {"store": int(target), "s_base": base + first + oy0 * out_w * pixel_words}
+                    steps = len(group) * pass_cycles * (out_w + 1)
+                    self.array_cycles += steps
+                    cost += steps + cfg.rows + cfg.cols
+                    items.append((Opcode.GEMM, instruction(
+                        cfg, Opcode.GEMM, m=len(group) * out_w, k=geometry["channel_blocks"], filters=len(group),
+                        x_base=in_base + x_offset + image * in_words, w_base=int(w_base),
+                        p_base=param_base + group.start, y_zp=int(layer.y_zp), conv=1, out_y=oy0, out_x=chunks,
+                        **store)))
+                    if last:
+                        self.outputs.append((image, oy0, group.start, len(group) * out_w))
             return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)
 
         return [task(0)] if whole_maps else [task(image) for image in range(self.batch)]

@@ -63,3 +63,23 @@ def test_demo_with_an_approximate_multiplier_equals_its_golden_model(tmp_path, c
     summary = json.loads(report.read_text())
     gap = [layer for layer in summary["layers"] if layer["op"] == "GlobalAveragePool"]
     assert gap[0]["target"] == "host" and "drum4" in gap[0]["reason"]
+
+
+def test_demo_on_a_row_stationary_array_stays_resident_and_beats_per_layer(tmp_path, capsys):
+    # rs results are output columns, stored channel by channel: the whole model stays on chip there too, and an
+    # image costs fewer cycles than sending every layer over the link (rs filters take more weight words, with
+    # lanes left empty where the kernel's rows do not fill the array's, and a parameter word each; room for
+    # batches of images, each logit its own result row)
+    cfg = AcceleratorConfig(rows=4, cols=4, dataflow="rs", act_depth=2048, weight_depth=8192, acc_depth=64,
+                            param_depth=256, vec_depth=2048)
+    summaries = {}
+    for per_layer in (False, True):
+        report = tmp_path / f"demo_{per_layer}.json"
+        assert run_demo(cfg, batch=8, images=16, build_root=tmp_path, report=report, per_layer=per_layer) == 0
+        assert "equal to onnxruntime's, image by image: 16 of 16" in capsys.readouterr().out
+        summaries[per_layer] = json.loads(report.read_text())
+    resident, per_layer = summaries[False]["per_inference"], summaries[True]["per_inference"]
+    assert summaries[False]["mode"] == "resident"
+    assert resident["link_bytes_in"] + resident["link_bytes_out"] <= 1.5 * (64 + 10) + 32
+    assert resident["energy_pj"]["link"] <= 0.1 * resident["energy_pj"]["total"]
+    assert resident["cycles"] <= per_layer["cycles"]

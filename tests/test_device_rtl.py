@@ -121,15 +121,19 @@ def test_resident_programs_run_again_from_program_memory(cfg, stall):
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"program_{stall}")
 
 
-#: Resident models on arrays of both dataflows that store (ws, os), with rows dividing cols, cols dividing rows and
-#: neither (a stored row then starts and ends mid-word), one with single-port buffers (tests/test_resident.py runs
-#: whole models on 4x4 ws and os arrays)
+#: Resident models on arrays of every dataflow, with rows dividing cols, cols dividing rows and neither (a stored
+#: row then starts and ends mid-word), one with single-port buffers (tests/test_resident.py runs whole models on
+#: 4x4 arrays of each)
 RESIDENT_CONFIGS = [
     dataclasses.replace(CONFIGS[3], act_depth=2048, weight_depth=2048, param_depth=64),
     AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=2048, weight_depth=2048, acc_depth=64, param_depth=64,
                       link_timeout=64),
     AcceleratorConfig(rows=3, cols=2, dataflow="ws", act_depth=2048, weight_depth=2048, acc_depth=32, param_depth=64,
                       link_timeout=64),
+    # row-stationary: stored rows are output columns, written lane by lane; groups of three filters step over the
+    # activation words' four lanes and the vector words' four into the next word mid-command
+    AcceleratorConfig(rows=4, cols=3, dataflow="rs", act_depth=2048, weight_depth=4096, acc_depth=64, param_depth=128,
+                      link_timeout=64, rs_filters=3),
 ]
 
 

@@ -10,8 +10,10 @@ import onnxruntime as ort
 import pytest
 
 from tessera.gen.config import AcceleratorConfig
+from tessera.hw.isa import Opcode
 from tessera.sw_driver.cli import main
 from tessera.sw_driver.compiler import TilingError
+from tessera.sw_driver.isa_encode import disassemble
 from tessera.sw_driver.model_compiler import compile_model
 from tessera.sw_driver.model_image import ImageError, compile_image, read_image, write_image
 from tessera.sw_driver.onnx_import import load_model
@@ -78,11 +80,19 @@ class TestCompileResident:
         with pytest.raises(TilingError, match=match):
             compile_resident(AcceleratorConfig(**{**self.CFG.to_dict(), **cfg}), layers, (3, 6, 6))
 
-    def test_row_stationary_results_are_not_stored(self):
-        layers = self._chain([{"out_channels": 2, "kernel": 1}])
-        cfg = AcceleratorConfig(**{**self.CFG.to_dict(), "dataflow": "rs"})
-        with pytest.raises(TilingError, match="row-stationary"):
-            compile_resident(cfg, layers, (3, 6, 6))
+    def test_row_stationary_rows_are_stored_channel_by_channel(self):
+        # rs rows are one filter's output column: each lane (an output row) a word of its own, out_w words on
+        layers = self._chain([{"out_channels": 6, "kernel": 3, "pad": 1}, {"out_channels": 2, "kernel": 1}])
+        cfg = AcceleratorConfig(**{**self.CFG.to_dict(), "dataflow": "rs", "param_depth": 64})
+        model = compile_resident(cfg, layers, (3, 6, 6))
+        (_, _, program), *_ = disassemble(cfg, model.load_words)    # its first LOAD stores the program
+        setups = [operands for opcode, operands, _ in disassemble(cfg, program) if opcode == Opcode.STORE_SETUP]
+        # 6 channels in words of 4 lanes: 2 words a pixel, 6 pixels a map row; 4 output rows a band, then 2
+        assert {(s["lane_stride"], s["stride"]) for s in setups} == {(2 * 6, 2)}
+        assert {s["lanes"] for s in setups} == {4, 2}
+        # the last layer's rows leave: its 2 filters' 6 output columns, in two bands
+        assert [rows for _, _, _, rows in model.outputs] == [12, 12]
+        assert model.result_columns == 6 and not model.images_as_rows
 
     def test_batches_halve_until_the_maps_fit(self, tmp_path):
         graph = load_model(_quantized(tmp_path, "sequential"))
@@ -186,7 +196,7 @@ def _run(tmp_path, model_path, x, *extra):
 @pytest.mark.rtl
 class TestResidentRuns:
     @pytest.mark.parametrize("net", sorted(_NETS))
-    @pytest.mark.parametrize("dataflow", ["ws", "os"])
+    @pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
     def test_small_models_run_resident_bit_exact(self, tmp_path, net, dataflow):
         path = _quantized(tmp_path, net, activation=QuantType.QInt8 if dataflow == "os" else QuantType.QUInt8)
         x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
@@ -234,15 +244,6 @@ class TestResidentRuns:
         # the streamed weights are in every inference's link bytes, the others only in the one-time load
         plan = streamed[0]["plan"]
         assert report["per_inference"]["link_bytes_in"] > 4 * plan["stream_words"]
-
-    def test_a_row_stationary_device_runs_the_model_per_layer_and_says_why(self, tmp_path):
-        path = _quantized(tmp_path, "sequential")
-        x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
-        status, y, report = _run(tmp_path, path, x, "--rows", "4", "--cols", "4", "--dataflow", "rs")
-        assert status == 0
-        np.testing.assert_array_equal(y, _onnxruntime(path, x))
-        assert report["segments"] and not any(s["resident"] for s in report["segments"])
-        assert all("row-stationary" in s["reason"] for s in report["segments"])
 
     def test_a_compiled_image_runs_and_another_configuration_is_refused(self, tmp_path, capsys):
         path = _quantized(tmp_path, "sequential")

@@ -269,7 +269,8 @@ async def device_program(dut):
         assert [code for code, _ in packets.errors] == [ErrorCode.BAD_PROGRAM], packets.errors
 
     # stores the device must refuse: before any STORE_SETUP, a setup of no lanes, past the activation buffer, of
-    # raw rows (and any store on a row-stationary array); and the other new fields' bad values
+    # raw rows (on a row-stationary array, which runs only conv commands, these GEMMs are refused as such); and the
+    # other new fields' bad values
     def gemm(**fields):
         return instruction(cfg, Opcode.GEMM, m=2, k=1, x_base=0, w_base=0, p_base=0, **fields)
     rs = cfg.dataflow == "rs"
@@ -294,6 +295,22 @@ async def device_program(dut):
         ([load(cfg, BufferId.ACT, 0, np.zeros((2, cfg.rows + 1), np.int8), lanes=cfg.rows + 1)],
          ErrorCode.BAD_BUFFER),
     ]
+    if rs:  # conv commands whose stored columns would reach past the buffer: a row's last lane, or a filter's
+        # channel in the word after the last
+        setup = instruction(cfg, Opcode.CONV_SETUP, in_h=1, in_w=1, out_w=1, channel_blocks=1, kernel_h=1, kernel_w=1,
+                            stride=1)
+
+        def conv(filters, s_base):
+            return instruction(cfg, Opcode.GEMM, m=filters, k=1, filters=filters, x_base=0, w_base=0, p_base=0,
+                               conv=1, store=StoreTarget.ACT, s_base=s_base)
+        bad_stores += [
+            ([setup, instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=min(2, cfg.cols), stride=1,
+                                 lane_stride=cfg.act_depth - 1), conv(1, 1)], ErrorCode.OUT_OF_RANGE),
+            ([setup, instruction(cfg, Opcode.STORE_SETUP, lane=cfg.rows - 1, lanes=1, stride=1),
+              conv(min(2, cfg.rs_filters), cfg.act_depth - 1)],
+             ErrorCode.OUT_OF_RANGE if min(2, cfg.rs_filters) == 2 else None),
+        ]
+        bad_stores = [(words, code) for words, code in bad_stores if code is not None]
     for words, code in bad_stores:
         words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
         packets = parse_packets(cfg, await tb.exchange(words, 2 + 1 + len(COUNTERS), what="a bad store"))
@@ -361,6 +378,8 @@ def _resident_act_writes(cfg, model, images):
     channels, in_h, in_w = tensors[0]["shape"]
     # (a fully connected chain's images are the pixels of one map: its plan is of that map)
     words = images * (1 if model.images_as_pixels else in_h * in_w) * -(-channels // cfg.rows)
+    if cfg.dataflow == "rs":    # each stored element a write of its own
+        return words + model.plan["batch"] * sum(int(np.prod(t["shape"])) for t in tensors[1:])
     for out_channels, out_h, out_w in (t["shape"] for t in tensors[1:]):
         words += model.plan["batch"] * sum(out_h * out_w * store_words(cfg.rows, first % cfg.rows,
                                                                min(cfg.cols, out_channels - first))

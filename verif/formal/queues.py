@@ -89,7 +89,7 @@ class CommandQueuesSpec(FormalSpec):
             assume_stream(m, getattr(queues, name), name)
         for name in ("cmd", "result_rows", "vec_cmd"):
             assert_stream(m, getattr(queues, name), name)
-        for name in ("completed", "vec_completed", "core_idle", "vec_idle", "store_setup"):
+        for name in ("completed", "vec_completed", "core_idle", "vec_idle", "store_setup", "filter_rows"):
             free(m, getattr(queues, name))
 
         gemm, vector = queues.gemm, queues.vector
@@ -101,7 +101,9 @@ class CommandQueuesSpec(FormalSpec):
         m.d.comb += [descriptor.rows.eq(Mux(gemm.payload.raw, gemm.payload.m << 2, gemm.payload.m)),
                      descriptor.store.eq(gemm.payload.store), descriptor.base.eq(gemm.payload.s_base),
                      descriptor.lane.eq(setup.lane), descriptor.lanes.eq(setup.lanes),
-                     descriptor.stride.eq(setup.stride)]
+                     descriptor.stride.eq(setup.stride), descriptor.lane_stride.eq(setup.lane_stride)]
+        if self.cfg.dataflow == "rs":
+            m.d.comb += descriptor.filter_rows.eq(queues.filter_rows)
         result_rows = descriptor.as_value()
         vector_beat = vector.valid & vector.ready
         for name, write, read in (("commands", (gemm_beat, gemm.payload.as_value()), queues.cmd),
