@@ -45,10 +45,12 @@ demo: $(STAMP)
 
 # The layer suite on 8x8 and 16x16 arrays of every dataflow beside SCALE-Sim (its own venv under build/), with the
 # bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset. Then the four MLPerf Tiny models,
-# layer by layer and resident, on a 16x16 array (verif/bench_residency.py).
+# layer by layer and resident, on a 16x16 array (verif/bench_residency.py). BOARD=NAME (given, not the bitstream's
+# default) runs both on that board's default configuration at the clock its build meets.
+BOARD_ARG = $(if $(filter command line environment,$(origin BOARD)),--board $(BOARD))
 bench: $(STAMP)
-	$(BIN)/python -m tessera.verif.bench_suite $(BENCH_ARGS)
-	$(BIN)/python -m tessera.verif.bench_residency
+	$(BIN)/python -m tessera.verif.bench_suite $(BOARD_ARG) $(BENCH_ARGS)
+	$(BIN)/python -m tessera.verif.bench_residency $(BOARD_ARG)
 
 # Importer fuzzing for FUZZ_SECONDS: mutated quantized models and inputs through `tessera run`, one case in ten on the
 # 4x4 simulator; prints ran / refused / failed and each failure's seed with the command that reruns it. Each soak

@@ -118,6 +118,13 @@ def board_config(board, cfg=None, **overrides):
     return base.replace(link_timeout=_BOARD_LINK_TIMEOUT, **overrides)
 
 
+def board_configs():
+    """``{board name: configuration}``: each board's default configuration as ``tessera bitstream`` builds it, its
+    clock the one that build meets. Registered for ``--board`` on the driver's commands (run, compile, demo), which
+    sit below this layer (pyproject.toml, ``tessera.boards``)."""
+    return {name: board_config(board) for name, board in BOARDS.items()}
+
+
 class BoardTop(Elaboratable):
     """PLL, UART pins and the linked accelerator for ``board`` (see `Board`)."""
 

@@ -24,6 +24,18 @@ __all__ = ["main", "config_from_args", "add_config_arguments", "COMMAND_PLUGINS"
 #: Entry-point group through which higher layers (tessera.fpga: bitstream, deploy) add subcommands: each entry is
 #: a function that adds its parsers to the subparsers and returns ``{command: handler}``.
 COMMAND_PLUGINS = "tessera.commands"
+#: ... and through which tessera.fpga names its boards' default configurations (``--board``): each entry is a
+#: function returning ``{board name: AcceleratorConfig}``.
+BOARD_PLUGINS = "tessera.boards"
+
+
+def board_configs():
+    """``{board name: AcceleratorConfig}``: every registered board's default configuration, at the clock its
+    bitstream meets."""
+    boards = {}
+    for plugin in importlib.metadata.entry_points(group=BOARD_PLUGINS):
+        boards.update(plugin.load()())
+    return boards
 
 
 # -- argument types: each turns one option's text into its value or says, in one line, what is accepted ----------
@@ -93,11 +105,23 @@ def _target(text):
     raise argparse.ArgumentTypeError(f"{text!r} is not a target; accepted: sim, host, serial:PORT")
 
 
-def add_config_arguments(parser, title="accelerator configuration"):
-    """``--config``, ``--rows``, ``--cols``, ``--dataflow``, each checked as it is parsed."""
+def _board(text):
+    boards = board_configs()
+    if text not in boards:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a board; accepted: {', '.join(sorted(boards))}")
+    return text
+
+
+def add_config_arguments(parser, title="accelerator configuration", board=False):
+    """``--config``, ``--rows``, ``--cols``, ``--dataflow``, each checked as it is parsed; with ``board``,
+    ``--board`` too."""
     group = parser.add_argument_group(title)
     group.add_argument("--config", metavar="FILE", type=_config_file,
                        help="configuration file, " + " or ".join(CONFIG_SUFFIXES))
+    if board:
+        group.add_argument("--board", metavar="NAME", type=_board,
+                           help="a board's default configuration, at the clock its bitstream meets (latency is "
+                                "quoted at it): " + ", ".join(sorted(board_configs())))
     group.add_argument("--rows", type=_array_side, help=f"PE array rows (1-{MAX_ARRAY_DIM})")
     group.add_argument("--cols", type=_array_side, help=f"PE array columns (1-{MAX_ARRAY_DIM})")
     group.add_argument("--dataflow", type=_one_of(tuple(DATAFLOWS), "a dataflow"),
@@ -134,8 +158,16 @@ def carbon_from_args(args):
 
 
 def config_from_args(args):
-    """The configuration a command line names: the file (or the defaults), then single overrides."""
-    cfg = AcceleratorConfig.from_file(args.config) if args.config else AcceleratorConfig()
+    """The configuration a command line names: the file, the board's (``--board``) or the defaults, then single
+    overrides."""
+    board = getattr(args, "board", None)
+    if board and args.config:
+        raise UsageError(f"--board {board} and --config {args.config} both name a configuration; accepted: one of "
+                         f"them")
+    if board:
+        cfg = board_configs()[board]
+    else:
+        cfg = AcceleratorConfig.from_file(args.config) if args.config else AcceleratorConfig()
     return cfg.replace(rows=args.rows, cols=args.cols, dataflow=args.dataflow, multiplier=args.multiplier)
 
 
@@ -560,7 +592,7 @@ def _build_parser():
 
     demo = commands.add_parser("demo", help="the digits CNN, quantized by onnxruntime, on the simulated RTL: accuracy, "
                                             "cycles, utilisation, link bytes and energy")
-    add_config_arguments(demo)
+    add_config_arguments(demo, board=True)
     demo.add_argument("--batch", type=checked_argument(integer_argument, check_batch), default=60,
                       help="test images per device program, at least 1 (default 60)")
     demo.add_argument("--format", default="QOperator", type=_one_of(QUANT_FORMATS, "a quantization format"),
@@ -604,7 +636,7 @@ def _build_parser():
                           "each time (the default keeps runs of Conv and Gemm layers resident on the device)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="write each reason a layer ran on the host in full (default: cut to one line)")
-    add_config_arguments(run)
+    add_config_arguments(run, board=True)
 
     compile_ = commands.add_parser("compile", help="compile a quantized ONNX model into a deployable image (.tsr) "
                                                    "for a configuration: its resident segments' weights, parameters "
@@ -614,7 +646,7 @@ def _build_parser():
     compile_.add_argument("--batch", type=checked_argument(integer_argument, check_batch), default=1,
                           help="inputs a run of each resident segment computes, at most (fewer where its feature "
                                "maps would not fit; default 1)")
-    add_config_arguments(compile_)
+    add_config_arguments(compile_, board=True)
     return parser, commands
 
 

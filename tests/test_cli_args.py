@@ -118,3 +118,30 @@ class TestCacheDir:
         line = _usage_error(capsys, ["--cache-dir", str(tmp_path / "f"), "verilog"])
         assert line.startswith("tessera: error: argument --cache-dir:")
         assert os.environ[CACHE_ENV] == "/somewhere/else"
+
+
+class TestBoardArgument:
+    @pytest.mark.parametrize("command", ["demo", "run", "compile"])
+    def test_a_board_that_does_not_exist_names_the_boards(self, capsys, command):
+        extra = {"run": ["m.onnx", "--input", "x.npy"], "compile": ["m.onnx", "-o", "m.tsr"]}.get(command, [])
+        line = _usage_error(capsys, [command, *extra, "--board", "arty"])
+        assert line.startswith(f"tessera {command}: error: argument --board: 'arty' is not a board; accepted: ")
+        assert "icebreaker" in line and "ulx3s" in line
+
+    def test_a_board_and_a_configuration_file_are_refused_together(self, tmp_path, capsys):
+        (tmp_path / "c.toml").write_text("rows = 4\n")
+        assert main(["demo", "--board", "ulx3s", "--config", str(tmp_path / "c.toml")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--board ulx3s and --config" in err and "accepted: one of them" in err
+
+    @pytest.mark.parametrize("board, rows, cols, mhz", [("ulx3s", 20, 16, 81.0), ("icebreaker", 1, 1, 24.0)])
+    def test_the_demo_runs_on_the_boards_configuration_at_its_clock(self, monkeypatch, board, rows, cols, mhz):
+        from tessera.fpga.boards import BOARDS, board_config
+        seen = {}
+        monkeypatch.setattr(tessera.sw_driver.demo, "run_demo", lambda cfg, **kwargs: seen.update(cfg=cfg) or 0)
+        assert main(["demo", "--board", board]) == 0
+        assert (seen["cfg"].rows, seen["cfg"].cols, seen["cfg"].clock_mhz) == (rows, cols, mhz)
+        # the configuration its bitstream is built with (an image compiled for one runs on the other)
+        assert seen["cfg"].hash == board_config(BOARDS[board]).hash
+        assert main(["demo", "--board", board, "--dataflow", "os"]) == 0    # single fields on top of it
+        assert seen["cfg"].dataflow == "os" and seen["cfg"].rows == rows

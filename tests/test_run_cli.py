@@ -327,3 +327,22 @@ class TestNoSilentFallback:
         assert "tessera: warning: the model's one compute layer, 'Conv_4' (Conv), ran on the host" in err
         assert "does not tile onto this configuration" in out
         assert report["check"]["onnxruntime_mismatches"] == 0
+
+
+def test_a_boards_default_configuration_runs_and_quotes_latency_at_its_clock(tmp_path):
+    # the ULX3S-25F's: a 2x2 WS array at 75 MHz; latency is its cycles at that clock
+    rng = np.random.default_rng(5)
+    float_model = gemm_model(rng, m=3, k=6, n=5, trans_b=True)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    model_path, x_path, report = tmp_path / "q.onnx", tmp_path / "x.npy", tmp_path / "r.json"
+    model_path.write_bytes(model.SerializeToString())
+    x = random_inputs(rng, float_model)["x"]
+    np.save(x_path, x)
+    assert main(["run", str(model_path), "--input", str(x_path), "--output", str(tmp_path / "y.npy"), "--report",
+                 str(report), "--check", "--board", "ulx3s-25f"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _onnxruntime(model, x))
+    summary = json.loads(report.read_text())
+    per_inference = summary["per_inference"]
+    assert per_inference["latency_us"] == pytest.approx(per_inference["cycles"] / 75.0)
+    assert summary["config"]["rows"] == summary["config"]["cols"] == 2

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from tessera.fpga.boards import BOARDS, board_configs
 from tessera.gen.config import AcceleratorConfig
 from tessera.sw_driver.energy import layer_energy
 from tessera.sw_driver.model_compiler import compile_model, run_model
@@ -104,12 +105,15 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(MODELS), help=f"default: {','.join(MODELS)}")
     parser.add_argument("--width", type=float, default=1.0, help="channel width factor (1.0: the reference models)")
     parser.add_argument("--out", default="build/bench", help="output folder (default build/bench)")
+    parser.add_argument("--board", choices=sorted(BOARDS),
+                        help="the board's default configuration, at the clock its bitstream meets (default: a 16x16 "
+                             "WS array sized to hold the models)")
     args = parser.parse_args(argv)
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {unknown}; accepted: {', '.join(MODELS)}")
-    cfg = BENCH_CONFIG
+    cfg = board_configs()[args.board] if args.board else BENCH_CONFIG
     print(f"MLPerf Tiny, one inference each, per layer and resident, on {cfg.dataflow} {cfg.rows}x{cfg.cols} "
           f"(config {cfg.hash}, {cfg.clock_mhz:g} MHz), simulated RTL; every output equal to onnxruntime's")
     rows = []

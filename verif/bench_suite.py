@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera.fpga.boards import BOARDS, board_configs
 from tessera.gen.config import AcceleratorConfig, ConfigError
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import TilingError, compile_conv, compile_gemm, dense_group_weights
@@ -489,7 +490,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help=f"smoke subset: {', '.join(QUICK)}, 8x8 only")
     parser.add_argument("--layers", help="comma-separated layer names (default: the whole suite)")
     parser.add_argument("--arrays", type=_parse_arrays, help="e.g. 8x8,16x16 (default)")
-    parser.add_argument("--dataflows", default=",".join(DEFAULT_DATAFLOWS), help="default: ws,os,rs")
+    parser.add_argument("--dataflows", help="default: ws,os,rs (with --board: the board's)")
+    parser.add_argument("--board", choices=sorted(BOARDS),
+                        help="the board's default configuration, at the clock its bitstream meets, instead of "
+                             "--arrays")
     parser.add_argument("--batch", type=int, help=f"images per digits layer (default {DIGITS_BATCH})")
     parser.add_argument("--scalesim", choices=["run", "closed-form", "off"], default="run",
                         help="run SCALE-Sim (cached; layers over the budget use its closed form), closed form only, "
@@ -512,8 +516,15 @@ def main(argv=None):
     if args.batch:
         layers = [dataclasses.replace(layer, batch=args.batch, m=args.batch if layer.kind == "gemm" else layer.m)
                   if layer.name.startswith("digits") else layer for layer in layers]
-    arrays = args.arrays or ([(8, 8)] if args.quick else DEFAULT_ARRAYS)
-    configs = _configs(arrays, [d.strip() for d in args.dataflows.split(",") if d.strip()], print)
+    dataflows = [d.strip() for d in args.dataflows.split(",") if d.strip()] if args.dataflows else None
+    if args.board:
+        if args.arrays:
+            parser.error(f"--arrays and --board {args.board} both name the arrays; accepted: one of them")
+        board = board_configs()[args.board]
+        configs = [board.replace(dataflow=dataflow) for dataflow in dataflows or [board.dataflow]]
+    else:
+        arrays = args.arrays or ([(8, 8)] if args.quick else DEFAULT_ARRAYS)
+        configs = _configs(arrays, dataflows or list(DEFAULT_DATAFLOWS), print)
     payload = run_suite(layers, configs, out_dir=args.out, scalesim=args.scalesim,
                         scalesim_budget=args.scalesim_budget, costs=args.energy_table,
                         pictures=not args.no_pictures)
