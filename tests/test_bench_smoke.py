@@ -62,3 +62,31 @@ def test_a_wrong_answer_stops_the_bench(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_suite, "_operands", off_by_one)
     with pytest.raises(BenchError, match="differs from the golden model"):
         run_suite(LAYERS[:1], [CFG], out_dir=tmp_path, scalesim="off", pictures=False, log=lambda *a: None)
+
+
+def test_a_board_names_the_bench_configuration(tmp_path, monkeypatch, capsys):
+    from tessera.fpga.boards import BOARDS, board_config
+    seen = {}
+    monkeypatch.setattr(bench_suite, "run_suite", lambda layers, configs, **kwargs: seen.update(configs=configs)
+                        or {"rows": [], "summary": {}})
+    monkeypatch.setattr(bench_suite, "format_markdown", lambda payload: "")
+    assert bench_suite.main(["--board", "ulx3s", "--quick", "--out", str(tmp_path)]) == 0
+    assert [cfg.hash for cfg in seen["configs"]] == [board_config(BOARDS["ulx3s"]).hash]
+    assert bench_suite.main(["--board", "ulx3s", "--quick", "--dataflows", "os,rs", "--out", str(tmp_path)]) == 0
+    assert [(cfg.dataflow, cfg.rows, cfg.cols, cfg.clock_mhz) for cfg in seen["configs"]] == [
+        ("os", 20, 16, 81.0), ("rs", 20, 16, 81.0)]
+    with pytest.raises(SystemExit):
+        bench_suite.main(["--board", "ulx3s", "--arrays", "8x8"])
+    assert "--arrays and --board ulx3s both name the arrays" in capsys.readouterr().err
+
+
+def test_a_board_names_the_residency_bench_configuration(tmp_path, monkeypatch):
+    from tessera.fpga.boards import BOARDS, board_config
+    from tessera.verif import bench_residency
+    seen = []
+    monkeypatch.setattr(bench_residency, "run_model_both_ways", lambda name, cfg, folder, width: seen.append(cfg)
+                        or [])
+    assert bench_residency.main(["--board", "icebreaker", "--models", "ad_autoencoder", "--out", str(tmp_path)]) == 0
+    assert [cfg.hash for cfg in seen] == [board_config(BOARDS["icebreaker"]).hash]
+    written = json.loads((tmp_path / "residency.json").read_text())
+    assert written["config"]["clock_mhz"] == 24.0
