@@ -32,6 +32,7 @@ from tessera.hw.layouts import (
     weight_word,
 )
 from tessera.sw_driver.isa_encode import disassemble, instruction, load
+from tessera.sw_driver.space_to_depth import input_fold
 
 __all__ = ["Program", "compile_gemm", "compile_conv", "raw_results", "conv_output_shape", "dense_group_weights",
            "check_gemm_operands", "conv_limits_violation", "TilingError"]
@@ -528,6 +529,9 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
         raise TilingError(f"conv needs int8 x (C, H, W) or (N, C, H, W) and w (O, C, KH, KW) with matching C; "
                           f"got x {x.dtype}{x.shape}, w {w.dtype}{w.shape}")
     violation = conv_limits_violation(w.shape[2:], strides, pads)
+    fold = input_fold(w.shape[2:], strides, pads, x.shape[2:]) if violation else None
+    if fold is not None:    # a strided window past the device's: the host folds the input it sends
+        return _compile_folded_conv(cfg, fold, x, w, bias, scale, y_zp, pad_value, skip_zero_tiles, counted)
     if violation:
         raise TilingError(violation)
     if cfg.dataflow == "rs":
@@ -632,6 +636,19 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                    outputs=outputs, m=pixel_count, n=out_channels,
                    macs=pixel_count * int(counted.sum()) * kh * kw, macs_skipped=macs_skipped,
                    constants=skipped_tiles)
+
+
+def _compile_folded_conv(cfg, fold, x, w, bias, scale, y_zp, pad_value, skip_zero_tiles, counted):
+    """A strided convolution whose window the device cannot take, run on the input folded space-to-depth by the host
+    (:mod:`tessera.sw_driver.space_to_depth`): the same outputs, the layer's own MAC count."""
+    counted = np.ones(w.shape[:2], bool) if counted is None else np.asarray(counted, bool)
+    program = compile_conv(cfg, fold.input(x, pad_value), fold.weights(w), bias, scale, y_zp, pad_value=pad_value,
+                           skip_zero_tiles=skip_zero_tiles, counted=np.tile(counted, (1, fold.stride ** 2)))
+    own = len(x) * math.prod(fold.out_hw) * int(counted.sum()) * math.prod(fold.kernel)
+    # (the folded kernel's taps past the layer's are zero: skipped MACs scale with the MACs)
+    program.macs_skipped = program.macs_skipped * own // program.macs if program.macs else 0
+    program.macs = own
+    return program
 
 
 def _gemm_as_pointwise_conv(cfg, x, w, bias, scale, y_zp):

@@ -10,8 +10,9 @@ An image is a NumPy ``.npz`` archive (a zip file) holding:
     of one map), ``vector_out`` (its last step is on the vector unit: one VECTOR packet per image), ``in_shape``,
     ``out_shape``, ``input_base``, ``outputs`` (per RESULT packet its image, first pixel, first channel and rows;
     per VECTOR packet its image; on row-stationary arrays its image, first output row, first filter and rows, the
-    filters' ``result_columns`` each, their lanes images where ``images_as_rows``) and memory ``plan`` (each
-    tensor's words in the activation and vector buffers).
+    filters' ``result_columns`` each, their lanes images where ``images_as_rows``), ``input_fold`` (the host folds
+    each input space-to-depth: :mod:`tessera.sw_driver.space_to_depth`) and memory ``plan`` (each tensor's words
+    in the activation and vector buffers).
 ``model``
     The quantized ONNX model's bytes: the layers outside segments run from it, as ``tessera run`` runs them.
 ``segment<i>_load``, ``segment<i>_run``
@@ -24,6 +25,7 @@ An image is a NumPy ``.npz`` archive (a zip file) holding:
 An image loads only on the configuration it was compiled for (:func:`read_image` refuses any other by name).
 """
 
+import dataclasses
 import hashlib
 import json
 import zipfile
@@ -35,6 +37,7 @@ from tessera.gen.config import AcceleratorConfig
 from tessera.sw_driver.model_compiler import Segment, compile_model
 from tessera.sw_driver.onnx_import import load_model
 from tessera.sw_driver.resident import ResidentModel
+from tessera.sw_driver.space_to_depth import InputFold
 
 __all__ = ["IMAGE_FORMAT", "IMAGE_VERSION", "ImageError", "ModelImage", "compile_image", "compiler_digest",
            "image_model", "read_image", "write_image"]
@@ -98,7 +101,8 @@ def write_image(image, path):
             entry.update(batch=model.batch, images_as_pixels=model.images_as_pixels, vector_out=model.vector_out,
                          in_shape=list(model.in_shape), out_shape=list(model.out_shape), input_base=model.input_base,
                          outputs=[o if isinstance(o, int) else list(o) for o in model.outputs], macs=model.macs,
-                         plan=model.plan, result_columns=model.result_columns, images_as_rows=model.images_as_rows)
+                         plan=model.plan, result_columns=model.result_columns, images_as_rows=model.images_as_rows,
+                         input_fold=model.input_fold and dataclasses.asdict(model.input_fold))
             arrays[f"segment{i}_load"] = model.load_words
             arrays[f"segment{i}_run"] = model.run_words
             entry["stream_sections"] = [section for section, _ in model.stream_loads]
@@ -154,9 +158,17 @@ def read_image(path, cfg):
                 stream_loads=[(section, archive[f"segment{i}_stream{k}"])
                               for k, section in enumerate(entry["stream_sections"])],
                 plan=entry["plan"], result_columns=entry.get("result_columns", 0),
-                images_as_rows=entry.get("images_as_rows", False))
+                images_as_rows=entry.get("images_as_rows", False),
+                input_fold=_input_fold(entry.get("input_fold")))
         segments.append(segment)
     return ModelImage(cfg, archive["model"].tobytes(), segments)
+
+
+def _input_fold(fields):
+    """The space-to-depth fold of a segment's input, from its entry (lists back to tuples), or None."""
+    if not fields:
+        return None
+    return InputFold(**{name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()})
 
 
 def _difference(theirs, ours):

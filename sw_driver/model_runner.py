@@ -27,6 +27,7 @@ from tessera.sw_driver.layers import (
     MatMulInteger,
     MaxPool,
 )
+from tessera.sw_driver.space_to_depth import foldable
 from tessera.sw_driver.vector_compiler import add_params_for
 
 __all__ = ["LayerReport", "run_graph_on", "run_layer_on", "device_placement", "weight_parts"]
@@ -66,7 +67,7 @@ def device_placement(graph, layer, cfg):
         if tuple(layer.dilations) != (1, 1):
             return False, f"dilations {layer.dilations} (the device supports 1)"
         violation = conv_limits_violation(layer.w_q.shape[2:], layer.strides, layer.pads)
-        if violation:
+        if violation and not foldable(layer.w_q.shape[2:], layer.strides):   # (else the host folds its input)
             return False, violation
     elif not isinstance(layer, (Gemm, MatMulInteger)):
         return False, (f"{layer.kind} runs on the host (the device runs Gemm/MatMul, Conv, MatMulInteger, "

@@ -39,6 +39,7 @@ from tessera.sw_driver.compiler import (
 )
 from tessera.sw_driver.isa_encode import instruction, load, stored_program
 from tessera.sw_driver.resident_schedule import Task, schedule
+from tessera.sw_driver.space_to_depth import input_fold
 
 __all__ = ["AddStep", "DeviceLayer", "PoolStep", "ResidentModel", "Step", "compile_resident", "plan_memory"]
 
@@ -184,6 +185,8 @@ class ResidentModel:
     # ... and their lanes are the batch's images, not output rows (a whole-map layer, or a fully connected chain,
     # reads the images as the pixels of one column, so that each command computes ``cols`` of them at once)
     images_as_rows: bool = False
+    # the host folds each input image space-to-depth (its first layer's window, strided, exceeds the device's)
+    input_fold: object = None
 
     @property
     def commands(self):
@@ -197,6 +200,8 @@ class ResidentModel:
             shape = ", ".join(map(str, self.in_shape))
             raise ValueError(f"a resident model's input is int8 [1 to {self.batch}, {shape}]; got "
                              f"{x.dtype}{list(x.shape)}")
+        if self.input_fold is not None:
+            x = self.input_fold.input(x)
         channels, rows = x.shape[1], self.cfg.rows
         if self.images_as_pixels:    # (one map, whose pixels lie one after another, in a row or a column alike)
             x = x.reshape(len(x), channels).T.reshape(1, channels, 1, len(x))
@@ -294,7 +299,35 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     steps = [Step(layer, (index,)) for index, layer in enumerate(layers)] if chain else list(layers)
     bases = {"weight": 0, "param": 0, "program": 0, "weight_top": cfg.weight_depth, "stream_floor": 0,
              **(bases or {})}
-    return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
+    fold = _input_fold(cfg, steps, in_shape)
+    if fold is None:
+        return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
+    first = steps[0].op
+    folded = DeviceLayer(w=fold.weights(first.w), bias=first.bias, scale=first.scale, y_zp=first.y_zp,
+                         pad_value=first.pad_value, macs_per_pixel=first.own_macs_per_pixel)
+    model = _Compilation(cfg, [Step(folded, (0,)), *steps[1:]], fold.folded_shape(in_shape[0]), bases,
+                         batch).model()
+    return dataclasses.replace(model, in_shape=tuple(in_shape), input_fold=fold)
+
+
+def _input_fold(cfg, steps, in_shape):
+    """The fold of the model's input (:mod:`tessera.sw_driver.space_to_depth`), where its first layer alone reads
+    it: where that layer's strided window exceeds the device's, or (ws, os) where folded it runs fewer folds (a
+    first layer of few channels fills more of the array's rows: 3 channels at stride 2 become 12). None if
+    neither."""
+    first = steps[0]
+    if not isinstance(first.op, DeviceLayer) or first.inputs != (0,) or any(0 in step.inputs for step in steps[1:]):
+        return None
+    layer = first.op
+    fold = input_fold(layer.kernel, layer.strides, layer.pads, in_shape[1:])
+    if fold is None:
+        return None
+    channels, rows = in_shape[0], cfg.rows
+    fewer_folds = (math.prod(fold.folded_kernel) * math.ceil(channels * fold.stride ** 2 / rows)
+                   < math.prod(layer.kernel) * math.ceil(channels / rows))
+    if conv_limits_violation(layer.kernel, layer.strides, layer.pads) or (cfg.dataflow != "rs" and fewer_folds):
+        return dataclasses.replace(fold, pad_value=int(layer.pad_value))
+    return None
 
 
 class _Compilation:

@@ -150,10 +150,12 @@ class TestSegments:
 class TestImages:
     CFG = AcceleratorConfig(rows=4, cols=4)
 
-    @pytest.mark.parametrize("model", ["sequential", "resnet8"])
+    @pytest.mark.parametrize("model", ["sequential", "resnet8", "kws"])
     def test_an_image_reads_back_as_written(self, tmp_path, model):
-        # (ResNet-8 at a quarter width: its segment ends at its last Add, on the vector unit: VECTOR packets out)
-        path = quantized("ic_resnet8", tmp_path, width=0.25) if model == "resnet8" else _quantized(tmp_path, model)
+        # (ResNet-8 at a quarter width: its segment ends at its last Add, on the vector unit: VECTOR packets out; the
+        # DS-CNN's first conv reads its input folded space-to-depth)
+        mlperf = {"resnet8": "ic_resnet8", "kws": "kws_ds_cnn"}
+        path = quantized(mlperf[model], tmp_path, width=0.25) if model in mlperf else _quantized(tmp_path, model)
         image = compile_image(path, self.CFG, batch=4)
         write_image(image, tmp_path / "m.tsr")
         back = read_image(tmp_path / "m.tsr", self.CFG)
@@ -165,7 +167,9 @@ class TestImages:
                 np.testing.assert_array_equal(ours.model.run_words, theirs.model.run_words)
                 assert ours.model.outputs == theirs.model.outputs and ours.model.batch == theirs.model.batch
                 assert ours.model.vector_out == theirs.model.vector_out
+                assert ours.model.input_fold == theirs.model.input_fold
         assert any(s.model is not None and s.model.vector_out for s in back.segments) == (model == "resnet8")
+        assert any(s.model is not None and s.model.input_fold for s in back.segments) == (model == "kws")
 
     def test_another_configuration_is_refused_naming_what_differs(self, tmp_path):
         write_image(compile_image(_quantized(tmp_path, "sequential"), self.CFG), tmp_path / "m.tsr")
@@ -226,6 +230,27 @@ class TestResidentRuns:
         assert len(segment["layers"]) == 12 and segment["layers"][-1].startswith("QLinearAdd")
         # in: the image (3 channels packed); out: the last Add's 16 x 8 x 8 map, and the classifier's logits
         assert report["per_inference"]["link_bytes_in"] < 3 * 32 * 32 + 2 * 1024
+
+    @pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
+    def test_kws_runs_whole_on_the_device_bit_exact(self, tmp_path, dataflow):
+        # a quarter-width DS-CNN: its first conv (10x4, stride 2) exceeds the device's 7x7 window, so the host
+        # folds the input space-to-depth (a 5x2 conv over 4 channels); from there to the classifier one segment,
+        # only the Softmax (and the input's quantisation) on the host
+        path = quantized("kws_ds_cnn", tmp_path, width=0.25)
+        x = np.random.default_rng(3).normal(0, 1, (1, 1, 49, 10)).astype(np.float32)
+        config = tmp_path / "cfg.toml"
+        config.write_text(f'rows = 4\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
+                          f'weight_depth = 8192\n')
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        on_host = [layer["op"] for layer in report["layers"] if layer["target"] == "host"]
+        assert on_host == ["Quantize", "QLinearSoftmax", "Dequantize"], on_host
+        (segment,) = [s for s in report["segments"] if s["resident"]]
+        assert segment["layers"][0] == "QLinearConv_1" and segment["layers"][-1] == "QGemm_12"
+        # in: the folded input (4 channels of 29 x 6: the 49 x 10 map and the padding its windows read, packed)
+        # and a few instructions (its LOAD, the RUNs)
+        assert report["per_inference"]["link_bytes_in"] <= 4 * 29 * 6 + 4 * 16
 
     def test_weights_that_do_not_fit_are_streamed_and_the_report_says_which(self, tmp_path, capsys):
         # 256 weight words: the pooling net's tail (conv3, global pool, classifier) keeps its maps on chip, but

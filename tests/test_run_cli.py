@@ -112,6 +112,24 @@ def test_single_conv_runs_on_device_bit_exact(tmp_path, quant_format, kernel, st
     assert conv["counters"]["buffer_writes"]["act"] == 2 * 9 * 9 * 2
 
 
+@pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
+@pytest.mark.parametrize("kernel, stride, pads", [((10, 4), 2, (4, 1, 5, 1)), ((9, 9), 3, (1, 2, 0, 3))])
+def test_a_strided_kernel_past_the_window_runs_on_its_folded_input(tmp_path, dataflow, kernel, stride, pads):
+    # beyond 7x7: the host folds the input space-to-depth, the device runs a kernel of ceil(k / stride) a side
+    rng = np.random.default_rng(kernel[0] * 10 + stride)
+    float_model = conv_model(rng, batch=2, in_channels=2, out_channels=5, size=(15, 11), kernel=kernel,
+                             stride=stride, pads=pads)
+    model = quantize_model(float_model, tmp_path, rng, quant_format=QuantFormat.QOperator, per_channel=True,
+                           activation_type=QuantType.QUInt8)
+    x = random_inputs(rng, float_model)["x"]
+    status, y, report = _run(tmp_path, model, x, "--dataflow", dataflow)
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(model, x))
+    (conv,) = [layer for layer in report["layers"] if layer["op"] == "Conv"]
+    out_h, out_w = y.shape[2:]
+    assert conv["target"] == "device" and conv["macs"] == 2 * out_h * out_w * 5 * 2 * kernel[0] * kernel[1]
+
+
 @pytest.mark.parametrize("quant_format", [QuantFormat.QOperator, QuantFormat.QDQ], ids=["qop", "qdq"])
 @pytest.mark.parametrize("dataflow, activation", [("ws", QuantType.QUInt8), ("ws", QuantType.QInt8),
                                                   ("rs", QuantType.QUInt8)], ids=["ws-u8", "ws-s8", "rs-u8"])

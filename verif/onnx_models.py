@@ -43,17 +43,18 @@ def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation=1):
 
 def conv_model(rng, *, batch, in_channels, out_channels, size, kernel, stride, pads, group=1, dilation=1,
                relu=False):
-    """``y = Conv(x, W, B)`` (then ``Relu`` if asked); ``pads`` is ONNX order (top, left, bottom, right)."""
+    """``y = Conv(x, W, B)`` (then ``Relu`` if asked); ``kernel`` a side or (KH, KW); ``pads`` is ONNX order (top,
+    left, bottom, right)."""
     height, width = size
-    w = rng.normal(0.0, 1.0 / np.sqrt(kernel * kernel * in_channels / group),
-                   (out_channels, in_channels // group, kernel, kernel))
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    w = rng.normal(0.0, 1.0 / np.sqrt(kh * kw * in_channels / group), (out_channels, in_channels // group, kh, kw))
     b = rng.normal(0.0, 0.5, out_channels)
-    conv = helper.make_node("Conv", ["x", "W", "B"], ["conv" if relu else "y"], kernel_shape=[kernel, kernel],
+    conv = helper.make_node("Conv", ["x", "W", "B"], ["conv" if relu else "y"], kernel_shape=[kh, kw],
                             strides=[stride, stride], pads=list(pads), dilations=[dilation, dilation],
                             group=group)
     nodes = [conv, helper.make_node("Relu", ["conv"], ["y"])] if relu else [conv]
-    out_h = conv_output_size(height, kernel, stride, pads[0], pads[2], dilation)
-    out_w = conv_output_size(width, kernel, stride, pads[1], pads[3], dilation)
+    out_h = conv_output_size(height, kh, stride, pads[0], pads[2], dilation)
+    out_w = conv_output_size(width, kw, stride, pads[1], pads[3], dilation)
     return _model(nodes, [("x", (batch, in_channels, height, width))], (batch, out_channels, out_h, out_w),
                   [("W", w), ("B", b)])
 
