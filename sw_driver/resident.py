@@ -391,10 +391,20 @@ class _Compilation:
         step through the map's pixels, not all its words."""
         layer, (source,) = self.steps[index].op, self.steps[index].inputs
         channels, h, w = self.shapes[source]
+        # the map's writer: a layer on the array, or the copy of a map the vector unit wrote (an add's), which
+        # copies it block by block where a block is whole vector words (_copy_by_block)
+        written = self._on_array(source - 1) and not self.in_vec[source] if source > 0 else False
+        copied = source > 0 and self.copied[source] and self._copies_by_block(channels)
         # (ws and os: an output tile is cols channels, a block rows of them; rs commands take filters of one block)
-        return ((self.cfg.rows == self.cfg.cols or self.cfg.dataflow == "rs") and layer.channelwise and source > 0
-                and self._on_array(source - 1) and self.readers[source] == [index] and not self.in_vec[source]
-                and (h, w) == tuple(layer.kernel) and not any(layer.pads))
+        return ((self.cfg.rows == self.cfg.cols or self.cfg.dataflow == "rs") and layer.channelwise
+                and (written or copied) and self.readers[source] == [index] and (h, w) == tuple(layer.kernel)
+                and not any(layer.pads))
+
+    def _copies_by_block(self, channels):
+        """Whether a map of ``channels`` copies from the vector buffer block by block: each activation block is
+        whole vector words, every block full."""
+        rows = self.cfg.rows
+        return rows % LANES_PER_WORD == 0 and channels % rows == 0
 
     def _check_windows(self):
         """Each array layer's window within the device's limits, unless it covers the whole map (read as one
@@ -775,9 +785,32 @@ class _Compilation:
 
         return [task(0)] if whole_maps else [task(image) for image in range(self.batch)]
 
+    def _copy_by_block(self, t):
+        """The copy of map ``t`` into the activation buffer block-major ([block][image][pixel]), image by image: a
+        1x1 pool per block, whose geometry reads the vector words of each pixel as a row of pixels of one block
+        each and takes only the first: the block's words, at the pool's first word."""
+        cfg = self.cfg
+        channels, h, w = self.shapes[t]
+        words_per_block, pixels = cfg.rows // LANES_PER_WORD, h * w
+        blocks, in_words = channels // cfg.rows, self.vec_words(t)
+        setups = [(Opcode.POOL_SETUP, instruction(
+            cfg, Opcode.POOL_SETUP, in_h=pixels, in_w=blocks, out_w=1, channel_blocks=words_per_block, kernel_h=1,
+            kernel_w=1, stride=1, pad_top=0, pad_left=0, pad_value=0)),
+            (Opcode.STORE_SETUP, instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=cfg.rows, stride=1))]
+        cost = pixels * blocks * words_per_block * 2
+        self.vector_cycles += self.batch * cost
+        return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=cost, items=setups + [(
+            Opcode.POOL, instruction(cfg, Opcode.POOL, x_base=self.vec_offsets[t] + image * in_words
+                                     + block * words_per_block, m=pixels, out_y=0, out_x=0,
+                                     store=int(StoreTarget.ACT),
+                                     d_base=self.act_offsets[t] + (block * self.batch + image) * pixels))
+            for block in range(blocks)]) for image in range(self.batch)]
+
     def _vector(self, kind, index):
         """A vector step's (or a copy's) tasks, image by image."""
         cfg = self.cfg
+        if kind == "copy" and index in self.block_major:
+            return self._copy_by_block(index)
         if kind == "copy":
             op, sources, t = COPY, (index,), index
             target, base, out_blocks = StoreTarget.ACT, self.act_offsets[t], math.ceil(self.shapes[t][0] / cfg.rows)
