@@ -318,7 +318,7 @@ def load_model_proto(path):
 
 @pytest.mark.rtl
 def test_the_residency_bench_compares_both_ways_bit_exact(tmp_path):
-    from tessera.verif.bench_residency import run_model_both_ways
+    from tessera.verif.bench_residency import latency_table, run_model_both_ways
     per_layer, resident = run_model_both_ways("ad_autoencoder", AcceleratorConfig(weight_depth=8192), tmp_path,
                                               width=0.125)
     assert (per_layer["mode"], resident["mode"]) == ("per-layer", "resident")
@@ -327,3 +327,10 @@ def test_the_residency_bench_compares_both_ways_bit_exact(tmp_path):
     assert per_layer["link_bytes_in"] > resident["one_time_bytes"] > resident["link_bytes_in"]
     assert resident["cycles"] < per_layer["cycles"]
     assert resident["energy_pj"]["link"] < per_layer["energy_pj"]["link"]
+    # latency beside the target and the published results, at the configuration's clock
+    assert 0 < resident["utilization"] <= 1
+    table = latency_table(AcceleratorConfig(weight_depth=8192), [per_layer, resident]).splitlines()
+    (row,) = [line for line in table if line.startswith("| ad_autoencoder")]
+    latency_ms = resident["cycles"] / 100.0 / 1000
+    assert f"| {latency_ms:.3f} |" in row and "| 0.15 |" in row and "hls4ml, Pynq-Z2 0.0187 ms" in row
+    assert ("| yes |" in row) == (latency_ms <= 0.15)

@@ -42,6 +42,16 @@ BENCH_CONFIG = AcceleratorConfig(rows=16, cols=16, act_depth=16384, weight_depth
 
 _LEVELS = ("link", "buffers", "rf", "mac", "total")
 
+#: The MLPerf Tiny issue's latency targets (ms, on the ULX3S default) and the published FPGA results beside them
+#: (MLPerf Tiny submissions, vendor tools), as that issue lists them.
+PUBLISHED = {
+    "ic_resnet8": (0.6, ("fpgaConvNet int8: ZedBoard 0.411 ms, ZC706 0.147 ms; FINN binary CNV, Pynq-Z2 1.51 ms; "
+                         "hls4ml ResNet, Pynq-Z2 7.64 ms")),
+    "kws_ds_cnn": (0.2, "fpgaConvNet ZedBoard 0.324 ms; FINN 3-bit, Pynq-Z2 0.0175 ms"),
+    "vww_mobilenet": (0.6, "fpgaConvNet ZC706 0.72 ms, ZedBoard 9.49 ms"),
+    "ad_autoencoder": (0.15, "hls4ml, Pynq-Z2 0.0187 ms"),
+}
+
 
 class BenchError(RuntimeError):
     """A model's output differs from onnxruntime's."""
@@ -59,7 +69,9 @@ def _figures(cfg, reports, io_bytes):
         for key, value in r.counters.items():
             counters[key] = counters.get(key, 0) + value
     energy = {key: sum(layer_energy(cfg, r.counters)[key] for r in device) for key in _LEVELS}
+    macs = sum(r.macs for r in device)
     return {"cycles": cycles, "latency_us": cycles / cfg.clock_mhz,
+            "utilization": macs / (cfg.pes * cycles) if cycles else 0.0,
             "link_bytes_in": 4 * counters.get("link_words_in", 0),
             "link_bytes_out": 4 * counters.get("link_words_out", 0), "io_bytes": io_bytes,
             "energy_pj": energy}
@@ -92,6 +104,19 @@ def run_model_both_ways(name, cfg, folder, *, width=1.0, seed=0):
                      "one_time_bytes": 4 * one_time.counters["link_words_in"] if one_time else 0,
                      "resident_layers": f"{resident} of {compute}", "not_resident": not_resident})
     return rows
+
+
+def latency_table(cfg, rows):
+    """The resident rows' device latency (the run's cycles at the configuration's clock, the input's LOAD
+    included) and utilisation beside the MLPerf Tiny issue's target and the published FPGA results."""
+    resident = [{**row, "latency_ms": row["latency_us"] / 1000, "target_ms": PUBLISHED[row["model"]][0],
+                 "met": "yes" if row["latency_us"] / 1000 <= PUBLISHED[row["model"]][0] else "no",
+                 "published": PUBLISHED[row["model"]][1]}
+                for row in rows if row["mode"] == "resident"]
+    return (f"Latency per inference, resident, at {cfg.clock_mhz:g} MHz ({cfg.dataflow} {cfg.rows}x{cfg.cols}):\n\n"
+            + markdown_table(resident, [("model", "model", ""), ("latency_ms", "latency ms", ".3f"),
+                                        ("utilization", "utilisation", ".0%"), ("target_ms", "target ms", ".2f"),
+                                        ("met", "met", ""), ("published", "published FPGA results", "")]))
 
 
 def _check(name, mode, y, reference):
@@ -129,6 +154,8 @@ def main(argv=None):
                             ("link_bytes_out", "link B out", ",d"), ("io_bytes", "input+output B", ",d"),
                             ("energy_uj", "energy uJ", ".2f"), ("link_share", "link share", ".0%")])
     print(table)
+    print()
+    print(latency_table(cfg, rows))
     for row in rows:
         if row["mode"] == "resident":
             print(f"{row['model']}: resident layers {row['resident_layers']}; one-time load "
@@ -136,7 +163,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "residency.json", {"config": cfg.to_dict(), "rows": rows})
-    write_markdown(out / "residency.md", table)
+    write_markdown(out / "residency.md", table + "\n\n" + latency_table(cfg, rows))
     return 0
 
 
