@@ -1,6 +1,7 @@
 """The ``tessera`` command line."""
 
 import argparse
+import functools
 import hashlib
 import importlib.metadata
 import sys
@@ -29,6 +30,7 @@ COMMAND_PLUGINS = "tessera.commands"
 BOARD_PLUGINS = "tessera.boards"
 
 
+@functools.cache
 def board_configs():
     """``{board name: AcceleratorConfig}``: every registered board's default configuration, at the clock its
     bitstream meets."""
@@ -354,18 +356,11 @@ def _onnx_model(path):
 def _image_for_run(args, cfg, model_path, batch):
     """The ModelImage ``tessera run`` keeps resident: a .tsr image given (on its own configuration only), or the
     ONNX model compiled for runs of ``batch`` inputs, once per model, configuration and batch (cached)."""
-    from tessera.gen.cache import cache_dir
-    from tessera.sw_driver.model_image import compile_image, compiler_digest, read_image, write_image
+    from tessera.sw_driver.model_image import cached_image, read_image
 
     if _is_image(args.model):
         return read_image(args.model, cfg)
-    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
-    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}_{compiler_digest()}.tsr"
-    if cached.is_file():
-        return read_image(cached, cfg)
-    image = compile_image(model_path, cfg, batch)
-    write_image(image, cached)
-    return image
+    return cached_image(model_path, cfg, batch)
 
 
 def _is_image(path):

@@ -88,6 +88,20 @@ def compile_image(model_path, cfg, batch=1):
     return image
 
 
+def cached_image(model_path, cfg, batch=1):
+    """:func:`compile_image`, once per model, configuration, batch and compiler: the image is kept in the build cache
+    (``images/``) and read back from there after."""
+    from tessera.gen.cache import cache_dir
+
+    digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
+    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}_{compiler_digest()}.tsr"
+    if cached.is_file():
+        return read_image(cached, cfg)
+    image = compile_image(model_path, cfg, batch)
+    write_image(image, cached)
+    return image
+
+
 def write_image(image, path):
     """Write ``image`` to ``path`` (see the module docstring for the format)."""
     header = {"format": IMAGE_FORMAT, "version": IMAGE_VERSION, "config": image.cfg.to_dict(),
