@@ -209,7 +209,8 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
         check_output_path(report, "report")     # before the minutes of simulation, not after
     from tessera.sw_driver.digits.data import load_digits_split
     from tessera.sw_driver.digits.quantize import quantize_digits
-    from tessera.sw_driver.model_compiler import compile_model, load_segments, run_model
+    from tessera.sw_driver.model_compiler import load_segments, run_model
+    from tessera.sw_driver.model_image import cached_image
     from tessera.sw_driver.onnx_import import load_model
     from tessera.sw_driver.runtime import open_sim_device
 
@@ -236,7 +237,7 @@ def run_demo(cfg, *, batch=60, images=None, quant_format="QOperator", prune=0.0,
           f"Verilator in {time.perf_counter() - started:.1f} s")
     layers = {}
     accelerator = []
-    segments = [] if per_layer else compile_model(graph, cfg, batch)
+    segments = [] if per_layer else cached_image(quantized, cfg, batch).segments
     progress = _Progress(len(x_test), "running on the simulated RTL")
     sim_started = time.perf_counter()
     try:
