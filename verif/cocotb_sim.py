@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from tessera.gen.cache import cache_dir
-from tessera.gen.toolchain import SIM_BUILD_ARGS, use_verilator, verilator_bin, verilator_env
+from tessera.gen.toolchain import SIM_BUILD_ARGS, make_verilated, use_verilator, verilator_bin, verilator_env
 
 __all__ = ["build_simulator", "run_cocotb"]
 
@@ -61,12 +61,11 @@ def _verilate(verilog_path, toplevel, build_dir, extra_args, key):
                 "--prefix", "Vtop", "-o", toplevel,
                 "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator",
                 *SIM_BUILD_ARGS, *extra_args, str(control), str(Path(verilog_path).resolve()), str(harness)]
-    jobs = str(max(1, min(4, os.cpu_count() or 1)))
-    for step in (verilate, ["make", "-s", "-j", jobs, "-C", str(build_dir), "-f", "Vtop.mk"]):
-        run = subprocess.run(step, env=env, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"Verilator build failed ({' '.join(step[:3])} ...):\n{run.stdout[-4000:]}"
-                               f"{run.stderr[-4000:]}")
+    run = subprocess.run(verilate, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"Verilator build failed ({' '.join(verilate[:3])} ...):\n{run.stdout[-4000:]}"
+                           f"{run.stderr[-4000:]}")
+    make_verilated(build_dir, f"the cocotb model of {toplevel!r}", jobs=max(1, min(4, os.cpu_count() or 1)))
     stamp.write_text(key)
 
 
