@@ -82,8 +82,10 @@ link-endurance: $(STAMP)
 
 BOARD ?= ulx3s
 
+# The report says which of the four MLPerf Tiny models the configuration keeps whole on chip.
 bitstream: $(STAMP)
-	$(BIN)/tessera bitstream --board $(BOARD) $(CONFIG_ARGS)
+	$(BIN)/tessera bitstream --board $(BOARD) $(CONFIG_ARGS) \
+		--models $$($(BIN)/python -m tessera.verif.mlperf_tiny --out build/mlperf)
 
 deploy: $(STAMP)
 	$(BIN)/tessera deploy --board $(BOARD) $(CONFIG_ARGS)

@@ -26,6 +26,7 @@ from tessera.hw.pe_multipliers import MULTIPLIERS
 
 from .boards import BoardTop
 from .floorplan import dsp_blocks, dsp_sites, floorplan_script, lut_rows_to_fit
+from .resident_fit import render_resident
 
 __all__ = ["BuildError", "build_bitstream", "bitstream_folder", "tool_env", "peak_gops", "board_lut_rows", "run_tools",
            "failure_message", "lut_multiplier_script", "logic_multiply_script",
@@ -67,13 +68,13 @@ DEFAULT_TIME_LIMIT_S = 90 * 60
 
 
 def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=True, lut_multiplier_rows=None,
-                    lut_requant=False, time_limit_s=DEFAULT_TIME_LIMIT_S):
+                    lut_requant=False, time_limit_s=DEFAULT_TIME_LIMIT_S, resident_models=()):
     """Build ``cfg`` for ``board``; return the report (also written as ``report.json`` / ``report.md``).
 
     ``lut_multiplier_rows``: the PEs of that many rows (the last ones) get LUT multipliers instead of DSP
     blocks, so an array with more PEs than the device has multipliers can still place (see `lut_multiplier_script`);
     ``None`` (the default) for as few as make it fit the ECP5's DSP blocks. ``time_limit_s`` bounds each run of
-    the tools.
+    the tools. ``resident_models``: rows of `tessera.fpga.resident_fit.resident_fit`, reported beside.
 
     Raises
     ------
@@ -121,7 +122,7 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
         "peak_gops": round(peak_gops(cfg, plan.output_mhz), 3), "lut_multiplier_rows": lut_multiplier_rows,
         "lut_requant": lut_requant,
         "bitstream": str(folder / _BITSTREAM[board.family]), "attempts": attempts,
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "wall_seconds": round(time.monotonic() - started, 1), "resident_models": list(resident_models),
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(render_markdown(report))
@@ -163,8 +164,11 @@ def lut_multiplier_script(cfg, rows, requant=False):
         selection, approximate = [], ["*.array.pe_*/t:$mul"]
     selection += ["*.requant/t:$mul"] if requant else []
     # address arithmetic (sliding windows, the controller's checks) never needs a DSP block, nor do the narrow
-    # multiplies that hw.multiplier leaves to logic
-    selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.gather/t:$mul", f"*{LOGIC_SUFFIX}/t:$mul"]
+    # multiplies that hw.multiplier leaves to logic. Nor does the vector unit: Yosys gave its address products
+    # and its adds' 9 x 25-bit products 22 blocks of a 16x16 ULX3S build (5 per add lane), which a PE row in
+    # LUTs would have to make room for at about 3,500 LUTs per 16 blocks; as Booth logic they take far fewer.
+    selection += ["*.window/t:$mul", "*.controller/t:$mul", "*.controller.*/t:$mul", "*.gather/t:$mul",
+                  "*.vector/t:$mul", "*.vector.*/t:$mul", f"*{LOGIC_SUFFIX}/t:$mul"]
     return logic_multiply_script(selection, approximate)
 
 
@@ -359,4 +363,7 @@ def render_markdown(report):
     lines += [f"| peak | {report['peak_gops']:.2f} GOPS |",
               f"| UART | {report['uart_baud'] / 1e6:g} Mbaud ({report['uart_cycles_per_bit']} cycles/bit) |",
               f"| build wall time | {report['wall_seconds']:.0f} s |"]
-    return "\n".join(lines) + "\n"
+    resident = ""
+    if report.get("resident_models"):
+        resident = render_resident(cfg, report["resident_models"])
+    return "\n".join(lines) + "\n" + resident

@@ -53,6 +53,9 @@ def register(subparsers):
                                              "(default: as few rows as make the array fit an ECP5's DSP blocks)")
     bitstream.add_argument("--lut-requant", action="store_true",
                            help="multiply in LUTs in the requantiser, leaving the DSP blocks to the PEs")
+    bitstream.add_argument("--models", metavar="A.onnx,B.onnx",
+                           help="quantized ONNX models to compile for the configuration: the report says which stay "
+                                "whole on chip, and the largest that does")
     bitstream.add_argument("--time-limit", type=checked_argument(number_argument, _positive("minutes above 0")),
                            default=None, metavar="MINUTES", help="stop a run of the tools that takes longer "
                                                                  "(default: 90)")
@@ -89,13 +92,21 @@ def _board_and_config(args):
 
 
 def _cmd_bitstream(args):
+    from tessera.sw_driver.onnx_import import ModelError
+
     from .build import BuildError, build_bitstream
+    from .resident_fit import resident_fit
     board, cfg = _board_and_config(args)
+    try:    # (before the build, which takes minutes)
+        resident = resident_fit(cfg, args.models.split(",")) if args.models else []
+    except (ModelError, OSError) as error:
+        print(f"tessera: --models: {error}; accepted: quantized ONNX files, separated by commas", file=sys.stderr)
+        return 1
     try:
         limit = {} if args.time_limit is None else {"time_limit_s": args.time_limit * 60}
         report = build_bitstream(board, cfg, root=args.out, progress=lambda line: print(line, flush=True),
                                  lut_multiplier_rows=args.lut_multiplier_rows, lut_requant=args.lut_requant,
-                                 **limit)
+                                 resident_models=resident, **limit)
     except BuildError as error:
         print(f"tessera: {error}", file=sys.stderr)
         return 1

@@ -32,7 +32,10 @@ from tessera.sw_driver.model_runner import (
 )
 from tessera.sw_driver.resident import AddStep, DeviceLayer, PoolStep, Step, compile_resident
 
-__all__ = ["Segment", "compile_model", "find_segments", "load_segments", "run_model"]
+__all__ = ["COMPUTE_KINDS", "Segment", "compile_model", "find_segments", "load_segments", "residency", "run_model"]
+
+#: The layer kinds that compute (the others reshape or convert): what "layers resident" counts.
+COMPUTE_KINDS = ("Conv", "Gemm", "Add", "MaxPool", "AveragePool", "GlobalAveragePool")
 
 
 @dataclasses.dataclass
@@ -319,6 +322,30 @@ def _fitting_segment(graph, run, placed, batch):
         best[1].plan["streamed_layers"] = [computing[i] for i in best[1].plan["streamed_steps"]]
         return Segment(names, run.input, output, best[1])
     return Segment(names, run.input, output, reason=reason)
+
+
+def residency(graph, segments):
+    """How much of ``graph`` its compiled ``segments`` keep on chip: its compute layers resident of all, the
+    layers whose weights stream with every run, why the others run one by one, whether the model is whole on chip
+    (every compute layer resident, no weights streamed), and the words it takes of each memory (the weights'
+    streaming words included; of the activation and vector buffers, the most any segment takes)."""
+    models = [segment.model for segment in segments if segment.model is not None]
+    resident = sum(graph.layer(name).kind in COMPUTE_KINDS
+                   for segment in segments if segment.model is not None for name in segment.layers)
+    compute = sum(layer.kind in COMPUTE_KINDS for layer in graph.layers)
+    streamed = [name for model in models for name in model.plan.get("streamed_layers", [])]
+
+    def map_words(buffer):
+        return max((tensor[f"{buffer}_words"][1] for model in models for tensor in model.plan["tensors"]), default=0)
+
+    return {"resident_layers": resident, "compute_layers": compute, "streamed_layers": streamed,
+            "whole": 0 < resident == compute and not streamed,
+            "not_resident": [f"{segment.layers[0]}: {segment.reason}" for segment in segments if segment.model is None],
+            "weight_words": sum(model.plan["weight_words"] for model in models)
+            + max((model.plan["stream_words"] for model in models), default=0),
+            "param_words": sum(model.plan["param_words"] for model in models),
+            "program_words": sum(model.plan["program_words"] for model in models),
+            "act_words": map_words("act"), "vec_words": map_words("vec")}
 
 
 def load_segments(device, segments):

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from tessera.fpga.boards import BOARDS, board_configs
 from tessera.gen.config import AcceleratorConfig
 from tessera.sw_driver.energy import layer_energy
-from tessera.sw_driver.model_compiler import compile_model, run_model
+from tessera.sw_driver.model_compiler import compile_model, residency, run_model
 from tessera.sw_driver.model_runner import run_graph_on
 from tessera.sw_driver.onnx_import import load_model
 from tessera.sw_driver.reports import markdown_table, write_json, write_markdown
@@ -96,13 +96,11 @@ def run_model_both_ways(name, cfg, folder, *, width=1.0, seed=0):
         segments = compile_model(graph, cfg)
         outputs, reports, one_time = run_model(graph, inputs, device, segments)
         _check(name, "resident", outputs[graph.outputs[0].name], reference)
-        kinds = ("Conv", "Gemm", "Add", "MaxPool", "AveragePool", "GlobalAveragePool")    # (not reshapes)
-        resident = sum(graph.layer(name).kind in kinds for s in segments if s.model is not None for name in s.layers)
-        compute = sum(1 for layer in graph.layers if layer.kind in kinds)
-        not_resident = [f"{s.layers[0]}: {s.reason}" for s in segments if s.model is None]
+        kept = residency(graph, segments)
         rows.append({"model": name, "mode": "resident", **_figures(cfg, reports, io_bytes),
                      "one_time_bytes": 4 * one_time.counters["link_words_in"] if one_time else 0,
-                     "resident_layers": f"{resident} of {compute}", "not_resident": not_resident})
+                     "resident_layers": f"{kept['resident_layers']} of {kept['compute_layers']}",
+                     "not_resident": kept["not_resident"], "streamed_layers": kept["streamed_layers"]})
     return rows
 
 
@@ -159,7 +157,9 @@ def main(argv=None):
     for row in rows:
         if row["mode"] == "resident":
             print(f"{row['model']}: resident layers {row['resident_layers']}; one-time load "
-                  f"{row['one_time_bytes']:,} B" + "".join(f"\n  per layer: {why}" for why in row["not_resident"]))
+                  f"{row['one_time_bytes']:,} B" + "".join(f"\n  per layer: {why}" for why in row["not_resident"])
+                  + (f"\n  weights streamed with every run: {', '.join(row['streamed_layers'])}"
+                     if row["streamed_layers"] else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "residency.json", {"config": cfg.to_dict(), "rows": rows})

@@ -7,14 +7,21 @@ random: these models are for latency, data movement and bit-exactness, not accur
 
 ``width`` scales every hidden channel count (1.0: the reference model; 0.25 and below: the reduced variants the
 test suite runs). Each builder returns an ``onnx.ModelProto`` with input ``x`` and output ``y``.
+
+``python -m tessera.verif.mlperf_tiny [--out build/mlperf] [--width W]`` writes the four quantized models there
+and prints their paths, separated by commas (``make bitstream`` passes them to ``tessera bitstream --models``).
 """
+
+import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 from onnx import helper
 
 from tessera.verif.onnx_models import _model, conv_output_size, quantize_model
 
-__all__ = ["MODELS", "ad_autoencoder", "ds_cnn", "resnet8", "mobilenet_v1", "quantized"]
+__all__ = ["MODELS", "ad_autoencoder", "ds_cnn", "resnet8", "mobilenet_v1", "quantized", "main"]
 
 
 class _Graph:
@@ -156,3 +163,18 @@ def quantized(name, folder, *, seed=0, width=1.0, per_channel=False):
     path = folder / f"{name}.onnx"
     (folder / "quant.onnx").rename(path)
     return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="write the four MLPerf Tiny models, quantized")
+    parser.add_argument("--out", default="build/mlperf", help="folder (default build/mlperf)")
+    parser.add_argument("--width", type=float, default=1.0, help="channel width factor (default 1.0)")
+    args = parser.parse_args(argv)
+    if not 0 < args.width <= 1:
+        parser.error(f"--width: {args.width:g} is out of range; accepted: above 0, up to 1")
+    print(",".join(str(quantized(name, Path(args.out) / name, width=args.width)) for name in MODELS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
