@@ -1,6 +1,6 @@
 """LOAD: buffer words assembled from the host's link words and written where the instruction says."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -148,7 +148,9 @@ class LoadAssembler(wiring.Component):
         m.d.comb += self._packed_ready.eq((link_left != 0) & (discard | (held_bytes < lanes)))
         emit = packed & ~discard & (remaining != 0) & (held_bytes >= lanes) & ~write_pending
         lane_mask = Signal(8 * rows)
-        m.d.comb += lane_mask.eq((Const(1, 8 * rows + 1) << (lanes * 8)) - 1)
+        # (per lane, not (1 << 8 * lanes) - 1: that shift is 4,096 bits wide, and Amaranth's cycle check of its
+        # subtraction took 8 of the 11 s a small device's Verilog took)
+        m.d.comb += lane_mask.eq(Cat(*((lanes > lane).replicate(8) for lane in range(rows))))
         with m.If(self.start):
             m.d.sync += [packed.eq(request.lanes != 0), lanes.eq(request.lanes), held_bytes.eq(0), held.eq(0),
                          link_left.eq((request.words * request.lanes + 3) >> 2)]
