@@ -334,3 +334,13 @@ def test_the_residency_bench_compares_both_ways_bit_exact(tmp_path):
     latency_ms = resident["cycles"] / 100.0 / 1000
     assert f"| {latency_ms:.3f} |" in row and "| 0.15 |" in row and "hls4ml, Pynq-Z2 0.0187 ms" in row
     assert ("| yes |" in row) == (latency_ms <= 0.15)
+    # where each layer's cycles go, from its counters: the parts add up to its cycles; a picture of them
+    from tessera.verif.layer_profile import PARTS, plot_layers
+    layers = per_layer["layers"]
+    assert [layer["kind"] for layer in layers] == ["Gemm"] * 10
+    assert sum(layer["cycles"] for layer in layers) == per_layer["cycles"]
+    for layer in layers:
+        assert sum(layer[part] for part in PARTS) == layer["cycles"] and layer["array"] > 0
+        assert layer["utilization"] == pytest.approx(layer["macs"] / (64 * layer["cycles"]))    # (8x8)
+    plot_layers(layers, tmp_path / "layers.png", "ad_autoencoder")
+    assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

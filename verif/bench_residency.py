@@ -31,6 +31,7 @@ from tessera.sw_driver.model_runner import run_graph_on
 from tessera.sw_driver.onnx_import import load_model
 from tessera.sw_driver.reports import markdown_table, write_json, write_markdown
 from tessera.sw_driver.runtime import open_sim_device
+from tessera.verif.layer_profile import PARTS, layer_rows, plot_layers
 from tessera.verif.mlperf_tiny import MODELS, quantized
 
 __all__ = ["BENCH_CONFIG", "run_model_both_ways", "main"]
@@ -92,7 +93,8 @@ def run_model_both_ways(name, cfg, folder, *, width=1.0, seed=0):
     with open_sim_device(cfg) as device:
         outputs, reports = run_graph_on(graph, inputs, device)
         _check(name, "per-layer", outputs[graph.outputs[0].name], reference)
-        rows.append({"model": name, "mode": "per-layer", **_figures(cfg, reports, io_bytes)})
+        rows.append({"model": name, "mode": "per-layer", **_figures(cfg, reports, io_bytes),
+                     "layers": layer_rows(name, cfg, reports)})
         segments = compile_model(graph, cfg)
         outputs, reports, one_time = run_model(graph, inputs, device, segments)
         _check(name, "resident", outputs[graph.outputs[0].name], reference)
@@ -162,8 +164,22 @@ def main(argv=None):
                      if row["streamed_layers"] else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"\nWhere the cycles go, layer by layer (per-layer runs; pictures in {out}/<model>_layers.png):")
+    for row in rows:
+        if row["mode"] == "per-layer":
+            total = sum(layer["cycles"] for layer in row["layers"]) or 1
+            shares = ", ".join(f"{part} {sum(layer[part] for layer in row['layers']) / total:.0%}" for part in PARTS)
+            slowest = max(row["layers"], key=lambda layer: layer["cycles"])
+            print(f"  {row['model']}: {shares}; slowest layer {slowest['layer']} ({slowest['kind']}), "
+                  f"{slowest['cycles']:,} cycles at {slowest['utilization']:.0%} utilisation")
+            plot_layers(row["layers"], out / f"{row['model']}_layers.png",
+                        f"{row['model']} per layer on {cfg.dataflow} {cfg.rows}x{cfg.cols}: cycles and utilisation")
     write_json(out / "residency.json", {"config": cfg.to_dict(), "rows": rows})
-    write_markdown(out / "residency.md", table + "\n\n" + latency_table(cfg, rows))
+    layers = markdown_table([layer for row in rows if row["mode"] == "per-layer" for layer in row["layers"]],
+                            [("model", "model", ""), ("layer", "layer", ""), ("kind", "kind", ""),
+                             ("macs", "MACs", ",d"), ("cycles", "cycles", ",d"), ("utilization", "utilisation", ".0%"),
+                             *((part, part, ",d") for part in PARTS)])
+    write_markdown(out / "residency.md", table + "\n\n" + latency_table(cfg, rows) + "\n\n" + layers)
     return 0
 
 
