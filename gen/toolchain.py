@@ -104,8 +104,9 @@ def build_harness_binary(build_root, toplevel, verilog, harness_source, binary_n
     return binary, build_dir, True
 
 
-def make_verilated(build_dir, what, jobs=2):
-    """Compile and link the model Verilator wrote into ``build_dir`` (``Vtop.mk``), ``jobs`` compilers at once.
+def make_verilated(build_dir, what, jobs=2, make_args=()):
+    """Compile and link the model Verilator wrote into ``build_dir`` (``Vtop.mk``), ``jobs`` compilers at once;
+    ``make_args`` are passed to make (e.g. ``OPT_FAST=-O0``).
 
     The objects of Verilator's runtime library (``verilated.o`` and the like: about 9 of a small model's 17 s of
     g++ at -O0, the same for every model) are compiled once per set of build settings and copied into later
@@ -120,7 +121,7 @@ def make_verilated(build_dir, what, jobs=2):
                 shutil.copyfile(shared / f"{name}{suffix}", build_dir / f"{name}{suffix}")
             # newer than the Vtop.mk they depend on, so make takes them as built
             os.utime(build_dir / f"{name}.o")
-    run = subprocess.run(["make", "-s", "-j", str(jobs), "-C", str(build_dir), "-f", "Vtop.mk"],
+    run = subprocess.run(["make", "-s", "-j", str(jobs), "-C", str(build_dir), "-f", "Vtop.mk", *make_args],
                          env=verilator_env(), capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"g++ could not build {what} (in {build_dir}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
