@@ -334,6 +334,9 @@ def test_the_residency_bench_compares_both_ways_bit_exact(tmp_path):
     latency_ms = resident["cycles"] / 100.0 / 1000
     assert f"| {latency_ms:.3f} |" in row and "| 0.15 |" in row and "hls4ml, Pynq-Z2 0.0187 ms" in row
     assert ("| yes |" in row) == (latency_ms <= 0.15)
+    # at a reduced width the full models' targets are not called met
+    reduced = latency_table(AcceleratorConfig(weight_depth=8192), [per_layer, resident], width=0.125)
+    assert "width 0.125: the targets are the full models'" in reduced and "| n/a |" in reduced
     # where each layer's cycles go, from its counters: the parts add up to its cycles; a picture of them
     from tessera.verif.layer_profile import PARTS, plot_layers
     layers = per_layer["layers"]
