@@ -116,10 +116,8 @@ def make_verilated(build_dir, what, jobs=2, make_args=()):
     objects = _runtime_objects(build_dir)
     shared = cache_dir("verilator_runtime") / _runtime_key(build_dir)
     if (shared / "built.ok").exists():
-        for name in objects:
-            for suffix in (".o", ".d"):
-                shutil.copyfile(shared / f"{name}{suffix}", build_dir / f"{name}{suffix}")
-            # newer than the Vtop.mk they depend on, so make takes them as built
+        _copy_objects(objects, shared, build_dir)
+        for name in objects:    # newer than the Vtop.mk they depend on, so make takes them as built
             os.utime(build_dir / f"{name}.o")
     run = subprocess.run(["make", "-s", "-j", str(jobs), "-C", str(build_dir), "-f", "Vtop.mk", *make_args],
                          env=verilator_env(), capture_output=True, text=True)
@@ -130,14 +128,19 @@ def make_verilated(build_dir, what, jobs=2, make_args=()):
         draft = shared.with_name(f"{shared.name}.{os.getpid()}")
         shutil.rmtree(draft, ignore_errors=True)
         draft.mkdir()
-        for name in objects:
-            for suffix in (".o", ".d"):
-                shutil.copyfile(build_dir / f"{name}{suffix}", draft / f"{name}{suffix}")
+        _copy_objects(objects, build_dir, draft)
         (draft / "built.ok").touch()
         try:
             draft.rename(shared)
         except OSError:     # another build stored them first
             shutil.rmtree(draft)
+
+
+def _copy_objects(names, source, destination):
+    """Each object of ``names`` and its dependency file, from folder ``source`` to ``destination``."""
+    for name in names:
+        for suffix in (".o", ".d"):
+            shutil.copyfile(source / f"{name}{suffix}", destination / f"{name}{suffix}")
 
 
 def _runtime_objects(build_dir):

@@ -27,11 +27,11 @@ def layer_rows(model, cfg, reports):
         if report.target != "device":
             continue
         counters = report.counters
-        array = counters.get("array_cycles", 0)
-        busy = max(counters.get("busy_cycles", 0), array)
+        array, busy = counters.get("array_cycles", 0), counters.get("busy_cycles", 0)
         waiting = counters.get("stall_input_cycles", 0)
+        # (the counters as they are: array cycles are busy ones, and busy and waiting cycles are disjoint)
         parts = {"array": array, "core other": busy - array, "waiting for input": waiting,
-                 "other": max(0, report.cycles - busy - waiting)}
+                 "other": report.cycles - busy - waiting}
         rows.append({"model": model, "layer": report.name, "kind": report.op, "macs": report.macs,
                      "cycles": report.cycles,
                      "utilization": report.macs / (cfg.pes * report.cycles) if report.cycles else 0.0, **parts})
