@@ -17,6 +17,7 @@ rest itself.
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 __all__ = ["FRACTION_BITS", "SIGNIFICAND_BITS", "MAX_SHIFT", "MAX_FIXED", "add_params_layout", "QAddLane",
            "QADD_LATENCY"]
@@ -43,49 +44,92 @@ def add_params_layout():
     })
 
 
+def _stage(m, value, name, shape=None):
+    """``value`` registered: one pipeline stage."""
+    reg = Signal(shape if shape is not None else value.shape(), name=name)
+    m.d.sync += reg.eq(value)
+    return reg
+
+
+def _leading_one(bits):
+    """``(any, index)``: whether ``bits`` has a set bit, and the index of the highest, as a tree of muxes
+    (log2 levels deep, where a chain of priority ifs would be one level per bit)."""
+    if len(bits) == 1:
+        return bits[0], Const(0, 0)
+    half = 1 << (ceil_log2(len(bits)) - 1)
+    any_low, low = _leading_one(bits[:half])
+    any_high, high = _leading_one(bits[half:])
+    if half == 1:
+        return any_low | any_high, any_high
+    width = ceil_log2(half)
+    return any_low | any_high, Cat(Mux(any_high, high, low)[:width], any_high)
+
+
+#: Cycles of :class:`_RoundSignificand`, input to registered output.
+ROUND_LATENCY = 6
+
+
 class _RoundSignificand(wiring.Component):
-    """Combinational ``fl``: keep the 24 leading bits of ``|value|``, ties to even."""
+    """Pipelined ``fl``: keep the 24 leading bits of ``|value|``, ties to even, ``ROUND_LATENCY`` cycles later.
+    Each stage holds at most one wide carry chain or one barrel shift: the ECP5 meets the core clock so."""
 
     value: In(signed(_WIDTH))
     rounded: Out(signed(_WIDTH))
 
     def elaborate(self, platform):
         m = Module()
-        negative = self.value[-1]
-        magnitude = Signal(unsigned(_WIDTH))
-        m.d.comb += magnitude.eq(Mux(negative, -self.value, self.value))
-        leading = Signal(range(_WIDTH))
-        for i in range(_WIDTH):            # the last assignment wins: the highest set bit
-            with m.If(magnitude[i]):
-                m.d.comb += leading.eq(i)
+        # 1: sign and magnitude
+        negative = _stage(m, self.value[-1], "negative_1")
+        magnitude = _stage(m, Mux(self.value[-1], -self.value, self.value), "magnitude_1", unsigned(_WIDTH))
+        # 2: how many low bits to drop
+        _, leading = _leading_one(magnitude)
         drop = Signal(range(_WIDTH))
         with m.If(leading >= SIGNIFICAND_BITS):
             m.d.comb += drop.eq(leading - (SIGNIFICAND_BITS - 1))
-        m.d.comb += self.rounded.eq(_rne_shift(m, magnitude, drop, negative) << drop)
+        drop_2 = _stage(m, drop, "drop_2")
+        negative_2, magnitude_2 = _stage(m, negative, "negative_2"), _stage(m, magnitude, "magnitude_2")
+        # 3-5: shift them out, rounding half to even, then the sign
+        total, drop_5 = _rne_shift(m, magnitude_2, drop_2, negative_2, SIGNIFICAND_BITS + 1)
+        # 6: back to the value's scale
+        m.d.sync += self.rounded.eq(total << drop_5)
         return m
 
 
-def _rne_shift(m, magnitude, drop, negative):
-    """Signed ``±magnitude / 2**drop``, rounded half to even (``drop`` may be a signal or a constant)."""
+#: Cycles of :func:`_rne_shift`.
+RNE_LATENCY = 3
+
+
+def _rne_shift(m, magnitude, drop, negative, kept_width):
+    """Signed ``±magnitude / 2**drop`` rounded half to even, ``RNE_LATENCY`` cycles later, in a signed
+    ``kept_width + 1``-bit signal; ``drop`` may be a signal or a constant, and the quotient must fit ``kept_width``
+    bits. Returns the result and ``drop`` delayed alike."""
     width = len(magnitude)
-    kept = Signal(unsigned(width))
-    rest = Signal(unsigned(width))
-    half = Signal(unsigned(width))
-    up = Signal()
     one = Const(1, width + 1)
-    m.d.comb += [
-        kept.eq(magnitude >> drop),
-        rest.eq(magnitude & ((one << drop) - 1)),
-        half.eq((one << drop) >> 1),
-        up.eq((drop != 0) & ((rest > half) | ((rest == half) & kept[0]))),
-    ]
-    total = Signal(signed(width + 1))
-    m.d.comb += total.eq(kept + up)
-    return Mux(negative, -total, total)
+    # 1: the kept bits, the dropped ones
+    kept = _stage(m, magnitude >> drop, "kept", unsigned(kept_width))
+    rest = _stage(m, magnitude & ((one << drop) - 1), "rest", unsigned(width))
+    drop_1, negative_1 = _stage(m, drop, "drop_s1", range(width + 1)), _stage(m, negative, "negative_s1")
+    # 2: round up?
+    half = ((one << drop_1) >> 1)[:width]
+    up = _stage(m, (drop_1 != 0) & ((rest > half) | ((rest == half) & kept[0])), "up")
+    kept_2, drop_2, negative_2 = (_stage(m, kept, "kept_2"), _stage(m, drop_1, "drop_s2"),
+                                  _stage(m, negative_1, "negative_s2"))
+    # 3: with the sign
+    total = Signal(signed(kept_width + 1))
+    m.d.comb += total.eq(kept_2 + up)
+    return (_stage(m, Mux(negative_2, -total, total), "signed_total", signed(kept_width + 1)),
+            _stage(m, drop_2, "drop_s3"))
+
+
+def _delay(m, value, cycles, name):
+    """``value``, ``cycles`` registers later."""
+    for i in range(cycles):
+        value = _stage(m, value, f"{name}_{i + 1}")
+    return value
 
 
 #: Cycles from an operand pair entering a :class:`QAddLane` to its result.
-QADD_LATENCY = 5
+QADD_LATENCY = 3 + ROUND_LATENCY + 1 + ROUND_LATENCY + 1 + RNE_LATENCY + 1
 
 
 class QAddLane(wiring.Component):
@@ -110,34 +154,28 @@ class QAddLane(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        valid = [self.valid] + [Signal(name=f"valid_{i}") for i in range(1, QADD_LATENCY + 1)]
-        for i in range(QADD_LATENCY):
-            m.d.sync += valid[i + 1].eq(valid[i])
-
-        # 1: b's product
-        a1, pb = Signal(signed(9)), Signal(signed(9 + SIGNIFICAND_BITS + 1))
-        m.d.sync += [a1.eq(self.a), pb.eq(self.b * p.rb_mant)]
-        # 2: plus the constant term, rounded to float32 (t)
-        m.submodules.round_t = round_t = _RoundSignificand()
-        a2, t = Signal(signed(9)), Signal(signed(_WIDTH))
+        product = signed(9 + SIGNIFICAND_BITS + 1)
         fixed = Signal(signed(17 + FRACTION_BITS + 1))
         m.d.comb += fixed.eq(Cat(p.fixed_lo, p.fixed_hi))
-        m.d.comb += round_t.value.eq((pb << p.rb_shift) + fixed)
-        m.d.sync += [a2.eq(a1), t.eq(round_t.rounded)]
-        # 3: a's product
-        pa, t3 = Signal(signed(9 + SIGNIFICAND_BITS + 1)), Signal(signed(_WIDTH))
-        m.d.sync += [pa.eq(a2 * p.ra_mant), t3.eq(t)]
-        # 4: the sum, rounded to float32
+        # 1-3: b's product, at its scale, plus the constant term
+        pb = _stage(m, self.b * p.rb_mant, "pb", product)
+        scaled_b = _stage(m, pb << p.rb_shift, "scaled_b", signed(_WIDTH))
+        sum_b = _stage(m, scaled_b + fixed, "sum_b", signed(_WIDTH))
+        # 4-9: rounded to float32 (t); meanwhile a waits, then its product is formed, at its scale (8-9)
+        m.submodules.round_t = round_t = _RoundSignificand()
+        m.d.comb += round_t.value.eq(sum_b)
+        pa = _stage(m, _delay(m, self.a, 1 + ROUND_LATENCY, "a") * p.ra_mant, "pa", product)
+        scaled_a = _stage(m, pa << p.ra_shift, "scaled_a", signed(_WIDTH))
+        # 10: a's term plus t
+        sum_a = _stage(m, scaled_a + round_t.rounded, "sum_a", signed(_WIDTH))
+        # 11-16: rounded to float32 (s)
         m.submodules.round_s = round_s = _RoundSignificand()
-        s = Signal(signed(_WIDTH))
-        m.d.comb += round_s.value.eq((pa << p.ra_shift) + t3)
-        m.d.sync += s.eq(round_s.rounded)
-        # 5: to the nearest integer, ties to even, and saturate to the output type
-        magnitude = Signal(unsigned(_WIDTH))
-        m.d.comb += magnitude.eq(Mux(s[-1], -s, s))
-        y = Signal(signed(_WIDTH - FRACTION_BITS + 2))
-        m.d.comb += y.eq(_rne_shift(m, magnitude, FRACTION_BITS, s[-1]))
+        m.d.comb += round_s.value.eq(sum_a)
+        # 17-20: to the nearest integer, ties to even, then saturated to the output type
+        s = round_s.rounded
+        magnitude = _stage(m, Mux(s[-1], -s, s), "magnitude_y", unsigned(_WIDTH))
+        y, _ = _rne_shift(m, magnitude, FRACTION_BITS, _stage(m, s[-1], "negative_y"), _WIDTH - FRACTION_BITS)
         low, high = Mux(p.uint8, 0, -128), Mux(p.uint8, 255, 127)
         m.d.sync += self.y.eq(Mux(y < low, low, Mux(y > high, high, y)))
-        m.d.comb += self.out_valid.eq(valid[QADD_LATENCY])
+        m.d.comb += self.out_valid.eq(_delay(m, self.valid, QADD_LATENCY, "valid"))
         return m

@@ -16,6 +16,11 @@ class MaxPool(VectorOperation):
     (raster order from ``out_y``, ``out_x``) and each of its channel blocks, reads the window's taps one per
     cycle and emits their lane-wise max. Taps in the padding are not read and never win (onnxruntime's rule).
 
+    The tap's buffer address, :func:`~tessera.hw.layouts.fmap_word` of its coordinates, is kept in a register
+    and stepped by additions: multiplying the coordinates out every cycle was the longest path of the ECP5
+    build. The steps and the first window's address are products of the geometry, which a few cycles after
+    ``start`` form by shift and add (:meth:`_setup`), before the first read.
+
     A tap is read in the cycle the counters name it (stage A); the next cycle (stage B) its word, or the
     padding, is folded into the running max.
 
@@ -41,22 +46,16 @@ class MaxPool(VectorOperation):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        # stage A: input coordinates of the tap
+        # stage A: the tap's coordinates and address
         a_valid, a_first, a_last = Signal(name="a_valid"), Signal(name="a_first"), Signal(name="a_last")
-        iy, ix, a_cb = Signal(_COORD, name="iy"), Signal(_COORD, name="ix"), Signal(8, name="a_cb")
-        self._taps(m, a_valid, a_first, a_last, iy, ix, a_cb)
+        iy, ix = Signal(_COORD, name="iy"), Signal(_COORD, name="ix")
+        tap_addr = Signal.like(self.read_addr)
+        self._taps(m, a_valid, a_first, a_last, iy, ix, tap_addr)
 
         # stage B: the read (or the padding) is under way
         b_valid, b_first, b_last, b_pad = (Signal(name=name) for name in ("b_valid", "b_first", "b_last", "b_pad"))
-        row_words = Signal(24)
-        m.d.comb += row_words.eq(g.in_w * g.channel_blocks)
         inside = (iy >= 0) & (iy < g.in_h) & (ix >= 0) & (ix < g.in_w)
-        pool_addr = Signal(24)       # layouts.fmap_word(in_w, channel_blocks, iy, ix, a_cb), row stride precomputed
-        m.d.comb += [
-            pool_addr.eq(self.a_base + iy * row_words + ix * g.channel_blocks + a_cb),
-            self.read_addr.eq(pool_addr),
-            self.reading.eq(a_valid & inside),
-        ]
+        m.d.comb += [self.read_addr.eq(tap_addr), self.reading.eq(a_valid & inside)]
         m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_pad.eq(~inside)]
 
         # then fold the word into the running max
@@ -71,30 +70,92 @@ class MaxPool(VectorOperation):
         m.d.comb += [self.result.eq(maxed.as_value()), self.result_valid.eq(b_valid & b_last)]
         return m
 
-    def _taps(self, m, a_valid, a_first, a_last, iy, ix, a_cb):
-        """Counters over output pixel, channel block and tap: the next tap's coordinates into stage A."""
+    def _setup(self, m, first_y, window_x):
+        """The address arithmetic's products, formed after ``start`` by shift and add, one multiplier bit a
+        cycle, from the first window's top row (``first_y``, with ``start``) and left column (``window_x``,
+        after it).
+
+        Returns ``ready`` (they are formed), ``formed`` (the cycle before), and in words: the steps to the next
+        pixel's window (``stride * channel_blocks``), to the next output row's (``stride * row``) and to the next
+        tap row (``row``, ``in_w * channel_blocks``); the addresses of the first window and of its output row's
+        first window, relative to ``a_base``."""
         g = self.geometry
-        oy, ox = Signal(range(MAX_CONV_SIDE + 1), name="oy"), Signal(range(MAX_CONV_SIDE + 1), name="ox")
+        address = self.read_addr.shape()
+        ready, formed = Signal(), Signal()
+        # phase 1: window_y * in_w, the first window row's pixel offset; phase 2: everything times channel_blocks
+        second = Signal()
+        multiplier = Signal(max(len(g.in_w), len(g.channel_blocks)))
+        row_pixels, row = Signal(address), Signal(address)
+        window_pixel, window = Signal(address), Signal(address)
+        line_pixel, line = Signal(address), Signal(address)
+        with m.If(self.start):
+            m.d.sync += [ready.eq(0), second.eq(0), multiplier.eq(g.in_w), row_pixels.eq(first_y),
+                         window_pixel.eq(0)]
+        with m.Elif(~ready & ~second):
+            with m.If(multiplier[0]):
+                m.d.sync += window_pixel.eq(window_pixel + row_pixels)
+            m.d.sync += [multiplier.eq(multiplier >> 1), row_pixels.eq(row_pixels << 1)]
+            with m.If(multiplier == 0):
+                m.d.sync += [second.eq(1), multiplier.eq(g.channel_blocks), row_pixels.eq(g.in_w),
+                             line_pixel.eq(window_pixel - g.pad_left), window_pixel.eq(window_pixel + window_x),
+                             row.eq(0), window.eq(0), line.eq(0)]
+        with m.Elif(~ready):
+            with m.If(multiplier[0]):
+                m.d.sync += [row.eq(row + row_pixels), window.eq(window + window_pixel), line.eq(line + line_pixel)]
+            m.d.sync += [multiplier.eq(multiplier >> 1), row_pixels.eq(row_pixels << 1),
+                         window_pixel.eq(window_pixel << 1), line_pixel.eq(line_pixel << 1)]
+            with m.If(multiplier == 0):
+                m.d.comb += formed.eq(1)
+                m.d.sync += ready.eq(1)
+        # stride is at most 3: a shift and an add
+        pixel_step, line_step = Signal(address), Signal(address)
+        m.d.sync += [pixel_step.eq(g.stride * g.channel_blocks), line_step.eq(g.stride * row)]
+        return ready, formed, pixel_step, line_step, row, window, line
+
+    def _taps(self, m, a_valid, a_first, a_last, iy, ix, tap_addr):
+        """Counters over output pixel, channel block and tap: the next tap's coordinates and address into
+        stage A."""
+        g = self.geometry
+        ox = Signal(range(MAX_CONV_SIDE + 1), name="ox")
+        window_y, window_x = Signal(_COORD, name="window_y"), Signal(_COORD, name="window_x")  # its top left tap
         pixel = Signal(16)
         cb = Signal(8)
         kh, kw = Signal(3, name="kh"), Signal(3, name="kw")
+        first_y = Signal(_COORD)
+        m.d.comb += first_y.eq(self.out_y * g.stride - g.pad_top)
+        ready, formed, pixel_step, line_step, row, window, line = self._setup(m, first_y, window_x)
+        # the addresses of the tap, of its row's first tap, of its window and block, of its output row's window
+        row_addr, block_addr = Signal.like(tap_addr), Signal.like(tap_addr)
+        window_addr, line_addr = Signal.like(tap_addr), Signal.like(tap_addr)
         tap_last_w, tap_last_h = kw == g.kernel_w - 1, kh == g.kernel_h - 1
         block_last, pixel_last = cb == g.channel_blocks - 1, pixel == self.count - 1
         with m.If(self.start):
-            m.d.sync += [pixel.eq(0), cb.eq(0), kh.eq(0), kw.eq(0), oy.eq(self.out_y), ox.eq(self.out_x)]
-        with m.If(self.run & self.room):
+            m.d.sync += [pixel.eq(0), cb.eq(0), kh.eq(0), kw.eq(0), ox.eq(self.out_x), window_y.eq(first_y),
+                         window_x.eq(self.out_x * g.stride - g.pad_left)]
+        with m.If(formed):
+            first = self.a_base + window
+            m.d.sync += [tap_addr.eq(first), row_addr.eq(first), block_addr.eq(first), window_addr.eq(first),
+                         line_addr.eq(self.a_base + line)]
+        m.d.comb += [iy.eq(window_y + kh), ix.eq(window_x + kw)]
+        with m.If(self.run & ready & self.room):
             m.d.comb += [a_valid.eq(1), a_first.eq((kh == 0) & (kw == 0)),
                          a_last.eq(tap_last_h & tap_last_w), self.started.eq(tap_last_h & tap_last_w)]
-            m.d.comb += [iy.eq(oy * g.stride + kh - g.pad_top), ix.eq(ox * g.stride + kw - g.pad_left), a_cb.eq(cb)]
             # next tap, then block, then pixel (raster order, wrapping at out_w)
-            m.d.sync += kw.eq(kw + 1)
+            m.d.sync += [kw.eq(kw + 1), tap_addr.eq(tap_addr + g.channel_blocks)]
             with m.If(tap_last_w):
-                m.d.sync += [kw.eq(0), kh.eq(kh + 1)]
+                m.d.sync += [kw.eq(0), kh.eq(kh + 1), row_addr.eq(row_addr + row), tap_addr.eq(row_addr + row)]
                 with m.If(tap_last_h):
-                    m.d.sync += [kh.eq(0), cb.eq(cb + 1)]
+                    m.d.sync += [kh.eq(0), cb.eq(cb + 1), block_addr.eq(block_addr + 1),
+                                 row_addr.eq(block_addr + 1), tap_addr.eq(block_addr + 1)]
                     with m.If(block_last):
-                        m.d.sync += [cb.eq(0), pixel.eq(pixel + 1), ox.eq(ox + 1)]
+                        next_window = Signal.like(tap_addr)
+                        m.d.comb += next_window.eq(window_addr + pixel_step)
+                        m.d.sync += [cb.eq(0), pixel.eq(pixel + 1), ox.eq(ox + 1), window_x.eq(window_x + g.stride)]
                         with m.If(ox == g.out_w - 1):
-                            m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
+                            m.d.sync += [ox.eq(0), window_x.eq(-g.pad_left), window_y.eq(window_y + g.stride)]
+                            m.d.comb += next_window.eq(line_addr + line_step)
+                            m.d.sync += line_addr.eq(line_addr + line_step)
+                        m.d.sync += [window_addr.eq(next_window), block_addr.eq(next_window),
+                                     row_addr.eq(next_window), tap_addr.eq(next_window)]
                         with m.If(pixel_last):
                             m.d.comb += self.done.eq(1)
