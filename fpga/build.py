@@ -102,13 +102,16 @@ def build_bitstream(board, cfg, *, root="build/fpga", progress=print, retime=Tru
             script = "; ".join(part for part in (script, single_port_ram_script(cfg)) if part)
         result = _place_and_route(board, cfg, plan, folder, progress, script, lut_multiplier_rows, lut_requant,
                                   time_limit_s)
-        attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"]})
+        attempts.append({"pll_mhz": plan.output_mhz, "fmax_mhz": result["fmax"], "seconds": result["seconds"],
+                         "critical_path": result["critical_path"]})
         achieved = min(result["fmax"].values()) if result["fmax"] else 0.0
         if achieved >= plan.output_mhz or not retime:
             break
         slower = board.plan_pll(achieved)
         if slower.output_mhz >= plan.output_mhz or slower.output_mhz > achieved:
             break
+        if result["critical_path"]:
+            progress(f"[{board.name}] critical path {describe_path(result['critical_path'])}")
         progress(f"[{board.name}] fmax {achieved:.1f} MHz < {plan.output_mhz:g} MHz: rebuilding at "
                  f"{slower.output_mhz:g} MHz")
         plan = slower
@@ -246,7 +249,7 @@ def _place_and_route(board, cfg, plan, folder, progress, script_after_read="", l
                                      "percent": round(100 * used[cell]["used"] / max(1, used[cell]["available"]), 1)}
     progress(f"[{board.name}] placed and routed in {seconds:.0f} s: fmax "
              + ", ".join(f"{k} {v:.1f} MHz" for k, v in fmax.items()))
-    return {"fmax": fmax, "utilisation": utilisation, "seconds": seconds}
+    return {"fmax": fmax, "utilisation": utilisation, "seconds": seconds, "critical_path": critical_path(data)}
 
 
 def run_tools(command, folder, log_path, time_limit_s):
@@ -349,6 +352,55 @@ def time_out_message(board, folder, log_text, time_limit_s):
             f"(log: {folder / 'top.tim'}; a longer limit: --time-limit MINUTES)")
 
 
+#: Repository root: critical path sources under it are named relative to it.
+_ROOT = Path(__file__).resolve().parent.parent
+#: Source lines a critical path summary names at most.
+_PATH_SOURCES = 8
+
+
+def critical_path(nextpnr_report):
+    """The longest register-to-register path of a nextpnr JSON report, summarised: its clock, total delay, the
+    part in logic and in routing, its logic levels, the cells it starts and ends at, and the HDL lines (Amaranth's
+    ``src`` attributes) its nets come from, in path order. ``None`` if the report has no such path."""
+    paths = [p for p in nextpnr_report.get("critical_paths", [])
+             if p["from"] == p["to"] and "<async>" not in p["from"] and "$PACKER_" not in p["from"]]
+    if not paths:
+        return None
+    path = max(paths, key=lambda p: sum(segment["delay"] for segment in p["path"]))
+    segments = path["path"]
+    routing = sum(segment["delay"] for segment in segments if segment["type"] == "routing")
+    total = sum(segment["delay"] for segment in segments)
+    sources = []
+    for segment in segments:
+        for source in segment.get("sources", []):
+            named = _source_name(source)
+            if named not in sources:
+                sources.append(named)
+    return {"clock": _clock_name(path["from"].split(" ")[-1]), "delay_ns": round(total, 2),
+            "logic_ns": round(total - routing, 2), "routing_ns": round(routing, 2),
+            "levels": sum(segment["type"] == "logic" for segment in segments),
+            "from": segments[0]["from"]["cell"], "to": segments[-1]["to"]["cell"],
+            "sources": sources[:_PATH_SOURCES]}
+
+
+def describe_path(path):
+    """One line for a `critical_path` summary: its delay, how it splits, and where it comes from."""
+    where = ", ".join(path["sources"]) or f"{path['from']} to {path['to']}"
+    return (f"{path['delay_ns']:.1f} ns ({path['logic_ns']:.1f} logic, {path['routing_ns']:.1f} routing, "
+            f"{path['levels']} logic levels): {where}")
+
+
+def _source_name(source):
+    """An HDL source location, ``file:line``, relative to the repository (or to its package's folder)."""
+    file, _, line = source.rpartition(":")
+    path = Path(file)
+    try:
+        name = path.resolve().relative_to(_ROOT)
+    except ValueError:
+        name = Path(*path.parts[-2:])
+    return f"{name}:{line}"
+
+
 def render_markdown(report):
     """The report as a Markdown table."""
     cfg = report["config"]
@@ -363,6 +415,8 @@ def render_markdown(report):
     lines += [f"| peak | {report['peak_gops']:.2f} GOPS |",
               f"| UART | {report['uart_baud'] / 1e6:g} Mbaud ({report['uart_cycles_per_bit']} cycles/bit) |",
               f"| build wall time | {report['wall_seconds']:.0f} s |"]
+    lines += [f"| critical path at {attempt['pll_mhz']:g} MHz | {describe_path(attempt['critical_path'])} |"
+              for attempt in report.get("attempts", []) if attempt.get("critical_path")]
     resident = ""
     if report.get("resident_models"):
         resident = render_resident(cfg, report["resident_models"])

@@ -6,6 +6,7 @@ route, over the 60 s a test may spend; ``make bitstream`` is the way to build on
 
 import functools
 import re
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,30 @@ class TestReports:
         report = {"fmax": {"$glbnet$clk": {"achieved": 25.04, "constraint": 21.0},
                            "$PACKER_GND_NET": {"achieved": 174.1, "constraint": 21.0}}}
         assert list(clock_fmax(report).values()) == [25.04]
+
+    def test_critical_path_names_its_delay_split_and_hdl_lines(self):
+        from tessera.fpga.build import critical_path, describe_path
+        root = Path(__file__).resolve().parent.parent
+
+        def segment(kind, delay, sources=()):
+            return {"type": kind, "delay": delay, "from": {"cell": f"{kind}_from"}, "to": {"cell": f"{kind}_to"},
+                    **({"sources": list(sources)} if kind == "routing" else {})}
+
+        short = [segment("clk-to-q", 0.5), segment("routing", 1.0, [f"{root}/hw/pe.py:10"]), segment("setup", 0.1)]
+        long = [segment("clk-to-q", 0.5), segment("routing", 2.0, [f"{root}/hw/qadd.py:120", f"{root}/hw/qadd.py:121"]),
+                segment("logic", 0.4), segment("routing", 3.0, [f"{root}/hw/qadd.py:121", "/x/amaranth/lib/fifo.py:9"]),
+                segment("logic", 0.4), segment("setup", 0.2)]
+        report = {"critical_paths": [
+            {"from": "posedge $glbnet$core_clk", "to": "posedge $glbnet$core_clk", "path": short},
+            {"from": "<async>", "to": "posedge $glbnet$core_clk", "path": long + long},
+            {"from": "posedge $glbnet$core_clk", "to": "posedge $glbnet$core_clk", "path": long}]}
+        path = critical_path(report)
+        assert path["clock"] == "core_clk" and path["delay_ns"] == 6.5 and path["routing_ns"] == 5.0
+        assert path["logic_ns"] == 1.5 and path["levels"] == 2
+        assert path["from"] == "clk-to-q_from" and path["to"] == "setup_to"
+        assert path["sources"] == ["hw/qadd.py:120", "hw/qadd.py:121", "lib/fifo.py:9"]
+        assert describe_path(path).startswith("6.5 ns (1.5 logic, 5.0 routing, 2 logic levels): hw/qadd.py:120")
+        assert critical_path({"critical_paths": [{"from": "<async>", "to": "<async>", "path": long}]}) is None
 
     def test_lut_multiplier_rows_select_the_last_rows(self):
         script = lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 2)
