@@ -372,9 +372,10 @@ def critical_path(nextpnr_report):
     total = sum(segment["delay"] for segment in segments)
     sources = []
     for segment in segments:
+        # the HDL's own lines (Amaranth's), not those of the Yosys cell libraries the nets pass through
         for source in segment.get("sources", []):
             named = _source_name(source)
-            if named not in sources:
+            if named.split(":")[0].endswith(".py") and named not in sources:
                 sources.append(named)
     return {"clock": _clock_name(path["from"].split(" ")[-1]), "delay_ns": round(total, 2),
             "logic_ns": round(total - routing, 2), "routing_ns": round(routing, 2),

@@ -238,7 +238,7 @@ class Controller(wiring.Component):
                     with m.Case(Opcode.GEMM):
                         m.next = "GEMM_CHECK" if timing_registers(platform) else "GEMM"
                     with m.Case(Opcode.POOL, Opcode.ADD):
-                        m.next = "VEC_CMD"
+                        m.next = "VEC_CHECK"
                     with m.Case(Opcode.WAIT):
                         m.next = "WAIT"
                     with m.Case(Opcode.READ_COUNTERS):
@@ -297,6 +297,13 @@ class Controller(wiring.Component):
                 m.d.comb += queues.gemm.valid.eq(1)
                 with m.If(queues.gemm.ready):
                     m.next = "FETCH"
+
+        with m.State("VEC_CHECK"):   # where it stores is judged a cycle after DECODE (Decoder.store_error)
+            with m.If(blocks.decoder.store_error != 0):
+                m.d.sync += blocks.error.eq(blocks.decoder.store_error)
+                m.next = "ERROR"
+            with m.Else():
+                m.next = "VEC_CMD"
 
         with m.State("VEC_CMD"):
             m.d.comb += queues.vector.valid.eq(1)

@@ -32,7 +32,12 @@ class Decoder(wiring.Component):
     in_program : In(1)
         The instruction comes from a running program (a RUN there is rejected: programs do not nest).
     error : Out(8)
-        Why the instruction is rejected: an ErrorCode, 0 if it is not (or is a LOAD or GEMM).
+        Why the instruction is rejected: an ErrorCode, 0 if it is not (or is a LOAD or GEMM), save for where a
+        POOL or ADD stores its result.
+    store_error : Out(8)
+        What is wrong with where a POOL or ADD stores its result (0 for any other instruction), one cycle after
+        ``take``: registered, as its products are a long path in an ECP5's logic (the ULX3S build's critical one,
+        from the instruction through the decode into the state machine).
     take : In(1)
         The instruction is being decoded: take its vector command if it is a POOL or ADD, even a rejected one
         (the controller queues only the others).
@@ -48,6 +53,7 @@ class Decoder(wiring.Component):
             "store_setup": In(store_setup_layout()),
             "in_program": In(1),
             "error": Out(8),
+            "store_error": Out(8),
             "take": In(1),
             "vec_command": Out(vec_command_layout(cfg)),
         })
@@ -68,6 +74,7 @@ class Decoder(wiring.Component):
         pool_out_of_range = pool.x_base >= cfg.vec_depth if 0 < cfg.vec_depth < (1 << 16) else 0
 
         pool_store_error, add_store_error = self._store_errors(m, pool, add)
+        m.d.sync += self.store_error.eq(0)
 
         with m.Switch(opcode):
             with m.Case(Opcode.NOP, Opcode.LOAD, Opcode.GEMM, Opcode.READ_COUNTERS, Opcode.CLEAR_COUNTERS):
@@ -90,15 +97,13 @@ class Decoder(wiring.Component):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif(pool_out_of_range):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
-                with m.Else():
-                    m.d.comb += self.error.eq(pool_store_error)
+                m.d.sync += self.store_error.eq(pool_store_error)
             with m.Case(Opcode.ADD):
                 with m.If(no_vector | (add.words == 0)):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif((add.a_base + add.words > cfg.vec_depth) | (add.b_base + add.words > cfg.vec_depth)):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
-                with m.Else():
-                    m.d.comb += self.error.eq(add_store_error)
+                m.d.sync += self.store_error.eq(add_store_error)
             with m.Case(Opcode.STORE_SETUP):
                 # the lanes a GEMM's row or a POOL's pixel may write are judged with the command
                 with m.If((store.lanes == 0) | (store.lane >= max(cfg.rows, 4))):
