@@ -128,8 +128,22 @@ def _delay(m, value, cycles, name):
     return value
 
 
+#: Cycles of :func:`_product`.
+PRODUCT_LATENCY = 2
+
+
+def _product(m, operand, mant, name):
+    """``operand * mant`` (a 9-bit operand, a 24-bit significand), ``PRODUCT_LATENCY`` cycles later: the
+    significand's halves times the operand first, their sum next, so that neither cycle holds a whole 9 x 24-bit
+    multiply in logic."""
+    half = SIGNIFICAND_BITS // 2
+    low = _stage(m, operand * mant[:half], f"{name}_low", signed(9 + half + 1))
+    high = _stage(m, operand * mant[half:], f"{name}_high", signed(9 + half + 1))
+    return _stage(m, (high << half) + low, name, signed(9 + SIGNIFICAND_BITS + 1))
+
+
 #: Cycles from an operand pair entering a :class:`QAddLane` to its result.
-QADD_LATENCY = 3 + ROUND_LATENCY + 1 + ROUND_LATENCY + 1 + RNE_LATENCY + 1
+QADD_LATENCY = 1 + PRODUCT_LATENCY + 2 + ROUND_LATENCY + 1 + ROUND_LATENCY + 1 + RNE_LATENCY + 1
 
 
 class QAddLane(wiring.Component):
@@ -154,24 +168,24 @@ class QAddLane(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        product = signed(9 + SIGNIFICAND_BITS + 1)
         fixed = Signal(signed(17 + FRACTION_BITS + 1))
         m.d.comb += fixed.eq(Cat(p.fixed_lo, p.fixed_hi))
-        # 1-3: b's product, at its scale, plus the constant term
-        pb = _stage(m, self.b * p.rb_mant, "pb", product)
-        scaled_b = _stage(m, pb << p.rb_shift, "scaled_b", signed(_WIDTH))
+        # 1: the operands, straight from flip-flops into the products (they come from a block RAM's read port)
+        a, b = _stage(m, self.a, "a_in"), _stage(m, self.b, "b_in")
+        # 2-5: b's product, at its scale, plus the constant term
+        scaled_b = _stage(m, _product(m, b, p.rb_mant, "pb") << p.rb_shift, "scaled_b", signed(_WIDTH))
         sum_b = _stage(m, scaled_b + fixed, "sum_b", signed(_WIDTH))
-        # 4-9: rounded to float32 (t); meanwhile a waits, then its product is formed, at its scale (8-9)
+        # 6-11: rounded to float32 (t); meanwhile a waits, then its product is formed, at its scale (9-11)
         m.submodules.round_t = round_t = _RoundSignificand()
         m.d.comb += round_t.value.eq(sum_b)
-        pa = _stage(m, _delay(m, self.a, 1 + ROUND_LATENCY, "a") * p.ra_mant, "pa", product)
+        pa = _product(m, _delay(m, a, 1 + ROUND_LATENCY, "a"), p.ra_mant, "pa")
         scaled_a = _stage(m, pa << p.ra_shift, "scaled_a", signed(_WIDTH))
-        # 10: a's term plus t
+        # 12: a's term plus t
         sum_a = _stage(m, scaled_a + round_t.rounded, "sum_a", signed(_WIDTH))
-        # 11-16: rounded to float32 (s)
+        # 13-18: rounded to float32 (s)
         m.submodules.round_s = round_s = _RoundSignificand()
         m.d.comb += round_s.value.eq(sum_a)
-        # 17-20: to the nearest integer, ties to even, then saturated to the output type
+        # 19-23: to the nearest integer, ties to even, then saturated to the output type
         s = round_s.rounded
         magnitude = _stage(m, Mux(s[-1], -s, s), "magnitude_y", unsigned(_WIDTH))
         y, _ = _rne_shift(m, magnitude, FRACTION_BITS, _stage(m, s[-1], "negative_y"), _WIDTH - FRACTION_BITS)
