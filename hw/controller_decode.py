@@ -97,13 +97,15 @@ class Decoder(wiring.Component):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif(pool_out_of_range):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
-                m.d.sync += self.store_error.eq(pool_store_error)
+                with m.Else():   # (so that without a vector unit the checks are not built at all)
+                    m.d.sync += self.store_error.eq(pool_store_error)
             with m.Case(Opcode.ADD):
                 with m.If(no_vector | (add.words == 0)):
                     m.d.comb += self.error.eq(ErrorCode.BAD_SHAPE)
                 with m.Elif((add.a_base + add.words > cfg.vec_depth) | (add.b_base + add.words > cfg.vec_depth)):
                     m.d.comb += self.error.eq(ErrorCode.OUT_OF_RANGE)
-                m.d.sync += self.store_error.eq(add_store_error)
+                with m.Else():
+                    m.d.sync += self.store_error.eq(add_store_error)
             with m.Case(Opcode.STORE_SETUP):
                 # the lanes a GEMM's row or a POOL's pixel may write are judged with the command
                 with m.If((store.lanes == 0) | (store.lane >= max(cfg.rows, 4))):
