@@ -71,7 +71,8 @@ ROUND_LATENCY = 6
 
 class _RoundSignificand(wiring.Component):
     """Pipelined ``fl``: keep the 24 leading bits of ``|value|``, ties to even, ``ROUND_LATENCY`` cycles later.
-    Each stage holds at most one wide carry chain or one barrel shift: the ECP5 meets the core clock so."""
+    Each stage holds at most one wide carry chain or one barrel shift, to shorten the ECP5's paths (the 4x16 ULX3S
+    build's critical path left this unit once its products were split too; docs/fpga.md)."""
 
     value: In(signed(_WIDTH))
     rounded: Out(signed(_WIDTH))
