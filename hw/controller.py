@@ -238,7 +238,7 @@ class Controller(wiring.Component):
                     with m.Case(Opcode.GEMM):
                         m.next = "GEMM_CHECK" if timing_registers(platform) else "GEMM"
                     with m.Case(Opcode.POOL, Opcode.ADD):
-                        m.next = "VEC_CHECK"
+                        m.next = "VEC_PRODUCTS"
                     with m.Case(Opcode.WAIT):
                         m.next = "WAIT"
                     with m.Case(Opcode.READ_COUNTERS):
@@ -298,7 +298,10 @@ class Controller(wiring.Component):
                 with m.If(queues.gemm.ready):
                     m.next = "FETCH"
 
-        with m.State("VEC_CHECK"):   # where it stores is judged a cycle after DECODE (Decoder.store_error)
+        with m.State("VEC_PRODUCTS"):   # where it stores is judged two cycles after DECODE (Decoder.store_error)
+            m.next = "VEC_CHECK"
+
+        with m.State("VEC_CHECK"):
             with m.If(blocks.decoder.store_error != 0):
                 m.d.sync += blocks.error.eq(blocks.decoder.store_error)
                 m.next = "ERROR"
