@@ -236,7 +236,7 @@ class Controller(wiring.Component):
                         m.d.sync += error.eq(load.error)
                         m.next = "LOAD"
                     with m.Case(Opcode.GEMM):
-                        m.next = "GEMM_CHECK" if timing_registers(platform) else "GEMM"
+                        m.next = "GEMM_PRODUCTS" if timing_registers(platform) else "GEMM"
                     with m.Case(Opcode.POOL, Opcode.ADD):
                         m.next = "VEC_PRODUCTS"
                     with m.Case(Opcode.WAIT):
@@ -286,7 +286,9 @@ class Controller(wiring.Component):
         """Commands go into the queues (once the checks pass); WAIT lets the queues drain."""
         queues = blocks.queues
         if timing_registers(platform):
-            with m.State("GEMM_CHECK"):   # the checks are registered: valid from the next cycle on
+            with m.State("GEMM_PRODUCTS"):   # the checks' products, their sums, then the checks are registered
+                m.next = "GEMM_CHECK"
+            with m.State("GEMM_CHECK"):
                 m.next = "GEMM"
 
         with m.State("GEMM"):

@@ -1,6 +1,6 @@
 """Decode: the checks an instruction's own fields settle, and the vector unit's command a POOL or ADD describes."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -74,7 +74,8 @@ class Decoder(wiring.Component):
         # a constant comparison fails the lint gate: compare only where x_base can be out of range
         pool_out_of_range = pool.x_base >= cfg.vec_depth if 0 < cfg.vec_depth < (1 << 16) else 0
 
-        pool_store_error, add_store_error = self._store_errors(m, pool, add)
+        pool_words = self._pool_words(m, pool)
+        pool_store_error, add_store_error = self._store_errors(m, pool, add, pool_words)
         m.d.sync += self.store_error.eq(0)
 
         with m.Switch(opcode):
@@ -121,6 +122,8 @@ class Decoder(wiring.Component):
                 m.d.comb += self.error.eq(ErrorCode.ILLEGAL_OPCODE)
 
         entry = self.vec_command
+        with m.If(opcode == Opcode.POOL):   # (its product is a cycle old: kept from DECODE on, as the instruction)
+            m.d.sync += entry.words.eq(pool_words)
         with m.If(self.take & (opcode == Opcode.POOL)):
             m.d.sync += [entry.op.eq(0), entry.a_base.eq(pool.x_base), entry.count.eq(pool.m),
                          entry.out_y.eq(pool.out_y), entry.out_x.eq(pool.out_x), entry.store.eq(pool.store),
@@ -128,22 +131,30 @@ class Decoder(wiring.Component):
                          entry.lanes.eq(self.store_setup.lanes), entry.stride.eq(self.store_setup.stride)]
         with m.If(self.take & (opcode == Opcode.ADD)):
             m.d.sync += [entry.op.eq(1), entry.a_base.eq(add.a_base), entry.b_base.eq(add.b_base),
-                         entry.count.eq(add.words), entry.store.eq(add.store), entry.d_base.eq(add.d_base)]
+                         entry.count.eq(add.words), entry.words.eq(add.words), entry.store.eq(add.store),
+                         entry.d_base.eq(add.d_base)]
         return m
 
-    def _store_errors(self, m, pool, add):
+    def _pool_words(self, m, pool):
+        """A POOL's result words, ``m`` pixels of ``channel_blocks`` words each, a cycle after DECODE: registered,
+        as are all products here (the instruction is steady from DECODE on; see ``_store_errors``)."""
+        words = Signal(unsigned(24))
+        m.d.sync += words.eq(pool.m * self.pool_geometry.channel_blocks)
+        return words
+
+    def _store_errors(self, m, pool, add, pool_words):
         """The errors of a POOL's and an ADD's ``store``: a pool stores into the vector buffer one word per result
         word, or into the activation buffer pixel by pixel as STORE_SETUP lays them out; an add only into the
         vector buffer (its words are no pixels)."""
         cfg = self.cfg
         pool_error, add_error = Signal(8), Signal(8)
         setup, blocks = self.store_setup, self.pool_geometry.channel_blocks
-        # the products are registered (the instruction is steady from DECODE on) and the sums and comparisons
-        # after them registered a cycle later (store_error): all in one cycle, 16 x 16-bit multiplies in logic,
-        # they measured 20.6 ns on the ECP5. At full width: a wrapped product would pass the range check.
-        pool_spread, pool_words = (pool.m - 1) * setup.stride, pool.m * blocks
-        spread, words = Signal(pool_spread.shape()), Signal(pool_words.shape())
-        m.d.sync += [spread.eq(pool_spread), words.eq(pool_words)]
+        # the products are registered and the sums and comparisons after them registered a cycle later
+        # (store_error): all in one cycle, 16 x 16-bit multiplies in logic, they measured 20.6 ns on the ECP5. At
+        # full width: a wrapped product would pass the range check.
+        pool_spread = (pool.m - 1) * setup.stride
+        spread = Signal(pool_spread.shape())
+        m.d.sync += spread.eq(pool_spread)
         pool_act_end = pool.d_base + spread + store_words(cfg.rows, setup.lane, setup.lanes)
         with m.Switch(pool.store):
             with m.Case(StoreTarget.ACT):
@@ -152,7 +163,7 @@ class Decoder(wiring.Component):
                 with m.Elif(pool_act_end > cfg.act_depth):
                     m.d.comb += pool_error.eq(ErrorCode.OUT_OF_RANGE)
             with m.Case(StoreTarget.VEC):
-                with m.If(pool.d_base + words > cfg.vec_depth):
+                with m.If(pool.d_base + pool_words > cfg.vec_depth):
                     m.d.comb += pool_error.eq(ErrorCode.OUT_OF_RANGE)
             with m.Case(3):
                 m.d.comb += pool_error.eq(ErrorCode.BAD_SHAPE)

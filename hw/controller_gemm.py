@@ -41,7 +41,7 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
     store_setup : View of store_setup_layout()
         Where STORE_SETUP said stored rows go: zero before the first.
     platform
-        The result is valid one cycle after DECODE on an iCE40, two cycles after it everywhere else.
+        The result is valid one cycle after DECODE on an iCE40, three cycles after it everywhere else.
     """
     dataflow_reads = {"ws": _weight_stationary, "os": _output_stationary, "rs": _row_stationary}[cfg.dataflow]
     reads = dataflow_reads(m, cfg, command, geometry)
@@ -54,12 +54,17 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
     # a stored command's rows: the last starts `stride` words on per row and covers `store_words` words of its
     # target (rows lanes each in the activation buffer, 4 in the vector buffer). On rs, the rows are the filters'
     # output columns, `stride` words apart, each lane a word `lane_stride` on, and the filters step through lanes.
+    # Its products are registered a cycle before the sums (a 16 x 16-bit multiply in logic took 20.6 ns on the
+    # ECP5 alone; see hw.controller_decode), except on an iCE40.
+    def product(name, value):
+        return _registered(m, name, value) if timing_registers(platform) else value
     if cfg.dataflow == "rs":
-        last_row = (command.s_base + (geometry.out_w - 1) * store_setup.stride
-                    + (store_setup.lanes - 1) * store_setup.lane_stride)
+        last_row = (command.s_base + product("column_spread", (geometry.out_w - 1) * store_setup.stride)
+                    + product("lane_spread", (store_setup.lanes - 1) * store_setup.lane_stride))
         row_lanes = command.filters
     else:
-        last_row, row_lanes = command.s_base + (command.m - 1) * store_setup.stride, store_setup.lanes
+        last_row = command.s_base + product("row_spread", (command.m - 1) * store_setup.stride)
+        row_lanes = store_setup.lanes
     to_act, to_vec = command.store == StoreTarget.ACT, command.store == StoreTarget.VEC
     act_end = _registered(m, "act_store_end", last_row + store_words(cfg.rows, store_setup.lane, row_lanes))
     vec_end = _registered(m, "vec_store_end", last_row + store_words(4, store_setup.lane, row_lanes))
@@ -76,9 +81,9 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
                 | (command.p_base >= cfg.param_depth) | reads.params_out_of_range
                 | (to_act & (act_end > cfg.act_depth)) | (to_vec & (vec_end > cfg.vec_depth))):
         m.d.comb += error.eq(ErrorCode.OUT_OF_RANGE)
-    # registered too, so it is valid two cycles after DECODE (GEMM_CHECK waits one): from the instruction through
-    # the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz. Not on an iCE40
-    # (no GEMM_CHECK either), whose logic cells are what runs short there.
+    # registered too, so it is valid three cycles after DECODE (GEMM_PRODUCTS and GEMM_CHECK wait): from the
+    # instruction through the checks into the command queues was the 16x8 ULX3S build's critical path at 86.7 MHz.
+    # Not on an iCE40 (no waiting states either), whose logic cells are what runs short there.
     return _registered(m, "gemm_error", error) if timing_registers(platform) else error
 
 

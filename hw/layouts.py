@@ -284,12 +284,14 @@ def vec_command_layout(cfg):
     """A command of the vector unit (:mod:`tessera.hw.vector`).
 
     ``op`` 0 (pool): ``count`` output pixels from (``out_y``, ``out_x``) in raster order, over the feature map
-    at ``a_base``. ``op`` 1 (add): ``count`` words of ``a_base`` plus as many of ``b_base``. The result words
-    go where ``store`` says (a StoreTarget): to the host, into the vector buffer from word ``d_base`` on, or
-    (a pool) into the activation buffer as the STORE_SETUP fields lay them out from word ``d_base``.
+    at ``a_base``. ``op`` 1 (add): ``count`` words of ``a_base`` plus as many of ``b_base``. ``words`` is the
+    command's result words, formed by the decoder (a pool's ``count`` times the geometry's ``channel_blocks``: no
+    multiply in the vector unit's path from its queue). The result words go where ``store`` says (a
+    StoreTarget): to the host, into the vector buffer from word ``d_base`` on, or (a pool) into the activation
+    buffer as the STORE_SETUP fields lay them out from word ``d_base``.
     """
     addr = _addr(max(2, cfg.vec_depth))
     side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
     return data.StructLayout({"op": 1, "a_base": addr, "b_base": addr, "count": unsigned(16),
-                              "out_y": side, "out_x": side, "store": unsigned(2),
+                              "words": unsigned(24), "out_y": side, "out_x": side, "store": unsigned(2),
                               "d_base": store_addr_shape(cfg), **dict(store_setup_layout().members)})

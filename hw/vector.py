@@ -101,12 +101,11 @@ class VectorUnit(wiring.Component):
 
         m.submodules.out = out = fifo.SyncFIFOBuffered(width=link_beat_layout().size, depth=_OUT_QUEUE)
         cmd = Signal(vec_command_layout(cfg))
-        total = Signal(24)      # result words of the command
         accept = Signal()       # IDLE takes a command
         run = Signal()          # in RUN
         stored = self._route(m, out, cmd, accept, own_writes)
         pool, add = self._operations(m, read, cmd, accept, run)
-        send_header, all_sent = self._emit(m, out, cmd, total, accept, pool, add)
+        send_header, all_sent = self._emit(m, out, cmd, accept, pool, add)
         sends = cmd.store == StoreTarget.HOST
 
         m.d.comb += [self.completed.eq(0), self.busy.eq(0)]
@@ -119,10 +118,6 @@ class VectorUnit(wiring.Component):
                 with m.If(self.cmd.valid & self.cmd.ready):
                     m.d.comb += accept.eq(1)
                     m.d.sync += cmd.eq(self.cmd.payload)
-                    with m.If(self.cmd.payload.op == VecOp.POOL):
-                        m.d.sync += total.eq(self.cmd.payload.count * self.geometry.channel_blocks)
-                    with m.Else():
-                        m.d.sync += total.eq(self.cmd.payload.count)
                     m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += self.busy.eq(1)
@@ -138,7 +133,7 @@ class VectorUnit(wiring.Component):
             with m.State("FINISH"):
                 m.d.comb += self.busy.eq(1)
                 # (a stored command is complete once its last word is written)
-                with m.If(all_sent & (sends | (stored == total))):
+                with m.If(all_sent & (sends | (stored == cmd.words))):
                     m.d.comb += self.completed.eq(1)
                     m.next = "IDLE"
         return m
@@ -219,7 +214,7 @@ class VectorUnit(wiring.Component):
         ]
         return pool, add
 
-    def _emit(self, m, out, cmd, total, accept, pool, add):
+    def _emit(self, m, out, cmd, accept, pool, add):
         """Results into the output queue: the packet header first, then the words. A read may start only if
         its result word will find room in the queue. Returns the strobe that sends the header, and whether
         every result word of the command is queued."""
@@ -229,7 +224,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += [room.eq(out.level + in_flight < _OUT_QUEUE - 1), pool.room.eq(room), add.room.eq(room)]
 
         header = data.View(packet_header_layout(), Signal(LINK_WIDTH))
-        m.d.comb += [header.kind.eq(PacketKind.VECTOR), header.length.eq(total)]
+        m.d.comb += [header.kind.eq(PacketKind.VECTOR), header.length.eq(cmd.words)]
         beat = data.View(link_beat_layout(), Signal(link_beat_layout().size))
         result_valid = Signal()
         result_word = Signal(LINK_WIDTH)
@@ -240,7 +235,7 @@ class VectorUnit(wiring.Component):
         send_header = Signal()
         m.d.comb += [
             beat.data.eq(Mux(send_header, header.as_value(), result_word)),
-            beat.last.eq(~send_header & (emitted == total - 1)),
+            beat.last.eq(~send_header & (emitted == cmd.words - 1)),
             out.w_data.eq(beat.as_value()),
             out.w_en.eq(send_header | result_valid),
         ]
@@ -250,4 +245,4 @@ class VectorUnit(wiring.Component):
             m.d.sync += emitted.eq(0)
         # a read whose result word is on its way is counted in in_flight until the word is queued
         m.d.sync += in_flight.eq(in_flight + (pool.started | add.started) - result_valid)
-        return send_header, (emitted == total) & (in_flight == 0)
+        return send_header, (emitted == cmd.words) & (in_flight == 0)
