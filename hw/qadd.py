@@ -51,6 +51,12 @@ def _stage(m, value, name, shape=None):
     return reg
 
 
+def _sign_magnitude(m, value, name):
+    """``(negative, |value|)`` of a signed ``_WIDTH``-bit value, both registered: one pipeline stage."""
+    return (_stage(m, value[-1], f"negative_{name}"),
+            _stage(m, Mux(value[-1], -value, value), f"magnitude_{name}", unsigned(_WIDTH)))
+
+
 def _leading_one(bits):
     """``(any, index)``: whether ``bits`` has a set bit, and the index of the highest, as a tree of muxes
     (log2 levels deep, where a chain of priority ifs would be one level per bit)."""
@@ -80,8 +86,7 @@ class _RoundSignificand(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         # 1: sign and magnitude
-        negative = _stage(m, self.value[-1], "negative_1")
-        magnitude = _stage(m, Mux(self.value[-1], -self.value, self.value), "magnitude_1", unsigned(_WIDTH))
+        negative, magnitude = _sign_magnitude(m, self.value, "1")
         # 2: how many low bits to drop
         _, leading = _leading_one(magnitude)
         drop = Signal(range(_WIDTH))
@@ -187,9 +192,8 @@ class QAddLane(wiring.Component):
         m.submodules.round_s = round_s = _RoundSignificand()
         m.d.comb += round_s.value.eq(sum_a)
         # 19-23: to the nearest integer, ties to even, then saturated to the output type
-        s = round_s.rounded
-        magnitude = _stage(m, Mux(s[-1], -s, s), "magnitude_y", unsigned(_WIDTH))
-        y, _ = _rne_shift(m, magnitude, FRACTION_BITS, _stage(m, s[-1], "negative_y"), _WIDTH - FRACTION_BITS)
+        negative, magnitude = _sign_magnitude(m, round_s.rounded, "y")
+        y, _ = _rne_shift(m, magnitude, FRACTION_BITS, negative, _WIDTH - FRACTION_BITS)
         low, high = Mux(p.uint8, 0, -128), Mux(p.uint8, 255, 127)
         m.d.sync += self.y.eq(Mux(y < low, low, Mux(y > high, high, y)))
         m.d.comb += self.out_valid.eq(_delay(m, self.valid, QADD_LATENCY, "valid"))
