@@ -31,7 +31,10 @@ def pack(layout, value):
         bits = 0
         for name, field in layout:
             if name in value:
-                bits |= pack(field.shape, value[name]) << field.offset
+                try:
+                    bits |= pack(field.shape, value[name]) << field.offset
+                except ValueError as error:   # say which field, as the layouts nest
+                    raise ValueError(f"{name}: {error}") from None
         return bits
     shape = Shape.cast(layout)
     value = int(value)

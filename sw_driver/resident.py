@@ -131,6 +131,15 @@ class Step:
     inputs: tuple
 
 
+def _setup(cfg, opcode, **geometry):
+    """A CONV_SETUP or POOL_SETUP instruction; TilingError (the layer then runs one by one) where the geometry
+    exceeds the instruction's fields, e.g. more than 255 channel blocks a pixel."""
+    try:
+        return instruction(cfg, opcode, **geometry)
+    except ValueError as error:
+        raise TilingError(f"its geometry does not fit {opcode.name}: {error}") from None
+
+
 def plan_memory(sizes, lifetimes, depth, buffer="act"):
     """Offsets for tensors of ``sizes`` words, each live over ``lifetimes[i] = (first, last)`` steps inclusive,
     in a buffer of ``depth`` words: two tensors share words only if their lifetimes do not overlap. First fit,
@@ -679,7 +688,7 @@ class _Compilation:
         self.param_base += gemm.n_tiles
         last = t == len(self.steps)
         target, base, lanes_per_word, out_blocks = (None, 0, 1, 1) if last else self._destination(t)
-        setup = instruction(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
+        setup = _setup(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
         pixels = self.batch if whole_maps else out_h * out_w
         out_w = geometry["out_w"]
         block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
@@ -751,7 +760,7 @@ class _Compilation:
         out_h, out_w = (self.batch, 1) if whole_maps else self.shapes[t][1:]
         if last:
             self.result_columns, self.images_as_rows = out_w, whole_maps
-        setup = instruction(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
+        setup = _setup(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
         in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), out_h * out_w * out_blocks
 
         # a block-major map ([block][image][pixel]) is a map of one block per pixel, block after block
@@ -793,7 +802,7 @@ class _Compilation:
         channels, h, w = self.shapes[t]
         words_per_block, pixels = cfg.rows // LANES_PER_WORD, h * w
         blocks, in_words = channels // cfg.rows, self.vec_words(t)
-        setups = [(Opcode.POOL_SETUP, instruction(
+        setups = [(Opcode.POOL_SETUP, _setup(
             cfg, Opcode.POOL_SETUP, in_h=pixels, in_w=blocks, out_w=1, channel_blocks=words_per_block, kernel_h=1,
             kernel_w=1, stride=1, pad_top=0, pad_left=0, pad_value=0)),
             (Opcode.STORE_SETUP, instruction(cfg, Opcode.STORE_SETUP, lane=0, lanes=cfg.rows, stride=1))]
@@ -839,7 +848,7 @@ class _Compilation:
                               f"255 lanes)")
         blocks = math.ceil(channels / LANES_PER_WORD)
         kh, kw = op.kernel
-        setups = [(Opcode.POOL_SETUP, instruction(
+        setups = [(Opcode.POOL_SETUP, _setup(
             cfg, Opcode.POOL_SETUP, in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh,
             kernel_w=kw, stride=op.strides[0], pad_top=op.pads[0], pad_left=op.pads[1], pad_value=0))]
         if target == StoreTarget.ACT:
