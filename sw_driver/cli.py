@@ -19,7 +19,7 @@ from tessera.gen.config import (
 from tessera.hw.pe_multipliers import MULTIPLIERS
 from tessera.sw_driver.demo import PRUNE_BY, QUANT_FORMATS, check_batch, check_images, check_prune
 
-__all__ = ["main", "config_from_args", "add_config_arguments", "COMMAND_PLUGINS", "checked_argument",
+__all__ = ["main", "OneLineParser", "config_from_args", "add_config_arguments", "COMMAND_PLUGINS", "checked_argument",
            "integer_argument", "number_argument", "folder_argument"]
 
 #: Entry-point group through which higher layers (tessera.fpga: bitstream, deploy) add subcommands: each entry is
@@ -564,7 +564,7 @@ class UsageError(ValueError):
     """The command line asks for something that is not there; the message says what is accepted."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Errors in one line, what is wrong and what is accepted, without the usage block above it."""
 
     def error(self, message):
@@ -572,7 +572,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser():
-    parser = _Parser(prog="tessera", description=__doc__)
+    parser = OneLineParser(prog="tessera", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tessera {importlib.metadata.version('tessera')}")
     parser.add_argument("--cache-dir", metavar="DIR", type=folder_argument,
                         help="build cache for Verilator models and harnesses (default: $TESSERA_CACHE, else "

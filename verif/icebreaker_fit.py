@@ -19,7 +19,6 @@ Prints Markdown tables and a one-line conclusion; writes ``icebreaker_fit.md`` a
 ``--out``, and the quantized models there.
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from tessera.fpga.synth import CAPACITY
 from tessera.hw.controller_program import program_load_layout
 from tessera.hw.isa import BufferId, Opcode
 from tessera.hw.layouts import ACC, act_load_layout, param_load_layout, weight_load_layout
-from tessera.sw_driver.cli import checked_argument, folder_argument, number_argument
+from tessera.sw_driver.cli import OneLineParser, checked_argument, folder_argument, number_argument
 from tessera.sw_driver.isa_encode import disassemble
 from tessera.sw_driver.model_compiler import compile_model, residency
 from tessera.sw_driver.onnx_import import load_model
@@ -263,8 +262,7 @@ def conclusion(rows, widest, candidate, synth_rows):
         verdict = ("fits the iCEBreaker whole" if fits else "fits the UP5K's RAM whole" if not synth_rows
                    else "fits the UP5K's RAM whole but not the rest of the device")
         return f"{_label(candidate)} {verdict}: {ram}; {logic}."
-    stops = "; ".join(f"{_label(row)}" + (f": {row['why']}" if row["why"].startswith("the compiler")
-                                          else f" needs {_ram_stop(row)}") for row in rows)
+    stops = "; ".join(f"{_label(row)} needs {_ram_stop(row)}" for row in rows)
     reduced = []
     for row in widest:
         if row["fits_ram"]:
@@ -300,17 +298,11 @@ def render(cfg, rows, widest, candidate, synth_rows, line):
 
 
 def _parser():
-    class OneLine(argparse.ArgumentParser):
-        """Errors in one line, what is wrong and what is accepted, without the usage block above it."""
-
-        def error(self, message):
-            self.exit(2, f"{self.prog}: error: {message}\n")
-
     def check_width(value):
         if not 0 < value <= 1:
             raise ValueError(f"{value:g} is out of range; accepted: above 0, up to 1 (1: the reference models)")
 
-    parser = OneLine(prog="python -m tessera.verif.icebreaker_fit", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m tessera.verif.icebreaker_fit", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/icebreaker_fit", type=folder_argument,
                         help="folder for the models and the report (default build/icebreaker_fit)")
     parser.add_argument("--width", default=1.0, type=checked_argument(number_argument, check_width),
