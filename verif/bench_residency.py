@@ -34,7 +34,7 @@ from tessera.sw_driver.runtime import open_sim_device
 from tessera.verif.layer_profile import PARTS, layer_rows, plot_layers
 from tessera.verif.mlperf_tiny import MODELS, quantized
 
-__all__ = ["BENCH_CONFIG", "run_model_both_ways", "main"]
+__all__ = ["BENCH_CONFIG", "model_and_reference", "run_model_both_ways", "main"]
 
 #: A 16x16 WS array whose buffers hold the models' weights and maps where the array can keep them (the depthwise
 #: layers of MobileNet expand into dense block-diagonal weights, which do not all fit: those run layer by layer).
@@ -78,17 +78,21 @@ def _figures(cfg, reports, io_bytes):
             "energy_pj": energy}
 
 
-def run_model_both_ways(name, cfg, folder, *, width=1.0, seed=0):
-    """One inference of MLPerf Tiny model ``name`` per-layer and resident on the simulated device of ``cfg``:
-    ``[per-layer row, resident row]``."""
+def model_and_reference(name, folder, *, width=1.0, seed=0):
+    """MLPerf Tiny model ``name`` quantized into ``folder``: its graph, a seeded random input, onnxruntime's output
+    for it, and the model's own input and output bytes (one per quantized value each way)."""
     path = quantized(name, folder / name, seed=seed, width=width)
-    graph = load_model(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
     x = np.random.default_rng(seed).normal(0, 1, spec.shape).astype(np.float32)
     reference = session.run(None, {spec.name: x})[0]
-    inputs = {spec.name: x}
-    io_bytes = int(np.prod(spec.shape)) + int(reference.size)     # one byte per quantized value each way
+    return load_model(path), {spec.name: x}, reference, int(np.prod(spec.shape)) + int(reference.size)
+
+
+def run_model_both_ways(name, cfg, folder, *, width=1.0, seed=0):
+    """One inference of MLPerf Tiny model ``name`` per-layer and resident on the simulated device of ``cfg``:
+    ``[per-layer row, resident row]``."""
+    graph, inputs, reference, io_bytes = model_and_reference(name, folder, width=width, seed=seed)
     rows = []
     with open_sim_device(cfg) as device:
         outputs, reports = run_graph_on(graph, inputs, device)
