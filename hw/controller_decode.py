@@ -1,11 +1,12 @@
 """Decode: the checks an instruction's own fields settle, and the vector unit's command a POOL or ADD describes."""
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .isa import ErrorCode, Opcode, WaitUnit, instruction_layout, operands_layout
 from .layouts import StoreTarget, conv_geometry_layout, store_setup_layout, store_words, vec_command_layout
+from .pipeline import delayed
 
 __all__ = ["Decoder", "operands"]
 
@@ -138,9 +139,7 @@ class Decoder(wiring.Component):
     def _pool_words(self, m, pool):
         """A POOL's result words, ``m`` pixels of ``channel_blocks`` words each, a cycle after DECODE: registered,
         as are all products here (the instruction is steady from DECODE on; see ``_store_errors``)."""
-        words = Signal(unsigned(24))
-        m.d.sync += words.eq(pool.m * self.pool_geometry.channel_blocks)
-        return words
+        return delayed(m, pool.m * self.pool_geometry.channel_blocks, 1, name="pool_words")
 
     def _store_errors(self, m, pool, add, pool_words):
         """The errors of a POOL's and an ADD's ``store``: a pool stores into the vector buffer one word per result
@@ -152,9 +151,7 @@ class Decoder(wiring.Component):
         # the products are registered and the sums and comparisons after them registered a cycle later
         # (store_error): all in one cycle, 16 x 16-bit multiplies in logic, they measured 20.6 ns on the ECP5. At
         # full width: a wrapped product would pass the range check.
-        pool_spread = (pool.m - 1) * setup.stride
-        spread = Signal(pool_spread.shape())
-        m.d.sync += spread.eq(pool_spread)
+        spread = delayed(m, (pool.m - 1) * setup.stride, 1, name="pool_spread")
         pool_act_end = pool.d_base + spread + store_words(cfg.rows, setup.lane, setup.lanes)
         with m.Switch(pool.store):
             with m.Case(StoreTarget.ACT):
