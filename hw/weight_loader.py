@@ -5,7 +5,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import OPERAND, command_layout, conv_geometry_layout, fold_header_layout
-from .pipeline import delayed
+from .pipeline import delayed, timing_registers
 
 __all__ = ["fold_layout", "WeightLoader"]
 
@@ -142,12 +142,16 @@ class WeightLoader(wiring.Component):
                     m.d.sync += loading.eq(0)
 
         # Buffer read data is registered before it fans out into the array (a block RAM's output is slow): one
-        # cycle of read latency and one of that register, for the weights and for the activations alike.
+        # cycle of read latency and one of that register, as for the activations. On an FPGA a second register:
+        # one beside the block RAM, one beside the PEs (the 4x16 ULX3S build's critical path was the block RAM's
+        # output routed to the one register, 15.1 ns). The rows then land a cycle later, still before the first
+        # vector reaches them (rows - 1 cycles of margin; see the activation issuer's _take).
+        registers = 2 if timing_registers(platform) else 1
         m.d.comb += [
-            self.w_data.eq(delayed(m, self.weight_data, 1, name="w_data")),
-            self.w_load.eq(delayed(m, w_load, 2, name="w_load")),
-            self.w_row.eq(delayed(m, row[:len(self.w_row)], 2, name="w_row")),
-            self.w_bank.eq(delayed(m, load_bank, 2, name="w_bank")),
+            self.w_data.eq(delayed(m, self.weight_data, registers, name="w_data")),
+            self.w_load.eq(delayed(m, w_load, 1 + registers, name="w_load")),
+            self.w_row.eq(delayed(m, row[:len(self.w_row)], 1 + registers, name="w_row")),
+            self.w_bank.eq(delayed(m, load_bank, 1 + registers, name="w_bank")),
             self.weight_read.eq(w_load | in_header),
             self.busy.eq(loading | folds.r_rdy),
         ]
