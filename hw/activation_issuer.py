@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import OPERAND, command_layout, conv_geometry_layout
+from .layouts import OPERAND, command_layout, conv_geometry_layout, result_rows
 from .pipeline import delayed
 from .tiles import acc_addr_width, tile_layout
 from .weight_loader import fold_layout
@@ -98,11 +98,14 @@ class ActivationIssuer(wiring.Component):
             self.issued.eq(active),
         ]
 
+        # A reduce command's vectors all sum into the tile's row 0: its first vector writes it, the others add to
+        # it (back to back, as the read-modify-write's forwarding allows).
         tag = Signal.like(self.tag)
         half_base = Mux(half, cfg.acc_half_depth, 0)
         m.d.comb += [
             tag.valid.eq(active), tag.pad.eq(current.conv & window.pad),
-            tag.row.eq(half_base + vector), tag.first.eq(current.first),
+            tag.row.eq(half_base + Mux(current.reduce, 0, vector)),
+            tag.first.eq(current.first & (~current.reduce | (vector == 0))),
             tag.tile_end.eq(self.last_vector & current.last),
         ]
         self._feed(m, tag, current.bank)
@@ -128,7 +131,7 @@ class ActivationIssuer(wiring.Component):
             take.eq(free & ready_fold & (~next_fold.first | self.start.ready)),
             self.fold.ready.eq(take),
             self.start.valid.eq(free & ready_fold & next_fold.first),
-            self.start.payload.m.eq(next_fold.m),
+            self.start.payload.m.eq(result_rows(next_fold)),
             self.start.payload.p_base.eq(next_fold.p_base),
             self.start.payload.y_zp.eq(next_fold.y_zp),
             self.start.payload.raw.eq(next_fold.raw),

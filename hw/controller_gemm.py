@@ -11,8 +11,8 @@ from amaranth.hdl import Mux, Signal, Value
 
 from .array_rs import rs_mapping
 from .isa import ErrorCode
-from .layouts import MAX_KERNEL, StoreTarget, rs_filter_entries, store_words
-from .pipeline import timing_registers
+from .layouts import MAX_KERNEL, StoreTarget, result_rows, rs_filter_entries, store_words
+from .pipeline import delayed, timing_registers
 
 __all__ = ["gemm_error"]
 
@@ -63,7 +63,7 @@ def gemm_error(m, cfg, command, geometry, store_setup, platform):
                     + product("lane_spread", (store_setup.lanes - 1) * store_setup.lane_stride))
         row_lanes = command.filters
     else:
-        last_row = command.s_base + product("row_spread", (command.m - 1) * store_setup.stride)
+        last_row = command.s_base + product("row_spread", (result_rows(command) - 1) * store_setup.stride)
         row_lanes = store_setup.lanes
     to_act, to_vec = command.store == StoreTarget.ACT, command.store == StoreTarget.VEC
     act_end = _registered(m, "act_store_end", last_row + store_words(cfg.rows, store_setup.lane, row_lanes))
@@ -91,17 +91,16 @@ def _registered(m, name, value):
     # The words a command reads are products of its fields: registered every cycle (the instruction is steady
     # from DECODE on), so the multiplies stay off the path into the state machine. At the product's full width:
     # a wrapped count would pass the range check.
-    result = Signal(value.shape(), name=name)
-    m.d.sync += result.eq(value)
-    return result
+    return delayed(m, value, 1, name=name)
 
 
 def _weight_stationary(m, cfg, command, geometry):
     # a sparse command stores a header word before each fold (in its two low lanes, so cols >= 2), and exists
-    # for conv commands only.
+    # for conv commands only; a reduce command for the others.
+    sparse_unsupported = command.sparse & ~command.conv if cfg.cols >= 2 else command.sparse
     return _Reads(act_words=_registered(m, "act_words", Mux(command.conv, 0, command.k * command.m)),
                   weight_words=_registered(m, "weight_words", command.k * (cfg.rows + command.sparse)),
-                  unsupported=command.sparse & ~command.conv if cfg.cols >= 2 else command.sparse)
+                  unsupported=sparse_unsupported | (command.reduce & command.conv))
 
 
 def _output_stationary(m, cfg, command, geometry):
@@ -110,7 +109,7 @@ def _output_stationary(m, cfg, command, geometry):
     folds = Signal(16)   # registered: the geometry is set long before the GEMM that reads it
     m.d.sync += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
     return _Reads(act_words=Mux(command.conv, 0, command.k), weight_words=command.k,
-                  unsupported=(command.conv & (command.k != folds * cfg.rows)) | command.sparse)
+                  unsupported=(command.conv & (command.k != folds * cfg.rows)) | command.sparse | command.reduce)
 
 
 def _row_stationary(m, cfg, command, geometry):
@@ -134,6 +133,6 @@ def _row_stationary(m, cfg, command, geometry):
     return _Reads(act_words=0,
                   weight_words=_registered(m, "weight_words", command.k * chunks * command.filters * per_filter),
                   unsupported=(~command.conv | too_tall | (command.out_x > MAX_KERNEL) | command.sparse
-                               | (command.filters == 0) | too_many_filters
+                               | command.reduce | (command.filters == 0) | too_many_filters
                                | (command.m != command.filters * geometry.out_w)),
                   params_out_of_range=command.p_base + command.filters > cfg.param_depth)

@@ -8,6 +8,7 @@ from .layouts import (
     command_layout,
     conv_geometry_layout,
     result_descriptor_layout,
+    result_rows,
     store_setup_layout,
     vec_command_layout,
 )
@@ -97,7 +98,7 @@ class CommandQueues(wiring.Component):
         descriptor = Signal(result_descriptor_layout(self.cfg))
         command = self.gemm.payload
         m.d.comb += [
-            descriptor.rows.eq(Mux(command.raw, command.m << 2, command.m)),
+            descriptor.rows.eq(Mux(command.raw, result_rows(command) << 2, result_rows(command))),
             descriptor.store.eq(command.store), descriptor.base.eq(command.s_base),
             descriptor.lane.eq(self.store_setup.lane), descriptor.lanes.eq(self.store_setup.lanes),
             descriptor.stride.eq(self.store_setup.stride), descriptor.lane_stride.eq(self.store_setup.lane_stride),

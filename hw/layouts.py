@@ -35,7 +35,7 @@ rows of one chunk; :func:`~tessera.hw.array_rs.rs_mapping`):
 
 import enum
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Mux, signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
@@ -45,7 +45,7 @@ __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout", "store_setup_layout",
            "store_words", "result_descriptor_layout", "act_write_layout", "StoreTarget", "vec_write_layout",
-           "store_addr_shape"]
+           "store_addr_shape", "result_rows"]
 
 OPERAND = signed(8)
 ACC = signed(32)
@@ -149,6 +149,10 @@ def command_layout(cfg):
         # weight-stationary conv commands only: the weight tile stores only the folds that are not all zero,
         # each behind a fold header word (fold_header_layout), and k counts the stored folds
         "sparse": 1,
+        # weight-stationary GEMMs (not conv) only: every vector of every fold sums into one output row, as a pool
+        # over a map's pixels does (one weight tile for all of them, not a fold per pixel); the command has one
+        # result row (result_rows)
+        "reduce": 1,
         # row-stationary only: the filters (output channels) the command computes, 1 to cfg.rs_filters; its
         # ``m`` result rows are each filter's output columns in turn (see hw.compute_rs)
         "filters": unsigned(ceil_log2(cfg.rs_filters + 1)),
@@ -160,6 +164,11 @@ def command_layout(cfg):
         "store": unsigned(2),
         "s_base": store_addr_shape(cfg),
     })
+
+
+def result_rows(command):
+    """The rows a compute command (a View of command_layout) produces: ``m``, or one for a ``reduce`` command."""
+    return Mux(command.reduce, 1, command.m)
 
 
 class StoreTarget(enum.IntEnum):

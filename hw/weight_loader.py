@@ -15,7 +15,7 @@ def fold_layout(command):
     return data.StructLayout({
         "x_addr": command["x_base"].shape, "m": command["m"].shape,
         "bank": 1, "first": 1, "last": 1, "p_base": command["p_base"].shape, "y_zp": OPERAND,
-        "raw": 1,
+        "raw": 1, "reduce": 1,
         # convolution folds: the filter tap and channel block, and the first output pixel
         "conv": 1, "kh": 3, "kw": 3, "cb": 8,
         "out_y": command["out_y"].shape, "out_x": command["out_x"].shape,
@@ -128,6 +128,7 @@ class WeightLoader(wiring.Component):
                     folds.w_en.eq(1),
                     pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m),
                     pushed.p_base.eq(cmd.p_base), pushed.y_zp.eq(cmd.y_zp), pushed.raw.eq(cmd.raw),
+                    pushed.reduce.eq(cmd.reduce),
                     pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
                     pushed.conv.eq(cmd.conv), pushed.kh.eq(kh), pushed.kw.eq(kw), pushed.cb.eq(cb),
                     pushed.out_y.eq(cmd.out_y), pushed.out_x.eq(cmd.out_x),

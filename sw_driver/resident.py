@@ -409,6 +409,14 @@ class _Compilation:
                 and (written or copied) and self.readers[source] == [index] and (h, w) == tuple(layer.kernel)
                 and not any(layer.pads))
 
+    def _reduces(self, index):
+        """Whether array layer ``index`` sums each block's pixels with ``reduce`` commands: a ws layer reading a
+        block-major map (a global pool), whose pixels are no more than a command's rows. Its one weight fold then
+        stays in the array for all of them, where a fold a pixel loaded the array for one vector each."""
+        (source,), (_, in_h, in_w) = self.steps[index].inputs, self.shapes[self.steps[index].inputs[0]]
+        return (self.cfg.dataflow == "ws" and source in self.block_major
+                and in_h * in_w <= self.cfg.acc_half_depth)
+
     def _copies_by_block(self, channels):
         """Whether a map of ``channels`` copies from the vector buffer block by block: each activation block is
         whole vector words, every block full."""
@@ -586,7 +594,8 @@ class _Compilation:
         folds = kh * kw * blocks
         gemm_w = conv_as_gemm_weights(layer.w, R, blocks)
         if source in self.block_major:   # each tile's folds are its own block's pixels: lane l of each sums into l
-            folds = in_h * in_w
+            # (a reduce command streams the pixels through one fold's weights instead)
+            folds = 1 if self._reduces(index) else in_h * in_w
             gemm_w = np.zeros((folds * R, out_channels), np.int8)
             gemm_w[(np.arange(folds)[:, None] * R + np.arange(out_channels) % C).reshape(-1),
                    np.tile(np.arange(out_channels), folds)] = 1
@@ -678,7 +687,8 @@ class _Compilation:
         (source,), t = self.steps[index].inputs, index + 1
         (_, in_h, in_w), (out_channels, out_h, out_w) = self.shapes[source], self.shapes[t]
         gemm, folds, stored, sparse, tile_words, geometry, whole_maps = self._tiles(index)
-        by_block = source in self.block_major
+        by_block, reduce = source in self.block_major, self._reduces(index)
+        whole_maps &= not reduce    # (a reduce command reads one image's pixels of one block: image by image)
         _check_fits("param", self.param_base + gemm.n_tiles, cfg.param_depth)
         weights = [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
                    if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
@@ -698,7 +708,7 @@ class _Compilation:
 
         def task(image):
             # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
-            items, cost = [(Opcode.CONV_SETUP, setup)], 0
+            items, cost = [] if reduce else [(Opcode.CONV_SETUP, setup)], 0
             for n in range(gemm.n_tiles):
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:
@@ -714,13 +724,17 @@ class _Compilation:
                     store = {} if last else {"store": int(target), "s_base": s_base}
                     x_base = in_base + (n * self.batch * in_h * in_w if by_block else image * in_words)
                     k = len(stored[n]) if sparse[n] else k_field
-                    steps = rows * k if cfg.dataflow == "ws" else k
+                    if reduce:      # this image's pixels of block n, all through the tile's one fold
+                        shape = dict(m=in_h * in_w, conv=0, reduce=1)
+                        x_base += image * in_h * in_w
+                    else:
+                        shape = dict(m=rows, conv=1, out_y=p0 // out_w, out_x=p0 % out_w)
+                    steps = shape["m"] * k if cfg.dataflow == "ws" else k
                     self.array_cycles += steps
                     cost += steps + R + C
                     items.append((Opcode.GEMM, instruction(
-                        cfg, Opcode.GEMM, m=rows, k=k, x_base=x_base, w_base=int(tile_bases[n]),
-                        p_base=param_base + n, y_zp=int(layer.y_zp), conv=1, out_y=p0 // out_w, out_x=p0 % out_w,
-                        sparse=int(sparse[n]), **store)))
+                        cfg, Opcode.GEMM, k=k, x_base=x_base, w_base=int(tile_bases[n]), p_base=param_base + n,
+                        y_zp=int(layer.y_zp), sparse=int(sparse[n]), **shape, **store)))
                     if last:
                         self.outputs.append((image, p0, first, rows))
             return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)

@@ -78,3 +78,14 @@ def test_random_gemm_matches_golden(cfg, stall, simulators):
     run_cocotb(simulators(cfg), TOPLEVEL, "tessera.verif.tb_core", "gemm_random",
                env={"TESSERA_TB": json.dumps(job), "PYTHONHASHSEED": "0"},
                results_name=f"random_{stall}_{os.getpid()}")
+
+
+@pytest.mark.parametrize("cfg", [cfg for cfg in CONFIGS if cfg.dataflow == "ws"], ids=_config_id)
+def test_reduce_gemm_sums_its_vectors_into_one_row(cfg, simulators):
+    """``reduce`` commands (a pool over a map's pixels with one weight tile): random shapes, random stalls and
+    backpressure, against the core's model."""
+    seed = zlib.crc32(f"{cfg.hash}reduce".encode()) & 0xFFFF
+    rng = random.Random(seed)
+    job = {"config": cfg.to_dict(), "seed": seed, "stall": 0.4, "backpressure": 0.4, "problems": _problems(cfg, rng, 4)}
+    run_cocotb(simulators(cfg), TOPLEVEL, "tessera.verif.tb_core", "gemm_reduce",
+               env={"TESSERA_TB": json.dumps(job), "PYTHONHASHSEED": "0"}, results_name=f"reduce_{os.getpid()}")

@@ -120,6 +120,24 @@ class TestSegments:
         assert len(segment.layers) == 10 and segment.model is not None
         assert segment.model.images_as_pixels is False     # batch 1
 
+    @pytest.mark.parametrize("dataflow", ["ws", "os"])
+    def test_a_global_pool_sums_each_block_through_one_fold_on_ws(self, tmp_path, dataflow):
+        # ResNet-8's 8x8 average pool reads its map block by block; on ws each output tile sums its block's 64
+        # pixels with one reduce GEMM through one identity fold (os: a fold a pixel, as before)
+        graph = load_model(quantized("ic_resnet8", tmp_path, width=0.25))
+        cfg = AcceleratorConfig(rows=4, cols=4, dataflow=dataflow, program_depth=8192, param_depth=256,
+                                weight_depth=8192)
+        (segment,) = [s for s in compile_model(graph, cfg) if s.model is not None]
+        (_, _, program), *_ = disassemble(cfg, segment.model.load_words)
+        gemms = [ops for opcode, ops, _ in disassemble(cfg, program) if opcode == Opcode.GEMM]
+        reduced = [g for g in gemms if g["reduce"]]
+        if dataflow == "os":
+            assert not reduced
+            return
+        # 16 channels at quarter width: 4 output tiles, one image
+        assert [(g["m"], g["k"], g["conv"]) for g in reduced] == [(64, 1, 0)] * 4
+        assert len({g["x_base"] for g in reduced}) == 4     # each tile its own block
+
     def test_a_residual_block_stays_on_chip_until_its_add(self, tmp_path):
         # the stem's map feeds a conv and the Add: it stays in the vector buffer (and a copy in the activation
         # buffer) until the Add, all one segment

@@ -82,13 +82,13 @@ def test_bad_filter_counts_are_refused_and_the_device_goes_on():
 
     def gemm(**fields):
         return instruction(cfg, Opcode.GEMM, **{"m": 8, "k": 1, "filters": 2, "conv": 1, **fields})
-    # no filters; more than a PE holds; m not the filters' output columns; parameter words or weight words
-    # (2 filters of one 1x1 entry each) past the end of their buffers
-    bad = [gemm(filters=0, m=4), gemm(filters=5, m=20), gemm(m=7), gemm(p_base=cfg.param_depth - 1),
+    # no filters; more than a PE holds; m not the filters' output columns; a reduce command (ws only); parameter
+    # words or weight words (2 filters of one 1x1 entry each) past the end of their buffers
+    bad = [gemm(filters=0, m=4), gemm(filters=5, m=20), gemm(m=7), gemm(reduce=1), gemm(p_base=cfg.param_depth - 1),
            gemm(w_base=cfg.weight_depth - 1)]
     with open_sim_device(cfg) as device:
         device.transport.send(np.concatenate([setup, *bad]))
-        with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_SHAPE.*BAD_SHAPE.*OUT_OF_RANGE.*OUT_OF_RANGE"):
+        with pytest.raises(DeviceError, match="BAD_SHAPE.*BAD_SHAPE.*BAD_SHAPE.*BAD_SHAPE.*OUT_OF_RANGE.*OUT_OF_RANGE"):
             device.run(ExpectErrors(len(bad)))
         operands, attrs, expected = random_conv(np.random.default_rng(5), channels=4, out_channels=5, size=6,
                                                 kernel=3, stride=1, pad=1)

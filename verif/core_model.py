@@ -15,7 +15,8 @@ from tessera.hw.layouts import act_word, fmap_word, weight_word
 from tessera.sw_driver import golden
 from tessera.sw_driver.isa_encode import disassemble
 
-__all__ = ["Buffers", "Pass", "execute_command", "core_passes", "run_passes", "replay_program", "run_program"]
+__all__ = ["Buffers", "Pass", "execute_command", "core_passes", "run_passes", "replay_program", "run_program",
+           "result_row_count"]
 
 
 @dataclasses.dataclass
@@ -61,6 +62,11 @@ def _conv_activations(cfg, buffers, cmd, g):
     return np.array(rows, np.int8)
 
 
+def result_row_count(cmd):
+    """The rows a compute command (a dict of command_layout fields) produces, as hw.layouts.result_rows says."""
+    return 1 if cmd.get("reduce") else cmd["m"]
+
+
 def execute_command(cfg, buffers, cmd, geometry=None):
     """Result rows (``m x cols`` int8) of one compute command (``geometry``: the last CONV_SETUP's)."""
     R = cfg.rows
@@ -76,6 +82,8 @@ def execute_command(cfg, buffers, cmd, geometry=None):
     else:
         x = buffers.act[x_base + act_word(cfg, m, np.arange(k), 0)].T[:m]
         w = buffers.weight[w_base + weight_word(cfg, np.arange(k), 0)]
+    if cmd.get("reduce"):   # every vector sums into one row: x's rows side by side, times w once per row
+        x, w = x.reshape(1, -1), np.tile(w, (m, 1))
     p = cmd["p_base"]
     return golden.gemm_hw(x, w, buffers.bias[p], buffers.scale[p].view(np.float32), cmd["y_zp"], cfg.multiplier)
 

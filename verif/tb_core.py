@@ -18,7 +18,7 @@ from tessera.hw.layouts import act_load_layout, command_layout, param_load_layou
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_gemm
 from tessera.verif.cases import random_gemm
-from tessera.verif.core_model import core_passes
+from tessera.verif.core_model import core_passes, result_row_count, run_passes
 from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
 from tessera.verif.tb_common import clock_and_reset, read_job
 
@@ -63,14 +63,14 @@ class CoreTestbench:
             await self.engine.run_until(lambda: self.act.empty and self.weight.empty and self.param.empty,
                                         max_cycles=max_cycles, what=f"loads of pass {i}")
             self.cmd.send(pack(self.layouts["cmd"], c) for c in p.commands)
-            expected += sum(c["m"] for c in p.commands)
+            expected += sum(map(result_row_count, p.commands))
             await self.engine.run_until(
                 lambda n=expected: self.cmd.empty and len(self.result.received) >= n and self.dut.idle.value,
                 max_cycles=max_cycles, what=f"commands of pass {i}")
         if len(self.result.received) != expected:
             raise AssertionError(f"{len(self.result.received)} result rows, expected {expected}")
         rows = iter(unpack_array(bits, 8, cols) for bits in self.result.received[first:])
-        return [[next(rows) for _ in range(c["m"])] for p in passes for c in p.commands]
+        return [[next(rows) for _ in range(result_row_count(c))] for p in passes for c in p.commands]
 
 
 def _report_mismatch(y, expected):
@@ -95,3 +95,25 @@ async def gemm_random(dut):
         assert np.array_equal(y, expected), f"GEMM {m}x{k}x{n}: " + _report_mismatch(y, expected)
         dut._log.info("GEMM %dx%dx%d on %s %dx%d: %d passes, bit-exact", m, k, n, cfg.dataflow, cfg.rows,
                       cfg.cols, len(passes))
+
+
+@cocotb.test()
+async def gemm_reduce(dut):
+    """The same random GEMMs with every command a ``reduce`` one (ws): each command's vectors sum into one row,
+    bit-exact against the core's model, under the same stalls and backpressure."""
+    job, cfg = read_job()
+    rng = np.random.default_rng(job["seed"])
+    tb = CoreTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
+    await tb.reset()
+    for m, k, n in job["problems"]:
+        x, w, bias, scale, y_zp = random_gemm(rng, m, k, n)
+        passes = core_passes(cfg, compile_gemm(cfg, x, w, bias, scale, y_zp).words)
+        for p in passes:
+            p.commands = [{**c, "reduce": 1} for c in p.commands]
+        got, expected = await tb.run(passes), run_passes(cfg, passes)
+        assert len(got) == len(expected)
+        for i, (rows, want) in enumerate(zip(got, expected, strict=True)):
+            assert np.array_equal(np.array(rows, np.int8).reshape(want.shape), want), \
+                f"reduce GEMM {m}x{k}x{n}, command {i}: " + _report_mismatch(np.array(rows, np.int8), want)
+        dut._log.info("reduce GEMM %dx%dx%d on %s %dx%d: %d commands, bit-exact", m, k, n, cfg.dataflow, cfg.rows,
+                      cfg.cols, len(got))
