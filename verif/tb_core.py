@@ -79,15 +79,21 @@ def _report_mismatch(y, expected):
     return f"{len(bad)} of {y.size} outputs differ: {first}"
 
 
-@cocotb.test()
-async def gemm_random(dut):
-    """Random GEMM shapes and operands, with random stalls and backpressure, bit-exact against the golden model."""
+async def _random_problems(dut):
+    """The job's configuration and a reset testbench (its stalls and backpressure), then each random problem's
+    operands: ``(cfg, tb, [(m, k, n), (x, w, bias, scale, y_zp)], ...)``."""
     job, cfg = read_job()
     rng = np.random.default_rng(job["seed"])
     tb = CoreTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
     await tb.reset()
-    for m, k, n in job["problems"]:
-        x, w, bias, scale, y_zp = random_gemm(rng, m, k, n)
+    return cfg, tb, [((m, k, n), random_gemm(rng, m, k, n)) for m, k, n in job["problems"]]
+
+
+@cocotb.test()
+async def gemm_random(dut):
+    """Random GEMM shapes and operands, with random stalls and backpressure, bit-exact against the golden model."""
+    cfg, tb, problems = await _random_problems(dut)
+    for (m, k, n), (x, w, bias, scale, y_zp) in problems:
         program = compile_gemm(cfg, x, w, bias, scale, y_zp)
         passes = core_passes(cfg, program.words)
         y = program.assemble(await tb.run(passes), cfg.cols)
@@ -101,13 +107,9 @@ async def gemm_random(dut):
 async def gemm_reduce(dut):
     """The same random GEMMs with every command a ``reduce`` one (ws): each command's vectors sum into one row,
     bit-exact against the core's model, under the same stalls and backpressure."""
-    job, cfg = read_job()
-    rng = np.random.default_rng(job["seed"])
-    tb = CoreTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
-    await tb.reset()
-    for m, k, n in job["problems"]:
-        x, w, bias, scale, y_zp = random_gemm(rng, m, k, n)
-        passes = core_passes(cfg, compile_gemm(cfg, x, w, bias, scale, y_zp).words)
+    cfg, tb, problems = await _random_problems(dut)
+    for (m, k, n), operands in problems:
+        passes = core_passes(cfg, compile_gemm(cfg, *operands).words)
         for p in passes:
             p.commands = [{**c, "reduce": 1} for c in p.commands]
         got, expected = await tb.run(passes), run_passes(cfg, passes)
