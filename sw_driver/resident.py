@@ -395,17 +395,18 @@ class _Compilation:
     def _reads_by_block(self, index):
         """Whether array layer ``index`` reads a map that lies channel block by channel block, image by image, pixel
         by pixel ([block][image][pixel], one word each) rather than pixel by pixel: it is a channelwise layer (a
-        global pool) on an array as wide as it is tall (or a row-stationary one), and the only reader of a map the
-        array writes. Each of its output tiles (filter groups) then reads only its own channel block: its commands
-        step through the map's pixels, not all its words."""
+        global pool) on an array whose rows are a whole number of its columns (or a row-stationary one), and the
+        only reader of a map the array writes. Each of its output tiles (filter groups) then reads only the channel
+        block its channels lie in: its commands step through the map's pixels, not all its words."""
         layer, (source,) = self.steps[index].op, self.steps[index].inputs
         channels, h, w = self.shapes[source]
         # the map's writer: a layer on the array, or the copy of a map the vector unit wrote (an add's), which
         # copies it block by block where a block is whole vector words (_copy_by_block)
         written = self._on_array(source - 1) and not self.in_vec[source] if source > 0 else False
         copied = source > 0 and self.copied[source] and self._copies_by_block(channels)
-        # (ws and os: an output tile is cols channels, a block rows of them; rs commands take filters of one block)
-        return ((self.cfg.rows == self.cfg.cols or self.cfg.dataflow == "rs") and layer.channelwise
+        # (ws and os: an output tile is cols channels, a block rows of them, so a tile lies in one block where cols
+        # divides rows; rs commands take filters of one block)
+        return ((self.cfg.rows % self.cfg.cols == 0 or self.cfg.dataflow == "rs") and layer.channelwise
                 and (written or copied) and self.readers[source] == [index] and (h, w) == tuple(layer.kernel)
                 and not any(layer.pads))
 
@@ -586,7 +587,7 @@ class _Compilation:
         if self.cfg.dataflow == "rs":
             return self._make_rs_tiles(index)
         cfg, layer = self.cfg, self.steps[index].op
-        R, C = cfg.rows, cfg.cols
+        R = cfg.rows
         (source,), t = self.steps[index].inputs, index + 1
         (_, in_h, in_w), (out_channels, _, out_w) = self.shapes[source], self.shapes[t]
         blocks = math.ceil(self.shapes[source][0] / R)
@@ -597,7 +598,7 @@ class _Compilation:
             # (a reduce command streams the pixels through one fold's weights instead)
             folds = 1 if self._reduces(index) else in_h * in_w
             gemm_w = np.zeros((folds * R, out_channels), np.int8)
-            gemm_w[(np.arange(folds)[:, None] * R + np.arange(out_channels) % C).reshape(-1),
+            gemm_w[(np.arange(folds)[:, None] * R + np.arange(out_channels) % R).reshape(-1),
                    np.tile(np.arange(out_channels), folds)] = 1
         check_gemm_operands(np.zeros((1, folds * R), np.int8), gemm_w, layer.bias, layer.scale, layer.y_zp)
         gemm = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), gemm_w, np.asarray(layer.bias),
@@ -717,12 +718,12 @@ class _Compilation:
                         stride=1 if stored_by_block else out_blocks)))
                 for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
-                    if stored_by_block:     # [block][image][pixel]: this tile is block n
-                        s_base = base + (n * self.batch + image) * pixels + p0
+                    if stored_by_block:     # [block][image][pixel]: this tile lies in block first // R
+                        s_base = base + (first // R * self.batch + image) * pixels + p0
                     else:
                         s_base = base + image * out_words + p0 * out_blocks + first // lanes_per_word
                     store = {} if last else {"store": int(target), "s_base": s_base}
-                    x_base = in_base + (n * self.batch * in_h * in_w if by_block else image * in_words)
+                    x_base = in_base + (first // R * self.batch * in_h * in_w if by_block else image * in_words)
                     k = len(stored[n]) if sparse[n] else k_field
                     if reduce:      # this image's pixels of block n, all through the tile's one fold
                         shape = dict(m=in_h * in_w, conv=0, reduce=1)

@@ -120,12 +120,13 @@ class TestSegments:
         assert len(segment.layers) == 10 and segment.model is not None
         assert segment.model.images_as_pixels is False     # batch 1
 
-    @pytest.mark.parametrize("dataflow", ["ws", "os"])
-    def test_a_global_pool_sums_each_block_through_one_fold_on_ws(self, tmp_path, dataflow):
-        # ResNet-8's 8x8 average pool reads its map block by block; on ws each output tile sums its block's 64
-        # pixels with one reduce GEMM through one identity fold (os: a fold a pixel, as before)
+    @pytest.mark.parametrize("dataflow, rows, cols", [("ws", 4, 4), ("ws", 8, 4), ("os", 4, 4)])
+    def test_a_global_pool_sums_each_block_through_one_fold_on_ws(self, tmp_path, dataflow, rows, cols):
+        # ResNet-8's 8x8 average pool reads its map block by block (where cols divides rows, each output tile's
+        # channels lie in one block); on ws each output tile sums its block's 64 pixels with one reduce GEMM
+        # through one identity fold (os: a fold a pixel, as before)
         graph = load_model(quantized("ic_resnet8", tmp_path, width=0.25))
-        cfg = AcceleratorConfig(rows=4, cols=4, dataflow=dataflow, program_depth=8192, param_depth=256,
+        cfg = AcceleratorConfig(rows=rows, cols=cols, dataflow=dataflow, program_depth=8192, param_depth=256,
                                 weight_depth=8192)
         (segment,) = [s for s in compile_model(graph, cfg) if s.model is not None]
         (_, _, program), *_ = disassemble(cfg, segment.model.load_words)
@@ -134,9 +135,10 @@ class TestSegments:
         if dataflow == "os":
             assert not reduced
             return
-        # 16 channels at quarter width: 4 output tiles, one image
-        assert [(g["m"], g["k"], g["conv"]) for g in reduced] == [(64, 1, 0)] * 4
-        assert len({g["x_base"] for g in reduced}) == 4     # each tile its own block
+        # 16 channels at quarter width: 16 / cols output tiles, one image, each reading its block's 64 words
+        assert [(g["m"], g["k"], g["conv"]) for g in reduced] == [(64, 1, 0)] * (16 // cols)
+        bases = sorted({g["x_base"] for g in reduced})
+        assert len(bases) == 16 // rows and np.all(np.diff(bases) == 64)
 
     def test_a_residual_block_stays_on_chip_until_its_add(self, tmp_path):
         # the stem's map feeds a conv and the Add: it stays in the vector buffer (and a copy in the activation
@@ -277,20 +279,37 @@ class TestResidentRuns:
         # and a few instructions (its LOAD, the RUNs)
         assert report["per_inference"]["link_bytes_in"] <= 4 * 29 * 6 + 4 * 16
 
+    @pytest.mark.parametrize("model, shape", [("ic_resnet8", (1, 3, 32, 32)), ("kws_ds_cnn", (1, 1, 49, 10))])
+    def test_a_tall_array_keeps_the_global_pool_on_chip_bit_exact(self, tmp_path, model, shape):
+        # an array twice as tall as wide (the ULX3S default's shape): each output tile's channels lie in half a
+        # block, and the global pool still reads by block, with reduce GEMMs; the model is one segment
+        path = quantized(model, tmp_path, width=0.25)
+        x = np.random.default_rng(4).normal(0, 1, shape).astype(np.float32)
+        config = tmp_path / "cfg.toml"
+        config.write_text('rows = 8\ncols = 4\ndataflow = "ws"\nprogram_depth = 8192\nparam_depth = 256\n'
+                          'weight_depth = 8192\n')
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        (segment,) = [s for s in report["segments"] if s["resident"]]
+        on_host = [layer["op"] for layer in report["layers"] if layer["target"] == "host"]
+        assert on_host == ["Quantize", "QLinearSoftmax", "Dequantize"], on_host
+
     def test_weights_that_do_not_fit_are_streamed_and_the_report_says_which(self, tmp_path, capsys):
-        # 256 weight words: the pooling net's tail (conv3, global pool, classifier) keeps its maps on chip, but
-        # conv3's and the pool's weights cross the link with every run, into the buffer's bottom words
+        # 128 weight words: the pooling net's tail (conv3, global pool, classifier) keeps its maps on chip, but
+        # conv3's and the classifier's weights cross the link with every run, into the buffer's bottom words (the
+        # pool's one identity fold a tile stays)
         path = _quantized(tmp_path, "pooling")
         x = random_inputs(np.random.default_rng(2), load_model_proto(path))["x"]
         config = tmp_path / "cfg.toml"
-        config.write_text("rows = 4\ncols = 4\nweight_depth = 256\n")
+        config.write_text("rows = 4\ncols = 4\nweight_depth = 128\n")
         status, y, report = _run(tmp_path, path, x, "--config", str(config))
         assert status == 0
         np.testing.assert_array_equal(y, _onnxruntime(path, x))
         streamed = [s for s in report["segments"] if s["resident"] and s["plan"]["streamed_layers"]]
-        assert [s["plan"]["streamed_layers"] for s in streamed] == [["conv3_quant", "gap_quant"]]
+        assert [s["plan"]["streamed_layers"] for s in streamed] == [["conv3_quant", "fc_quant"]]
         printed = capsys.readouterr().out
-        assert "weights streamed with every run (they do not all fit): conv3_quant, gap_quant" in printed
+        assert "weights streamed with every run (they do not all fit): conv3_quant, fc_quant" in printed
         # the streamed weights are in every inference's link bytes, the others only in the one-time load
         plan = streamed[0]["plan"]
         assert report["per_inference"]["link_bytes_in"] > 4 * plan["stream_words"]
