@@ -47,7 +47,7 @@ demo: $(STAMP)
 # bare-Verilator-loop speed comparison; BENCH_ARGS=--quick for the smoke subset. Then the four MLPerf Tiny models,
 # layer by layer and resident, on a 16x16 array (verif/bench_residency.py). BOARD=NAME (given, not the bitstream's
 # default) runs both on that board's default configuration at the clock its build meets. Then each model's round trip
-# as a host sees it, input in and result out over the simulated ULX3S top's 3 Mbaud UART, resident on that 16x16 array
+# as a host sees it, input in and result out over the simulated ULX3S top's 3 Mbaud UART, resident on the ULX3S default
 # (verif/bench_round_trip.py). Then whether a whole KWS or AD model fits the iCEBreaker: its RAM and, with Yosys
 # (cached), its logic cells (verif/icebreaker_fit.py).
 BOARD_ARG = $(if $(filter command line environment,$(origin BOARD)),--board $(BOARD))

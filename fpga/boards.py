@@ -76,14 +76,20 @@ class Board:
 
 
 # Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.
-# The ULX3S default is 20x16 WS without the vector unit: 320 PEs at 81.25 MHz, 52.0 GOPS peak. Against the
-# ECP5-85F's 156 MULT18X18D, the requantiser has 4 lanes (two blocks each) that take an output row in 4 beats, and
-# the last 11 PE rows multiply in LUTs (the build chooses them: fpga.floorplan.lut_rows_to_fit), 152 blocks in all.
-# It routes because its accelerator's reset rides a global clock network and its DSP blocks are floorplanned
-# (fpga/floorplan.py); without both, nextpnr's router stalled. See docs/fpga.md for the measured fmax and what else
-# was tried.
-_ULX3S_DEFAULTS = dict(rows=20, cols=16, requant_lanes=4, clock_mhz=81.0, act_depth=1024, weight_depth=1024,
-                       acc_depth=256, param_depth=32, vec_depth=0, program_depth=0)
+# The ULX3S default keeps whole models on chip (the MLPerf Tiny issue): 16x8 WS with the vector unit, program memory
+# and buffers sized for ResNet-8 and the DS-CNN (act 2,048 words, weight 28,672, vector 8,192, program 2,048). Its
+# 128 PEs and 4 requantiser lanes (two blocks each) take 136 of the ECP5-85F's 156 MULT18X18D, so no PE row
+# multiplies in LUTs; a 16x16 array with the same units needed 7 LUT rows (84% of the LUTs) and did not route. A
+# global pool reads its map by block where cols divides rows (tessera.sw_driver.resident), so 16x8 holds them whole.
+# Builds route because the accelerator's reset rides a global clock network and the DSP blocks are floorplanned
+# (fpga/floorplan.py). See docs/fpga.md for the measured clock and resources.
+_ULX3S_DEFAULTS = dict(rows=16, cols=8, requant_lanes=4, clock_mhz=60.0, act_depth=2048, weight_depth=28672,
+                       acc_depth=512, param_depth=256, vec_depth=8192, program_depth=2048)
+# `ulx3s-peak`: the ULX3S-85F's peak-throughput configuration (the FPGA issue's floor, VTA's 51.2 GOPS), the
+# default before the MLPerf Tiny issue: 20x16 WS at 81.25 MHz, 52.0 GOPS, the last 11 PE rows multiplying in LUTs,
+# no vector unit and no program memory, so no model stays on chip and every layer's weights cross the link.
+_ULX3S_PEAK = dict(rows=20, cols=16, requant_lanes=4, clock_mhz=81.0, act_depth=1024, weight_depth=1024,
+                   acc_depth=256, param_depth=32, vec_depth=0, program_depth=0)
 _SMALL_ECP5 = dict(rows=4, cols=4, clock_mhz=75.0, act_depth=1024, weight_depth=1024, acc_depth=256,
                    param_depth=32, program_depth=0)
 # The UP5K's 5,280 logic cells hold a 1x1 array without counters or the vector unit; iCE40 builds leave out the
@@ -99,6 +105,7 @@ BOARDS = {b.name: b for b in [
     Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _ULX3S_DEFAULTS),
     Board("ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000,
           _ULX3S_DEFAULTS),
+    Board("ulx3s-peak", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _ULX3S_PEAK),
     Board("ulx3s-45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", "ecp5", "clk25", 25.0, 3_000_000, _SMALL_ECP5),
     Board("ulx3s-25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", "ecp5", "clk25", 25.0, 3_000_000,
           dict(_SMALL_ECP5, rows=2, cols=2)),

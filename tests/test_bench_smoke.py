@@ -74,7 +74,7 @@ def test_a_board_names_the_bench_configuration(tmp_path, monkeypatch, capsys):
     assert [cfg.hash for cfg in seen["configs"]] == [board_config(BOARDS["ulx3s"]).hash]
     assert bench_suite.main(["--board", "ulx3s", "--quick", "--dataflows", "os,rs", "--out", str(tmp_path)]) == 0
     assert [(cfg.dataflow, cfg.rows, cfg.cols, cfg.clock_mhz) for cfg in seen["configs"]] == [
-        ("os", 20, 16, 81.0), ("rs", 20, 16, 81.0)]
+        ("os", 16, 8, 60.0), ("rs", 16, 8, 60.0)]
     with pytest.raises(SystemExit):
         bench_suite.main(["--board", "ulx3s", "--arrays", "8x8"])
     assert "--arrays and --board ulx3s both name the arrays" in capsys.readouterr().err

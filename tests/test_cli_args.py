@@ -134,7 +134,8 @@ class TestBoardArgument:
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--board ulx3s and --config" in err and "accepted: one of them" in err
 
-    @pytest.mark.parametrize("board, rows, cols, mhz", [("ulx3s", 20, 16, 81.0), ("icebreaker", 1, 1, 24.0)])
+    @pytest.mark.parametrize("board, rows, cols, mhz", [("ulx3s", 16, 8, 60.0), ("ulx3s-peak", 20, 16, 81.0),
+                                                         ("icebreaker", 1, 1, 24.0)])
     def test_the_demo_runs_on_the_boards_configuration_at_its_clock(self, monkeypatch, board, rows, cols, mhz):
         from tessera.fpga.boards import BOARDS, board_config
         seen = {}

@@ -32,9 +32,11 @@ class TestClocking:
         assert plan.output_mhz <= board.defaults["clock_mhz"] * 1.05
         assert abs(link.baud_error) < 0.01 and link.divisor >= 4
 
-    def test_ulx3s_default_peaks_at_vta_s_51_2_gops_or_more(self):
-        """The issue's floor (VTA on PYNQ): rows x cols x the PLL's clock x 2, at the clock the board plans."""
-        board = BOARDS["ulx3s"]
+    def test_ulx3s_peak_configuration_peaks_at_vta_s_51_2_gops_or_more(self):
+        """The FPGA issue's floor (VTA on PYNQ): rows x cols x the PLL's clock x 2, at the clock the board plans. The
+        ULX3S default keeps models on chip instead (the MLPerf Tiny issue); `ulx3s-peak` is the configuration that
+        peaks there."""
+        board = BOARDS["ulx3s-peak"]
         cfg = board_config(board)
         assert peak_gops(cfg, board.plan_pll(cfg.clock_mhz).output_mhz) >= 51.2
 

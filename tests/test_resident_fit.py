@@ -92,3 +92,15 @@ def test_a_model_it_cannot_read_stops_the_bitstream_before_it_builds(write, mess
     err = capsys.readouterr().err.strip()
     assert err.startswith("tessera: --models: ") and message in err and len(err.splitlines()) == 1, err
     assert "accepted: quantized ONNX files" in err
+
+
+def test_the_ulx3s_default_keeps_the_full_size_resnet8_and_ds_cnn_whole(tmp_path):
+    """The MLPerf Tiny issue's default: the reference models themselves, every layer resident, no weights streamed,
+    within the default's memories."""
+    from tessera.fpga.boards import BOARDS, board_config
+    cfg = board_config(BOARDS["ulx3s"])
+    paths = [mlperf_tiny.quantized(name, tmp_path) for name in ("ic_resnet8", "kws_ds_cnn")]
+    for row in resident_fit(cfg, paths):
+        assert row["whole"] and not row["streamed_layers"], row
+        assert row["resident_layers"] == row["compute_layers"] > 0
+        assert row["weight_words"] <= cfg.weight_depth and row["program_words"] <= cfg.program_depth

@@ -5,11 +5,12 @@ Usage: ``python -m tessera.verif.bench_round_trip [--models a,b] [--width W] [--
 :mod:`~tessera.verif.bench_residency` times the device alone. Here the host reaches it as it would the board: the
 whole FPGA top (:class:`~tessera.fpga.top.LinkedDevice`: UART, framed link with acknowledgements and retries,
 accelerator) runs under Verilator with a bit-level UART on the host's side
-(:class:`~tessera.fpga.sim_board.BoardSimTransport`), at the ULX3S's core clock (its PLL's 81.25 MHz) and
-3,000,000 baud (27 cycles a bit). The device is :data:`~tessera.verif.bench_residency.BENCH_CONFIG` with the board's
-link time-out. Each model is compiled resident and loaded once (not timed); then one inference is timed in simulated
-time, from the host's first input byte on the line to the host's having the last result byte (the harness notices
-that a burst has ended after two idle character times, 6.6 us, which the figure includes). The host's own layers
+(:class:`~tessera.fpga.sim_board.BoardSimTransport`), at the ULX3S's core clock (the PLL's setting for its default
+configuration's clock) and 3,000,000 baud. The device is the ULX3S default (:func:`~tessera.fpga.boards.board_config`),
+which keeps ResNet-8 and the DS-CNN whole on chip, with the board's link time-out. Each model is compiled resident
+and loaded once (not timed); then one inference is timed in simulated time, from the host's first input byte on
+the line to the host's having the last result byte (the harness notices that a burst has ended after two idle
+character times, 6.6 us, which the figure includes). The host's own layers
 (quantising the input, Softmax) take no simulated time; nor does a USB adapter's latency, which the simulation has
 none of. The output must equal onnxruntime's bit for bit (a mismatch stops the bench).
 
@@ -45,7 +46,7 @@ from tessera.sw_driver.link_protocol import frame_bytes
 from tessera.sw_driver.model_compiler import compile_model, load_segments, residency, run_model
 from tessera.sw_driver.reports import markdown_table, write_json, write_markdown
 from tessera.sw_driver.runtime import Device
-from tessera.verif.bench_residency import BENCH_CONFIG, BenchError, model_and_reference
+from tessera.verif.bench_residency import BenchError, model_and_reference
 from tessera.verif.mlperf_tiny import MODELS
 
 __all__ = ["DEFAULT_MODELS", "board_setup", "round_trip", "round_trip_table", "main"]
@@ -61,9 +62,10 @@ _BITS_PER_BYTE = 10
 _SETTLE_SECONDS = 100e-6
 
 
-def board_setup(board=BOARD, cfg=BENCH_CONFIG):
-    """``(configuration, link settings)`` of ``cfg`` on ``board``: the core clock its PLL sets for the board's default
-    clock (a whole number of UART bit times), its UART rate, and the link time-out a board build gets."""
+def board_setup(board=BOARD, cfg=None):
+    """``(configuration, link settings)`` of ``cfg`` (default: the board's own) on ``board``: the core clock its PLL
+    sets for the board's default clock (a whole number of UART bit times), its UART rate, and the link time-out a
+    board build gets."""
     mhz = board.plan_pll(board.defaults["clock_mhz"]).output_mhz
     return board_config(board, cfg, clock_mhz=mhz), LinkSettings(clock_hz=mhz * 1e6, baud=board.baud)
 
