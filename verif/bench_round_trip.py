@@ -22,13 +22,12 @@ results' after it starts) take at the real bit rate, and that time's share of th
 layer may leave while it still computes, so device and line times may overlap a little. Writes ``round_trip.json``
 and ``round_trip.md`` under ``--out``.
 
-Cost (measured 2026-12-07, 2 cores shared with two FPGA builds): the board harness for this configuration builds in
-about 6 minutes once (the build cache keeps it), and every run spends about 105 s generating the top's Verilog, which
-keys that cache. The one-time loads cross the simulated UART at about 480 bytes of wall time a second (some 130,000
-simulated cycles a second): 313 s for ResNet-8's 150 KB, 424 s for DS-CNN's 201 KB, so some 10 minutes for the
-autoencoder's 282 KB and 16 for MobileNet's 459 KB, past what ``make bench`` should spend on one model: it runs
-ResNet-8 and DS-CNN (:data:`DEFAULT_MODELS`; ``--models ad_autoencoder,vww_mobilenet`` runs the others). The timed
-inferences take seconds.
+Cost (measured 2026-12-07 on the ULX3S default, 16x8 at 60 MHz): the board harness for a configuration builds in
+a few minutes once (the build cache keeps it), and every run spends about a minute generating the top's Verilog,
+which keys that cache. The one-time loads cross the simulated UART at about 1.8 KB of wall time a second: 47 s for
+ResNet-8's 87 KB, 42 s for DS-CNN's 77 KB. ``make bench`` runs those two (:data:`DEFAULT_MODELS`); the autoencoder
+and MobileNet do not stay whole on the default (``--models ad_autoencoder,vww_mobilenet`` runs them, streaming what
+does not fit). The timed inferences take seconds.
 """
 
 import sys
