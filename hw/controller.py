@@ -300,7 +300,10 @@ class Controller(wiring.Component):
                 with m.If(queues.gemm.ready):
                     m.next = "FETCH"
 
-        with m.State("VEC_PRODUCTS"):   # where it stores is judged two cycles after DECODE (Decoder.store_error)
+        with m.State("VEC_PRODUCTS"):   # where it stores is judged three cycles after DECODE (Decoder.store_error)
+            m.next = "VEC_SUMS"
+
+        with m.State("VEC_SUMS"):
             m.next = "VEC_CHECK"
 
         with m.State("VEC_CHECK"):
