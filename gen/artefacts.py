@@ -130,6 +130,9 @@ FIELD_DESCRIPTIONS = {
                              "stores only the `k` folds that are not all zero, each as a header word (filter tap "
                              "`kh` in bits 0-2, `kw` in bits 3-5, channel block `cb` in bits 8-15) followed by its "
                              "`rows` weight words",
+    (Opcode.GEMM, "reduce"): "ws plain GEMMs (not conv) only: every vector of every fold sums into one output "
+                             "row (a global pool through one weight fold), so the command has one result row, not "
+                             "`m`; os and rs refuse it (BAD_SHAPE)",
     (Opcode.GEMM, "filters"): "rs only: filters the command computes, 1 to the configuration's rs_filters; its "
                               "`m` rows are each filter's `out_w` output columns in turn, requantised with "
                               "parameter words `p_base` onward (ws, os: ignored)",
