@@ -94,11 +94,12 @@ class CommandQueuesSpec(FormalSpec):
 
         gemm, vector = queues.gemm, queues.vector
         gemm_beat = gemm.valid & gemm.ready
-        # a command's result descriptor: its rows (m, or four byte rows per row for a raw command), and whether and
-        # where they are stored, as STORE_SETUP said when it was issued
+        # a command's result descriptor: its rows (m, one for a reduce command, or four byte rows per row for a raw
+        # command), and whether and where they are stored, as STORE_SETUP said when it was issued
         descriptor = Signal(result_descriptor_layout(self.cfg))
         setup = queues.store_setup
-        m.d.comb += [descriptor.rows.eq(Mux(gemm.payload.raw, gemm.payload.m << 2, gemm.payload.m)),
+        rows = Mux(gemm.payload.reduce, 1, gemm.payload.m)
+        m.d.comb += [descriptor.rows.eq(Mux(gemm.payload.raw, rows << 2, rows)),
                      descriptor.store.eq(gemm.payload.store), descriptor.base.eq(gemm.payload.s_base),
                      descriptor.lane.eq(setup.lane), descriptor.lanes.eq(setup.lanes),
                      descriptor.stride.eq(setup.stride), descriptor.lane_stride.eq(setup.lane_stride)]
