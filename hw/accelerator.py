@@ -80,10 +80,9 @@ class Accelerator(wiring.Component):
         # a compute command is complete once its last row (result word) has gone, to the host or into a buffer;
         # the completions are registered before the counts (a stored row's last write into the 32-bit count was
         # the 16x8 ULX3S build's critical path, 16.1 ns): a WAIT sees them a cycle later
-        just_completed = delayed(m, router.completed + vec_completed, 1, name="just_completed")
-        vector_just_completed = delayed(m, Value.cast(vec_completed), 1, name="vector_just_completed")
-        m.d.sync += [completed.eq(completed + just_completed),
-                     vector_completed.eq(vector_completed + vector_just_completed)]
+        core_done = delayed(m, router.completed, 1, name="core_done")
+        vec_done = delayed(m, Value.cast(vec_completed), 1, name="vec_done")
+        m.d.sync += [completed.eq(completed + core_done + vec_done), vector_completed.eq(vector_completed + vec_done)]
         m.d.comb += [controller.completed.eq(completed), controller.vec_completed.eq(vector_completed),
                      controller.core_idle.eq(core.idle)]
 

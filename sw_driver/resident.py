@@ -414,9 +414,9 @@ class _Compilation:
         """Whether array layer ``index`` sums each block's pixels with ``reduce`` commands: a ws layer reading a
         block-major map (a global pool), whose pixels are no more than a command's rows. Its one weight fold then
         stays in the array for all of them, where a fold a pixel loaded the array for one vector each."""
-        (source,), (_, in_h, in_w) = self.steps[index].inputs, self.shapes[self.steps[index].inputs[0]]
-        return (self.cfg.dataflow == "ws" and source in self.block_major
-                and in_h * in_w <= self.cfg.acc_half_depth)
+        (source,) = self.steps[index].inputs
+        _, in_h, in_w = self.shapes[source]
+        return self.cfg.dataflow == "ws" and source in self.block_major and in_h * in_w <= self.cfg.acc_half_depth
 
     def _copies_by_block(self, channels):
         """Whether a map of ``channels`` copies from the vector buffer block by block: each activation block is
@@ -606,7 +606,8 @@ class _Compilation:
         # A window over the whole map (a global pool, a fully connected layer) reads each image's map as one pixel
         # of folds channel blocks; the batch's maps lie one after another, so one command reads them all as the
         # pixels of a 1 x batch map (its weights, the conv's, stream through the array once for all images).
-        whole_maps = self._whole_map(index, layer, self.shapes[source])
+        # (a reduce command reads one image's pixels of one block: image by image, and no CONV_SETUP)
+        whole_maps = self._whole_map(index, layer, self.shapes[source]) and not self._reduces(index)
         geometry = dict(in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh, kernel_w=kw,
                         stride=layer.strides[0], pad_top=layer.pads[0], pad_left=layer.pads[1])
         if whole_maps:
@@ -689,7 +690,6 @@ class _Compilation:
         (_, in_h, in_w), (out_channels, out_h, out_w) = self.shapes[source], self.shapes[t]
         gemm, folds, stored, sparse, tile_words, geometry, whole_maps = self._tiles(index)
         by_block, reduce = source in self.block_major, self._reduces(index)
-        whole_maps &= not reduce    # (a reduce command reads one image's pixels of one block: image by image)
         _check_fits("param", self.param_base + gemm.n_tiles, cfg.param_depth)
         weights = [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
                    if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
@@ -699,7 +699,8 @@ class _Compilation:
         self.param_base += gemm.n_tiles
         last = t == len(self.steps)
         target, base, lanes_per_word, out_blocks = (None, 0, 1, 1) if last else self._destination(t)
-        setup = _setup(cfg, Opcode.CONV_SETUP, **geometry, pad_value=int(layer.pad_value))
+        setups = [] if reduce else [(Opcode.CONV_SETUP, _setup(cfg, Opcode.CONV_SETUP, **geometry,
+                                                                pad_value=int(layer.pad_value)))]
         pixels = self.batch if whole_maps else out_h * out_w
         out_w = geometry["out_w"]
         block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
@@ -709,7 +710,7 @@ class _Compilation:
 
         def task(image):
             # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
-            items, cost = [] if reduce else [(Opcode.CONV_SETUP, setup)], 0
+            items, cost = list(setups), 0
             for n in range(gemm.n_tiles):
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:
