@@ -189,6 +189,11 @@ def run_sweep(space, workload, measure, out, *, address=None, cpus=None, search=
     if serial:
         points, computed = _run_grid(space, workload, measure, out, cache, None, budget, progress)
         return _finish(space, workload, measure, out, points, computed, "grid (serial, no Ray)", 1, started)
+    if search == "grid" and address is None and _grid_cached(space, workload, measure, cache, budget):
+        # nothing to measure: no Ray instance to start (seconds of its own) for a sweep run again
+        points, computed = _run_grid(space, workload, measure, out, cache, None, budget, progress)
+        return _finish(space, workload, measure, out, points, computed, "grid (all from the cache, no Ray)", 1,
+                       started)
     import ray
 
     # workers inherit the build cache, so simulators built once are shared by the points and by later sweeps
@@ -269,10 +274,20 @@ def _record(cache, key, point, cached):
     return point
 
 
+def _grid_keys(space, workload, measure, budget):
+    """The grid's points (their configuration values) and their cache keys."""
+    grid = [space.config_values(p) for p in space.grid()][:budget]
+    return grid, [point_key(values, workload.digest, measure) for values in grid]
+
+
+def _grid_cached(space, workload, measure, cache, budget):
+    """Whether every point of the grid is in the cache."""
+    return all(cache.get(key) is not None for key in _grid_keys(space, workload, measure, budget)[1])
+
+
 def _run_grid(space, workload, measure, out, cache, slots, budget, progress):
     """The grid's points, from the cache or run as Ray tasks (``slots`` in flight; ``None``: in this process)."""
-    grid = [space.config_values(p) for p in space.grid()][:budget]
-    keys = [point_key(values, workload.digest, measure) for values in grid]
+    grid, keys = _grid_keys(space, workload, measure, budget)
     results = {}
     bar = _Progress(len(grid), progress)
     todo = []

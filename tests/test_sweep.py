@@ -84,6 +84,7 @@ def test_two_point_grid_on_ray_then_from_the_cache(gemm, tmp_path):
     assert _sweep(gemm, space, out, "--cpus", "2") == 0
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["computed"] == 0 and summary["cached"] == 2
+    assert summary["search"] == "grid (all from the cache, no Ray)"     # nothing to run: no instance started
     again = json.loads((out / "points.json").read_text())["points"]
     assert all(p["cached"] for p in again)
     assert [p["cycles"] for p in again] == [p["cycles"] for p in points]
