@@ -47,6 +47,17 @@ CONFIGS = [
 ]
 
 
+# depthwise commands need cols <= rows: the small square one, one with two lane groups and fewer columns than
+# a kernel's taps (the loader's cooling, hw.weight_loader), and one with an approximate multiplier
+DEPTHWISE_CONFIGS = [
+    CONFIGS[0],
+    AcceleratorConfig(rows=8, cols=4, dataflow="ws", act_depth=256, weight_depth=256, acc_depth=64, param_depth=8,
+                      link_timeout=64),
+    AcceleratorConfig(rows=4, cols=2, dataflow="ws", act_depth=128, weight_depth=128, acc_depth=32, param_depth=6,
+                      link_timeout=64, multiplier="drum4", single_port_buffers=True),
+]
+
+
 def _config_id(cfg):
     return (f"{cfg.dataflow}-{cfg.rows}x{cfg.cols}" + ("-sp" if cfg.single_port_buffers else "")
             + ("" if cfg.multiplier == "exact" else f"-{cfg.multiplier}"))
@@ -106,6 +117,15 @@ def test_conv_with_sliding_window_matches_golden(cfg, stall):
            "convs": convs}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_conv",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"conv_{stall}")
+
+
+@pytest.mark.parametrize("cfg", DEPTHWISE_CONFIGS, ids=_config_id)
+@pytest.mark.parametrize("stall", [0.0, 0.3], ids=["no_stall", "stall"])
+def test_depthwise_commands_match_the_core_model(cfg, stall):
+    job = {"config": cfg.to_dict(), "seed": _seed(cfg, "depthwise", stall), "stall": stall, "backpressure": stall,
+           "cases": 3}
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_depthwise",
+               env={"TESSERA_TB": json.dumps(job)}, results_name=f"depthwise_{stall}")
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[4]], ids=_config_id)
