@@ -14,7 +14,7 @@ import numpy as np
 
 from tessera.hw.array_rs import rs_mapping
 from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, BufferId, ErrorCode, Opcode, result_row_words
-from tessera.hw.layouts import StoreTarget, rs_filter_entries, store_words
+from tessera.hw.layouts import StoreTarget, command_layout, rs_filter_entries, store_words
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
 from tessera.sw_driver.isa_encode import disassemble, instruction, load, parse_packets, stored_program
@@ -339,6 +339,23 @@ async def device_program(dut):
              ErrorCode.OUT_OF_RANGE if min(2, cfg.rs_filters) == 2 else None),
         ]
         bad_stores = [(words, code) for words, code in bad_stores if code is not None]
+    # depthwise commands that could not run or would never end: not a conv command, a kernel more than one wide,
+    # a row too short for the taps, a first position past the row, a lane group past the word (os and rs refuse
+    # any depthwise command)
+    def depthwise_setup(out_w, kernel_w=1):
+        return instruction(cfg, Opcode.CONV_SETUP, in_h=2, in_w=2, out_w=out_w, channel_blocks=1, kernel_h=1,
+                           kernel_w=kernel_w, stride=1)
+    taps = min(2, cfg.rows)
+    bad_stores += [
+        ([gemm(taps=taps)], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(3, kernel_w=2), gemm(conv=1, taps=taps)], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(taps - 1 or 1), gemm(conv=1, taps=taps + (taps == 1))], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(3), gemm(conv=1, taps=taps, out_x=3)], ErrorCode.BAD_SHAPE),
+    ]
+    past_the_word = (1 << command_layout(cfg)["lane_group"].shape.width) - 1     # the field's largest value
+    if past_the_word >= cfg.rows // cfg.cols:
+        bad_stores.append(([depthwise_setup(3), gemm(conv=1, taps=taps, lane_group=past_the_word)],
+                           ErrorCode.BAD_SHAPE))
     for words, code in bad_stores:
         words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
         packets = parse_packets(cfg, await tb.exchange(words, 2 + 1 + len(COUNTERS), what="a bad store"))
