@@ -49,6 +49,7 @@ class WeightStationaryCompute(ComputeUnit):
             issuer.half.eq(tracker.half),
             self.act_addr.eq(issuer.act_addr), issuer.act_data.eq(self.act_data),
             array.x_in.eq(issuer.x_in), array.x_bank.eq(issuer.x_bank), array.x_valid.eq(issuer.tag.valid),
+            array.x_column.eq(issuer.x_column), array.x_depthwise.eq(issuer.x_depthwise),
         ]
         if timing_registers(platform):
             at_psum, at_write = self._accumulate_registered(m, array, issuer.tag)
@@ -56,7 +57,7 @@ class WeightStationaryCompute(ComputeUnit):
             at_psum, at_write = self._accumulate(m, array, issuer.tag)
         m.d.comb += [
             self.acc_wr_addr.eq(at_write.row),
-            self.acc_wr_en.eq(at_write.valid),
+            self.acc_wr_en.eq(at_write.valid & at_write.write),
             tracker.finished.eq(at_write.valid & at_write.tile_end),
             self.busy.eq(loader.busy | issuer.issued | tracker.busy),
         ]
@@ -69,7 +70,7 @@ class WeightStationaryCompute(ComputeUnit):
             self.issued.eq(issuer.issued),
             self.act_read.eq(issuer.issued),
             self.weight_read.eq(loader.weight_read),
-            self.acc_rmw_read.eq(at_psum.valid & ~at_psum.first),
+            self.acc_rmw_read.eq(at_psum.valid & at_psum.write & ~at_psum.first),
             self.macs_gated.eq(array.macs_gated),
             # each vector: every PE reads its stationary weight; activations hop right, partial sums down
             self.rf_reads.eq(Mux(issuer.issued, cfg.pes, 0)),
@@ -93,7 +94,7 @@ class WeightStationaryCompute(ComputeUnit):
         written = Signal.like(self.acc_wr_data)
         m.d.sync += written.eq(self.acc_wr_data)
         missed = Signal()   # registered: it selects between two operands of every lane's adder
-        m.d.sync += missed.eq(at_psum.valid & at_write.valid & (at_psum.row == at_write.row))
+        m.d.sync += missed.eq(at_psum.write & at_write.write & (at_psum.row == at_write.row))
         m.d.comb += self.acc_rd_addr.eq(at_read_acc.row)
         for c in range(self.cfg.cols):
             m.d.comb += self.acc_wr_data[c].eq(

@@ -100,11 +100,28 @@ def _registered(m, name, value):
 
 def _weight_stationary(m, cfg, command, geometry):
     # a sparse command stores a header word before each fold (in its two low lanes, so cols >= 2), and exists
-    # for conv commands only; a reduce command for the others.
+    # for conv commands only; a reduce command for the others. A depthwise command's folds are `taps` words each.
     sparse_unsupported = command.sparse & ~command.conv if cfg.cols >= 2 else command.sparse
+    depthwise = command.taps != 0
+    fold_words = Mux(depthwise, command.taps, cfg.rows + command.sparse)
     return _Reads(act_words=_registered(m, "act_words", Mux(command.conv, 0, command.k * command.m)),
-                  weight_words=_registered(m, "weight_words", command.k * (cfg.rows + command.sparse)),
-                  unsupported=sparse_unsupported | (command.reduce & command.conv))
+                  weight_words=_registered(m, "weight_words", command.k * fold_words),
+                  unsupported=(sparse_unsupported | (command.reduce & command.conv)
+                               | (depthwise & _depthwise_unsupported(m, cfg, command, geometry))))
+
+
+def _depthwise_unsupported(m, cfg, command, geometry):
+    """Whether a depthwise command cannot run: it needs a conv command of its own kind (not sparse or reduce), a
+    lane group inside the word, taps that fit the rows, and a geometry of stride 1 and a kernel one wide whose
+    rows hold at least one output each (so a fold always ends), its first position inside a row."""
+    groups = cfg.rows // cfg.cols
+    # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
+    bad_group = command.lane_group >= groups if groups < (1 << len(command.lane_group)) else 0
+    too_many_taps = command.taps > cfg.rows if cfg.rows < MAX_KERNEL else 0
+    not_one_wide = Signal()   # registered: the geometry is set long before the GEMM that reads it
+    m.d.sync += not_one_wide.eq((geometry.kernel_w != 1) | (geometry.stride != 1))
+    return (~command.conv | command.sparse | command.reduce | bad_group | too_many_taps | not_one_wide
+            | (geometry.out_w < command.taps) | (command.out_x >= geometry.out_w))
 
 
 def _output_stationary(m, cfg, command, geometry):
@@ -113,7 +130,8 @@ def _output_stationary(m, cfg, command, geometry):
     folds = Signal(16)   # registered: the geometry is set long before the GEMM that reads it
     m.d.sync += folds.eq(geometry.kernel_h * geometry.kernel_w * geometry.channel_blocks)
     return _Reads(act_words=Mux(command.conv, 0, command.k), weight_words=command.k,
-                  unsupported=(command.conv & (command.k != folds * cfg.rows)) | command.sparse | command.reduce)
+                  unsupported=((command.conv & (command.k != folds * cfg.rows)) | command.sparse | command.reduce
+                               | (command.taps != 0)))
 
 
 def _row_stationary(m, cfg, command, geometry):
@@ -137,6 +155,6 @@ def _row_stationary(m, cfg, command, geometry):
     return _Reads(act_words=0,
                   weight_words=_registered(m, "weight_words", command.k * chunks * command.filters * per_filter),
                   unsupported=(~command.conv | too_tall | (command.out_x > MAX_KERNEL) | command.sparse
-                               | command.reduce | (command.filters == 0) | too_many_filters
+                               | command.reduce | (command.taps != 0) | (command.filters == 0) | too_many_filters
                                | (command.m != command.filters * geometry.out_w)),
                   params_out_of_range=command.p_base + command.filters > cfg.param_depth)

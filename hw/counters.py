@@ -10,9 +10,10 @@ __all__ = ["PerfCounters", "pe_event_limits"]
 def pe_event_limits(cfg):
     """The most events of each array-wide kind one cycle can bring, which sizes the strobes that carry them from the
     compute units (:class:`~tessera.hw.tiles.ComputeUnit`) through the core to the counters: a gated multiply per
-    PE, three register-file reads per PE (rs: filter, ifmap and sum), ``rows + 1`` register-file writes per PE, two
-    transfers between PEs per PE."""
-    return {"macs_gated": cfg.pes, "rf_reads": 3 * cfg.pes, "rf_writes": cfg.pes * (cfg.rows + 1),
+    PE for each of two vectors (ws: a depthwise vector is counted late, beside a later one), three register-file
+    reads per PE (rs: filter, ifmap and sum), ``rows + 1`` register-file writes per PE, two transfers between PEs
+    per PE."""
+    return {"macs_gated": 2 * cfg.pes, "rf_reads": 3 * cfg.pes, "rf_writes": cfg.pes * (cfg.rows + 1),
             "noc_transfers": 2 * cfg.pes}
 
 

@@ -45,7 +45,7 @@ __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout", "store_setup_layout",
            "store_words", "result_descriptor_layout", "act_write_layout", "StoreTarget", "vec_write_layout",
-           "store_addr_shape", "result_rows"]
+           "store_addr_shape", "result_rows", "depthwise_positions"]
 
 OPERAND = signed(8)
 ACC = signed(32)
@@ -134,6 +134,15 @@ def command_layout(cfg):
     With ``conv`` set (weight-stationary only), the rows are output pixels starting at (``out_y``,
     ``out_x``) in raster order, and activations are gathered from an input feature map by sliding-window
     addressing (:func:`conv_geometry_layout`) instead of being read as ``m`` consecutive vectors per fold.
+
+    With ``taps`` set too, a depthwise command (stride 1): the CONV_SETUP before it describes a kernel
+    ``kernel_h x 1`` over positions :func:`depthwise_positions` wide, and fold ``f`` (``f < k``) streams the
+    words of kernel row ``f`` at those positions, from ``x_base`` (the channel block's first word, ``cb`` 0).
+    Column ``c`` takes lane ``lane_group * cols + c`` of each word alone and holds ``taps`` weights down its
+    rows (rows ``taps`` on hold zero): it sums the products of the ``taps`` consecutive positions from each
+    one. A fold's weights are ``taps`` words, not ``rows``: word ``w_base + f * taps + t`` holds tap ``t``. A
+    position from which ``taps`` fit in the output row is an output; the ``m`` result rows are the outputs
+    from (``out_y``, ``out_x``) on, in raster order (the others stream, but are not written).
     """
     side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
     return data.StructLayout({
@@ -153,6 +162,11 @@ def command_layout(cfg):
         # over a map's pixels does (one weight tile for all of them, not a fold per pixel); the command has one
         # result row (result_rows)
         "reduce": 1,
+        # weight-stationary conv commands only, 0 for any other: a depthwise command of this many taps across
+        # (the kernel width). Column c reads lane lane_group * cols + c of each word, alone, down the whole column,
+        # so the column's rows are taps along the output row (see depthwise_geometry); k folds are the kernel's rows
+        "taps": unsigned(KERNEL_BITS),
+        "lane_group": unsigned(max(1, ceil_log2(max(1, cfg.rows // cfg.cols)))),
         # row-stationary only: the filters (output channels) the command computes, 1 to cfg.rs_filters; its
         # ``m`` result rows are each filter's output columns in turn (see hw.compute_rs)
         "filters": unsigned(ceil_log2(cfg.rs_filters + 1)),
@@ -164,6 +178,12 @@ def command_layout(cfg):
         "store": unsigned(2),
         "s_base": store_addr_shape(cfg),
     })
+
+
+def depthwise_positions(out_w, taps):
+    """Positions a depthwise command streams per output row (the CONV_SETUP's ``out_w`` for a depthwise layer):
+    the layer's ``out_w`` outputs, then the ``taps - 1`` positions the last output's taps reach past them."""
+    return out_w + taps - 1
 
 
 def result_rows(command):

@@ -40,10 +40,13 @@ class WeightStationaryPE(wiring.Component):
 
     Attributes
     ----------
-    x_in, bank_in : In
-        Activation from the left neighbour and the weight bank it uses.
-    x_out, bank_out : Out
+    x_in, bank_in, depthwise_in : In
+        Activation from the left neighbour, the weight bank it uses and whether its vector is a depthwise one.
+    x_out, bank_out, depthwise_out : Out
         The same, registered, for the right neighbour.
+    x_column : In
+        The column's own activation, which a depthwise vector multiplies instead of ``x_in`` (see
+        :class:`~tessera.hw.array_ws.WeightStationaryArray`).
     psum_in, psum_out : In, Out
         Partial sum from above; ``psum_in`` plus the product ``x_in * weight[bank_in]`` of the activation
         that arrived `~tessera.hw.multiplier.PRODUCT_LATENCY` cycles before, registered, for the PE below.
@@ -68,8 +71,11 @@ class WeightStationaryPE(wiring.Component):
         super().__init__({
             "x_in": In(OPERAND),
             "bank_in": In(1),
+            "depthwise_in": In(1),
+            "x_column": In(OPERAND),
             "x_out": Out(OPERAND),
             "bank_out": Out(1),
+            "depthwise_out": Out(1),
             "psum_in": In(signed(psum_width)),
             "psum_out": Out(signed(psum_width)),
             "w_data": In(OPERAND),
@@ -85,7 +91,8 @@ class WeightStationaryPE(wiring.Component):
                 m.d.sync += weight[b].eq(self.w_data)
         # The operands and the product are registered (PRODUCT_LATENCY cycles for the whole array), so the
         # multiplier is a path of its own, inside a DSP block on an FPGA: what lets the array clock high.
-        x, w = _gated_operands(self.x_in, Mux(self.bank_in, weight[1], weight[0]))
+        x, w = _gated_operands(Mux(self.depthwise_in, self.x_column, self.x_in),
+                               Mux(self.bank_in, weight[1], weight[0]))
         if self.multiplier.exact:
             product = registered_product(m, x, w, name="multiplier",
                                          platform=None if self.lut_multiplier else platform)
@@ -94,6 +101,7 @@ class WeightStationaryPE(wiring.Component):
         m.d.sync += [
             self.x_out.eq(self.x_in),
             self.bank_out.eq(self.bank_in),
+            self.depthwise_out.eq(self.depthwise_in),
             self.psum_out.eq(self.psum_in + product),
         ]
         return m

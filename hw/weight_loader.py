@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import OPERAND, command_layout, conv_geometry_layout, fold_header_layout
+from .layouts import MAX_KERNEL, OPERAND, command_layout, conv_geometry_layout, fold_header_layout
 from .pipeline import delayed, timing_registers
 
 __all__ = ["fold_layout", "WeightLoader"]
@@ -15,7 +15,7 @@ def fold_layout(command):
     return data.StructLayout({
         "x_addr": command["x_base"].shape, "m": command["m"].shape,
         "bank": 1, "first": 1, "last": 1, "p_base": command["p_base"].shape, "y_zp": OPERAND,
-        "raw": 1, "reduce": 1,
+        "raw": 1, "reduce": 1, "taps": command["taps"].shape, "lane_group": command["lane_group"].shape,
         # convolution folds: the filter tap and channel block, and the first output pixel
         "conv": 1, "kh": 3, "kw": 3, "cb": 8,
         "out_y": command["out_y"].shape, "out_x": command["out_x"].shape,
@@ -29,7 +29,8 @@ class WeightLoader(wiring.Component):
 
     A command is ``k`` folds of ``rows`` weight words each, from ``w_base`` on. A conv command's folds step
     through the filter taps (channel block fastest, then ``kw``, then ``kh``); a ``sparse`` command stores
-    only the folds that are not all zero, each behind a header word naming its tap and channel block.
+    only the folds that are not all zero, each behind a header word naming its tap and channel block. A
+    depthwise command's folds are the kernel's rows, ``taps`` words each: the array's rows past them load zero.
 
     Parameters
     ----------
@@ -115,9 +116,15 @@ class WeightLoader(wiring.Component):
         self._read_header(m, header_now, kh, kw, cb)
         with m.If(header_now):
             m.d.sync += [header_now.eq(0), in_fold.eq(1), row.eq(0)]
+        # a depthwise fold's rows past its taps load zero, read from nowhere (its weight tile has taps words a fold)
+        depthwise = cmd.taps != 0
+        read_row = Signal()
+        m.d.comb += read_row.eq(in_fold & ~(depthwise & (row >= cmd.taps)))
+        with m.If(read_row):
+            m.d.sync += w_addr.eq(w_addr + 1)
         with m.If(in_fold):
             m.d.comb += w_load.eq(1)
-            m.d.sync += [row.eq(row + 1), w_addr.eq(w_addr + 1)]
+            m.d.sync += row.eq(row + 1)
             with m.If(row == 0):
                 # First row address this cycle: the fold is queued now, so that the window can prepare its
                 # addresses while the rows load; the issuer starts it once the last row's address is out (the
@@ -128,7 +135,7 @@ class WeightLoader(wiring.Component):
                     folds.w_en.eq(1),
                     pushed.x_addr.eq(x_addr), pushed.bank.eq(load_bank), pushed.m.eq(cmd.m),
                     pushed.p_base.eq(cmd.p_base), pushed.y_zp.eq(cmd.y_zp), pushed.raw.eq(cmd.raw),
-                    pushed.reduce.eq(cmd.reduce),
+                    pushed.reduce.eq(cmd.reduce), pushed.taps.eq(cmd.taps), pushed.lane_group.eq(cmd.lane_group),
                     pushed.first.eq(fold == 0), pushed.last.eq(fold == cmd.k - 1),
                     pushed.conv.eq(cmd.conv), pushed.kh.eq(kh), pushed.kw.eq(kw), pushed.cb.eq(cb),
                     pushed.out_y.eq(cmd.out_y), pushed.out_x.eq(cmd.out_x),
@@ -137,7 +144,9 @@ class WeightLoader(wiring.Component):
                 # a conv command reads the same feature map in every fold; a GEMM moves on by m words
                 m.d.sync += [in_fold.eq(0), fold.eq(fold + 1), x_addr.eq(Mux(cmd.conv, x_addr, x_addr + cmd.m)),
                              load_bank.eq(~load_bank)]
-                with m.If(~cmd.sparse):     # a sparse command's next fold names its tap in its header
+                with m.If(depthwise):       # a depthwise command's folds are the kernel's rows
+                    m.d.sync += kh.eq(kh + 1)
+                with m.Elif(~cmd.sparse):   # a sparse command's next fold names its tap in its header
                     self._next_tap(m, kh, kw, cb)
                 with m.If(fold == cmd.k - 1):
                     m.d.sync += loading.eq(0)
@@ -148,12 +157,15 @@ class WeightLoader(wiring.Component):
         # output routed to the one register, 15.1 ns). The rows then land a cycle later, still before the first
         # vector reaches them (rows - 1 cycles of margin; see the activation issuer's _take).
         registers = 2 if timing_registers(platform) else 1
+        zero_row = delayed(m, w_load & ~read_row, 1, name="zero_row")   # beside the read data
+        read_data = Signal.like(self.weight_data)
+        m.d.comb += read_data.eq(Mux(zero_row, 0, self.weight_data))
         m.d.comb += [
-            self.w_data.eq(delayed(m, self.weight_data, registers, name="w_data")),
+            self.w_data.eq(delayed(m, read_data, registers, name="w_data")),
             self.w_load.eq(delayed(m, w_load, 1 + registers, name="w_load")),
             self.w_row.eq(delayed(m, row[:len(self.w_row)], 1 + registers, name="w_row")),
             self.w_bank.eq(delayed(m, load_bank, 1 + registers, name="w_bank")),
-            self.weight_read.eq(w_load | in_header),
+            self.weight_read.eq(read_row | in_header),
             self.busy.eq(loading | folds.r_rdy),
         ]
         return m
@@ -161,12 +173,16 @@ class WeightLoader(wiring.Component):
     def _bank_free(self, m):
         """Whether the bank to load next may be rewritten: only once the last activation that used it has left
         the array's last column."""
-        cool = Signal(range(self.cfg.cols + 1))
+        # The last vector (address at cycle L) meets PE (r, cols-1) at L+r+cols+1; a load starting at S
+        # writes row r visibly from S+4+r. So S >= L+cols-2, i.e. cool counts cols-3 (and folds of
+        # rows+cols-1 vectors or more follow each other without a bubble). A depthwise vector's gated multiplies
+        # are counted from its bank's zero weights at L+1+tap_rows (hw.array_ws), which row r's load changes
+        # from S+3+r: so S >= L+tap_rows-2 too.
+        tap_rows = min(self.cfg.rows, MAX_KERNEL)
+        cooling = max(self.cfg.cols, tap_rows) - 3
+        cool = Signal(range(max(cooling, 0) + 1))
         with m.If(self.last_vector):
-            # The last vector (address at cycle L) meets PE (r, cols-1) at L+r+cols+1; a load starting at S
-            # writes row r visibly from S+4+r. So S >= L+cols-2, i.e. cool counts cols-3 (and folds of
-            # rows+cols-1 vectors or more follow each other without a bubble).
-            m.d.sync += cool.eq(max(self.cfg.cols - 3, 0))
+            m.d.sync += cool.eq(max(cooling, 0))
         with m.Elif(cool != 0):
             m.d.sync += cool.eq(cool - 1)
         return cool == 0

@@ -8,7 +8,7 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import MAX_CONV_SIDE, conv_geometry_layout
+from .layouts import KERNEL_BITS, MAX_CONV_SIDE, conv_geometry_layout
 
 __all__ = ["SlidingWindow"]
 
@@ -33,12 +33,18 @@ class SlidingWindow(wiring.Component):
     start : In(1)
         Load a fold: first output pixel (``out_y``, ``out_x``), tap (``kh``, ``kw``), block ``cb``, map base
         ``x_base``.
+    taps : In(KERNEL_BITS)
+        A depthwise fold's taps (see :func:`~tessera.hw.layouts.command_layout`), taken with ``start``.
     step : In(1)
         Advance to the next output pixel.
     addr : Out(unsigned)
         Activation word of the current pixel (a register).
     pad : Out(1)
         The current pixel's tap lies outside the input: use the padding value instead of ``addr``.
+    output : Out(1)
+        A depthwise fold's current position has its ``taps`` positions in its row: it is an output.
+    row_end : Out(1)
+        The current pixel is the last of its row.
     """
 
     #: Registered steps of the fold-start arithmetic when pipelined.
@@ -53,9 +59,12 @@ class SlidingWindow(wiring.Component):
             "out_y": In(side), "out_x": In(side),
             "kh": In(3), "kw": In(3), "cb": In(8),
             "x_base": In(addr_width),
+            "taps": In(KERNEL_BITS),
             "step": In(1),
             "addr": Out(addr_width),
             "pad": Out(1),
+            "output": Out(1),
+            "row_end": Out(1),
         })
 
     def elaborate(self, platform):
@@ -98,15 +107,21 @@ class SlidingWindow(wiring.Component):
         # the fold's own state: the inputs (and the steps above) move on to the next fold once it has started
         iy, ix, fold_row_start_ix = Signal(_COORD), Signal(_COORD), Signal(_COORD)
         ox = Signal.like(self.out_x)
+        # where the current position's last tap lies (ox + taps), kept beside ox so that whether it is an output
+        # is one comparison of registers
+        reach, taps = Signal(len(ox) + 1), Signal.like(self.taps)
         next_row = Signal(addr_width)   # address of the first pixel of the next output row
         with m.If(self.start):
             m.d.sync += [iy.eq(first_iy), ix.eq(first_ix), ox.eq(self.out_x), self.addr.eq(first_addr),
-                         next_row.eq(second_row), fold_row_start_ix.eq(row_start_ix)]
+                         next_row.eq(second_row), fold_row_start_ix.eq(row_start_ix),
+                         reach.eq(self.out_x + self.taps), taps.eq(self.taps)]
         with m.Elif(self.step):
-            with m.If(ox == g.out_w - 1):
+            with m.If(self.row_end):
                 m.d.sync += [ox.eq(0), ix.eq(fold_row_start_ix), iy.eq(iy + g.stride), self.addr.eq(next_row),
-                             next_row.eq(next_row + row_step)]
+                             next_row.eq(next_row + row_step), reach.eq(taps)]
             with m.Else():
-                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + g.stride), self.addr.eq(self.addr + col_step)]
-        m.d.comb += self.pad.eq((iy < 0) | (iy >= g.in_h) | (ix < 0) | (ix >= g.in_w))
+                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + g.stride), self.addr.eq(self.addr + col_step),
+                             reach.eq(reach + 1)]
+        m.d.comb += [self.pad.eq((iy < 0) | (iy >= g.in_h) | (ix < 0) | (ix >= g.in_w)),
+                     self.row_end.eq(ox == g.out_w - 1), self.output.eq(reach <= g.out_w)]
         return m

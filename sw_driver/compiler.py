@@ -12,6 +12,7 @@ import collections
 import copy
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +31,13 @@ from tessera.hw.layouts import (
     rs_filter_word,
     rs_result_row,
     weight_word,
+)
+from tessera.sw_driver.depthwise import (
+    depthwise_block,
+    depthwise_eligible,
+    depthwise_fields,
+    depthwise_geometry,
+    depthwise_weight_words,
 )
 from tessera.sw_driver.isa_encode import disassemble, instruction, load
 from tessera.sw_driver.space_to_depth import input_fold
@@ -277,11 +285,7 @@ class _GemmTiles:
         self.x = x
         self.w = np.zeros((self.k, self.n_tiles * C), np.int8)
         self.w[:, :self.n] = w
-        self.bias = np.zeros(self.n_tiles * C, np.int32)
-        self.bias[:self.n] = bias
-        # padding channels are computed and dropped; a unit scale keeps them in the requantiser's domain
-        self.scale = np.ones(self.n_tiles * C, np.float32)
-        self.scale[:self.n] = scale
+        self.bias, self.scale = _tile_params(bias, scale, C)
         if cfg.dataflow == "ws":
             self.folds = math.ceil(self.k / R)
             if cfg.act_depth // self.folds == 0:
@@ -403,6 +407,15 @@ class _GemmTiles:
         return Program(words=np.concatenate(words), outputs=outputs, m=self.m, n=self.n, macs=self.m * self.n * self.k)
 
 
+def _tile_params(bias, scale, cols):
+    """Bias and scale padded to whole output tiles of ``cols`` channels: the padding channels are computed and
+    dropped, and a unit scale keeps them in the requantiser's domain."""
+    n_tiles = math.ceil(len(bias) / cols)
+    padded_bias, padded_scale = np.zeros(n_tiles * cols, np.int32), np.ones(n_tiles * cols, np.float32)
+    padded_bias[:len(bias)], padded_scale[:len(scale)] = bias, scale
+    return padded_bias, padded_scale
+
+
 def _constant_outputs(bias, scale, y_zp):
     """What output channels with all-zero weights give at every pixel: their requantised bias (the
     requantiser's contract, :func:`tessera.sw_driver.golden.requantize`)."""
@@ -520,6 +533,11 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     bias), and on ``ws`` arrays of two or more columns a command stores and runs only the folds whose
     ``rows x cols`` weight tile is not all zero (``sparse`` commands). ``counted`` (bool (O, C)) says which
     weights are the layer's own, for its MAC count: a grouped conv's dense weights hold zeros between groups.
+
+    A depthwise conv (each output channel reads its own input channel alone: dense weights zero off the diagonal)
+    of stride 1 on a ws array whose rows are a whole number of its columns runs as depthwise commands
+    (:mod:`tessera.sw_driver.depthwise`): ``KH * KW`` weight words an output tile, ``KH`` folds a command, each
+    streaming its rows' positions once; its bands, stores and outputs are a dense conv's.
     """
     R, C = cfg.rows, cfg.cols
     x, w = np.asarray(x), np.asarray(w)
@@ -541,23 +559,17 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     stride_y, (pad_t, pad_l) = strides[0], pads[:2]
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
     blocks = math.ceil(channels / R)
-    folds = kh * kw * blocks
-    # The flattened layer is a GEMM of (out_h*out_w) x (folds*R) x O; check operands and overflow through it.
-    w_gemm = conv_as_gemm_weights(w, R, blocks)
-    check_gemm_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
-    layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, np.asarray(bias), np.asarray(scale),
-                       conv=True)
-    # a command's k: ws counts folds; os steps through every channel of every fold (hw.gather)
-    k_field = folds if cfg.dataflow == "ws" else folds * R
+    counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
+    plan_of = _depthwise_plan if depthwise_eligible(cfg, w, strides, out_w) else _dense_conv_plan
+    plan = plan_of(cfg, w, np.asarray(bias), np.asarray(scale), y_zp, blocks, out_w, skip_zero_tiles, counted)
 
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
     image_words = in_h * in_w * blocks
     row_words = in_w * blocks
     halves = image_words <= cfg.act_depth // 2
-    stored, sparse, tile_words = _weight_tile_plan(layer, folds, skip_zero_tiles)
-    weights = _SlotPool(cfg, "weight", max(tile_words))
-    run_tiles = [t for t in range(layer.n_tiles) if len(stored[t])]
+    run_tiles = [t for t, runs in enumerate(plan.runs) if runs]
+    weights = _SlotPool(cfg, "weight", max(len(tile.weights) for tile in plan.tiles))
     # A larger map goes in bands of output rows. Where the buffer's addresses wrap at its depth (a power of
     # two), the bands take the two halves in turn as images do: a band's commands address the whole map
     # through a base that puts the band's first input row at the start of its half, so one CONV_SETUP serves
@@ -566,8 +578,8 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     ring = not halves and cfg.act_depth & (cfg.act_depth - 1) == 0 and \
         _output_row_bands(cfg.act_depth // 2, in_h, row_words, out_h, kh, stride_y, check=False)
     bands = [(0, out_h)] if halves else _output_row_bands(cfg.act_depth, in_h, row_words, out_h, kh, stride_y)
-    if ring and _ring_pays(cfg, ring, bands, weights, [tile_words[t] for t in run_tiles],
-                           out_w * sum(len(stored[t]) if sparse[t] else folds for t in run_tiles)):
+    if ring and _ring_pays(cfg, ring, bands, weights, [len(plan.tiles[t].weights) for t in run_tiles],
+                           sum(_row_cycles(cfg, plan.tiles[t], plan.kernel["out_w"]) for t in run_tiles)):
         bands = ring
     else:
         ring = None
@@ -575,17 +587,14 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     params = _SlotPool(cfg, "param", 1)
     acts = _SlotPool(cfg, "act", cfg.act_depth // 2 if shared_setup else cfg.act_depth, 2 if shared_setup else 1)
     stream, outputs = _Stream(cfg), []
-    constants = _constant_outputs(layer.bias, layer.scale, y_zp)
     pixel_count = images * out_h * out_w
-    counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
-    macs_skipped = pixel_count * _skipped_weights(layer, counted, stored, sparse, folds, blocks)
 
     def setup(first_row, last_row, pad_top):
         # The band of input rows these output rows read, stored from its slot's first word; the geometry's
         # pad_top is counted from the band's first row (see _band_rows).
-        return instruction(cfg, Opcode.CONV_SETUP, in_h=last_row - first_row, in_w=in_w, out_w=out_w,
-                           channel_blocks=blocks, kernel_h=kh, kernel_w=kw, stride=stride_y,
-                           pad_top=pad_top, pad_left=pad_l, pad_value=int(pad_value))
+        return instruction(cfg, Opcode.CONV_SETUP, in_h=last_row - first_row, in_w=in_w, channel_blocks=blocks,
+                           stride=stride_y, pad_top=pad_top, pad_left=pad_l, pad_value=int(pad_value),
+                           **plan.kernel)
 
     if shared_setup:
         stream.words.append(setup(0, in_h, pad_t))
@@ -609,14 +618,13 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
             act_slot = stream.place(acts, BufferId.ACT, (image, oy0), band[:loaded])
             # where the commands see the map: the band's own rows (out_y counted from the band) or, in the
             # ring, the whole map shifted so that its row first_row lands at the slot (addresses wrap)
-            x_base = (act_slot * acts.slot_words - (first_row * row_words if ring else 0)) % cfg.act_depth
+            x_base = act_slot * acts.slot_words - (first_row * row_words if ring else 0)
             band_y = oy0 if ring else band_out_y
             for t in run_tiles:
-                tile = (_sparse_weight_tile(layer, t, stored[t], kw, blocks) if sparse[t]
-                        else layer._weight_tile(t))
-                w_slot = stream.place(weights, BufferId.WEIGHT, t, tile)
-                p_slot = stream.place(params, BufferId.PARAM, t, (layer.bias[None, t * C:(t + 1) * C],
-                                                                  layer.scale[None, t * C:(t + 1) * C]))
+                tile = plan.tiles[t]
+                w_slot = stream.place(weights, BufferId.WEIGHT, t, tile.weights)
+                p_slot = stream.place(params, BufferId.PARAM, t, (plan.bias[None, t * C:(t + 1) * C],
+                                                                  plan.scale[None, t * C:(t + 1) * C]))
                 for p0 in range(0, pixels, block_rows):
                     rows = min(block_rows, pixels - p0)
                     if words_needed(p0 + rows) > loaded:
@@ -624,18 +632,93 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
                         stream.words.append(load(cfg, BufferId.ACT, act_slot * acts.slot_words + loaded,
                                                  band[loaded:need]))
                         loaded = need
-                    stream.command(instruction(cfg, Opcode.GEMM, m=rows, k=len(stored[t]) if sparse[t] else k_field,
-                                               x_base=x_base, w_base=w_slot * weights.slot_words,
-                                               p_base=p_slot, y_zp=int(y_zp), conv=1, out_y=band_y + p0 // out_w,
-                                               out_x=p0 % out_w, sparse=int(sparse[t])),
+                    stream.command(instruction(cfg, Opcode.GEMM, m=rows,
+                                               x_base=(x_base + tile.x_offset) % cfg.act_depth,
+                                               w_base=w_slot * weights.slot_words, p_base=p_slot, y_zp=int(y_zp),
+                                               conv=1, out_y=band_y + p0 // out_w, out_x=p0 % out_w, **tile.fields),
                                    (weights, w_slot), (params, p_slot), (acts, act_slot))
                     outputs.append(((image * out_h + oy0) * out_w + p0, t * C, rows))
-    skipped_tiles = [(t * C, constants[t * C:min(out_channels, (t + 1) * C)]) for t in range(layer.n_tiles)
-                     if not len(stored[t])]
+    constants = _constant_outputs(plan.bias, plan.scale, y_zp)
+    skipped_tiles = [(t * C, constants[t * C:min(out_channels, (t + 1) * C)]) for t, runs in enumerate(plan.runs)
+                     if not runs]
     return Program(words=np.concatenate(stream.words) if stream.words else np.zeros(0, np.uint32),
                    outputs=outputs, m=pixel_count, n=out_channels,
-                   macs=pixel_count * int(counted.sum()) * kh * kw, macs_skipped=macs_skipped,
+                   macs=pixel_count * int(counted.sum()) * kh * kw, macs_skipped=pixel_count * plan.skipped,
                    constants=skipped_tiles)
+
+
+class _ConvTile(NamedTuple):
+    """One output tile of a ws or os conv as its commands run it: its weight words, the GEMM fields its commands
+    carry besides the pixels and the bases (``k``, and ``sparse``, or ``taps`` and ``lane_group``), and the word of
+    a pixel from which they read the map (a depthwise tile's channel block)."""
+    weights: np.ndarray
+    fields: dict
+    x_offset: int = 0
+
+
+class _ConvPlan(NamedTuple):
+    """A conv's output tiles and whether each runs (not where its weights are all zero), their bias and scale
+    padded to whole tiles, its CONV_SETUP's kernel fields (``kernel_h``, ``kernel_w``, ``out_w``) and the layer's
+    own weights (per output pixel) that the program does not run."""
+    tiles: list
+    runs: list
+    bias: np.ndarray
+    scale: np.ndarray
+    kernel: dict
+    skipped: int
+
+
+def _dense_conv_tiles(layer, folds, stored, sparse, kw, blocks):
+    """Every output tile of a dense conv (``stored`` and ``sparse`` as :func:`_weight_tile_plan` gives them): its
+    weight tile and its commands' ``k`` (ws: the folds it runs; os: every channel of every fold, hw.gather) and
+    ``sparse``."""
+    k_field = folds if layer.cfg.dataflow == "ws" else folds * layer.cfg.rows
+    return [_ConvTile(_sparse_weight_tile(layer, t, stored[t], kw, blocks) if sparse[t] else layer._weight_tile(t),
+                      dict(k=len(stored[t]) if sparse[t] else k_field, sparse=int(sparse[t])))
+            for t in range(layer.n_tiles)]
+
+
+def _dense_conv_plan(cfg, w, bias, scale, y_zp, blocks, out_w, skip, counted):
+    """A conv as a GEMM of ``KH * KW * blocks`` folds (:func:`conv_as_gemm_weights`); with ``skip``, tiles and
+    folds whose weights are all zero are not run (see :func:`compile_conv`)."""
+    R = cfg.rows
+    kh, kw = w.shape[2:]
+    folds = kh * kw * blocks
+    # The flattened layer is a GEMM of (out_h*out_w) x (folds*R) x O; check operands and overflow through it.
+    w_gemm = conv_as_gemm_weights(w, R, blocks)
+    check_gemm_operands(np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, y_zp)
+    layer = _GemmTiles(cfg, np.zeros((1, folds * R), np.int8), w_gemm, bias, scale, conv=True)
+    stored, sparse, _ = _weight_tile_plan(layer, folds, skip)
+    return _ConvPlan(_dense_conv_tiles(layer, folds, stored, sparse, kw, blocks), [len(kept) > 0 for kept in stored],
+                     layer.bias, layer.scale, dict(kernel_h=kh, kernel_w=kw, out_w=out_w),
+                     _skipped_weights(layer, counted, stored, sparse, folds, blocks))
+
+
+def _depthwise_tiles(cfg, w):
+    """Every output tile of a depthwise conv (dense weights ``w``, zero off the diagonal): its ``KH * KW`` weight
+    words, its commands' fields, and the channel block it reads."""
+    kernel = w.shape[2:]
+    return [_ConvTile(depthwise_weight_words(cfg, w, t), depthwise_fields(cfg, kernel, t), depthwise_block(cfg, t))
+            for t in range(math.ceil(len(w) / cfg.cols))]
+
+
+def _depthwise_plan(cfg, w, bias, scale, y_zp, blocks, out_w, skip, counted):
+    """A depthwise conv as depthwise commands (:mod:`tessera.sw_driver.depthwise`); with ``skip``, a tile whose
+    weights are all zero is not run."""
+    C, (kh, kw) = cfg.cols, w.shape[2:]
+    # a column sums its own channel's KH * KW products alone: the accumulator's headroom is for those
+    check_gemm_operands(np.zeros((1, kh * kw), np.int8), np.zeros((kh * kw, len(w)), np.int8), bias, scale, y_zp)
+    tiles = _depthwise_tiles(cfg, w)
+    runs = [not skip or tile.weights.any() for tile in tiles]
+    skipped = sum(int(counted[t * C:(t + 1) * C].sum()) for t, run in enumerate(runs) if not run)
+    return _ConvPlan(tiles, runs, *_tile_params(bias, scale, C), depthwise_geometry((kh, kw), out_w),
+                     skipped * kh * kw)
+
+
+def _row_cycles(cfg, tile, width):
+    """Array cycles a tile's commands take per output row: each fold streams a geometry's row of ``width``
+    positions (ws), or steps through an os command's ``k`` for every ``rows`` of them."""
+    return width * tile.fields["k"] // (1 if cfg.dataflow == "ws" else cfg.rows)
 
 
 def _compile_folded_conv(cfg, fold, x, w, bias, scale, y_zp, pad_value, skip_zero_tiles, counted):

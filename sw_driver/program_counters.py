@@ -10,6 +10,7 @@ Fed to :func:`tessera.sw_driver.energy.layer_energy`, these give a layer's energ
 import numpy as np
 
 from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode
+from tessera.sw_driver.depthwise import fold_positions
 from tessera.sw_driver.isa_encode import disassemble
 
 __all__ = ["ESTIMATED_COUNTERS", "ws_program_counters"]
@@ -46,6 +47,7 @@ def ws_program_counters(cfg, program):
     counters["link_words_in"] = len(program.words) + INSTRUCTION_WORDS
     counters["link_words_out"] = program.reply_words(cfg)
     weights = np.zeros((cfg.weight_depth, C), np.int8)     # the weight buffer, to count the zeros commands read
+    width = 0   # the last CONV_SETUP's out_w: the positions a depthwise fold's row streams
     for opcode, operands, data in disassemble(cfg, program.words):
         if opcode == Opcode.LOAD:
             buffer = BufferId(operands["buffer"])
@@ -53,24 +55,39 @@ def ws_program_counters(cfg, program):
             if buffer == BufferId.WEIGHT:
                 lanes = data.view(np.int8).reshape(operands["words"], -1)[:, :C]
                 weights[operands["addr"] + np.arange(operands["words"]) % cfg.weight_depth] = lanes
+        elif opcode == Opcode.CONV_SETUP:
+            width = operands["out_w"]
         elif opcode == Opcode.GEMM:
-            m, k = operands["m"], operands["k"]
-            # k counts folds: each is one array cycle per row and R weight words, behind a header word when sparse
-            words = R + 1 if operands["sparse"] else R
-            fold_words = (operands["w_base"] + np.arange(k * words)) % cfg.weight_depth
-            if operands["sparse"]:
-                fold_words = fold_words.reshape(k, words)[:, 1:]
-            counters["commands"] += 1
-            counters["array_cycles"] += m * k
-            counters["weight_reads"] += k * words
-            counters["param_reads"] += 1
-            counters["macs_gated"] += m * int(np.count_nonzero(weights[fold_words.reshape(-1)] == 0))
-        elif opcode not in (Opcode.WAIT, Opcode.CONV_SETUP):
+            _count_command(cfg, counters, weights, operands, width)
+        elif opcode != Opcode.WAIT:
             raise ValueError(f"{opcode.name} instructions are not counted here; accepted: a program of LOAD, WAIT, "
                              f"CONV_SETUP and GEMM (compile_conv, compile_gemm)")
     cycles = counters["array_cycles"]
-    # Per array cycle, a ws array reads one activation word and reads and writes one accumulator word, every PE
-    # reads its stationary weight, and operands hop right and partial sums down (as hw/compute_ws.py counts them).
-    counters.update(act_reads=cycles, acc_reads=cycles, acc_writes=cycles, rf_reads=cycles * cfg.pes,
-                    noc_transfers=cycles * (R * (C - 1) + (R - 1) * C))
+    # Per array cycle, a ws array reads one activation word, every PE reads its stationary weight, and operands hop
+    # right and partial sums down (as hw/compute_ws.py counts them); the accumulator words are counted per command.
+    counters.update(act_reads=cycles, rf_reads=cycles * cfg.pes, noc_transfers=cycles * (R * (C - 1) + (R - 1) * C))
     return counters
+
+
+def _count_command(cfg, counters, weights, operands, width):
+    """Add one GEMM's counts: ``k`` folds, each streaming its positions (:func:`~tessera.sw_driver.depthwise.
+    fold_positions`: ``m``, or a depthwise fold's rows of ``width``) through weights read from ``weights``."""
+    R, C = cfg.rows, cfg.cols
+    m, k, taps = operands["m"], operands["k"], operands["taps"]
+    positions = fold_positions(m, taps, operands["out_x"], width)
+    # a fold reads R weight words (behind a header word when sparse), a depthwise fold its taps (the rows below
+    # them load zero, read from nowhere)
+    words = taps if taps else R + 1 if operands["sparse"] else R
+    fold_words = (operands["w_base"] + np.arange(k * words)) % cfg.weight_depth
+    if operands["sparse"]:
+        fold_words = fold_words.reshape(k, words)[:, 1:]
+    zero_rows = (R - taps) * C if taps else 0
+    counters["commands"] += 1
+    counters["array_cycles"] += positions * k
+    counters["weight_reads"] += k * words
+    counters["param_reads"] += 1
+    counters["macs_gated"] += positions * (int(np.count_nonzero(weights[fold_words.reshape(-1)] == 0)) + k * zero_rows)
+    # each output's accumulator word is written once a fold, and read by each fold after its first and the drain
+    # (a depthwise fold's positions past its row's last output write nothing)
+    counters["acc_reads"] += m * k
+    counters["acc_writes"] += m * k

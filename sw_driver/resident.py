@@ -26,9 +26,10 @@ from tessera.hw.layouts import MAX_CONV_SIDE, StoreTarget
 from tessera.sw_driver.compiler import (
     Program,
     TilingError,
+    _dense_conv_tiles,
+    _depthwise_plan,
     _fmap_words,
     _GemmTiles,
-    _sparse_weight_tile,
     _weight_tile_plan,
     check_gemm_operands,
     conv_as_gemm_weights,
@@ -37,6 +38,7 @@ from tessera.sw_driver.compiler import (
     rs_filter_shape,
     rs_group_weights,
 )
+from tessera.sw_driver.depthwise import depthwise_eligible, fold_positions
 from tessera.sw_driver.isa_encode import instruction, load, stored_program
 from tessera.sw_driver.resident_schedule import Task, schedule
 from tessera.sw_driver.space_to_depth import input_fold
@@ -77,13 +79,15 @@ class DeviceLayer:
 
 
 class _LayerTiles(NamedTuple):
-    gemm: object
-    folds: int
-    stored: list
-    sparse: list
-    tile_words: list
+    tiles: list          # each output tile as its commands run it (a compiler _ConvTile), every one: its outputs
+    bias: np.ndarray     # are stored for the next layer
+    scale: np.ndarray
     geometry: dict
     whole_maps: bool
+
+    @property
+    def tile_words(self):
+        return [len(tile.weights) for tile in self.tiles]
 
 
 class _RsTiles(NamedTuple):
@@ -592,6 +596,12 @@ class _Compilation:
         (_, in_h, in_w), (out_channels, _, out_w) = self.shapes[source], self.shapes[t]
         blocks = math.ceil(self.shapes[source][0] / R)
         kh, kw = layer.kernel
+        geometry = dict(in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh, kernel_w=kw,
+                        stride=layer.strides[0], pad_top=layer.pads[0], pad_left=layer.pads[1])
+        if self._depthwise(index):
+            plan = _depthwise_plan(cfg, layer.w, np.asarray(layer.bias), np.asarray(layer.scale), layer.y_zp, blocks,
+                                   out_w, skip=False, counted=None)
+            return _LayerTiles(plan.tiles, plan.bias, plan.scale, {**geometry, **plan.kernel}, whole_maps=False)
         folds = kh * kw * blocks
         gemm_w = conv_as_gemm_weights(layer.w, R, blocks)
         if source in self.block_major:   # each tile's folds are its own block's pixels: lane l of each sums into l
@@ -607,14 +617,26 @@ class _Compilation:
         # of folds channel blocks; the batch's maps lie one after another, so one command reads them all as the
         # pixels of a 1 x batch map (its weights, the conv's, stream through the array once for all images).
         # (a reduce command reads one image's pixels of one block: image by image, and no CONV_SETUP)
-        whole_maps = self._whole_map(index, layer, self.shapes[source]) and not self._reduces(index)
-        geometry = dict(in_h=in_h, in_w=in_w, out_w=out_w, channel_blocks=blocks, kernel_h=kh, kernel_w=kw,
-                        stride=layer.strides[0], pad_top=layer.pads[0], pad_left=layer.pads[1])
+        whole_maps = self._whole_map_layer(index)
         if whole_maps:
             geometry = dict(in_h=1, in_w=self.batch, out_w=self.batch, channel_blocks=folds, kernel_h=1, kernel_w=1,
                             stride=1, pad_top=0, pad_left=0)
-        stored, sparse, tile_words = _weight_tiles(cfg, gemm, folds)
-        return _LayerTiles(gemm, folds, stored, sparse, tile_words, geometry, whole_maps)
+        stored, sparse = _weight_tiles(cfg, gemm, folds)
+        tiles = _dense_conv_tiles(gemm, folds, stored, sparse, geometry["kernel_w"], geometry["channel_blocks"])
+        return _LayerTiles(tiles, gemm.bias, gemm.scale, geometry, whole_maps)
+
+    def _whole_map_layer(self, index):
+        """Whether array layer ``index`` reads the batch's maps as the pixels of one map (:meth:`_whole_map`),
+        which a reduce command does not: it reads one image's pixels of one block."""
+        layer, (source,) = self.steps[index].op, self.steps[index].inputs
+        return self._whole_map(index, layer, self.shapes[source]) and not self._reduces(index)
+
+    def _depthwise(self, index):
+        """Whether ws layer ``index`` runs as depthwise commands (:func:`~tessera.sw_driver.depthwise.
+        depthwise_eligible`): not where it reads whole maps as pixels, nor a block-major map."""
+        layer, (source,) = self.steps[index].op, self.steps[index].inputs
+        return (source not in self.block_major and not self._whole_map_layer(index)
+                and depthwise_eligible(self.cfg, layer.w, layer.strides, self.shapes[index + 1][2]))
 
     def _make_rs_tiles(self, index):
         """A row-stationary layer's filter groups (one command each, of consecutive filters: every filter runs, so
@@ -688,30 +710,29 @@ class _Compilation:
         R, C = cfg.rows, cfg.cols
         (source,), t = self.steps[index].inputs, index + 1
         (_, in_h, in_w), (out_channels, out_h, out_w) = self.shapes[source], self.shapes[t]
-        gemm, folds, stored, sparse, tile_words, geometry, whole_maps = self._tiles(index)
+        planned = self._tiles(index)
+        tiles, bias, scale, geometry, whole_maps = planned
         by_block, reduce = source in self.block_major, self._reduces(index)
-        _check_fits("param", self.param_base + gemm.n_tiles, cfg.param_depth)
-        weights = [_sparse_weight_tile(gemm, n, stored[n], geometry["kernel_w"], geometry["channel_blocks"])
-                   if sparse[n] else gemm._weight_tile(n) for n in range(gemm.n_tiles)]
-        tile_bases = self._place_weights(index, weights, tile_words)
-        self.params.append((gemm.bias.reshape(gemm.n_tiles, C), gemm.scale.reshape(gemm.n_tiles, C)))
+        _check_fits("param", self.param_base + len(tiles), cfg.param_depth)
+        tile_bases = self._place_weights(index, [tile.weights for tile in tiles], planned.tile_words)
+        self.params.append((bias.reshape(len(tiles), C), scale.reshape(len(tiles), C)))
         param_base = self.param_base
-        self.param_base += gemm.n_tiles
+        self.param_base += len(tiles)
         last = t == len(self.steps)
         target, base, lanes_per_word, out_blocks = (None, 0, 1, 1) if last else self._destination(t)
         setups = [] if reduce else [(Opcode.CONV_SETUP, _setup(cfg, Opcode.CONV_SETUP, **geometry,
                                                                 pad_value=int(layer.pad_value)))]
         pixels = self.batch if whole_maps else out_h * out_w
-        out_w = geometry["out_w"]
+        # the pixels of an output row (a depthwise geometry's out_w counts the positions its folds stream)
+        row_pixels = self.batch if whole_maps else out_w
         block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
-        k_field = folds if cfg.dataflow == "ws" else folds * R
         in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
         stored_by_block = t in self.block_major
 
         def task(image):
             # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
             items, cost = list(setups), 0
-            for n in range(gemm.n_tiles):
+            for n, tile in enumerate(tiles):
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:
                     items.append((Opcode.STORE_SETUP, instruction(
@@ -724,19 +745,19 @@ class _Compilation:
                     else:
                         s_base = base + image * out_words + p0 * out_blocks + first // lanes_per_word
                     store = {} if last else {"store": int(target), "s_base": s_base}
-                    x_base = in_base + (first // R * self.batch * in_h * in_w if by_block else image * in_words)
-                    k = len(stored[n]) if sparse[n] else k_field
+                    x_base = in_base + tile.x_offset + (first // R * self.batch * in_h * in_w if by_block
+                                                        else image * in_words)
                     if reduce:      # this image's pixels of block n, all through the tile's one fold
                         shape = dict(m=in_h * in_w, conv=0, reduce=1)
                         x_base += image * in_h * in_w
                     else:
-                        shape = dict(m=rows, conv=1, out_y=p0 // out_w, out_x=p0 % out_w)
-                    steps = shape["m"] * k if cfg.dataflow == "ws" else k
+                        shape = dict(m=rows, conv=1, out_y=p0 // row_pixels, out_x=p0 % row_pixels)
+                    steps = _array_steps(cfg, tile.fields, shape, geometry["out_w"])
                     self.array_cycles += steps
                     cost += steps + R + C
                     items.append((Opcode.GEMM, instruction(
-                        cfg, Opcode.GEMM, k=k, x_base=x_base, w_base=int(tile_bases[n]), p_base=param_base + n,
-                        y_zp=int(layer.y_zp), sparse=int(sparse[n]), **shape, **store)))
+                        cfg, Opcode.GEMM, x_base=x_base, w_base=int(tile_bases[n]), p_base=param_base + n,
+                        y_zp=int(layer.y_zp), **tile.fields, **shape, **store)))
                     if last:
                         self.outputs.append((image, p0, first, rows))
             return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)
@@ -939,16 +960,24 @@ class _Compilation:
 
 
 def _weight_tiles(cfg, gemm, folds):
-    """Per output tile of a layer: the folds its commands run, whether they are ``sparse`` (ws: only the folds
-    whose weights are not all zero are stored, each behind its header), and its weight words. A tile with no such
-    fold still runs, on one zero fold: its outputs (the requantised bias) are stored for the next layer."""
-    stored, sparse, words = _weight_tile_plan(gemm, folds, skip=True)
+    """Per output tile of a layer: the folds its commands run, and whether they are ``sparse`` (ws: only the folds
+    whose weights are not all zero are stored, each behind its header). A tile with no such fold still runs, on one
+    zero fold: its outputs (the requantised bias) are stored for the next layer."""
+    stored, sparse, _ = _weight_tile_plan(gemm, folds, skip=True)
     for t, kept in enumerate(stored):
         if not len(kept):
             stored[t] = np.zeros(1, int)
             sparse[t] = cfg.dataflow == "ws" and cfg.cols >= 2 and folds > 1
-            words[t] = cfg.rows + 1 if sparse[t] else gemm.weight_words
-    return stored, sparse, [int(w) for w in words]
+    return stored, sparse
+
+
+def _array_steps(cfg, fields, shape, width):
+    """Array cycles of a command of ``fields`` (k, taps) and ``shape`` (m, out_x) over a geometry ``width``
+    positions wide: ws streams each fold's positions (:func:`~tessera.sw_driver.depthwise.fold_positions`), os
+    steps through k."""
+    if cfg.dataflow != "ws":
+        return fields["k"]
+    return fields["k"] * fold_positions(shape["m"], fields.get("taps", 0), shape.get("out_x", 0), width)
 
 
 def _fully_connected(layers, in_shape):

@@ -5,10 +5,13 @@ import json
 import random
 import zlib
 
+import numpy as np
 import pytest
 
 from tessera.gen.config import AcceleratorConfig
 from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
+from tessera.hw.isa import Opcode
+from tessera.sw_driver.isa_encode import disassemble
 from tessera.verif.cocotb_sim import build_simulator, run_cocotb
 
 pytestmark = pytest.mark.rtl
@@ -44,6 +47,17 @@ CONFIGS = [
                       link_timeout=64, multiplier="truncated8"),
     AcceleratorConfig(rows=3, cols=4, dataflow="rs", act_depth=512, weight_depth=256, acc_depth=64, param_depth=8,
                       link_timeout=64, multiplier="mitchell"),
+]
+
+
+# depthwise commands need cols <= rows: the small square one, one with two lane groups and fewer columns than
+# a kernel's taps (the loader's cooling, hw.weight_loader), and one with an approximate multiplier
+DEPTHWISE_CONFIGS = [
+    CONFIGS[0],
+    AcceleratorConfig(rows=8, cols=4, dataflow="ws", act_depth=256, weight_depth=256, acc_depth=64, param_depth=8,
+                      link_timeout=64),
+    AcceleratorConfig(rows=4, cols=2, dataflow="ws", act_depth=128, weight_depth=128, acc_depth=32, param_depth=6,
+                      link_timeout=64, multiplier="drum4", single_port_buffers=True),
 ]
 
 
@@ -106,6 +120,18 @@ def test_conv_with_sliding_window_matches_golden(cfg, stall):
            "convs": convs}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_conv",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"conv_{stall}")
+
+
+# (stalls on the two small ones, both ways on the one with lane groups)
+@pytest.mark.parametrize("cfg, stall", [(DEPTHWISE_CONFIGS[0], 0.3), (DEPTHWISE_CONFIGS[1], 0.0),
+                                        (DEPTHWISE_CONFIGS[1], 0.3), (DEPTHWISE_CONFIGS[2], 0.3)],
+                         ids=lambda value: _config_id(value) if isinstance(value, AcceleratorConfig) else
+                         ("stall" if value else "no_stall"))
+def test_depthwise_commands_match_the_core_model(cfg, stall):
+    job = {"config": cfg.to_dict(), "seed": _seed(cfg, "depthwise", stall), "stall": stall, "backpressure": stall,
+           "cases": 3}
+    run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_depthwise",
+               env={"TESSERA_TB": json.dumps(job)}, results_name=f"depthwise_{stall}")
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[4]], ids=_config_id)
@@ -172,3 +198,39 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
            "chains": chains, "inferences": 2, "batch": 2}
     run_cocotb(_build(cfg), DEVICE_TOPLEVEL, "tessera.verif.tb_device", "device_resident",
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"resident_{stall}")
+
+
+@pytest.mark.parametrize("cfg", DEPTHWISE_CONFIGS[1:], ids=_config_id)
+def test_depthwise_counters_are_the_programs_own(cfg):
+    """A compiled depthwise conv on the device: its output equals the golden model's, and every counter the
+    compiler predicts from the program equals the device's; zero-gated multiplies at least the zero weights'
+    (zero activations gate too)."""
+    from tessera.sw_driver import golden
+    from tessera.sw_driver.compiler import compile_conv
+    from tessera.sw_driver.program_counters import ESTIMATED_COUNTERS, ws_program_counters
+    from tessera.sw_driver.runtime import Device
+    from tessera.sw_driver.transport import SimTransport
+
+    rng = np.random.default_rng(_seed(cfg, "depthwise counters"))
+    channels, size, kernel = cfg.rows + cfg.cols, 6, 3
+    x = rng.integers(-128, 128, (channels, size, size), dtype=np.int8)
+    x[rng.random(x.shape) < 0.2] = 0
+    w = np.zeros((channels, channels, kernel, kernel), np.int8)
+    for c in range(channels):
+        w[c, c] = rng.integers(-128, 128, (kernel, kernel), dtype=np.int8)
+    w[rng.random(w.shape) < 0.2] = 0
+    bias = rng.integers(-2000, 2000, channels, dtype=np.int32)
+    scale = np.full(channels, 1 / 512, np.float32)
+    attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), pad_value=int(rng.integers(-128, 128)))
+    program = compile_conv(cfg, x, w, bias, scale, 3, **attrs)
+    assert any(ops["taps"] for opcode, ops, _ in disassemble(cfg, program.words) if opcode == Opcode.GEMM)
+    with Device(cfg, SimTransport(write_verilog(cfg, top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)) as device:
+        y, run = device.run(program)
+    expected = golden.conv_hw(x[None], w, bias, scale, 3, multiplier=cfg.multiplier, **attrs)[0]
+    np.testing.assert_array_equal(y.T.reshape(expected.shape), expected)
+    predicted = ws_program_counters(cfg, program)
+    for counter in ESTIMATED_COUNTERS:
+        if counter == "macs_gated":
+            assert predicted[counter] <= run.counters[counter], counter
+        else:
+            assert predicted[counter] == run.counters[counter], counter

@@ -40,8 +40,9 @@ def test_rows_say_what_stays_whole_and_what_streams(models):
     ad = rows["ad_autoencoder"]
     assert not ad["whole"] and ad["streamed_layers"] and ad["resident_layers"] == ad["compute_layers"]
     assert ad["weight_bytes"] == ad["weight_words"] * ROOMY.cols
-    assert ROOMY.replace(weight_depth=1024).weight_depth < rows["kws_ds_cnn"]["weight_words"]
-    smaller = {row["model"]: row for row in resident_fit(ROOMY.replace(weight_depth=1024), [models["kws_ds_cnn"]])}
+    # (its depthwise layers take a few words a tile: 624 in all)
+    assert ROOMY.replace(weight_depth=512).weight_depth < rows["kws_ds_cnn"]["weight_words"]
+    smaller = {row["model"]: row for row in resident_fit(ROOMY.replace(weight_depth=512), [models["kws_ds_cnn"]])}
     assert not smaller["kws_ds_cnn"]["whole"] and smaller["kws_ds_cnn"]["streamed_layers"]
 
 

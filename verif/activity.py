@@ -124,8 +124,9 @@ def _import_vcdvcd():
 def activity(vcd_path, dataflow):
     """Count the switching activity in ``vcd_path`` (see the module's docstring); returns an :class:`Activity`.
 
-    ``dataflow`` says which PE ports feed the multiplier: ``"ws"`` (``x_in`` times ``weight_0``/``weight_1``
-    chosen by ``bank_in``) or ``"os"`` (``x_in`` times ``w_in`` when ``valid_in``).
+    ``dataflow`` says which PE ports feed the multiplier: ``"ws"`` (``x_in``, or ``x_column`` for a depthwise
+    vector, times ``weight_0``/``weight_1`` chosen by ``bank_in``) or ``"os"`` (``x_in`` times ``w_in`` when
+    ``valid_in``).
     """
     vcdvcd = _import_vcdvcd()
 
@@ -153,6 +154,9 @@ def activity(vcd_path, dataflow):
     multiplier, effective = {}, {}
     for pe, ports in sorted(pe_ports.items()):
         x = _per_cycle(ports["x_in"].tv, cycles)
+        if dataflow == "ws" and {"x_column", "depthwise_in"} <= set(ports):   # a depthwise vector's own lane
+            x = np.where(_per_cycle(ports["depthwise_in"].tv, cycles) == 1, _per_cycle(ports["x_column"].tv, cycles),
+                         x)
         if dataflow == "ws" and {"weight_0", "weight_1", "bank_in"} <= set(ports):
             bank = _per_cycle(ports["bank_in"].tv, cycles)
             w = np.where(bank == 1, _per_cycle(ports["weight_1"].tv, cycles), _per_cycle(ports["weight_0"].tv,

@@ -11,11 +11,12 @@ energy per useful MAC and its levels (:mod:`~tessera.sw_driver.energy`), link by
 ran (simulated cycles / wall seconds of the device run, beside the same RTL clocked by the harness's bare C++ loop).
 Writes ``bench.json``, ``bench.md`` and the pictures of :mod:`tessera.sw_driver.reports` under ``--out``.
 
-Grouped and depthwise convolutions run as the device runs them in ``tessera run`` (block-diagonal dense weights,
+Grouped convolutions run as the device runs them in ``tessera run`` (block-diagonal dense weights,
 ``tessera.sw_driver.compiler.dense_group_weights``): the compiler skips the weight tiles that lie wholly between groups,
 but inside a tile the zeros between groups are multiplied, so the rows report useful MACs only and their
-utilisation is low by design. A dataflow the configuration does not accept yet (``rs``) is
-skipped with a note.
+utilisation is low by design. Depthwise ones of stride 1 on ws arrays whose rows are a multiple of their columns run
+as depthwise commands instead (:mod:`tessera.sw_driver.depthwise`), which multiply only the layer's own weights. A
+dataflow the configuration does not accept yet (``rs``) is skipped with a note.
 """
 
 import argparse
@@ -32,9 +33,11 @@ import numpy as np
 
 from tessera.fpga.boards import BOARDS, board_configs
 from tessera.gen.config import AcceleratorConfig, ConfigError
+from tessera.hw.isa import Opcode
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import TilingError, compile_conv, compile_gemm, dense_group_weights
 from tessera.sw_driver.energy import buffer_geometry
+from tessera.sw_driver.isa_encode import disassemble
 from tessera.sw_driver.reports import layer_record, markdown_table, write_json, write_markdown, write_pictures
 from tessera.verif.cases import random_gemm
 from tessera.verif.scalesim_peer import SCALESIM_DATAFLOWS, PeerLayer, ScaleSimError, peer_for, scalesim_cycles
@@ -198,7 +201,8 @@ def run_layer(device, layer, *, costs=None):
     link_bytes = record["counters"]["link_bytes_in"] + record["counters"]["link_bytes_out"]
     return {
         "layer": layer.name, "shape": layer.describe(), "dataflow": cfg.dataflow, "rows": cfg.rows,
-        "cols": cfg.cols, "macs": layer.macs, "computed_macs": program.macs - program.macs_skipped,
+        "cols": cfg.cols, "macs": layer.macs,
+        "computed_macs": layer.macs if _runs_depthwise(cfg, program) else program.macs - program.macs_skipped,
         "cycles": record["cycles"], "utilization": record["utilization"],
         "scalesim_cycles": None, "scalesim_source": "", "rtl_over_scalesim": None, "busy_over_scalesim": None,
         "energy_pj_per_mac": record["energy_pj_per_mac"], "link_bytes_per_mac": link_bytes / layer.macs,
@@ -209,14 +213,19 @@ def run_layer(device, layer, *, costs=None):
     }
 
 
+def _runs_depthwise(cfg, program):
+    """Whether ``program`` runs depthwise commands (each multiplies the layer's own weights only)."""
+    return any(opcode == Opcode.GEMM and ops["taps"] for opcode, ops, _ in disassemble(cfg, program.words))
+
+
 def _lower_bound_cycles(cfg, layer):
-    """A floor on a layer's simulated cycles: its computed MACs on every PE, or its operands over the link."""
+    """A floor on a layer's simulated cycles: its useful MACs on every PE, or its operands over the link."""
     if layer.kind == "gemm":
         link_bytes = layer.m * layer.k + layer.k * layer.n + layer.m * layer.n
     else:
         link_bytes = (layer.batch * layer.channels * layer.size ** 2 + layer.out_channels * layer.channels
                       * layer.kernel ** 2 + layer.batch * layer.out_channels * layer.out_size ** 2)
-    return max(layer.computed_macs / cfg.pes, link_bytes / 4)
+    return max(layer.macs / cfg.pes, link_bytes / 4)
 
 
 # --- the suite --------------------------------------------------------------------------------------------------
@@ -410,10 +419,11 @@ def format_markdown(payload):
         lines.append(f"- SCALE-Sim has no {', '.join(no_peer)} dataflow: those rows have no peer")
     lines.append("- RTL cycles are the device's cycle counter over the whole layer, link transfers included; "
                  "SCALE-Sim's are its stall-free compute cycles.")
-    lines.append("- Grouped (depthwise) convs run with block-diagonal weights: ws skips the all-zero weight tiles "
-                 "between groups (the zeros inside a tile are multiplied), os and rs skip only all-zero output "
-                 "tiles, so they run dense; MACs, utilisation, pJ/MAC and link B/MAC count useful MACs only. "
-                 "SCALE-Sim runs them channel by channel.")
+    lines.append("- Grouped convs run with block-diagonal weights: ws skips the all-zero weight tiles between groups "
+                 "(the zeros inside a tile are multiplied), os and rs skip only all-zero output tiles, so they run "
+                 "dense; depthwise ones of stride 1 run as depthwise commands on ws (the 8x8 and 16x16 arrays); "
+                 "MACs, utilisation, pJ/MAC and link B/MAC count useful MACs only. SCALE-Sim runs them channel by "
+                 "channel.")
     for d in payload["devices"]:
         if d.get("bare_loop_cycles_per_s"):
             lines.append(f"- {d['dataflow']} {d['rows']}x{d['cols']}: bare Verilator loop "

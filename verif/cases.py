@@ -5,9 +5,9 @@ import numpy as np
 from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, load_link_words
 from tessera.hw.layouts import store_addr_shape
 from tessera.sw_driver import golden
-from tessera.sw_driver.isa_encode import instruction
+from tessera.sw_driver.isa_encode import instruction, load
 
-__all__ = ["random_gemm", "random_conv", "random_instruction_stream", "ExpectErrors"]
+__all__ = ["random_gemm", "random_conv", "random_depthwise_program", "random_instruction_stream", "ExpectErrors"]
 
 
 def random_gemm(rng, m, k, n):
@@ -58,6 +58,55 @@ def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_
         expected = golden.conv_hw(x[None], w, folded, scale, y_zp, strides=(stride, stride), pads=pads,
                                   pad_value=x_zp, multiplier=multiplier)[0]
     return (x, w, folded, scale, y_zp), {"strides": (stride, stride), "pads": pads, "pad_value": x_zp}, expected
+
+
+def random_depthwise_program(cfg, rng, commands=6):
+    """A random depthwise geometry, its feature map and ``commands`` compute commands on it: depthwise ones over
+    random lane groups and spans of outputs (rows started and left part way), with plain GEMMs among them, so
+    the array switches between the two kinds of vector back to back. Returns ``(words, [m of each command])``;
+    the device's result rows must equal :func:`tessera.verif.core_model.run_program`'s. Needs cols <= rows."""
+    R, C = cfg.rows, cfg.cols
+    taps, kernel_h = int(rng.integers(1, min(R, 5) + 1)), int(rng.integers(1, 5))
+    pad_top, pad_left, pad_right = (int(rng.integers(0, k)) for k in (kernel_h, taps, taps))
+    blocks = int(rng.integers(1, 3))
+    in_h = int(rng.integers(max(1, kernel_h - pad_top), 8))
+    in_w = int(rng.integers(max(1, taps - pad_left - pad_right), 9))
+    while in_h * in_w * blocks > cfg.act_depth // 2:     # the map in half the buffer, plain GEMMs' words after it
+        blocks, in_h = (blocks - 1, in_h) if blocks > 1 else (1, in_h - 1)
+    in_h = max(in_h, kernel_h - pad_top)
+    positions = in_w + pad_left + pad_right          # hw.layouts.depthwise_positions of the layer's out_w
+    out_w, out_h = positions - taps + 1, in_h + pad_top - kernel_h + 1
+    map_words = in_h * in_w * blocks
+    gemm_base = map_words                            # plain GEMMs read the words after the map
+    words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=positions, channel_blocks=blocks,
+                         kernel_h=kernel_h, kernel_w=1, stride=1, pad_top=pad_top, pad_left=pad_left,
+                         pad_value=int(rng.integers(-128, 128))),
+             load(cfg, BufferId.ACT, 0, rng.integers(-128, 128, (cfg.act_depth, R), dtype=np.int8))]
+    ms, w_base = [], 0
+    for p_base in range(min(commands, cfg.param_depth)):
+        bias = rng.integers(-2**12, 2**12, (1, C), dtype=np.int32)
+        plain = rng.random() < 0.3
+        folds = int(rng.integers(1, 3)) if plain else kernel_h
+        fold_words = R if plain else taps
+        if w_base + folds * fold_words > cfg.weight_depth:      # each command its own weights, none overwritten
+            break
+        weights = rng.integers(-128, 128, (folds * fold_words, C), dtype=np.int8)
+        weights[rng.random(weights.shape) < 0.3] = 0  # zero weights, for the gated multiplies
+        scale = np.full((1, C), 1 / (64 * np.sqrt(fold_words * folds)), np.float32)
+        words += [load(cfg, BufferId.WEIGHT, w_base, weights), load(cfg, BufferId.PARAM, p_base, (bias, scale))]
+        common = dict(k=folds, w_base=w_base, p_base=p_base, y_zp=int(rng.integers(-128, 128)))
+        if plain:
+            m = int(rng.integers(1, min(8, (cfg.act_depth - gemm_base) // folds) + 1))
+            words.append(instruction(cfg, Opcode.GEMM, m=m, x_base=gemm_base, **common))
+        else:
+            first = int(rng.integers(0, out_h * out_w))
+            m = int(rng.integers(1, min(cfg.acc_half_depth, out_h * out_w - first) + 1))
+            words.append(instruction(cfg, Opcode.GEMM, m=m, x_base=int(rng.integers(0, blocks)), conv=1,
+                                     out_y=first // out_w, out_x=first % out_w, taps=taps,
+                                     lane_group=int(rng.integers(0, R // C)), **common))
+        ms.append(m)
+        w_base += len(weights)
+    return np.concatenate(words), ms
 
 
 def random_instruction_stream(cfg, rng, count):

@@ -7,6 +7,7 @@ RTL; the RTL is checked against the golden model by the cocotb tests. Both level
 """
 
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -62,6 +63,31 @@ def _conv_activations(cfg, buffers, cmd, g):
     return np.array(rows, np.int8)
 
 
+def _depthwise(cfg, buffers, cmd, g):
+    """A depthwise command's result rows (hw.layouts.command_layout): column c sums ``taps`` positions of its own
+    lane, down the rows of each kernel row's fold."""
+    R, taps, lanes = cfg.rows, cmd["taps"], cmd["lane_group"] * cfg.cols + np.arange(cfg.cols)
+    width = g["out_w"]          # positions per output row; the outputs are those with taps to their right
+    outputs = [(p // width, p % width) for p in itertools.islice(
+        (p for p in itertools.count(cmd["out_y"] * width + cmd["out_x"]) if p % width + taps <= width), cmd["m"])]
+    x = np.empty((len(outputs), cmd["k"], taps, cfg.cols), np.int8)    # each output's taps, per column
+    for i, (oy, ox) in enumerate(outputs):
+        for f in range(cmd["k"]):
+            iy = oy * g["stride"] + f - g["pad_top"]
+            for t in range(taps):
+                ix = ox + t - g["pad_left"]
+                inside = 0 <= iy < g["in_h"] and 0 <= ix < g["in_w"]
+                word = buffers.act[(cmd["x_base"] + fmap_word(g["in_w"], g["channel_blocks"], iy, ix, 0))
+                                   % len(buffers.act)] if inside else np.full(R, g["pad_value"], np.int8)
+                x[i, f, t] = word[lanes]
+    w = buffers.weight[cmd["w_base"]:cmd["w_base"] + cmd["k"] * taps].reshape(cmd["k"], taps, -1)[..., :cfg.cols]
+    p = cmd["p_base"]
+    columns = [golden.gemm_hw(x[..., c].reshape(len(outputs), -1), w[..., c].reshape(-1, 1), buffers.bias[p][c:c + 1],
+                              buffers.scale[p][c:c + 1].view(np.float32), cmd["y_zp"], cfg.multiplier)
+               for c in range(cfg.cols)]
+    return np.concatenate(columns, axis=1)
+
+
 def result_row_count(cmd):
     """The rows a compute command (a dict of command_layout fields) produces, as hw.layouts.result_rows says."""
     return 1 if cmd.get("reduce") else cmd["m"]
@@ -71,6 +97,8 @@ def execute_command(cfg, buffers, cmd, geometry=None):
     """Result rows (``m x cols`` int8) of one compute command (``geometry``: the last CONV_SETUP's)."""
     R = cfg.rows
     m, k, x_base, w_base = cmd["m"], cmd["k"], cmd["x_base"], cmd["w_base"]
+    if cmd.get("taps"):
+        return _depthwise(cfg, buffers, cmd, geometry)
     if cmd.get("conv"):
         x = _conv_activations(cfg, buffers, cmd, geometry)
         w = buffers.weight[w_base:w_base + k * R]

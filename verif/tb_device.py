@@ -13,13 +13,21 @@ import cocotb
 import numpy as np
 
 from tessera.hw.array_rs import rs_mapping
-from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, BufferId, ErrorCode, Opcode
-from tessera.hw.layouts import StoreTarget, rs_filter_entries, store_words
+from tessera.hw.isa import COUNTERS, INSTRUCTION_WORDS, BufferId, ErrorCode, Opcode, result_row_words
+from tessera.hw.layouts import StoreTarget, command_layout, rs_filter_entries, store_words
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, raw_results
 from tessera.sw_driver.isa_encode import disassemble, instruction, load, parse_packets, stored_program
 from tessera.sw_driver.resident import compile_resident
-from tessera.verif.cases import random_chain, random_conv, random_gemm, random_graph, random_instruction_stream
+from tessera.verif.cases import (
+    random_chain,
+    random_conv,
+    random_depthwise_program,
+    random_gemm,
+    random_graph,
+    random_instruction_stream,
+)
+from tessera.verif.core_model import run_program
 from tessera.verif.streams import StreamEngine, StreamSink, StreamSource
 from tessera.verif.tb_common import clock_and_reset, read_job
 
@@ -178,6 +186,26 @@ async def device_conv(dut):
 
 
 @cocotb.test()
+async def device_depthwise(dut):
+    """Random depthwise commands (and plain GEMMs among them) against the core's model, bit-exact: lane groups,
+    taps, padding and spans of outputs that start and end part way along a row."""
+    job, cfg = read_job()
+    rng = np.random.default_rng(job["seed"])
+    tb = DeviceTestbench(dut, cfg, random.Random(job["seed"]), stall=job["stall"], backpressure=job["backpressure"])
+    await tb.reset()
+    for case in range(job["cases"]):
+        words, ms = random_depthwise_program(cfg, rng)
+        reply = await tb.exchange(words, sum(1 + m * result_row_words(cfg) for m in ms), max_cycles=200_000,
+                                 what=f"depthwise {case}")
+        packets = parse_packets(cfg, reply)
+        assert not packets.errors, f"depthwise {case}: device reported errors {packets.errors}"
+        for i, (got, want) in enumerate(zip(packets.results, run_program(cfg, words), strict=True)):
+            bad = np.argwhere(np.asarray(got) != want)
+            assert not len(bad), f"depthwise {case}, command {i}: {len(bad)} of {want.size} differ, first {bad[0]}"
+        dut._log.info("depthwise case %d: %d commands, bit-exact", case, len(ms))
+
+
+@cocotb.test()
 async def device_bench(dut):
     """One GEMM without stalls; writes the counters of the layer alone to ``report``."""
     job, cfg = read_job()
@@ -311,6 +339,23 @@ async def device_program(dut):
              ErrorCode.OUT_OF_RANGE if min(2, cfg.rs_filters) == 2 else None),
         ]
         bad_stores = [(words, code) for words, code in bad_stores if code is not None]
+    # depthwise commands that could not run or would never end: not a conv command, a kernel more than one wide,
+    # a row too short for the taps, a first position past the row, a lane group past the word (os and rs refuse
+    # any depthwise command)
+    def depthwise_setup(out_w, kernel_w=1):
+        return instruction(cfg, Opcode.CONV_SETUP, in_h=2, in_w=2, out_w=out_w, channel_blocks=1, kernel_h=1,
+                           kernel_w=kernel_w, stride=1)
+    taps = min(2, cfg.rows)
+    bad_stores += [
+        ([gemm(taps=taps)], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(3, kernel_w=2), gemm(conv=1, taps=taps)], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(taps - 1 or 1), gemm(conv=1, taps=taps + (taps == 1))], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(3), gemm(conv=1, taps=taps, out_x=3)], ErrorCode.BAD_SHAPE),
+    ]
+    past_the_word = (1 << command_layout(cfg)["lane_group"].shape.width) - 1     # the field's largest value
+    if past_the_word >= cfg.rows // cfg.cols:
+        bad_stores.append(([depthwise_setup(3), gemm(conv=1, taps=taps, lane_group=past_the_word)],
+                           ErrorCode.BAD_SHAPE))
     for words, code in bad_stores:
         words = np.concatenate([*words, instruction(cfg, Opcode.READ_COUNTERS)])
         packets = parse_packets(cfg, await tb.exchange(words, 2 + 1 + len(COUNTERS), what="a bad store"))
