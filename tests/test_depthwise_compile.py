@@ -14,7 +14,6 @@ from tessera.hw.layouts import StoreTarget
 from tessera.sw_driver import golden
 from tessera.sw_driver.compiler import (
     TilingError,
-    _dense_conv_plan,
     compile_conv,
     conv_output_shape,
     dense_group_weights,
@@ -157,9 +156,12 @@ class TestPerLayer:
         loaded = sum(ops["words"] for opcode, ops, _ in disassemble(cfg, program.words)
                      if opcode == Opcode.LOAD and ops["buffer"] == BufferId.WEIGHT)
         assert loaded == 5 * 9      # five tiles of eight channels
-        # the dense path's sparse tiles: each tile's nine taps of its own channel block, a header and 16 rows each
-        dense = _dense_conv_plan(cfg, w, bias, scale, y_zp, 3, 10, True, np.eye(40, dtype=bool))
-        assert sum(len(tile.weights) for tile in dense.tiles) == 5 * 9 * (cfg.rows + 1)
+        # the dense path (the same layer at stride 2, which depthwise commands do not take): sparse tiles, each
+        # tile's nine taps of its own channel block, a header and 16 rows each
+        strided = compile_conv(cfg, x, w, bias, scale, y_zp, strides=(2, 2), pads=(1,) * 4, pad_value=x_zp)
+        dense = sum(ops["words"] for opcode, ops, _ in disassemble(cfg, strided.words)
+                    if opcode == Opcode.LOAD and ops["buffer"] == BufferId.WEIGHT)
+        assert dense == 5 * 9 * (cfg.rows + 1)
 
 
 class TestCounters:
