@@ -1,6 +1,6 @@
 """Weight-stationary weight loader: each fold's weight tile into the array, one fold ahead of the issuer."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import C, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -179,10 +179,12 @@ class WeightLoader(wiring.Component):
         # are counted from its bank's zero weights at L+1+tap_rows (hw.array_ws), which row r's load changes
         # from S+3+r: so S >= L+tap_rows-2 too.
         tap_rows = min(self.cfg.rows, MAX_KERNEL)
-        cooling = max(self.cfg.cols, tap_rows) - 3
-        cool = Signal(range(max(cooling, 0) + 1))
+        cooling = max(self.cfg.cols, tap_rows, 3) - 3
+        if cooling == 0:
+            return C(1)  # small arrays: the bank is free as soon as its last vector has been issued
+        cool = Signal(range(cooling + 1))
         with m.If(self.last_vector):
-            m.d.sync += cool.eq(max(cooling, 0))
+            m.d.sync += cool.eq(cooling)
         with m.Elif(cool != 0):
             m.d.sync += cool.eq(cool - 1)
         return cool == 0
