@@ -69,11 +69,19 @@ def random_depthwise_program(cfg, rng, commands=6):
     taps, kernel_h = int(rng.integers(1, min(R, 5) + 1)), int(rng.integers(1, 5))
     pad_top, pad_left, pad_right = (int(rng.integers(0, k)) for k in (kernel_h, taps, taps))
     blocks = int(rng.integers(1, 3))
-    in_h = int(rng.integers(max(1, kernel_h - pad_top), 8))
-    in_w = int(rng.integers(max(1, taps - pad_left - pad_right), 9))
-    while in_h * in_w * blocks > cfg.act_depth // 2:     # the map in half the buffer, plain GEMMs' words after it
-        blocks, in_h = (blocks - 1, in_h) if blocks > 1 else (1, in_h - 1)
-    in_h = max(in_h, kernel_h - pad_top)
+    min_h, min_w = max(1, kernel_h - pad_top), max(1, taps - pad_left - pad_right)   # a row, a column of outputs
+    in_h, in_w = int(rng.integers(min_h, 8)), int(rng.integers(min_w, 9))
+    budget = cfg.act_depth // 2                          # the map in half the buffer, plain GEMMs' words after it
+    while in_h * in_w * blocks > budget and (blocks, in_h, in_w) != (1, min_h, min_w):
+        if blocks > 1:
+            blocks -= 1
+        elif in_h > min_h:
+            in_h -= 1
+        else:
+            in_w -= 1
+    if in_h * in_w * blocks > budget:
+        raise ValueError(f"random_depthwise_program: a {min_h}x{min_w} map needs {min_h * min_w} activation words, "
+                         f"more than half of act_depth={cfg.act_depth}")
     positions = in_w + pad_left + pad_right          # hw.layouts.depthwise_positions of the layer's out_w
     out_w, out_h = positions - taps + 1, in_h + pad_top - kernel_h + 1
     map_words = in_h * in_w * blocks
