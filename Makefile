@@ -30,7 +30,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check hw gen verif sw_driver fpga tests
-	$(BIN)/pytest -n $(JOBS) --dist loadgroup --durations=20
+	$(BIN)/pytest -n $(JOBS) --dist loadgroup --durations=50
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -n $(JOBS) -m "not rtl"
