@@ -112,16 +112,20 @@ def _weight_stationary(m, cfg, command, geometry):
 
 def _depthwise_unsupported(m, cfg, command, geometry):
     """Whether a depthwise command cannot run: it needs a conv command of its own kind (not sparse or reduce), a
-    lane group inside the word, taps that fit the rows, and a geometry of stride 1 and a kernel one wide whose
-    rows hold at least one output each (so a fold always ends), its first position inside a row."""
+    lane group inside the word, taps that fit the rows, and a geometry of stride 1 or 2 and a kernel one wide
+    whose rows hold at least one output each (so a fold always ends), its first position (``out_x`` strides
+    along) inside a row."""
     groups = cfg.rows // cfg.cols
     # compared only where the field can exceed the limit (a constant comparison fails the lint gate)
     bad_group = command.lane_group >= groups if groups < (1 << len(command.lane_group)) else 0
     too_many_taps = command.taps > cfg.rows if cfg.rows < MAX_KERNEL else 0
-    not_one_wide = Signal()   # registered: the geometry is set long before the GEMM that reads it
-    m.d.sync += not_one_wide.eq((geometry.kernel_w != 1) | (geometry.stride != 1))
+    # registered: the geometry is set long before the GEMM that reads it
+    not_one_wide, stride_2 = Signal(), Signal()
+    m.d.sync += [not_one_wide.eq((geometry.kernel_w != 1) | (geometry.stride == 0) | (geometry.stride > 2)),
+                 stride_2.eq(geometry.stride == 2)]
+    first_position = Mux(stride_2, command.out_x << 1, command.out_x)
     return (~command.conv | command.sparse | command.reduce | bad_group | too_many_taps | not_one_wide
-            | (geometry.out_w < command.taps) | (command.out_x >= geometry.out_w))
+            | (geometry.out_w < command.taps) | (first_position >= geometry.out_w))
 
 
 def _output_stationary(m, cfg, command, geometry):

@@ -135,14 +135,16 @@ def command_layout(cfg):
     ``out_x``) in raster order, and activations are gathered from an input feature map by sliding-window
     addressing (:func:`conv_geometry_layout`) instead of being read as ``m`` consecutive vectors per fold.
 
-    With ``taps`` set too, a depthwise command (stride 1): the CONV_SETUP before it describes a kernel
-    ``kernel_h x 1`` over positions :func:`depthwise_positions` wide, and fold ``f`` (``f < k``) streams the
-    words of kernel row ``f`` at those positions, from ``x_base`` (the channel block's first word, ``cb`` 0).
-    Column ``c`` takes lane ``lane_group * cols + c`` of each word alone and holds ``taps`` weights down its
-    rows (rows ``taps`` on hold zero): it sums the products of the ``taps`` consecutive positions from each
-    one. A fold's weights are ``taps`` words, not ``rows``: word ``w_base + f * taps + t`` holds tap ``t``. A
-    position from which ``taps`` fit in the output row is an output; the ``m`` result rows are the outputs
-    from (``out_y``, ``out_x``) on, in raster order (the others stream, but are not written).
+    With ``taps`` set too, a depthwise command: the CONV_SETUP before it describes a kernel ``kernel_h x 1``
+    of stride 1 or 2 over positions :func:`depthwise_positions` wide, and fold ``f`` (``f < k``) streams the
+    words of kernel row ``f`` at every one of those positions, from ``x_base`` (the channel block's first word,
+    ``cb`` 0); the stride steps the rows. Column ``c`` takes lane ``lane_group * cols + c`` of each word alone
+    and holds ``taps`` weights down its rows (rows ``taps`` on hold zero): it sums the products of the ``taps``
+    consecutive positions from each one. A fold's weights are ``taps`` words, not ``rows``: word
+    ``w_base + f * taps + t`` holds tap ``t``. A position a whole number of strides along its row from which
+    ``taps`` fit in the row is an output; the ``m`` result rows are the outputs from (``out_y``, ``out_x``) on
+    (``out_x`` counts outputs: the position ``out_x * stride``), in raster order (the other positions stream,
+    but are not written).
     """
     side = unsigned(ceil_log2(MAX_CONV_SIDE + 1))
     return data.StructLayout({
@@ -180,10 +182,11 @@ def command_layout(cfg):
     })
 
 
-def depthwise_positions(out_w, taps):
+def depthwise_positions(out_w, taps, stride=1):
     """Positions a depthwise command streams per output row (the CONV_SETUP's ``out_w`` for a depthwise layer):
-    the layer's ``out_w`` outputs, then the ``taps - 1`` positions the last output's taps reach past them."""
-    return out_w + taps - 1
+    up to the layer's last of ``out_w`` outputs, ``stride`` positions apart, then the ``taps - 1`` positions its
+    taps reach past it."""
+    return (out_w - 1) * stride + taps
 
 
 def result_rows(command):

@@ -4,7 +4,7 @@ The host sends each input activation once; the weight-stationary issuer asks thi
 which word of the stored input feature map a filter tap reads (or that it falls into the padding).
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -42,7 +42,8 @@ class SlidingWindow(wiring.Component):
     pad : Out(1)
         The current pixel's tap lies outside the input: use the padding value instead of ``addr``.
     output : Out(1)
-        A depthwise fold's current position has its ``taps`` positions in its row: it is an output.
+        A depthwise fold's current position is an output: it has its ``taps`` positions in its row and is a
+        whole number of strides along it.
     row_end : Out(1)
         The current pixel is the last of its row.
     """
@@ -85,15 +86,22 @@ class SlidingWindow(wiring.Component):
         m.d.comb += [tap_y.eq(self.out_y * g.stride + self.kh), tap_x.eq(self.out_x * g.stride + self.kw)]
         tap_kw = Signal(_COORD)
         m.d.comb += tap_kw.eq(self.kw)
+        # A depthwise fold streams every position of its rows (its outputs are every stride-th of them): its
+        # columns step by one, its rows by the stride, and its position counts from its first output's
+        # (out_x * stride: a depthwise fold's kw is 0).
+        depthwise = self.taps != 0
+        column_stride = Signal.like(g.stride)
+        m.d.comb += column_stride.eq(Mux(depthwise, 1, g.stride))
         # 1: coordinates of the first tap, and the geometry's products
         first_iy = step("first_iy", _COORD, tap_y - g.pad_top)
         first_ix = step("first_ix", _COORD, tap_x - g.pad_left)
+        first_ox = step("first_ox", self.out_x.shape(), Mux(depthwise, tap_x, self.out_x))
         row_start_ix = step("row_start_ix", _COORD, tap_kw - g.pad_left)
         # Word offsets only ever reach the address modulo 2**addr_width, so they are computed in that width
         # (a tap in the padding above or left of the map wraps around; its word is never read).
         offset = unsigned(addr_width)
         row_words = step("row_words", offset, g.in_w * g.channel_blocks)       # words of one input row
-        col_step = step("col_step", offset, g.stride * g.channel_blocks)
+        col_step = step("col_step", offset, column_stride * g.channel_blocks)
         base = step("base", unsigned(addr_width), self.x_base + self.cb)
         # 2: word offsets
         row_offset = step("row_offset", offset, first_iy * row_words)
@@ -108,20 +116,24 @@ class SlidingWindow(wiring.Component):
         iy, ix, fold_row_start_ix = Signal(_COORD), Signal(_COORD), Signal(_COORD)
         ox = Signal.like(self.out_x)
         # where the current position's last tap lies (ox + taps), kept beside ox so that whether it is an output
-        # is one comparison of registers
+        # is one comparison of registers; and, at stride 2, whether the position lies between two outputs
         reach, taps = Signal(len(ox) + 1), Signal.like(self.taps)
+        # (a fold's column step is its own: the inputs, and the steps above, already describe the next fold)
+        ix_step, addr_step = Signal.like(g.stride), Signal(addr_width)
+        between, skips = Signal(), Signal()
         next_row = Signal(addr_width)   # address of the first pixel of the next output row
         with m.If(self.start):
-            m.d.sync += [iy.eq(first_iy), ix.eq(first_ix), ox.eq(self.out_x), self.addr.eq(first_addr),
+            m.d.sync += [iy.eq(first_iy), ix.eq(first_ix), ox.eq(first_ox), self.addr.eq(first_addr),
                          next_row.eq(second_row), fold_row_start_ix.eq(row_start_ix),
-                         reach.eq(self.out_x + self.taps), taps.eq(self.taps)]
+                         reach.eq(first_ox + self.taps), taps.eq(self.taps), ix_step.eq(column_stride),
+                         addr_step.eq(col_step), between.eq(0), skips.eq(depthwise & (g.stride == 2))]
         with m.Elif(self.step):
             with m.If(self.row_end):
                 m.d.sync += [ox.eq(0), ix.eq(fold_row_start_ix), iy.eq(iy + g.stride), self.addr.eq(next_row),
-                             next_row.eq(next_row + row_step), reach.eq(taps)]
+                             next_row.eq(next_row + row_step), reach.eq(taps), between.eq(0)]
             with m.Else():
-                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + g.stride), self.addr.eq(self.addr + col_step),
-                             reach.eq(reach + 1)]
+                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + ix_step), self.addr.eq(self.addr + addr_step),
+                             reach.eq(reach + 1), between.eq(skips & ~between)]
         m.d.comb += [self.pad.eq((iy < 0) | (iy >= g.in_h) | (ix < 0) | (ix >= g.in_w)),
-                     self.row_end.eq(ox == g.out_w - 1), self.output.eq(reach <= g.out_w)]
+                     self.row_end.eq(ox == g.out_w - 1), self.output.eq((reach <= g.out_w) & ~between)]
         return m

@@ -535,7 +535,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     weights are the layer's own, for its MAC count: a grouped conv's dense weights hold zeros between groups.
 
     A depthwise conv (each output channel reads its own input channel alone: dense weights zero off the diagonal)
-    of stride 1 on a ws array whose rows are a whole number of its columns runs as depthwise commands
+    of stride 1 or 2 on a ws array whose rows are a whole number of its columns runs as depthwise commands
     (:mod:`tessera.sw_driver.depthwise`): ``KH * KW`` weight words an output tile, ``KH`` folds a command, each
     streaming its rows' positions once; its bands, stores and outputs are a dense conv's.
     """
@@ -560,8 +560,12 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
     out_h, out_w = conv_output_shape(in_h, in_w, kh, kw, stride_y, pads)
     blocks = math.ceil(channels / R)
     counted = np.ones((out_channels, channels), bool) if counted is None else np.asarray(counted, bool)
-    plan_of = _depthwise_plan if depthwise_eligible(cfg, w, strides, out_w) else _dense_conv_plan
-    plan = plan_of(cfg, w, np.asarray(bias), np.asarray(scale), y_zp, blocks, out_w, skip_zero_tiles, counted)
+    if depthwise_eligible(cfg, w, strides, out_w):
+        plan = _depthwise_plan(cfg, w, np.asarray(bias), np.asarray(scale), y_zp, blocks, out_w, stride_y,
+                               skip_zero_tiles, counted)
+    else:
+        plan = _dense_conv_plan(cfg, w, np.asarray(bias), np.asarray(scale), y_zp, blocks, out_w, skip_zero_tiles,
+                                counted)
 
     fmaps = np.zeros((images, in_h, in_w, blocks * R), np.int8)
     fmaps[..., :channels] = x.transpose(0, 2, 3, 1)
@@ -702,7 +706,7 @@ def _depthwise_tiles(cfg, w):
             for t in range(math.ceil(len(w) / cfg.cols))]
 
 
-def _depthwise_plan(cfg, w, bias, scale, y_zp, blocks, out_w, skip, counted):
+def _depthwise_plan(cfg, w, bias, scale, y_zp, blocks, out_w, stride, skip, counted):
     """A depthwise conv as depthwise commands (:mod:`tessera.sw_driver.depthwise`); with ``skip``, a tile whose
     weights are all zero is not run."""
     C, (kh, kw) = cfg.cols, w.shape[2:]
@@ -711,7 +715,7 @@ def _depthwise_plan(cfg, w, bias, scale, y_zp, blocks, out_w, skip, counted):
     tiles = _depthwise_tiles(cfg, w)
     runs = [not skip or tile.weights.any() for tile in tiles]
     skipped = sum(int(counted[t * C:(t + 1) * C].sum()) for t, run in enumerate(runs) if not run)
-    return _ConvPlan(tiles, runs, *_tile_params(bias, scale, C), depthwise_geometry((kh, kw), out_w),
+    return _ConvPlan(tiles, runs, *_tile_params(bias, scale, C), depthwise_geometry((kh, kw), out_w, stride),
                      skipped * kh * kw)
 
 

@@ -32,20 +32,22 @@ def _channelwise(w):
 def depthwise_eligible(cfg, w, strides, out_w):
     """Whether a conv of dense weights ``w`` (O, C, KH, KW), ``strides`` and ``out_w`` output columns runs as
     depthwise commands on ``cfg``: a ws array whose rows are a whole number of its columns (each output tile's
-    channels then lie in one lane group of one channel block), stride 1, each output channel reading only its own
-    input channel, a kernel the command's fields take and a streamed row of positions the geometry can address."""
+    channels then lie in one lane group of one channel block), stride 1 or 2, each output channel reading only its
+    own input channel, a kernel the command's fields take and a streamed row of positions the geometry can
+    address."""
     kh, kw = w.shape[2:]
     return (cfg.dataflow == "ws" and cfg.cols <= cfg.rows and cfg.rows % cfg.cols == 0
-            and tuple(strides) == (1, 1) and 1 <= kw <= min(cfg.rows, MAX_KERNEL)
+            and tuple(strides) in ((1, 1), (2, 2)) and 1 <= kw <= min(cfg.rows, MAX_KERNEL)
             and 1 <= kh <= min(MAX_KERNEL, max_command_k(cfg))
-            and depthwise_positions(out_w, kw) <= MAX_CONV_SIDE and _channelwise(w))
+            and depthwise_positions(out_w, kw, strides[1]) <= MAX_CONV_SIDE and _channelwise(w))
 
 
-def depthwise_geometry(kernel, out_w):
+def depthwise_geometry(kernel, out_w, stride):
     """The CONV_SETUP fields that differ from a dense conv's: a ``KH x 1`` kernel over the virtual row of
-    :func:`~tessera.hw.layouts.depthwise_positions` (the rest, the input map's, are as for any conv)."""
+    :func:`~tessera.hw.layouts.depthwise_positions` (the rest, the input map's and the stride, are as for any
+    conv)."""
     kh, kw = kernel
-    return dict(kernel_h=kh, kernel_w=1, out_w=depthwise_positions(out_w, kw))
+    return dict(kernel_h=kh, kernel_w=1, out_w=depthwise_positions(out_w, kw, stride))
 
 
 def depthwise_fields(cfg, kernel, tile):
@@ -71,12 +73,13 @@ def depthwise_weight_words(cfg, w, tile):
     return words
 
 
-def fold_positions(m, taps, out_x, width):
+def fold_positions(m, taps, out_x, width, stride=1):
     """Positions one fold of a command streams (its array cycles): ``m`` for any but a depthwise command; a
-    depthwise one (``taps``, over a geometry ``width`` positions wide) streams from its first output's position to
-    the end of the row that holds its ``m``-th, whose taps past the last output stream too (not written)."""
+    depthwise one (``taps``, over a geometry ``width`` positions wide at ``stride``) streams from its first
+    output's position (``out_x * stride``) to the end of the row that holds its ``m``-th, whose positions past
+    the last output stream too (not written)."""
     if not taps:
         return m
-    outputs_per_row = width - taps + 1
+    outputs_per_row = (width - taps) // stride + 1
     rows = 1 + -(-max(0, m - (outputs_per_row - out_x)) // outputs_per_row)
-    return rows * width - out_x
+    return rows * width - out_x * stride

@@ -47,7 +47,7 @@ def ws_program_counters(cfg, program):
     counters["link_words_in"] = len(program.words) + INSTRUCTION_WORDS
     counters["link_words_out"] = program.reply_words(cfg)
     weights = np.zeros((cfg.weight_depth, C), np.int8)     # the weight buffer, to count the zeros commands read
-    width = 0   # the last CONV_SETUP's out_w: the positions a depthwise fold's row streams
+    geometry = {"out_w": 0, "stride": 1}   # the last CONV_SETUP's: the positions a depthwise fold's row streams
     for opcode, operands, data in disassemble(cfg, program.words):
         if opcode == Opcode.LOAD:
             buffer = BufferId(operands["buffer"])
@@ -56,9 +56,9 @@ def ws_program_counters(cfg, program):
                 lanes = data.view(np.int8).reshape(operands["words"], -1)[:, :C]
                 weights[operands["addr"] + np.arange(operands["words"]) % cfg.weight_depth] = lanes
         elif opcode == Opcode.CONV_SETUP:
-            width = operands["out_w"]
+            geometry = operands
         elif opcode == Opcode.GEMM:
-            _count_command(cfg, counters, weights, operands, width)
+            _count_command(cfg, counters, weights, operands, geometry)
         elif opcode != Opcode.WAIT:
             raise ValueError(f"{opcode.name} instructions are not counted here; accepted: a program of LOAD, WAIT, "
                              f"CONV_SETUP and GEMM (compile_conv, compile_gemm)")
@@ -69,12 +69,13 @@ def ws_program_counters(cfg, program):
     return counters
 
 
-def _count_command(cfg, counters, weights, operands, width):
+def _count_command(cfg, counters, weights, operands, geometry):
     """Add one GEMM's counts: ``k`` folds, each streaming its positions (:func:`~tessera.sw_driver.depthwise.
-    fold_positions`: ``m``, or a depthwise fold's rows of ``width``) through weights read from ``weights``."""
+    fold_positions`: ``m``, or a depthwise fold's rows of the ``geometry``'s ``out_w``) through weights read from
+    ``weights``."""
     R, C = cfg.rows, cfg.cols
     m, k, taps = operands["m"], operands["k"], operands["taps"]
-    positions = fold_positions(m, taps, operands["out_x"], width)
+    positions = fold_positions(m, taps, operands["out_x"], geometry["out_w"], geometry["stride"])
     # a fold reads R weight words (behind a header word when sparse), a depthwise fold its taps (the rows below
     # them load zero, read from nowhere)
     words = taps if taps else R + 1 if operands["sparse"] else R

@@ -600,7 +600,7 @@ class _Compilation:
                         stride=layer.strides[0], pad_top=layer.pads[0], pad_left=layer.pads[1])
         if self._depthwise(index):
             plan = _depthwise_plan(cfg, layer.w, np.asarray(layer.bias), np.asarray(layer.scale), layer.y_zp, blocks,
-                                   out_w, skip=False, counted=None)
+                                   out_w, layer.strides[0], skip=False, counted=None)
             return _LayerTiles(plan.tiles, plan.bias, plan.scale, {**geometry, **plan.kernel}, whole_maps=False)
         folds = kh * kw * blocks
         gemm_w = conv_as_gemm_weights(layer.w, R, blocks)
@@ -752,7 +752,7 @@ class _Compilation:
                         x_base += image * in_h * in_w
                     else:
                         shape = dict(m=rows, conv=1, out_y=p0 // row_pixels, out_x=p0 % row_pixels)
-                    steps = _array_steps(cfg, tile.fields, shape, geometry["out_w"])
+                    steps = _array_steps(cfg, tile.fields, shape, geometry["out_w"], geometry["stride"])
                     self.array_cycles += steps
                     cost += steps + R + C
                     items.append((Opcode.GEMM, instruction(
@@ -971,13 +971,13 @@ def _weight_tiles(cfg, gemm, folds):
     return stored, sparse
 
 
-def _array_steps(cfg, fields, shape, width):
+def _array_steps(cfg, fields, shape, width, stride):
     """Array cycles of a command of ``fields`` (k, taps) and ``shape`` (m, out_x) over a geometry ``width``
-    positions wide: ws streams each fold's positions (:func:`~tessera.sw_driver.depthwise.fold_positions`), os
-    steps through k."""
+    positions wide at ``stride``: ws streams each fold's positions (:func:`~tessera.sw_driver.depthwise.
+    fold_positions`), os steps through k."""
     if cfg.dataflow != "ws":
         return fields["k"]
-    return fields["k"] * fold_positions(shape["m"], fields.get("taps", 0), shape.get("out_x", 0), width)
+    return fields["k"] * fold_positions(shape["m"], fields.get("taps", 0), shape.get("out_x", 0), width, stride)
 
 
 def _fully_connected(layers, in_shape):

@@ -72,7 +72,7 @@ class TestPerLayer:
     @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}-a{c.act_depth}")
     def test_random_depthwise_layers_match_golden(self, cfg):
         rng = np.random.default_rng(cfg.rows * 1000 + cfg.cols * 10 + cfg.act_depth)
-        ran = 0
+        ran = strided = 0
         for _ in range(80):
             if ran == 6:
                 break
@@ -80,17 +80,19 @@ class TestPerLayer:
             kernel = tuple(int(v) for v in rng.integers(1, 6, 2))
             size = tuple(int(v) for v in rng.integers(1, 14, 2))
             pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+            stride = int(rng.integers(1, 3))
             if size[0] + pads[0] + pads[2] < kernel[0] or size[1] + pads[1] + pads[3] < kernel[1]:
                 continue
             x, w, bias, scale, y_zp, x_zp = _depthwise_layer(rng, channels, size, kernel, pads,
                                                              int(rng.integers(1, 4)))
             counted = np.eye(channels, dtype=bool)
             try:    # (the dense path's sparse commands are not the core model's: it runs every fold instead)
-                program = _check_layer(cfg, x, w, bias, scale, y_zp, x_zp, pads=pads, counted=counted,
-                                       skip_zero_tiles=kernel[1] <= cfg.rows)
+                program = _check_layer(cfg, x, w, bias, scale, y_zp, x_zp, strides=(stride, stride), pads=pads,
+                                       counted=counted, skip_zero_tiles=kernel[1] <= cfg.rows)
             except TilingError:     # a map too wide for these buffers' rows (a dense conv's limit as well)
                 continue
             ran += 1
+            strided += stride == 2
             gemms = _gemms(cfg, program.words)
             if kernel[1] > cfg.rows:    # taps past the array's rows: the dense path
                 assert gemms and not any(g["taps"] for g in gemms)
@@ -98,11 +100,11 @@ class TestPerLayer:
             assert gemms and all(g["taps"] == kernel[1] and g["k"] == kernel[0] for g in gemms)
             # a tile's channels lie in one lane group of one channel block
             assert {g["lane_group"] for g in gemms} <= set(range(cfg.rows // cfg.cols))
-            out_h, out_w = conv_output_shape(*size, *kernel, 1, pads)
+            out_h, out_w = conv_output_shape(*size, *kernel, stride, pads)
             # the layer's own MACs, not the dense weights' zeros (nor the streamed positions)
             assert program.macs == len(x) * out_h * out_w * channels * math.prod(kernel)
             assert program.macs_skipped == 0
-        assert ran == 6
+        assert ran == 6 and strided
 
     def test_bands_run_in_the_halves_and_behind_a_setup_each(self):
         rng = np.random.default_rng(1)
@@ -115,7 +117,7 @@ class TestPerLayer:
             assert all(s["kernel_h"] == 3 and s["kernel_w"] == 1 and s["out_w"] == 11 + 4 for s in setups)
             assert (len(setups) == 1) == ring and all(g["taps"] == 5 for g in _gemms(cfg, program.words))
 
-    @pytest.mark.parametrize("case", ["os", "rs", "stride2", "cols_above_rows", "rows_not_whole_cols", "dense",
+    @pytest.mark.parametrize("case", ["os", "rs", "stride3", "cols_above_rows", "rows_not_whole_cols", "dense",
                                       "wide_kernel"])
     def test_where_it_is_not_eligible_the_dense_path_runs(self, case):
         rng = np.random.default_rng(zlib.crc32(case.encode()))
@@ -129,7 +131,7 @@ class TestPerLayer:
             w[0, 1, 0, 0] = 1
         if case == "wide_kernel":   # taps past the 4 rows of this array
             cfg = _ws(4, 4, 1024, 1024, 64)
-        strides = (2, 2) if case == "stride2" else (1, 1)
+        strides = (3, 3) if case == "stride3" else (1, 1)
         if cfg.dataflow == "ws":    # (the core's model runs ws commands, not sparse ones: every fold instead)
             program = _check_layer(cfg, x, w, bias, scale, y_zp, x_zp, strides=strides, pads=(1,) * 4,
                                    skip_zero_tiles=False)
@@ -156,25 +158,28 @@ class TestPerLayer:
         loaded = sum(ops["words"] for opcode, ops, _ in disassemble(cfg, program.words)
                      if opcode == Opcode.LOAD and ops["buffer"] == BufferId.WEIGHT)
         assert loaded == 5 * 9      # five tiles of eight channels
-        # the dense path (the same layer at stride 2, which depthwise commands do not take): sparse tiles, each
+        # the dense path (the same layer at stride 3, which depthwise commands do not take): sparse tiles, each
         # tile's nine taps of its own channel block, a header and 16 rows each
-        strided = compile_conv(cfg, x, w, bias, scale, y_zp, strides=(2, 2), pads=(1,) * 4, pad_value=x_zp)
+        strided = compile_conv(cfg, x, w, bias, scale, y_zp, strides=(3, 3), pads=(1,) * 4, pad_value=x_zp)
         dense = sum(ops["words"] for opcode, ops, _ in disassemble(cfg, strided.words)
                     if opcode == Opcode.LOAD and ops["buffer"] == BufferId.WEIGHT)
         assert dense == 5 * 9 * (cfg.rows + 1)
 
 
 class TestCounters:
+    @pytest.mark.parametrize("stride", [1, 2])
     @pytest.mark.parametrize("cfg", CONFIGS[:4], ids=lambda c: f"{c.rows}x{c.cols}-a{c.act_depth}")
-    def test_counters_of_depthwise_commands(self, cfg):
-        rng = np.random.default_rng(cfg.rows + cfg.act_depth)
+    def test_counters_of_depthwise_commands(self, cfg, stride):
+        rng = np.random.default_rng(cfg.rows + cfg.act_depth + stride)
         x, w, bias, scale, y_zp, x_zp = _depthwise_layer(rng, cfg.cols + 1, (7, 9), (3, 4), (1, 1, 1, 2), 2)
         w[w == 3] = 0
-        program = compile_conv(cfg, x, w, bias, scale, y_zp, pads=(1, 1, 1, 2), pad_value=x_zp)
+        program = compile_conv(cfg, x, w, bias, scale, y_zp, strides=(stride, stride), pads=(1, 1, 1, 2),
+                               pad_value=x_zp)
         counters = ws_program_counters(cfg, program)
         expected = dict.fromkeys(("array_cycles", "weight_reads", "acc_writes", "macs_gated"), 0)
         for cmd, geometry, buffers in replay_program(cfg, program.words):
-            streamed = _streamed_positions(cmd, geometry["out_w"])
+            assert cmd["taps"] and geometry["stride"] == stride
+            streamed = _streamed_positions(cmd, geometry["out_w"], stride)
             expected["array_cycles"] += cmd["k"] * streamed
             expected["weight_reads"] += cmd["k"] * cmd["taps"]
             expected["acc_writes"] += cmd["k"] * cmd["m"]
@@ -186,13 +191,13 @@ class TestCounters:
         assert counters["rf_reads"] == counters["array_cycles"] * cfg.pes
 
 
-def _streamed_positions(cmd, width):
+def _streamed_positions(cmd, width, stride):
     """Positions one fold of depthwise command ``cmd`` streams, counted one by one: from its first output's on,
     until its m-th output's row ends."""
-    position, outputs = cmd["out_y"] * width + cmd["out_x"], 0
+    position, outputs = cmd["out_y"] * width + cmd["out_x"] * stride, 0
     start = position
     while True:
-        if position % width + cmd["taps"] <= width:
+        if position % width % stride == 0 and position % width + cmd["taps"] <= width:
             outputs += 1
         if outputs >= cmd["m"] and position % width == width - 1:
             return position - start + 1

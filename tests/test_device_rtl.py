@@ -200,11 +200,13 @@ def test_resident_models_keep_feature_maps_on_chip(cfg, stall):
                env={"TESSERA_TB": json.dumps(job)}, results_name=f"resident_{stall}")
 
 
-@pytest.mark.parametrize("cfg", DEPTHWISE_CONFIGS[1:], ids=_config_id)
-def test_depthwise_counters_are_the_programs_own(cfg):
-    """A compiled depthwise conv on the device: its output equals the golden model's, and every counter the
-    compiler predicts from the program equals the device's; zero-gated multiplies at least the zero weights'
-    (zero activations gate too)."""
+@pytest.mark.parametrize("cfg, stride", [(DEPTHWISE_CONFIGS[1], 1), (DEPTHWISE_CONFIGS[2], 2)],
+                         ids=lambda value: _config_id(value) if isinstance(value, AcceleratorConfig) else
+                         f"stride{value}")
+def test_depthwise_counters_are_the_programs_own(cfg, stride):
+    """A compiled depthwise conv (stride 1 on one array, 2 on the other) on the device: its output equals the
+    golden model's, and every counter the compiler predicts from the program equals the device's; zero-gated
+    multiplies at least the zero weights' (zero activations gate too)."""
     from tessera.sw_driver import golden
     from tessera.sw_driver.compiler import compile_conv
     from tessera.sw_driver.program_counters import ESTIMATED_COUNTERS, ws_program_counters
@@ -212,7 +214,7 @@ def test_depthwise_counters_are_the_programs_own(cfg):
     from tessera.sw_driver.transport import SimTransport
 
     rng = np.random.default_rng(_seed(cfg, "depthwise counters"))
-    channels, size, kernel = cfg.rows + cfg.cols, 6, 3
+    channels, size, kernel = cfg.rows + cfg.cols, 5 + stride, 3
     x = rng.integers(-128, 128, (channels, size, size), dtype=np.int8)
     x[rng.random(x.shape) < 0.2] = 0
     w = np.zeros((channels, channels, kernel, kernel), np.int8)
@@ -221,7 +223,7 @@ def test_depthwise_counters_are_the_programs_own(cfg):
     w[rng.random(w.shape) < 0.2] = 0
     bias = rng.integers(-2000, 2000, channels, dtype=np.int32)
     scale = np.full(channels, 1 / 512, np.float32)
-    attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), pad_value=int(rng.integers(-128, 128)))
+    attrs = dict(strides=(stride, stride), pads=(1, 1, 1, 1), pad_value=int(rng.integers(-128, 128)))
     program = compile_conv(cfg, x, w, bias, scale, 3, **attrs)
     assert any(ops["taps"] for opcode, ops, _ in disassemble(cfg, program.words) if opcode == Opcode.GEMM)
     with Device(cfg, SimTransport(write_verilog(cfg, top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)) as device:

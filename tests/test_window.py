@@ -66,3 +66,71 @@ def test_addresses_and_padding_match_enumeration(seed, pipelined):
     sim.run()
     for (kh, kw, cb, oy, ox), fold in zip(folds, got, strict=True):
         assert fold == _expected(geometry, oy, ox, kh, kw, cb, 100, len(fold))
+
+
+def _expected_depthwise(geometry, out_y, out_x, kh, taps, count):
+    """A depthwise fold's positions (hw.layouts.command_layout): every position of its rows, one column apart,
+    its rows ``stride`` apart; an output every stride-th position with ``taps`` to its right."""
+    g, stride, width = geometry, geometry["stride"], geometry["out_w"]
+    out = []
+    y, x = out_y, out_x * stride
+    for _ in range(count):
+        iy, ix = y * stride + kh - g["pad_top"], x - g["pad_left"]
+        pad = not (0 <= iy < g["in_h"] and 0 <= ix < g["in_w"])
+        address = None if pad else (100 + (iy * g["in_w"] + ix) * g["channel_blocks"]) % 4096
+        out.append((address, pad, x % stride == 0 and x + taps <= width, x == width - 1))
+        x += 1
+        if x == width:
+            x, y = 0, y + 1
+    return out
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["comb", "pipelined"])
+@pytest.mark.parametrize("seed", range(6))
+def test_depthwise_positions_match_enumeration(seed, pipelined):
+    """A depthwise fold streams every position at stride 1 or 2, flags its outputs and row ends, and keeps its own
+    column step while the inputs already describe a next fold of another kind."""
+    rng = np.random.default_rng(100 + seed)
+    stride, kernel_h, taps = int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    pad_top, pad_left = int(rng.integers(0, kernel_h)), int(rng.integers(0, taps))
+    in_h, in_w = int(rng.integers(kernel_h, 9)), int(rng.integers(taps, 12))
+    out_w = (in_w + 2 * pad_left - taps) // stride + 1
+    out_h = (in_h + pad_top - kernel_h) // stride + 1
+    geometry = {"in_h": in_h, "in_w": in_w, "out_w": (out_w - 1) * stride + taps, "channel_blocks": 2,
+                "kernel_h": kernel_h, "kernel_w": 1, "stride": stride, "pad_top": pad_top, "pad_left": pad_left,
+                "pad_value": 0}
+    dut = SlidingWindow(12, pipelined=pipelined)
+    folds = [(int(rng.integers(0, kernel_h)), int(rng.integers(0, out_h)), int(rng.integers(0, out_w)))
+             for _ in range(5)]
+    got = []
+    count = 2 * geometry["out_w"] + 3
+
+    async def testbench(ctx):
+        ctx.set(dut.geometry, geometry)
+        for kh, oy, ox in folds:
+            for port, value in ((dut.kh, kh), (dut.kw, 0), (dut.cb, 0), (dut.out_y, oy), (dut.out_x, ox),
+                                (dut.x_base, 100), (dut.taps, taps)):
+                ctx.set(port, value)
+            if dut.settle:
+                await ctx.tick().repeat(dut.settle)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            # the next fold a plain one: its column step (the stride's) must not leak into this fold's
+            for port, value in ((dut.kh, 1), (dut.kw, 1), (dut.out_y, 0), (dut.out_x, 1), (dut.taps, 0)):
+                ctx.set(port, value)
+            ctx.set(dut.step, 1)
+            fold = []
+            for _ in range(count):
+                fold.append((None if ctx.get(dut.pad) else ctx.get(dut.addr), bool(ctx.get(dut.pad)),
+                             bool(ctx.get(dut.output)), bool(ctx.get(dut.row_end))))
+                await ctx.tick()
+            ctx.set(dut.step, 0)
+            got.append(fold)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    for (kh, oy, ox), fold in zip(folds, got, strict=True):
+        assert fold == _expected_depthwise(geometry, oy, ox, kh, taps, count)

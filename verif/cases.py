@@ -3,7 +3,7 @@
 import numpy as np
 
 from tessera.hw.isa import INSTRUCTION_WORDS, BufferId, Opcode, load_link_words
-from tessera.hw.layouts import store_addr_shape
+from tessera.hw.layouts import depthwise_positions, store_addr_shape
 from tessera.sw_driver import golden
 from tessera.sw_driver.isa_encode import instruction, load
 
@@ -61,12 +61,13 @@ def random_conv(rng, *, channels, out_channels, size, kernel, stride, pad, zero_
 
 
 def random_depthwise_program(cfg, rng, commands=6):
-    """A random depthwise geometry, its feature map and ``commands`` compute commands on it: depthwise ones over
-    random lane groups and spans of outputs (rows started and left part way), with plain GEMMs among them, so
-    the array switches between the two kinds of vector back to back. Returns ``(words, [m of each command])``;
-    the device's result rows must equal :func:`tessera.verif.core_model.run_program`'s. Needs cols <= rows."""
+    """A random depthwise geometry (stride 1 or 2), its feature map and ``commands`` compute commands on it:
+    depthwise ones over random lane groups and spans of outputs (rows started and left part way), with plain GEMMs
+    among them, so the array switches between the two kinds of vector back to back. Returns ``(words, [m of each
+    command])``; the device's result rows must equal :func:`tessera.verif.core_model.run_program`'s. Needs cols <=
+    rows."""
     R, C = cfg.rows, cfg.cols
-    taps, kernel_h = int(rng.integers(1, min(R, 5) + 1)), int(rng.integers(1, 5))
+    taps, kernel_h, stride = int(rng.integers(1, min(R, 5) + 1)), int(rng.integers(1, 5)), int(rng.integers(1, 3))
     pad_top, pad_left, pad_right = (int(rng.integers(0, k)) for k in (kernel_h, taps, taps))
     blocks = int(rng.integers(1, 3))
     min_h, min_w = max(1, kernel_h - pad_top), max(1, taps - pad_left - pad_right)   # a row, a column of outputs
@@ -82,12 +83,13 @@ def random_depthwise_program(cfg, rng, commands=6):
     if in_h * in_w * blocks > budget:
         raise ValueError(f"random_depthwise_program: a {min_h}x{min_w} map needs {min_h * min_w} activation words, "
                          f"more than half of act_depth={cfg.act_depth}")
-    positions = in_w + pad_left + pad_right          # hw.layouts.depthwise_positions of the layer's out_w
-    out_w, out_h = positions - taps + 1, in_h + pad_top - kernel_h + 1
+    out_w = (in_w + pad_left + pad_right - taps) // stride + 1
+    out_h = (in_h + pad_top - kernel_h) // stride + 1
+    positions = depthwise_positions(out_w, taps, stride)
     map_words = in_h * in_w * blocks
     gemm_base = map_words                            # plain GEMMs read the words after the map
     words = [instruction(cfg, Opcode.CONV_SETUP, in_h=in_h, in_w=in_w, out_w=positions, channel_blocks=blocks,
-                         kernel_h=kernel_h, kernel_w=1, stride=1, pad_top=pad_top, pad_left=pad_left,
+                         kernel_h=kernel_h, kernel_w=1, stride=stride, pad_top=pad_top, pad_left=pad_left,
                          pad_value=int(rng.integers(-128, 128))),
              load(cfg, BufferId.ACT, 0, rng.integers(-128, 128, (cfg.act_depth, R), dtype=np.int8))]
     ms, w_base = [], 0

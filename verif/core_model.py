@@ -67,9 +67,11 @@ def _depthwise(cfg, buffers, cmd, g):
     """A depthwise command's result rows (hw.layouts.command_layout): column c sums ``taps`` positions of its own
     lane, down the rows of each kernel row's fold."""
     R, taps, lanes = cfg.rows, cmd["taps"], cmd["lane_group"] * cfg.cols + np.arange(cfg.cols)
-    width = g["out_w"]          # positions per output row; the outputs are those with taps to their right
+    # positions per output row; the outputs are every stride-th, those with taps to their right
+    width, stride = g["out_w"], g["stride"]
+    first = cmd["out_y"] * width + cmd["out_x"] * stride
     outputs = [(p // width, p % width) for p in itertools.islice(
-        (p for p in itertools.count(cmd["out_y"] * width + cmd["out_x"]) if p % width + taps <= width), cmd["m"])]
+        (p for p in itertools.count(first) if p % width % stride == 0 and p % width + taps <= width), cmd["m"])]
     x = np.empty((len(outputs), cmd["k"], taps, cfg.cols), np.int8)    # each output's taps, per column
     for i, (oy, ox) in enumerate(outputs):
         for f in range(cmd["k"]):

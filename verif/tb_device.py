@@ -340,17 +340,19 @@ async def device_program(dut):
         ]
         bad_stores = [(words, code) for words, code in bad_stores if code is not None]
     # depthwise commands that could not run or would never end: not a conv command, a kernel more than one wide,
-    # a row too short for the taps, a first position past the row, a lane group past the word (os and rs refuse
-    # any depthwise command)
-    def depthwise_setup(out_w, kernel_w=1):
+    # a stride past 2, a row too short for the taps, a first position past the row (at stride 1 and, out_x
+    # strides along, at 2), a lane group past the word (os and rs refuse any depthwise command)
+    def depthwise_setup(out_w, kernel_w=1, stride=1):
         return instruction(cfg, Opcode.CONV_SETUP, in_h=2, in_w=2, out_w=out_w, channel_blocks=1, kernel_h=1,
-                           kernel_w=kernel_w, stride=1)
+                           kernel_w=kernel_w, stride=stride)
     taps = min(2, cfg.rows)
     bad_stores += [
         ([gemm(taps=taps)], ErrorCode.BAD_SHAPE),
         ([depthwise_setup(3, kernel_w=2), gemm(conv=1, taps=taps)], ErrorCode.BAD_SHAPE),
         ([depthwise_setup(taps - 1 or 1), gemm(conv=1, taps=taps + (taps == 1))], ErrorCode.BAD_SHAPE),
         ([depthwise_setup(3), gemm(conv=1, taps=taps, out_x=3)], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(3, stride=3), gemm(conv=1, taps=taps)], ErrorCode.BAD_SHAPE),
+        ([depthwise_setup(5, stride=2), gemm(conv=1, taps=taps, out_x=3)], ErrorCode.BAD_SHAPE),
     ]
     past_the_word = (1 << command_layout(cfg)["lane_group"].shape.width) - 1     # the field's largest value
     if past_the_word >= cfg.rows // cfg.cols:
