@@ -77,14 +77,16 @@ class Board:
 
 # Buffers: ECP5 DP16KD blocks are 18 kbit (208 on the 85F); the UP5K has 30 4-kbit EBRs and 4 SPRAMs.
 # The ULX3S default keeps whole models on chip (the MLPerf Tiny issue): 16x8 WS with the vector unit, program memory
-# and buffers sized for ResNet-8 and the DS-CNN (act 2,048 words, weight 28,672, vector 8,192, program 2,048). Its
+# and buffers sized for ResNet-8, the DS-CNN and MobileNet (act 3,072 words for MobileNet's early maps, weight
+# 28,672, param 512, vector 8,192, program 4,096; 193 of the 208 DP16KD). The autoencoder's weights would need 4,608
+# more words (205 DP16KD with the smaller act, param and program buffers; that build missed 60 MHz). Its
 # 128 PEs and 4 requantiser lanes (two blocks each) take 136 of the ECP5-85F's 156 MULT18X18D, so no PE row
 # multiplies in LUTs; a 16x16 array with the same units needed 7 LUT rows (84% of the LUTs) and did not route. A
 # global pool reads its map by block where cols divides rows (tessera.sw_driver.resident), so 16x8 holds them whole.
 # Builds route because the accelerator's reset rides a global clock network and the DSP blocks are floorplanned
 # (fpga/floorplan.py). See docs/fpga.md for the measured clock and resources.
-_ULX3S_DEFAULTS = dict(rows=16, cols=8, requant_lanes=4, clock_mhz=60.0, act_depth=2048, weight_depth=28672,
-                       acc_depth=512, param_depth=256, vec_depth=8192, program_depth=2048)
+_ULX3S_DEFAULTS = dict(rows=16, cols=8, requant_lanes=4, clock_mhz=60.0, act_depth=3072, weight_depth=28672,
+                       acc_depth=512, param_depth=512, vec_depth=8192, program_depth=4096)
 # `ulx3s-peak`: the ULX3S-85F's peak-throughput configuration (the FPGA issue's floor, VTA's 51.2 GOPS), the
 # default before the MLPerf Tiny issue: 20x16 WS at 81.25 MHz, 52.0 GOPS, the last 11 PE rows multiplying in LUTs,
 # no vector unit and no program memory, so no model stays on chip and every layer's weights cross the link.
