@@ -21,6 +21,42 @@ def _expected(geometry, out_y, out_x, kh, kw, cb, x_base, count):
     return out
 
 
+def _stream_folds(dut, geometry, folds, next_fold, count, outputs):
+    """Run ``folds`` (dicts of input port names to values) on the window one after another, each for ``count``
+    steps, the inputs set to ``next_fold`` once it has started (the issuer's fold queue moves on to the next fold
+    then); per fold, per step, ``(address or None in the padding, pad, *outputs)``."""
+    got = []
+
+    async def testbench(ctx):
+        ctx.set(dut.geometry, geometry)
+        for fold in folds:
+            for name, value in fold.items():
+                ctx.set(getattr(dut, name), value)
+            # a pipelined window needs its inputs steady for `settle` cycles before the start
+            if dut.settle:
+                await ctx.tick().repeat(dut.settle)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            for name, value in next_fold.items():
+                ctx.set(getattr(dut, name), value)
+            ctx.set(dut.step, 1)
+            steps = []
+            for _ in range(count):
+                pad = bool(ctx.get(dut.pad))
+                steps.append((None if pad else ctx.get(dut.addr), pad,
+                              *(bool(ctx.get(getattr(dut, name))) for name in outputs)))
+                await ctx.tick()
+            ctx.set(dut.step, 0)
+            got.append(steps)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return got
+
+
 @pytest.mark.parametrize("pipelined", [False, True], ids=["comb", "pipelined"])
 @pytest.mark.parametrize("seed", range(6))
 def test_addresses_and_padding_match_enumeration(seed, pipelined):
@@ -35,35 +71,9 @@ def test_addresses_and_padding_match_enumeration(seed, pipelined):
     dut = SlidingWindow(12, pipelined=pipelined)
     folds = [(int(rng.integers(0, k)), int(rng.integers(0, k)), int(rng.integers(0, geometry["channel_blocks"])),
               int(rng.integers(0, out_h)), int(rng.integers(0, out_w))) for _ in range(5)]
-    got = []
-
-    async def testbench(ctx):
-        ctx.set(dut.geometry, geometry)
-        for kh, kw, cb, oy, ox in folds:
-            for port, value in ((dut.kh, kh), (dut.kw, kw), (dut.cb, cb), (dut.out_y, oy), (dut.out_x, ox),
-                                (dut.x_base, 100)):
-                ctx.set(port, value)
-            # a pipelined window needs its inputs steady for `settle` cycles before the start
-            if dut.settle:
-                await ctx.tick().repeat(dut.settle)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            # the inputs may move on to the next fold once this one has started (the issuer's fold queue does)
-            for port in (dut.kh, dut.kw, dut.cb, dut.out_y, dut.out_x, dut.x_base):
-                ctx.set(port, 0)
-            ctx.set(dut.step, 1)
-            fold = []
-            for _ in range(2 * out_w + 3):
-                fold.append((None if ctx.get(dut.pad) else ctx.get(dut.addr), bool(ctx.get(dut.pad))))
-                await ctx.tick()
-            ctx.set(dut.step, 0)
-            got.append(fold)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    got = _stream_folds(dut, geometry, [dict(kh=kh, kw=kw, cb=cb, out_y=oy, out_x=ox, x_base=100)
+                                        for kh, kw, cb, oy, ox in folds],
+                        dict(kh=0, kw=0, cb=0, out_y=0, out_x=0, x_base=0), 2 * out_w + 3, ())
     for (kh, kw, cb, oy, ox), fold in zip(folds, got, strict=True):
         assert fold == _expected(geometry, oy, ox, kh, kw, cb, 100, len(fold))
 
@@ -102,35 +112,10 @@ def test_depthwise_positions_match_enumeration(seed, pipelined):
     dut = SlidingWindow(12, pipelined=pipelined)
     folds = [(int(rng.integers(0, kernel_h)), int(rng.integers(0, out_h)), int(rng.integers(0, out_w)))
              for _ in range(5)]
-    got = []
     count = 2 * geometry["out_w"] + 3
-
-    async def testbench(ctx):
-        ctx.set(dut.geometry, geometry)
-        for kh, oy, ox in folds:
-            for port, value in ((dut.kh, kh), (dut.kw, 0), (dut.cb, 0), (dut.out_y, oy), (dut.out_x, ox),
-                                (dut.x_base, 100), (dut.taps, taps)):
-                ctx.set(port, value)
-            if dut.settle:
-                await ctx.tick().repeat(dut.settle)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            # the next fold a plain one: its column step (the stride's) must not leak into this fold's
-            for port, value in ((dut.kh, 1), (dut.kw, 1), (dut.out_y, 0), (dut.out_x, 1), (dut.taps, 0)):
-                ctx.set(port, value)
-            ctx.set(dut.step, 1)
-            fold = []
-            for _ in range(count):
-                fold.append((None if ctx.get(dut.pad) else ctx.get(dut.addr), bool(ctx.get(dut.pad)),
-                             bool(ctx.get(dut.output)), bool(ctx.get(dut.row_end))))
-                await ctx.tick()
-            ctx.set(dut.step, 0)
-            got.append(fold)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    # the next fold a plain one: its column step (the stride's) must not leak into this fold's
+    got = _stream_folds(dut, geometry, [dict(kh=kh, kw=0, cb=0, out_y=oy, out_x=ox, x_base=100, taps=taps)
+                                        for kh, oy, ox in folds],
+                        dict(kh=1, kw=1, out_y=0, out_x=1, taps=0), count, ("output", "row_end"))
     for (kh, oy, ox), fold in zip(folds, got, strict=True):
         assert fold == _expected_depthwise(geometry, oy, ox, kh, taps, count)
