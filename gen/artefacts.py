@@ -136,10 +136,12 @@ FIELD_DESCRIPTIONS = {
     (Opcode.GEMM, "taps"): "ws conv commands on arrays of no more columns than rows only, 0 for any other: a "
                           "depthwise command of this many taps across (the kernel width, at most `rows`). Column "
                           "`c` reads lane `lane_group * cols + c` of each word alone; the CONV_SETUP gives a "
-                          "kernel `kernel_h` x 1 of stride 1 over `out_w` = the layer's output width + `taps` - 1 "
-                          "positions; fold `f` is kernel row `f`, its weights `taps` words from `w_base + f * taps`; "
-                          "the `m` result rows are the positions with `taps` positions left in their row, from "
-                          "(`out_y`, `out_x`) on; os and rs refuse it (BAD_SHAPE)",
+                          "kernel `kernel_h` x 1 of stride 1 or 2 over `out_w` = (the layer's output width - 1) * "
+                          "stride + `taps` positions, every one streamed; fold `f` is kernel row `f`, its weights "
+                          "`taps` words from `w_base + f * taps`; the `m` result rows are the positions a whole "
+                          "number of strides along their row with `taps` positions left in it, from (`out_y`, "
+                          "`out_x`) on (`out_x` counts outputs); os and rs refuse it, and another stride "
+                          "(BAD_SHAPE)",
     (Opcode.GEMM, "lane_group"): "depthwise commands: which `cols` lanes of each activation word the columns read "
                                  "(`lane_group * cols` on; below `rows / cols`)",
     (Opcode.GEMM, "filters"): "rs only: filters the command computes, 1 to the configuration's rs_filters; its "
