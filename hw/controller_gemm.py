@@ -11,7 +11,7 @@ from amaranth.hdl import Mux, Signal, Value
 
 from .array_rs import rs_mapping
 from .isa import ErrorCode
-from .layouts import MAX_KERNEL, StoreTarget, result_rows, rs_filter_entries, store_words
+from .layouts import MAX_DEPTHWISE_STRIDE, MAX_KERNEL, StoreTarget, result_rows, rs_filter_entries, store_words
 from .pipeline import delayed, timing_registers
 
 __all__ = ["gemm_error"]
@@ -121,7 +121,8 @@ def _depthwise_unsupported(m, cfg, command, geometry):
     too_many_taps = command.taps > cfg.rows if cfg.rows < MAX_KERNEL else 0
     # registered: the geometry is set long before the GEMM that reads it
     not_one_wide, stride_2 = Signal(), Signal()
-    m.d.sync += [not_one_wide.eq((geometry.kernel_w != 1) | (geometry.stride == 0) | (geometry.stride > 2)),
+    m.d.sync += [not_one_wide.eq((geometry.kernel_w != 1) | (geometry.stride == 0)
+                                   | (geometry.stride > MAX_DEPTHWISE_STRIDE)),
                  stride_2.eq(geometry.stride == 2)]
     first_position = Mux(stride_2, command.out_x << 1, command.out_x)
     return (~command.conv | command.sparse | command.reduce | bad_group | too_many_taps | not_one_wide

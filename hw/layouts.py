@@ -45,7 +45,7 @@ __all__ = ["command_layout", "conv_geometry_layout", "fold_header_layout", "MAX_
            "weight_load_layout", "param_load_layout",
            "result_layout", "max_command_k", "vec_load_layout", "vec_command_layout", "store_setup_layout",
            "store_words", "result_descriptor_layout", "act_write_layout", "StoreTarget", "vec_write_layout",
-           "store_addr_shape", "result_rows", "depthwise_positions"]
+           "store_addr_shape", "result_rows", "depthwise_positions", "MAX_DEPTHWISE_STRIDE"]
 
 OPERAND = signed(8)
 ACC = signed(32)
@@ -126,6 +126,9 @@ MAX_KERNEL = (1 << KERNEL_BITS) - 1
 MAX_STRIDE = (1 << STRIDE_BITS) - 1
 #: Largest padding on any side.
 MAX_PAD = (1 << PAD_BITS) - 1
+#: Largest stride of a depthwise command: the sliding window flags every position (1) or every second one (2) an
+#: output (hw.window).
+MAX_DEPTHWISE_STRIDE = 2
 
 
 def command_layout(cfg):

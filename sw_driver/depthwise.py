@@ -12,7 +12,7 @@ the counters predicted from a program (:mod:`tessera.sw_driver.program_counters`
 
 import numpy as np
 
-from tessera.hw.layouts import MAX_CONV_SIDE, MAX_KERNEL, depthwise_positions, max_command_k
+from tessera.hw.layouts import MAX_CONV_SIDE, MAX_DEPTHWISE_STRIDE, MAX_KERNEL, depthwise_positions, max_command_k
 
 __all__ = ["depthwise_eligible", "depthwise_geometry", "depthwise_fields", "depthwise_weight_words",
            "fold_positions"]
@@ -37,7 +37,7 @@ def depthwise_eligible(cfg, w, strides, out_w):
     address."""
     kh, kw = w.shape[2:]
     return (cfg.dataflow == "ws" and cfg.cols <= cfg.rows and cfg.rows % cfg.cols == 0
-            and tuple(strides) in ((1, 1), (2, 2)) and 1 <= kw <= min(cfg.rows, MAX_KERNEL)
+            and strides[0] == strides[1] <= MAX_DEPTHWISE_STRIDE and 1 <= kw <= min(cfg.rows, MAX_KERNEL)
             and 1 <= kh <= min(MAX_KERNEL, max_command_k(cfg))
             and depthwise_positions(out_w, kw, strides[1]) <= MAX_CONV_SIDE and _channelwise(w))
 
