@@ -12,8 +12,9 @@ import zlib
 
 import pytest
 
+from tessera.gen.cache import cache_dir
 from tessera.gen.config import AcceleratorConfig
-from tessera.gen.verilog import TOPLEVEL, write_verilog
+from tessera.gen.verilog import TOPLEVEL, cached_verilog
 from tessera.verif.cocotb_sim import build_simulator, run_cocotb
 
 pytestmark = pytest.mark.rtl
@@ -62,7 +63,7 @@ def simulators(tmp_path_factory):
 
     def get(cfg):
         if cfg not in built:
-            verilog = write_verilog(cfg)
+            verilog = cached_verilog(cfg, root=cache_dir("verilog"))
             built[cfg] = build_simulator(verilog, TOPLEVEL)
         return built[cfg]
     return get

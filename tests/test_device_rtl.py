@@ -8,8 +8,9 @@ import zlib
 import numpy as np
 import pytest
 
+from tessera.gen.cache import cache_dir
 from tessera.gen.config import AcceleratorConfig
-from tessera.gen.verilog import DEVICE_TOPLEVEL, write_verilog
+from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
 from tessera.hw.isa import Opcode
 from tessera.sw_driver.isa_encode import disassemble
 from tessera.verif.cocotb_sim import build_simulator, run_cocotb
@@ -67,7 +68,8 @@ def _config_id(cfg):
 
 
 def _build(cfg):
-    return build_simulator(write_verilog(cfg, top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)
+    # the Verilog from the build cache: elaborating a configuration takes seconds, and a dozen tests share each one
+    return build_simulator(cached_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)
 
 
 def _seed(cfg, *salt):
@@ -210,8 +212,7 @@ def test_depthwise_counters_are_the_programs_own(cfg, stride):
     from tessera.sw_driver import golden
     from tessera.sw_driver.compiler import compile_conv
     from tessera.sw_driver.program_counters import ESTIMATED_COUNTERS, ws_program_counters
-    from tessera.sw_driver.runtime import Device
-    from tessera.sw_driver.transport import SimTransport
+    from tessera.sw_driver.runtime import open_sim_device
 
     rng = np.random.default_rng(_seed(cfg, "depthwise counters"))
     channels, size, kernel = cfg.rows + cfg.cols, 5 + stride, 3
@@ -226,7 +227,7 @@ def test_depthwise_counters_are_the_programs_own(cfg, stride):
     attrs = dict(strides=(stride, stride), pads=(1, 1, 1, 1), pad_value=int(rng.integers(-128, 128)))
     program = compile_conv(cfg, x, w, bias, scale, 3, **attrs)
     assert any(ops["taps"] for opcode, ops, _ in disassemble(cfg, program.words) if opcode == Opcode.GEMM)
-    with Device(cfg, SimTransport(write_verilog(cfg, top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)) as device:
+    with open_sim_device(cfg) as device:
         y, run = device.run(program)
     expected = golden.conv_hw(x[None], w, bias, scale, 3, multiplier=cfg.multiplier, **attrs)[0]
     np.testing.assert_array_equal(y.T.reshape(expected.shape), expected)
