@@ -20,25 +20,21 @@ from tessera.verif.cocotb_sim import build_simulator, run_cocotb
 pytestmark = pytest.mark.rtl
 
 # Small buffers on purpose: the larger problems then need several passes and several folds per command.
+_SP = {"single_port_buffers": True}     # single-port operand buffers (the iCE40's SPRAM): a load waits on compute
 CONFIGS = [
-    AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=ad, weight_depth=wd, acc_depth=acc, param_depth=4)
-    for (r, c, ad, wd, acc) in [(1, 1, 32, 32, 16), (2, 2, 48, 32, 16), (4, 8, 96, 64, 32), (8, 4, 96, 64, 32),
-                                (8, 8, 128, 128, 64), (3, 5, 40, 36, 12)]
-    for df in ("ws", "os")
-] + [
-    # the largest array once (its Verilator build is the suite's longest; os shares its datapath at 8x8)
-    AcceleratorConfig(rows=16, cols=16, dataflow="ws", act_depth=256, weight_depth=256, acc_depth=64, param_depth=4),
-] + [
-    # single-port operand buffers (the iCE40's SPRAM): a compute read takes the port, a load waits
-    AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=40, weight_depth=36, acc_depth=12, param_depth=4,
-                      single_port_buffers=True)
-    for (r, c, df) in [(1, 1, "ws"), (3, 5, "ws"), (5, 3, "os")]
-] + [
-    # requantisers narrower than the array (a row in several beats): the FPGA builds' way to spare logic
-    AcceleratorConfig(rows=4, cols=8, dataflow="ws", act_depth=96, weight_depth=64, acc_depth=32, param_depth=4,
-                      requant_lanes=2),
-    AcceleratorConfig(rows=8, cols=4, dataflow="os", act_depth=96, weight_depth=64, acc_depth=32, param_depth=4,
-                      requant_lanes=1),
+    AcceleratorConfig(rows=r, cols=c, dataflow=df, act_depth=ad, weight_depth=wd, acc_depth=acc, param_depth=4,
+                      **variant)
+    for (r, c, df, ad, wd, acc, variant) in [
+        (1, 1, "ws", 32, 32, 16, _SP), (1, 1, "os", 32, 32, 16, {}),
+        (2, 2, "ws", 48, 32, 16, {}), (2, 2, "os", 48, 32, 16, {}),
+        # requantisers narrower than the array (a row in several beats): the FPGA builds' way to spare logic
+        (4, 8, "ws", 96, 64, 32, {"requant_lanes": 2}), (4, 8, "os", 96, 64, 32, {}),
+        (8, 4, "ws", 96, 64, 32, {}), (8, 4, "os", 96, 64, 32, {"requant_lanes": 1}),
+        (8, 8, "ws", 128, 128, 64, {}), (8, 8, "os", 128, 128, 64, {}),
+        (3, 5, "ws", 40, 36, 12, _SP), (3, 5, "os", 40, 36, 12, {}), (5, 3, "os", 40, 36, 12, _SP),
+        # the largest array once (its Verilator build is the suite's longest; os shares its datapath at 8x8)
+        (16, 16, "ws", 256, 256, 64, {}),
+    ]
 ]
 
 
@@ -81,7 +77,7 @@ def test_random_gemm_matches_golden(cfg, stall, simulators):
                results_name=f"random_{stall}_{os.getpid()}")
 
 
-# ws only (os and rs refuse it); the square, the odd, the single-port and the serial requantiser's datapaths
+# ws only (os and rs refuse it); the square, the odd (both single-port) and the serial requantiser's datapaths
 REDUCE_CONFIGS = [cfg for cfg in CONFIGS if cfg.dataflow == "ws" and (cfg.rows, cfg.cols) in ((1, 1), (3, 5), (8, 8),
                                                                                              (4, 8))]
 
