@@ -3,6 +3,9 @@
 Under ``CI=true`` a skipped test fails instead, saying what it skipped for: CI installs every tool and runs on a
 CPU where the golden model is bit-exact against onnxruntime, so a skip there means a broken install, not a missing
 option.
+
+Tests marked ``slow`` are collected first: pytest-xdist hands tests out in collection order, and a two-minute test
+handed out last keeps the run going on one worker after the others have finished.
 """
 
 import os
@@ -23,3 +26,7 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (f"CI=true: this test would have been skipped ({reason}); CI has every tool, "
                            f"so fix the install")
     return report
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)     # stable: otherwise in file order

@@ -66,6 +66,7 @@ def test_demo_with_an_approximate_multiplier_equals_its_golden_model(tmp_path, c
     assert gap[0]["target"] == "host" and "drum4" in gap[0]["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataflow", ["os", "rs"])
 def test_demo_on_other_dataflows_stays_resident_and_beats_per_layer(tmp_path, capsys, dataflow):
     # the demo's own 8x8 array (the on-chip issue's targets): os, and rs, whose results are output columns stored

@@ -70,6 +70,7 @@ class TestCases:
 
 @pytest.mark.rtl
 class TestSoak:
+    @pytest.mark.slow
     def test_a_tiny_soak_runs_clean(self):
         lines = []
         result = soak(TINY_SEED, configs=1, cases=60, say=lines.append)

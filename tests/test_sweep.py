@@ -47,6 +47,7 @@ def _sweep(gemm, space, out, *extra):
     return main(["sweep", str(model), "--inputs", str(x), "--space", str(space), "-o", str(out), *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.rtl
 def test_two_point_grid_on_ray_then_from_the_cache(gemm, tmp_path):
     space = tmp_path / "space.toml"
