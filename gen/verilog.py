@@ -9,6 +9,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from tessera.gen.cache import cache_dir
 from tessera.hw.accelerator import Accelerator
 from tessera.hw.core import GemmCore
 
@@ -53,10 +54,11 @@ def write_verilog(cfg, root="build", top=TOPLEVEL):
     return path
 
 
-def cached_verilog(cfg, root, top=TOPLEVEL):
-    """:func:`write_verilog`, skipped when ``root`` already holds the Verilog of ``cfg`` generated from the same RTL
-    sources and Amaranth (elaborating a large array takes seconds; a run that reuses a cached simulator should
-    not spend them)."""
+def cached_verilog(cfg, root=None, top=TOPLEVEL):
+    """:func:`write_verilog`, skipped when ``root`` (by default the build cache's ``verilog`` folder) already holds
+    the Verilog of ``cfg`` generated from the same RTL sources and Amaranth (elaborating a large array takes
+    seconds; a run that reuses a cached simulator should not spend them)."""
+    root = cache_dir("verilog") if root is None else root
     folder = build_dir(cfg, root)
     path, stamp = folder / f"{top}.v", folder / f"{top}.source"
     if path.exists() and stamp.exists() and stamp.read_text() == rtl_fingerprint():

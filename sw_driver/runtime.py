@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 
-from tessera.gen.cache import cache_dir
 from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
 from tessera.hw.isa import COUNTERS, BufferId, Opcode
 from tessera.sw_driver.compiler import compile_conv, compile_gemm, conv_output_shape, raw_results
@@ -204,7 +203,7 @@ def open_sim_device(cfg, *, announce=None, **kwargs):
         say(f"building the simulator for {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}; first time for "
             f"this configuration)")
 
-    verilog = cached_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL)
+    verilog = cached_verilog(cfg, top=DEVICE_TOPLEVEL)
     return Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL, announce=building), **kwargs)
 
 

@@ -12,7 +12,6 @@ import zlib
 
 import pytest
 
-from tessera.gen.cache import cache_dir
 from tessera.gen.config import AcceleratorConfig
 from tessera.gen.verilog import TOPLEVEL, cached_verilog
 from tessera.verif.cocotb_sim import build_simulator, run_cocotb
@@ -59,7 +58,7 @@ def simulators(tmp_path_factory):
 
     def get(cfg):
         if cfg not in built:
-            verilog = cached_verilog(cfg, root=cache_dir("verilog"))
+            verilog = cached_verilog(cfg)
             built[cfg] = build_simulator(verilog, TOPLEVEL)
         return built[cfg]
     return get

@@ -8,7 +8,6 @@ import zlib
 import numpy as np
 import pytest
 
-from tessera.gen.cache import cache_dir
 from tessera.gen.config import AcceleratorConfig
 from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
 from tessera.hw.isa import Opcode
@@ -69,7 +68,7 @@ def _config_id(cfg):
 
 def _build(cfg):
     # the Verilog from the build cache: elaborating a configuration takes seconds, and a dozen tests share each one
-    return build_simulator(cached_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)
+    return build_simulator(cached_verilog(cfg, top=DEVICE_TOPLEVEL), DEVICE_TOPLEVEL)
 
 
 def _seed(cfg, *salt):

@@ -2,7 +2,6 @@
 
 import pytest
 
-from tessera.gen.cache import cache_dir
 from tessera.gen.config import AcceleratorConfig
 from tessera.gen.lint import LintError, lint_verilog
 from tessera.gen.verilog import DEVICE_TOPLEVEL, TOPLEVEL, cached_verilog, generate_verilog
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.rtl
 ], ids=lambda c: f"{c.dataflow}-{c.rows}x{c.cols}")
 @pytest.mark.parametrize("top", [TOPLEVEL, DEVICE_TOPLEVEL])
 def test_generated_verilog_is_lint_clean(cfg, top):
-    lint_verilog(cached_verilog(cfg, root=cache_dir("verilog"), top=top), top)
+    lint_verilog(cached_verilog(cfg, top=top), top)
 
 
 def test_lint_gate_catches_a_real_warning(tmp_path):

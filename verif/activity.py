@@ -68,12 +68,11 @@ def trace_gemm(cfg, x, w, bias, scale, y_zp, vcd_path):
 
     Returns ``(y, LayerRun)`` like :meth:`tessera.sw_driver.runtime.Device.gemm`; the VCD is complete once this returns.
     """
-    from tessera.gen.cache import cache_dir
     from tessera.gen.verilog import DEVICE_TOPLEVEL, cached_verilog
     from tessera.sw_driver.runtime import Device
     from tessera.sw_driver.transport import SimTransport
 
-    verilog = cached_verilog(cfg, root=cache_dir("verilog"), top=DEVICE_TOPLEVEL)
+    verilog = cached_verilog(cfg, top=DEVICE_TOPLEVEL)
     with Device(cfg, SimTransport(verilog, DEVICE_TOPLEVEL, trace=vcd_path)) as device:
         return device.gemm(x, w, bias, scale, y_zp)
 
