@@ -20,6 +20,8 @@ SIM_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "-
 # g++ settings for a harness's model: the per-cycle code at -Og, the code run once (constructors, initial values)
 # at -O0. Against Verilator's default -Os, an 8x8 rs device compiled in 8.0 s instead of 33.3 s and ran the demo's
 # 320 images in the same time (17.3 s both ways; at -O0 throughout the simulation took four times as long).
+# OPT_GLOBAL stays as it is: it compiles the runtime library's objects, which `_runtime_key` shares between models
+# without looking at these arguments.
 HARNESS_MAKE_ARGS = ("OPT_FAST=-Og", "OPT_SLOW=-O0")
 
 
