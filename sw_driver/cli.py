@@ -360,7 +360,15 @@ def _image_for_run(args, cfg, model_path, batch):
 
     if _is_image(args.model):
         return read_image(args.model, cfg)
-    return cached_image(model_path, cfg, batch)
+    link = "uart" if args.target.startswith("serial:") else "stream"
+    return cached_image(model_path, cfg, batch, link_bytes_per_cycle=_link_bytes_per_cycle(cfg, link))
+
+
+def _link_bytes_per_cycle(cfg, link):
+    """The rate at which ``link`` (``stream``: the device's own word stream; ``uart``: a board's) brings inputs."""
+    from tessera.sw_driver.resident import STREAM_BYTES_PER_CYCLE
+    from tessera.sw_driver.serial_transport import uart_bytes_per_cycle
+    return uart_bytes_per_cycle(cfg) if link == "uart" else STREAM_BYTES_PER_CYCLE
 
 
 def _is_image(path):
@@ -416,7 +424,7 @@ def _cmd_compile(args):
     if not Path(args.model).is_file():
         raise InputError(f"model file {args.model} {'is a folder' if Path(args.model).is_dir() else 'does not exist'}"
                          f"; accepted: a quantized .onnx model")
-    image = compile_image(args.model, cfg, args.batch)
+    image = compile_image(args.model, cfg, args.batch, link_bytes_per_cycle=_link_bytes_per_cycle(cfg, args.link))
     write_image(image, args.output)
     layers = len(image.graph.layers)
     print(f"{args.output}: {args.model} for {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): "
@@ -641,6 +649,10 @@ def _build_parser():
     compile_.add_argument("--batch", type=checked_argument(integer_argument, check_batch), default=1,
                           help="inputs a run of each resident segment computes, at most (fewer where its feature "
                                "maps would not fit; default 1)")
+    compile_.add_argument("--link", choices=("stream", "uart"), default="stream",
+                          help="the link that will bring its inputs, which decides whether the host folds a first "
+                               "layer's input (more bytes, fewer cycles): stream (the device's word stream, as "
+                               "simulated; default) or uart (a board's 3 Mbaud UART)")
     add_config_arguments(compile_, board=True)
     return parser, commands
 

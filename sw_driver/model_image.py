@@ -36,7 +36,7 @@ import numpy as np
 from tessera.gen.config import AcceleratorConfig
 from tessera.sw_driver.model_compiler import Segment, compile_model
 from tessera.sw_driver.onnx_import import load_model
-from tessera.sw_driver.resident import ResidentModel
+from tessera.sw_driver.resident import STREAM_BYTES_PER_CYCLE, ResidentModel
 from tessera.sw_driver.space_to_depth import InputFold
 
 __all__ = ["IMAGE_FORMAT", "IMAGE_VERSION", "ImageError", "ModelImage", "compile_image", "compiler_digest",
@@ -78,26 +78,28 @@ def compiler_digest():
     return digest.hexdigest()[:12]
 
 
-def compile_image(model_path, cfg, batch=1):
+def compile_image(model_path, cfg, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
     """Compile the quantized ONNX model at ``model_path`` for ``cfg`` into a :class:`ModelImage` whose segments
-    run up to ``batch`` images each (see :func:`~tessera.sw_driver.model_compiler.compile_model`)."""
+    run up to ``batch`` images each, their inputs brought at ``link_bytes_per_cycle`` (see
+    :func:`~tessera.sw_driver.model_compiler.compile_model`)."""
     model_bytes = Path(model_path).read_bytes()
     graph = load_model(model_path)
-    image = ModelImage(cfg, model_bytes, compile_model(graph, cfg, batch))
+    image = ModelImage(cfg, model_bytes, compile_model(graph, cfg, batch, link_bytes_per_cycle=link_bytes_per_cycle))
     image.graph = graph
     return image
 
 
-def cached_image(model_path, cfg, batch=1):
-    """:func:`compile_image`, once per model, configuration, batch and compiler: the image is kept in the build cache
-    (``images/``) and read back from there after."""
+def cached_image(model_path, cfg, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
+    """:func:`compile_image`, once per model, configuration, batch, link and compiler: the image is kept in the build
+    cache (``images/``) and read back from there after."""
     from tessera.gen.cache import cache_dir
 
     digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
-    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}_{compiler_digest()}.tsr"
+    link = f"{link_bytes_per_cycle:.6g}"
+    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}_{link}_{compiler_digest()}.tsr"
     if cached.is_file():
         return read_image(cached, cfg)
-    image = compile_image(model_path, cfg, batch)
+    image = compile_image(model_path, cfg, batch, link_bytes_per_cycle=link_bytes_per_cycle)
     write_image(image, cached)
     return image
 

@@ -43,7 +43,11 @@ from tessera.sw_driver.isa_encode import instruction, load, stored_program
 from tessera.sw_driver.resident_schedule import Task, schedule
 from tessera.sw_driver.space_to_depth import input_fold
 
-__all__ = ["AddStep", "DeviceLayer", "PoolStep", "ResidentModel", "Step", "compile_resident", "plan_memory"]
+__all__ = ["STREAM_BYTES_PER_CYCLE", "AddStep", "DeviceLayer", "PoolStep", "ResidentModel", "Step",
+           "compile_resident", "plan_memory"]
+
+#: The accelerator's own link (``host_in``, simulated or behind a board's transport): a 32-bit word a cycle.
+STREAM_BYTES_PER_CYCLE = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +289,7 @@ class ResidentModel:
         return y
 
 
-def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
+def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
     """Compile ``layers`` (a list of :class:`Step`, or a chain of :class:`DeviceLayer` each reading the one before)
     for an input of ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (any dataflow). ``bases``
     (``{"weight", "param", "program"}``, default all 0) are the first words of those memories the model may take:
@@ -294,6 +298,8 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     words it may use: where its weights do not fit, the largest layers' are streamed (the host sends them with
     every run, into the bottom words) and the rest stay resident.
     A run computes ``batch`` images, step by step (each step's setup once for all of them).
+    ``link_bytes_per_cycle`` (the link that brings the input, in the device's cycles) decides whether folding the
+    input's kernel taps into channels pays (:func:`_input_fold`).
 
     Raises TilingError, naming what does not fit, if the weights, parameters, feature maps or program do not
     fit the configuration's buffers, or a step is not one the device keeps on chip."""
@@ -312,7 +318,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     steps = [Step(layer, (index,)) for index, layer in enumerate(layers)] if chain else list(layers)
     bases = {"weight": 0, "param": 0, "program": 0, "weight_top": cfg.weight_depth, "stream_floor": 0,
              **(bases or {})}
-    fold = _input_fold(cfg, steps, in_shape)
+    fold = _input_fold(cfg, steps, in_shape, link_bytes_per_cycle)
     if fold is None:
         return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
     first = steps[0].op
@@ -323,24 +329,37 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1):
     return dataclasses.replace(model, in_shape=tuple(in_shape), input_fold=fold)
 
 
-def _input_fold(cfg, steps, in_shape):
+def _input_fold(cfg, steps, in_shape, link_bytes_per_cycle):
     """The fold of the model's input (:mod:`tessera.sw_driver.space_to_depth`), where its first layer alone reads
-    it: where that layer's strided window exceeds the device's, or (ws, os) where folded it runs fewer folds (a
-    first layer of few channels fills more of the array's rows: 3 channels at stride 2 become 12). None if
-    neither."""
+    it: where that layer's strided window exceeds the device's, or (ws, os) where folded it takes fewer cycles,
+    the array's and the link's for its input: a first layer of few channels fills more of the array's rows (3
+    channels at stride 2 become 12; a 3x3 kernel's row over 3 channels, 9), but a row's taps folded cross the link
+    that many times. None if neither."""
     first = steps[0]
     if not isinstance(first.op, DeviceLayer) or first.inputs != (0,) or any(0 in step.inputs for step in steps[1:]):
         return None
     layer = first.op
-    fold = input_fold(layer.kernel, layer.strides, layer.pads, in_shape[1:])
-    if fold is None:
+    violation = conv_limits_violation(layer.kernel, layer.strides, layer.pads)
+    candidates = [] if violation else [None]
+    for row_taps in (False, True):
+        fold = input_fold(layer.kernel, layer.strides, layer.pads, in_shape[1:], row_taps=row_taps)
+        if fold is not None and (violation or cfg.dataflow != "rs") and not (row_taps and cfg.dataflow == "rs"):
+            candidates.append(dataclasses.replace(fold, pad_value=int(layer.pad_value)))
+    if not candidates:
         return None
-    channels, rows = in_shape[0], cfg.rows
-    fewer_folds = (math.prod(fold.folded_kernel) * math.ceil(channels * fold.stride ** 2 / rows)
-                   < math.prod(layer.kernel) * math.ceil(channels / rows))
-    if conv_limits_violation(layer.kernel, layer.strides, layer.pads) or (cfg.dataflow != "rs" and fewer_folds):
-        return dataclasses.replace(fold, pad_value=int(layer.pad_value))
-    return None
+
+    def cycles(fold):
+        kernel, shape = (layer.kernel, in_shape) if fold is None else (fold.folded_kernel,
+                                                                        fold.folded_shape(in_shape[0]))
+        channels, height, width = shape
+        out_pixels = math.prod(layer.output_shape(in_shape)[1:])
+        array = (math.prod(kernel) * math.ceil(channels / cfg.rows) * out_pixels
+                 * math.ceil(layer.w.shape[0] / cfg.cols))
+        lanes = channels if channels < cfg.rows else math.ceil(channels / cfg.rows) * cfg.rows  # (packed: load)
+        return array + height * width * lanes / link_bytes_per_cycle
+
+    # (the first candidate of the fewest cycles: the plain layer, then space-to-depth, before a row's taps)
+    return min(candidates, key=cycles)
 
 
 class _Compilation:

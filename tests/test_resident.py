@@ -193,6 +193,18 @@ class TestImages:
         assert any(s.model is not None and s.model.vector_out for s in back.segments) == (model == "resnet8")
         assert any(s.model is not None and s.model.input_fold for s in back.segments) == (model == "kws")
 
+    def test_an_image_for_a_uart_sends_its_input_as_it_is(self, tmp_path, capsys):
+        # ResNet-8's first conv (3 channels) on 16 rows: folded on the word stream, not for a UART
+        path = quantized("ic_resnet8", tmp_path, width=0.25)
+        folds = {}
+        for link in ("stream", "uart"):
+            assert main(["compile", str(path), "-o", str(tmp_path / f"{link}.tsr"), "--link", link, "--rows", "16",
+                         "--cols", "4"]) == 0
+            (first, *_) = [s for s in read_image(tmp_path / f"{link}.tsr", self.CFG.replace(rows=16)).segments
+                           if s.model is not None]
+            folds[link] = first.model.input_fold
+        assert folds["stream"].row_taps and folds["uart"] is None
+
     def test_another_configuration_is_refused_naming_what_differs(self, tmp_path):
         write_image(compile_image(_quantized(tmp_path, "sequential"), self.CFG), tmp_path / "m.tsr")
         other = AcceleratorConfig(rows=4, cols=4, weight_depth=2048)
@@ -204,6 +216,51 @@ class TestImages:
         (tmp_path / "x.tsr").write_bytes(b"PK\x03\x04 not really a zip")
         with pytest.raises(ImageError, match="is not a Tessera model image"):
             read_image(tmp_path / "x.tsr", self.CFG)
+
+
+class TestInputFold:
+    """Where the host folds the model's input (tessera.sw_driver.space_to_depth) and where not: by the first
+    layer's array cycles and the link's for its input."""
+    CFG = AcceleratorConfig(rows=16, cols=8, act_depth=8192, weight_depth=4096, acc_depth=512, param_depth=64,
+                            program_depth=4096)
+    UART = 3_000_000 / 10 / 100e6    # (bytes a cycle at 100 MHz)
+
+    def _fold(self, shape, spec, link=4.0, cfg=CFG):
+        layers = random_chain(np.random.default_rng(1), shape, [spec, {"out_channels": 8, "kernel": 1}])[1]
+        return compile_resident(cfg, layers, shape, link_bytes_per_cycle=link).input_fold
+
+    def test_a_first_conv_of_three_channels_folds_its_row_taps_into_the_rows_on_the_word_stream(self):
+        # ResNet-8's first conv: 3x3 over 3 channels, 9 folds filling 3 of 16 rows; a row's taps folded, a 3x1
+        # conv over 9 channels: 3 folds, for an input 3 times the bytes (its padding columns included)
+        fold = self._fold((3, 32, 32), {"out_channels": 16, "kernel": 3, "pad": 1})
+        assert fold.row_taps and fold.stride == 1 and fold.folded_kernel == (3, 1)
+        assert fold.folded_shape(3) == (9, 34, 32)
+
+    def test_over_a_uart_the_input_is_sent_as_it_is(self):
+        # 6 KB more over 3 Mbaud cost far more than 12,288 cycles of the array
+        assert self._fold((3, 32, 32), {"out_channels": 16, "kernel": 3, "pad": 1}, link=self.UART) is None
+        # a strided window past the device's still folds space-to-depth, but not its row's taps
+        fold = self._fold((1, 49, 10), {"out_channels": 16, "kernel": (10, 4), "stride": 2, "pad": 2},
+                          link=self.UART)
+        assert fold.stride == 2 and not fold.row_taps and fold.folded_kernel == (5, 2)
+
+    def test_the_ds_cnn_first_conv_folds_space_to_depth_then_its_row_taps(self):
+        fold = self._fold((1, 49, 10), {"out_channels": 16, "kernel": (10, 4), "stride": 2, "pad": 2})
+        assert fold.stride == 2 and fold.row_taps and fold.folded_kernel == (5, 1) and fold.folded_shape(1)[0] == 8
+
+    def test_a_fold_that_fills_no_more_rows_is_left_out(self):
+        # MobileNet's first conv: space-to-depth gives 12 channels, 2x2 (4 folds); its row taps 24 channels, 2
+        # words a pixel (4 folds again, twice the bytes)
+        fold = self._fold((3, 96, 96), {"out_channels": 8, "kernel": 3, "stride": 2, "pad": 1})
+        assert fold.stride == 2 and not fold.row_taps
+        # 16 channels already fill the rows
+        assert self._fold((16, 12, 12), {"out_channels": 8, "kernel": 3, "pad": 1}) is None
+
+    def test_row_stationary_arrays_fold_only_a_window_they_cannot_take(self):
+        cfg = self.CFG.replace(dataflow="rs")
+        assert self._fold((3, 16, 16), {"out_channels": 8, "kernel": 3, "pad": 1}, cfg=cfg) is None
+        fold = self._fold((1, 49, 10), {"out_channels": 8, "kernel": (10, 4), "stride": 2, "pad": 2}, cfg=cfg)
+        assert fold.stride == 2 and not fold.row_taps
 
 
 def _onnxruntime(path, x):
@@ -294,6 +351,21 @@ class TestResidentRuns:
         (segment,) = [s for s in report["segments"] if s["resident"]]
         on_host = [layer["op"] for layer in report["layers"] if layer["target"] == "host"]
         assert on_host == ["Quantize", "QLinearSoftmax", "Dequantize"], on_host
+
+    @pytest.mark.parametrize("dataflow", ["ws", "os"])
+    def test_a_first_conv_with_its_row_taps_folded_into_the_rows_is_bit_exact(self, tmp_path, dataflow):
+        # the quarter-width DS-CNN on 8 rows: its first conv folded space-to-depth (5x2 over 4 channels), then
+        # each kernel row's 2 taps into channels: a 5x1 conv over 8 channels, 5 folds instead of 10
+        path = quantized("kws_ds_cnn", tmp_path, width=0.25)
+        x = np.random.default_rng(5).normal(0, 1, (1, 1, 49, 10)).astype(np.float32)
+        config = tmp_path / "cfg.toml"
+        config.write_text(f'rows = 8\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
+                          f'weight_depth = 8192\n')
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        # in: 8 channels of 29 x 5 (a word of 8 lanes a pixel), and a few instructions
+        assert 8 * 29 * 5 <= report["per_inference"]["link_bytes_in"] <= 8 * 29 * 5 + 4 * 16
 
     def test_weights_that_do_not_fit_are_streamed_and_the_report_says_which(self, tmp_path, capsys):
         # 128 weight words: the pooling net's tail (conv3, global pool, classifier) keeps its maps on chip, but
