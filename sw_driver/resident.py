@@ -153,22 +153,34 @@ def plan_memory(sizes, lifetimes, depth, buffer="act"):
     in a buffer of ``depth`` words: two tensors share words only if their lifetimes do not overlap. First fit,
     largest tensors first (a tensor freed early leaves its words to the later ones). Raises TilingError if they
     do not fit."""
-    offsets = [None] * len(sizes)
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], lifetimes[i])):
-        taken = sorted((offsets[j], offsets[j] + sizes[j]) for j in range(len(sizes))
-                       if offsets[j] is not None and lifetimes[j][0] <= lifetimes[i][1]
-                       and lifetimes[i][0] <= lifetimes[j][1])
-        at = 0
-        for start, end in taken:
-            if at + sizes[i] <= start:
-                break
-            at = max(at, end)
-        if at + sizes[i] > depth:
-            need = at + sizes[i]
+    return plan_groups([[(0, size, lifetime)] for size, lifetime in zip(sizes, lifetimes, strict=True)], depth,
+                       buffer)
+
+
+def _clashes(base, group, placed):
+    """Whether ``group`` at ``base`` takes words that a tensor ``placed`` takes while both live."""
+    return any(start < base + offset + size and base + offset < end and first <= life[1] and life[0] <= last
+               for offset, size, life in group for start, end, first, last in placed)
+
+
+def plan_groups(groups, depth, buffer="act"):
+    """:func:`plan_memory` of groups of tensors, each ``[(offset in the group, size, (first, last)), ...]``: a
+    group's tensors keep their offsets from one another (a layer that writes its output over its own input), and
+    each takes its words only while it lives. Returns each group's first word; first fit, widest groups first."""
+    spans = [max(offset + size for offset, size, _ in group) for group in groups]
+    placed, bases = [], [None] * len(groups)     # placed: (start, end, first, last)
+    for g in sorted(range(len(groups)), key=lambda g: (-spans[g], min(life for _, _, life in groups[g]))):
+        # (the lowest base that fits puts the group at 0, or one of its tensors right after one placed)
+        candidates = sorted({0} | {end - offset for offset, _, life in groups[g] for _, end, first, last in placed
+                                   if first <= life[1] and life[0] <= last and end >= offset})
+        base = next(base for base in candidates if not _clashes(base, groups[g], placed))
+        if base + spans[g] > depth:
+            need = base + spans[g]
             raise TilingError(f"the feature maps live at once need {need} {buffer} buffer words; {buffer}_depth is "
                               f"{depth} (accepted: {buffer}_depth >= {need} for this model, or --per-layer)")
-        offsets[i] = at
-    return offsets
+        bases[g] = base
+        placed += [(base + offset, base + offset + size, *life) for offset, size, life in groups[g]]
+    return bases
 
 
 @dataclasses.dataclass
@@ -318,48 +330,53 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_p
     steps = [Step(layer, (index,)) for index, layer in enumerate(layers)] if chain else list(layers)
     bases = {"weight": 0, "param": 0, "program": 0, "weight_top": cfg.weight_depth, "stream_floor": 0,
              **(bases or {})}
-    fold = _input_fold(cfg, steps, in_shape, link_bytes_per_cycle)
-    if fold is None:
-        return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
-    first = steps[0].op
-    folded = DeviceLayer(w=fold.weights(first.w), bias=first.bias, scale=first.scale, y_zp=first.y_zp,
-                         pad_value=first.pad_value, macs_per_pixel=first.own_macs_per_pixel)
-    model = _Compilation(cfg, [Step(folded, (0,)), *steps[1:]], fold.folded_shape(in_shape[0]), bases,
-                         batch).model()
-    return dataclasses.replace(model, in_shape=tuple(in_shape), input_fold=fold)
+    failure = None
+    for fold in _input_folds(cfg, steps, in_shape, link_bytes_per_cycle):   # (a larger input may not fit)
+        try:
+            if fold is None:
+                return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
+            first = steps[0].op
+            folded = DeviceLayer(w=fold.weights(first.w), bias=first.bias, scale=first.scale, y_zp=first.y_zp,
+                                 pad_value=first.pad_value, macs_per_pixel=first.own_macs_per_pixel)
+            model = _Compilation(cfg, [Step(folded, (0,)), *steps[1:]], fold.folded_shape(in_shape[0]), bases,
+                                 batch).model()
+            return dataclasses.replace(model, in_shape=tuple(in_shape), input_fold=fold)
+        except TilingError as error:
+            failure = failure or error
+    raise failure
 
 
-def _input_fold(cfg, steps, in_shape, link_bytes_per_cycle):
-    """The fold of the model's input (:mod:`tessera.sw_driver.space_to_depth`), where its first layer alone reads
-    it: where that layer's strided window exceeds the device's, or (ws, os) where folded it takes fewer cycles,
-    the array's and the link's for its input: a first layer of few channels fills more of the array's rows (3
-    channels at stride 2 become 12; a 3x3 kernel's row over 3 channels, 9), but a row's taps folded cross the link
-    that many times. None if neither."""
+def _input_folds(cfg, steps, in_shape, link_bytes_per_cycle):
+    """The ways to send the model's input, fastest first (:mod:`tessera.sw_driver.space_to_depth`; None: as it
+    is), where its first layer alone reads it. Folded space-to-depth where that layer's strided window exceeds the
+    device's, or (ws, os) where folded it takes fewer cycles, the array's and the link's for its input: a dense
+    first layer of few channels fills more of the array's rows (3 channels at stride 2 become 12; a 3x3 kernel's
+    row over 3 channels, 9), but a row's taps folded cross the link that many times. The first that fits wins."""
     first = steps[0]
     if not isinstance(first.op, DeviceLayer) or first.inputs != (0,) or any(0 in step.inputs for step in steps[1:]):
-        return None
+        return [None]
     layer = first.op
     violation = conv_limits_violation(layer.kernel, layer.strides, layer.pads)
+    out_shape = layer.output_shape(in_shape)
+    # (a depthwise layer runs as depthwise commands, whose folds a dense fold would only multiply)
+    dense = not depthwise_eligible(cfg, layer.w, layer.strides, out_shape[2])
     candidates = [] if violation else [None]
-    for row_taps in (False, True):
+    for row_taps in (False, True) if dense else (False,):
         fold = input_fold(layer.kernel, layer.strides, layer.pads, in_shape[1:], row_taps=row_taps)
         if fold is not None and (violation or cfg.dataflow != "rs") and not (row_taps and cfg.dataflow == "rs"):
             candidates.append(dataclasses.replace(fold, pad_value=int(layer.pad_value)))
-    if not candidates:
-        return None
 
     def cycles(fold):
         kernel, shape = (layer.kernel, in_shape) if fold is None else (fold.folded_kernel,
                                                                         fold.folded_shape(in_shape[0]))
         channels, height, width = shape
-        out_pixels = math.prod(layer.output_shape(in_shape)[1:])
-        array = (math.prod(kernel) * math.ceil(channels / cfg.rows) * out_pixels
-                 * math.ceil(layer.w.shape[0] / cfg.cols))
+        array = (math.prod(kernel) * math.ceil(channels / cfg.rows) * math.prod(out_shape[1:])
+                 * math.ceil(out_shape[0] / cfg.cols))
         lanes = channels if channels < cfg.rows else math.ceil(channels / cfg.rows) * cfg.rows  # (packed: load)
         return array + height * width * lanes / link_bytes_per_cycle
 
-    # (the first candidate of the fewest cycles: the plain layer, then space-to-depth, before a row's taps)
-    return min(candidates, key=cycles)
+    # (of equal cycles, the plain layer, then space-to-depth, before a row's taps)
+    return sorted(candidates, key=cycles) or [None]
 
 
 class _Compilation:
@@ -373,8 +390,8 @@ class _Compilation:
         self.block_major = {self.steps[i].inputs[0] for i in range(len(steps))
                             if self._on_array(i) and self._reads_by_block(i)}
         self._check_windows()
-        self.ops, self.act_offsets, self.vec_offsets = self._plan()
         self._tile_cache, self.stream_loads = {}, {}
+        self.ops, self.act_offsets, self.vec_offsets = self._plan()
         self.streamed = self._streamed()
         self.stream_words = max([0] + [sum(self._tiles(i).tile_words) for i in self.streamed])
         # the resident weights above every stream's words (this model's and the models' loaded before it)
@@ -511,15 +528,85 @@ class _Compilation:
                 vector_reads = [at[r] for r in readers if not self._on_array(r)]
                 vec.append((t, written, max(vector_reads + [written + self.copied[t]])))
         vec, in_place = self._adds_in_place(vec, at)
-        offsets = []
-        for buffer, tensors, words in (("act", act, self.act_words), ("vec", vec, self.vec_words)):
-            planned = plan_memory([self.batch * words(t) for t, _, _ in tensors],
-                                  [(first, last) for _, first, last in tensors],
-                                  getattr(self.cfg, f"{buffer}_depth"), buffer)
-            offsets.append({t: offset for (t, _, _), offset in zip(tensors, planned, strict=True)})
+        planned = plan_memory([self.batch * self.vec_words(t) for t, _, _ in vec],
+                              [(first, last) for _, first, last in vec], self.cfg.vec_depth, "vec")
+        vec_offsets = {t: offset for (t, _, _), offset in zip(vec, planned, strict=True)}
         for t, operand in in_place.items():
-            offsets[1][t] = offsets[1][operand]
-        return ops, *offsets
+            vec_offsets[t] = vec_offsets[operand]
+        return ops, self._plan_act(act), vec_offsets
+
+    def _plan_act(self, act):
+        """The activation buffer's offsets of tensors ``act`` (tensor, first op, last op). Where they do not fit
+        apart, a layer may write its output over its own input (the largest such pairs first, until they fit):
+        at a displacement where no command's output words are words a later command of the layer still reads
+        (:meth:`_displacement`). A layer of several output tiles then runs band by band, each band's tiles
+        together, so that a band's input is done with before its output is stored."""
+        self.band_major, overlaps = set(), {}
+        def words(t):      # (a run's images lie one after another)
+            return self.batch * self.act_words(t)
+
+        try:
+            return _place_overlapping(act, overlaps, words, self.cfg.act_depth)
+        except TilingError as error:
+            failure = error
+        if self.cfg.dataflow != "ws" or self.batch != 1:
+            raise failure
+        pairs = sorted(self._overwritable(), key=lambda i: -(self.act_words(i) + self.act_words(i + 1)))
+        for index in pairs:
+            band_major = len(self._tiles(index).tiles) > 1
+            overlaps[index + 1] = (self.steps[index].inputs[0], self._displacement(index, band_major))
+            if band_major:
+                self.band_major.add(index)
+            try:
+                return _place_overlapping(act, overlaps, words, self.cfg.act_depth)
+            except TilingError:
+                continue
+        raise failure
+
+    def _overwritable(self):
+        """The ws layers that may store their output over their own input: they alone read it, from the
+        activation buffer pixel by pixel, and store their output there themselves, pixel by pixel."""
+        last = len(self.steps) - 1
+        return [index for index, step in enumerate(self.steps[:last])
+                if self._on_array(index) and self.readers[step.inputs[0]] == [index]
+                and self.in_act[index + 1] and not self.in_vec[index + 1]
+                and not {step.inputs[0], index + 1} & self.block_major
+                and not self._whole_map_layer(index) and not self._reduces(index)]
+
+    def _displacement(self, index, band_major):
+        """Where array layer ``index``'s output may start, in words from its input's first: the displacement that
+        spans fewest words of those where no command's output words meet the input words a later command (in
+        the order they run) reads. A command stores its rows after it has read all its own input; the ones after
+        it may read while it stores."""
+        (source,), t = self.steps[index].inputs, index + 1
+        layer = self.steps[index].op
+        _, in_h, in_w = self.shapes[source]
+        _, out_h, out_w = self.shapes[t]
+        in_pixel, out_pixel = self.act_words(source) // (in_h * in_w), self.act_words(t) // (out_h * out_w)
+        (stride, _), (pad_top, kernel_h) = layer.strides, (layer.pads[0], layer.kernel[0])
+        commands = []   # (first input word read, past the last; first output word stored, past the last)
+        pixels = out_h * out_w
+        for _, p0, rows in _command_order(len(self._tiles(index).tiles), pixels, self._block_rows(pixels, band_major),
+                                          band_major):
+            top = max(0, p0 // out_w * stride - pad_top)
+            bottom = min(in_h, (p0 + rows - 1) // out_w * stride - pad_top + kernel_h)
+            commands.append((top * in_w * in_pixel, bottom * in_w * in_pixel, p0 * out_pixel, (p0 + rows) * out_pixel))
+        # output words [w0 + d, w1 + d) meet later reads [r0, r1) for r0 - w1 < d < r1 - w0
+        forbidden = sorted((r0 - w1, r1 - w0) for i, (_, _, w0, w1) in enumerate(commands)
+                           for r0, r1, _, _ in commands[i + 1:])
+        in_words, out_words = self.act_words(source), self.act_words(t)
+        allowed = {0, -out_words, in_words} | {edge for interval in forbidden for edge in interval}
+        allowed = [d for d in allowed if not any(lo < d < hi for lo, hi in forbidden)]
+        return min(allowed, key=lambda d: (max(in_words, d + out_words) - min(0, d), abs(d)))
+
+    def _block_rows(self, pixels, band_major=False):
+        """The output pixels of one command of a layer of ``pixels``: ws, as many as keep the array busy while
+        the last command's rows drain, at most an accumulator half (band by band, a whole half: each command
+        there needs a STORE_SETUP of its own, and a program fewer of both); os, a tile's rows."""
+        cfg = self.cfg
+        if cfg.dataflow != "ws":
+            return min(pixels, cfg.rows)
+        return min(pixels, cfg.acc_half_depth, cfg.acc_half_depth if band_major else 4 * (cfg.rows + cfg.cols))
 
     def _adds_in_place(self, vec, at):
         """An add writes its result over an operand that no later step reads (it reads each word before it writes
@@ -744,41 +831,41 @@ class _Compilation:
         pixels = self.batch if whole_maps else out_h * out_w
         # the pixels of an output row (a depthwise geometry's out_w counts the positions its folds stream)
         row_pixels = self.batch if whole_maps else out_w
-        block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
+        band_major = index in self.band_major
+        order = _command_order(len(tiles), pixels, self._block_rows(pixels, band_major), band_major)
         in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
         stored_by_block = t in self.block_major
 
         def task(image):
             # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
             items, cost = list(setups), 0
-            for n, tile in enumerate(tiles):
+            for n, p0, rows in order:
+                tile = tiles[n]
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
-                if not last:
+                if not last:    # (sent only where it changes: resident_schedule)
                     items.append((Opcode.STORE_SETUP, instruction(
                         cfg, Opcode.STORE_SETUP, lane=first % lanes_per_word, lanes=min(C, out_channels - first),
                         stride=1 if stored_by_block else out_blocks)))
-                for p0 in range(0, pixels, block_rows):
-                    rows = min(block_rows, pixels - p0)
-                    if stored_by_block:     # [block][image][pixel]: this tile lies in block first // R
-                        s_base = base + (first // R * self.batch + image) * pixels + p0
-                    else:
-                        s_base = base + image * out_words + p0 * out_blocks + first // lanes_per_word
-                    store = {} if last else {"store": int(target), "s_base": s_base}
-                    x_base = in_base + tile.x_offset + (first // R * self.batch * in_h * in_w if by_block
-                                                        else image * in_words)
-                    if reduce:      # this image's pixels of block n, all through the tile's one fold
-                        shape = dict(m=in_h * in_w, conv=0, reduce=1)
-                        x_base += image * in_h * in_w
-                    else:
-                        shape = dict(m=rows, conv=1, out_y=p0 // row_pixels, out_x=p0 % row_pixels)
-                    steps = _array_steps(cfg, tile.fields, shape, geometry["out_w"], geometry["stride"])
-                    self.array_cycles += steps
-                    cost += steps + R + C
-                    items.append((Opcode.GEMM, instruction(
-                        cfg, Opcode.GEMM, x_base=x_base, w_base=int(tile_bases[n]), p_base=param_base + n,
-                        y_zp=int(layer.y_zp), **tile.fields, **shape, **store)))
-                    if last:
-                        self.outputs.append((image, p0, first, rows))
+                if stored_by_block:     # [block][image][pixel]: this tile lies in block first // R
+                    s_base = base + (first // R * self.batch + image) * pixels + p0
+                else:
+                    s_base = base + image * out_words + p0 * out_blocks + first // lanes_per_word
+                store = {} if last else {"store": int(target), "s_base": s_base}
+                x_base = in_base + tile.x_offset + (first // R * self.batch * in_h * in_w if by_block
+                                                    else image * in_words)
+                if reduce:      # this image's pixels of block n, all through the tile's one fold
+                    shape = dict(m=in_h * in_w, conv=0, reduce=1)
+                    x_base += image * in_h * in_w
+                else:
+                    shape = dict(m=rows, conv=1, out_y=p0 // row_pixels, out_x=p0 % row_pixels)
+                steps = _array_steps(cfg, tile.fields, shape, geometry["out_w"], geometry["stride"])
+                self.array_cycles += steps
+                cost += steps + R + C
+                items.append((Opcode.GEMM, instruction(
+                    cfg, Opcode.GEMM, x_base=x_base, w_base=int(tile_bases[n]), p_base=param_base + n,
+                    y_zp=int(layer.y_zp), **tile.fields, **shape, **store)))
+                if last:
+                    self.outputs.append((image, p0, first, rows))
             return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)
 
         return [task(0)] if whole_maps else [task(image) for image in range(self.batch)]
@@ -976,6 +1063,40 @@ class _Compilation:
 
     def _span(self, offsets, t, words):
         return offsets[t], offsets[t] + self.batch * words(t)
+
+
+def _command_order(tiles, pixels, block_rows, band_major):
+    """``(tile, first pixel, pixels)`` of a ws or os layer's commands for one image, in the order they run:
+    tile by tile, each over the map's bands of ``block_rows`` pixels, or (``band_major``) band by band."""
+    bands = [(p0, min(block_rows, pixels - p0)) for p0 in range(0, pixels, block_rows)]
+    if band_major:
+        return [(n, p0, rows) for p0, rows in bands for n in range(tiles)]
+    return [(n, p0, rows) for n in range(tiles) for p0, rows in bands]
+
+
+def _place_overlapping(tensors, overlaps, words, depth):
+    """:func:`plan_groups` of the activation buffer's ``tensors`` (tensor, first op, last op), where each tensor of
+    ``overlaps`` (``{tensor: (input, displacement)}``) lies at a fixed displacement from its input's first word.
+    Returns ``{tensor: offset}``."""
+    relative = {}
+
+    def root(t):
+        if t not in overlaps:
+            relative[t] = 0
+            return t
+        source, displacement = overlaps[t]
+        top = root(source)
+        relative[t] = relative[source] + displacement
+        return top
+
+    groups = {}
+    for t, first, last in tensors:
+        groups.setdefault(root(t), []).append((t, first, last))
+    lows = [min(relative[t] for t, _, _ in members) for members in groups.values()]
+    bases = plan_groups([[(relative[t] - low, words(t), (first, last)) for t, first, last in members]
+                         for members, low in zip(groups.values(), lows, strict=True)], depth)
+    return {t: base - low + relative[t]
+            for members, low, base in zip(groups.values(), lows, bases, strict=True) for t, _, _ in members}
 
 
 def _weight_tiles(cfg, gemm, folds):

@@ -11,13 +11,14 @@ import pytest
 
 from tessera.gen.config import AcceleratorConfig
 from tessera.hw.isa import Opcode
+from tessera.hw.layouts import StoreTarget
 from tessera.sw_driver.cli import main
 from tessera.sw_driver.compiler import TilingError
 from tessera.sw_driver.isa_encode import disassemble
 from tessera.sw_driver.model_compiler import compile_model
 from tessera.sw_driver.model_image import ImageError, compile_image, read_image, write_image
 from tessera.sw_driver.onnx_import import load_model
-from tessera.sw_driver.resident import compile_resident, plan_memory
+from tessera.sw_driver.resident import compile_resident, plan_groups, plan_memory
 from tessera.verif.cases import random_chain
 from tessera.verif.mlperf_tiny import quantized
 from tessera.verif.onnx_models import QuantFormat, QuantType, qlinear_model, quantize_model, random_inputs
@@ -42,6 +43,23 @@ class TestMemoryPlan:
                     overlap_in_time = lifetimes[i][0] <= lifetimes[j][1] and lifetimes[j][0] <= lifetimes[i][1]
                     overlap_in_words = offsets[i] < offsets[j] + sizes[j] and offsets[j] < offsets[i] + sizes[i]
                     assert not (overlap_in_time and overlap_in_words), (sizes, lifetimes, offsets)
+
+    def test_groups_keep_their_tensors_offsets_and_share_no_live_words(self):
+        # a layer's output over its own input: a group's tensors placed together, each taking words only while live
+        rng = np.random.default_rng(4)
+        for _ in range(100):
+            groups = [[(int(rng.integers(0, 40)), int(rng.integers(1, 50)), (int(f), int(f + rng.integers(0, 3))))
+                       for f in rng.integers(0, 6, int(rng.integers(1, 4)))] for _ in range(int(rng.integers(1, 6)))]
+            bases = plan_groups(groups, 10_000)
+            placed = [(g, base + offset, base + offset + size, life)
+                      for g, (base, group) in enumerate(zip(bases, groups, strict=True))
+                      for offset, size, life in group]
+            for i, (g, start, end, life) in enumerate(placed):
+                assert start >= 0
+                for other_g, other_start, other_end, other in placed[:i]:
+                    # (within a group, words overlap as the group says: a layer reads them before it stores)
+                    live_together = life[0] <= other[1] and other[0] <= life[1]
+                    assert g == other_g or not (live_together and start < other_end and other_start < end), groups
 
     def test_freed_words_are_reused(self):
         # a chain: each map lives while written and read, so three maps need the room of two
@@ -93,6 +111,36 @@ class TestCompileResident:
         # the last layer's rows leave: its 2 filters' 6 output columns, in two bands
         assert [rows for _, _, _, rows in model.outputs] == [12, 12]
         assert model.result_columns == 6 and not model.images_as_rows
+
+    def test_a_layer_stores_over_its_own_input_only_where_no_later_command_reads(self):
+        # maps that do not fit apart: a ws layer stores its output over its own input (several output tiles: band
+        # by band), yet no GEMM's stored words are any that a later GEMM of its layer reads (its output pixels'
+        # exact windows, from the program's own fields)
+        rng = np.random.default_rng(7)
+        overwritten = 0
+        for _ in range(40):
+            size = int(rng.integers(8, 20))
+            specs = []
+            for _ in range(int(rng.integers(1, 4))):
+                kernel, stride = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+                specs.append({"out_channels": int(rng.integers(1, 9)), "kernel": kernel, "stride": stride,
+                              "pad": int(rng.integers(0, kernel))})
+                size = (size + 2 * specs[-1]["pad"] - kernel) // stride + 1
+            shape = (int(rng.integers(1, 9)), *(int(s) for s in rng.integers(8, 20, 2)))
+            layers = random_chain(rng, shape, specs)[1]
+            roomy = AcceleratorConfig(rows=4, cols=4, act_depth=8192, weight_depth=4096, acc_depth=64,
+                                      param_depth=64, program_depth=4096)
+            try:
+                need = max(end for t in compile_resident(roomy, layers, shape).plan["tensors"]
+                           for end in t["act_words"][1:])
+                model = compile_resident(roomy.replace(act_depth=need - 1), layers, shape)
+            except TilingError:     # (a map too small for its kernel, or a layer whose maps overlap nowhere)
+                continue
+            words = [range(*t["act_words"]) for t in model.plan["tensors"]]
+            overwritten += any(set(a) & set(b) for a, b in zip(words, words[1:], strict=False))
+            assert not _stored_words_read_later(model.cfg, model), specs
+
+        assert overwritten >= 10
 
     def test_batches_halve_until_the_maps_fit(self, tmp_path):
         graph = load_model(_quantized(tmp_path, "sequential"))
@@ -218,6 +266,38 @@ class TestImages:
             read_image(tmp_path / "x.tsr", self.CFG)
 
 
+def _stored_words_read_later(cfg, model):
+    """The words a conv GEMM of ``model``'s program stores into the activation buffer that a later GEMM of the same
+    layer (the same map read, the same geometry) reads: its output pixels' windows, every channel block."""
+    (_, _, program), *_ = disassemble(cfg, model.load_words)
+    conv, store, stored = None, None, []    # stored: (layer, words)
+    for opcode, operands, _ in disassemble(cfg, program):
+        if opcode == Opcode.CONV_SETUP:
+            conv = operands
+        elif opcode == Opcode.STORE_SETUP:
+            store = operands
+        elif opcode == Opcode.GEMM and operands["conv"]:
+            layer = (operands["x_base"], tuple(sorted(conv.items())))
+            first = operands["out_y"] * conv["out_w"] + operands["out_x"]
+            reads = set()
+            for pixel in range(first, first + operands["m"]):
+                oy, ox = divmod(pixel, conv["out_w"])
+                for ky in range(conv["kernel_h"]):
+                    for kx in range(conv["kernel_w"]):
+                        iy, ix = oy * conv["stride"] + ky - conv["pad_top"], ox * conv["stride"] + kx - conv["pad_left"]
+                        if 0 <= iy < conv["in_h"] and 0 <= ix < conv["in_w"]:
+                            word = operands["x_base"] + (iy * conv["in_w"] + ix) * conv["channel_blocks"]
+                            reads |= set(range(word, word + conv["channel_blocks"]))
+            clash = set().union(*[words & reads for earlier, words in stored if earlier == layer])
+            if clash:
+                return sorted(clash)
+            if operands["store"] == StoreTarget.ACT:
+                spans = (store["lane"] + store["lanes"] - 1) // cfg.rows + 1
+                stored.append((layer, {operands["s_base"] + k * store["stride"] + w
+                                       for k in range(operands["m"]) for w in range(spans)}))
+    return []
+
+
 class TestInputFold:
     """Where the host folds the model's input (tessera.sw_driver.space_to_depth) and where not: by the first
     layer's array cycles and the link's for its input."""
@@ -336,10 +416,51 @@ class TestResidentRuns:
         # and a few instructions (its LOAD, the RUNs)
         assert report["per_inference"]["link_bytes_in"] <= 4 * 29 * 6 + 4 * 16
 
-    @pytest.mark.parametrize("model, shape", [("ic_resnet8", (1, 3, 32, 32)), ("kws_ds_cnn", (1, 1, 49, 10))])
+    @pytest.mark.parametrize("kernel", [1, 3])
+    def test_a_layer_storing_over_its_own_input_band_by_band_is_bit_exact(self, kernel):
+        # a 40 x 40 map of 4 channels into 8 (two output tiles, two words a pixel): 4,800 words at once, past the
+        # 4,096 of the configuration the runs above use; the conv stores its output over its own input, band by
+        # band (both tiles of a band, then the next band), below the words later bands still read
+        from tessera.sw_driver.runtime import open_sim_device
+        cfg = AcceleratorConfig(rows=4, cols=4, dataflow="ws", program_depth=8192, param_depth=256, weight_depth=8192)
+        x, layers, expected = random_chain(np.random.default_rng(kernel), (4, 40, 40), [
+            {"out_channels": 8, "kernel": kernel, "pad": kernel // 2}, {"out_channels": 4, "kernel": 1}])
+        model = compile_resident(cfg, layers, x.shape)
+        read, written = (range(*t["act_words"]) for t in model.plan["tensors"][:2])
+        assert set(read) & set(written) and len(read) + len(written) > cfg.act_depth
+        assert not _stored_words_read_later(cfg, model)
+        with open_sim_device(cfg) as device:
+            device.load_resident([model])
+            y, _ = device.infer(model, x[None])
+        np.testing.assert_array_equal(y[0], expected)
+
+    @pytest.mark.parametrize("dataflow", ["ws", "os", "rs"])
+    def test_mobilenet_runs_on_the_device_bit_exact(self, tmp_path, dataflow):
+        # a quarter-width MobileNetV1 (VWW, 96x96): its first conv's input (96 x 96 words) does not fit 4,096
+        # activation words, so that conv runs layer by layer; from its first depthwise conv to its classifier one
+        # segment on ws, where that conv stores its 48x48 map over its own input (the two do not fit apart)
+        path = quantized("vww_mobilenet", tmp_path, width=0.25)
+        x = np.random.default_rng(6).normal(0, 1, (1, 3, 96, 96)).astype(np.float32)
+        config = tmp_path / "cfg.toml"
+        config.write_text(f'rows = 4\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
+                          f'weight_depth = 8192\n')
+        status, y, report = _run(tmp_path, path, x, "--config", str(config))
+        assert status == 0
+        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        on_device = [layer["name"] for layer in report["layers"] if layer["target"] == "device"]
+        assert on_device[0] == "QLinearConv_1" and on_device[-1].endswith("QGemm_30"), on_device
+        if dataflow == "ws":
+            (segment,) = [s for s in report["segments"] if s["resident"]]
+            assert segment["layers"][0] == "QLinearConv_2" and segment["layers"][-1] == "QGemm_30"
+            first, second = (range(*t["act_words"]) for t in segment["plan"]["tensors"][:2])
+            assert set(first) & set(second) and len(first) + len(second) > 4096
+
+    @pytest.mark.parametrize("model, shape", [("ic_resnet8", (1, 3, 32, 32)), ("kws_ds_cnn", (1, 1, 49, 10)),
+                                              ("vww_mobilenet", (1, 3, 96, 96))])
     def test_a_tall_array_keeps_the_global_pool_on_chip_bit_exact(self, tmp_path, model, shape):
         # an array twice as tall as wide (the ULX3S default's shape): each output tile's channels lie in half a
         # block, and the global pool still reads by block, with reduce GEMMs; the model is one segment
+        # (MobileNet's after its first conv, whose input alone is past the activation buffer: layer by layer)
         path = quantized(model, tmp_path, width=0.25)
         x = np.random.default_rng(4).normal(0, 1, shape).astype(np.float32)
         config = tmp_path / "cfg.toml"
