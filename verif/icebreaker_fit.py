@@ -6,7 +6,8 @@ Each model (:mod:`tessera.verif.mlperf_tiny`, ``--width`` scaling its channels) 
 1x1 weight-stationary default (``tessera.fpga.boards``) with the largest memories the generator takes
 (:data:`LARGEST`), and :func:`~tessera.sw_driver.model_compiler.residency` says whether it stays whole and what it
 used of each memory, as :func:`~tessera.fpga.resident_fit.resident_fit` does. The weight words count every layer's,
-streamed or left out too: what the weight buffer would hold to keep them all. The words are then placed as an iCE40
+streamed or left out too: what the weight buffer would hold to keep them all; the activation words the maps' apart
+(with fewer, layers store their outputs over their own inputs: an upper bound). The words are then placed as an iCE40
 build places them (the single-port activation and weight buffers in SPRAM, the others in block RAM) and counted in
 the UP5K's 16K x 16 SPRAMs and 4-kbit EBRs. Where a model's memories do not fit, the same model with the most
 channels whose memories do is searched for (fewer channels never need more).
