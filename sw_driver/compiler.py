@@ -500,6 +500,14 @@ def conv_as_gemm_weights(w, rows, blocks):
     return gemm_w
 
 
+def command_rows(cfg, pixels, whole_half=False):
+    """The output pixels of one conv command of a band of ``pixels``: ws, as many as keep the array busy while the
+    last command's rows drain, at most an accumulator half (``whole_half``: a whole one); os, a tile's rows."""
+    if cfg.dataflow != "ws":
+        return min(pixels, cfg.rows)
+    return min(pixels, cfg.acc_half_depth, cfg.acc_half_depth if whole_half else 4 * (cfg.rows + cfg.cols))
+
+
 def conv_limits_violation(kernel, strides, pads):
     """Why no dataflow's conv commands (nor the vector unit's pooling) can take this kernel, stride and padding,
     or None if they can."""
@@ -608,7 +616,7 @@ def compile_conv(cfg, x, w, bias, scale, y_zp, *, strides=(1, 1), pads=(0, 0, 0,
             if not shared_setup:
                 stream.words.append(setup(first_row, last_row, band_pad_top))
             pixels = (oy1 - oy0) * out_w
-            block_rows = min(pixels, cfg.acc_half_depth, 4 * (R + C)) if cfg.dataflow == "ws" else min(pixels, R)
+            block_rows = command_rows(cfg, pixels)
             band = _fmap_words(fmaps[image, first_row:last_row], R)
 
             def words_needed(p_end, oy0=oy0, first_row=first_row, last_row=last_row):

@@ -15,6 +15,7 @@ both read is written into the vector buffer and copied into the activation buffe
 DeviceLayers is a chain, each reading the one before.
 """
 
+import bisect
 import dataclasses
 import math
 from typing import NamedTuple
@@ -32,6 +33,7 @@ from tessera.sw_driver.compiler import (
     _GemmTiles,
     _weight_tile_plan,
     check_gemm_operands,
+    command_rows,
     conv_as_gemm_weights,
     conv_limits_violation,
     conv_output_shape,
@@ -542,6 +544,7 @@ class _Compilation:
         (:meth:`_displacement`). A layer of several output tiles then runs band by band, each band's tiles
         together, so that a band's input is done with before its output is stored."""
         self.band_major, overlaps = set(), {}
+
         def words(t):      # (a run's images lie one after another)
             return self.batch * self.act_words(t)
 
@@ -551,7 +554,8 @@ class _Compilation:
             failure = error
         if self.cfg.dataflow != "ws" or self.batch != 1:
             raise failure
-        pairs = sorted(self._overwritable(), key=lambda i: -(self.act_words(i) + self.act_words(i + 1)))
+        pairs = sorted(self._overwritable(),
+                       key=lambda i: -(self.act_words(self.steps[i].inputs[0]) + self.act_words(i + 1)))
         for index in pairs:
             band_major = len(self._tiles(index).tiles) > 1
             overlaps[index + 1] = (self.steps[index].inputs[0], self._displacement(index, band_major))
@@ -586,27 +590,25 @@ class _Compilation:
         (stride, _), (pad_top, kernel_h) = layer.strides, (layer.pads[0], layer.kernel[0])
         commands = []   # (first input word read, past the last; first output word stored, past the last)
         pixels = out_h * out_w
-        for _, p0, rows in _command_order(len(self._tiles(index).tiles), pixels, self._block_rows(pixels, band_major),
-                                          band_major):
+        tiles = len(self._tiles(index).tiles)
+        for _, p0, rows in _command_order(tiles, pixels, command_rows(self.cfg, pixels, band_major), band_major):
             top = max(0, p0 // out_w * stride - pad_top)
             bottom = min(in_h, (p0 + rows - 1) // out_w * stride - pad_top + kernel_h)
             commands.append((top * in_w * in_pixel, bottom * in_w * in_pixel, p0 * out_pixel, (p0 + rows) * out_pixel))
-        # output words [w0 + d, w1 + d) meet later reads [r0, r1) for r0 - w1 < d < r1 - w0
-        forbidden = sorted((r0 - w1, r1 - w0) for i, (_, _, w0, w1) in enumerate(commands)
-                           for r0, r1, _, _ in commands[i + 1:])
+        # output words [w0 + d, w1 + d) meet later reads [r0, r1) for r0 - w1 < d < r1 - w0: open intervals, merged
+        forbidden = []
+        for lo, hi in sorted((r0 - w1, r1 - w0) for i, (_, _, w0, w1) in enumerate(commands)
+                             for r0, r1, _, _ in commands[i + 1:]):
+            if forbidden and lo < forbidden[-1][1]:
+                forbidden[-1][1] = max(forbidden[-1][1], hi)
+            else:
+                forbidden.append([lo, hi])
         in_words, out_words = self.act_words(source), self.act_words(t)
-        allowed = {0, -out_words, in_words} | {edge for interval in forbidden for edge in interval}
-        allowed = [d for d in allowed if not any(lo < d < hi for lo, hi in forbidden)]
+        # (the best displacement is 0, an end of a forbidden interval, or clear of the input altogether)
+        candidates = {0, -out_words, in_words} | {edge for interval in forbidden for edge in interval}
+        starts = [lo for lo, _ in forbidden]
+        allowed = [d for d in candidates if not (i := bisect.bisect_left(starts, d)) or not d < forbidden[i - 1][1]]
         return min(allowed, key=lambda d: (max(in_words, d + out_words) - min(0, d), abs(d)))
-
-    def _block_rows(self, pixels, band_major=False):
-        """The output pixels of one command of a layer of ``pixels``: ws, as many as keep the array busy while
-        the last command's rows drain, at most an accumulator half (band by band, a whole half: each command
-        there needs a STORE_SETUP of its own, and a program fewer of both); os, a tile's rows."""
-        cfg = self.cfg
-        if cfg.dataflow != "ws":
-            return min(pixels, cfg.rows)
-        return min(pixels, cfg.acc_half_depth, cfg.acc_half_depth if band_major else 4 * (cfg.rows + cfg.cols))
 
     def _adds_in_place(self, vec, at):
         """An add writes its result over an operand that no later step reads (it reads each word before it writes
@@ -831,8 +833,9 @@ class _Compilation:
         pixels = self.batch if whole_maps else out_h * out_w
         # the pixels of an output row (a depthwise geometry's out_w counts the positions its folds stream)
         row_pixels = self.batch if whole_maps else out_w
+        # (band by band, each command a whole accumulator half: each needs a STORE_SETUP of its own)
         band_major = index in self.band_major
-        order = _command_order(len(tiles), pixels, self._block_rows(pixels, band_major), band_major)
+        order = _command_order(len(tiles), pixels, command_rows(cfg, pixels, band_major), band_major)
         in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
         stored_by_block = t in self.block_major
 
