@@ -356,6 +356,25 @@ def _run(tmp_path, model_path, x, *extra):
     return status, np.load(y_path), json.loads(report.read_text())
 
 
+#: The inputs of the MLPerf Tiny models (tessera.verif.mlperf_tiny).
+_INPUTS = {"ic_resnet8": (1, 3, 32, 32), "kws_ds_cnn": (1, 1, 49, 10), "vww_mobilenet": (1, 3, 96, 96)}
+
+
+def _run_quarter_width(tmp_path, model, seed, dataflow, rows=4, cols=4):
+    """MLPerf Tiny ``model`` at a quarter of its width run by ``tessera run`` on a simulated ``rows x cols`` array
+    (buffers these runs share: one Verilator build an array and dataflow), its output equal to onnxruntime's. The
+    run's report."""
+    path = quantized(model, tmp_path, width=0.25)
+    x = np.random.default_rng(seed).normal(0, 1, _INPUTS[model]).astype(np.float32)
+    config = tmp_path / "cfg.toml"
+    config.write_text(f'rows = {rows}\ncols = {cols}\ndataflow = "{dataflow}"\nprogram_depth = 8192\n'
+                      f'param_depth = 256\nweight_depth = 8192\n')
+    status, y, report = _run(tmp_path, path, x, "--config", str(config))
+    assert status == 0
+    np.testing.assert_array_equal(y, _onnxruntime(path, x))
+    return report
+
+
 @pytest.mark.rtl
 class TestResidentRuns:
     @pytest.mark.parametrize("net", sorted(_NETS))
@@ -379,14 +398,7 @@ class TestResidentRuns:
         # a quarter-width ResNet-8: three residual blocks (two with a strided 1x1 shortcut), its average pool and
         # its classifier, one segment; the last Add's map is copied into the activation buffer block by block, so
         # that the pool reads each block's 64 pixels (a map of 256 words a pixel is past CONV_SETUP's 255)
-        path = quantized("ic_resnet8", tmp_path, width=0.25)
-        x = np.random.default_rng(3).normal(0, 1, (1, 3, 32, 32)).astype(np.float32)
-        config = tmp_path / "cfg.toml"      # (os commands cover 4 pixels each: a longer program)
-        config.write_text(f'rows = 4\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
-                          f'weight_depth = 8192\n')
-        status, y, report = _run(tmp_path, path, x, "--config", str(config))
-        assert status == 0
-        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        report = _run_quarter_width(tmp_path, "ic_resnet8", 3, dataflow)
         (segment,) = [s for s in report["segments"] if s["resident"]]
         assert segment["layers"][0] == "QLinearConv_1" and segment["layers"][-1] == "QGemm_15"
         on_host = [layer["op"] for layer in report["layers"] if layer["target"] == "host"]
@@ -400,14 +412,7 @@ class TestResidentRuns:
         # a quarter-width DS-CNN: its first conv (10x4, stride 2) exceeds the device's 7x7 window, so the host
         # folds the input space-to-depth (a 5x2 conv over 4 channels); from there to the classifier one segment,
         # only the Softmax (and the input's quantisation) on the host
-        path = quantized("kws_ds_cnn", tmp_path, width=0.25)
-        x = np.random.default_rng(3).normal(0, 1, (1, 1, 49, 10)).astype(np.float32)
-        config = tmp_path / "cfg.toml"
-        config.write_text(f'rows = 4\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
-                          f'weight_depth = 8192\n')
-        status, y, report = _run(tmp_path, path, x, "--config", str(config))
-        assert status == 0
-        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        report = _run_quarter_width(tmp_path, "kws_ds_cnn", 3, dataflow)
         on_host = [layer["op"] for layer in report["layers"] if layer["target"] == "host"]
         assert on_host == ["Quantize", "QLinearSoftmax", "Dequantize"], on_host
         (segment,) = [s for s in report["segments"] if s["resident"]]
@@ -439,14 +444,7 @@ class TestResidentRuns:
         # a quarter-width MobileNetV1 (VWW, 96x96): its first conv's input (96 x 96 words) does not fit 4,096
         # activation words, so that conv runs layer by layer; from its first depthwise conv to its classifier one
         # segment on ws, where that conv stores its 48x48 map over its own input (the two do not fit apart)
-        path = quantized("vww_mobilenet", tmp_path, width=0.25)
-        x = np.random.default_rng(6).normal(0, 1, (1, 3, 96, 96)).astype(np.float32)
-        config = tmp_path / "cfg.toml"
-        config.write_text(f'rows = 4\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
-                          f'weight_depth = 8192\n')
-        status, y, report = _run(tmp_path, path, x, "--config", str(config))
-        assert status == 0
-        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        report = _run_quarter_width(tmp_path, "vww_mobilenet", 6, dataflow)
         on_device = [layer["name"] for layer in report["layers"] if layer["target"] == "device"]
         assert on_device[0] == "QLinearConv_1" and on_device[-1].endswith("QGemm_30"), on_device
         if dataflow == "ws":
@@ -455,20 +453,12 @@ class TestResidentRuns:
             first, second = (range(*t["act_words"]) for t in segment["plan"]["tensors"][:2])
             assert set(first) & set(second) and len(first) + len(second) > 4096
 
-    @pytest.mark.parametrize("model, shape", [("ic_resnet8", (1, 3, 32, 32)), ("kws_ds_cnn", (1, 1, 49, 10)),
-                                              ("vww_mobilenet", (1, 3, 96, 96))])
-    def test_a_tall_array_keeps_the_global_pool_on_chip_bit_exact(self, tmp_path, model, shape):
+    @pytest.mark.parametrize("model", sorted(_INPUTS))
+    def test_a_tall_array_keeps_the_global_pool_on_chip_bit_exact(self, tmp_path, model):
         # an array twice as tall as wide (the ULX3S default's shape): each output tile's channels lie in half a
         # block, and the global pool still reads by block, with reduce GEMMs; the model is one segment
         # (MobileNet's after its first conv, whose input alone is past the activation buffer: layer by layer)
-        path = quantized(model, tmp_path, width=0.25)
-        x = np.random.default_rng(4).normal(0, 1, shape).astype(np.float32)
-        config = tmp_path / "cfg.toml"
-        config.write_text('rows = 8\ncols = 4\ndataflow = "ws"\nprogram_depth = 8192\nparam_depth = 256\n'
-                          'weight_depth = 8192\n')
-        status, y, report = _run(tmp_path, path, x, "--config", str(config))
-        assert status == 0
-        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        report = _run_quarter_width(tmp_path, model, 4, "ws", rows=8)
         (segment,) = [s for s in report["segments"] if s["resident"]]
         on_host = [layer["op"] for layer in report["layers"] if layer["target"] == "host"]
         assert on_host == ["Quantize", "QLinearSoftmax", "Dequantize"], on_host
@@ -477,14 +467,7 @@ class TestResidentRuns:
     def test_a_first_conv_with_its_row_taps_folded_into_the_rows_is_bit_exact(self, tmp_path, dataflow):
         # the quarter-width DS-CNN on 8 rows: its first conv folded space-to-depth (5x2 over 4 channels), then
         # each kernel row's 2 taps into channels: a 5x1 conv over 8 channels, 5 folds instead of 10
-        path = quantized("kws_ds_cnn", tmp_path, width=0.25)
-        x = np.random.default_rng(5).normal(0, 1, (1, 1, 49, 10)).astype(np.float32)
-        config = tmp_path / "cfg.toml"
-        config.write_text(f'rows = 8\ncols = 4\ndataflow = "{dataflow}"\nprogram_depth = 8192\nparam_depth = 256\n'
-                          f'weight_depth = 8192\n')
-        status, y, report = _run(tmp_path, path, x, "--config", str(config))
-        assert status == 0
-        np.testing.assert_array_equal(y, _onnxruntime(path, x))
+        report = _run_quarter_width(tmp_path, "kws_ds_cnn", 5, dataflow, rows=8)
         # in: 8 channels of 29 x 5 (a word of 8 lanes a pixel), and a few instructions
         assert 8 * 29 * 5 <= report["per_inference"]["link_bytes_in"] <= 8 * 29 * 5 + 4 * 16
 
