@@ -313,7 +313,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_p
     every run, into the bottom words) and the rest stay resident.
     A run computes ``batch`` images, step by step (each step's setup once for all of them).
     ``link_bytes_per_cycle`` (the link that brings the input, in the device's cycles) decides whether folding the
-    input's kernel taps into channels pays (:func:`_input_fold`).
+    input's kernel taps into channels pays (:func:`_input_folds`).
 
     Raises TilingError, naming what does not fit, if the weights, parameters, feature maps or program do not
     fit the configuration's buffers, or a step is not one the device keeps on chip."""
