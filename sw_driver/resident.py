@@ -567,6 +567,18 @@ class _Compilation:
                 continue
         raise failure
 
+    def _band_rows_read(self, index, p0, rows):
+        """The words of its input (from the map's first) that array layer ``index`` reads for output pixels ``p0``
+        to ``p0 + rows``: the input rows their windows reach, whole."""
+        layer, (source,) = self.steps[index].op, self.steps[index].inputs
+        _, in_h, in_w = self.shapes[source]
+        out_w = self.shapes[index + 1][2]
+        row_words = in_w * (self.act_words(source) // (in_h * in_w))
+        stride, pad_top, kernel_h = layer.strides[0], layer.pads[0], layer.kernel[0]
+        top = max(0, p0 // out_w * stride - pad_top)
+        bottom = min(in_h, (p0 + rows - 1) // out_w * stride - pad_top + kernel_h)
+        return top * row_words, bottom * row_words
+
     def _overwritable(self):
         """The ws layers that may store their output over their own input: they alone read it, from the
         activation buffer pixel by pixel, and store their output there themselves, pixel by pixel."""
@@ -583,18 +595,13 @@ class _Compilation:
         the order they run) reads. A command stores its rows after it has read all its own input; the ones after
         it may read while it stores."""
         (source,), t = self.steps[index].inputs, index + 1
-        layer = self.steps[index].op
-        _, in_h, in_w = self.shapes[source]
         _, out_h, out_w = self.shapes[t]
-        in_pixel, out_pixel = self.act_words(source) // (in_h * in_w), self.act_words(t) // (out_h * out_w)
-        (stride, _), (pad_top, kernel_h) = layer.strides, (layer.pads[0], layer.kernel[0])
+        out_pixel = self.act_words(t) // (out_h * out_w)
         commands = []   # (first input word read, past the last; first output word stored, past the last)
         pixels = out_h * out_w
         tiles = len(self._tiles(index).tiles)
         for _, p0, rows in _command_order(tiles, pixels, command_rows(self.cfg, pixels, band_major), band_major):
-            top = max(0, p0 // out_w * stride - pad_top)
-            bottom = min(in_h, (p0 + rows - 1) // out_w * stride - pad_top + kernel_h)
-            commands.append((top * in_w * in_pixel, bottom * in_w * in_pixel, p0 * out_pixel, (p0 + rows) * out_pixel))
+            commands.append((*self._band_rows_read(index, p0, rows), p0 * out_pixel, (p0 + rows) * out_pixel))
         # output words [w0 + d, w1 + d) meet later reads [r0, r1) for r0 - w1 < d < r1 - w0: open intervals, merged
         forbidden = []
         for lo, hi in sorted((r0 - w1, r1 - w0) for i, (_, _, w0, w1) in enumerate(commands)
@@ -833,16 +840,35 @@ class _Compilation:
         pixels = self.batch if whole_maps else out_h * out_w
         # the pixels of an output row (a depthwise geometry's out_w counts the positions its folds stream)
         row_pixels = self.batch if whole_maps else out_w
-        # (band by band, each command a whole accumulator half: each needs a STORE_SETUP of its own)
-        band_major = index in self.band_major
-        order = _command_order(len(tiles), pixels, command_rows(cfg, pixels, band_major), band_major)
-        in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
         stored_by_block = t in self.block_major
+        # A task a band where the vector unit takes the layer's output band by band as it is stored, or gives it
+        # its input so (each band's tiles together); band by band too where the layer stores over its own input
+        # (each command a whole accumulator half: each needs a STORE_SETUP of its own).
+        banded = (index > 0 and cfg.dataflow == "ws" and (self.in_vec[t] or self.copied[source])
+                  and not (whole_maps or reduce or by_block or stored_by_block or last))
+        band_major = index in self.band_major or (banded and self.in_vec[t])
+        order = _command_order(len(tiles), pixels, command_rows(cfg, pixels, index in self.band_major), band_major)
+        in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
+        out_buffer = "vec" if target == StoreTarget.VEC else "act"
+
+        def band(image, n, p0, rows):
+            """The task of the commands from (n, p0) on that store one band of pixels: the words they read and
+            store."""
+            top, bottom = self._band_rows_read(index, p0, rows)
+            spans = {(source, "act"): (in_base + image * in_words + top, in_base + image * in_words + bottom),
+                     (t, out_buffer): (base + image * out_words + p0 * out_blocks,
+                                       base + image * out_words + (p0 + rows) * out_blocks)}
+            return Task(op=0, image=image, unit=WaitUnit.ARRAY, items=list(setups), cost=0, spans=spans)
 
         def task(image):
             # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
             items, cost = list(setups), 0
+            made = []
             for n, p0, rows in order:
+                if banded and (not made or made[-1].spans[(t, out_buffer)][0] != base + image * out_words
+                                                                                 + p0 * out_blocks):
+                    made.append(band(image, n, p0, rows))
+                    items, cost = made[-1].items, 0
                 tile = tiles[n]
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:    # (sent only where it changes: resident_schedule)
@@ -864,14 +890,18 @@ class _Compilation:
                 steps = _array_steps(cfg, tile.fields, shape, geometry["out_w"], geometry["stride"])
                 self.array_cycles += steps
                 cost += steps + R + C
+                if made:
+                    made[-1].cost = cost
                 items.append((Opcode.GEMM, instruction(
                     cfg, Opcode.GEMM, x_base=x_base, w_base=int(tile_bases[n]), p_base=param_base + n,
                     y_zp=int(layer.y_zp), **tile.fields, **shape, **store)))
                 if last:
                     self.outputs.append((image, p0, first, rows))
-            return Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)
+            if made:
+                return made
+            return [Task(op=0, image=None if whole_maps else image, unit=WaitUnit.ARRAY, items=items, cost=cost)]
 
-        return [task(0)] if whole_maps else [task(image) for image in range(self.batch)]
+        return task(0) if whole_maps else [band for image in range(self.batch) for band in task(image)]
 
     def _place_weights(self, index, weights, tile_words):
         """The first word of each of array layer ``index``'s weight tiles: resident above the others' or, streamed,
@@ -980,15 +1010,32 @@ class _Compilation:
         _, out_h, out_w = op.output_shape(self.shapes[sources[0]])
         in_words = self.vec_words(sources[0])
         out_words = out_h * out_w * out_blocks
+        # (band by band as the array stores them, where its result is not the model's output)
+        pixels = in_h * in_w
+        bands = [(0, pixels)] if last else [(p0, min(command_rows(cfg, pixels), pixels - p0))
+                                           for p0 in range(0, pixels, command_rows(cfg, pixels))]
+        in_pixel = in_words // pixels
+        out_buffer = "vec" if target == StoreTarget.VEC else "act"
+
+        def spans(image, p0, rows, reads):
+            words = {(s, "vec"): (self.vec_offsets[s] + image * in_words + p0 * in_pixel,
+                                  self.vec_offsets[s] + image * in_words + (p0 + rows) * in_pixel) for s in reads}
+            if not last:
+                words[(t, out_buffer)] = (base + image * out_words + p0 * out_blocks,
+                                          base + image * out_words + (p0 + rows) * out_blocks)
+            return words
+
         if isinstance(op, AddStep):
             setup = (Opcode.VEC_SETUP, instruction(cfg, Opcode.VEC_SETUP, **op.params))
             self.vector_cycles += 2 * self.batch * in_words
             self.outputs += list(range(self.batch)) if last else []
-            return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=2 * in_words, items=[setup, (
-                Opcode.ADD, instruction(cfg, Opcode.ADD, a_base=self.vec_offsets[sources[0]] + image * in_words,
-                                        b_base=self.vec_offsets[sources[1]] + image * in_words, words=in_words,
-                                        store=int(target), d_base=0 if last else base + image * out_words))])
-                    for image in range(self.batch)]
+            return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=2 * rows * in_pixel, items=[setup, (
+                Opcode.ADD, instruction(
+                    cfg, Opcode.ADD, a_base=self.vec_offsets[sources[0]] + image * in_words + p0 * in_pixel,
+                    b_base=self.vec_offsets[sources[1]] + image * in_words + p0 * in_pixel, words=rows * in_pixel,
+                    store=int(target), d_base=0 if last else base + image * out_words + p0 * out_blocks))],
+                         spans=spans(image, p0, rows, sources))
+                    for image in range(self.batch) for p0, rows in bands]
         if target == StoreTarget.ACT and channels > 255:
             raise TilingError(f"a pool of {channels} channels into the activation buffer (STORE_SETUP takes up to "
                               f"255 lanes)")
@@ -1003,6 +1050,13 @@ class _Compilation:
         cost = out_h * out_w * blocks * (kh * kw + 1)
         self.vector_cycles += self.batch * cost
         self.outputs += list(range(self.batch)) if last else []
+        if kind == "copy":      # (a pixel a pixel: band by band)
+            return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=rows * blocks * 2, items=setups + [(
+                Opcode.POOL, instruction(cfg, Opcode.POOL, x_base=self.vec_offsets[sources[0]] + image * in_words,
+                                         m=rows, out_y=p0 // out_w, out_x=p0 % out_w, store=int(target),
+                                         d_base=base + image * out_words + p0 * out_blocks))],
+                         spans=spans(image, p0, rows, sources))
+                    for image in range(self.batch) for p0, rows in bands]
         return [Task(op=0, image=image, unit=WaitUnit.VECTOR, cost=cost, items=setups + [(
             Opcode.POOL, instruction(cfg, Opcode.POOL, x_base=self.vec_offsets[sources[0]] + image * in_words,
                                      m=out_h * out_w, out_y=0, out_x=0, store=int(target),
@@ -1034,27 +1088,32 @@ class _Compilation:
             for place in reads[position] + writes[position]:
                 users.setdefault(place, []).append(position)
 
+        def span(index, place):
+            # the words of tensor place that task index reads or writes: its band's, or its image's
+            return tasks[index].spans.get(place) or self._image_span(place, tasks[index].image)
+
+        def meet(a, b):
+            return a[0] < b[1] and b[0] < a[1]
+
         for position in range(len(self.ops)):
             for t, buffer in reads[position]:
                 if t == 0:
                     continue     # the host's LOAD, before the run
-                source = by_op[producer(t, buffer == "act")]
                 for index in by_op[position]:
-                    image = tasks[index].image
-                    tasks[index].deps |= {s for s in source if image is None or tasks[s].image in (None, image)}
+                    image, words = tasks[index].image, span(index, (t, buffer))
+                    tasks[index].deps |= {s for s in by_op[producer(t, buffer == "act")]
+                                          if (image is None or tasks[s].image in (None, image))
+                                          and meet(words, span(s, (t, buffer)))}
             for place in writes[position]:
                 for index in by_op[position]:
-                    start, end = self._image_span(place, tasks[index].image)
+                    words = span(index, place)
                     for other in regions:
                         if other == place or other[1] != place[1]:
                             continue
                         for u in users.get(other, []):
                             if u >= position:
                                 continue
-                            for s in by_op[u]:
-                                o_start, o_end = self._image_span(other, tasks[s].image)
-                                if o_start < end and start < o_end:
-                                    tasks[index].deps.add(s)
+                            tasks[index].deps |= {s for s in by_op[u] if meet(words, span(s, other))}
 
     def _image_span(self, place, image):
         """The words of tensor ``place = (t, buffer)`` that image ``image`` (None: every image) takes."""

@@ -33,13 +33,16 @@ class Task:
     """The commands of step ``op`` of a resident model for ``image`` (None: the whole batch) on ``unit``.
 
     ``items`` are ``(opcode, words)`` in order: setups and commands. ``cost`` is an estimate of its cycles;
-    ``deps`` the indices of the tasks it must follow (their results it reads, or the words it overwrites)."""
+    ``deps`` the indices of the tasks it must follow (their results it reads, or the words it overwrites).
+    ``spans`` are the words it reads or writes of a tensor, ``{(tensor, buffer): (first, past the last)}``, where
+    it is one band of its step's work (by default all its image's words)."""
     op: int
     image: int | None
     unit: WaitUnit
     items: list
     cost: int
     deps: set = dataclasses.field(default_factory=set)
+    spans: dict = dataclasses.field(default_factory=dict)
 
     @property
     def commands(self):
@@ -96,7 +99,7 @@ class _Emitter:
         ready = [i for i in remaining if self.tasks[i].deps <= self.finish.keys()]
         candidates = []
         for unit, key in ((WaitUnit.ARRAY, lambda i: (self.tasks[i].op, self.tasks[i].image or 0)),
-                          (WaitUnit.VECTOR, lambda i: (self.tasks[i].image or 0, self.tasks[i].op))):
+                          (WaitUnit.VECTOR, lambda i: (self.tasks[i].image or 0, self.start(i), self.tasks[i].op))):
             mine = [i for i in ready if self.tasks[i].unit == unit]
             if mine:
                 candidates.append(min(mine, key=key))
