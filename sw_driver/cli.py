@@ -252,6 +252,10 @@ def _cmd_run(args):
     if _is_image(args.model) and (args.per_layer or not on_device):
         raise UsageError(f"{args.model} is a compiled image: it runs resident on a device (accepted: --target sim "
                          f"or serial:PORT without --per-layer, or the .onnx model it came from)")
+    if args.fold_row_taps and (args.per_layer or not on_device or _is_image(args.model)):
+        raise UsageError("--fold-row-taps folds the input of a model the device keeps resident, as it compiles it; "
+                         "accepted with an .onnx model and --target sim or serial:PORT, without --per-layer (a "
+                         ".tsr image is folded or not as tessera compile made it)")
     model_path = _onnx_model(args.model)
     graph = load_model(model_path)
     inputs = read_inputs(args.input, model_inputs(model_path))
@@ -360,15 +364,7 @@ def _image_for_run(args, cfg, model_path, batch):
 
     if _is_image(args.model):
         return read_image(args.model, cfg)
-    link = "uart" if args.target.startswith("serial:") else "stream"
-    return cached_image(model_path, cfg, batch, link_bytes_per_cycle=_link_bytes_per_cycle(cfg, link))
-
-
-def _link_bytes_per_cycle(cfg, link):
-    """The rate at which ``link`` (``stream``: the device's own word stream; ``uart``: a board's) brings inputs."""
-    from tessera.sw_driver.resident import STREAM_BYTES_PER_CYCLE
-    from tessera.sw_driver.serial_transport import uart_bytes_per_cycle
-    return uart_bytes_per_cycle(cfg) if link == "uart" else STREAM_BYTES_PER_CYCLE
+    return cached_image(model_path, cfg, batch, fold_row_taps=args.fold_row_taps)
 
 
 def _is_image(path):
@@ -424,7 +420,7 @@ def _cmd_compile(args):
     if not Path(args.model).is_file():
         raise InputError(f"model file {args.model} {'is a folder' if Path(args.model).is_dir() else 'does not exist'}"
                          f"; accepted: a quantized .onnx model")
-    image = compile_image(args.model, cfg, args.batch, link_bytes_per_cycle=_link_bytes_per_cycle(cfg, args.link))
+    image = compile_image(args.model, cfg, args.batch, fold_row_taps=args.fold_row_taps)
     write_image(image, args.output)
     layers = len(image.graph.layers)
     print(f"{args.output}: {args.model} for {cfg.dataflow} {cfg.rows}x{cfg.cols} (config {cfg.hash}): "
@@ -639,6 +635,7 @@ def _build_parser():
                           "each time (the default keeps runs of Conv and Gemm layers resident on the device)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="write each reason a layer ran on the host in full (default: cut to one line)")
+    _add_fold_argument(run)
     add_config_arguments(run, board=True)
 
     compile_ = commands.add_parser("compile", help="compile a quantized ONNX model into a deployable image (.tsr) "
@@ -649,12 +646,16 @@ def _build_parser():
     compile_.add_argument("--batch", type=checked_argument(integer_argument, check_batch), default=1,
                           help="inputs a run of each resident segment computes, at most (fewer where its feature "
                                "maps would not fit; default 1)")
-    compile_.add_argument("--link", choices=("stream", "uart"), default="stream",
-                          help="the link that will bring its inputs, which decides whether the host folds a first "
-                               "layer's input (more bytes, fewer cycles): stream (the device's word stream, as "
-                               "simulated; default) or uart (a board's 3 Mbaud UART)")
+    _add_fold_argument(compile_)
     add_config_arguments(compile_, board=True)
     return parser, commands
+
+
+def _add_fold_argument(parser):
+    parser.add_argument("--fold-row-taps", action="store_true",
+                        help="let the host fold a resident first layer's kernel row taps into channels where that "
+                             "is faster (im2col along the row: a 3x3 conv over 3 channels runs 3 folds instead of "
+                             "9), its input crossing the link as many times over (default: the input as it is)")
 
 
 def main(argv=None):

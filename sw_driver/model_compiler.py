@@ -30,14 +30,7 @@ from tessera.sw_driver.model_runner import (
     device_placement,
     run_layer_on,
 )
-from tessera.sw_driver.resident import (
-    STREAM_BYTES_PER_CYCLE,
-    AddStep,
-    DeviceLayer,
-    PoolStep,
-    Step,
-    compile_resident,
-)
+from tessera.sw_driver.resident import AddStep, DeviceLayer, PoolStep, Step, compile_resident
 
 __all__ = ["COMPUTE_KINDS", "Segment", "compile_model", "find_segments", "load_segments", "residency", "run_model"]
 
@@ -235,7 +228,7 @@ def find_segments(graph, cfg):
     return segments
 
 
-def compile_model(graph, cfg, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
+def compile_model(graph, cfg, batch=1, *, fold_row_taps=False):
     """Find the graph's resident segments and compile each for ``cfg``, each for runs of up to ``batch`` images
     (as many as its feature maps and program fit). A segment that does not fit is cut after the longest prefix
     that does; a layer that does not fit even alone, for one image, is left out with the reason (it then runs one
@@ -244,10 +237,9 @@ def compile_model(graph, cfg, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_
     The segments' weights and parameters are stacked at the top of their buffers, one segment below the other in
     graph order, so that every segment stays loaded and the layers run one by one, whose programs fill those
     buffers from the bottom, rarely reach them (where one does, the device loads the segment again:
-    ``Device.infer``). Their programs stack from the bottom of the program memory. ``link_bytes_per_cycle`` is the
-    rate of the link that will bring the inputs (the accelerator's word stream by default; a board's UART is far
-    slower), which decides whether a first layer's input is folded on the host (:func:`compile_resident`)."""
-    placed = _Placement(cfg, link_bytes_per_cycle)
+    ``Device.infer``). Their programs stack from the bottom of the program memory. ``fold_row_taps``: the host may fold
+    a first layer's kernel row taps into channels (:func:`~tessera.sw_driver.resident.compile_resident`)."""
+    placed = _Placement(cfg, fold_row_taps)
     compiled, index = [], 0
     while (found := _next_run(graph, cfg, index)) is not None:
         start, run = found
@@ -264,8 +256,8 @@ class _Placement:
     """Where the next segment goes: below the weights and parameters of those before it, after their programs,
     and above the words any of them streams its layers' weights into."""
 
-    def __init__(self, cfg, link_bytes_per_cycle):
-        self.cfg, self.link_bytes_per_cycle = cfg, link_bytes_per_cycle
+    def __init__(self, cfg, fold_row_taps):
+        self.cfg, self.fold_row_taps = cfg, fold_row_taps
         self.top = {"weight": cfg.weight_depth, "param": cfg.param_depth}
         self.program = 0
         self.stream = 0     # the weight buffer's bottom words that streamed layers load
@@ -295,8 +287,8 @@ class _Placement:
         # sized where it would start at the bottom, then placed below the segments before it
         cfg = self.cfg
         room = {"weight_top": self.top["weight"], "stream_floor": self.stream}
-        link = self.link_bytes_per_cycle
-        plan = compile_resident(cfg, steps, in_shape, batch=batch, bases=room, link_bytes_per_cycle=link).plan
+        fold = self.fold_row_taps
+        plan = compile_resident(cfg, steps, in_shape, batch=batch, bases=room, fold_row_taps=fold).plan
         bases = {"weight": self.top["weight"] - plan["weight_words"], "param": self.top["param"] - plan["param_words"],
                  "program": self.program, **room}
         for buffer in ("weight", "param"):
@@ -304,7 +296,7 @@ class _Placement:
                 raise TilingError(f"with the segments before it, its {buffer} words ({plan[buffer + '_words']} of "
                                   f"them) do not fit {buffer}_depth={getattr(cfg, buffer + '_depth')}; "
                                   f"{self.top[buffer]} are left")
-        return compile_resident(cfg, steps, in_shape, bases=bases, batch=batch, link_bytes_per_cycle=link)
+        return compile_resident(cfg, steps, in_shape, bases=bases, batch=batch, fold_row_taps=fold)
 
     def take(self, model):
         bases = model.plan["bases"]

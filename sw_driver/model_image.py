@@ -36,7 +36,7 @@ import numpy as np
 from tessera.gen.config import AcceleratorConfig
 from tessera.sw_driver.model_compiler import Segment, compile_model
 from tessera.sw_driver.onnx_import import load_model
-from tessera.sw_driver.resident import STREAM_BYTES_PER_CYCLE, ResidentModel
+from tessera.sw_driver.resident import ResidentModel
 from tessera.sw_driver.space_to_depth import InputFold
 
 __all__ = ["IMAGE_FORMAT", "IMAGE_VERSION", "ImageError", "ModelImage", "compile_image", "compiler_digest",
@@ -78,28 +78,27 @@ def compiler_digest():
     return digest.hexdigest()[:12]
 
 
-def compile_image(model_path, cfg, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
+def compile_image(model_path, cfg, batch=1, *, fold_row_taps=False):
     """Compile the quantized ONNX model at ``model_path`` for ``cfg`` into a :class:`ModelImage` whose segments
-    run up to ``batch`` images each, their inputs brought at ``link_bytes_per_cycle`` (see
-    :func:`~tessera.sw_driver.model_compiler.compile_model`)."""
+    run up to ``batch`` images each (see :func:`~tessera.sw_driver.model_compiler.compile_model`)."""
     model_bytes = Path(model_path).read_bytes()
     graph = load_model(model_path)
-    image = ModelImage(cfg, model_bytes, compile_model(graph, cfg, batch, link_bytes_per_cycle=link_bytes_per_cycle))
+    image = ModelImage(cfg, model_bytes, compile_model(graph, cfg, batch, fold_row_taps=fold_row_taps))
     image.graph = graph
     return image
 
 
-def cached_image(model_path, cfg, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
-    """:func:`compile_image`, once per model, configuration, batch, link and compiler: the image is kept in the build
+def cached_image(model_path, cfg, batch=1, *, fold_row_taps=False):
+    """:func:`compile_image`, once per model, configuration, batch, fold and compiler: the image is kept in the build
     cache (``images/``) and read back from there after."""
     from tessera.gen.cache import cache_dir
 
     digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
-    link = f"{link_bytes_per_cycle:.6g}"
-    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}_{link}_{compiler_digest()}.tsr"
+    folded = "_folded" if fold_row_taps else ""
+    cached = cache_dir("images") / f"{digest}_{cfg.hash}_{batch}{folded}_{compiler_digest()}.tsr"
     if cached.is_file():
         return read_image(cached, cfg)
-    image = compile_image(model_path, cfg, batch, link_bytes_per_cycle=link_bytes_per_cycle)
+    image = compile_image(model_path, cfg, batch, fold_row_taps=fold_row_taps)
     write_image(image, cached)
     return image
 

@@ -45,11 +45,11 @@ from tessera.sw_driver.isa_encode import instruction, load, stored_program
 from tessera.sw_driver.resident_schedule import Task, schedule
 from tessera.sw_driver.space_to_depth import input_fold
 
-__all__ = ["STREAM_BYTES_PER_CYCLE", "AddStep", "DeviceLayer", "PoolStep", "ResidentModel", "Step",
-           "compile_resident", "plan_memory"]
+__all__ = ["AddStep", "DeviceLayer", "PoolStep", "ResidentModel", "Step", "compile_resident", "plan_groups",
+           "plan_memory"]
 
-#: The accelerator's own link (``host_in``, simulated or behind a board's transport): a 32-bit word a cycle.
-STREAM_BYTES_PER_CYCLE = 4.0
+#: The accelerator's own link (``host_in``, as simulated): a 32-bit word a cycle.
+_STREAM_BYTES_PER_CYCLE = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +303,7 @@ class ResidentModel:
         return y
 
 
-def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_per_cycle=STREAM_BYTES_PER_CYCLE):
+def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, fold_row_taps=False):
     """Compile ``layers`` (a list of :class:`Step`, or a chain of :class:`DeviceLayer` each reading the one before)
     for an input of ``in_shape`` (C, H, W) into a :class:`ResidentModel` for ``cfg`` (any dataflow). ``bases``
     (``{"weight", "param", "program"}``, default all 0) are the first words of those memories the model may take:
@@ -312,8 +312,9 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_p
     words it may use: where its weights do not fit, the largest layers' are streamed (the host sends them with
     every run, into the bottom words) and the rest stay resident.
     A run computes ``batch`` images, step by step (each step's setup once for all of them).
-    ``link_bytes_per_cycle`` (the link that brings the input, in the device's cycles) decides whether folding the
-    input's kernel taps into channels pays (:func:`_input_folds`).
+    With ``fold_row_taps``, the host may fold a first layer's kernel row taps into channels, where that is faster
+    (:func:`_input_folds`): its input then crosses the link that many times over, past the on-chip issue's 1.5 x
+    the model's own input and output bytes, so only where asked.
 
     Raises TilingError, naming what does not fit, if the weights, parameters, feature maps or program do not
     fit the configuration's buffers, or a step is not one the device keeps on chip."""
@@ -333,7 +334,7 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_p
     bases = {"weight": 0, "param": 0, "program": 0, "weight_top": cfg.weight_depth, "stream_floor": 0,
              **(bases or {})}
     failure = None
-    for fold in _input_folds(cfg, steps, in_shape, link_bytes_per_cycle):   # (a larger input may not fit)
+    for fold in _input_folds(cfg, steps, in_shape, fold_row_taps):   # (a larger input may not fit)
         try:
             if fold is None:
                 return _Compilation(cfg, steps, tuple(in_shape), bases, batch).model()
@@ -348,12 +349,13 @@ def compile_resident(cfg, layers, in_shape, bases=None, batch=1, *, link_bytes_p
     raise failure
 
 
-def _input_folds(cfg, steps, in_shape, link_bytes_per_cycle):
+def _input_folds(cfg, steps, in_shape, fold_row_taps):
     """The ways to send the model's input, fastest first (:mod:`tessera.sw_driver.space_to_depth`; None: as it
     is), where its first layer alone reads it. Folded space-to-depth where that layer's strided window exceeds the
-    device's, or (ws, os) where folded it takes fewer cycles, the array's and the link's for its input: a dense
-    first layer of few channels fills more of the array's rows (3 channels at stride 2 become 12; a 3x3 kernel's
-    row over 3 channels, 9), but a row's taps folded cross the link that many times. The first that fits wins."""
+    device's, or (ws, os) where folded it takes fewer cycles, the array's and the word stream's for its input: a
+    dense first layer of few channels fills more of the array's rows (3 channels at stride 2 become 12; with
+    ``fold_row_taps``, a 3x3 kernel's row over 3 channels, 9, for an input that crosses the link 3 times over).
+    The first that fits wins."""
     first = steps[0]
     if not isinstance(first.op, DeviceLayer) or first.inputs != (0,) or any(0 in step.inputs for step in steps[1:]):
         return [None]
@@ -363,7 +365,7 @@ def _input_folds(cfg, steps, in_shape, link_bytes_per_cycle):
     # (a depthwise layer runs as depthwise commands, whose folds a dense fold would only multiply)
     dense = not depthwise_eligible(cfg, layer.w, layer.strides, out_shape[2])
     candidates = [] if violation else [None]
-    for row_taps in (False, True) if dense else (False,):
+    for row_taps in (False, True) if dense and fold_row_taps else (False,):
         fold = input_fold(layer.kernel, layer.strides, layer.pads, in_shape[1:], row_taps=row_taps)
         if fold is not None and (violation or cfg.dataflow != "rs") and not (row_taps and cfg.dataflow == "rs"):
             candidates.append(dataclasses.replace(fold, pad_value=int(layer.pad_value)))
@@ -375,7 +377,7 @@ def _input_folds(cfg, steps, in_shape, link_bytes_per_cycle):
         array = (math.prod(kernel) * math.ceil(channels / cfg.rows) * math.prod(out_shape[1:])
                  * math.ceil(out_shape[0] / cfg.cols))
         lanes = channels if channels < cfg.rows else math.ceil(channels / cfg.rows) * cfg.rows  # (packed: load)
-        return array + height * width * lanes / link_bytes_per_cycle
+        return array + height * width * lanes / _STREAM_BYTES_PER_CYCLE
 
     # (of equal cycles, the plain layer, then space-to-depth, before a row's taps)
     return sorted(candidates, key=cycles) or [None]
@@ -1010,10 +1012,10 @@ class _Compilation:
         _, out_h, out_w = op.output_shape(self.shapes[sources[0]])
         in_words = self.vec_words(sources[0])
         out_words = out_h * out_w * out_blocks
-        # (band by band as the array stores them, where its result is not the model's output)
+        # (band by band as a ws array stores them, where its result is not the model's output)
         pixels = in_h * in_w
-        bands = [(0, pixels)] if last else [(p0, min(command_rows(cfg, pixels), pixels - p0))
-                                           for p0 in range(0, pixels, command_rows(cfg, pixels))]
+        band_rows = command_rows(cfg, pixels) if cfg.dataflow == "ws" and not last else pixels
+        bands = [(p0, min(band_rows, pixels - p0)) for p0 in range(0, pixels, band_rows)]
         in_pixel = in_words // pixels
         out_buffer = "vec" if target == StoreTarget.VEC else "act"
 

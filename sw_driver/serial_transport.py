@@ -10,17 +10,11 @@ from tessera.sw_driver.link_protocol import FramedTransport
 from tessera.sw_driver.transport import LinkError
 
 __all__ = ["SerialPort", "SerialTransport", "DEFAULT_BAUD", "FTDI_VENDOR_ID", "find_board_port",
-           "probe_port", "uart_bytes_per_cycle"]
+           "probe_port"]
 
 #: The rate the board tops are built for (the ULX3S's FT231X tops out at 3 Mbaud).
 DEFAULT_BAUD = 3_000_000
 
-
-
-def uart_bytes_per_cycle(cfg, baud=DEFAULT_BAUD):
-    """The bytes a board's UART brings in one of the device's cycles at ``cfg``'s clock (ten bits a byte): what a
-    compile for the board weighs a larger input against (:func:`~tessera.sw_driver.model_compiler.compile_model`)."""
-    return baud / 10 / (cfg.clock_mhz * 1e6)
 
 
 #: USB vendor of the FTDI UART bridges on the supported boards.

@@ -241,17 +241,16 @@ class TestImages:
         assert any(s.model is not None and s.model.vector_out for s in back.segments) == (model == "resnet8")
         assert any(s.model is not None and s.model.input_fold for s in back.segments) == (model == "kws")
 
-    def test_an_image_for_a_uart_sends_its_input_as_it_is(self, tmp_path, capsys):
-        # ResNet-8's first conv (3 channels) on 16 rows: folded on the word stream, not for a UART
+    def test_an_image_folds_its_row_taps_only_where_asked(self, tmp_path, capsys):
+        # ResNet-8's first conv (3 channels) on 16 rows: with --fold-row-taps the image's input is folded
         path = quantized("ic_resnet8", tmp_path, width=0.25)
         folds = {}
-        for link in ("stream", "uart"):
-            assert main(["compile", str(path), "-o", str(tmp_path / f"{link}.tsr"), "--link", link, "--rows", "16",
-                         "--cols", "4"]) == 0
-            (first, *_) = [s for s in read_image(tmp_path / f"{link}.tsr", self.CFG.replace(rows=16)).segments
-                           if s.model is not None]
-            folds[link] = first.model.input_fold
-        assert folds["stream"].row_taps and folds["uart"] is None
+        for option in ([], ["--fold-row-taps"]):
+            image = tmp_path / f"{len(option)}.tsr"
+            assert main(["compile", str(path), "-o", str(image), *option, "--rows", "16", "--cols", "4"]) == 0
+            (first, *_) = [s for s in read_image(image, self.CFG.replace(rows=16)).segments if s.model is not None]
+            folds[bool(option)] = first.model.input_fold
+        assert folds[True].row_taps and folds[False] is None
 
     def test_another_configuration_is_refused_naming_what_differs(self, tmp_path):
         write_image(compile_image(_quantized(tmp_path, "sequential"), self.CFG), tmp_path / "m.tsr")
@@ -300,28 +299,27 @@ def _stored_words_read_later(cfg, model):
 
 class TestInputFold:
     """Where the host folds the model's input (tessera.sw_driver.space_to_depth) and where not: by the first
-    layer's array cycles and the link's for its input."""
+    layer's array cycles and the word stream's for its input; a row's taps only where asked."""
     CFG = AcceleratorConfig(rows=16, cols=8, act_depth=8192, weight_depth=4096, acc_depth=512, param_depth=64,
                             program_depth=4096)
-    UART = 3_000_000 / 10 / 100e6    # (bytes a cycle at 100 MHz)
 
-    def _fold(self, shape, spec, link=4.0, cfg=CFG):
+    def _fold(self, shape, spec, fold_row_taps=True, cfg=CFG):
         layers = random_chain(np.random.default_rng(1), shape, [spec, {"out_channels": 8, "kernel": 1}])[1]
-        return compile_resident(cfg, layers, shape, link_bytes_per_cycle=link).input_fold
+        return compile_resident(cfg, layers, shape, fold_row_taps=fold_row_taps).input_fold
 
-    def test_a_first_conv_of_three_channels_folds_its_row_taps_into_the_rows_on_the_word_stream(self):
+    def test_a_first_conv_of_three_channels_folds_its_row_taps_into_the_rows(self):
         # ResNet-8's first conv: 3x3 over 3 channels, 9 folds filling 3 of 16 rows; a row's taps folded, a 3x1
         # conv over 9 channels: 3 folds, for an input 3 times the bytes (its padding columns included)
         fold = self._fold((3, 32, 32), {"out_channels": 16, "kernel": 3, "pad": 1})
         assert fold.row_taps and fold.stride == 1 and fold.folded_kernel == (3, 1)
         assert fold.folded_shape(3) == (9, 34, 32)
 
-    def test_over_a_uart_the_input_is_sent_as_it_is(self):
-        # 6 KB more over 3 Mbaud cost far more than 12,288 cycles of the array
-        assert self._fold((3, 32, 32), {"out_channels": 16, "kernel": 3, "pad": 1}, link=self.UART) is None
+    def test_unasked_the_input_is_sent_as_it_is(self):
+        # (the on-chip issue's link: 1.5 x the model's own input and output bytes at most)
+        assert self._fold((3, 32, 32), {"out_channels": 16, "kernel": 3, "pad": 1}, fold_row_taps=False) is None
         # a strided window past the device's still folds space-to-depth, but not its row's taps
         fold = self._fold((1, 49, 10), {"out_channels": 16, "kernel": (10, 4), "stride": 2, "pad": 2},
-                          link=self.UART)
+                          fold_row_taps=False)
         assert fold.stride == 2 and not fold.row_taps and fold.folded_kernel == (5, 2)
 
     def test_the_ds_cnn_first_conv_folds_space_to_depth_then_its_row_taps(self):
@@ -360,16 +358,16 @@ def _run(tmp_path, model_path, x, *extra):
 _INPUTS = {"ic_resnet8": (1, 3, 32, 32), "kws_ds_cnn": (1, 1, 49, 10), "vww_mobilenet": (1, 3, 96, 96)}
 
 
-def _run_quarter_width(tmp_path, model, seed, dataflow, rows=4, cols=4):
-    """MLPerf Tiny ``model`` at a quarter of its width run by ``tessera run`` on a simulated ``rows x cols`` array
-    (buffers these runs share: one Verilator build an array and dataflow), its output equal to onnxruntime's. The
-    run's report."""
+def _run_quarter_width(tmp_path, model, seed, dataflow, *options, rows=4, cols=4):
+    """MLPerf Tiny ``model`` at a quarter of its width run by ``tessera run OPTIONS`` on a simulated ``rows x
+    cols`` array (buffers these runs share: one Verilator build an array and dataflow), its output equal to
+    onnxruntime's. The run's report."""
     path = quantized(model, tmp_path, width=0.25)
     x = np.random.default_rng(seed).normal(0, 1, _INPUTS[model]).astype(np.float32)
     config = tmp_path / "cfg.toml"
     config.write_text(f'rows = {rows}\ncols = {cols}\ndataflow = "{dataflow}"\nprogram_depth = 8192\n'
                       f'param_depth = 256\nweight_depth = 8192\n')
-    status, y, report = _run(tmp_path, path, x, "--config", str(config))
+    status, y, report = _run(tmp_path, path, x, "--config", str(config), *options)
     assert status == 0
     np.testing.assert_array_equal(y, _onnxruntime(path, x))
     return report
@@ -467,7 +465,7 @@ class TestResidentRuns:
     def test_a_first_conv_with_its_row_taps_folded_into_the_rows_is_bit_exact(self, tmp_path, dataflow):
         # the quarter-width DS-CNN on 8 rows: its first conv folded space-to-depth (5x2 over 4 channels), then
         # each kernel row's 2 taps into channels: a 5x1 conv over 8 channels, 5 folds instead of 10
-        report = _run_quarter_width(tmp_path, "kws_ds_cnn", 5, dataflow, rows=8)
+        report = _run_quarter_width(tmp_path, "kws_ds_cnn", 5, dataflow, "--fold-row-taps", rows=8)
         # in: 8 channels of 29 x 5 (a word of 8 lanes a pixel), and a few instructions
         assert 8 * 29 * 5 <= report["per_inference"]["link_bytes_in"] <= 8 * 29 * 5 + 4 * 16
 

@@ -45,7 +45,6 @@ from tessera.sw_driver.link_protocol import frame_bytes
 from tessera.sw_driver.model_compiler import compile_model, load_segments, residency, run_model
 from tessera.sw_driver.reports import markdown_table, write_json, write_markdown
 from tessera.sw_driver.runtime import Device
-from tessera.sw_driver.serial_transport import uart_bytes_per_cycle
 from tessera.verif.bench_residency import BenchError, model_and_reference
 from tessera.verif.mlperf_tiny import MODELS
 
@@ -119,8 +118,7 @@ def round_trip(name, transport, folder, *, width=1.0, seed=0):
     graph, inputs, reference, io_bytes = model_and_reference(name, folder, width=width, seed=seed)
     transport.reset()       # a fresh accelerator: nothing of an earlier model resident
     device = Device(cfg, transport)
-    # (compiled for the UART: a first layer's input folded on the host would cross it several times over)
-    segments = compile_model(graph, cfg, link_bytes_per_cycle=uart_bytes_per_cycle(cfg, transport.link.baud))
+    segments = compile_model(graph, cfg)
     started = time.perf_counter()
     load = load_segments(device, segments)
     load_wall = time.perf_counter() - started
