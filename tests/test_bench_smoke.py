@@ -84,9 +84,10 @@ def test_a_board_names_the_residency_bench_configuration(tmp_path, monkeypatch):
     from tessera.fpga.boards import BOARDS, board_config
     from tessera.verif import bench_residency
     seen = []
-    monkeypatch.setattr(bench_residency, "run_model_both_ways", lambda name, cfg, folder, width: seen.append(cfg)
-                        or [])
-    assert bench_residency.main(["--board", "icebreaker", "--models", "ad_autoencoder", "--out", str(tmp_path)]) == 0
-    assert [cfg.hash for cfg in seen] == [board_config(BOARDS["icebreaker"]).hash]
+    monkeypatch.setattr(bench_residency, "run_model_both_ways",
+                        lambda name, cfg, folder, width, fold_row_taps: seen.append((cfg, fold_row_taps)) or [])
+    assert bench_residency.main(["--board", "icebreaker", "--models", "ad_autoencoder", "--out", str(tmp_path),
+                                 "--fold-row-taps"]) == 0
+    assert [(cfg.hash, fold) for cfg, fold in seen] == [(board_config(BOARDS["icebreaker"]).hash, True)]
     written = json.loads((tmp_path / "residency.json").read_text())
     assert written["config"]["clock_mhz"] == 24.0
