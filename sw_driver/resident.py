@@ -853,9 +853,9 @@ class _Compilation:
         in_base, in_words, out_words = self.act_offsets[source], self.act_words(source), pixels * out_blocks
         out_buffer = "vec" if target == StoreTarget.VEC else "act"
 
-        def band(image, n, p0, rows):
-            """The task of the commands from (n, p0) on that store one band of pixels: the words they read and
-            store."""
+        def band(image, p0, rows):
+            """The task of the commands that store the band of ``rows`` pixels from ``p0`` on, without them yet:
+            the words they read and store."""
             top, bottom = self._band_rows_read(index, p0, rows)
             spans = {(source, "act"): (in_base + image * in_words + top, in_base + image * in_words + bottom),
                      (t, out_buffer): (base + image * out_words + p0 * out_blocks,
@@ -863,14 +863,14 @@ class _Compilation:
             return Task(op=0, image=image, unit=WaitUnit.ARRAY, items=list(setups), cost=0, spans=spans)
 
         def task(image):
-            # the layer's commands for one image (or, reading whole maps, the batch), output tile by output tile
+            # the layer's commands for one image (or, reading whole maps, the batch) in their order: one task, or
+            # (banded) a task a band, band-major the band's tiles one after another
             items, cost = list(setups), 0
-            made = []
+            made, band_start = [], None
             for n, p0, rows in order:
-                if banded and (not made or made[-1].spans[(t, out_buffer)][0] != base + image * out_words
-                                                                                 + p0 * out_blocks):
-                    made.append(band(image, n, p0, rows))
-                    items, cost = made[-1].items, 0
+                if banded and p0 != band_start:
+                    made.append(band(image, p0, rows))
+                    items, cost, band_start = made[-1].items, 0, p0
                 tile = tiles[n]
                 first = n * C   # the tile's first output channel: where its rows start within a pixel's words
                 if not last:    # (sent only where it changes: resident_schedule)
