@@ -4,10 +4,12 @@ Everything here is derived from :mod:`tessera.hw.isa` and :mod:`tessera.hw.layou
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from tessera.gen.packing import pack, unpack
+from tessera.hw import isa
 from tessera.hw.isa import (
     COUNTERS,
     INSTRUCTION_WORDS,
@@ -17,14 +19,18 @@ from tessera.hw.isa import (
     ErrorCode,
     Opcode,
     PacketKind,
-    instruction_layout,
     load_link_words,
-    operands_layout,
     packet_header_layout,
     result_row_words,
 )
 
 __all__ = ["instruction", "load", "stored_program", "disassemble", "Packets", "DeviceError", "parse_packets"]
+
+
+# A configuration's layouts, made once: building them (and checking every opcode's operands fit an instruction) was
+# most of a resident model's compile time, an instruction at a time.
+_operands_layout = functools.cache(isa.operands_layout)
+_instruction_layout = functools.cache(isa.instruction_layout)
 
 
 class DeviceError(RuntimeError):
@@ -34,8 +40,8 @@ class DeviceError(RuntimeError):
 def instruction(cfg, opcode, **operands):
     """The link words of one instruction."""
     opcode = Opcode(opcode)
-    fields = pack(operands_layout(cfg, opcode), operands)
-    bits = pack(instruction_layout(cfg), {"opcode": int(opcode), "operands": fields})
+    fields = pack(_operands_layout(cfg, opcode), operands)
+    bits = pack(_instruction_layout(cfg), {"opcode": int(opcode), "operands": fields})
     mask = (1 << LINK_WIDTH) - 1
     return np.array([(bits >> (LINK_WIDTH * i)) & mask for i in range(INSTRUCTION_WORDS)], dtype=np.uint32)
 
@@ -91,14 +97,14 @@ def stored_program(cfg, words, base=0):
 def disassemble(cfg, words):
     """Yield ``(opcode, operands, data_words)`` for each instruction of a well-formed stream."""
     words = np.asarray(words, dtype=np.uint32)
-    layout = instruction_layout(cfg)
+    layout = _instruction_layout(cfg)
     i = 0
     while i < len(words):
         bits = sum(int(v) << (LINK_WIDTH * j) for j, v in enumerate(words[i:i + INSTRUCTION_WORDS]))
         i += INSTRUCTION_WORDS
         instr = unpack(layout, bits)
         opcode = Opcode(instr["opcode"])
-        operands = unpack(operands_layout(cfg, opcode), instr["operands"])
+        operands = unpack(_operands_layout(cfg, opcode), instr["operands"])
         count = 0
         if opcode == Opcode.LOAD:
             count = load_link_words(cfg, operands["buffer"], operands["words"], operands["lanes"])
