@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 # Test workers: one more than the cores, because a simulated test's Python and its simulator take turns over a pipe
-# and a worker leaves its core idle part of the time (a fresh clone's suite on 2 cores: 1,275-1,306 s with 3 workers)
+# and a worker leaves its core idle part of the time (a fresh clone's suite on 2 cores: 1,275-1,433 s with 3 workers)
 TEST_JOBS ?= $(shell echo $$(( $(JOBS) + 1 )))
 
 # Configuration: CONFIG=file.toml, and/or ROWS, COLS, DATAFLOW on top of it.
